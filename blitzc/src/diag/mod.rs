@@ -1,0 +1,196 @@
+//! The diagnostic model: every problem `blitzc` finds in a spec is one
+//! [`Diagnostic`] with a stable [`Code`], a severity, a primary span with its
+//! label, a help line, and optional secondary labels. One renderer per output
+//! format lives in [`render`].
+
+pub mod codes;
+pub mod render;
+
+pub use codes::Code;
+
+use blitz_ir::Span;
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// A secondary place the diagnostic points at (e.g. the earlier duplicate).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Related {
+    pub span: Span,
+    pub label: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub code: Code,
+    pub severity: Severity,
+    /// One sentence, no trailing period: what is wrong.
+    pub message: String,
+    pub span: Span,
+    /// Short text shown at the span.
+    pub label: String,
+    /// How to fix it.
+    pub help: String,
+    pub related: Vec<Related>,
+}
+
+impl Diagnostic {
+    pub fn error(code: Code, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic {
+            code,
+            severity: Severity::Error,
+            message: message.into(),
+            span,
+            label: String::new(),
+            help: String::new(),
+            related: Vec::new(),
+        }
+    }
+
+    pub fn warning(code: Code, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, span, message)
+        }
+    }
+
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = help.into();
+        self
+    }
+
+    pub fn related(mut self, span: Span, label: impl Into<String>) -> Self {
+        self.related.push(Related {
+            span,
+            label: label.into(),
+        });
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// A spec file's text, with the line index needed to turn spans into
+/// 1-based line and column numbers.
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    /// The path as given on the command line (shown in diagnostics).
+    pub path: PathBuf,
+    pub text: String,
+    line_starts: Vec<usize>,
+}
+
+impl SourceFile {
+    pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+        let text = text.into();
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        SourceFile {
+            path: path.into(),
+            text,
+            line_starts,
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self
+            .line_starts
+            .partition_point(|&start| start <= offset)
+            .saturating_sub(1);
+        let start = self.line_starts[line];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
+        (line + 1, column + 1)
+    }
+
+    pub fn display_path(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Sorts diagnostics into file order (then errors before warnings, then code)
+/// and drops exact duplicates.
+pub fn sort(diagnostics: &mut Vec<Diagnostic>) {
+    diagnostics.sort_by(|a, b| {
+        (a.span.start, a.span.end, a.severity, a.code).cmp(&(
+            b.span.start,
+            b.span.end,
+            b.severity,
+            b.code,
+        ))
+    });
+    diagnostics.dedup();
+}
+
+/// "did you mean `x`?" for a misspelt `word` among `candidates`, if one is close.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, c)| *score >= 0.8 && *c != word)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// A help line listing the choices, with a suggestion first when one is close.
+pub fn choices_help<'a>(word: &str, choices: &[&'a str]) -> String {
+    let list = choices
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match did_you_mean(word, choices.iter().copied()) {
+        Some(best) => format!("did you mean `{best}`? expected one of {list}"),
+        None => format!("expected one of {list}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column() {
+        let file = SourceFile::new("x.kdl", "ab\ncdé\nf");
+        assert_eq!(file.line_col(0), (1, 1));
+        assert_eq!(file.line_col(1), (1, 2));
+        assert_eq!(file.line_col(3), (2, 1));
+        assert_eq!(file.line_col(7), (2, 4)); // after the two-byte é
+        assert_eq!(file.line_col(9), (3, 1));
+        assert_eq!(file.line_col(100), (3, 2));
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            did_you_mean("upstrem", ["upstream", "route"]),
+            Some("upstream")
+        );
+        assert_eq!(did_you_mean("zzz", ["upstream", "route"]), None);
+        assert!(
+            choices_help("round-robbin", &["round-robin", "p2c"])
+                .starts_with("did you mean `round-robin`?")
+        );
+    }
+}

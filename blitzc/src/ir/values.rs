@@ -1,0 +1,516 @@
+//! Lowering of single values, shared by both front ends: each function takes
+//! the text (or number) as written and its span, and returns the IR value or
+//! pushes a diagnostic and returns `None`. Keeping these in one place is what
+//! makes the KDL and TOML forms of a spec mean the same thing.
+
+use crate::diag::{Code, Diagnostic, choices_help};
+use blitz_ir::units::{self, Rate};
+use blitz_ir::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The state a front end carries while lowering one spec file.
+#[derive(Debug)]
+pub struct Lowering {
+    /// The spec file's folder: relative paths in the spec are resolved here.
+    pub dir: PathBuf,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Lowering {
+    pub fn new(spec_path: &Path) -> Self {
+        let dir = spec_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Lowering {
+            dir,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, diagnostic: Diagnostic) {
+        self.diagnostics.push(diagnostic);
+    }
+
+    pub fn duration(&mut self, text: &str, span: Span) -> Option<Spanned<Duration>> {
+        match units::parse_duration(text) {
+            Ok(d) => Some(Spanned::new(d, span)),
+            Err(e) => {
+                self.push(
+                    Diagnostic::error(
+                        Code::InvalidDuration,
+                        span,
+                        format!("invalid duration `{text}`"),
+                    )
+                    .label(e.message)
+                    .help(e.help),
+                );
+                None
+            }
+        }
+    }
+
+    /// A size written as text (`"16KiB"`); integers are bytes already.
+    pub fn size_text(&mut self, text: &str, span: Span) -> Option<Spanned<u64>> {
+        match units::parse_size(text) {
+            Ok(n) => Some(Spanned::new(n, span)),
+            Err(e) => {
+                self.push(
+                    Diagnostic::error(Code::InvalidSize, span, format!("invalid size `{text}`"))
+                        .label(e.message)
+                        .help(e.help),
+                );
+                None
+            }
+        }
+    }
+
+    /// A size written as an integer of bytes.
+    pub fn size_int(&mut self, n: i128, span: Span) -> Option<Spanned<u64>> {
+        match u64::try_from(n) {
+            Ok(n) => Some(Spanned::new(n, span)),
+            Err(_) => {
+                self.push(
+                    Diagnostic::error(Code::InvalidSize, span, format!("invalid size `{n}`"))
+                        .label("a size cannot be negative or this large")
+                        .help("write a whole number of bytes, or a string such as \"16KiB\""),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn rate(&mut self, text: &str, span: Span) -> Option<Spanned<Rate>> {
+        match units::parse_rate(text) {
+            Ok(r) => Some(Spanned::new(r, span)),
+            Err(e) => {
+                self.push(
+                    Diagnostic::error(Code::InvalidRate, span, format!("invalid rate `{text}`"))
+                        .label(e.message)
+                        .help(e.help),
+                );
+                None
+            }
+        }
+    }
+
+    /// A non-negative integer that fits `u32`, at least `min`.
+    pub fn count(&mut self, n: i128, min: u32, what: &str, span: Span) -> Option<Spanned<u32>> {
+        match u32::try_from(n) {
+            Ok(v) if v >= min => Some(Spanned::new(v, span)),
+            _ => {
+                self.push(
+                    Diagnostic::error(
+                        Code::OutOfRange,
+                        span,
+                        format!("{what} `{n}` is out of range"),
+                    )
+                    .label(format!("must be a whole number from {min} to {}", u32::MAX))
+                    .help(format!("write a whole number of at least {min}")),
+                );
+                None
+            }
+        }
+    }
+
+    /// A listener or metrics bind address: `IP:PORT` (`[::1]:80` for IPv6).
+    pub fn bind_address(&mut self, text: &str, span: Span) -> Option<Spanned<SocketAddr>> {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(Spanned::new(addr, span)),
+            Err(_) => {
+                let help = if text.starts_with("localhost:") {
+                    "bind to an IP address: write \"127.0.0.1:PORT\" instead of \"localhost:PORT\""
+                        .to_string()
+                } else if !text.contains(':') {
+                    format!("add a port, e.g. \"{text}:8080\"")
+                } else {
+                    "write IP:PORT, e.g. \"0.0.0.0:8080\" or \"[::]:8080\"".to_string()
+                };
+                self.push(
+                    Diagnostic::error(
+                        Code::InvalidAddress,
+                        span,
+                        format!("invalid bind address `{text}`"),
+                    )
+                    .label("not an IP:PORT address")
+                    .help(help),
+                );
+                None
+            }
+        }
+    }
+
+    /// An upstream server: `IP:PORT` or `HOST:PORT` with a DNS name.
+    pub fn server_address(&mut self, text: &str, span: Span) -> Option<Spanned<ServerAddress>> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Some(Spanned::new(ServerAddress::Ip(addr), span));
+        }
+        let parsed = text.rsplit_once(':').and_then(|(host, port)| {
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0 && port.bytes().all(|b| b.is_ascii_digit()))?;
+            is_dns_name(host).then(|| ServerAddress::Dns {
+                host: host.to_ascii_lowercase(),
+                port,
+            })
+        });
+        match parsed {
+            Some(address) => Some(Spanned::new(address, span)),
+            None => {
+                self.push(
+                    Diagnostic::error(Code::InvalidAddress, span, format!("invalid server address `{text}`"))
+                        .label("not HOST:PORT")
+                        .help("write IP:PORT or DNS-NAME:PORT, e.g. \"127.0.0.1:9001\" or \"users.internal:80\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// An HTTP status code in `range` (e.g. 100..=599, or 300..=399).
+    pub fn status(
+        &mut self,
+        n: i128,
+        range: std::ops::RangeInclusive<u16>,
+        span: Span,
+    ) -> Option<Spanned<u16>> {
+        match u16::try_from(n) {
+            Ok(code) if range.contains(&code) => Some(Spanned::new(code, span)),
+            _ => {
+                self.push(
+                    Diagnostic::error(
+                        Code::InvalidStatus,
+                        span,
+                        format!("invalid status code `{n}`"),
+                    )
+                    .label(format!("must be from {} to {}", range.start(), range.end()))
+                    .help(format!(
+                        "write a status code from {} to {}",
+                        range.start(),
+                        range.end()
+                    )),
+                );
+                None
+            }
+        }
+    }
+
+    /// A header name (an RFC 9110 token), lower-cased.
+    pub fn header_name(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
+        if !text.is_empty() && text.bytes().all(is_tchar) {
+            Some(Spanned::new(text.to_ascii_lowercase(), span))
+        } else {
+            self.push(
+                Diagnostic::error(
+                    Code::InvalidHeaderName,
+                    span,
+                    format!("invalid header name `{}`", text.escape_debug()),
+                )
+                .label("not a valid HTTP header name")
+                .help(
+                    "header names are non-empty and use only letters, digits and !#$%&'*+-.^_`|~",
+                ),
+            );
+            None
+        }
+    }
+
+    /// A header value: any visible text, no CR, LF or NUL.
+    pub fn header_value(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
+        if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            self.push(
+                Diagnostic::error(Code::InvalidHeaderValue, span, "invalid header value")
+                    .label("contains CR, LF or NUL")
+                    .help("a header value must be a single line without control characters"),
+            );
+            None
+        } else {
+            Some(Spanned::new(text.to_string(), span))
+        }
+    }
+
+    /// A host pattern: a DNS name or `*.name`, lower-cased.
+    pub fn host_pattern(&mut self, text: &str, span: Span) -> Option<Spanned<HostPattern>> {
+        let lower = text.to_ascii_lowercase();
+        let pattern = match lower.strip_prefix("*.") {
+            Some(rest) if is_dns_name(rest) => Some(HostPattern::Wildcard(format!(".{rest}"))),
+            Some(_) => None,
+            None if is_dns_name(&lower) || lower.parse::<std::net::IpAddr>().is_ok() => {
+                Some(HostPattern::Exact(lower))
+            }
+            None => None,
+        };
+        if pattern.is_none() {
+            let help = if text.contains(':') {
+                "hosts are matched without their port: remove `:PORT`"
+            } else if text.contains('*') {
+                "a wildcard stands only as the first label: `*.example.com`"
+            } else {
+                "write a host name such as `api.example.com`, or `*.example.com` for its subdomains"
+            };
+            self.push(
+                Diagnostic::error(
+                    Code::InvalidHost,
+                    span,
+                    format!("invalid host pattern `{text}`"),
+                )
+                .label("not a host name or wildcard")
+                .help(help),
+            );
+        }
+        pattern.map(|p| Spanned::new(p, span))
+    }
+
+    /// A path for `path` and `path-prefix`: absolute and already normalised
+    /// (requests are normalised before matching, so a path with dot-segments
+    /// could never match).
+    pub fn match_path(&mut self, text: &str, span: Span, prefix: bool) -> Option<Spanned<String>> {
+        let problem = if !text.starts_with('/') {
+            Some(("must start with `/`", format!("write `/{text}`")))
+        } else if text.contains('?') || text.contains('#') {
+            Some((
+                "contains a query or fragment",
+                "match on the path alone; use `query` for parameters".to_string(),
+            ))
+        } else if blitz_ir::matcher::normalize_path(text).as_deref() != Some(text) {
+            let fixed = blitz_ir::matcher::normalize_path(text).unwrap_or_else(|| "/".into());
+            Some((
+                "is not normalised",
+                format!("requests are normalised before matching: write `{fixed}`"),
+            ))
+        } else {
+            None
+        };
+        if let Some((label, help)) = problem {
+            self.push(
+                Diagnostic::error(Code::InvalidPath, span, format!("invalid path `{text}`"))
+                    .label(format!("the path {label}"))
+                    .help(help),
+            );
+            return None;
+        }
+        let value = if prefix && text.len() > 1 {
+            text.trim_end_matches('/').to_string()
+        } else {
+            text.to_string()
+        };
+        Some(Spanned::new(
+            if value.is_empty() { "/".into() } else { value },
+            span,
+        ))
+    }
+
+    /// A `path-regex`, checked to compile (it is anchored when used).
+    pub fn regex(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
+        match regex::Regex::new(text) {
+            Ok(_) => Some(Spanned::new(text.to_string(), span)),
+            Err(e) => {
+                let detail = e.to_string();
+                let last = detail
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("invalid regex");
+                self.push(
+                    Diagnostic::error(Code::InvalidRegex, span, format!("invalid regex `{text}`"))
+                        .label(last.trim().trim_start_matches("error: ").to_string())
+                        .help("path-regex uses Rust `regex` syntax and must match the whole path"),
+                );
+                None
+            }
+        }
+    }
+
+    /// An HTTP method (a token), upper-cased.
+    pub fn method(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
+        if !text.is_empty() && text.bytes().all(is_tchar) {
+            Some(Spanned::new(text.to_ascii_uppercase(), span))
+        } else {
+            self.push(
+                Diagnostic::error(Code::InvalidValue, span, format!("invalid method `{text}`"))
+                    .label("not an HTTP method")
+                    .help("write a method name such as GET, POST or HEAD"),
+            );
+            None
+        }
+    }
+
+    /// A path in the spec, resolved against the spec's folder.
+    pub fn file_path(&mut self, text: &str, span: Span) -> Option<Spanned<FilePath>> {
+        if text.is_empty() {
+            self.push(
+                Diagnostic::error(Code::WrongType, span, "empty file path")
+                    .label("expected a path")
+                    .help("paths are relative to the spec file's folder"),
+            );
+            return None;
+        }
+        Some(Spanned::new(
+            FilePath {
+                written: text.to_string(),
+                resolved: self.dir.join(text),
+            },
+            span,
+        ))
+    }
+
+    /// One of a fixed set of keywords.
+    pub fn keyword<T: Copy>(
+        &mut self,
+        text: &str,
+        span: Span,
+        what: &str,
+        choices: &[(&str, T)],
+    ) -> Option<Spanned<T>> {
+        if let Some((_, value)) = choices.iter().find(|(word, _)| *word == text) {
+            return Some(Spanned::new(*value, span));
+        }
+        let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
+        self.push(
+            Diagnostic::error(Code::InvalidValue, span, format!("unknown {what} `{text}`"))
+                .label(format!("not a {what}"))
+                .help(choices_help(text, &words)),
+        );
+        None
+    }
+
+    pub fn protocol(&mut self, text: &str, span: Span) -> Option<Spanned<Protocol>> {
+        let choices = [
+            ("h1", Protocol::H1),
+            ("h2", Protocol::H2),
+            ("h2c", Protocol::H2c),
+            ("h3", Protocol::H3),
+        ];
+        self.keyword(text, span, "protocol", &choices)
+    }
+
+    pub fn balance(&mut self, text: &str, span: Span) -> Option<Spanned<BalanceAlgorithm>> {
+        let choices: Vec<_> = BalanceAlgorithm::ALL
+            .iter()
+            .map(|a| (a.keyword(), *a))
+            .collect();
+        self.keyword(text, span, "balance algorithm", &choices)
+    }
+
+    pub fn jwt_algorithm(&mut self, text: &str, span: Span) -> Option<Spanned<JwtAlgorithm>> {
+        if text.eq_ignore_ascii_case("none") {
+            self.push(
+                Diagnostic::error(
+                    Code::InvalidValue,
+                    span,
+                    "the `none` algorithm is never accepted",
+                )
+                .label("unsigned tokens are not allowed")
+                .help("list the signing algorithms your issuer uses, e.g. \"RS256\""),
+            );
+            return None;
+        }
+        let choices: Vec<_> = JwtAlgorithm::ALL
+            .iter()
+            .map(|a| (a.keyword(), *a))
+            .collect();
+        self.keyword(text, span, "JWT algorithm", &choices)
+    }
+
+    pub fn log_format(&mut self, text: &str, span: Span) -> Option<Spanned<LogFormat>> {
+        self.keyword(
+            text,
+            span,
+            "access-log format",
+            &[("json", LogFormat::Json), ("combined", LogFormat::Combined)],
+        )
+    }
+
+    pub fn log_target(&mut self, text: &str, span: Span) -> Option<Spanned<LogTarget>> {
+        match text {
+            "stdout" => Some(Spanned::new(LogTarget::Stdout, span)),
+            "stderr" => Some(Spanned::new(LogTarget::Stderr, span)),
+            _ => self
+                .file_path(text, span)
+                .map(|p| Spanned::new(LogTarget::File(p.value), span)),
+        }
+    }
+
+    /// A per-request key: `client-ip`, `header:NAME`, `jwt:CLAIM`, `path`.
+    pub fn request_key(&mut self, text: &str, span: Span) -> Option<Spanned<RequestKey>> {
+        match RequestKey::parse(text) {
+            Some(RequestKey::Header(name)) if !name.bytes().all(is_tchar) => self
+                .header_name(&name, span)
+                .map(|n| Spanned::new(RequestKey::Header(n.value), span)),
+            Some(key) => Some(Spanned::new(key, span)),
+            None => {
+                let help = choices_help(text, &["client-ip", "header:NAME", "jwt:CLAIM", "path"]);
+                self.push(
+                    Diagnostic::error(Code::InvalidValue, span, format!("unknown key `{text}`"))
+                        .label("not a request key")
+                        .help(help),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn retry_on(&mut self, text: &str, span: Span) -> Option<Spanned<RetryOn>> {
+        match RetryOn::parse(text) {
+            Some(on) => Some(Spanned::new(on, span)),
+            None => {
+                let help = choices_help(text, &["connect-error", "timeout", "502", "503", "504"]);
+                self.push(
+                    Diagnostic::error(
+                        Code::InvalidValue,
+                        span,
+                        format!("unknown retry condition `{text}`"),
+                    )
+                    .label("not a retry condition")
+                    .help(format!("{help}, or any 5xx status")),
+                );
+                None
+            }
+        }
+    }
+
+    /// `"auto"` or a positive integer.
+    pub fn workers_text(&mut self, text: &str, span: Span) -> Option<Spanned<Workers>> {
+        if text == "auto" {
+            return Some(Spanned::new(Workers::Auto, span));
+        }
+        self.push(
+            Diagnostic::error(
+                Code::InvalidValue,
+                span,
+                format!("invalid workers `{text}`"),
+            )
+            .label("expected \"auto\" or a number")
+            .help("write \"auto\" for one worker per core, or a number of workers such as 4"),
+        );
+        None
+    }
+
+    pub fn workers_int(&mut self, n: i128, span: Span) -> Option<Spanned<Workers>> {
+        self.count(n, 1, "workers", span)
+            .map(|c| Spanned::new(Workers::Count(c.value), span))
+    }
+}
+
+/// RFC 9110 `tchar`.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A DNS name: dot-separated labels of letters, digits and inner hyphens.
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}

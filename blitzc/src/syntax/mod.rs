@@ -1,0 +1,37 @@
+//! The two spec front ends. Each parses its syntax with the format's own
+//! crate (keeping every span) and lowers it into the IR, reporting every
+//! problem it meets as a diagnostic and carrying on.
+//!
+//! Both share the value lowering of [`crate::ir::values`] and the structure
+//! of SPEC.md, so the KDL and TOML forms of a spec lower to equal models.
+
+pub mod kdl;
+pub mod toml;
+
+use crate::diag::{Code, Diagnostic, SourceFile};
+use blitz_ir::{Span, Spec};
+
+/// Lowers a spec file, choosing the front end by its extension.
+/// `None` when the file does not parse at all.
+pub fn lower(file: &SourceFile) -> (Option<Spec>, Vec<Diagnostic>) {
+    match file.path.extension().and_then(|e| e.to_str()) {
+        Some("kdl") => kdl::lower(file),
+        Some("toml") => toml::lower(file),
+        _ => {
+            let diagnostic =
+                Diagnostic::error(Code::UnknownFormat, Span::new(0, 0), "unknown spec format")
+                    .label("the file name ends neither in .kdl nor in .toml")
+                    .help("name the spec `NAME.kdl` or `NAME.toml`");
+            (None, vec![diagnostic])
+        }
+    }
+}
+
+/// The gateway name used when the spec does not give one: the file stem.
+pub fn default_gateway_name(file: &SourceFile) -> String {
+    file.path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("gateway")
+        .to_string()
+}

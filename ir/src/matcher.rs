@@ -1,0 +1,305 @@
+//! The reference route matcher: SPEC.md "Meaning", executed directly on the
+//! model. `blitzc route`, the runtime's interpreter and the differential tests
+//! of generated code all use it, so it is written for clarity, not speed.
+//!
+//! - Routes are tried in spec order; the first whose conditions all hold wins.
+//! - Host: compared case-insensitively with the port removed; `*.example.com`
+//!   matches names ending in `.example.com`, not `example.com` itself.
+//! - Path: matched after [`normalize_path`]. `path` is exact, `path-prefix`
+//!   is segment-aware, `path-regex` must match the whole path.
+//! - Method, header (name case-insensitive, value exact) and query matchers;
+//!   several values of one condition are alternatives.
+
+use crate::model::{HostPattern, Spec, Test};
+use regex::Regex;
+
+/// What the matcher sees of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// The `Host` header or the authority of an absolute-form target, maybe
+    /// with a port; empty when the request has none.
+    pub host: &'a str,
+    /// The request target's path and query (`/a/b?x=1`), not normalised.
+    pub target: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// Normalises a request path for matching and forwarding:
+/// - drops the query and fragment;
+/// - decodes percent-encoded unreserved characters (RFC 3986 §6.2.2.2), so
+///   `%2e%2e` is a dot-segment and `%75sers` is `users`; other escapes, such
+///   as `%2F`, are kept as written, with upper-case hex digits;
+/// - merges repeated slashes (as nginx does by default), so `//admin` cannot
+///   slip past a route for `/admin`;
+/// - removes dot-segments (RFC 3986 §5.2.4): `/a/./b/../c` is `/a/c`.
+///
+/// Returns `None` when the path does not start with `/` or has a malformed
+/// percent escape.
+pub fn normalize_path(target: &str) -> Option<String> {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    if !path.starts_with('/') {
+        return None;
+    }
+    let decoded = decode_unreserved(path)?;
+    let mut segments: Vec<&str> = Vec::new();
+    let mut parts = decoded.split('/').skip(1).peekable();
+    // Whether the output ends with a slash after the last segment.
+    let mut trailing_slash = false;
+    while let Some(segment) = parts.next() {
+        let last = parts.peek().is_none();
+        match segment {
+            "." => trailing_slash = true,
+            ".." => {
+                segments.pop();
+                trailing_slash = true;
+            }
+            "" if !last => {} // merged slash
+            "" => trailing_slash = true,
+            _ => {
+                segments.push(segment);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
+}
+
+fn decode_unreserved(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = path
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+            let value = u8::from_str_radix(hex, 16).ok()?;
+            if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
+                out.push(value as char);
+            } else {
+                out.push('%');
+                out.push_str(&hex.to_ascii_uppercase());
+            }
+            i += 3;
+        } else {
+            let ch = path[i..].chars().next()?;
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    Some(out)
+}
+
+/// The host without its port, lower-cased. Handles `[v6]:port`.
+pub fn host_without_port(host: &str) -> String {
+    let host = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `path` (normalised) is `prefix` or lies below it, segment-wise.
+/// `prefix` is stored without a trailing slash, except the root `/`.
+pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Whether `host` (lower-case, no port) matches `pattern`.
+pub fn host_matches(host: &str, pattern: &HostPattern) -> bool {
+    match pattern {
+        HostPattern::Exact(name) => host == name,
+        HostPattern::Wildcard(suffix) => {
+            host.len() > suffix.len() && host.ends_with(suffix.as_str())
+        }
+    }
+}
+
+/// Every value of the query parameter `name`, decoded as HTML forms encode
+/// them (`+` and `%XX`).
+fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
+    query.split('&').filter_map(move |pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode_query(k) == name).then(|| decode_query(v))
+    })
+}
+
+fn decode_query(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The reference matcher over a spec, with its regexes compiled once.
+#[derive(Debug)]
+pub struct Router<'s> {
+    spec: &'s Spec,
+    /// Per route, per condition index: the compiled, anchored regexes of a
+    /// `path-regex` condition (empty for other conditions).
+    regexes: Vec<Vec<Vec<Regex>>>,
+}
+
+/// Why a request could not be matched at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MatchError {
+    /// The target's path is not absolute or has a malformed escape.
+    BadPath,
+}
+
+impl<'s> Router<'s> {
+    /// Compiles the spec's regexes. Fails only on a regex that validation
+    /// would have rejected.
+    pub fn new(spec: &'s Spec) -> Result<Self, regex::Error> {
+        let mut regexes = Vec::with_capacity(spec.routes.len());
+        for route in &spec.routes {
+            let mut per_condition = Vec::new();
+            for condition in route.matcher.iter().flat_map(|m| &m.conditions) {
+                let mut compiled = Vec::new();
+                if let Test::PathRegex(patterns) = &condition.test {
+                    for pattern in patterns {
+                        compiled.push(Regex::new(&format!("^(?:{})$", pattern.value))?);
+                    }
+                }
+                per_condition.push(compiled);
+            }
+            regexes.push(per_condition);
+        }
+        Ok(Router { spec, regexes })
+    }
+
+    /// The index of the first route whose match holds, or `None` (a 404).
+    pub fn route(&self, request: &RequestHead<'_>) -> Result<Option<usize>, MatchError> {
+        let path = normalize_path(request.target).ok_or(MatchError::BadPath)?;
+        let query = request.target.split_once('?').map_or("", |(_, q)| q);
+        let query = query.split('#').next().unwrap_or("");
+        let host = host_without_port(request.host);
+        for (index, route) in self.spec.routes.iter().enumerate() {
+            let Some(matcher) = &route.matcher else {
+                return Ok(Some(index));
+            };
+            let holds =
+                matcher
+                    .conditions
+                    .iter()
+                    .enumerate()
+                    .all(|(ci, condition)| match &condition.test {
+                        Test::Host(patterns) => patterns.iter().any(|p| host_matches(&host, p)),
+                        Test::Path(paths) => paths.iter().any(|p| p.value == path),
+                        Test::PathPrefix(prefixes) => {
+                            prefixes.iter().any(|p| path_has_prefix(&path, p))
+                        }
+                        Test::PathRegex(_) => {
+                            self.regexes[index][ci].iter().any(|re| re.is_match(&path))
+                        }
+                        Test::Method(methods) => methods.iter().any(|m| m.value == request.method),
+                        Test::Header { name, values } => request.headers.iter().any(|(n, v)| {
+                            n.eq_ignore_ascii_case(name)
+                                && (values.is_empty() || values.iter().any(|x| x.value == *v))
+                        }),
+                        Test::Query { name, values } => {
+                            let mut found = query_values(query, name).peekable();
+                            if values.is_empty() {
+                                found.peek().is_some()
+                            } else {
+                                found.any(|v| values.iter().any(|x| x.value == v))
+                            }
+                        }
+                    });
+            if holds {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation() {
+        let cases = [
+            ("/", "/"),
+            ("/a/./b/../c", "/a/c"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/..", "/"),
+            ("/../../a", "/a"),
+            ("/a//b", "/a/b"),
+            ("//a", "/a"),
+            ("/a/", "/a/"),
+            ("/a?x=1", "/a"),
+            ("/a#frag", "/a"),
+            ("/%2e%2e/a", "/a"),
+            ("/%75sers", "/users"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a/%2E/b", "/a/b"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalize_path(input).as_deref(), Some(expected), "{input}");
+        }
+        assert_eq!(normalize_path("a/b"), None);
+        assert_eq!(normalize_path("/a%zz"), None);
+        assert_eq!(normalize_path("/a%2"), None);
+    }
+
+    #[test]
+    fn prefixes_are_segment_aware() {
+        assert!(path_has_prefix("/v1/users", "/v1/users"));
+        assert!(path_has_prefix("/v1/users/", "/v1/users"));
+        assert!(path_has_prefix("/v1/users/7", "/v1/users"));
+        assert!(!path_has_prefix("/v1/usersx", "/v1/users"));
+        assert!(path_has_prefix("/anything", "/"));
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_without_port("API.Example.com:8443"), "api.example.com");
+        assert_eq!(host_without_port("[::1]:80"), "::1");
+        assert_eq!(host_without_port("example.com."), "example.com");
+        let wildcard = HostPattern::Wildcard(".example.com".into());
+        assert!(host_matches("a.example.com", &wildcard));
+        assert!(host_matches("a.b.example.com", &wildcard));
+        assert!(!host_matches("example.com", &wildcard));
+        assert!(!host_matches("badexample.com", &wildcard));
+    }
+}

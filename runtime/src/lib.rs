@@ -1,0 +1,1 @@
+//! Blitz runtime (skeleton; see issue "Runtime core").

@@ -1,0 +1,1 @@
+"""Shared helpers for Blitz end-to-end tests (origin server, gateway process, raw client)."""

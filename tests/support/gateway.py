@@ -1,0 +1,259 @@
+"""Build and run the example gateway binary (`hello_gateway`) for tests.
+
+- `build_hello_gateway()` runs cargo once (honouring CARGO_TARGET_DIR, default
+  <repo>/target) unless BLITZ_HELLO_BIN names a binary to use.
+- `Gateway` starts the binary on a free port, waits for `listening on` on its
+  stderr, and keeps the whole stderr for assertions and failure messages.
+- Every process started here is registered and killed at interpreter exit
+  (and by the test fixtures at teardown), so no test leaks a process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_TIMEOUT = int(os.environ.get("BLITZ_BUILD_TIMEOUT", "1800"))
+
+_LIVE: set = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _register(p: subprocess.Popen) -> None:
+    with _LIVE_LOCK:
+        _LIVE.add(p)
+
+
+def kill_all() -> None:
+    """Kill every process this module started that is still running (by PID)."""
+    with _LIVE_LOCK:
+        procs = list(_LIVE)
+        _LIVE.clear()
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.kill()
+            except OSError:
+                pass
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+atexit.register(kill_all)
+
+
+def target_dir() -> Path:
+    return Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+
+
+def build_hello_gateway() -> Path:
+    """Path to a release hello_gateway, building it if needed. Raises RuntimeError on failure."""
+    env_bin = os.environ.get("BLITZ_HELLO_BIN")
+    if env_bin:
+        p = Path(env_bin)
+        if not os.access(p, os.X_OK):
+            raise RuntimeError(f"BLITZ_HELLO_BIN={env_bin} is not an executable file")
+        return p
+    cmd = ["cargo", "build", "--release", "-p", "blitz-runtime", "--example", "hello_gateway"]
+    try:
+        r = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{' '.join(cmd)} timed out after {BUILD_TIMEOUT}s")
+    binary = target_dir() / "release" / "examples" / "hello_gateway"
+    if r.returncode != 0 or not binary.exists():
+        tail = "\n".join((r.stderr or "").splitlines()[-40:])
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {r.returncode}):\n{tail}")
+    return binary
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of pid in KiB (0 if the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def fd_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def _fmt_duration(v) -> str:
+    return f"{v}s" if isinstance(v, (int, float)) else str(v)
+
+
+class GatewayError(RuntimeError):
+    pass
+
+
+class Gateway:
+    """One hello_gateway process.
+
+    Options are passed as keyword arguments named like the flags
+    (`max_header_bytes=1024` -> `--max-header-bytes 1024`; numbers for
+    *_timeout/grace are seconds)."""
+
+    def __init__(self, binary: Path, upstream: str, log_dir: Path | None = None, extra_args=(), **opts):
+        self.binary = Path(binary)
+        self.upstream = upstream
+        self.opts = opts
+        self.extra_args = list(extra_args)
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self._listening = threading.Event()
+        self._lock = threading.Lock()
+        self.log_dir = log_dir
+        self.stopped_on_purpose = False
+
+    # ------------------------------------------------------------ lifecycle
+    def args(self) -> list[str]:
+        a = [str(self.binary), "--listen", f"127.0.0.1:{self.port}", "--upstream", self.upstream]
+        for k, v in self.opts.items():
+            if v is None:
+                continue
+            flag = "--" + k.replace("_", "-")
+            if k.endswith("timeout") or k == "grace":
+                v = _fmt_duration(v)
+            a += [flag, str(v)]
+        return a + self.extra_args
+
+    def start(self, attempts: int = 3, timeout: float = 20.0) -> "Gateway":
+        last = ""
+        for _ in range(attempts):
+            self.port = free_port()
+            self.lines = []
+            self._listening.clear()
+            self.proc = subprocess.Popen(
+                self.args(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # a signal to the test runner does not hit it, and vice versa
+            )
+            _register(self.proc)
+            t = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True)
+            t.start()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self._listening.wait(0.05):
+                    return self
+                if self.proc.poll() is not None:
+                    break
+            t.join(timeout=1)
+            last = self.stderr()
+            if self.proc.poll() is None:
+                self.kill()
+                raise GatewayError(f"gateway did not print 'listening on' within {timeout}s:\n{last}")
+            if "in use" not in last.lower():
+                raise GatewayError(f"gateway exited with {self.proc.returncode} at start:\n{last}")
+        raise GatewayError(f"gateway could not bind a port after {attempts} attempts:\n{last}")
+
+    def _read_stderr(self, proc: subprocess.Popen) -> None:
+        f = open(self.log_dir / f"gateway-{proc.pid}.log", "w") if self.log_dir else None
+        try:
+            for raw in proc.stderr:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                with self._lock:
+                    self.lines.append(line)
+                if f:
+                    f.write(line + "\n")
+                    f.flush()
+                if "listening on" in line:
+                    self._listening.set()
+        finally:
+            if f:
+                f.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def tail(self, n: int = 30) -> str:
+        with self._lock:
+            return "\n".join(self.lines[-n:])
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def fds(self) -> int:
+        return fd_count(self.pid)
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def terminate(self, timeout: float = 35.0) -> int | None:
+        """SIGTERM and wait; the exit code, or None if it did not exit in time."""
+        self.stopped_on_purpose = True
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        self.stopped_on_purpose = True
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        with _LIVE_LOCK:
+            _LIVE.discard(self.proc)
+
+    def crashed(self) -> str | None:
+        """A description if the process died without being asked to."""
+        if self.proc is None or self.stopped_on_purpose or self.proc.poll() is None:
+            return None
+        rc = self.proc.returncode
+        sig = f" (signal {signal.Signals(-rc).name})" if rc < 0 else ""
+        return f"gateway pid {self.pid} died with exit code {rc}{sig}; stderr tail:\n{self.tail()}"
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
