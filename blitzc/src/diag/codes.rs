@@ -93,6 +93,8 @@ codes! {
     ConflictingHeaderEdit = ("B052", "conflicting-header-edit"),
     /// The same matcher twice in one `match` block.
     DuplicateMatcher = ("B053", "duplicate-matcher"),
+    /// A step written after the route's action; it still runs first (warning).
+    StepAfterAction = ("B054", "step-after-action"),
 
     // ---- listeners and TLS
     /// `h2` or `h3` on a listener without `tls`.
