@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole Blitz test suite: installs what it needs, then runs every test.
+#
+#   tests/run.sh            # everything (what CI runs)
+#
+# Steps: install test tools (apt/pip, idempotent) -> format and lint checks ->
+# cargo tests of every crate (unit, golden files, spec corpus snapshots) ->
+# end-to-end tests (pytest) that start the real binaries with real clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+bash scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test"
+cargo test --workspace
+
+step "end-to-end tests (pytest)"
+# The runtime's example gateway is built once, in release, for the e2e tests.
+cargo build --release -p blitz-runtime --example hello_gateway
+python3 -m pytest tests -q -p no:cacheprovider
