@@ -59,10 +59,15 @@ declare -A PY_MODS=(
     [h2]="h2>=4"
     [hyperframe]="hyperframe>=6"
 )
-pymissing=()
-for mod in "${!PY_MODS[@]}"; do
-    python3 -c "import $mod" >/dev/null 2>&1 || pymissing+=("${PY_MODS[$mod]}")
-done
+# one interpreter start: print the requirement of every module that does not import
+mapfile -t pymissing < <(python3 - "${!PY_MODS[@]}" <<'PY'
+import importlib.util, sys
+for m in sys.argv[1:]:
+    if importlib.util.find_spec(m) is None:
+        print(m)
+PY
+)
+for i in "${!pymissing[@]}"; do pymissing[$i]=${PY_MODS[${pymissing[$i]}]}; done
 if [ ${#pymissing[@]} -gt 0 ]; then
     log "pip install ${pymissing[*]}"
     if ! python3 -m pip install -q --disable-pip-version-check "${pymissing[@]}" 2>/tmp/pip-err.$$; then

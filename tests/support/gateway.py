@@ -37,15 +37,26 @@ def kill_all() -> None:
         procs = list(_LIVE)
         _LIVE.clear()
     for p in procs:
-        if p.poll() is None:
-            try:
-                p.kill()
-            except OSError:
-                pass
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        _kill_group(p)
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL the process and its own process group (it was started with
+    start_new_session, so the group id is its pid and holds only what it spawned)."""
+    if p.returncode is None:  # not reaped yet: the pid (and so the group id) is still ours
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if p.poll() is None:
+        try:
+            p.kill()
+        except OSError:
+            pass
+    try:
+        p.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 atexit.register(kill_all)
@@ -214,6 +225,8 @@ class Gateway:
         return fd_count(self.pid)
 
     def signal(self, sig: int) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+            self.stopped_on_purpose = True
         if self.alive():
             os.kill(self.pid, sig)
 
@@ -230,15 +243,8 @@ class Gateway:
 
     def kill(self) -> None:
         self.stopped_on_purpose = True
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        if self.proc is not None:
+            _kill_group(self.proc)
         with _LIVE_LOCK:
             _LIVE.discard(self.proc)
 

@@ -11,6 +11,8 @@ can steer it), or by a handler a test installs (`origin.handler = fn`):
   /echo                 200, the request body back
   /sink[?pause_body=S]  reads the body (after S seconds, to push back on the
                         gateway), answers "<length> <sha256>\\n"
+  ?early_status=NNN     (any path) answers NNN with "early\\n" right after the
+                        head, without reading the body, then closes
   /bytes/N[?chunked=1][&pause=S]
                         N bytes of `pattern(N)` (chunked if asked; pauses S
                         seconds after the first MiB)
@@ -142,8 +144,10 @@ class OriginConn:
         self.sent = 0
 
     # -- used by handlers
-    def send(self, data: bytes) -> bool:
+    def send(self, data: bytes, timeout: float = 30.0) -> bool:
+        """Write all of data (blocking up to `timeout` while the gateway pushes back)."""
         try:
+            self.sock.settimeout(timeout)
             self.sock.sendall(data)
             self.sent += len(data)
             return True
@@ -356,6 +360,16 @@ class Origin:
                     v.strip().lower() == "100-continue" for v in req.header("expect")
                 ) and req.framing != "none":
                     c.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if "early_status" in req.query:
+                    # answer before reading the body (e.g. an early 413), then close
+                    st = int(req.query["early_status"])
+                    c.send(
+                        f"HTTP/1.1 {st} Early\r\nx-origin-conn: {c.id}\r\ncontent-length: 6\r\n"
+                        "connection: close\r\n\r\nearly\n".encode()
+                    )
+                    c.sleep(0.5)
+                    c.close()
+                    return
                 pause = float(req.query.get("pause_body", 0) or 0)
                 if pause:
                     c.sleep(pause)
