@@ -1,1 +1,25 @@
-//! Blitz runtime (skeleton; see issue "Runtime core").
+//! Blitz runtime: a thread-per-core HTTP/1.1 reverse proxy engine on
+//! compio (io_uring, with a polling fallback) that generated gateways link
+//! against.
+//!
+//! Module map:
+//! - [`http`]: sans-IO HTTP/1.1 (strict parsing, chunked coding, serializers).
+//! - [`proxy`]: the request pipeline (IO shell), limits, errors and the
+//!   [`Gateway`] trait generated code implements.
+//! - [`lb`]: upstream servers, selection and the per-worker connection pool.
+//! - [`rt`]: workers, driver selection, listeners, signals and drain
+//!   (the only place `unsafe` is allowed).
+
+pub mod app;
+pub mod http;
+#[cfg(feature = "interp")]
+pub mod interp;
+pub mod lb;
+pub mod prelude;
+pub mod proxy;
+pub mod route;
+pub mod rt;
+
+pub use proxy::gateway::{Action, Gateway};
+pub use proxy::{Limits, ProxyError};
+pub use rt::{DriverChoice, ServerConfig, serve};

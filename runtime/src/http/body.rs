@@ -28,8 +28,22 @@ enum ChunkState {
     Size,
     /// SP/HTAB after the digits: only `;` or more whitespace may follow.
     SizeWs,
-    /// In a chunk extension, up to CR.
-    Ext,
+    /// After `;`: optional BWS, then an extension name.
+    ExtStart,
+    /// In an extension name (token).
+    ExtName,
+    /// BWS after a name: `=`, `;` or CR may follow.
+    ExtNameWs,
+    /// After `=`: optional BWS, then a token or a quoted string.
+    ExtValStart,
+    /// In a token value.
+    ExtVal,
+    /// In a quoted-string value.
+    ExtQuoted,
+    /// After a backslash in a quoted string.
+    ExtQuotedEsc,
+    /// BWS after a value: `;` or CR may follow.
+    ExtAfterVal,
     /// Saw CR ending the size line.
     SizeLf,
     /// In chunk data.
@@ -78,7 +92,13 @@ pub struct Decoded {
 impl ChunkedDecoder {
     /// A decoder at the start of a chunked body.
     pub fn new() -> Self {
-        ChunkedDecoder { state: ChunkState::SizeStart, size: 0, digits: 0, ext_len: 0, trailer_len: 0 }
+        ChunkedDecoder {
+            state: ChunkState::SizeStart,
+            size: 0,
+            digits: 0,
+            ext_len: 0,
+            trailer_len: 0,
+        }
     }
 
     /// True once the last chunk and the trailer section are consumed.
@@ -99,7 +119,9 @@ impl ChunkedDecoder {
                 SizeStart | Size => {
                     if let Some(d) = hex_value(b) {
                         self.digits += 1;
-                        if self.digits > 16 {
+                        // Leading zeros are legal but bounded; the value
+                        // itself must fit in 64 bits.
+                        if self.digits > 32 || self.size > (u64::MAX >> 4) {
                             return Err(ChunkError("chunk size overflow"));
                         }
                         self.size = (self.size << 4) | u64::from(d);
@@ -109,7 +131,7 @@ impl ChunkedDecoder {
                     } else {
                         match b {
                             b'\r' => self.state = SizeLf,
-                            b';' => self.state = Ext,
+                            b';' => self.state = ExtStart,
                             b' ' | b'\t' => self.state = SizeWs,
                             _ => return Err(ChunkError("junk in chunk size line")),
                         }
@@ -117,20 +139,16 @@ impl ChunkedDecoder {
                 }
                 SizeWs => match b {
                     b' ' | b'\t' => {}
-                    b';' => self.state = Ext,
+                    b';' => self.state = ExtStart,
                     _ => return Err(ChunkError("junk in chunk size line")),
                 },
-                Ext => {
+                ExtStart | ExtName | ExtNameWs | ExtValStart | ExtVal | ExtQuoted
+                | ExtQuotedEsc | ExtAfterVal => {
                     self.ext_len += 1;
                     if self.ext_len > MAX_CHUNK_EXT {
                         return Err(ChunkError("chunk extension too long"));
                     }
-                    match b {
-                        b'\r' => self.state = SizeLf,
-                        b'\n' => return Err(ChunkError("bare LF in chunk size line")),
-                        b'\t' | b' '..=b'~' | 0x80..=0xff => {}
-                        _ => return Err(ChunkError("control byte in chunk extension")),
-                    }
+                    self.state = chunk_ext_step(self.state, b)?;
                 }
                 SizeLf => {
                     if b != b'\n' {
@@ -147,7 +165,10 @@ impl ChunkedDecoder {
                     if self.size == 0 {
                         self.state = DataCr;
                     }
-                    return Ok(Decoded { consumed: i + take, data: i..i + take });
+                    return Ok(Decoded {
+                        consumed: i + take,
+                        data: i..i + take,
+                    });
                 }
                 DataCr => {
                     if b != b'\r' {
@@ -168,7 +189,9 @@ impl ChunkedDecoder {
                     }
                     match (self.state, b) {
                         (TrailerStart, b'\r') => self.state = EndLf,
-                        (TrailerStart, b' ' | b'\t') => return Err(ChunkError("obs-fold in trailer")),
+                        (TrailerStart, b' ' | b'\t') => {
+                            return Err(ChunkError("obs-fold in trailer"));
+                        }
                         (TrailerStart, b) if !super::parse::is_token_byte(b) => {
                             return Err(ChunkError("invalid trailer field name"));
                         }
@@ -189,13 +212,52 @@ impl ChunkedDecoder {
                         return Err(ChunkError("bare CR after last chunk"));
                     }
                     self.state = Done;
-                    return Ok(Decoded { consumed: i + 1, data: 0..0 });
+                    return Ok(Decoded {
+                        consumed: i + 1,
+                        data: 0..0,
+                    });
                 }
             }
             i += 1;
         }
-        Ok(Decoded { consumed: i, data: 0..0 })
+        Ok(Decoded {
+            consumed: i,
+            data: 0..0,
+        })
     }
+}
+
+/// One byte of `chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] )`
+/// with name a token and value a token or a quoted string (RFC 9112 §7.1.1).
+fn chunk_ext_step(state: ChunkState, b: u8) -> Result<ChunkState, ChunkError> {
+    use ChunkState::*;
+    let token = super::parse::is_token_byte(b);
+    let ws = b == b' ' || b == b'\t';
+    let bad = ChunkError("invalid chunk extension");
+    Ok(match state {
+        ExtStart if ws => ExtStart,
+        ExtStart if token => ExtName,
+        ExtName if token => ExtName,
+        ExtName | ExtNameWs if ws => ExtNameWs,
+        ExtName | ExtNameWs if b == b'=' => ExtValStart,
+        ExtValStart if ws => ExtValStart,
+        ExtValStart if b == b'"' => ExtQuoted,
+        ExtValStart if token => ExtVal,
+        ExtVal if token => ExtVal,
+        ExtVal | ExtAfterVal if ws => ExtAfterVal,
+        ExtQuoted if b == b'"' => ExtAfterVal,
+        ExtQuoted if b == b'\\' => ExtQuotedEsc,
+        ExtQuoted if b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80 => {
+            ExtQuoted
+        }
+        ExtQuotedEsc if b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80 => {
+            ExtQuoted
+        }
+        ExtName | ExtNameWs | ExtVal | ExtAfterVal if b == b';' => ExtStart,
+        ExtName | ExtNameWs | ExtVal | ExtAfterVal if b == b'\r' => SizeLf,
+        _ if b == b'\n' => return Err(ChunkError("bare LF in chunk size line")),
+        _ => return Err(bad),
+    })
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -264,10 +326,16 @@ impl BodyReader {
             BodyReader::Length { remaining } => {
                 let take = (input.len() as u64).min(*remaining) as usize;
                 *remaining -= take as u64;
-                Ok(Decoded { consumed: take, data: 0..take })
+                Ok(Decoded {
+                    consumed: take,
+                    data: 0..take,
+                })
             }
             BodyReader::Chunked(d) => d.decode(input),
-            BodyReader::UntilClose => Ok(Decoded { consumed: input.len(), data: 0..input.len() }),
+            BodyReader::UntilClose => Ok(Decoded {
+                consumed: input.len(),
+                data: 0..input.len(),
+            }),
         }
     }
 }

@@ -71,12 +71,36 @@ impl HeaderBlock {
         at
     }
 
+    pub(crate) fn len_bytes(&self) -> u32 {
+        self.bytes.len() as u32
+    }
+
+    /// Appends the normalised form of the stored path at `path`.
+    pub(crate) fn normalize_into_self(&mut self, path: &Range<u32>) -> bool {
+        // The path lives in `bytes` itself: normalise from a copy kept on
+        // the stack when short, else from a temporary (rare, long paths).
+        let r = span(path);
+        let mut stack = [0u8; 512];
+        if r.len() <= stack.len() {
+            stack[..r.len()].copy_from_slice(&self.bytes[r.clone()]);
+            super::normalize::normalize_path(&stack[..r.len()], &mut self.bytes)
+        } else {
+            let copy = self.bytes[r].to_vec();
+            super::normalize::normalize_path(&copy, &mut self.bytes)
+        }
+    }
+
     pub(crate) fn raw(&self, r: &Range<u32>) -> &[u8] {
         &self.bytes[span(r)]
     }
 
     pub(crate) fn push_span(&mut self, name: Range<u32>, value: Range<u32>) {
-        self.entries.push(Entry { name, value, removed: false, hop: false });
+        self.entries.push(Entry {
+            name,
+            value,
+            removed: false,
+            hop: false,
+        });
     }
 
     /// Marks every field called `name` as hop-by-hop (not forwarded).
@@ -116,7 +140,9 @@ impl HeaderBlock {
 
     /// The first live field called `name` (ASCII case-insensitive).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.get_all(name).next()
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 
     /// Every live field called `name`, in order.
@@ -140,7 +166,24 @@ impl HeaderBlock {
         let n1 = self.bytes.len() as u32;
         let v0 = self.store(value);
         let v1 = self.bytes.len() as u32;
-        self.entries.push(Entry { name: n0..n1, value: v0..v1, removed: false, hop: false });
+        self.entries.push(Entry {
+            name: n0..n1,
+            value: v0..v1,
+            removed: false,
+            hop: false,
+        });
+    }
+
+    /// Appends a field whose value is bytes already stored (a span).
+    pub(crate) fn append_with_value_span(&mut self, name: &str, value: Range<u32>) {
+        let n0 = self.store(name.as_bytes());
+        let n1 = self.bytes.len() as u32;
+        self.entries.push(Entry {
+            name: n0..n1,
+            value,
+            removed: false,
+            hop: false,
+        });
     }
 
     /// Removes every field called `name`.
@@ -166,6 +209,8 @@ pub struct RequestHead {
     pub(crate) method: Range<u32>,
     pub(crate) target: Range<u32>,
     pub(crate) path: Range<u32>,
+    /// Normalised path (no query), see [`super::normalize`].
+    pub(crate) norm: Range<u32>,
     pub(crate) host: Range<u32>,
     pub(crate) version: Option<Version>,
     pub(crate) framing: Option<BodyFraming>,
@@ -173,6 +218,8 @@ pub struct RequestHead {
     pub(crate) expect_continue: bool,
     pub(crate) is_head: bool,
     pub(crate) absolute_form: bool,
+    /// Set by the connection, not the parser.
+    pub(crate) client: Option<std::net::SocketAddr>,
 }
 
 impl RequestHead {
@@ -186,18 +233,28 @@ impl RequestHead {
         self.headers.raw(&self.target)
     }
 
-    /// Path and query (origin-form), also for an absolute-form target.
+    /// Path and query as sent (origin-form), also for an absolute-form target.
     pub fn path(&self) -> &[u8] {
         self.headers.raw(&self.path)
     }
 
-    /// Path without the query.
+    /// The normalised path without the query: what routes match on and
+    /// what is forwarded (see [`super::normalize`]). `*` for `OPTIONS *`.
     pub fn path_only(&self) -> &[u8] {
+        self.headers.raw(&self.norm)
+    }
+
+    /// The query without `?` (empty if none).
+    pub fn query(&self) -> &[u8] {
         let p = self.path();
         match p.iter().position(|&b| b == b'?') {
-            Some(i) => &p[..i],
-            None => p,
+            Some(i) => &p[i + 1..],
+            None => &[],
         }
+    }
+
+    pub(crate) fn storage_mut(&mut self) -> &mut HeaderBlock {
+        &mut self.headers
     }
 
     /// The authority that decides routing: from an absolute-form target,
@@ -229,6 +286,11 @@ impl RequestHead {
     /// True for `HEAD`.
     pub fn is_head(&self) -> bool {
         self.is_head
+    }
+
+    /// The client's address (the TCP peer), when known.
+    pub fn client_addr(&self) -> Option<std::net::SocketAddr> {
+        self.client
     }
 
     /// Header fields.

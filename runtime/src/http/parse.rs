@@ -26,7 +26,11 @@ pub struct HeadLimits {
 
 impl Default for HeadLimits {
     fn default() -> Self {
-        HeadLimits { max_header_bytes: 16384, max_headers: 100, max_body_bytes: 10 * 1024 * 1024 }
+        HeadLimits {
+            max_header_bytes: 16384,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
     }
 }
 
@@ -103,9 +107,15 @@ pub fn valid_authority(a: &[u8]) -> bool {
         return false;
     }
     let (host, port) = if a[0] == b'[' {
-        let Some(close) = a.iter().position(|&b| b == b']') else { return false };
+        let Some(close) = a.iter().position(|&b| b == b']') else {
+            return false;
+        };
         let inner = &a[1..close];
-        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
             return false;
         }
         match &a[close + 1..] {
@@ -125,16 +135,64 @@ pub fn valid_authority(a: &[u8]) -> bool {
         }
         let ok = host.iter().all(|&b| {
             b.is_ascii_alphanumeric()
-                || matches!(b, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b'%')
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b'%'
+                )
         });
         if !ok {
             return false;
+        }
+        // '%' must start a pct-encoded octet.
+        for (i, &b) in host.iter().enumerate() {
+            if b == b'%'
+                && !(host.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && host.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
+                return false;
+            }
         }
     }
     match port {
         None => true,
         Some(p) => !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit),
     }
+}
+
+/// True when the request line is `METHOD SP TARGET SP HTTP/d.d`: only
+/// then is a version error a 505 rather than a malformed line (400).
+fn well_formed_version(buf: &[u8]) -> bool {
+    let line = match buf.iter().position(|&b| b == b'\r' || b == b'\n') {
+        Some(i) => &buf[..i],
+        None => buf,
+    };
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(m), Some(t), Some(v), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    !m.is_empty()
+        && !t.is_empty()
+        && v.len() == 8
+        && v.starts_with(b"HTTP/")
+        && v[5].is_ascii_digit()
+        && v[6] == b'.'
+        && v[7].is_ascii_digit()
 }
 
 fn httparse_reject(e: httparse::Error) -> Reject {
@@ -146,7 +204,6 @@ fn httparse_reject(e: httparse::Error) -> Reject {
         httparse::Error::Token => reject(400, "invalid token in request line"),
         httparse::Error::NewLine => reject(400, "invalid line ending"),
         httparse::Error::Status => reject(400, "invalid status"),
-        _ => reject(400, "malformed head"),
     }
 }
 
@@ -238,6 +295,9 @@ pub fn parse_request_head(
             }
             return Ok(None);
         }
+        Err(httparse::Error::Version) if !well_formed_version(buf) => {
+            return Err(reject(400, "malformed request line"));
+        }
         Err(e) => return Err(httparse_reject(e)),
     };
     if n > limits.max_header_bytes {
@@ -249,7 +309,11 @@ pub fn parse_request_head(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(reject(400, "malformed request line"));
     };
-    let version = if minor == 0 { Version::Http10 } else { Version::Http11 };
+    let version = if minor == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
 
     head.headers.clear();
     let base = head.headers.store(&buf[..n]);
@@ -287,7 +351,10 @@ pub fn parse_request_head(
         } else {
             return Err(reject(400, "invalid request target"));
         };
-        let end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+        let end = rest
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(rest.len());
         let authority = &rest[..end];
         if !valid_authority(authority) {
             return Err(reject(400, "invalid authority in request target"));
@@ -307,6 +374,20 @@ pub fn parse_request_head(
         head.absolute_form = true;
     }
 
+    // Normalised path, stored after the raw head.
+    {
+        let raw = head.path.clone();
+        let block = head.storage_mut();
+        let n0 = block.len_bytes();
+        if block.normalize_into_self(&raw) {
+            head.norm = n0..head.headers.len_bytes();
+        } else if tb == b"*" {
+            head.norm = raw;
+        } else {
+            return Err(reject(400, "malformed percent escape in path"));
+        }
+    }
+
     let headers = &*req.headers;
     let (length, chunked) = framing_fields(headers, version)?;
 
@@ -318,7 +399,8 @@ pub fn parse_request_head(
     for h in headers {
         let v0 = offset(buf, h.value);
         let n0 = offset(buf, h.name.as_bytes());
-        head.headers.push_span(n0..n0 + h.name.len() as u32, v0..v0 + h.value.len() as u32);
+        head.headers
+            .push_span(n0..n0 + h.name.len() as u32, v0..v0 + h.value.len() as u32);
         if h.name.eq_ignore_ascii_case("host") {
             hosts += 1;
             host = Some(v0..v0 + h.value.len() as u32);
@@ -349,7 +431,13 @@ pub fn parse_request_head(
         return Err(reject(400, "missing Host"));
     }
     head.host = match (target_authority, host) {
-        (Some(a), _) => a,
+        (Some(a), _) => {
+            // The target's authority is the Host from here on, for the
+            // gateway's header steps and for the upstream.
+            head.headers.remove("host");
+            head.headers.append_with_value_span("host", a.clone());
+            a
+        }
         (None, Some(h)) => h,
         (None, None) => 0..0,
     };
@@ -360,7 +448,9 @@ pub fn parse_request_head(
         BodyFraming::Chunked
     } else {
         match length {
-            Some(n) if n > limits.max_body_bytes => return Err(reject(413, "declared body too large")),
+            Some(n) if n > limits.max_body_bytes => {
+                return Err(reject(413, "declared body too large"));
+            }
             Some(n) => BodyFraming::Length(n),
             None => BodyFraming::None,
         }
@@ -429,23 +519,35 @@ pub fn parse_response_head(
     if !(100..=999).contains(&code) {
         return Err(reject(502, "invalid status code"));
     }
-    let version = if minor == 0 { Version::Http10 } else { Version::Http11 };
+    let version = if minor == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
     head.headers.clear();
     head.headers.store(&buf[..n]);
     head.status = code;
     let reason = resp.reason.unwrap_or("");
-    let r0 = if reason.is_empty() { 0 } else { offset(buf, reason.as_bytes()) };
+    let r0 = if reason.is_empty() {
+        0
+    } else {
+        offset(buf, reason.as_bytes())
+    };
     head.reason = r0..r0 + reason.len() as u32;
     head.version = Some(version);
 
     let headers = &*resp.headers;
-    let (length, chunked) = framing_fields(headers, version).map_err(|r| Reject { status: 502, why: r.why })?;
+    let (length, chunked) = framing_fields(headers, version).map_err(|r| Reject {
+        status: 502,
+        why: r.why,
+    })?;
     let mut close = false;
     let mut keep_alive_token = false;
     for h in headers {
         let v0 = offset(buf, h.value);
         let n0 = offset(buf, h.name.as_bytes());
-        head.headers.push_span(n0..n0 + h.name.len() as u32, v0..v0 + h.value.len() as u32);
+        head.headers
+            .push_span(n0..n0 + h.name.len() as u32, v0..v0 + h.value.len() as u32);
         if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = trim_ows(token);

@@ -1,0 +1,204 @@
+//! The reference interpreter: a [`Gateway`] that runs a spec straight from
+//! its IR, with the semantics of the compiled gateway.
+//!
+//! It exists for three reasons (DESIGN.md): differential testing (for any
+//! request, the compiled gateway and the interpreter decide the same), a dev
+//! loop without cargo (`blitzc dev`), and the honest measurement of what
+//! compilation buys (same runtime, same run, only the gateway differs).
+//!
+//! Routing goes through `blitz_ir::matcher::Router`, the reference matcher;
+//! steps and actions are read from the model on every request. It is meant
+//! to be obviously right, not fast: it allocates a small header list per
+//! request and walks the route list in order.
+
+#![forbid(unsafe_code)]
+
+use crate::app::GatewayConfig;
+use crate::http::{RequestHead, ResponseHead};
+use crate::lb::{PoolConfig, Upstream};
+use crate::{Action, Gateway, Limits};
+use blitz_ir::matcher::{RequestHead as MatchHead, Router};
+use blitz_ir::{ActionKind, HeaderRewrite, ServerAddress, Spec, StepKind, Workers};
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+/// A spec being interpreted. Leaked once per process: the interpreter
+/// serves one spec for the life of the process, on every worker.
+#[derive(Debug)]
+pub struct Interpreter {
+    spec: &'static Spec,
+    router: Router<'static>,
+}
+
+impl Interpreter {
+    /// Prepares a spec for interpretation (compiles its regexes).
+    pub fn new(spec: &'static Spec) -> Result<Self, String> {
+        let router = Router::new(spec).map_err(|e| format!("invalid path-regex: {e}"))?;
+        Ok(Interpreter { spec, router })
+    }
+
+    /// Parses a spec serialized as JSON (the IR's serde form) and leaks it.
+    pub fn leak_from_json(json: &str) -> Result<&'static Spec, String> {
+        let spec: Spec = serde_json::from_str(json).map_err(|e| format!("invalid IR: {e}"))?;
+        Ok(Box::leak(Box::new(spec)))
+    }
+
+    /// The spec being interpreted.
+    pub fn spec(&self) -> &'static Spec {
+        self.spec
+    }
+
+    /// The index of the route that serves `req`, or `None` (a 404).
+    pub fn route_index(&self, req: &RequestHead) -> Option<usize> {
+        let headers: Vec<(&str, &str)> = req
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((std::str::from_utf8(n).ok()?, std::str::from_utf8(v).ok()?)))
+            .collect();
+        let host = String::from_utf8_lossy(req.host());
+        // Origin-form path and query, also for an absolute-form target.
+        let target = String::from_utf8_lossy(req.path());
+        let head = MatchHead {
+            method: req.method(),
+            host: &host,
+            target: &target,
+            headers: &headers,
+        };
+        self.router.route(&head).ok().flatten()
+    }
+
+    fn rewrite(&self, rewrite: &'static HeaderRewrite, headers: &mut crate::http::HeaderBlock) {
+        for name in &rewrite.remove {
+            headers.remove(&name.value);
+        }
+        for (name, value) in &rewrite.set {
+            headers.set(&name.value, value.value.as_bytes());
+        }
+        for (name, value) in &rewrite.add {
+            headers.append(&name.value, value.value.as_bytes());
+        }
+    }
+}
+
+impl Gateway for Interpreter {
+    type Route = Option<usize>;
+    type Ctx = ();
+
+    fn upstreams(&self) -> Vec<Upstream> {
+        self.spec
+            .upstreams
+            .iter()
+            .map(|u| Upstream {
+                name: u.name.value.clone(),
+                servers: u
+                    .servers
+                    .iter()
+                    .filter_map(|s| match &s.address.value {
+                        ServerAddress::Ip(addr) => Some(*addr),
+                        ServerAddress::Dns { .. } => None,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn route(&self, req: &RequestHead) -> Option<usize> {
+        self.route_index(req)
+    }
+
+    fn request(&self, route: Option<usize>, req: &mut RequestHead, _ctx: &mut ()) -> Action {
+        let Some(route) = route.and_then(|i| self.spec.routes.get(i)) else {
+            return Action::Respond {
+                status: 404,
+                body: Cow::Borrowed(b"404 Not Found\n"),
+                content_type: "text/plain; charset=utf-8",
+            };
+        };
+        for step in self.spec.expand_steps(&route.steps) {
+            if let StepKind::RequestHeaders(rewrite) = &step.kind {
+                self.rewrite(rewrite, req.headers_mut());
+            }
+        }
+        match &route.action.kind {
+            ActionKind::Proxy {
+                upstream,
+                strip_prefix,
+            } => Action::Proxy {
+                upstream: upstream.index.unwrap_or(usize::MAX),
+                strip_prefix: strip_prefix.as_ref().map(|p| p.value.as_str()),
+            },
+            ActionKind::Respond {
+                status,
+                body,
+                content_type,
+            } => Action::Respond {
+                status: status.value,
+                body: Cow::Borrowed(body.value.as_bytes()),
+                content_type: content_type
+                    .as_ref()
+                    .map_or("text/plain; charset=utf-8", |c| c.value.as_str()),
+            },
+            ActionKind::Redirect { location, status } => Action::Redirect {
+                location: Cow::Borrowed(location.value.as_str()),
+                status: status.value,
+            },
+        }
+    }
+
+    fn response(&self, route: Option<usize>, resp: &mut ResponseHead, _ctx: &mut ()) {
+        let Some(route) = route.and_then(|i| self.spec.routes.get(i)) else {
+            return;
+        };
+        for step in self.spec.expand_steps(&route.steps) {
+            if let StepKind::ResponseHeaders(rewrite) = &step.kind {
+                self.rewrite(rewrite, resp.headers_mut());
+            }
+        }
+    }
+}
+
+/// The server settings of a spec, as the compiled gateway's `config()`
+/// would give them.
+pub fn config(spec: &'static Spec, spec_hash: &'static str) -> GatewayConfig {
+    let first = spec.upstreams.first();
+    let timeouts = first.map(|u| u.timeouts.clone()).unwrap_or_default();
+    let pool = first.map(|u| u.pool.clone()).unwrap_or_default();
+    let l = &spec.limits;
+    GatewayConfig {
+        name: spec.gateway.name.value.as_str(),
+        blitzc_version: env!("CARGO_PKG_VERSION"),
+        spec_hash,
+        listeners: spec
+            .listeners
+            .iter()
+            .map(|l| l.bind.value)
+            .collect::<Vec<SocketAddr>>(),
+        workers: match spec.gateway.workers.value {
+            Workers::Auto => 0,
+            Workers::Count(n) => n as usize,
+        },
+        limits: Limits {
+            header_timeout: l.header_timeout.value,
+            idle_timeout: l.idle_timeout.value,
+            body_timeout: l.body_timeout.value,
+            max_header_bytes: usize::try_from(l.max_header_bytes.value).unwrap_or(usize::MAX),
+            max_headers: usize::try_from(l.max_headers.value).unwrap_or(usize::MAX),
+            max_body_bytes: l.max_body_bytes.value,
+            connect_timeout: timeouts.connect.value,
+            response_timeout: timeouts.response.value,
+        },
+        pool: PoolConfig {
+            max_idle: pool.max_idle.value as usize,
+            idle_timeout: pool.idle_timeout.value,
+        },
+        admin_socket: spec.admin.socket.as_ref().map(|p| {
+            &*Box::leak(
+                p.value
+                    .resolved
+                    .to_string_lossy()
+                    .into_owned()
+                    .into_boxed_str(),
+            )
+        }),
+    }
+}

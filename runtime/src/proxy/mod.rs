@@ -1,0 +1,329 @@
+//! The request pipeline: the IO shell around `crate::http`.
+//!
+//! Lifecycle of a client connection (one task on its worker):
+//!
+//! ```text
+//! accept ─► wait for head (idle_timeout, or header_timeout on a new
+//!           connection; drain closes it here) ─► parse (header_timeout
+//!           from the first byte) ─► reject? ─► error + close
+//!                  │
+//!                  ▼
+//!         Gateway::route ─► Gateway::request ─► Respond/Redirect ─► write
+//!                  │
+//!                  ▼ Proxy
+//!         pooled or new upstream connection ─► head (+100-continue)
+//!         ─► request body streamed ─► response head ─► Gateway::response
+//!         ─► response head + body streamed ─► pool the upstream if clean
+//!                  │
+//!                  ▼
+//!         keep-alive and not draining? ─► next request (pipelined bytes
+//!         already buffered are parsed first, answers stay in order)
+//! ```
+//!
+//! Invariants: at most one request is in flight per connection, so
+//! pipelined requests are answered in order; no buffer grows past its
+//! bound (head: `max_header_bytes` + 4 KiB, body transfers: fixed 16 KiB
+//! pool buffers and a 64 KiB write batch); an upstream connection returns
+//! to the pool only after a clean, complete exchange; after a rejected
+//! request no further byte is parsed.
+
+#![forbid(unsafe_code)]
+
+mod conn;
+pub mod error;
+pub mod gateway;
+mod io;
+mod upstream;
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use compio::net::TcpStream;
+
+pub use error::{ErrorKind, ProxyError, Side};
+
+use crate::lb::{ConnPool, PassiveHealth, PoolConfig, RoundRobin, Upstream};
+use crate::rt::{BufferPool, DrainState, RequestIds};
+
+pub(crate) use conn::serve_connection;
+
+/// Limits and timeouts enforced on every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time allowed to receive a whole request head, from its first byte
+    /// (and, on a new connection, from accept): then 408 and close.
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may wait for the next request.
+    pub idle_timeout: Duration,
+    /// Longest pause between two reads of a request body: then 408 and close.
+    pub body_timeout: Duration,
+    /// Largest request head: over it, 431.
+    pub max_header_bytes: usize,
+    /// Most request header fields: over it, 431 (capped at
+    /// [`crate::http::parse::MAX_HEADERS_CAP`], 256).
+    pub max_headers: usize,
+    /// Largest request body, declared or streamed: over it, 413.
+    pub max_body_bytes: u64,
+    /// Time allowed to connect to an upstream: then 504 (refused: 502).
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream's response head after the request was
+    /// sent, and longest pause inside its body: 504, or a cut connection
+    /// once the response started.
+    pub response_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_header_bytes: 16384,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Limits {
+    pub(crate) fn head_limits(&self) -> crate::http::HeadLimits {
+        crate::http::HeadLimits {
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+/// Everything one worker thread owns for the pipeline: the gateway, the
+/// upstreams and their pool, buffers, and the drain state.
+pub(crate) struct Worker<G: gateway::Gateway> {
+    pub gateway: G,
+    pub upstreams: Vec<Upstream>,
+    pub rr: Vec<RoundRobin>,
+    /// Flat server id of each upstream's first server (pool index).
+    pub server_base: Vec<usize>,
+    pub pool: RefCell<ConnPool<TcpStream>>,
+    pub health: PassiveHealth,
+    pub limits: Limits,
+    pub drain: DrainState,
+    pub active: Cell<usize>,
+    pub buffers: BufferPool,
+    pub ids: RequestIds,
+}
+
+impl<G: gateway::Gateway> Worker<G> {
+    /// Address of a server by flat id.
+    pub fn server_addr(&self, flat: usize) -> std::net::SocketAddr {
+        let u = self
+            .server_base
+            .partition_point(|&b| b <= flat)
+            .saturating_sub(1);
+        let s = flat - self.server_base.get(u).copied().unwrap_or(0);
+        self.upstreams
+            .get(u)
+            .and_then(|up| up.servers.get(s))
+            .copied()
+            .unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn new(id: usize, gateway: G, limits: Limits, pool: PoolConfig) -> Self {
+        let upstreams = gateway.upstreams();
+        let mut server_base = Vec::with_capacity(upstreams.len());
+        let mut total = 0;
+        for u in &upstreams {
+            server_base.push(total);
+            total += u.servers.len();
+        }
+        Worker {
+            gateway,
+            rr: upstreams.iter().map(|_| RoundRobin::default()).collect(),
+            upstreams,
+            server_base,
+            pool: RefCell::new(ConnPool::new(total, pool)),
+            health: PassiveHealth::new(total),
+            limits,
+            drain: DrainState::default(),
+            active: Cell::new(0),
+            buffers: BufferPool::default(),
+            ids: RequestIds::new(id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::http::RequestHead;
+
+    struct Nothing;
+
+    impl gateway::Gateway for Nothing {
+        type Route = ();
+        type Ctx = ();
+        fn upstreams(&self) -> Vec<Upstream> {
+            Vec::new()
+        }
+        fn route(&self, _req: &RequestHead) {}
+        fn request(&self, _route: (), _req: &mut RequestHead, _ctx: &mut ()) -> gateway::Action {
+            gateway::Action::Proxy {
+                upstream: 0,
+                strip_prefix: None,
+            }
+        }
+    }
+
+    /// An idle connection costs its task (this future) plus its 4 KiB read
+    /// buffer: keep the future small.
+    #[test]
+    fn connection_task_is_small() {
+        let rt = compio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+        let size = rt.block_on(async {
+            let listener = compio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+            let stream = TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let w = Rc::new(Worker::new(
+                0,
+                Nothing,
+                Limits::default(),
+                PoolConfig::default(),
+            ));
+            let fut = serve_connection(w, stream, addr);
+            std::mem::size_of_val(&fut)
+        });
+        eprintln!("connection future: {size} bytes");
+        assert!(size < 2048, "connection future is {size} bytes");
+    }
+
+    struct ToOrigin(std::net::SocketAddr);
+
+    impl gateway::Gateway for ToOrigin {
+        type Route = bool;
+        type Ctx = ();
+        fn upstreams(&self) -> Vec<Upstream> {
+            vec![Upstream::single("origin", self.0)]
+        }
+        fn route(&self, req: &RequestHead) -> bool {
+            req.path_only() == b"/local"
+        }
+        fn request(&self, local: bool, req: &mut RequestHead, _ctx: &mut ()) -> gateway::Action {
+            req.headers_mut().set("x-step", b"1");
+            if local {
+                gateway::Action::Respond {
+                    status: 200,
+                    body: std::borrow::Cow::Borrowed(b"here\n"),
+                    content_type: "text/plain",
+                }
+            } else {
+                gateway::Action::Proxy {
+                    upstream: 0,
+                    strip_prefix: Some("/api"),
+                }
+            }
+        }
+        fn response(&self, _local: bool, resp: &mut crate::http::ResponseHead, _ctx: &mut ()) {
+            resp.headers_mut().append("x-resp-step", b"2");
+        }
+    }
+
+    /// The IO shell end to end, in memory of one runtime: pipelined
+    /// requests answered in order, a pooled upstream connection, the
+    /// upstream's close-delimited body re-framed as chunked, request and
+    /// response steps applied, proxy fields added.
+    #[test]
+    fn pipelined_requests_through_a_pooled_upstream() {
+        use compio::io::{AsyncReadExt, AsyncWriteExt};
+        use compio::net::TcpListener;
+        use std::cell::RefCell;
+
+        let rt = compio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            let origin = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+            let origin_addr = origin.local_addr().unwrap_or_else(|e| panic!("{e}"));
+            let seen = Rc::new(RefCell::new(Vec::<String>::new()));
+            let conns = Rc::new(Cell::new(0));
+            {
+                let (seen, conns) = (Rc::clone(&seen), Rc::clone(&conns));
+                compio::runtime::spawn(async move {
+                    while let Ok((mut s, _)) = origin.accept().await {
+                        conns.set(conns.get() + 1);
+                        let seen = Rc::clone(&seen);
+                        compio::runtime::spawn(async move {
+                            let mut buf = Vec::with_capacity(4096);
+                            loop {
+                                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                                    let head = String::from_utf8_lossy(&head).into_owned();
+                                    let last = head.contains("/last");
+                                    seen.borrow_mut().push(head);
+                                    let answer: &'static [u8] = if last {
+                                        // Close-delimited: no length, no chunks.
+                                        b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close"
+                                    } else {
+                                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: x-hop\r\nx-hop: 1\r\n\r\nok\n"
+                                    };
+                                    let _ = s.write_all(answer).await;
+                                    if last {
+                                        return;
+                                    }
+                                }
+                                buf.reserve(4096);
+                                let compio::BufResult(r, b) = s.append(std::mem::take(&mut buf)).await;
+                                buf = b;
+                                if !matches!(r, Ok(n) if n > 0) {
+                                    return;
+                                }
+                            }
+                        })
+                        .detach();
+                    }
+                })
+                .detach();
+            }
+
+            let gw = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+            let gw_addr = gw.local_addr().unwrap_or_else(|e| panic!("{e}"));
+            let worker = Rc::new(Worker::new(0, ToOrigin(origin_addr), Limits::default(), PoolConfig::default()));
+            compio::runtime::spawn(async move {
+                while let Ok((s, peer)) = gw.accept().await {
+                    compio::runtime::spawn(serve_connection(Rc::clone(&worker), s, peer)).detach();
+                }
+            })
+            .detach();
+
+            let mut client = TcpStream::connect(gw_addr).await.unwrap_or_else(|e| panic!("{e}"));
+            let requests: &'static [u8] = b"GET /api/one HTTP/1.1\r\nHost: a.test\r\nConnection: x-secret\r\nX-Secret: s\r\n\r\n\
+GET /local HTTP/1.1\r\nHost: a.test\r\n\r\n\
+GET /api/two?q=1 HTTP/1.1\r\nHost: a.test\r\nX-Request-Id: keep-me\r\n\r\n\
+GET /last HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+            let compio::BufResult(r, _) = client.write_all(requests).await;
+            r.unwrap_or_else(|e| panic!("{e}"));
+            let compio::BufResult(r, got) = client.read_to_end(Vec::new()).await;
+            r.unwrap_or_else(|e| panic!("{e}"));
+            let got = String::from_utf8_lossy(&got).into_owned();
+
+            let expected = "HTTP/1.1 200 OK\r\nx-resp-step: 2\r\ncontent-length: 3\r\n\r\nok\n\
+HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-resp-step: 2\r\ncontent-length: 5\r\n\r\nhere\n\
+HTTP/1.1 200 OK\r\nx-resp-step: 2\r\ncontent-length: 3\r\n\r\nok\n\
+HTTP/1.1 200 OK\r\nx-resp-step: 2\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\nb\r\nuntil close\r\n0\r\n\r\n";
+            assert_eq!(got, expected);
+            assert_eq!(conns.get(), 1, "one pooled upstream connection served all");
+            let seen = seen.borrow();
+            assert_eq!(seen.len(), 3);
+            assert!(seen[0].starts_with("GET /one HTTP/1.1\r\nhost: a.test\r\n"), "{}", seen[0]);
+            assert!(seen[0].contains("x-step: 1\r\n") && seen[0].contains("via: 1.1 blitz\r\n"), "{}", seen[0]);
+            assert!(seen[0].contains("x-forwarded-for: 127.0.0.1\r\n"), "{}", seen[0]);
+            assert!(!seen[0].to_ascii_lowercase().contains("secret"), "{}", seen[0]);
+            assert!(seen[1].starts_with("GET /two?q=1 HTTP/1.1\r\n") && seen[1].contains("x-request-id: keep-me\r\n"), "{}", seen[1]);
+        });
+    }
+}

@@ -1,0 +1,65 @@
+//! Process-wide OS settings, done by the main thread before workers start.
+//!
+//! Termination signals, the classic threaded way: SIGTERM and SIGINT are
+//! blocked in the main thread before any worker starts (threads inherit
+//! the mask), then the main thread waits for them with `sigwait`. No
+//! handler runs asynchronously, so nothing here needs to be async-safe.
+
+#![allow(unsafe_code)]
+
+use std::io;
+
+fn term_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is a plain C bit set; sigemptyset initializes it
+    // fully before use, and sigaddset only takes valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and threads it spawns).
+pub fn block_termination() -> io::Result<()> {
+    let set = term_set();
+    // SAFETY: `set` is initialized; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Waits until SIGTERM or SIGINT arrives; returns its number.
+pub fn wait_termination() -> io::Result<i32> {
+    let set = term_set();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is initialized and `sig` is a valid out pointer.
+    let rc = unsafe { libc::sigwait(&set, &mut sig) };
+    if rc == 0 {
+        Ok(sig)
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit: a gateway holds two
+/// descriptors per proxied connection, and the common soft default (1024)
+/// would refuse connections long before memory runs out. Best effort.
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out pointer for getrlimit and a valid in
+    // pointer for setrlimit; both only read or write that struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
