@@ -1,14 +1,45 @@
 //! The reference route matcher: SPEC.md "Meaning", executed directly on the
-//! model. `blitzc route`, the runtime's interpreter and the differential tests
-//! of generated code all use it, so it is written for clarity, not speed.
+//! model. `blitzc route`, the runtime's interpreter, the shadowed-route check
+//! and the differential tests of generated code all use it, so it is written
+//! for clarity, not speed.
 //!
-//! - Routes are tried in spec order; the first whose conditions all hold wins.
-//! - Host: compared case-insensitively with the port removed; `*.example.com`
-//!   matches names ending in `.example.com`, not `example.com` itself.
-//! - Path: matched after [`normalize_path`]. `path` is exact, `path-prefix`
-//!   is segment-aware, `path-regex` must match the whole path.
-//! - Method, header (name case-insensitive, value exact) and query matchers;
-//!   several values of one condition are alternatives.
+//! The rules, in the order [`Router::route`] applies them:
+//!
+//! - Routes are tried in spec order; the first whose conditions all hold
+//!   wins. A route without `match` (or with an empty one) matches every
+//!   request. When no route matches the answer is `None`: a 404.
+//! - Inside one `match`, different conditions must all hold; the several
+//!   values of one condition are alternatives.
+//! - **Host**: the `Host` header (or the authority of an absolute-form
+//!   target) with its port and a trailing dot removed, lower-cased
+//!   ([`host_without_port`]). `api.example.com` is exact; `*.example.com`
+//!   matches names that end in `.example.com` and are longer than it, so
+//!   never `example.com` itself. A request without a host matches no host
+//!   condition.
+//! - **Path**: conditions see [`normalize_path`] of the target: no query,
+//!   no dot-segments. `path` is exact, `path-prefix` is segment-aware
+//!   ([`path_has_prefix`]), `path-regex` must match the whole path.
+//! - **Method**: exact and case-sensitive, as RFC 9110 §9.1 says (`get` is
+//!   not `GET`).
+//! - **Header** `NAME [VALUE...]`: the name is compared case-insensitively.
+//!   Without values the header must be present (an empty value counts).
+//!   With values, some field line of that name must equal one of them
+//!   exactly, after removing the optional whitespace around the field value
+//!   (RFC 9110 §5.5). A request may carry several lines of one name: any of
+//!   them may match. Lines are not split at commas: `x: 1, 2` has the one
+//!   value `1, 2`.
+//! - **Query** `NAME [VALUE...]`: the query is split at `&`, each pair at
+//!   its first `=`, and both sides decoded as HTML forms encode them (`+`
+//!   is a space, `%XX` a byte). Names are case-sensitive. Without values the
+//!   parameter must be present (`?debug` and `?debug=` count); with values,
+//!   some occurrence must equal one of them.
+//!
+//! Decisions the spec leaves open, taken here once for every consumer:
+//! percent-escapes of unreserved characters are decoded before matching
+//! (`%2e%2e` is a dot-segment, `/%75sers` is `/users`); repeated slashes
+//! are merged (`//admin` is `/admin`); every other escape is kept as
+//! written with upper-case hex digits (`%2f` becomes `%2F`, and is not a
+//! segment separator).
 
 use crate::model::{HostPattern, Spec, Test};
 use regex::Regex;
@@ -22,6 +53,7 @@ pub struct RequestHead<'a> {
     pub host: &'a str,
     /// The request target's path and query (`/a/b?x=1`), not normalised.
     pub target: &'a str,
+    /// Every header field line, in order; names in any case.
     pub headers: &'a [(&'a str, &'a str)],
 }
 
@@ -111,10 +143,15 @@ pub fn host_without_port(host: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Whether `path` (normalised) is `prefix` or lies below it, segment-wise.
-/// `prefix` is stored without a trailing slash, except the root `/`.
+/// Whether `path` (normalised) is `prefix` or lies below it, segment-wise:
+/// `/v1/users` has the prefix `/v1/users` and `/v1`, not `/v1/user`.
+/// `prefix` is stored without a trailing slash, except the root `/`, which
+/// every path has.
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
-    if prefix == "/" {
+    // Tolerate a trailing slash that a front end did not strip: `/v1/` is
+    // the same prefix as `/v1`.
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
         return true;
     }
     match path.strip_prefix(prefix) {
@@ -150,8 +187,10 @@ fn decode_query(text: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
+                // `from_str_radix` would take a sign (`%+1`): check digits.
                 match std::str::from_utf8(&bytes[i + 1..i + 3])
                     .ok()
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                 {
                     Some(v) => {
@@ -184,6 +223,57 @@ pub enum MatchError {
     BadPath,
 }
 
+/// A request head with its host and path normalised once, for matching
+/// against many routes.
+#[derive(Clone, Debug)]
+pub struct PreparedRequest<'a> {
+    pub method: &'a str,
+    /// [`host_without_port`] of the request's host.
+    pub host: String,
+    /// [`normalize_path`] of the target.
+    pub path: String,
+    /// The raw query, without `?` and fragment; empty when there is none.
+    pub query: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> PreparedRequest<'a> {
+    pub fn new(request: &RequestHead<'a>) -> Result<Self, MatchError> {
+        let path = normalize_path(request.target).ok_or(MatchError::BadPath)?;
+        let query = request.target.split('#').next().unwrap_or("");
+        let query = query.split_once('?').map_or("", |(_, q)| q);
+        Ok(PreparedRequest {
+            method: request.method,
+            host: host_without_port(request.host),
+            path,
+            query,
+            headers: request.headers,
+        })
+    }
+
+    /// Whether some field line named `name` (any case) is present and, when
+    /// `values` is not empty, has one of them as its value.
+    fn header_matches(&self, name: &str, values: &[crate::Spanned<String>]) -> bool {
+        self.headers.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case(name) && {
+                let v = v.trim_matches([' ', '\t']);
+                values.is_empty() || values.iter().any(|x| x.value == v)
+            }
+        })
+    }
+
+    /// Whether the query parameter `name` is present and, when `values` is
+    /// not empty, some occurrence has one of them as its value.
+    fn query_matches(&self, name: &str, values: &[crate::Spanned<String>]) -> bool {
+        let mut found = query_values(self.query, name);
+        if values.is_empty() {
+            found.next().is_some()
+        } else {
+            found.any(|v| values.iter().any(|x| x.value == v))
+        }
+    }
+}
+
 impl<'s> Router<'s> {
     /// Compiles the spec's regexes. Fails only on a regex that validation
     /// would have rejected.
@@ -207,47 +297,36 @@ impl<'s> Router<'s> {
 
     /// The index of the first route whose match holds, or `None` (a 404).
     pub fn route(&self, request: &RequestHead<'_>) -> Result<Option<usize>, MatchError> {
-        let path = normalize_path(request.target).ok_or(MatchError::BadPath)?;
-        let query = request.target.split_once('?').map_or("", |(_, q)| q);
-        let query = query.split('#').next().unwrap_or("");
-        let host = host_without_port(request.host);
-        for (index, route) in self.spec.routes.iter().enumerate() {
-            let Some(matcher) = &route.matcher else {
-                return Ok(Some(index));
-            };
-            let holds =
-                matcher
-                    .conditions
+        let request = PreparedRequest::new(request)?;
+        Ok((0..self.spec.routes.len()).find(|&index| self.route_matches(index, &request)))
+    }
+
+    /// Whether route `index`'s own conditions hold for `request`, regardless
+    /// of the routes before it. `false` for an index out of range.
+    pub fn route_matches(&self, index: usize, request: &PreparedRequest<'_>) -> bool {
+        let Some(route) = self.spec.routes.get(index) else {
+            return false;
+        };
+        let Some(matcher) = &route.matcher else {
+            return true;
+        };
+        matcher
+            .conditions
+            .iter()
+            .enumerate()
+            .all(|(ci, condition)| match &condition.test {
+                Test::Host(patterns) => patterns.iter().any(|p| host_matches(&request.host, p)),
+                Test::Path(paths) => paths.iter().any(|p| p.value == request.path),
+                Test::PathPrefix(prefixes) => {
+                    prefixes.iter().any(|p| path_has_prefix(&request.path, p))
+                }
+                Test::PathRegex(_) => self.regexes[index][ci]
                     .iter()
-                    .enumerate()
-                    .all(|(ci, condition)| match &condition.test {
-                        Test::Host(patterns) => patterns.iter().any(|p| host_matches(&host, p)),
-                        Test::Path(paths) => paths.iter().any(|p| p.value == path),
-                        Test::PathPrefix(prefixes) => {
-                            prefixes.iter().any(|p| path_has_prefix(&path, p))
-                        }
-                        Test::PathRegex(_) => {
-                            self.regexes[index][ci].iter().any(|re| re.is_match(&path))
-                        }
-                        Test::Method(methods) => methods.iter().any(|m| m.value == request.method),
-                        Test::Header { name, values } => request.headers.iter().any(|(n, v)| {
-                            n.eq_ignore_ascii_case(name)
-                                && (values.is_empty() || values.iter().any(|x| x.value == *v))
-                        }),
-                        Test::Query { name, values } => {
-                            let mut found = query_values(query, name).peekable();
-                            if values.is_empty() {
-                                found.peek().is_some()
-                            } else {
-                                found.any(|v| values.iter().any(|x| x.value == v))
-                            }
-                        }
-                    });
-            if holds {
-                return Ok(Some(index));
-            }
-        }
-        Ok(None)
+                    .any(|re| re.is_match(&request.path)),
+                Test::Method(methods) => methods.iter().any(|m| m.value == request.method),
+                Test::Header { name, values } => request.header_matches(name, values),
+                Test::Query { name, values } => request.query_matches(name, values),
+            })
     }
 }
 

@@ -855,13 +855,16 @@ impl Spec {
         out
     }
 
-    /// The model as JSON without spans: equal for the KDL and TOML forms of
-    /// one spec. Used by tests and to fingerprint a spec.
+    /// The model as JSON without spans and resolved paths: equal for the KDL
+    /// and TOML forms of one spec wherever it lies. Used by tests and to
+    /// fingerprint a spec (`GATEWAY --version`).
     pub fn canonical_json(&self) -> String {
         fn strip_spans(value: &mut serde_json::Value) {
             match value {
                 serde_json::Value::Object(map) => {
                     map.remove("span");
+                    // Where the spec file lies is not part of its meaning.
+                    map.remove("resolved");
                     // A `Spanned<T>` becomes `{"value": T}`: keep only T.
                     if map.len() == 1
                         && let Some(inner) = map.remove("value")

@@ -109,6 +109,8 @@ codes! {
     DuplicateSni = ("B064", "duplicate-sni"),
     /// `tls` without any certificate.
     TlsWithoutCert = ("B065", "tls-without-cert"),
+    /// A certificate chosen by `sni` that is not valid for that name.
+    CertNameMismatch = ("B066", "cert-name-mismatch"),
 
     // ---- auth and limits
     /// `require-role` with no `auth` before it.

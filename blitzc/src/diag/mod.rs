@@ -154,7 +154,7 @@ pub fn did_you_mean<'a>(
 }
 
 /// A help line listing the choices, with a suggestion first when one is close.
-pub fn choices_help<'a>(word: &str, choices: &[&'a str]) -> String {
+pub fn choices_help(word: &str, choices: &[&str]) -> String {
     let list = choices
         .iter()
         .map(|c| format!("`{c}`"))
@@ -177,7 +177,8 @@ mod tests {
         assert_eq!(file.line_col(1), (1, 2));
         assert_eq!(file.line_col(3), (2, 1));
         assert_eq!(file.line_col(7), (2, 4)); // after the two-byte é
-        assert_eq!(file.line_col(9), (3, 1));
+        assert_eq!(file.line_col(8), (3, 1));
+        assert_eq!(file.line_col(9), (3, 2));
         assert_eq!(file.line_col(100), (3, 2));
     }
 

@@ -1,0 +1,246 @@
+//! Rules on single routes: an empty `match` (B051), conflicting header edits
+//! (B052), a matcher given twice (B053), a `strip-prefix` that is not a
+//! normalised absolute path or does not fit the route's paths (B038), and
+//! `auth` twice (B075). Shadowing between routes lives in `shadow`.
+
+use super::{expand_route, via_label};
+use crate::diag::{Code, Diagnostic};
+use blitz_ir::matcher::path_has_prefix;
+use blitz_ir::{ActionKind, HeaderRewrite, Route, Span, Spanned, Spec, StepKind, Test};
+
+pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
+    for route in &spec.routes {
+        empty_match(route, diagnostics);
+        duplicate_matchers(route, diagnostics);
+        header_edits(route.steps.iter().map(|s| &s.kind), diagnostics);
+        strip_prefix(route, diagnostics);
+        duplicate_auth(spec, route, diagnostics);
+    }
+    for chain in &spec.chains {
+        header_edits(chain.steps.iter().map(|s| &s.kind), diagnostics);
+    }
+}
+
+/// B051 (warning): `match {}` matches every request, like no `match`.
+fn empty_match(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
+    if let Some(matcher) = &route.matcher
+        && matcher.conditions.is_empty()
+    {
+        diagnostics.push(
+            Diagnostic::warning(
+                Code::EmptyMatch,
+                matcher.span,
+                format!("route `{}` has a `match` without conditions", route.name.value),
+            )
+            .label("matches every request")
+            .help("add conditions such as `path-prefix \"/api\"`, or remove `match` to make a catch-all route explicit"),
+        );
+    }
+}
+
+/// What makes two conditions "the same matcher": the kind, and for
+/// `header` and `query` the name too.
+fn matcher_identity(test: &Test) -> (u8, Option<&str>) {
+    match test {
+        Test::Header { name, .. } | Test::Query { name, .. } => (test.order(), Some(&name.value)),
+        _ => (test.order(), None),
+    }
+}
+
+/// B053: the same matcher twice in one `match`. Values of one matcher are
+/// alternatives; two matchers would both have to hold, which is rarely meant.
+fn duplicate_matchers(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
+    let Some(matcher) = &route.matcher else {
+        return;
+    };
+    for (j, condition) in matcher.conditions.iter().enumerate() {
+        let identity = matcher_identity(&condition.test);
+        let Some(first) = matcher.conditions[..j]
+            .iter()
+            .find(|c| matcher_identity(&c.test) == identity)
+        else {
+            continue;
+        };
+        let keyword = condition.test.keyword();
+        let (what, example) = match identity.1 {
+            Some(name) => (
+                format!("`{keyword} \"{name}\"`"),
+                format!("`{keyword} \"{name}\" \"a\" \"b\"`"),
+            ),
+            None => (format!("`{keyword}`"), format!("`{keyword} \"a\" \"b\"`")),
+        };
+        diagnostics.push(
+            Diagnostic::error(
+                Code::DuplicateMatcher,
+                condition.span,
+                format!(
+                    "{what} appears twice in the `match` of route `{}`",
+                    route.name.value
+                ),
+            )
+            .label("second time")
+            .help(format!(
+                "values of one matcher are alternatives: write them together, e.g. {example}"
+            ))
+            .related(first.span, "first here"),
+        );
+    }
+}
+
+/// B052 (warning): within one `request-headers`/`response-headers` block, a
+/// header that is both set and removed, or set twice. Edits apply as
+/// remove, then set, then add, so the written order does not decide.
+fn header_edits<'a>(steps: impl Iterator<Item = &'a StepKind>, diagnostics: &mut Vec<Diagnostic>) {
+    for kind in steps {
+        let (StepKind::RequestHeaders(rewrite) | StepKind::ResponseHeaders(rewrite)) = kind else {
+            continue;
+        };
+        conflicting_edits(rewrite, diagnostics);
+    }
+}
+
+fn conflicting_edits(rewrite: &HeaderRewrite, diagnostics: &mut Vec<Diagnostic>) {
+    // (name, span, is_set), in file order.
+    let mut edits: Vec<(&Spanned<String>, bool)> = rewrite
+        .remove
+        .iter()
+        .map(|n| (n, false))
+        .chain(rewrite.set.iter().map(|(n, _)| (n, true)))
+        .collect();
+    edits.sort_by_key(|(n, _)| n.span);
+    for (j, (name, is_set)) in edits.iter().enumerate() {
+        let earlier = edits[..j]
+            .iter()
+            .find(|(other, other_set)| other.value == name.value && (*is_set || *other_set));
+        let Some((first, first_set)) = earlier else {
+            continue;
+        };
+        let (message, label, help) = match (first_set, is_set) {
+            (true, true) => (
+                format!("header `{}` is set twice", name.value),
+                "the second value replaces the first",
+                format!(
+                    "keep one `set \"{}\"`, or use `add` to send several values",
+                    name.value
+                ),
+            ),
+            _ => (
+                format!("header `{}` is both set and removed", name.value),
+                "conflicts with the other edit",
+                format!(
+                    "edits apply as remove, then set, then add, so `{}` ends up set: drop the `remove`, or the `set`",
+                    name.value
+                ),
+            ),
+        };
+        // Report removes repeated (remove twice) elsewhere: not a conflict.
+        diagnostics.push(
+            Diagnostic::warning(Code::ConflictingHeaderEdit, name.span, message)
+                .label(label)
+                .help(help)
+                .related(first.span, "first edit of this header"),
+        );
+    }
+}
+
+/// B038: `strip-prefix` must be an absolute, normalised path (it is removed
+/// from the normalised request path); a warning when a path the route
+/// matches does not start with it, since nothing is stripped there.
+fn strip_prefix(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
+    let ActionKind::Proxy {
+        strip_prefix: Some(prefix),
+        ..
+    } = &route.action.kind
+    else {
+        return;
+    };
+    let text = prefix.value.as_str();
+    let problem = if !text.starts_with('/') {
+        Some((
+            "must start with `/`".to_string(),
+            format!("write `/{text}`"),
+        ))
+    } else if text.contains('?') || text.contains('#') {
+        Some((
+            "contains a query or fragment".to_string(),
+            "strip-prefix removes a leading part of the path only".to_string(),
+        ))
+    } else {
+        match blitz_ir::matcher::normalize_path(text) {
+            Some(normal) if normal == text => None,
+            normal => Some((
+                "is not normalised".to_string(),
+                format!(
+                    "request paths are normalised before the prefix is removed: write `{}`",
+                    normal.unwrap_or_else(|| "/".into())
+                ),
+            )),
+        }
+    };
+    if let Some((label, help)) = problem {
+        diagnostics.push(
+            Diagnostic::error(
+                Code::InvalidPath,
+                prefix.span,
+                format!("invalid strip-prefix `{text}`"),
+            )
+            .label(format!("the prefix {label}"))
+            .help(help),
+        );
+        return;
+    }
+    let Some(matcher) = &route.matcher else {
+        return;
+    };
+    for condition in &matcher.conditions {
+        let paths = match &condition.test {
+            Test::Path(paths) | Test::PathPrefix(paths) => paths,
+            _ => continue,
+        };
+        for path in paths.iter().filter(|p| !path_has_prefix(&p.value, text)) {
+            diagnostics.push(
+                Diagnostic::warning(
+                    Code::InvalidPath,
+                    prefix.span,
+                    format!("strip-prefix `{text}` does not fit `{}`", path.value),
+                )
+                .label("nothing is stripped from these requests")
+                .help(format!(
+                    "requests matched by `{} \"{}\"` do not start with `{text}`, so they reach the upstream unchanged; \
+                     use a strip-prefix that every matched path starts with, or a separate route",
+                    condition.test.keyword(),
+                    path.value
+                ))
+                .related(path.span, "matched path"),
+            );
+        }
+    }
+}
+
+/// B075 (warning): `auth` twice in a route's steps, chains spliced in. The
+/// token is verified twice, possibly with different issuers, and every
+/// `auth` must pass.
+fn duplicate_auth(spec: &Spec, route: &Route, diagnostics: &mut Vec<Diagnostic>) {
+    let mut first: Option<Span> = None;
+    for expanded in expand_route(spec, route) {
+        let StepKind::Auth(r) = &expanded.step.kind else {
+            continue;
+        };
+        let Some(first_span) = first else {
+            first = Some(r.name.span);
+            continue;
+        };
+        let mut diagnostic = Diagnostic::warning(
+            Code::DuplicateAuth,
+            r.name.span,
+            format!("route `{}` runs `auth` twice", route.name.value),
+        )
+        .label("second `auth`")
+        .help("a request must pass every `auth`; keep one (a chain used by the route may already have it)")
+        .related(first_span, "first `auth`");
+        if let Some(via) = expanded.via {
+            diagnostic = diagnostic.related(via.span, via_label(route));
+        }
+        diagnostics.push(diagnostic);
+    }
+}

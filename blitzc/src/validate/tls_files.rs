@@ -1,0 +1,305 @@
+//! Loading a certificate chain and its private key from PEM files into a
+//! rustls [`CertifiedKey`], with a typed error for each way it can fail.
+//!
+//! `blitzc check` uses this to validate `tls` blocks, and the runtime is
+//! meant to load its certificates with the same code (same provider, same
+//! parsing), so a spec that checks clean also loads. It does file IO only;
+//! it knows nothing about spans or diagnostics.
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject, SectionKind};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+    ServerName,
+};
+use rustls::sign::CertifiedKey;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Which of the two files an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFileRole {
+    Certificate,
+    PrivateKey,
+}
+
+/// Why a certificate or key could not be loaded.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TlsFileError {
+    /// The file does not exist.
+    Missing { role: TlsFileRole, path: PathBuf },
+    /// The file exists but cannot be read.
+    Unreadable {
+        role: TlsFileRole,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid PEM (bad section markers or base64).
+    BadPem {
+        role: TlsFileRole,
+        path: PathBuf,
+        detail: String,
+    },
+    /// A PEM file without a `CERTIFICATE` section. `found` lists the PEM
+    /// labels of the sections it has instead (e.g. a private key given as
+    /// the cert).
+    NoCertificate { path: PathBuf, found: Vec<String> },
+    /// The first certificate is not a valid X.509 certificate.
+    BadCertificate { path: PathBuf, detail: String },
+    /// A PEM file without a private key section (PKCS#8 `PRIVATE KEY`,
+    /// PKCS#1 `RSA PRIVATE KEY` or SEC1 `EC PRIVATE KEY`).
+    NoPrivateKey {
+        path: PathBuf,
+        found: Vec<String>,
+        /// The file holds an `ENCRYPTED PRIVATE KEY`, which needs a passphrase.
+        encrypted: bool,
+    },
+    /// The key parses as PEM but the crypto provider cannot use it
+    /// (corrupt DER, unsupported algorithm or curve).
+    UnsupportedKey { path: PathBuf, detail: String },
+    /// The certificate's public key is not the private key's.
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    /// The certificate is not valid for the server name it is chosen for.
+    NameMismatch { path: PathBuf, name: String },
+}
+
+impl TlsFileError {
+    /// The file the error is about.
+    pub fn role(&self) -> TlsFileRole {
+        match self {
+            TlsFileError::Missing { role, .. }
+            | TlsFileError::Unreadable { role, .. }
+            | TlsFileError::BadPem { role, .. } => *role,
+            TlsFileError::NoCertificate { .. }
+            | TlsFileError::BadCertificate { .. }
+            | TlsFileError::KeyMismatch { .. }
+            | TlsFileError::NameMismatch { .. } => TlsFileRole::Certificate,
+            TlsFileError::NoPrivateKey { .. } | TlsFileError::UnsupportedKey { .. } => {
+                TlsFileRole::PrivateKey
+            }
+        }
+    }
+}
+
+impl fmt::Display for TlsFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = |role: &TlsFileRole| match role {
+            TlsFileRole::Certificate => "certificate",
+            TlsFileRole::PrivateKey => "private key",
+        };
+        match self {
+            TlsFileError::Missing { role, path } => {
+                write!(f, "{} file {} not found", what(role), path.display())
+            }
+            TlsFileError::Unreadable { role, path, source } => write!(
+                f,
+                "cannot read {} file {}: {source}",
+                what(role),
+                path.display()
+            ),
+            TlsFileError::BadPem { role, path, detail } => write!(
+                f,
+                "{} file {} is not valid PEM: {detail}",
+                what(role),
+                path.display()
+            ),
+            TlsFileError::NoCertificate { path, .. } => {
+                write!(f, "{} holds no PEM certificate", path.display())
+            }
+            TlsFileError::BadCertificate { path, detail } => write!(
+                f,
+                "{} does not hold a valid X.509 certificate: {detail}",
+                path.display()
+            ),
+            TlsFileError::NoPrivateKey { path, .. } => {
+                write!(f, "{} holds no PEM private key", path.display())
+            }
+            TlsFileError::UnsupportedKey { path, detail } => {
+                write!(
+                    f,
+                    "cannot use the private key in {}: {detail}",
+                    path.display()
+                )
+            }
+            TlsFileError::KeyMismatch { cert, key } => write!(
+                f,
+                "certificate {} does not match private key {}",
+                cert.display(),
+                key.display()
+            ),
+            TlsFileError::NameMismatch { path, name } => {
+                write!(f, "certificate {} is not valid for {name}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for TlsFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsFileError::Unreadable { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The crypto provider certificates are loaded with (the runtime's).
+pub fn provider() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// The PEM sections of a file, in order.
+fn sections(role: TlsFileRole, path: &Path) -> Result<Vec<(SectionKind, Vec<u8>)>, TlsFileError> {
+    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => TlsFileError::Missing {
+            role,
+            path: path.to_path_buf(),
+        },
+        _ => TlsFileError::Unreadable {
+            role,
+            path: path.to_path_buf(),
+            source,
+        },
+    })?;
+    <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, pem::Error>>()
+        .map_err(|e| TlsFileError::BadPem {
+            role,
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+}
+
+/// The PEM labels of `sections` (`CERTIFICATE`, `PRIVATE KEY`, ...).
+fn section_names(sections: &[(SectionKind, Vec<u8>)]) -> Vec<String> {
+    sections
+        .iter()
+        .map(|(kind, _)| {
+            match kind {
+                SectionKind::Certificate => "CERTIFICATE",
+                SectionKind::PublicKey => "PUBLIC KEY",
+                SectionKind::RsaPrivateKey => "RSA PRIVATE KEY",
+                SectionKind::PrivateKey => "PRIVATE KEY",
+                SectionKind::EcPrivateKey => "EC PRIVATE KEY",
+                SectionKind::Crl => "X509 CRL",
+                SectionKind::Csr => "CERTIFICATE REQUEST",
+                _ => "ECHCONFIG",
+            }
+            .to_string()
+        })
+        .collect()
+}
+
+/// The certificate chain in a PEM file, end-entity first; the end-entity
+/// certificate is checked to parse as X.509.
+pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let sections = sections(TlsFileRole::Certificate, path)?;
+    let chain: Vec<CertificateDer<'static>> = sections
+        .iter()
+        .filter(|(kind, _)| *kind == SectionKind::Certificate)
+        .map(|(_, der)| CertificateDer::from(der.clone()))
+        .collect();
+    let Some(end_entity) = chain.first() else {
+        return Err(TlsFileError::NoCertificate {
+            path: path.to_path_buf(),
+            found: section_names(&sections),
+        });
+    };
+    webpki::EndEntityCert::try_from(end_entity).map_err(|e| TlsFileError::BadCertificate {
+        path: path.to_path_buf(),
+        detail: format!("{e:?}"),
+    })?;
+    Ok(chain)
+}
+
+/// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_private_key_der(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
+    let sections = sections(TlsFileRole::PrivateKey, path)?;
+    let key = sections.iter().find_map(|(kind, der)| match kind {
+        SectionKind::PrivateKey => {
+            Some(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.clone())))
+        }
+        SectionKind::RsaPrivateKey => {
+            Some(PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der.clone())))
+        }
+        SectionKind::EcPrivateKey => {
+            Some(PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(der.clone())))
+        }
+        _ => None,
+    });
+    key.ok_or_else(|| TlsFileError::NoPrivateKey {
+        path: path.to_path_buf(),
+        found: section_names(&sections),
+        encrypted: std::fs::read(path)
+            .map(|b| b.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY"))
+            .unwrap_or(false),
+    })
+}
+
+/// The private key in a PEM file, loaded by the provider for signing.
+pub fn load_private_key(
+    path: &Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, TlsFileError> {
+    let der = load_private_key_der(path)?;
+    provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsFileError::UnsupportedKey {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+}
+
+/// A loaded chain and key, checked to belong together. `cert` and `key` are
+/// the paths the two came from, for the error.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<dyn rustls::sign::SigningKey>,
+    cert: &Path,
+    key_path: &Path,
+) -> Result<CertifiedKey, TlsFileError> {
+    let certified = CertifiedKey::new(chain, key);
+    match certified.keys_match() {
+        // A key that cannot show its public half is not known to mismatch.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsFileError::KeyMismatch {
+            cert: cert.to_path_buf(),
+            key: key_path.to_path_buf(),
+        }),
+        Err(e) => Err(TlsFileError::BadCertificate {
+            path: cert.to_path_buf(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Loads a certificate chain and its key, and checks they match.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsFileError> {
+    let chain = load_cert_chain(cert)?;
+    let signing_key = load_private_key(key, &provider())?;
+    certified_key(chain, signing_key, cert, key)
+}
+
+/// Checks that the end-entity certificate is valid for `name` (its subject
+/// alternative names), as rustls requires of a certificate chosen by SNI.
+pub fn check_server_name(
+    certified: &CertifiedKey,
+    cert: &Path,
+    name: &str,
+) -> Result<(), TlsFileError> {
+    let mismatch = || TlsFileError::NameMismatch {
+        path: cert.to_path_buf(),
+        name: name.to_string(),
+    };
+    let server_name = ServerName::try_from(name).map_err(|_| mismatch())?;
+    let end_entity = certified.end_entity_cert().map_err(|_| mismatch())?;
+    let parsed = webpki::EndEntityCert::try_from(end_entity).map_err(|_| mismatch())?;
+    parsed
+        .verify_is_valid_for_subject_name(&server_name)
+        .map_err(|_| mismatch())
+}
