@@ -3,9 +3,11 @@
 //!
 //! The pipeline: [`syntax`] (KDL or TOML text to the IR, with spans) →
 //! [`ir`] (name resolution, canonical order) → [`validate`] (every rule, all
-//! diagnostics at once) → codegen and build (later stages).
+//! diagnostics at once) → [`codegen`] (IR to Rust) → [`build`] (crate and cargo).
 #![forbid(unsafe_code)]
 
+pub mod build;
+pub mod codegen;
 pub mod diag;
 pub mod ir;
 pub mod syntax;

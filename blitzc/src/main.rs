@@ -3,10 +3,11 @@
 //! 1 no route, 2 usage.
 #![forbid(unsafe_code)]
 
+use blitzc::build::Profile;
 use blitzc::diag::render::{self, Format, Report};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -29,6 +30,37 @@ enum Command {
         #[arg(long)]
         deny_warnings: bool,
     },
+    /// Check, generate and compile a spec into one gateway binary.
+    Build {
+        spec: PathBuf,
+        /// Where to put the binary (default: ./GATEWAY-NAME).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = ProfileArg::Release)]
+        profile: ProfileArg,
+    },
+    /// Write the generated gateway crate into a folder.
+    Emit {
+        spec: PathBuf,
+        #[arg(short = 'o', long = "output", required = true)]
+        output: PathBuf,
+    },
+    /// Build a spec and run the gateway in the foreground.
+    Run {
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value_t = ProfileArg::Release)]
+        profile: ProfileArg,
+        /// Arguments for the gateway binary (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Serve a spec with the reference interpreter: no cargo, instant start.
+    Dev {
+        spec: PathBuf,
+        /// Arguments for the gateway (after `--`), as for a built binary.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Print the name of the route that would serve a request.
     Route {
         spec: PathBuf,
@@ -40,6 +72,21 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProfileArg {
+    Release,
+    Max,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Release => Profile::Release,
+            ProfileArg::Max => Profile::Max,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -81,6 +128,24 @@ fn main() -> ExitCode {
             url,
             headers,
         } => route(&spec, &method, &url, &headers),
+        Command::Build {
+            spec,
+            output,
+            profile,
+        } => match build(&spec, output, profile.into()) {
+            Ok(path) => {
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Emit { spec, output } => emit(&spec, &output),
+        Command::Run {
+            spec,
+            profile,
+            args,
+        } => run(&spec, profile.into(), &args),
+        Command::Dev { spec, args } => dev(&spec, args),
     }
 }
 
@@ -117,7 +182,7 @@ fn check(specs: &[PathBuf], format: Format, deny_warnings: bool) -> ExitCode {
     }
 }
 
-fn route(spec_path: &PathBuf, method: &str, url: &str, headers: &[String]) -> ExitCode {
+fn route(spec_path: &Path, method: &str, url: &str, headers: &[String]) -> ExitCode {
     let checked = match blitzc::check_path(spec_path) {
         Ok(c) => c,
         Err(e) => {
@@ -125,8 +190,15 @@ fn route(spec_path: &PathBuf, method: &str, url: &str, headers: &[String]) -> Ex
             return ExitCode::from(2);
         }
     };
-    let spec = match (&checked.spec, checked.has_errors()) {
-        (Some(spec), false) => spec,
+    // A shadowed route (B050) does not change what the matcher does, and
+    // `route` is how one finds out which route wins instead: route anyway,
+    // with a note. Any other error makes the spec unusable (exit 2).
+    let routable = checked
+        .diagnostics
+        .iter()
+        .all(|d| !d.is_error() || d.code == blitzc::diag::Code::ShadowedRoute);
+    let spec = match &checked.spec {
+        Some(spec) if routable => spec,
         _ => {
             let report = [Report {
                 file: &checked.file,
@@ -136,11 +208,19 @@ fn route(spec_path: &PathBuf, method: &str, url: &str, headers: &[String]) -> Ex
             return ExitCode::from(2);
         }
     };
+    for d in checked.diagnostics.iter().filter(|d| d.is_error()) {
+        eprintln!("note: {} ({}; see `blitzc check`)", d.message, d.code);
+    }
+    let method = method.trim();
+    if method.is_empty() || !method.bytes().all(is_token_byte) {
+        eprintln!("error: `{method}` is not an HTTP method (a token such as GET)");
+        return ExitCode::from(2);
+    }
     let mut parsed_headers = Vec::new();
     for header in headers {
         match header.split_once(':') {
-            Some((name, value)) if !name.trim().is_empty() => {
-                parsed_headers.push((name.trim(), value.trim()))
+            Some((name, value)) if !name.is_empty() && name.bytes().all(is_token_byte) => {
+                parsed_headers.push((name, value.trim()))
             }
             _ => {
                 eprintln!("error: header `{header}` is not `name: value`");
@@ -149,6 +229,8 @@ fn route(spec_path: &PathBuf, method: &str, url: &str, headers: &[String]) -> Ex
         }
     }
     let (host, target) = match split_url(url) {
+        // The authority of an absolute-form target wins over `Host`
+        // (RFC 9112 §3.2.2).
         Some((Some(host), target)) => (host.to_string(), target),
         Some((None, target)) => {
             let host = parsed_headers
@@ -159,7 +241,7 @@ fn route(spec_path: &PathBuf, method: &str, url: &str, headers: &[String]) -> Ex
         }
         None => {
             eprintln!(
-                "error: `{url}` is neither an absolute http(s) URL nor a path starting with `/`"
+                "error: `{url}` is neither an absolute http(s) URL with a host nor a path starting with `/`"
             );
             return ExitCode::from(2);
         }
@@ -172,9 +254,9 @@ fn route(spec_path: &PathBuf, method: &str, url: &str, headers: &[String]) -> Ex
         }
     };
     let head = blitz_ir::matcher::RequestHead {
-        method: method.trim(),
+        method,
         host: &host,
-        target,
+        target: &target,
         headers: &parsed_headers,
     };
     match router.route(&head) {
@@ -193,19 +275,156 @@ fn route(spec_path: &PathBuf, method: &str, url: &str, headers: &[String]) -> Ex
     }
 }
 
-/// Splits `http://host[:port]/path?q` into (Some(authority), "/path?q"), or
-/// returns (None, url) for an origin-form `/path?q`.
-fn split_url(url: &str) -> Option<(Option<&str>, &str)> {
+/// A `tchar` of RFC 9110 §5.6.2: what methods and header names are made of.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Splits `http://[user@]host[:port][/path][?query][#fragment]` into
+/// `(Some(authority), "/path?query")` — the path defaults to `/`, so
+/// `http://host?x=1` is `/?x=1` — or returns `(None, url)` for an
+/// origin-form `/path?query`. The scheme is case-insensitive; the fragment
+/// is never sent. `None` for anything else, or an empty host.
+fn split_url(url: &str) -> Option<(Option<&str>, std::borrow::Cow<'_, str>)> {
+    use std::borrow::Cow;
+    let url = url.split('#').next().unwrap_or(url);
     if url.starts_with('/') {
-        return Some((None, url));
+        return Some((None, Cow::Borrowed(url)));
     }
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))?;
-    let (authority, target) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
-        Some(_) | None => (rest.split('?').next().unwrap_or(rest), "/"),
+    let (scheme, rest) = url.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, target) = rest.split_at(end);
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+        // `[::1]` has colons of its own; only strip a numeric port.
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            name
+        } else {
+            host
+        }
+    });
+    if name.is_empty() {
+        return None;
+    }
+    let target = if target.starts_with('/') {
+        Cow::Borrowed(target)
+    } else {
+        Cow::Owned(format!("/{target}"))
     };
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    Some((Some(authority), target))
+    Some((Some(host), target))
+}
+
+/// Checks a spec for `build`, `emit` and `run`: prints its diagnostics (and
+/// what the runtime cannot serve yet) on stderr; exit 1 on any error.
+fn checked_for_build(spec_path: &Path) -> Result<(blitzc::Checked, blitz_ir::Spec), ExitCode> {
+    let mut checked = match blitzc::check_path(spec_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot read `{}`: {e}", spec_path.display());
+            return Err(ExitCode::from(2));
+        }
+    };
+    if let Some(spec) = &checked.spec
+        && !checked.has_errors()
+    {
+        checked
+            .diagnostics
+            .extend(blitzc::codegen::support::unsupported(spec));
+        blitzc::diag::sort(&mut checked.diagnostics);
+    }
+    if !checked.diagnostics.is_empty() {
+        let report = [Report {
+            file: &checked.file,
+            diagnostics: &checked.diagnostics,
+        }];
+        eprint!(
+            "{}",
+            render::render(&report, Format::Human, std::io::stderr().is_terminal())
+        );
+    }
+    match checked.spec.take() {
+        Some(spec) if !checked.has_errors() => Ok((checked, spec)),
+        _ => Err(ExitCode::from(1)),
+    }
+}
+
+fn build(spec_path: &Path, output: Option<PathBuf>, profile: Profile) -> Result<PathBuf, ExitCode> {
+    let (checked, spec) = checked_for_build(spec_path)?;
+    let source = blitzc::codegen::generate(&spec, &checked.file);
+    let name = &spec.gateway.name.value;
+    let output = output.unwrap_or_else(|| PathBuf::from(blitzc::build::binary_name(name)));
+    eprintln!(
+        "blitzc: building gateway `{name}` ({}) with cargo",
+        source.spec_hash
+    );
+    blitzc::build::build(name, spec_path, &source, profile, &output).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(3)
+    })
+}
+
+fn emit(spec_path: &Path, output: &Path) -> ExitCode {
+    let (checked, spec) = match checked_for_build(spec_path) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let source = blitzc::codegen::generate(&spec, &checked.file);
+    match blitzc::build::write_crate(output, &spec.gateway.name.value, spec_path, &source) {
+        Ok(()) => {
+            println!("{}", output.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot write `{}`: {e}", output.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(spec_path: &Path, profile: Profile, args: &[String]) -> ExitCode {
+    let dir = blitzc::build::cache_dir().join("bin");
+    let name = spec_path
+        .file_stem()
+        .map_or_else(|| "gateway".into(), |s| s.to_string_lossy().into_owned());
+    let output = dir.join(blitzc::build::binary_name(&name));
+    let binary = match build(spec_path, Some(output), profile) {
+        Ok(path) => path,
+        Err(code) => return code,
+    };
+    // Become the gateway: signals (SIGTERM to drain, SIGHUP) and the exit
+    // status are then the gateway's own, with no blitzc process in between.
+    use std::os::unix::process::CommandExt;
+    let error = std::process::Command::new(&binary).args(args).exec();
+    eprintln!("error: cannot run `{}`: {error}", binary.display());
+    ExitCode::from(3)
+}
+
+fn dev(spec_path: &Path, args: Vec<String>) -> ExitCode {
+    let (_checked, spec) = match checked_for_build(spec_path) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let hash: &'static str = Box::leak(blitzc::codegen::spec_hash(&spec).into_boxed_str());
+    let spec: &'static blitz_ir::Spec = Box::leak(Box::new(spec));
+    let interpreter = match blitz_runtime::interp::Interpreter::new(spec) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    drop(interpreter); // proves the spec interprets before workers start
+    eprintln!(
+        "blitzc: serving `{}` with the reference interpreter ({hash})",
+        spec.gateway.name.value
+    );
+    let config = blitz_runtime::interp::config(spec, hash);
+    let program = format!("blitzc dev {}", spec_path.display());
+    blitz_runtime::app::main_with_args(config, &program, args.into_iter(), move |_worker| {
+        // Checked above: the same spec compiles the same regexes.
+        blitz_runtime::interp::Interpreter::new(spec).unwrap_or_else(|e| panic!("{e}"))
+    })
 }

@@ -941,7 +941,11 @@ impl Lowerer<'_> {
                     .help("keep one of them: keys come from a file or from a URL")
                     .related(name_span(f), "first key source"),
                 );
-                None
+                // Keep the jwt (with its file), so routes using it do not
+                // also report it unknown.
+                self.leaf_string(f, "the JWKS path")
+                    .and_then(|p| self.lw.file_path(&p.value, p.span))
+                    .map(|p| Spanned::new(JwksSource::File(p.value), p.span))
             }
             (Some(f), None) => self
                 .leaf_string(f, "the JWKS path")
