@@ -20,8 +20,14 @@ use crate::http::{
     write_local_response,
 };
 
-/// Initial (and idle) capacity of a connection's read buffer.
-const IDLE_READ_CAPACITY: usize = 4096;
+/// Initial (and idle) capacity of a connection's read buffer. An idle
+/// keep-alive connection keeps one read posted, and so this buffer: small
+/// enough that ten thousand idle clients cost little, large enough for most
+/// request heads in one read.
+const IDLE_READ_CAPACITY: usize = 1024;
+
+/// Room added when a head did not fit: large heads grow fast.
+const HEAD_READ_ROOM: usize = 4096;
 
 /// The client side of a connection: the socket and its read buffer.
 /// `rbuf[rpos..]` holds bytes received but not consumed yet (the rest of
@@ -242,10 +248,10 @@ async fn read_head<G: Gateway>(
             c.rpos = 0;
         }
         let partial = !c.rbuf.is_empty();
-        let room = if c.rbuf.capacity() == 0 {
-            IDLE_READ_CAPACITY
+        let room = if partial {
+            HEAD_READ_ROOM
         } else {
-            1024
+            IDLE_READ_CAPACITY
         };
         let buf = std::mem::take(&mut c.rbuf);
         let (outcome, buf) = match head_deadline {
