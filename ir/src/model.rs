@@ -778,6 +778,15 @@ impl Spec {
         }
     }
 
+    /// Every step as written: those of the chains, then those of the
+    /// routes (`use` not expanded).
+    pub fn all_steps(&self) -> impl Iterator<Item = &Step> {
+        self.chains
+            .iter()
+            .flat_map(|c| &c.steps)
+            .chain(self.routes.iter().flat_map(|r| &r.steps))
+    }
+
     /// Resolves every [`Ref`] to the index of the first item of its kind
     /// with that name. Returns the references that name no item, in spec
     /// order, so the caller can report them.

@@ -86,12 +86,7 @@ pub fn unsupported(spec: &Spec) -> Vec<Diagnostic> {
     for plugin in &spec.plugins {
         out.push(refuse(plugin.name.span, "`plugin`"));
     }
-    let steps = spec
-        .chains
-        .iter()
-        .flat_map(|c| &c.steps)
-        .chain(spec.routes.iter().flat_map(|r| &r.steps));
-    for step in steps {
+    for step in spec.all_steps() {
         match &step.kind {
             StepKind::Auth(_)
             | StepKind::RequireRole(_)

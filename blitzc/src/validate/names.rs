@@ -300,12 +300,7 @@ fn unused_items(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
             *flag = true;
         }
     };
-    let steps = spec
-        .chains
-        .iter()
-        .flat_map(|c| &c.steps)
-        .chain(spec.routes.iter().flat_map(|r| &r.steps));
-    for step in steps {
+    for step in spec.all_steps() {
         match &step.kind {
             StepKind::Auth(r) | StepKind::RateLimit(r) | StepKind::Plugin(r) | StepKind::Use(r) => {
                 mark(r.kind, r.index);
