@@ -65,7 +65,19 @@
 //! Most routes are reachable, and most of those are settled before any
 //! splitting by a [`Probe`]: one generic request of the route (a fresh
 //! segment under its prefix, a fresh method, ...) that no earlier candidate
-//! matches.
+//! matches. On a 5,000-route spec (`bench/check-5000`) the whole analysis
+//! takes about 20 ms of CPU.
+//!
+//! # Reporting
+//!
+//! One B050 error per shadowed route, at its name, naming the earlier
+//! routes that cover it (a greedy minimal subset of those that removed
+//! something) as related spans. Every route after a reachable route without
+//! `match` is reported against that route alone. A route whose own
+//! conditions exclude each other (`path "/a"` with `path-prefix "/b"`)
+//! matches nothing and is not reported here. The tests check soundness
+//! against the reference matcher: no request reaches a reported route, and
+//! a witness request built from what is left of an unreported route does.
 
 use crate::diag::{Code, Diagnostic};
 use blitz_ir::matcher::path_has_prefix;
