@@ -27,10 +27,12 @@ pub fn finish(spec: &mut Spec, diagnostics: &mut Vec<Diagnostic>) {
             .collect();
         let help = match did_you_mean(&unknown.name.value, names.iter().copied()) {
             Some(best) => format!("did you mean `{best}`?"),
-            None if names.is_empty() => format!(
-                "define it with `{kind} \"{}\" {{ ... }}`",
-                unknown.name.value
-            ),
+            None if names.is_empty() => {
+                format!(
+                    "no {kind} is defined: define one named `{}`",
+                    unknown.name.value
+                )
+            }
             None => format!(
                 "known {kind}s: {}",
                 names

@@ -144,7 +144,9 @@ impl Lowering {
 
     /// An upstream server: `IP:PORT` or `HOST:PORT` with a DNS name.
     pub fn server_address(&mut self, text: &str, span: Span) -> Option<Spanned<ServerAddress>> {
-        if let Ok(addr) = text.parse::<SocketAddr>() {
+        if let Ok(addr) = text.parse::<SocketAddr>()
+            && addr.port() != 0
+        {
             return Some(Spanned::new(ServerAddress::Ip(addr), span));
         }
         let parsed = text.rsplit_once(':').and_then(|(host, port)| {
@@ -234,7 +236,10 @@ impl Lowering {
 
     /// A host pattern: a DNS name or `*.name`, lower-cased.
     pub fn host_pattern(&mut self, text: &str, span: Span) -> Option<Spanned<HostPattern>> {
+        // Request hosts are matched without a trailing dot, so patterns are
+        // stored without one too (`example.com.` is `example.com`).
         let lower = text.to_ascii_lowercase();
+        let lower = lower.strip_suffix('.').unwrap_or(&lower).to_string();
         let pattern = match lower.strip_prefix("*.") {
             Some(rest) if is_dns_name(rest) => Some(HostPattern::Wildcard(format!(".{rest}"))),
             Some(_) => None,

@@ -1174,9 +1174,11 @@ impl Lowerer {
         let name = self.name(t, CTX);
         let what = owner(CTX, &name);
         let issuer = t.get("issuer").and_then(|f| self.string(f, CTX)).map(own);
+        // An empty list would silently turn the `aud` check off: refuse it,
+        // as KDL does (leave `audience` out to not check `aud`).
         let audience = match t.get("audience") {
             Some(f) => self
-                .strings(f, CTX, true, false)
+                .strings(f, CTX, true, true)
                 .into_iter()
                 .map(own)
                 .collect(),
