@@ -102,7 +102,7 @@ pub fn generate(spec: &Spec, file: &SourceFile) -> GatewaySource {
 
     let tokens = quote! {
         #( #![doc = #header] )*
-        #![allow(clippy::all, unused_imports, unused_variables)]
+        #![allow(clippy::all, dead_code, unused_imports, unused_variables)]
 
         use blitz_runtime::prelude::*;
 

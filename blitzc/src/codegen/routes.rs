@@ -157,7 +157,7 @@ pub fn generate(spec: &Spec, names: &Names) -> RouteCode {
                         let lit = Literal::byte_string(p.value.as_bytes());
                         quote! { has_prefix(path, #lit) }
                     });
-                    quote! { (#(#tests)||*) }
+                    any_of(tests.collect())
                 }
                 Test::PathRegex(regexes) => {
                     let tests = regexes.iter().map(|re| {
@@ -170,7 +170,7 @@ pub fn generate(spec: &Spec, names: &Names) -> RouteCode {
                         regex_names.push(name.clone());
                         quote! { std::str::from_utf8(path).is_ok_and(|p| #name.is_match(p)) }
                     });
-                    quote! { (#(#tests)||*) }
+                    any_of(tests.collect())
                 }
                 Test::Method(methods) => {
                     let lits = methods.iter().map(|m| m.value.as_str());
@@ -300,6 +300,16 @@ pub fn generate(spec: &Spec, names: &Names) -> RouteCode {
         items,
         regex_statics,
         regex_init,
+    }
+}
+
+/// `a || b || ...`, parenthesised only when there are several (so a single
+/// test does not draw rustc's `unused_parens` in generated code).
+fn any_of(tests: Vec<TokenStream>) -> TokenStream {
+    if tests.len() == 1 {
+        tests.into_iter().collect()
+    } else {
+        quote! { (#(#tests)||*) }
     }
 }
 

@@ -2,7 +2,7 @@
 //! (spec sha256:5a1e098260514b2cfd851668f5d51fe8ac81ab395158134fd8f5aa8a7c758c71).
 //!
 //! Do not edit: change the spec and run `blitzc build` again.
-#![allow(clippy::all, unused_imports, unused_variables)]
+#![allow(clippy::all, dead_code, unused_imports, unused_variables)]
 
 use blitz_runtime::prelude::*;
 
@@ -240,32 +240,32 @@ fn matches_health(_req: &RequestHead, path: &[u8]) -> bool {
 /// route "users-canary" (api.kdl:52)
 #[inline]
 fn matches_users_canary(req: &RequestHead, path: &[u8]) -> bool {
-    (has_prefix(path, b"/api/users")) && header_is(req, "x-canary", &[b"1"])
+    has_prefix(path, b"/api/users") && header_is(req, "x-canary", &[b"1"])
 }
 
 /// route "users" (api.kdl:61)
 #[inline]
 fn matches_users(req: &RequestHead, path: &[u8]) -> bool {
-    (has_prefix(path, b"/api/users")) && matches!(req.method(), "GET" | "HEAD" | "POST")
+    has_prefix(path, b"/api/users") && matches!(req.method(), "GET" | "HEAD" | "POST")
 }
 
 /// route "item" (api.kdl:73)
 #[inline]
 fn matches_item(req: &RequestHead, path: &[u8]) -> bool {
-    (std::str::from_utf8(path).is_ok_and(|p| REGEX_0.is_match(p)))
+    std::str::from_utf8(path).is_ok_and(|p| REGEX_0.is_match(p))
         && matches!(req.method(), "GET")
 }
 
 /// route "debug-items" (api.kdl:81)
 #[inline]
 fn matches_debug_items(req: &RequestHead, path: &[u8]) -> bool {
-    (has_prefix(path, b"/api/items")) && query_is(req, b"debug", &[b"1"])
+    has_prefix(path, b"/api/items") && query_is(req, b"debug", &[b"1"])
 }
 
 /// route "old-api" (api.kdl:89)
 #[inline]
 fn matches_old_api(_req: &RequestHead, path: &[u8]) -> bool {
-    (has_prefix(path, b"/v0"))
+    has_prefix(path, b"/v0")
 }
 
 /// route "fallback" (api.kdl:94)

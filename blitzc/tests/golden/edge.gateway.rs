@@ -2,7 +2,7 @@
 //! (spec sha256:85ad2a1b0b6e8ffba7898cbc2162dd542273eef6ce68645d031ad0aae22ab417).
 //!
 //! Do not edit: change the spec and run `blitzc build` again.
-#![allow(clippy::all, unused_imports, unused_variables)]
+#![allow(clippy::all, dead_code, unused_imports, unused_variables)]
 
 use blitz_runtime::prelude::*;
 
@@ -157,7 +157,7 @@ pub fn config() -> GatewayConfig {
 /// route "users-read" (edge.kdl:72)
 #[inline]
 fn matches_users_read(req: &RequestHead, path: &[u8]) -> bool {
-    (has_prefix(path, b"/v1/users")) && matches!(req.method(), "GET" | "HEAD")
+    has_prefix(path, b"/v1/users") && matches!(req.method(), "GET" | "HEAD")
         && header_is(req, "x-canary", &[b"1"])
 }
 
@@ -170,7 +170,7 @@ fn matches_health(_req: &RequestHead, path: &[u8]) -> bool {
 /// route "old-docs" (edge.kdl:97)
 #[inline]
 fn matches_old_docs(_req: &RequestHead, path: &[u8]) -> bool {
-    (has_prefix(path, b"/docs/v0"))
+    has_prefix(path, b"/docs/v0")
 }
 
 /// route "fallback" (edge.kdl:102)

@@ -2,7 +2,7 @@
 //! (spec sha256:67672b78c30b97b56af4ddd79404011e595a6d4fed8b338769a675f497ed3182).
 //!
 //! Do not edit: change the spec and run `blitzc build` again.
-#![allow(clippy::all, unused_imports, unused_variables)]
+#![allow(clippy::all, dead_code, unused_imports, unused_variables)]
 
 use blitz_runtime::prelude::*;
 
@@ -174,13 +174,13 @@ fn matches_health(_req: &RequestHead, path: &[u8]) -> bool {
 /// route "hello" (quickstart.kdl:19)
 #[inline]
 fn matches_hello(req: &RequestHead, path: &[u8]) -> bool {
-    (has_prefix(path, b"/hello")) && matches!(req.method(), "GET" | "HEAD")
+    has_prefix(path, b"/hello") && matches!(req.method(), "GET" | "HEAD")
 }
 
 /// route "docs" (quickstart.kdl:30)
 #[inline]
 fn matches_docs(_req: &RequestHead, path: &[u8]) -> bool {
-    (has_prefix(path, b"/docs"))
+    has_prefix(path, b"/docs")
 }
 
 /// route "not-found" (quickstart.kdl:35)
