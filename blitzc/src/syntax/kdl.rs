@@ -372,20 +372,6 @@ impl Lowerer<'_> {
     // ------------------------------------------------------------ the spec
 
     fn spec(&mut self, doc: &KdlDocument) -> Spec {
-        const TOP: &[&str] = &[
-            "version",
-            "gateway",
-            "listener",
-            "limits",
-            "upstream",
-            "jwt",
-            "rate-limit",
-            "plugin",
-            "chain",
-            "route",
-            "metrics",
-            "admin",
-        ];
         let mut spec = Spec {
             gateway: Gateway {
                 name: Spanned::new(super::default_gateway_name(self.file), Span::default()),
@@ -397,7 +383,7 @@ impl Lowerer<'_> {
         let mut seen_singletons: Vec<&KdlNode> = Vec::new();
         for node in doc.nodes() {
             let keyword = node.name().value();
-            if !TOP.contains(&keyword) {
+            if !super::TOP_LEVEL.contains(&keyword) {
                 self.push(
                     Diagnostic::error(
                         Code::UnknownKey,
@@ -405,7 +391,7 @@ impl Lowerer<'_> {
                         format!("unknown node `{keyword}`"),
                     )
                     .label("not a spec construct")
-                    .help(choices_help(keyword, TOP)),
+                    .help(choices_help(keyword, super::TOP_LEVEL)),
                 );
                 continue;
             }

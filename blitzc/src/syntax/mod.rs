@@ -11,6 +11,23 @@ pub mod toml;
 use crate::diag::{Code, Diagnostic, SourceFile};
 use blitz_ir::{Span, Spec};
 
+/// The top-level constructs of a spec, in the order SPEC.md presents them:
+/// KDL node names and TOML keys alike.
+pub const TOP_LEVEL: &[&str] = &[
+    "version",
+    "gateway",
+    "listener",
+    "limits",
+    "upstream",
+    "jwt",
+    "rate-limit",
+    "plugin",
+    "chain",
+    "route",
+    "metrics",
+    "admin",
+];
+
 /// Lowers a spec file, choosing the front end by its extension.
 /// `None` when the file does not parse at all.
 pub fn lower(file: &SourceFile) -> (Option<Spec>, Vec<Diagnostic>) {

@@ -274,20 +274,7 @@ fn example(ctx: &str, key: &str) -> Option<String> {
 
 // ---------------------------------------------------------------- keys
 
-const TOP_KEYS: &[&str] = &[
-    "version",
-    "gateway",
-    "listener",
-    "limits",
-    "upstream",
-    "jwt",
-    "rate-limit",
-    "plugin",
-    "chain",
-    "route",
-    "metrics",
-    "admin",
-];
+const TOP_KEYS: &[&str] = super::TOP_LEVEL;
 const GATEWAY_KEYS: &[&str] = &["name", "workers", "access-log"];
 const ACCESS_LOG_KEYS: &[&str] = &["target", "format"];
 const LISTENER_KEYS: &[&str] = &["name", "bind", "protocols", "tls"];
