@@ -31,6 +31,11 @@ pub struct Spec {
     pub routes: Vec<Route>,
     pub metrics: Option<Metrics>,
     pub admin: Admin,
+    /// Named items the front end reported and left out (a required field
+    /// missing or invalid). References to them are not reported again as
+    /// unknown, so one mistake gives one diagnostic. Not part of the meaning.
+    #[serde(skip)]
+    pub left_out: Vec<(ItemKind, String)>,
 }
 
 /// The kinds of named items; names are unique within a kind.
@@ -789,7 +794,8 @@ impl Spec {
 
     /// Resolves every [`Ref`] to the index of the first item of its kind
     /// with that name. Returns the references that name no item, in spec
-    /// order, so the caller can report them.
+    /// order, so the caller can report them (except those naming an item
+    /// in [`Spec::left_out`], already reported).
     pub fn resolve(&mut self) -> Vec<Ref> {
         use std::collections::HashMap;
         let mut tables: HashMap<ItemKind, HashMap<String, usize>> = HashMap::new();
@@ -829,6 +835,12 @@ impl Spec {
                 resolve(upstream);
             }
         }
+        unknown.retain(|r| {
+            !self
+                .left_out
+                .iter()
+                .any(|(k, n)| *k == r.kind && *n == r.name.value)
+        });
         unknown.sort_by_key(|r| r.name.span);
         unknown
     }

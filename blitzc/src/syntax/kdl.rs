@@ -417,14 +417,38 @@ impl Lowerer<'_> {
             match keyword {
                 "version" => {}
                 "gateway" => spec.gateway = self.gateway(node, spec.gateway.name.clone()),
-                "listener" => spec.listeners.extend(self.listener(node)),
+                "listener" => {
+                    let item = self.listener(node);
+                    left_out(&mut spec, ItemKind::Listener, node, item.is_none());
+                    spec.listeners.extend(item);
+                }
                 "limits" => spec.limits = self.limits(node),
                 "upstream" => spec.upstreams.extend(self.upstream(node)),
-                "jwt" => spec.jwts.extend(self.jwt(node)),
-                "rate-limit" => spec.rate_limits.extend(self.rate_limit(node)),
-                "plugin" => spec.plugins.extend(self.plugin(node)),
-                "chain" => spec.chains.extend(self.chain(node)),
-                "route" => spec.routes.extend(self.route(node)),
+                "jwt" => {
+                    let item = self.jwt(node);
+                    left_out(&mut spec, ItemKind::Jwt, node, item.is_none());
+                    spec.jwts.extend(item);
+                }
+                "rate-limit" => {
+                    let item = self.rate_limit(node);
+                    left_out(&mut spec, ItemKind::RateLimit, node, item.is_none());
+                    spec.rate_limits.extend(item);
+                }
+                "plugin" => {
+                    let item = self.plugin(node);
+                    left_out(&mut spec, ItemKind::Plugin, node, item.is_none());
+                    spec.plugins.extend(item);
+                }
+                "chain" => {
+                    let item = self.chain(node);
+                    left_out(&mut spec, ItemKind::Chain, node, item.is_none());
+                    spec.chains.extend(item);
+                }
+                "route" => {
+                    let item = self.route(node);
+                    left_out(&mut spec, ItemKind::Route, node, item.is_none());
+                    spec.routes.extend(item);
+                }
                 "metrics" => spec.metrics = self.metrics(node),
                 "admin" => spec.admin = self.admin(node),
                 _ => {}
@@ -1460,6 +1484,18 @@ impl Lowerer<'_> {
             socket,
             span: span_of(node.span()),
         }
+    }
+}
+
+/// Records a named item the front end reported and left out.
+fn left_out(spec: &mut Spec, kind: ItemKind, node: &KdlNode, is_left_out: bool) {
+    let name = node
+        .entries()
+        .iter()
+        .find(|e| e.name().is_none())
+        .and_then(|e| e.value().as_string());
+    if let (true, Some(name)) = (is_left_out, name) {
+        spec.left_out.push((kind, name.to_string()));
     }
 }
 

@@ -275,6 +275,14 @@ fn example(ctx: &str, key: &str) -> Option<String> {
 // ---------------------------------------------------------------- keys
 
 const TOP_KEYS: &[&str] = super::TOP_LEVEL;
+
+/// Records a named item the front end reported and left out.
+fn left_out(spec: &mut Spec, kind: ItemKind, t: Tbl<'_>, is_left_out: bool) {
+    let name = t.get("name").and_then(|f| f.item.as_str());
+    if let (true, Some(name)) = (is_left_out, name) {
+        spec.left_out.push((kind, name.to_string()));
+    }
+}
 const GATEWAY_KEYS: &[&str] = &["name", "workers", "access-log"];
 const ACCESS_LOG_KEYS: &[&str] = &["target", "format"];
 const LISTENER_KEYS: &[&str] = &["name", "bind", "protocols", "tls"];
@@ -638,7 +646,9 @@ impl Lowerer {
             self.gateway(t, &mut spec.gateway);
         }
         for t in self.items(root, "listener") {
-            spec.listeners.extend(self.listener(t));
+            let item = self.listener(t);
+            left_out(&mut spec, ItemKind::Listener, t, item.is_none());
+            spec.listeners.extend(item);
         }
         if let Some(t) = root.get("limits").and_then(|f| self.table(f, "spec")) {
             spec.limits = self.limits(t);
@@ -647,19 +657,29 @@ impl Lowerer {
             spec.upstreams.extend(self.upstream(t));
         }
         for t in self.items(root, "jwt") {
-            spec.jwts.extend(self.jwt(t));
+            let item = self.jwt(t);
+            left_out(&mut spec, ItemKind::Jwt, t, item.is_none());
+            spec.jwts.extend(item);
         }
         for t in self.items(root, "rate-limit") {
-            spec.rate_limits.extend(self.rate_limit(t));
+            let item = self.rate_limit(t);
+            left_out(&mut spec, ItemKind::RateLimit, t, item.is_none());
+            spec.rate_limits.extend(item);
         }
         for t in self.items(root, "plugin") {
-            spec.plugins.extend(self.plugin(t));
+            let item = self.plugin(t);
+            left_out(&mut spec, ItemKind::Plugin, t, item.is_none());
+            spec.plugins.extend(item);
         }
         for t in self.items(root, "chain") {
-            spec.chains.extend(self.chain(t));
+            let item = self.chain(t);
+            left_out(&mut spec, ItemKind::Chain, t, item.is_none());
+            spec.chains.extend(item);
         }
         for t in self.items(root, "route") {
-            spec.routes.extend(self.route(t));
+            let item = self.route(t);
+            left_out(&mut spec, ItemKind::Route, t, item.is_none());
+            spec.routes.extend(item);
         }
         if let Some(t) = root.get("metrics").and_then(|f| self.table(f, "spec")) {
             spec.metrics = self.metrics(t);

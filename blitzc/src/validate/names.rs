@@ -342,7 +342,12 @@ fn unused_items(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
 
 /// B015: a spec without a listener accepts no connection.
 fn no_listener(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
-    if !spec.listeners.is_empty() {
+    // A listener left out for a bad field was reported already.
+    let listener_left_out = spec
+        .left_out
+        .iter()
+        .any(|(kind, _)| *kind == ItemKind::Listener);
+    if !spec.listeners.is_empty() || listener_left_out {
         return;
     }
     // The model keeps no span for `version 1`, which is required to be
