@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use blitz_runtime::http::RequestHead;
 use blitz_runtime::lb::Upstream;
 use blitz_runtime::rt::parse_duration;
-use blitz_runtime::{Action, DriverChoice, Gateway, ServerConfig, serve};
+use blitz_runtime::{Action, DriverChoice, Gateway, ListenerConfig, ServerConfig, serve};
 
 #[derive(Debug, Clone, Copy)]
 enum Route {
@@ -126,7 +126,8 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr), String> {
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
-    config.listen = listen.ok_or_else(|| format!("--listen is required\n{USAGE}"))?;
+    let listen = listen.ok_or_else(|| format!("--listen is required\n{USAGE}"))?;
+    config.listeners = vec![ListenerConfig::h1("hello", listen)];
     let upstream = upstream.ok_or_else(|| format!("--upstream is required\n{USAGE}"))?;
     config.driver = match driver {
         Some(d) => d,

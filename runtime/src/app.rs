@@ -12,9 +12,8 @@
 #![forbid(unsafe_code)]
 
 use crate::lb::PoolConfig;
-use crate::rt::{DriverChoice, ServerConfig, parse_duration, serve};
+use crate::rt::{DriverChoice, ListenerConfig, ServerConfig, parse_duration, serve};
 use crate::{Gateway, Limits};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 /// Everything a generated gateway knows from its spec that is not code.
@@ -26,8 +25,8 @@ pub struct GatewayConfig {
     pub blitzc_version: &'static str,
     /// `sha256:` hash of the spec's canonical model.
     pub spec_hash: &'static str,
-    /// Listening addresses.
-    pub listeners: Vec<SocketAddr>,
+    /// The spec's listeners, in spec order.
+    pub listeners: Vec<ListenerConfig>,
     /// Worker threads; 0 = one per core.
     pub workers: usize,
     /// Request limits and upstream timeouts.
@@ -140,11 +139,11 @@ where
             return ExitCode::from(2);
         }
     };
-    let Some(&listen) = config.listeners.first() else {
+    if config.listeners.is_empty() {
         eprintln!("{}: the spec has no listener", config.name);
         return ExitCode::from(1);
-    };
-    server.listen = listen;
+    }
+    server.listeners = config.listeners;
     match serve(server, make_gateway) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

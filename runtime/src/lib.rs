@@ -22,4 +22,4 @@ pub mod rt;
 
 pub use proxy::gateway::{Action, Gateway};
 pub use proxy::{Limits, ProxyError};
-pub use rt::{DriverChoice, ServerConfig, serve};
+pub use rt::{DriverChoice, ListenerConfig, Protocols, ServerConfig, serve};

@@ -14,7 +14,7 @@ pub mod routes;
 pub mod support;
 
 use crate::diag::SourceFile;
-use blitz_ir::{ActionKind, HeaderRewrite, ServerAddress, Spec, StepKind, Workers};
+use blitz_ir::{ActionKind, HeaderRewrite, Protocol, ServerAddress, Spec, StepKind, Workers};
 use names::Names;
 use proc_macro2::{Literal, TokenStream};
 use quote::quote;
@@ -293,6 +293,26 @@ fn socket_addr(addr: SocketAddr) -> TokenStream {
     }
 }
 
+/// A spec listener as a `ListenerConfig` literal.
+fn listener(l: &blitz_ir::Listener) -> TokenStream {
+    let name = l.name.value.as_str();
+    let addr = socket_addr(l.bind.value);
+    let speaks = |p: Protocol| l.protocols.iter().any(|w| w.value == p);
+    let h1 = l.protocols.is_empty() || speaks(Protocol::H1);
+    let (h2, h2c, h3) = (
+        speaks(Protocol::H2),
+        speaks(Protocol::H2c),
+        speaks(Protocol::H3),
+    );
+    quote! {
+        ListenerConfig {
+            name: #name.to_string(),
+            addr: #addr,
+            protocols: Protocols { h1: #h1, h2: #h2, h2c: #h2c, h3: #h3 },
+        }
+    }
+}
+
 fn duration(d: Duration) -> TokenStream {
     let millis = Literal::u64_unsuffixed(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     quote! { Duration::from_millis(#millis) }
@@ -301,7 +321,7 @@ fn duration(d: Duration) -> TokenStream {
 fn config(spec: &Spec, hash: &str) -> TokenStream {
     let name = spec.gateway.name.value.as_str();
     let version = env!("CARGO_PKG_VERSION");
-    let listeners = spec.listeners.iter().map(|l| socket_addr(l.bind.value));
+    let listeners = spec.listeners.iter().map(listener);
     let workers = match spec.gateway.workers.value {
         Workers::Auto => Literal::usize_unsuffixed(0),
         Workers::Count(n) => Literal::usize_unsuffixed(n as usize),

@@ -24,9 +24,6 @@ pub fn unsupported(spec: &Spec) -> Vec<Diagnostic> {
     if let Some(log) = &spec.gateway.access_log {
         out.push(refuse(log.span, "`access-log`"));
     }
-    for listener in spec.listeners.iter().skip(1) {
-        out.push(refuse(listener.name.span, "a second `listener`"));
-    }
     for listener in &spec.listeners {
         if let Some(tls) = &listener.tls {
             out.push(refuse(tls.span, "`tls`"));

@@ -207,7 +207,11 @@ pub fn config() -> GatewayConfig {
         name: "api",
         blitzc_version: "0.1.0",
         spec_hash: "sha256:5a1e098260514b2cfd851668f5d51fe8ac81ab395158134fd8f5aa8a7c758c71",
-        listeners: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+        listeners: vec![
+            ListenerConfig { name : "http".to_string(), addr : SocketAddr::from(([127, 0,
+            0, 1], 8080)), protocols : Protocols { h1 : true, h2 : false, h2c : false, h3
+            : false }, }
+        ],
         workers: 1,
         limits: Limits {
             header_timeout: Duration::from_millis(10000),

@@ -132,8 +132,11 @@ pub fn config() -> GatewayConfig {
         blitzc_version: "0.1.0",
         spec_hash: "sha256:85ad2a1b0b6e8ffba7898cbc2162dd542273eef6ce68645d031ad0aae22ab417",
         listeners: vec![
-            SocketAddr::from(([0, 0, 0, 0], 8443)), SocketAddr::from(([0, 0, 0, 0],
-            8080))
+            ListenerConfig { name : "public-tls".to_string(), addr :
+            SocketAddr::from(([0, 0, 0, 0], 8443)), protocols : Protocols { h1 : true, h2
+            : true, h2c : false, h3 : true }, }, ListenerConfig { name : "public"
+            .to_string(), addr : SocketAddr::from(([0, 0, 0, 0], 8080)), protocols :
+            Protocols { h1 : true, h2 : false, h2c : true, h3 : false }, }
         ],
         workers: 0,
         limits: Limits {

@@ -145,7 +145,11 @@ pub fn config() -> GatewayConfig {
         name: "quickstart",
         blitzc_version: "0.1.0",
         spec_hash: "sha256:67672b78c30b97b56af4ddd79404011e595a6d4fed8b338769a675f497ed3182",
-        listeners: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+        listeners: vec![
+            ListenerConfig { name : "http".to_string(), addr : SocketAddr::from(([127, 0,
+            0, 1], 8080)), protocols : Protocols { h1 : true, h2 : false, h2c : false, h3
+            : false }, }
+        ],
         workers: 1,
         limits: Limits {
             header_timeout: Duration::from_millis(10000),

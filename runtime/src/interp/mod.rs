@@ -16,11 +16,11 @@
 use crate::app::GatewayConfig;
 use crate::http::{RequestHead, ResponseHead};
 use crate::lb::{PoolConfig, Upstream};
+use crate::rt::{ListenerConfig, Protocols};
 use crate::{Action, Gateway, Limits};
 use blitz_ir::matcher::{RequestHead as MatchHead, Router};
 use blitz_ir::{ActionKind, HeaderRewrite, ServerAddress, Spec, StepKind, Workers};
 use std::borrow::Cow;
-use std::net::SocketAddr;
 
 /// A spec being interpreted. Leaked once per process: the interpreter
 /// serves one spec for the life of the process, on every worker.
@@ -157,6 +157,32 @@ impl Gateway for Interpreter {
     }
 }
 
+/// A spec listener as the runtime sees it.
+pub fn listener_config(l: &blitz_ir::Listener) -> ListenerConfig {
+    let mut protocols = Protocols {
+        h1: false,
+        h2: false,
+        h2c: false,
+        h3: false,
+    };
+    for p in &l.protocols {
+        match p.value {
+            blitz_ir::Protocol::H1 => protocols.h1 = true,
+            blitz_ir::Protocol::H2 => protocols.h2 = true,
+            blitz_ir::Protocol::H2c => protocols.h2c = true,
+            blitz_ir::Protocol::H3 => protocols.h3 = true,
+        }
+    }
+    if l.protocols.is_empty() {
+        protocols = Protocols::H1;
+    }
+    ListenerConfig {
+        name: l.name.value.clone(),
+        addr: l.bind.value,
+        protocols,
+    }
+}
+
 /// The server settings of a spec, as the compiled gateway's `config()`
 /// would give them.
 pub fn config(spec: &'static Spec, spec_hash: &'static str) -> GatewayConfig {
@@ -168,11 +194,7 @@ pub fn config(spec: &'static Spec, spec_hash: &'static str) -> GatewayConfig {
         name: spec.gateway.name.value.as_str(),
         blitzc_version: env!("CARGO_PKG_VERSION"),
         spec_hash,
-        listeners: spec
-            .listeners
-            .iter()
-            .map(|l| l.bind.value)
-            .collect::<Vec<SocketAddr>>(),
+        listeners: spec.listeners.iter().map(listener_config).collect(),
         workers: match spec.gateway.workers.value {
             Workers::Auto => 0,
             Workers::Count(n) => n as usize,

@@ -19,6 +19,7 @@ use crate::http::{
     HeaderBlock, LocalResponse, RequestHead, ResponseHead, Version, parse_request_head,
     write_local_response,
 };
+use crate::rt::ListenerConfig;
 
 /// Initial (and idle) capacity of a connection's read buffer. An idle
 /// keep-alive connection keeps one read posted, and so this buffer: small
@@ -65,7 +66,11 @@ pub(crate) async fn serve_connection<G: Gateway>(
     w: Rc<Worker<G>>,
     stream: TcpStream,
     peer: SocketAddr,
+    listener: Rc<ListenerConfig>,
 ) {
+    // What the listener speaks decides the protocol (TLS, h2) once those
+    // land; HTTP/1.1 needs nothing from it.
+    let _ = &listener;
     w.active.set(w.active.get() + 1);
     let _guard = ActiveGuard(&w.active);
     let _ = stream.set_nodelay(true);

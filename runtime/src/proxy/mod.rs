@@ -197,7 +197,8 @@ mod tests {
                 Limits::default(),
                 PoolConfig::default(),
             ));
-            let fut = serve_connection(w, stream, addr);
+            let listener = Rc::new(crate::rt::ListenerConfig::h1("test", addr));
+            let fut = serve_connection(w, stream, addr, listener);
             std::mem::size_of_val(&fut)
         });
         eprintln!("connection future: {size} bytes");
@@ -293,9 +294,10 @@ mod tests {
             let gw = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
             let gw_addr = gw.local_addr().unwrap_or_else(|e| panic!("{e}"));
             let worker = Rc::new(Worker::new(0, ToOrigin(origin_addr), Limits::default(), PoolConfig::default()));
+            let listener = Rc::new(crate::rt::ListenerConfig::h1("test", gw_addr));
             compio::runtime::spawn(async move {
                 while let Ok((s, peer)) = gw.accept().await {
-                    compio::runtime::spawn(serve_connection(Rc::clone(&worker), s, peer)).detach();
+                    compio::runtime::spawn(serve_connection(Rc::clone(&worker), s, peer, Rc::clone(&listener))).detach();
                 }
             })
             .detach();

@@ -20,6 +20,7 @@
 
 mod buffers;
 mod drain;
+mod listen;
 mod process;
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod seccomp_test;
@@ -37,10 +38,10 @@ use compio::driver::{DriverType, ProactorBuilder};
 use compio::net::TcpListener;
 use compio::runtime::{Runtime, RuntimeBuilder};
 use futures_util::future::{Either, select};
-use socket2::{Domain, Protocol, Socket, Type};
 
 pub use buffers::{BUFFER_CAPACITY, BufferPool, RequestIds};
 pub use drain::{DrainState, DrainWait};
+pub use listen::{ListenerConfig, Protocols};
 
 use crate::lb::PoolConfig;
 use crate::proxy::gateway::Gateway;
@@ -131,9 +132,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// How to run the server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Address every worker listens on (`SO_REUSEPORT`). Port 0 picks one
-    /// port for all workers.
-    pub listen: SocketAddr,
+    /// The listeners; every worker accepts on each (`SO_REUSEPORT`).
+    pub listeners: Vec<ListenerConfig>,
     /// Worker threads; 0 means one per available core.
     pub workers: usize,
     /// Driver choice.
@@ -151,7 +151,10 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listeners: vec![ListenerConfig::h1(
+                "default",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+            )],
             workers: 1,
             driver: DriverChoice::Auto,
             limits: Limits::default(),
@@ -160,17 +163,6 @@ impl Default for ServerConfig {
             pin: true,
         }
     }
-}
-
-fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
 }
 
 /// Builds one worker's runtime on driver `t`, pinned to `core`. (io_uring's
@@ -211,18 +203,30 @@ where
     process::block_termination()?;
     process::raise_nofile_limit();
 
-    let first = bind_listener(config.listen)?;
-    let addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(bind_listener(addr)?);
+    let mut bound = listen::bind_all(&config.listeners, workers)?;
+    // The actual addresses (a port 0 was given one), for logs and workers.
+    let mut listener_configs = config.listeners.clone();
+    for (l, sockets) in listener_configs.iter_mut().zip(&bound) {
+        if let Some(s) = sockets.first() {
+            l.addr = s.local_addr()?;
+        }
     }
+    // [listener][worker] -> [worker][listener]
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for sockets in &mut bound {
+        for (w, s) in sockets.drain(..).enumerate() {
+            per_worker[w].push(s);
+        }
+    }
+    let listener_configs: Arc<[ListenerConfig]> = listener_configs.into();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let make_gateway = Arc::new(make_gateway);
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     let mut threads = Vec::with_capacity(workers);
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for (id, sockets) in per_worker.into_iter().enumerate() {
         let make_gateway = Arc::clone(&make_gateway);
+        let listener_configs = Arc::clone(&listener_configs);
         let ready_tx = ready_tx.clone();
         let config = config.clone();
         let handle = std::thread::Builder::new()
@@ -247,13 +251,16 @@ where
                     }
                 };
                 runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = ready_tx.send(Ready::Failed(e));
-                            return;
+                    let mut listeners = Vec::with_capacity(sockets.len());
+                    for socket in sockets {
+                        match TcpListener::from_std(socket) {
+                            Ok(l) => listeners.push(l),
+                            Err(e) => {
+                                let _ = ready_tx.send(Ready::Failed(e));
+                                return;
+                            }
                         }
-                    };
+                    }
                     let drain_event = compio::event::Event::new();
                     if ready_tx.send(Ready::Up(drain_event.handle())).is_err() {
                         return;
@@ -261,7 +268,14 @@ where
                     drop(ready_tx);
                     let gateway = make_gateway(id);
                     let worker = Rc::new(Worker::new(id, gateway, config.limits, config.pool));
-                    run_worker(worker, listener, drain_event, config.grace).await;
+                    run_worker(
+                        worker,
+                        listeners,
+                        &listener_configs,
+                        drain_event,
+                        config.grace,
+                    )
+                    .await;
                 });
             })?;
         threads.push(handle);
@@ -292,7 +306,9 @@ where
         }
         return Err(e);
     }
-    eprintln!("listening on {addr}");
+    for l in listener_configs.iter() {
+        eprintln!("listening on {} (listener {:?})", l.addr, l.name);
+    }
 
     let sig = process::wait_termination()?;
     eprintln!("blitz: signal {sig}, draining (grace {:?})", config.grace);
@@ -307,7 +323,8 @@ where
 
 async fn run_worker<G: Gateway>(
     worker: Rc<Worker<G>>,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
+    configs: &[ListenerConfig],
     drain_event: compio::event::Event,
     grace: Duration,
 ) {
@@ -324,26 +341,22 @@ async fn run_worker<G: Gateway>(
     };
     reaper.detach();
 
-    let mut drained = pin!(drain_event.wait());
-    loop {
-        let accept = pin!(listener.accept());
-        match select(accept, drained.as_mut()).await {
-            Either::Left((Ok((stream, peer)), _)) => {
-                if worker.drain.is_draining() {
-                    continue;
-                }
-                compio::runtime::spawn(serve_connection(Rc::clone(&worker), stream, peer)).detach();
-            }
-            Either::Left((Err(e), _)) => {
-                // EMFILE and friends: back off instead of spinning.
-                eprintln!("blitz: accept failed: {e}");
-                compio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Either::Right(_) => break,
-        }
-    }
-    drop(listener);
+    // One accept loop per listener; the first drain signal ends them all.
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .zip(configs)
+        .map(|(listener, config)| {
+            let worker = Rc::clone(&worker);
+            let config = Rc::new(config.clone());
+            compio::runtime::spawn(accept_loop(worker, listener, config))
+        })
+        .collect();
+    drain_event.wait().await;
     worker.drain.start();
+    // Each loop returns (dropping its listener) once it sees the drain.
+    for task in accepting {
+        let _ = task.await;
+    }
     // Idle upstream connections are not needed any more.
     worker
         .pool
@@ -352,6 +365,34 @@ async fn run_worker<G: Gateway>(
     let deadline = Instant::now() + grace;
     while worker.active.get() > 0 && Instant::now() < deadline {
         compio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Accepts connections on one listener until the worker drains.
+async fn accept_loop<G: Gateway>(
+    worker: Rc<Worker<G>>,
+    listener: TcpListener,
+    config: Rc<ListenerConfig>,
+) {
+    let mut drained = pin!(worker.drain.wait());
+    loop {
+        let accept = pin!(listener.accept());
+        match select(accept, drained.as_mut()).await {
+            Either::Left((Ok((stream, peer)), _)) => {
+                // Accepted while the drain began: still a client to serve.
+                let conn = serve_connection(Rc::clone(&worker), stream, peer, Rc::clone(&config));
+                compio::runtime::spawn(conn).detach();
+                if worker.drain.is_draining() {
+                    break;
+                }
+            }
+            Either::Left((Err(e), _)) => {
+                // EMFILE and friends: back off instead of spinning.
+                eprintln!("blitz: accept failed on {}: {e}", config.addr);
+                compio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Either::Right(_) => break,
+        }
     }
 }
 
