@@ -8,7 +8,11 @@
 //!   [--header-timeout 10s] [--idle-timeout 60s] [--body-timeout 30s]
 //!   [--max-header-bytes 16384] [--max-headers 100] [--max-body-bytes 10485760]
 //!   [--connect-timeout 1s] [--response-timeout 30s] [--grace 30s]
+//!   [--protocols h1|h2c|h1,h2c]
 //! ```
+//!
+//! `--protocols` lists what the listener speaks (default `h1`); `h2c`
+//! needs the runtime's `h2` feature (`--features blitz-runtime/h2`).
 //!
 //! Routes: `GET|HEAD /healthz` → 200 "ok\n"; `/redirect` → 301 to
 //! https://example.com/; everything else → the upstream.
@@ -20,7 +24,29 @@ use std::process::ExitCode;
 use blitz_runtime::http::RequestHead;
 use blitz_runtime::lb::Upstream;
 use blitz_runtime::rt::parse_duration;
-use blitz_runtime::{Action, DriverChoice, Gateway, ListenerConfig, ServerConfig, serve};
+use blitz_runtime::{
+    Action, DriverChoice, Gateway, ListenerConfig, Protocols, ServerConfig, serve,
+};
+
+/// `h1`, `h2c` or both, comma-separated.
+fn parse_protocols(value: &str) -> Result<Protocols, String> {
+    let mut p = Protocols {
+        h1: false,
+        ..Protocols::H1
+    };
+    for name in value.split(',') {
+        match name {
+            "h1" => p.h1 = true,
+            "h2c" if cfg!(feature = "h2") => p.h2c = true,
+            "h2c" => return Err("h2c needs the runtime's h2 feature".into()),
+            other => return Err(format!("unknown protocol {other:?} (h1, h2c)")),
+        }
+    }
+    if !p.h1 && !p.h2c {
+        return Err("--protocols needs h1 or h2c".into());
+    }
+    Ok(p)
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Route {
@@ -71,13 +97,14 @@ impl Gateway for Hello {
 const USAGE: &str = "usage: hello_gateway --listen ADDR --upstream ADDR [--workers N|auto] \
 [--driver auto|io-uring|poll] [--header-timeout 10s] [--idle-timeout 60s] [--body-timeout 30s] \
 [--max-header-bytes 16384] [--max-headers 100] [--max-body-bytes 10485760] \
-[--connect-timeout 1s] [--response-timeout 30s] [--grace 30s]";
+[--connect-timeout 1s] [--response-timeout 30s] [--grace 30s] [--protocols h1,h2c]";
 
 fn parse_args() -> Result<(ServerConfig, SocketAddr), String> {
     let mut config = ServerConfig::default();
     let mut listen = None;
     let mut upstream = None;
     let mut driver = None;
+    let mut protocols = Protocols::H1;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -123,11 +150,14 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr), String> {
             "--connect-timeout" => l.connect_timeout = dur(&value)?,
             "--response-timeout" => l.response_timeout = dur(&value)?,
             "--grace" => config.grace = dur(&value)?,
+            "--protocols" => protocols = parse_protocols(&value)?,
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
     let listen = listen.ok_or_else(|| format!("--listen is required\n{USAGE}"))?;
-    config.listeners = vec![ListenerConfig::h1("hello", listen)];
+    let mut listener = ListenerConfig::h1("hello", listen);
+    listener.protocols = protocols;
+    config.listeners = vec![listener];
     let upstream = upstream.ok_or_else(|| format!("--upstream is required\n{USAGE}"))?;
     config.driver = match driver {
         Some(d) => d,

@@ -68,9 +68,6 @@ pub(crate) async fn serve_connection<G: Gateway>(
     peer: SocketAddr,
     listener: Rc<ListenerConfig>,
 ) {
-    // What the listener speaks decides the protocol (TLS, h2) once those
-    // land; HTTP/1.1 needs nothing from it.
-    let _ = &listener;
     w.active.set(w.active.get() + 1);
     let _guard = ActiveGuard(&w.active);
     let _ = stream.set_nodelay(true);
@@ -80,6 +77,24 @@ pub(crate) async fn serve_connection<G: Gateway>(
         rbuf: Vec::new(),
         rpos: 0,
     };
+    // What the listener speaks decides the protocol: HTTP/2 with prior
+    // knowledge starts with its preface, anything else is HTTP/1.1.
+    #[cfg(feature = "h2")]
+    if listener.protocols.h2c {
+        // Boxed: neither future weighs on an HTTP/1.1 connection's task.
+        match Box::pin(sniff_h2c(&w, &mut client, listener.protocols.h1)).await {
+            Sniffed::Http1 => {}
+            Sniffed::Closed => return,
+            Sniffed::Http2 => {
+                let Client { stream, rbuf, .. } = client;
+                let h2 = super::http2::serve_h2(Rc::clone(&w), stream, rbuf, peer, listener, false);
+                Box::pin(h2).await;
+                return;
+            }
+        }
+    }
+    #[cfg(not(feature = "h2"))]
+    let _ = &listener;
     let mut req = RequestHead::default();
     let mut first = true;
     loop {
@@ -211,6 +226,47 @@ pub(crate) async fn serve_connection<G: Gateway>(
         }
     }
     let _ = client.stream.close().await;
+}
+
+#[cfg(feature = "h2")]
+enum Sniffed {
+    Http1,
+    Http2,
+    Closed,
+}
+
+/// Tells HTTP/2 with prior knowledge from HTTP/1.1 by the first bytes:
+/// reads until they are the whole preface (`Http2`) or differ from it
+/// (`Http1`, the bytes stay in the read buffer). A listener without `h1`
+/// hands everything to HTTP/2, whose handshake checks the preface.
+#[cfg(feature = "h2")]
+async fn sniff_h2c<G: Gateway>(w: &Worker<G>, c: &mut Client, h1: bool) -> Sniffed {
+    use super::http2::PREFACE;
+    if !h1 {
+        return Sniffed::Http2;
+    }
+    let deadline = Instant::now() + w.limits.header_timeout;
+    loop {
+        let have = c.rbuf.len().min(PREFACE.len());
+        if c.rbuf[..have] != PREFACE[..have] {
+            return Sniffed::Http1;
+        }
+        if have == PREFACE.len() {
+            return Sniffed::Http2;
+        }
+        let buf = std::mem::take(&mut c.rbuf);
+        let read = pin!(read_more(&c.stream, buf, IDLE_READ_CAPACITY, deadline));
+        let drained = pin!(w.drain.wait());
+        let (outcome, buf) = match select(read, drained).await {
+            Either::Left((r, _)) => r,
+            Either::Right(_) => return Sniffed::Closed,
+        };
+        c.rbuf = buf;
+        match outcome {
+            ReadOutcome::Data(_) => {}
+            ReadOutcome::Eof | ReadOutcome::Error | ReadOutcome::Timeout => return Sniffed::Closed,
+        }
+    }
 }
 
 /// Reads until a whole head is parsed into `req` (consumed from the buffer).
@@ -348,7 +404,24 @@ async fn local_answer<G: Gateway>(
 /// A short plain-text error answer with `connection: close`.
 pub(crate) fn write_error(out: &mut Vec<u8>, status: u16, _version: Version) {
     out.clear();
-    let body: &[u8] = match status {
+    write_local_response(
+        &LocalResponse {
+            status,
+            content_type: Some("text/plain"),
+            location: None,
+            body: error_body(status),
+            close: true,
+            head_only: false,
+            keep_alive_10: false,
+            extra: None,
+        },
+        out,
+    );
+}
+
+/// The body of the runtime's short error answers (HTTP/1.1 and HTTP/2).
+pub(crate) fn error_body(status: u16) -> &'static [u8] {
+    match status {
         400 => b"bad request\n",
         408 => b"request timeout\n",
         413 => b"content too large\n",
@@ -361,20 +434,7 @@ pub(crate) fn write_error(out: &mut Vec<u8>, status: u16, _version: Version) {
         504 => b"gateway timeout\n",
         505 => b"http version not supported\n",
         _ => b"error\n",
-    };
-    write_local_response(
-        &LocalResponse {
-            status,
-            content_type: Some("text/plain"),
-            location: None,
-            body,
-            close: true,
-            head_only: false,
-            keep_alive_10: false,
-            extra: None,
-        },
-        out,
-    );
+    }
 }
 
 /// Closes after sending FIN and discarding what the client still sends for

@@ -32,6 +32,8 @@
 mod conn;
 pub mod error;
 pub mod gateway;
+#[cfg(feature = "h2")]
+mod http2;
 mod io;
 mod upstream;
 

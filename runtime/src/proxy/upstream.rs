@@ -39,7 +39,7 @@ fn failed(kind: ErrorKind) -> Exchange {
 /// a pooled one to that server if there is one, else a new one, trying the
 /// following servers only when connecting fails. Returns the connection,
 /// its flat server id and whether it came from the pool.
-async fn connect<G: Gateway>(
+pub(crate) async fn connect<G: Gateway>(
     w: &Worker<G>,
     upstream: usize,
     fresh_only: bool,
@@ -352,7 +352,7 @@ async fn exchange<G: Gateway>(
     }
 }
 
-enum HeadFail {
+pub(crate) enum HeadFail {
     /// The upstream closed before sending a single byte.
     Stale,
     Failed(ErrorKind),
@@ -365,7 +365,7 @@ enum BodyOrHead {
 
 /// Reads and parses the response head into `resp`, skipping interim (1xx)
 /// answers; returns the position in `ubuf` where the body starts.
-async fn read_response_head(
+pub(crate) async fn read_response_head(
     up: &TcpStream,
     ubuf: &mut Vec<u8>,
     resp: &mut ResponseHead,

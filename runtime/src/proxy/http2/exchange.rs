@@ -1,0 +1,420 @@
+//! One HTTP/2 stream proxied to an HTTP/1.1 upstream over the worker's
+//! pool: the h2 counterpart of `proxy::upstream`'s exchange, reusing its
+//! server choice ([`connect`]) and response-head reader.
+//!
+//! Bodies stream both ways and are never buffered whole: the request body
+//! goes up DATA frame by DATA frame, its flow-control window released only
+//! once the bytes are written upstream; the response body comes down in
+//! 16 KiB reads, each read only after the client's window took the last
+//! one (`max_send_buffer_size` bounds what waits per stream). A client
+//! that stops reading (zero window) gets the stream reset after
+//! `body_timeout`; one that resets its stream ends the exchange and the
+//! upstream connection is closed, not pooled.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use compio::net::TcpStream;
+use futures_util::future::{Either, select};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+
+use super::translate::response_head;
+use crate::http::{
+    BodyFraming, BodyReader, ForwardInfo, LAST_CHUNK, RequestHead, ResponseHead, put_chunk_head,
+    valid_request_id, write_forward_request,
+};
+use crate::proxy::Worker;
+use crate::proxy::error::{ErrorKind, ProxyError};
+use crate::proxy::gateway::Gateway;
+use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all};
+use crate::proxy::upstream::{HeadFail, connect, read_response_head};
+
+/// How a proxied stream ended.
+pub(crate) enum Outcome {
+    /// The response was relayed completely.
+    Done { status: u16 },
+    /// It failed; `answered`: the response head was already sent (or the
+    /// stream is gone), so no error answer is possible.
+    Failed { error: ProxyError, answered: bool },
+}
+
+fn failed(kind: ErrorKind, answered: bool) -> Outcome {
+    Outcome::Failed {
+        error: ProxyError::new(kind),
+        answered,
+    }
+}
+
+enum Attempt {
+    Done {
+        reusable: bool,
+        status: u16,
+    },
+    /// The pooled upstream closed before answering anything.
+    Stale,
+    Failed(Outcome),
+}
+
+/// Why moving a body stopped early.
+enum BodyError {
+    /// The client's body: it reset the stream or broke its framing.
+    ClientGone,
+    ClientTimeout,
+    TooLarge,
+    /// The client did not open its window within `body_timeout`.
+    ClientStalled,
+    UpstreamWrite,
+    UpstreamClosed,
+    UpstreamTimeout,
+    UpstreamFraming(&'static str),
+}
+
+/// Proxies one stream's request to `upstream` and relays the answer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn proxy_stream<G: Gateway>(
+    w: &Worker<G>,
+    req: &mut RequestHead,
+    body: &mut RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    route: G::Route,
+    ctx: &mut G::Ctx,
+    upstream: usize,
+    strip_prefix: Option<&'static str>,
+    peer: SocketAddr,
+    proto: &'static str,
+) -> Outcome {
+    // As for HTTP/1.1: a bodiless idempotent request found a stale pooled
+    // connection is sent once more on a fresh one.
+    let replayable = !req.framing().has_body()
+        && matches!(
+            req.method(),
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        );
+    let mut fresh_only = false;
+    let started = Instant::now();
+    loop {
+        let (conn, server, reused) = match connect(w, upstream, fresh_only, started).await {
+            Ok(x) => x,
+            Err(error) => {
+                return Outcome::Failed {
+                    error,
+                    answered: false,
+                };
+            }
+        };
+        let now = if reused { started } else { Instant::now() };
+        let target = Target {
+            up: &conn,
+            strip_prefix,
+            peer,
+            proto,
+            now,
+        };
+        match attempt(w, req, body, respond, route, ctx, &target).await {
+            Attempt::Done { reusable, status } => {
+                if reusable && !w.drain.is_draining() {
+                    w.pool.borrow_mut().checkin(server, conn, started);
+                }
+                return Outcome::Done { status };
+            }
+            Attempt::Stale if reused && replayable && !fresh_only => fresh_only = true,
+            Attempt::Stale => return failed(ErrorKind::UpstreamClosed, false),
+            Attempt::Failed(o) => return o,
+        }
+    }
+}
+
+struct Target<'a> {
+    up: &'a TcpStream,
+    strip_prefix: Option<&'static str>,
+    peer: SocketAddr,
+    proto: &'static str,
+    now: Instant,
+}
+
+async fn attempt<G: Gateway>(
+    w: &Worker<G>,
+    req: &mut RequestHead,
+    body: &mut RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    route: G::Route,
+    ctx: &mut G::Ctx,
+    t: &Target<'_>,
+) -> Attempt {
+    let mut ubuf = w.buffers.take();
+    let mut resp = ResponseHead::default();
+    // Until the response head: the request goes up while we watch for the
+    // client resetting the stream (then the upstream is dropped at once).
+    let head = {
+        let forward = pin!(forward_request(w, req, body, &mut ubuf, &mut resp, t));
+        let reset = pin!(poll_fn(|cx| respond.poll_reset(cx)));
+        match select(forward, reset).await {
+            Either::Left((r, _)) => r,
+            Either::Right(_) => Err(Attempt::Failed(failed(ErrorKind::ClientClosed, true))),
+        }
+    };
+    let (upos, body_unfinished) = match head {
+        Ok(x) => x,
+        Err(a) => {
+            w.buffers.give(ubuf);
+            return a;
+        }
+    };
+
+    w.gateway.response(route, &mut resp, ctx);
+    let is_head = req.is_head();
+    let status = resp.status();
+    let framing = resp.framing();
+    let has_body = !is_head && framing.has_body();
+    let mut send = match respond.send_response(response_head(&resp, is_head), !has_body) {
+        Ok(s) => s,
+        Err(_) => {
+            w.buffers.give(ubuf);
+            return Attempt::Failed(failed(ErrorKind::ClientClosed, true));
+        }
+    };
+    let relayed = if has_body {
+        relay_response(w, t.up, &mut ubuf, upos, framing, &mut send).await
+    } else {
+        Ok(upos < ubuf.len())
+    };
+    w.buffers.give(ubuf);
+    match relayed {
+        Ok(leftover) => Attempt::Done {
+            reusable: resp.keep_alive() && !leftover && !body_unfinished,
+            status,
+        },
+        Err(e) => {
+            let reason = match e {
+                BodyError::ClientStalled => Reason::CANCEL,
+                _ => Reason::INTERNAL_ERROR,
+            };
+            send.send_reset(reason);
+            let kind = match e {
+                BodyError::ClientGone => ErrorKind::ClientClosed,
+                BodyError::ClientStalled | BodyError::ClientTimeout => ErrorKind::ClientTimeout,
+                BodyError::UpstreamTimeout => ErrorKind::UpstreamTimeout,
+                BodyError::UpstreamFraming(why) => ErrorKind::UpstreamProtocol(why),
+                BodyError::TooLarge | BodyError::UpstreamWrite | BodyError::UpstreamClosed => {
+                    ErrorKind::UpstreamClosed
+                }
+            };
+            Attempt::Failed(failed(kind, true))
+        }
+    }
+}
+
+/// Sends the head and body upstream and reads the response head into
+/// `resp`. Returns where the response body starts in `ubuf` and whether
+/// the request body was left unfinished (an early answer).
+async fn forward_request<G: Gateway>(
+    w: &Worker<G>,
+    req: &RequestHead,
+    body: &mut RecvStream,
+    ubuf: &mut Vec<u8>,
+    resp: &mut ResponseHead,
+    t: &Target<'_>,
+) -> Result<(usize, bool), Attempt> {
+    let limits = &w.limits;
+    let mut id_buf = [0u8; 32];
+    let request_id: &[u8] = match req.headers().get("x-request-id") {
+        Some(v) if valid_request_id(v) => v,
+        _ => w.ids.next(&mut id_buf),
+    };
+    let framing = req.framing();
+    let info = ForwardInfo {
+        client_ip: t.peer.ip(),
+        proto: t.proto,
+        request_id,
+        strip_prefix: t.strip_prefix,
+        // Translation always gives a Host (from :authority).
+        fallback_host: b"",
+    };
+    let mut out = w.buffers.take();
+    write_forward_request(req, &info, framing, &mut out);
+    let head_limits = limits.head_limits();
+    let is_head = req.is_head();
+    if !framing.has_body() {
+        let res = write_all(t.up, &mut out).await;
+        w.buffers.give(out);
+        if res.is_err() {
+            return Err(Attempt::Stale);
+        }
+        let deadline = t.now + limits.response_timeout;
+        return match read_response_head(t.up, ubuf, resp, is_head, &head_limits, deadline).await {
+            Ok(upos) => Ok((upos, false)),
+            Err(HeadFail::Stale) => Err(Attempt::Stale),
+            Err(HeadFail::Failed(kind)) => Err(Attempt::Failed(failed(kind, false))),
+        };
+    }
+    // The body goes up while the response head is awaited: an upstream
+    // may answer early (401, 413) without reading it all.
+    let result = {
+        let send = pin!(send_request_body(w, body, t.up, &mut out, framing));
+        let far = Instant::now() + Duration::from_secs(24 * 3600);
+        let head = pin!(read_response_head(
+            t.up,
+            ubuf,
+            resp,
+            is_head,
+            &head_limits,
+            far
+        ));
+        match select(send, head).await {
+            Either::Left((Ok(()), head)) => {
+                match compio::time::timeout(limits.response_timeout, head).await {
+                    Ok(r) => r.map(|upos| (upos, false)),
+                    Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
+                }
+                .map_err(head_failed)
+            }
+            Either::Left((Err(e), _)) => Err(Attempt::Failed(match e {
+                BodyError::TooLarge => failed(ErrorKind::BodyTooLarge, false),
+                BodyError::ClientTimeout => failed(ErrorKind::ClientTimeout, false),
+                BodyError::UpstreamWrite => failed(ErrorKind::UpstreamClosed, false),
+                _ => failed(ErrorKind::ClientClosed, true),
+            })),
+            Either::Right((r, _)) => r.map(|upos| (upos, true)).map_err(head_failed),
+        }
+    };
+    w.buffers.give(out);
+    result
+}
+
+/// With a body sent, even a silent close is a failure, never a replay.
+fn head_failed(f: HeadFail) -> Attempt {
+    match f {
+        HeadFail::Stale => Attempt::Failed(failed(ErrorKind::UpstreamClosed, false)),
+        HeadFail::Failed(kind) => Attempt::Failed(failed(kind, false)),
+    }
+}
+
+/// Moves the request body from the client's DATA frames to the upstream
+/// (after the head already in `out`), chunked when no length was given.
+/// Window is released only for bytes written upstream.
+async fn send_request_body<G: Gateway>(
+    w: &Worker<G>,
+    body: &mut RecvStream,
+    up: &TcpStream,
+    out: &mut Vec<u8>,
+    framing: BodyFraming,
+) -> Result<(), BodyError> {
+    let chunked = framing == BodyFraming::Chunked;
+    write_all(up, out)
+        .await
+        .map_err(|_| BodyError::UpstreamWrite)?;
+    let mut total = 0u64;
+    loop {
+        let chunk = match compio::time::timeout(w.limits.body_timeout, body.data()).await {
+            Err(_) => return Err(BodyError::ClientTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(BodyError::ClientGone),
+            Ok(Some(Ok(b))) => b,
+        };
+        let n = chunk.len();
+        total += n as u64;
+        if total > w.limits.max_body_bytes {
+            return Err(BodyError::TooLarge);
+        }
+        if n == 0 {
+            continue;
+        }
+        if chunked {
+            put_chunk_head(out, n);
+            out.extend_from_slice(&chunk);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(&chunk);
+        }
+        write_all(up, out)
+            .await
+            .map_err(|_| BodyError::UpstreamWrite)?;
+        let _ = body.flow_control().release_capacity(n);
+    }
+    if chunked {
+        out.extend_from_slice(LAST_CHUNK);
+        write_all(up, out)
+            .await
+            .map_err(|_| BodyError::UpstreamWrite)?;
+    }
+    Ok(())
+}
+
+/// Relays the response body from `ubuf[upos..]` and the upstream to the
+/// stream, decoded from its HTTP/1.1 framing. Returns whether bytes were
+/// left after the body (the upstream connection is then not reused).
+async fn relay_response<G: Gateway>(
+    w: &Worker<G>,
+    up: &TcpStream,
+    ubuf: &mut Vec<u8>,
+    mut upos: usize,
+    framing: BodyFraming,
+    send: &mut SendStream<Bytes>,
+) -> Result<bool, BodyError> {
+    let mut reader = BodyReader::new(framing);
+    loop {
+        while upos < ubuf.len() && !reader.is_done() {
+            let d = reader
+                .decode(&ubuf[upos..])
+                .map_err(|e| BodyError::UpstreamFraming(e.0))?;
+            let data = &ubuf[upos..][d.data.clone()];
+            if !data.is_empty() {
+                let data = Bytes::copy_from_slice(data);
+                send_data(send, data, w.limits.body_timeout).await?;
+            }
+            upos += d.consumed;
+            if d.consumed == 0 {
+                break;
+            }
+        }
+        if reader.is_done() {
+            send.send_data(Bytes::new(), true)
+                .map_err(|_| BodyError::ClientGone)?;
+            return Ok(upos < ubuf.len());
+        }
+        ubuf.clear();
+        upos = 0;
+        let deadline = Instant::now() + w.limits.response_timeout;
+        let (outcome, buf) = read_more(up, std::mem::take(ubuf), READ_CHUNK, deadline).await;
+        *ubuf = buf;
+        match outcome {
+            ReadOutcome::Data(_) => {}
+            ReadOutcome::Eof if matches!(reader, BodyReader::UntilClose) => {
+                send.send_data(Bytes::new(), true)
+                    .map_err(|_| BodyError::ClientGone)?;
+                return Ok(false);
+            }
+            ReadOutcome::Eof | ReadOutcome::Error => return Err(BodyError::UpstreamClosed),
+            ReadOutcome::Timeout => return Err(BodyError::UpstreamTimeout),
+        }
+    }
+}
+
+/// Sends `data` as the client's window allows, waiting at most `stall`
+/// for each grant of capacity.
+async fn send_data(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    stall: Duration,
+) -> Result<(), BodyError> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = compio::time::timeout(stall, poll_fn(|cx| send.poll_capacity(cx))).await;
+        let cap = match granted {
+            Err(_) => return Err(BodyError::ClientStalled),
+            Ok(None | Some(Err(_))) => return Err(BodyError::ClientGone),
+            Ok(Some(Ok(n))) => n,
+        };
+        if cap == 0 {
+            continue;
+        }
+        let part = data.split_to(cap.min(data.len()));
+        send.send_data(part, false)
+            .map_err(|_| BodyError::ClientGone)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! HTTP/2 downstream: one client connection speaking HTTP/2 (`h2c` by
+//! prior knowledge, or `h2` chosen by ALPN over TLS), its streams proxied
+//! to the HTTP/1.1 upstreams over the worker's pool.
+//!
+//! The `h2` crate does the framing, HPACK, flow control and stream states;
+//! it runs over any byte stream through [`io::H2Io`] (compio's io compat
+//! layer behind tokio's io traits). One task per connection runs
+//! everything: the connection itself (accepting streams drives all its
+//! IO) and every stream's exchange, as futures in one `FuturesUnordered`,
+//! so when the connection ends, every stream ends with it.
+//!
+//! ```text
+//! preface + SETTINGS (header_timeout) ─► accept streams ──► per stream:
+//!   h2 head ─► HTTP/1.1 head (translate.rs, parsed by crate::http as if
+//!   received) ─► route ─► request steps ─► respond | redirect | proxy
+//!   (exchange.rs: pooled upstream, body both ways under flow control)
+//!   ─► logging
+//! tick (1 s): control-frame budget, idle_timeout, header-block timeout,
+//!   closing deadline
+//! drain: GOAWAY, streams in flight finish, then close
+//! ```
+//!
+//! Every limit of the `h2` crate is set in [`builder`], each with its
+//! reason; what the crate does not bound (SETTINGS and PING floods, a
+//! trickled header block, unknown frames) is bounded by [`io::FrameWatch`]
+//! and the tick.
+
+#![forbid(unsafe_code)]
+
+mod exchange;
+pub(crate) mod io;
+mod stream;
+mod translate;
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use h2::Reason;
+
+use super::gateway::Gateway;
+use super::{Limits, Worker};
+use crate::rt::ListenerConfig;
+pub(crate) use io::PREFACE;
+use io::{FrameWatch, H2Io};
+
+/// Streams a client may have open at once. RFC 9113 §6.5.2 advises at
+/// least 100 so browsers are not held back; every open stream may hold an
+/// upstream connection, a 16 KiB read buffer and up to
+/// [`MAX_SEND_BUFFER`] of response, so this also bounds a connection's
+/// memory (about 8 MiB at worst).
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// Request-body window per stream: what a client may send ahead of the
+/// upstream reading it. 256 KiB keeps uploads fast over real RTTs.
+pub(crate) const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// Request-body window for the whole connection: the most request body
+/// buffered in the gateway for one connection, whatever the streams.
+pub(crate) const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// Largest frame payload we accept: the protocol minimum. Larger frames
+/// only make each buffered frame bigger; 16 KiB is also our read chunk.
+pub(crate) const MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// HPACK dynamic table the client may use (its SETTINGS_HEADER_TABLE_SIZE
+/// from us). The RFC default; the table's memory is bounded by it.
+pub(crate) const HEADER_TABLE_SIZE: u32 = 4096;
+
+/// Response bytes buffered per stream before the client's window opens:
+/// a zero-window reader holds at most this much per stream, and the
+/// upstream is not read further until it drains (then `body_timeout`
+/// resets the stream).
+pub(crate) const MAX_SEND_BUFFER: usize = 64 * 1024;
+
+/// Locally reset streams remembered (to ignore their late frames) and for
+/// how long: the crate's defaults, kept on purpose. 50 bounds the state;
+/// one second covers a round trip on any sane link.
+pub(crate) const MAX_RESET_STREAMS: usize = 50;
+pub(crate) const RESET_STREAM_DURATION: Duration = Duration::from_secs(1);
+
+/// Streams reset by the client before we accepted them (rapid reset,
+/// CVE-2023-44487): over this, GOAWAY(ENHANCE_YOUR_CALM). We accept as
+/// fast as frames arrive, so a legitimate client never gets near 20.
+pub(crate) const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// Streams we had to reset for the client's protocol errors before the
+/// connection gets GOAWAY(ENHANCE_YOUR_CALM): a correct client makes none.
+pub(crate) const MAX_LOCAL_ERROR_RESETS: usize = 128;
+
+/// Budget for the overhead of tiny DATA frames buffered at once (the
+/// crate's "half the connection window" made explicit).
+pub(crate) const DATA_FRAME_BUDGET: usize = CONNECTION_WINDOW as usize / 2;
+
+/// Period of the connection loop's checks (budget, idle, header block).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Time allowed to flush a GOAWAY and close once we decided to end the
+/// connection: a client that does not read cannot keep it.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The `h2` server configuration: every limit set deliberately (see the
+/// constants above and docs/architecture.md, "HTTP/2").
+pub(crate) fn builder(limits: &Limits) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .header_table_size(HEADER_TABLE_SIZE)
+        .max_header_list_size(max_header_list_size(limits))
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_reset_streams(MAX_RESET_STREAMS)
+        .reset_stream_duration(RESET_STREAM_DURATION)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .data_frame_budget(DATA_FRAME_BUDGET);
+    b
+}
+
+/// The spec's `max-header-bytes` in HPACK's accounting (name + value + 32
+/// per field): the decoded header list, hence an HPACK bomb, stays within
+/// what an HTTP/1.1 head may be. The head is checked again, exactly, once
+/// translated (431).
+pub(crate) fn max_header_list_size(limits: &Limits) -> u32 {
+    let bytes = limits.max_header_bytes + 32 * limits.max_headers;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// Why the connection loop stopped accepting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// Still serving.
+    No,
+    /// GOAWAY(NO_ERROR) sent: streams in flight finish (drain, idle).
+    Graceful,
+    /// GOAWAY with an error sent: close once it is flushed.
+    Abrupt,
+}
+
+/// Serves one HTTP/2 connection over `io` until it closes. `prefix` holds
+/// bytes already read from `io` (the sniffed preface); `secure` says
+/// whether `io` is TLS (`x-forwarded-proto: https`).
+pub(crate) async fn serve_h2<G: Gateway, S>(
+    w: Rc<Worker<G>>,
+    io: S,
+    prefix: Vec<u8>,
+    peer: SocketAddr,
+    listener: Rc<ListenerConfig>,
+    secure: bool,
+) where
+    S: compio::io::AsyncRead + compio::io::AsyncWrite + 'static,
+{
+    let _ = &listener;
+    let watch = Rc::new(FrameWatch::default());
+    let io = H2Io::new(io, prefix, Rc::clone(&watch));
+    let handshake = builder(&w.limits).handshake::<_, Bytes>(io);
+    let mut conn = match compio::time::timeout(w.limits.header_timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        // Not HTTP/2, too slow, or gone: nothing to answer.
+        _ => return,
+    };
+    let proto = if secure { "https" } else { "http" };
+    let mut streams = FuturesUnordered::new();
+    let drain = pin!(w.drain.wait());
+    let mut drain = drain;
+    let mut tick = pin!(compio::time::sleep(TICK));
+    let mut closing = Closing::No;
+    let mut closing_ticks = 0u32;
+    let mut idle_ticks = 0u32;
+    let mut header_block_ticks = 0u32;
+    let ticks_of = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u32;
+    let idle_limit = ticks_of(w.limits.idle_timeout);
+    let header_limit = ticks_of(w.limits.header_timeout);
+    let close_limit = ticks_of(CLOSE_GRACE);
+
+    enum Event<T> {
+        Accepted(T),
+        Closed,
+        Drain,
+        Tick,
+    }
+    loop {
+        let event = {
+            let mut accept = pin!(conn.accept());
+            std::future::poll_fn(|cx| {
+                // Streams first: their sends are flushed by the accept poll.
+                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+                match accept.as_mut().poll(cx) {
+                    Poll::Ready(Some(Ok(s))) => return Poll::Ready(Event::Accepted(s)),
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Event::Closed),
+                    Poll::Pending => {}
+                }
+                if closing == Closing::No && drain.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Drain);
+                }
+                if tick.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Tick);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match event {
+            Event::Accepted((req, respond)) => {
+                streams.push(stream::serve_stream(
+                    Rc::clone(&w),
+                    req,
+                    respond,
+                    peer,
+                    proto,
+                ));
+            }
+            Event::Closed => break,
+            Event::Drain => {
+                conn.graceful_shutdown();
+                closing = Closing::Graceful;
+            }
+            Event::Tick => {
+                tick.set(compio::time::sleep(TICK));
+                let active = watch.tick();
+                if watch.tripped() && closing != Closing::Abrupt {
+                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                    closing = Closing::Abrupt;
+                }
+                header_block_ticks = if watch.header_block_open() {
+                    header_block_ticks + 1
+                } else {
+                    0
+                };
+                if header_block_ticks > header_limit && closing != Closing::Abrupt {
+                    // A header block trickled in CONTINUATION frames: the
+                    // connection can do nothing else meanwhile.
+                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                    closing = Closing::Abrupt;
+                }
+                idle_ticks = if active || !streams.is_empty() {
+                    0
+                } else {
+                    idle_ticks + 1
+                };
+                if idle_ticks >= idle_limit && closing == Closing::No {
+                    conn.graceful_shutdown();
+                    closing = Closing::Graceful;
+                }
+                match closing {
+                    Closing::No => {}
+                    // Graceful: streams in flight have their own timeouts;
+                    // once none is left, the GOAWAY only needs flushing.
+                    Closing::Graceful if !streams.is_empty() => {}
+                    Closing::Graceful | Closing::Abrupt => {
+                        closing_ticks += 1;
+                        if closing_ticks > close_limit {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Dropping the connection cancels what is left of its streams and
+    // closes the socket.
+    drop(streams);
+    drop(conn);
+}

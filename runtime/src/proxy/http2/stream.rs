@@ -1,0 +1,204 @@
+//! One HTTP/2 stream: translate its head, run the gateway's phases
+//! (route, request steps, action, response steps, logging) exactly as for
+//! an HTTP/1.1 request, and answer locally or through
+//! [`super::exchange`].
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::Request;
+
+use super::exchange::{Outcome, proxy_stream};
+use super::translate::{Refused, local_head, request_head};
+use crate::http::{HeaderBlock, RequestHead, ResponseHead};
+use crate::proxy::Worker;
+use crate::proxy::conn::error_body;
+use crate::proxy::error::{ErrorKind, ProxyError};
+use crate::proxy::gateway::{Action, Gateway, RequestLog};
+
+/// Serves one stream to its end; errors are answered or reset here.
+pub(crate) async fn serve_stream<G: Gateway>(
+    w: Rc<Worker<G>>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+    proto: &'static str,
+) {
+    let (parts, mut body) = request.into_parts();
+    let mut req = RequestHead::default();
+    let mut scratch = w.buffers.take();
+    let translated = request_head(
+        &parts,
+        body.is_end_stream(),
+        &w.limits.head_limits(),
+        &mut scratch,
+        &mut req,
+    );
+    w.buffers.give(scratch);
+    drop(parts);
+    if let Err(Refused { status, why }) = translated {
+        let kind = match status {
+            431 => ErrorKind::HeadTooLarge,
+            413 => ErrorKind::BodyTooLarge,
+            _ => ErrorKind::BadRequest(why),
+        };
+        let err = ProxyError::with_status(kind, status);
+        let sent = send_error(&mut respond, status, false);
+        let mut ctx = G::Ctx::default();
+        w.gateway.logging(
+            None,
+            &RequestLog {
+                status: if sent { status } else { 0 },
+                error: Some(&err),
+            },
+            &mut ctx,
+        );
+        return;
+    }
+    req.client = Some(peer);
+    let route = w.gateway.route(&req);
+    let mut ctx = G::Ctx::default();
+    let action = w.gateway.request(route, &mut req, &mut ctx);
+    let (status, error) = match action {
+        Action::Respond {
+            status,
+            body: content,
+            content_type,
+        } => {
+            let extra = local_response_steps(&w, route, status, &mut ctx);
+            let ok = send_local(
+                &mut respond,
+                status,
+                Some(content_type),
+                None,
+                content,
+                req.is_head(),
+                extra.as_ref(),
+            );
+            local_outcome(ok, status)
+        }
+        Action::Redirect { location, status } => {
+            let extra = local_response_steps(&w, route, status, &mut ctx);
+            let ok = send_local(
+                &mut respond,
+                status,
+                None,
+                Some(location.as_bytes()),
+                std::borrow::Cow::Borrowed(b""),
+                req.is_head(),
+                extra.as_ref(),
+            );
+            local_outcome(ok, status)
+        }
+        Action::Proxy {
+            upstream,
+            strip_prefix,
+        } => {
+            let outcome = proxy_stream(
+                &w,
+                &mut req,
+                &mut body,
+                &mut respond,
+                route,
+                &mut ctx,
+                upstream,
+                strip_prefix,
+                peer,
+                proto,
+            )
+            .await;
+            match outcome {
+                Outcome::Done { status } => (status, None),
+                Outcome::Failed { error, answered } => {
+                    let status = if answered {
+                        0
+                    } else if send_error(&mut respond, error.status, req.is_head()) {
+                        error.status
+                    } else {
+                        0
+                    };
+                    (status, Some(error))
+                }
+            }
+        }
+    };
+    w.gateway.logging(
+        Some(route),
+        &RequestLog {
+            status,
+            error: error.as_ref(),
+        },
+        &mut ctx,
+    );
+}
+
+fn local_outcome(ok: bool, status: u16) -> (u16, Option<ProxyError>) {
+    if ok {
+        (status, None)
+    } else {
+        (0, Some(ProxyError::new(ErrorKind::ClientWrite)))
+    }
+}
+
+/// Response steps for a local answer (as `conn::local_response_steps`).
+fn local_response_steps<G: Gateway>(
+    w: &Worker<G>,
+    route: G::Route,
+    status: u16,
+    ctx: &mut G::Ctx,
+) -> Option<HeaderBlock> {
+    let mut resp = ResponseHead {
+        status,
+        ..ResponseHead::default()
+    };
+    w.gateway.response(route, &mut resp, ctx);
+    (!resp.headers.is_empty()).then_some(resp.headers)
+}
+
+/// Sends a whole local answer; the body is small and already in memory.
+/// False when the stream is gone.
+fn send_local(
+    respond: &mut SendResponse<Bytes>,
+    status: u16,
+    content_type: Option<&str>,
+    location: Option<&[u8]>,
+    body: std::borrow::Cow<'static, [u8]>,
+    head_only: bool,
+    extra: Option<&HeaderBlock>,
+) -> bool {
+    let head = local_head(status, content_type, location, body.len(), extra);
+    let empty = head_only || body.is_empty();
+    let Ok(mut send) = respond.send_response(head, empty) else {
+        return false;
+    };
+    if empty {
+        return true;
+    }
+    let data = match body {
+        std::borrow::Cow::Borrowed(b) => Bytes::from_static(b),
+        std::borrow::Cow::Owned(v) => Bytes::from(v),
+    };
+    // Local bodies are small: the stream's send buffer holds them while
+    // the client's window opens (h2 queues them; no capacity wait).
+    send.send_data(data, true).is_ok()
+}
+
+/// The runtime's short error answer (400, 502, 504...).
+fn send_error(respond: &mut SendResponse<Bytes>, status: u16, head_only: bool) -> bool {
+    let sent = send_local(
+        respond,
+        status,
+        Some("text/plain"),
+        None,
+        std::borrow::Cow::Borrowed(error_body(status)),
+        head_only,
+        None,
+    );
+    if !sent {
+        respond.send_reset(Reason::INTERNAL_ERROR);
+    }
+    sent
+}

@@ -1,0 +1,378 @@
+//! HTTP/2 ⇄ HTTP/1.1 head translation (RFC 9113 §8.2, §8.3).
+//!
+//! A request head is translated into the HTTP/1.1 head it stands for and
+//! then parsed by [`crate::http::parse_request_head`], exactly as if a
+//! client had sent it: the gateway's routes and steps see the same
+//! [`RequestHead`], and every rule of the HTTP/1.1 parser (limits, Host
+//! validation, path normalisation, framing) applies to HTTP/2 as well.
+//!
+//! - `:method`, `:path` become the request line; `:authority` (or, without
+//!   it, `host`) becomes the one `Host` that decides routing (§8.3.1); a
+//!   `host` field beside `:authority` is dropped.
+//! - Cookie crumbs are joined with `"; "` into one field (§8.2.3).
+//! - Connection-specific fields (`connection`, `keep-alive`,
+//!   `proxy-connection`, `transfer-encoding`, `upgrade`) and `te` other
+//!   than `trailers` make the request malformed: the `h2` crate resets the
+//!   stream with PROTOCOL_ERROR before we see it (§8.2.2). They are
+//!   refused here again, so no such field can ever be forwarded.
+//! - A value holding CR, LF or NUL (forbidden by §8.2.1, refused by the
+//!   crate's decoder) is refused again here with 400 before it could end
+//!   up in an HTTP/1.1 head: no header injection, no request smuggling.
+//! - Body framing: `content-length` when the client sent one (the crate
+//!   checks the DATA frames add up to it), none when the HEADERS frame
+//!   ended the stream, else `transfer-encoding: chunked`.
+
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode};
+
+use crate::http::{BodyFraming, HeadLimits, RequestHead, ResponseHead, parse_request_head};
+
+/// A request refused before routing: the status to answer and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub status: u16,
+    pub why: &'static str,
+}
+
+fn refused(status: u16, why: &'static str) -> Refused {
+    Refused { status, why }
+}
+
+/// Fields that are connection-specific in HTTP/2 (RFC 9113 §8.2.2).
+fn connection_specific(name: &str) -> bool {
+    matches!(
+        name,
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
+    )
+}
+
+fn bad_value(v: &[u8]) -> bool {
+    v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+/// Writes the HTTP/1.1 head `parts` stands for into `out` and parses it
+/// into `req`. `end_stream`: the HEADERS frame carried END_STREAM.
+pub(crate) fn request_head(
+    parts: &Parts,
+    end_stream: bool,
+    limits: &HeadLimits,
+    out: &mut Vec<u8>,
+    req: &mut RequestHead,
+) -> Result<(), Refused> {
+    out.clear();
+    if parts.method == Method::CONNECT {
+        return Err(refused(501, "CONNECT is not supported"));
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .ok_or(refused(400, "missing :path"))?;
+    if let Some(scheme) = parts.uri.scheme_str()
+        && scheme != "http"
+        && scheme != "https"
+    {
+        return Err(refused(400, "unsupported :scheme"));
+    }
+    let headers = &parts.headers;
+    let authority = match parts.uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => {
+            let mut hosts = headers.get_all(http::header::HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (Some(h), None) => h.as_bytes(),
+                (None, _) => return Err(refused(400, "missing :authority and host")),
+                (Some(_), Some(_)) => return Err(refused(400, "several host fields")),
+            }
+        }
+    };
+    if bad_value(authority) {
+        return Err(refused(400, "invalid :authority"));
+    }
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(authority);
+    out.extend_from_slice(b"\r\n");
+    let mut has_length = false;
+    for (name, value) in headers {
+        let name = name.as_str();
+        let value = value.as_bytes();
+        if connection_specific(name) || (name == "te" && value != b"trailers") {
+            return Err(refused(400, "connection-specific header field"));
+        }
+        if bad_value(value) {
+            return Err(refused(400, "CR, LF or NUL in a header value"));
+        }
+        match name {
+            "host" | "cookie" => continue,
+            "content-length" => has_length = true,
+            _ => {}
+        }
+        put_field(out, name.as_bytes(), value);
+    }
+    put_cookies(headers, out)?;
+    if !has_length && !end_stream {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    match parse_request_head(out, limits, req) {
+        Ok(Some(n)) if n == out.len() => Ok(()),
+        Ok(_) => Err(refused(400, "malformed request head")),
+        Err(rej) => Err(refused(rej.status, rej.why)),
+    }
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Cookie crumbs, joined into one field (RFC 9113 §8.2.3).
+fn put_cookies(headers: &HeaderMap, out: &mut Vec<u8>) -> Result<(), Refused> {
+    let mut crumbs = headers.get_all(http::header::COOKIE).iter().peekable();
+    if crumbs.peek().is_none() {
+        return Ok(());
+    }
+    out.extend_from_slice(b"cookie: ");
+    let mut first = true;
+    for crumb in crumbs {
+        let crumb = crumb.as_bytes();
+        if bad_value(crumb) {
+            return Err(refused(400, "CR, LF or NUL in a header value"));
+        }
+        if !first {
+            out.extend_from_slice(b"; ");
+        }
+        first = false;
+        out.extend_from_slice(crumb);
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// Fields an HTTP/1.1 response may carry that HTTP/2 forbids or that are
+/// hop-by-hop; `content-length` is written from the framing instead.
+fn dropped_from_response(name: &[u8]) -> bool {
+    const NAMES: &[&[u8]] = &[
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        b"content-length",
+    ];
+    NAMES
+        .iter()
+        .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+}
+
+/// The HTTP/2 response head for an upstream's HTTP/1.1 one (after the
+/// response steps ran on it). Fields HTTP/2 cannot carry are dropped,
+/// names are lower-cased, and `content-length` is set from the framing
+/// (or, for HEAD and 304, from what the upstream declared).
+pub(crate) fn response_head(resp: &ResponseHead, is_head: bool) -> Response<()> {
+    let mut out = Response::new(());
+    *out.status_mut() = StatusCode::from_u16(resp.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = out.headers_mut();
+    for (name, value) in resp.headers.iter_end_to_end() {
+        if dropped_from_response(name) {
+            continue;
+        }
+        // Invalid names or values cannot be carried: dropped, never mangled.
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    let length = match resp.framing() {
+        BodyFraming::Length(n) => Some(n),
+        BodyFraming::None if is_head || resp.status() == 304 => resp.declared_length,
+        _ => None,
+    };
+    if let Some(n) = length {
+        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+    }
+    out
+}
+
+/// A response the gateway writes itself (local answers and errors).
+pub(crate) fn local_head(
+    status: u16,
+    content_type: Option<&str>,
+    location: Option<&[u8]>,
+    length: usize,
+    extra: Option<&crate::http::HeaderBlock>,
+) -> Response<()> {
+    let mut out = Response::new(());
+    *out.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = out.headers_mut();
+    if let Some(ct) = content_type
+        && let Ok(v) = http::HeaderValue::from_str(ct)
+    {
+        headers.insert(http::header::CONTENT_TYPE, v);
+    }
+    if let Some(loc) = location
+        && let Ok(v) = http::HeaderValue::from_bytes(loc)
+    {
+        headers.insert(http::header::LOCATION, v);
+    }
+    if let Some(extra) = extra {
+        for (name, value) in extra.iter_end_to_end() {
+            if dropped_from_response(name) {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                headers.append(n, v);
+            }
+        }
+    }
+    headers.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(length),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HeadLimits {
+        HeadLimits {
+            max_header_bytes: 16384,
+            max_headers: 100,
+            max_body_bytes: 1 << 20,
+        }
+    }
+
+    fn translate(
+        b: http::request::Builder,
+        end_stream: bool,
+    ) -> (Result<(), Refused>, String, RequestHead) {
+        let (parts, ()) = b.body(()).unwrap_or_else(|e| panic!("{e}")).into_parts();
+        let mut out = Vec::new();
+        let mut req = RequestHead::default();
+        let r = request_head(&parts, end_stream, &limits(), &mut out, &mut req);
+        (r, String::from_utf8_lossy(&out).into_owned(), req)
+    }
+
+    #[test]
+    fn authority_decides_host_and_cookies_join() {
+        let (r, head, req) = translate(
+            http::Request::builder()
+                .method("GET")
+                .uri("https://a.test:8443/x/../y?q=1")
+                .header("host", "evil.test")
+                .header("cookie", "a=1")
+                .header("accept", "*/*")
+                .header("cookie", "b=2")
+                .header("te", "trailers"),
+            true,
+        );
+        assert_eq!(r, Ok(()), "{head}");
+        assert_eq!(req.host(), b"a.test:8443");
+        assert_eq!(req.path_only(), b"/y");
+        assert_eq!(req.headers().get("cookie"), Some(&b"a=1; b=2"[..]));
+        assert!(!head.contains("evil"), "{head}");
+        assert!(!head.contains("transfer-encoding"), "{head}");
+    }
+
+    #[test]
+    fn framing_from_length_or_end_stream() {
+        let (r, _, req) = translate(
+            http::Request::builder()
+                .method("POST")
+                .uri("http://a.test/")
+                .header("content-length", "5"),
+            false,
+        );
+        assert_eq!(r, Ok(()));
+        assert_eq!(req.framing(), BodyFraming::Length(5));
+        let (_, _, req) = translate(
+            http::Request::builder()
+                .method("POST")
+                .uri("http://a.test/"),
+            false,
+        );
+        assert_eq!(req.framing(), BodyFraming::Chunked);
+        let (_, _, req) = translate(
+            http::Request::builder()
+                .method("POST")
+                .uri("http://a.test/"),
+            true,
+        );
+        assert_eq!(req.framing(), BodyFraming::None);
+    }
+
+    #[test]
+    fn refuses_connection_headers_and_connect() {
+        for (name, value) in [
+            ("connection", "close"),
+            ("keep-alive", "1"),
+            ("proxy-connection", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+        ] {
+            let (r, _, _) = translate(
+                http::Request::builder()
+                    .uri("http://a.test/")
+                    .header(name, value),
+                true,
+            );
+            assert_eq!(r.map_err(|e| e.status), Err(400), "{name}");
+        }
+        let (r, _, _) = translate(
+            http::Request::builder().method("CONNECT").uri("a.test:443"),
+            true,
+        );
+        assert_eq!(r.map_err(|e| e.status), Err(501));
+        let (r, _, _) = translate(http::Request::builder().uri("/nohost"), true);
+        assert_eq!(r.map_err(|e| e.status), Err(400));
+    }
+
+    #[test]
+    fn too_large_head_is_431() {
+        let (r, _, _) = translate(
+            http::Request::builder()
+                .uri("http://a.test/")
+                .header("x-big", "a".repeat(20000)),
+            true,
+        );
+        assert_eq!(r.map_err(|e| e.status), Err(431));
+    }
+
+    #[test]
+    fn response_drops_hop_by_hop() {
+        let mut resp = ResponseHead::default();
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: t=1\r\nX-Ok: yes\r\nContent-Length: 3\r\n\r\n";
+        let lim = limits();
+        let n = crate::http::parse_response_head(raw, &lim, false, &mut resp);
+        assert!(matches!(n, Ok(Some(_))));
+        let h = response_head(&resp, false);
+        assert_eq!(h.status(), 200);
+        assert_eq!(
+            h.headers().get("x-ok").map(|v| v.as_bytes()),
+            Some(&b"yes"[..])
+        );
+        assert_eq!(
+            h.headers().get("content-length").map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
+        assert!(h.headers().get("x-hop").is_none());
+        assert!(h.headers().get("keep-alive").is_none());
+        assert!(h.headers().get("connection").is_none());
+    }
+}
