@@ -25,5 +25,5 @@ cargo test --workspace
 
 step "end-to-end tests (pytest)"
 # The runtime's example gateway is built once, in release, for the e2e tests.
-cargo build --release -p blitz-runtime --example hello_gateway
+cargo build --release -p blitz-runtime --features h2 --example hello_gateway
 python3 -m pytest tests -q -p no:cacheprovider
