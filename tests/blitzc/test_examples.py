@@ -259,3 +259,56 @@ def test_run_builds_and_serves_in_the_foreground(blitzc, cache_dir, tmp_path):
         assert (status, body) == (200, b"ok\n")
     finally:
         assert gw.stop() == 0, "SIGTERM reaches the gateway through blitzc run and drains it"
+
+
+# ---------------------------------------------------------------- h2c
+
+
+@pytest.mark.timeout(1800)
+def test_h2c_listener_is_built_and_serves_both_protocols(blitzc, cache_dir, tmp_path):
+    """`protocols "h1" "h2c"`: blitzc builds it with the runtime's `h2`
+    feature, and one port answers HTTP/2 with prior knowledge and HTTP/1.1."""
+    port, origin_port = free_port(), 0
+    origin = named_origin("api")
+    origin_port = int(origin.addr.rsplit(":", 1)[1])
+    spec = tmp_path / "h2c.kdl"
+    spec.write_text(
+        f"""version 1
+gateway "h2c" {{ workers 1 }}
+listener "plain" {{
+    bind "127.0.0.1:{port}"
+    protocols "h1" "h2c"
+}}
+upstream "api" {{ server "127.0.0.1:{origin_port}" }}
+route "health" {{
+    match {{ path "/healthz" }}
+    respond 200 body="ok\\n" content-type="text/plain"
+}}
+route "api" {{
+    request-headers {{ set "x-step" "1" }}
+    proxy "api"
+}}
+"""
+    )
+    out = tmp_path / "h2c-bin"
+    result = build(blitzc, spec, out, cache_dir)
+    assert result.returncode == 0, result.stderr
+    gw = Served([str(out)], port, dict(os.environ))
+    try:
+        for args, want in (
+            (["--http2-prior-knowledge"], "2"),
+            ([], "1.1"),
+        ):
+            r = subprocess.run(
+                ["curl", "-sS", *args, "-w", " %{http_version}", f"http://127.0.0.1:{port}/items?id=1"],
+                capture_output=True, text=True, timeout=20,
+            )
+            assert r.stdout == f"api GET /items?id=1\n {want}", r.stdout + r.stderr
+        r = subprocess.run(
+            ["curl", "-sS", "--http2-prior-knowledge", f"http://127.0.0.1:{port}/healthz"],
+            capture_output=True, text=True, timeout=20,
+        )
+        assert r.stdout == "ok\n"
+        assert gw.stop() == 0
+    finally:
+        origin.stop()

@@ -29,7 +29,9 @@ pub fn unsupported(spec: &Spec) -> Vec<Diagnostic> {
             out.push(refuse(tls.span, "`tls`"));
         }
         for p in &listener.protocols {
-            if p.value != Protocol::H1 {
+            // h2c (prior knowledge) is served; h2 needs TLS (ALPN) and h3
+            // QUIC, which the runtime does not serve yet.
+            if !matches!(p.value, Protocol::H1 | Protocol::H2c) {
                 out.push(refuse(p.span, &format!("protocol `{}`", p.value.keyword())));
             }
         }
@@ -113,7 +115,15 @@ pub fn features(spec: &Spec) -> Vec<&'static str> {
         .iter()
         .flat_map(|r| r.matcher.iter().flat_map(|m| &m.conditions))
         .any(|c| matches!(c.test, Test::PathRegex(_)));
+    let speaks_h2 = spec.listeners.iter().any(|l| {
+        l.protocols
+            .iter()
+            .any(|p| matches!(p.value, Protocol::H2 | Protocol::H2c))
+    });
     let mut features = Vec::new();
+    if speaks_h2 {
+        features.push("h2");
+    }
     if uses_regex {
         features.push("regex");
     }
