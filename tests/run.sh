@@ -19,9 +19,12 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Optional runtime parts are features: lint and test them too.
+cargo clippy -p blitz-runtime --features h2 --all-targets --quiet -- -D warnings
 
 step "cargo test"
 cargo test --workspace
+cargo test -p blitz-runtime --features h2 --lib
 
 step "end-to-end tests (pytest)"
 # The runtime's example gateway is built once, in release, for the e2e tests.
