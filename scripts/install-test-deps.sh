@@ -19,9 +19,12 @@ declare -A APT_CMDS=(
     [ss]=iproute2
     [pgrep]=procps
     [openssl]=openssl
+    # HTTP/2 clients of tests/runtime/test_h2.py
+    [nghttp]=nghttp2-client
+    [h2load]=nghttp2-client
 )
 if [ -z "${NO_BENCH:-}" ]; then
-    APT_CMDS+=([wrk]=wrk [nginx]=nginx [haproxy]=haproxy [h2load]=nghttp2-client)
+    APT_CMDS+=([wrk]=wrk [nginx]=nginx [haproxy]=haproxy)
 fi
 missing=()
 for cmd in "${!APT_CMDS[@]}"; do
@@ -58,6 +61,7 @@ declare -A PY_MODS=(
     [pytest_timeout]="pytest-timeout"
     [h2]="h2>=4"
     [hyperframe]="hyperframe>=6"
+    [hpack]="hpack>=4"
 )
 # one interpreter start: print the requirement of every module that does not import
 mapfile -t pymissing < <(python3 - "${!PY_MODS[@]}" <<'PY'
