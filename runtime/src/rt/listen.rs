@@ -86,7 +86,8 @@ pub(crate) struct Bound {
 /// Gives every listener at least `workers` sockets: first the inherited
 /// ones on its address (from an old process or systemd, all of them, even
 /// past `workers`: a socket nobody accepts on strands its backlog), then
-/// fresh ones bound into the same `SO_REUSEPORT` group. An inherited
+/// fresh ones bound into the same `SO_REUSEPORT` group (or, when the
+/// inherited socket is not in one, duplicates of it). An inherited
 /// socket no listener claims is an error naming its address (`from`
 /// says where it came from). Dropping inherited descriptors on an error
 /// closes only this process's duplicates: the old process keeps serving.
@@ -127,9 +128,20 @@ pub(crate) fn assemble(
             l.addr = first.local_addr().map_err(|e| e.to_string())?;
             sockets.push(first);
         }
+        let inherited_here = sockets.len();
         while sockets.len() < workers {
-            let s = bind_tcp(l.addr)
-                .map_err(|e| format!("listener {:?}: cannot bind {}: {e}", l.name, l.addr))?;
+            let s = match bind_tcp(l.addr) {
+                Ok(s) => s,
+                // An inherited socket without SO_REUSEPORT (systemd's
+                // default): the workers share it instead.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && inherited_here > 0 => sockets
+                    [sockets.len() % inherited_here]
+                    .try_clone()
+                    .map_err(|e| format!("listener {:?}: {e}", l.name))?,
+                Err(e) => {
+                    return Err(format!("listener {:?}: cannot bind {}: {e}", l.name, l.addr));
+                }
+            };
             sockets.push(s);
         }
         bound.sockets.push(sockets);
