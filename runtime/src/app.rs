@@ -218,7 +218,8 @@ fn run_detached(name: &str, args: &[String]) -> ExitCode {
     let ready = child.stdout.take().and_then(|out| {
         let mut line = String::new();
         std::io::BufReader::new(out).read_line(&mut line).ok()?;
-        line.strip_prefix("ready ").map(|pid| pid.trim().to_string())
+        line.strip_prefix("ready ")
+            .map(|pid| pid.trim().to_string())
     });
     match ready {
         Some(pid) => {

@@ -71,7 +71,10 @@ pub fn take_over(path: &Path, name: &str) -> Result<Takeover, String> {
         .map(|((kind, addr), fd)| (kind, addr, fd))
         .collect();
     for (_, addr, fd) in &sockets {
-        let actual = socket2::SockRef::from(fd).local_addr().ok().and_then(|a| a.as_socket());
+        let actual = socket2::SockRef::from(fd)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
         if actual != Some(*addr) {
             return Err(format!(
                 "a passed socket is bound to {actual:?}, not to {addr} as announced"

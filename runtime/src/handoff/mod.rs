@@ -106,8 +106,8 @@ impl ControlSocket {
 
 impl Drop for PathGuard {
     fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| (m.dev(), m.ino()) == self.id);
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }

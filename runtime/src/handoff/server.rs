@@ -14,8 +14,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{ControlSocket, PathGuard};
 use super::wire::{Control, Kind, Message, is_timeout};
+use super::{ControlSocket, PathGuard};
 
 /// Time a new process gets between two protocol steps before hello, and
 /// to answer; generous for `ready`, which waits for its workers.
@@ -34,8 +34,12 @@ pub struct Offer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Idle,
-    InProgress { pid: u32 },
-    HandedOff { pid: u32 },
+    InProgress {
+        pid: u32,
+    },
+    HandedOff {
+        pid: u32,
+    },
     /// Shutting down on a signal: nothing to hand over.
     Withdrawn,
 }
@@ -57,7 +61,9 @@ pub struct ControlServer {
 
 impl std::fmt::Debug for ControlServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlServer").field("name", &self.shared.name).finish()
+        f.debug_struct("ControlServer")
+            .field("name", &self.shared.name)
+            .finish()
     }
 }
 
@@ -220,7 +226,9 @@ fn hand_over(conn: &mut Control, shared: &Shared, pid: u32) -> Result<(), String
         Err(e) if is_timeout(&e) => Err(format!(
             "the new process did not report ready within {READY_TIMEOUT:?}"
         )),
-        Err(e) => Err(format!("the new process went away before it was ready ({e})")),
+        Err(e) => Err(format!(
+            "the new process went away before it was ready ({e})"
+        )),
     }
 }
 

@@ -108,10 +108,7 @@ impl Message {
             });
         }
         let (verb, args) = rest.split_once(' ').unwrap_or((rest, ""));
-        let pid = |s: &str| {
-            s.parse::<u32>()
-                .map_err(|_| format!("bad pid in {line:?}"))
-        };
+        let pid = |s: &str| s.parse::<u32>().map_err(|_| format!("bad pid in {line:?}"));
         match verb {
             "hello" => {
                 let (p, name) = args.split_once(' ').unwrap_or((args, ""));
@@ -190,7 +187,8 @@ impl Control {
         }
         let line = msg.encode();
         let bytes = line.as_bytes();
-        let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+        let mut space =
+            vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
             return Err(io::Error::other("ancillary buffer too small"));
@@ -275,8 +273,14 @@ mod tests {
                 name: "edge eu1".into(),
             },
             Message::Sockets(vec![
-                (Kind::Tcp, "127.0.0.1:8080".parse().unwrap_or_else(|e| panic!("{e}"))),
-                (Kind::Udp, "[::1]:443".parse().unwrap_or_else(|e| panic!("{e}"))),
+                (
+                    Kind::Tcp,
+                    "127.0.0.1:8080".parse().unwrap_or_else(|e| panic!("{e}")),
+                ),
+                (
+                    Kind::Udp,
+                    "[::1]:443".parse().unwrap_or_else(|e| panic!("{e}")),
+                ),
             ]),
             Message::Sockets(vec![]),
             Message::Refused("an upgrade is already in progress".into()),
@@ -286,7 +290,10 @@ mod tests {
         ];
         for m in msgs {
             let line = m.encode();
-            assert!(line.ends_with('\n') && line.matches('\n').count() == 1, "{line:?}");
+            assert!(
+                line.ends_with('\n') && line.matches('\n').count() == 1,
+                "{line:?}"
+            );
             let back = Message::decode(line.trim_end_matches('\n'))
                 .unwrap_or_else(|e| panic!("{e}: {line:?}"));
             match (&m, &back) {
@@ -318,7 +325,8 @@ mod tests {
         ];
         a.send(&Message::Sockets(addrs.clone()), &[l1.as_fd(), l2.as_fd()])
             .unwrap_or_else(|e| panic!("{e}"));
-        a.send(&Message::Ready, &[]).unwrap_or_else(|e| panic!("{e}"));
+        a.send(&Message::Ready, &[])
+            .unwrap_or_else(|e| panic!("{e}"));
         let (msg, fds) = b.recv().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(msg, Message::Sockets(addrs.clone()));
         assert_eq!(fds.len(), 2);

@@ -120,8 +120,10 @@ pub(crate) fn assemble(
     for l in &mut bound.listeners {
         let (mine, rest): (Vec<_>, Vec<_>) = inherited.into_iter().partition(|(a, _)| *a == l.addr);
         inherited = rest;
-        let mut sockets: Vec<std::net::TcpListener> =
-            mine.into_iter().map(|(_, fd)| std::net::TcpListener::from(fd)).collect();
+        let mut sockets: Vec<std::net::TcpListener> = mine
+            .into_iter()
+            .map(|(_, fd)| std::net::TcpListener::from(fd))
+            .collect();
         if sockets.is_empty() {
             let first = bind_tcp(l.addr)
                 .map_err(|e| format!("listener {:?}: cannot bind {}: {e}", l.name, l.addr))?;
@@ -139,7 +141,10 @@ pub(crate) fn assemble(
                     .try_clone()
                     .map_err(|e| format!("listener {:?}: {e}", l.name))?,
                 Err(e) => {
-                    return Err(format!("listener {:?}: cannot bind {}: {e}", l.name, l.addr));
+                    return Err(format!(
+                        "listener {:?}: cannot bind {}: {e}",
+                        l.name, l.addr
+                    ));
                 }
             };
             sockets.push(s);

@@ -10,21 +10,26 @@
 //! of a container); `io-uring` fails instead. Each worker logs the driver
 //! it runs on one line on stderr.
 //!
-//! Drain (SIGTERM/SIGINT): each worker stops accepting (its listener is
-//! closed), wakes idle keep-alive connections so they close, lets
-//! in-flight exchanges finish within the grace period, then returns; the
-//! process exits 0.
+//! Listening sockets are bound here, inherited from the running instance
+//! on `--upgrade` (`crate::handoff`), or passed by systemd (`systemd.rs`);
+//! workers initialise before they get them (see [`serve`]).
 //!
-//! `unsafe` is allowed in this module tree only (signal masks, later the
-//! io_uring extras and socket handoff), each block with a `SAFETY` note.
+//! Drain (SIGTERM/SIGINT, or a new process took over): each worker stops
+//! accepting (closes its listening descriptors), gives connections waiting
+//! for a request a last call, lets in-flight exchanges finish within the
+//! grace period, then returns; the process exits 0.
+//!
+//! `unsafe` is allowed in this module tree only (signal masks, adopting
+//! systemd's descriptors, later the io_uring extras), each block with a
+//! `SAFETY` note.
 
 mod buffers;
 mod drain;
 mod listen;
 mod process;
-mod systemd;
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod seccomp_test;
+mod systemd;
 
 use std::io;
 use std::net::SocketAddr;
@@ -46,9 +51,9 @@ pub use buffers::{BUFFER_CAPACITY, BufferPool, RequestIds};
 pub use drain::{DrainState, DrainWait};
 pub use listen::{ListenerConfig, Protocols};
 
-use crate::handoff::{self, ControlSocket};
 use crate::handoff::server::Offer;
 use crate::handoff::wire::Kind;
+use crate::handoff::{self, ControlSocket};
 use crate::lb::PoolConfig;
 use crate::proxy::gateway::Gateway;
 use crate::proxy::{Limits, Worker, serve_connection};
@@ -367,7 +372,10 @@ fn worker_thread<G: Gateway>(
         let gateway = make_gateway(id);
         let worker = Rc::new(Worker::new(id, gateway, config.limits, config.pool));
         let drain_event = compio::event::Event::new();
-        if ready.send(Ready::Initialized(drain_event.handle())).is_err() {
+        if ready
+            .send(Ready::Initialized(drain_event.handle()))
+            .is_err()
+        {
             return;
         }
         // Blocking is fine: nothing runs on this runtime yet.
@@ -587,7 +595,9 @@ fn offer_of(name: &str, sockets: &[Vec<std::net::TcpListener>]) -> io::Result<Of
     };
     for s in sockets.iter().flatten() {
         let addr = s.local_addr()?;
-        offer.sockets.push((Kind::Tcp, addr, OwnedFd::from(s.try_clone()?)));
+        offer
+            .sockets
+            .push((Kind::Tcp, addr, OwnedFd::from(s.try_clone()?)));
     }
     Ok(offer)
 }
@@ -683,7 +693,10 @@ async fn accept_loop<G: Gateway>(
         match select(pin!(socket.accept_ready()), drained.as_mut()).await {
             Either::Left((Ok(()), _)) => {}
             Either::Left((Err(e), _)) => {
-                eprintln!("blitz: waiting for connections on {} failed: {e}", config.addr);
+                eprintln!(
+                    "blitz: waiting for connections on {} failed: {e}",
+                    config.addr
+                );
                 compio::time::sleep(Duration::from_millis(20)).await;
             }
             Either::Right(_) => return,
