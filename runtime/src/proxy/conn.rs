@@ -268,21 +268,10 @@ async fn read_head<G: Gateway>(
                     w.limits.idle_timeout
                 };
                 let deadline = head_deadline.unwrap_or_else(|| Instant::now() + timeout);
-                let mut read = pin!(read_more(&c.stream, buf, room, deadline));
-                if w.drain.is_draining() {
-                    match last_call(read.as_mut()).await {
-                        Some(r) => r,
-                        None => return HeadOutcome::Closed,
-                    }
-                } else {
-                    let drained = pin!(w.drain.wait());
-                    match select(read, drained).await {
-                        Either::Left((r, _)) => r,
-                        Either::Right((_, read)) => match last_call(read).await {
-                            Some(r) => r,
-                            None => return HeadOutcome::Closed,
-                        },
-                    }
+                let read = pin!(read_more(&c.stream, buf, room, deadline));
+                match wait_request_start(w, read).await {
+                    Some(r) => r,
+                    None => return HeadOutcome::Closed,
                 }
             }
         };
@@ -309,8 +298,27 @@ async fn read_head<G: Gateway>(
 /// idempotent requests on it), narrowed to connections idle this long.
 const DRAIN_LAST_CALL: Duration = Duration::from_secs(1);
 
+/// Waits for the start of a request: until `read` completes while the
+/// worker serves; once it drains, for the last call at most. `None`: the
+/// connection is to close quietly.
+async fn wait_request_start<G: Gateway, F: Future>(
+    w: &Worker<G>,
+    mut read: std::pin::Pin<&mut F>,
+) -> Option<F::Output> {
+    if !w.drain.is_draining() {
+        let drained = pin!(w.drain.wait());
+        match select(read.as_mut(), drained).await {
+            Either::Left((r, _)) => return Some(r),
+            Either::Right(_) => {}
+        }
+    }
+    Box::pin(last_call(read)).await
+}
+
 /// Waits at most [`DRAIN_LAST_CALL`] for `read`; `None` when it did not
-/// complete (the read is dropped: nothing arrived).
+/// complete (the read is dropped: nothing arrived). Callers box it: it
+/// only runs once per connection at drain, and inline its timer would
+/// grow every idle connection's task.
 async fn last_call<F: Future>(read: std::pin::Pin<&mut F>) -> Option<F::Output> {
     let window = pin!(compio::time::sleep(DRAIN_LAST_CALL));
     match select(read, window).await {
