@@ -3,25 +3,32 @@
 //! end-to-end tests and benchmarks:
 //!
 //! ```text
-//! hello_gateway --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT
+//! hello_gateway --listen 127.0.0.1:PORT [--listen ADDR…] --upstream 127.0.0.1:PORT
 //!   [--workers N|auto] [--driver auto|io-uring|poll]
 //!   [--header-timeout 10s] [--idle-timeout 60s] [--body-timeout 30s]
 //!   [--max-header-bytes 16384] [--max-headers 100] [--max-body-bytes 10485760]
 //!   [--connect-timeout 1s] [--response-timeout 30s] [--grace 30s]
 //!   [--protocols h1|h2c|h1,h2c]
+//!   [--admin-socket PATH] [--upgrade] [--tag TAG]
 //! ```
 //!
 //! `--protocols` lists what the listener speaks (default `h1`); `h2c`
 //! needs the runtime's `h2` feature (`--features blitz-runtime/h2`).
 //!
 //! Routes: `GET|HEAD /healthz` → 200 "ok\n"; `/redirect` → 301 to
-//! https://example.com/; everything else → the upstream.
+//! https://example.com/; `/tag` → 200 "TAG\n"; everything else → the
+//! upstream. With `--tag`, every response carries `x-gateway-tag: TAG`
+//! (so two "builds" answer differently in the upgrade tests).
+//! `--admin-socket` serves the control socket (no default here: tests run
+//! many gateways side by side); `--upgrade` takes over from the instance
+//! serving it.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use blitz_runtime::http::RequestHead;
+use blitz_runtime::http::{RequestHead, ResponseHead};
 use blitz_runtime::lb::Upstream;
 use blitz_runtime::rt::parse_duration;
 use blitz_runtime::{
@@ -52,11 +59,13 @@ fn parse_protocols(value: &str) -> Result<Protocols, String> {
 enum Route {
     Healthz,
     Redirect,
+    Tag,
     Origin,
 }
 
 struct Hello {
     upstream: SocketAddr,
+    tag: Option<&'static str>,
 }
 
 impl Gateway for Hello {
@@ -71,6 +80,7 @@ impl Gateway for Hello {
         match req.path_only() {
             b"/healthz" if matches!(req.method(), "GET" | "HEAD") => Route::Healthz,
             b"/redirect" => Route::Redirect,
+            b"/tag" => Route::Tag,
             _ => Route::Origin,
         }
     }
@@ -86,10 +96,21 @@ impl Gateway for Hello {
                 location: Cow::Borrowed("https://example.com/"),
                 status: 301,
             },
+            Route::Tag => Action::Respond {
+                status: 200,
+                body: Cow::Owned(format!("{}\n", self.tag.unwrap_or("")).into_bytes()),
+                content_type: "text/plain",
+            },
             Route::Origin => Action::Proxy {
                 upstream: 0,
                 strip_prefix: None,
             },
+        }
+    }
+
+    fn response(&self, _route: Route, resp: &mut ResponseHead, _ctx: &mut ()) {
+        if let Some(tag) = self.tag {
+            resp.headers_mut().set("x-gateway-tag", tag.as_bytes());
         }
     }
 }
@@ -97,11 +118,16 @@ impl Gateway for Hello {
 const USAGE: &str = "usage: hello_gateway --listen ADDR --upstream ADDR [--workers N|auto] \
 [--driver auto|io-uring|poll] [--header-timeout 10s] [--idle-timeout 60s] [--body-timeout 30s] \
 [--max-header-bytes 16384] [--max-headers 100] [--max-body-bytes 10485760] \
-[--connect-timeout 1s] [--response-timeout 30s] [--grace 30s] [--protocols h1,h2c]";
+[--connect-timeout 1s] [--response-timeout 30s] [--grace 30s] [--protocols h1,h2c] \
+[--admin-socket PATH] [--upgrade] [--tag TAG]";
 
-fn parse_args() -> Result<(ServerConfig, SocketAddr), String> {
-    let mut config = ServerConfig::default();
-    let mut listen = None;
+fn parse_args() -> Result<(ServerConfig, SocketAddr, Option<&'static str>), String> {
+    let mut config = ServerConfig {
+        name: "hello".to_string(),
+        ..ServerConfig::default()
+    };
+    let mut tag = None;
+    let mut listen = Vec::new();
     let mut upstream = None;
     let mut driver = None;
     let mut protocols = Protocols::H1;
@@ -109,6 +135,10 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr), String> {
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
             return Err(USAGE.to_string());
+        }
+        if flag == "--upgrade" {
+            config.upgrade = true;
+            continue;
         }
         let (flag, inline) = match flag.split_once('=') {
             Some((f, v)) => (f.to_string(), Some(v.to_string())),
@@ -131,7 +161,7 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr), String> {
         };
         let l = &mut config.limits;
         match flag.as_str() {
-            "--listen" => listen = Some(addr(&value)?),
+            "--listen" => listen.push(addr(&value)?),
             "--upstream" => upstream = Some(addr(&value)?),
             "--workers" => {
                 config.workers = if value == "auto" {
@@ -151,30 +181,45 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr), String> {
             "--response-timeout" => l.response_timeout = dur(&value)?,
             "--grace" => config.grace = dur(&value)?,
             "--protocols" => protocols = parse_protocols(&value)?,
+            "--admin-socket" => config.admin_socket = Some(PathBuf::from(&value)),
+            "--tag" => tag = Some(&*Box::leak(value.into_boxed_str())),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
-    let listen = listen.ok_or_else(|| format!("--listen is required\n{USAGE}"))?;
-    let mut listener = ListenerConfig::h1("hello", listen);
-    listener.protocols = protocols;
-    config.listeners = vec![listener];
+    if listen.is_empty() {
+        return Err(format!("--listen is required\n{USAGE}"));
+    }
+    // The first listener is "hello", further ones "hello-2", "hello-3"…;
+    // all speak `--protocols`.
+    config.listeners = listen
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut l = match i {
+                0 => ListenerConfig::h1("hello", a),
+                _ => ListenerConfig::h1(format!("hello-{}", i + 1), a),
+            };
+            l.protocols = protocols;
+            l
+        })
+        .collect();
     let upstream = upstream.ok_or_else(|| format!("--upstream is required\n{USAGE}"))?;
     config.driver = match driver {
         Some(d) => d,
         None => DriverChoice::from_env()?,
     };
-    Ok((config, upstream))
+    Ok((config, upstream, tag))
 }
 
 fn main() -> ExitCode {
-    let (config, upstream) = match parse_args() {
+    let (config, upstream, tag) = match parse_args() {
         Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    match serve(config, move |_worker| Hello { upstream }) {
+    match serve(config, move |_worker| Hello { upstream, tag }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hello_gateway: {e}");

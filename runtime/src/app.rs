@@ -4,17 +4,27 @@
 //!
 //! ```text
 //! GATEWAY [--workers N|auto] [--driver auto|io-uring|poll] [--grace 30s]
+//!         [--admin-socket PATH] [--upgrade [--detach]]
 //! GATEWAY --version      blitzc version and the spec's hash
 //! ```
 //!
-//! SIGTERM/SIGINT drain gracefully (see [`crate::rt`]).
+//! SIGTERM/SIGINT drain gracefully (see [`crate::rt`]). `--upgrade` takes
+//! the listening sockets over from the instance serving on the control
+//! socket (`--admin-socket`, else the spec's `admin { socket }`, else
+//! `$XDG_RUNTIME_DIR/blitz-NAME.sock` or `/tmp/blitz-NAME.sock`), which
+//! then drains and exits 0 (see [`crate::handoff`], docs/operations.md).
+//! `--detach` (for a service manager's reload command) runs the new
+//! instance in the background and returns once it serves.
 
 #![forbid(unsafe_code)]
 
+use crate::handoff::default_socket_path;
 use crate::lb::PoolConfig;
 use crate::rt::{DriverChoice, ListenerConfig, ServerConfig, parse_duration, serve};
 use crate::{Gateway, Limits};
-use std::process::ExitCode;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
 
 /// Everything a generated gateway knows from its spec that is not code.
 #[derive(Debug, Clone)]
@@ -39,13 +49,16 @@ pub struct GatewayConfig {
 
 fn usage(name: &str) -> String {
     format!(
-        "usage: {name} [--workers N|auto] [--driver auto|io-uring|poll] [--grace DURATION]\n       {name} --version"
+        "usage: {name} [--workers N|auto] [--driver auto|io-uring|poll] [--grace DURATION]\n       \
+         {pad} [--admin-socket PATH] [--upgrade [--detach]]\n       {name} --version",
+        pad = " ".repeat(name.len())
     )
 }
 
 /// Runs the gateway: parses the command line, then serves until drained.
-/// Exit codes: 0 after a graceful drain, 1 on a start-up failure, 2 on a
-/// usage error.
+/// Exit codes: 0 after a graceful drain (also after handing off to a new
+/// instance), 1 on a start-up failure (for `--upgrade`: no handoff, the
+/// running instance keeps serving), 2 on a usage error.
 pub fn main<G, F>(config: GatewayConfig, make_gateway: F) -> ExitCode
 where
     G: Gateway,
@@ -73,10 +86,21 @@ where
         workers: config.workers,
         limits: config.limits,
         pool: config.pool,
+        name: config.name.to_string(),
+        admin_socket: Some(
+            config
+                .admin_socket
+                .map_or_else(|| default_socket_path(config.name), PathBuf::from),
+        ),
         ..ServerConfig::default()
     };
     let mut driver = None;
+    let mut detach = false;
+    let mut forwarded = Vec::new();
     while let Some(arg) = args.next() {
+        if arg != "--detach" {
+            forwarded.push(arg.clone());
+        }
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) => (f.to_string(), Some(v.to_string())),
             None => (arg, None),
@@ -93,18 +117,17 @@ where
                 println!("{}", usage(program));
                 return ExitCode::SUCCESS;
             }
-            "--upgrade" => {
-                eprintln!(
-                    "{}: --upgrade: socket handoff is not available in this runtime yet",
-                    config.name
-                );
-                return ExitCode::from(2);
-            }
-            "--workers" | "--driver" | "--grace" => {
+            "--upgrade" => server.upgrade = true,
+            "--detach" => detach = true,
+            "--workers" | "--driver" | "--grace" | "--admin-socket" => {
+                let separate = inline.is_none();
                 let Some(value) = inline.or_else(|| args.next()) else {
                     eprintln!("{flag} needs a value\n{}", usage(program));
                     return ExitCode::from(2);
                 };
+                if separate {
+                    forwarded.push(value.clone());
+                }
                 let parsed: Result<(), String> = match flag.as_str() {
                     "--workers" if value == "auto" => {
                         server.workers = 0;
@@ -117,6 +140,10 @@ where
                         .map(|n| server.workers = n)
                         .ok_or_else(|| format!("--workers: invalid number {value:?}")),
                     "--driver" => value.parse::<DriverChoice>().map(|d| driver = Some(d)),
+                    "--admin-socket" => {
+                        server.admin_socket = Some(PathBuf::from(&value));
+                        Ok(())
+                    }
                     _ => parse_duration(&value)
                         .map(|d| server.grace = d)
                         .map_err(|e| format!("--grace: {e}")),
@@ -143,11 +170,65 @@ where
         eprintln!("{}: the spec has no listener", config.name);
         return ExitCode::from(1);
     }
+    if detach {
+        if !server.upgrade {
+            eprintln!("--detach goes with --upgrade\n{}", usage(program));
+            return ExitCode::from(2);
+        }
+        return run_detached(config.name, &forwarded);
+    }
     server.listeners = config.listeners;
     match serve(server, make_gateway) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}: {e}", config.name);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--upgrade --detach`: runs the same command without `--detach` in the
+/// background (its own process group, stdin closed, stderr shared) and
+/// returns once it serves (exit 0) or gave up (exit 1, the old instance
+/// serving on). The child reports readiness with one `ready PID` line on
+/// its stdout, a pipe to this process (env `BLITZ_REPORT_READY`).
+fn run_detached(name: &str, args: &[String]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{name}: --detach: cannot find this executable: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let child = Command::new(exe)
+        .args(args)
+        .env(crate::rt::REPORT_READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: --detach: cannot start the new instance: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let ready = child.stdout.take().and_then(|out| {
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line).ok()?;
+        line.strip_prefix("ready ")
+            .map(|pid| pid.trim().to_string())
+    });
+    match ready {
+        Some(pid) => {
+            eprintln!("{name}: upgraded: pid {pid} serves");
+            ExitCode::SUCCESS
+        }
+        None => {
+            let status = child.wait();
+            eprintln!("{name}: upgrade failed ({status:?}); the running instance keeps serving");
             ExitCode::from(1)
         }
     }

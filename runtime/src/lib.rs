@@ -7,10 +7,12 @@
 //! - [`proxy`]: the request pipeline (IO shell), limits, errors and the
 //!   [`Gateway`] trait generated code implements.
 //! - [`lb`]: upstream servers, selection and the per-worker connection pool.
+//! - [`handoff`]: the control socket and the socket handoff of upgrades.
 //! - [`rt`]: workers, driver selection, listeners, signals and drain
 //!   (the only place `unsafe` is allowed).
 
 pub mod app;
+pub mod handoff;
 pub mod http;
 #[cfg(feature = "interp")]
 pub mod interp;

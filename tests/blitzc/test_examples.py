@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -312,3 +313,96 @@ route "api" {{
         assert gw.stop() == 0
     finally:
         origin.stop()
+
+
+# ---------------------------------------------------------------- upgrades of real builds
+
+
+@pytest.mark.timeout(1800)
+def test_upgrades_between_two_real_builds_under_load(blitzc, cache_dir, tmp_path):
+    """Two `blitzc build`s of the quickstart spec that answer `/hello` differently; 6 upgrades
+    alternating them (`--upgrade --detach`, as the systemd unit's reload does) while clients
+    keep requesting: nothing refused, nothing failed, each build answers after its upgrade."""
+    from support.client import Closed, RawConn, request
+    from support.gateway import _kill_group, _register
+
+    port = free_port()
+    spec_a = spec_copy(tmp_path, "quickstart.kdl", {8080: port})
+    spec_b = tmp_path / "quickstart-b.kdl"
+    spec_b.write_text(spec_a.read_text().replace("hello from blitz", "hello from build B"))
+    bins = {}
+    for label, spec in (("A", spec_a), ("B", spec_b)):
+        out = tmp_path / f"gw-{label}"
+        result = build(blitzc, spec, out, cache_dir)
+        assert result.returncode == 0, result.stderr
+        bins[label] = out
+    answers = {"A": b"hello from blitz\n", "B": b"hello from build B\n"}
+    sock = tmp_path / "control.sock"
+    common = ["--admin-socket", str(sock), "--grace", "5s"]
+    logs = open(tmp_path / "gateways.log", "w")
+
+    def popen(args):
+        p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logs,
+                             start_new_session=True)
+        _register(p)
+        return p
+
+    first = popen([str(bins["A"])] + common)
+    stop, failures, counts = threading.Event(), [], {"ok": 0}
+    detached: list[int] = []
+
+    def client():
+        while not stop.is_set():
+            try:
+                with RawConn(port, timeout=10) as c:
+                    for _ in range(5):
+                        c.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+                        r = c.read_response()
+                        if r.status != 200 or r.body not in answers.values():
+                            failures.append(repr(r))
+                        counts["ok"] += 1
+                        if "close" in (r.h("connection") or ""):
+                            break
+            except (OSError, Closed, TimeoutError) as e:
+                failures.append(repr(e))
+
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                request(port, "GET", "/healthz")
+                break
+            except OSError:
+                time.sleep(0.05)
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for i in range(6):
+            label = "B" if i % 2 == 0 else "A"
+            # stderr to a file: the detached instance inherits it and keeps it open.
+            err_path = tmp_path / f"upgrade-{i}.log"
+            with open(err_path, "w") as err:
+                rc = subprocess.run([str(bins[label]), "--upgrade", "--detach"] + common,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                    timeout=60).returncode
+            err_text = err_path.read_text()
+            assert rc == 0, err_text
+            detached += [int(m) for m in re.findall(r"upgraded: pid (\d+) serves", err_text)]
+            assert request(port, "GET", "/hello").body == answers[label]
+            time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join(20)
+        assert not failures, failures[:10]
+        assert counts["ok"] > 50
+        assert first.wait(10) == 0
+    finally:
+        stop.set()
+        _kill_group(first)
+        # The detached instances are not our children: stop them by pid.
+        for pid in detached:
+            try:
+                if b"gw-" in open(f"/proc/{pid}/cmdline", "rb").read():
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

@@ -102,9 +102,6 @@ pub fn unsupported(spec: &Spec) -> Vec<Diagnostic> {
     if let Some(metrics) = &spec.metrics {
         out.push(refuse(metrics.span, "`metrics`"));
     }
-    if let Some(socket) = &spec.admin.socket {
-        out.push(refuse(socket.span, "`admin socket` (upgrades)"));
-    }
     out
 }
 

@@ -213,9 +213,8 @@ pub(crate) async fn serve_connection<G: Gateway>(
             linger_close(client).await;
             return;
         }
-        if w.drain.is_draining() {
-            break;
-        }
+        // Draining: the next request still gets its answer (with
+        // `Connection: close`) if it comes within the last call.
         // Between requests, give back memory a big request made us take.
         if client.rpos == client.rbuf.len() {
             client.rbuf.clear();
@@ -326,10 +325,9 @@ async fn read_head<G: Gateway>(
                 };
                 let deadline = head_deadline.unwrap_or_else(|| Instant::now() + timeout);
                 let read = pin!(read_more(&c.stream, buf, room, deadline));
-                let drained = pin!(w.drain.wait());
-                match select(read, drained).await {
-                    Either::Left((r, _)) => r,
-                    Either::Right(_) => return HeadOutcome::Closed,
+                match wait_request_start(w, read).await {
+                    Some(r) => r,
+                    None => return HeadOutcome::Closed,
                 }
             }
         };
@@ -343,6 +341,45 @@ async fn read_head<G: Gateway>(
             }
             ReadOutcome::Timeout => return HeadOutcome::Closed,
         }
+    }
+}
+
+/// How long a connection waiting for a request start still gets once the
+/// worker drains. A client under load sends its next request within
+/// milliseconds of the previous answer (or of connecting): it arrives in
+/// this window and is answered with `Connection: close`, instead of
+/// meeting a closed socket. A connection quiet for the whole window is
+/// closed; a request sent at that very moment is the race every server
+/// has when it closes an idle keep-alive connection (clients retry
+/// idempotent requests on it), narrowed to connections idle this long.
+const DRAIN_LAST_CALL: Duration = Duration::from_secs(1);
+
+/// Waits for the start of a request: until `read` completes while the
+/// worker serves; once it drains, for the last call at most. `None`: the
+/// connection is to close quietly.
+async fn wait_request_start<G: Gateway, F: Future>(
+    w: &Worker<G>,
+    mut read: std::pin::Pin<&mut F>,
+) -> Option<F::Output> {
+    if !w.drain.is_draining() {
+        let drained = pin!(w.drain.wait());
+        match select(read.as_mut(), drained).await {
+            Either::Left((r, _)) => return Some(r),
+            Either::Right(_) => {}
+        }
+    }
+    Box::pin(last_call(read)).await
+}
+
+/// Waits at most [`DRAIN_LAST_CALL`] for `read`; `None` when it did not
+/// complete (the read is dropped: nothing arrived). Callers box it: it
+/// only runs once per connection at drain, and inline its timer would
+/// grow every idle connection's task.
+async fn last_call<F: Future>(read: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let window = pin!(compio::time::sleep(DRAIN_LAST_CALL));
+    match select(read, window).await {
+        Either::Left((r, _)) => Some(r),
+        Either::Right(_) => None,
     }
 }
 

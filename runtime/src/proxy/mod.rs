@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! accept ─► wait for head (idle_timeout, or header_timeout on a new
-//!           connection; drain closes it here) ─► parse (header_timeout
+//!           connection; on drain, a 1 s last call, then close) ─► parse (header_timeout
 //!           from the first byte) ─► reject? ─► error + close
 //!                  │
 //!                  ▼

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -74,26 +75,81 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Binds `workers` sockets for each listener: `result[listener][worker]`.
-/// A listener on port 0 gets its port from its first socket.
-pub(crate) fn bind_all(
+/// The listening sockets of every listener, `[listener][socket]`, with
+/// the listeners' actual addresses (port 0 resolved).
+#[derive(Debug)]
+pub(crate) struct Bound {
+    pub listeners: Vec<ListenerConfig>,
+    pub sockets: Vec<Vec<std::net::TcpListener>>,
+}
+
+/// Gives every listener at least `workers` sockets: first the inherited
+/// ones on its address (from an old process or systemd, all of them, even
+/// past `workers`: a socket nobody accepts on strands its backlog), then
+/// fresh ones bound into the same `SO_REUSEPORT` group (or, when the
+/// inherited socket is not in one, duplicates of it). An inherited
+/// socket no listener claims is an error naming its address (`from`
+/// says where it came from). Dropping inherited descriptors on an error
+/// closes only this process's duplicates: the old process keeps serving.
+pub(crate) fn assemble(
     listeners: &[ListenerConfig],
+    inherited: Vec<(SocketAddr, OwnedFd)>,
     workers: usize,
-) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
-    let mut all = Vec::with_capacity(listeners.len());
-    for l in listeners {
-        let first = bind_tcp(l.addr).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("listener {:?}: cannot bind {}: {e}", l.name, l.addr),
-            )
-        })?;
-        let addr = first.local_addr()?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            sockets.push(bind_tcp(addr)?);
-        }
-        all.push(sockets);
+    from: &str,
+) -> Result<Bound, String> {
+    let unclaimed: Vec<SocketAddr> = inherited
+        .iter()
+        .map(|(a, _)| *a)
+        .filter(|a| !listeners.iter().any(|l| l.addr == *a))
+        .collect();
+    if !unclaimed.is_empty() {
+        let mut addrs: Vec<String> = unclaimed.iter().map(|a| a.to_string()).collect();
+        addrs.dedup();
+        return Err(format!(
+            "{from} listens on {}, which no listener of this spec binds; \
+             dropping a listener would refuse the connections queued on it, so it is \
+             not done by an upgrade: keep the listener, or stop the gateway and start the new one",
+            addrs.join(", ")
+        ));
     }
-    Ok(all)
+    let mut inherited = inherited;
+    let mut bound = Bound {
+        listeners: listeners.to_vec(),
+        sockets: Vec::with_capacity(listeners.len()),
+    };
+    for l in &mut bound.listeners {
+        let (mine, rest): (Vec<_>, Vec<_>) = inherited.into_iter().partition(|(a, _)| *a == l.addr);
+        inherited = rest;
+        let mut sockets: Vec<std::net::TcpListener> = mine
+            .into_iter()
+            .map(|(_, fd)| std::net::TcpListener::from(fd))
+            .collect();
+        if sockets.is_empty() {
+            let first = bind_tcp(l.addr)
+                .map_err(|e| format!("listener {:?}: cannot bind {}: {e}", l.name, l.addr))?;
+            l.addr = first.local_addr().map_err(|e| e.to_string())?;
+            sockets.push(first);
+        }
+        let inherited_here = sockets.len();
+        while sockets.len() < workers {
+            let s = match bind_tcp(l.addr) {
+                Ok(s) => s,
+                // An inherited socket without SO_REUSEPORT (systemd's
+                // default): the workers share it instead.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && inherited_here > 0 => sockets
+                    [sockets.len() % inherited_here]
+                    .try_clone()
+                    .map_err(|e| format!("listener {:?}: {e}", l.name))?,
+                Err(e) => {
+                    return Err(format!(
+                        "listener {:?}: cannot bind {}: {e}",
+                        l.name, l.addr
+                    ));
+                }
+            };
+            sockets.push(s);
+        }
+        bound.sockets.push(sockets);
+    }
+    Ok(bound)
 }

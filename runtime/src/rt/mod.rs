@@ -10,13 +10,18 @@
 //! of a container); `io-uring` fails instead. Each worker logs the driver
 //! it runs on one line on stderr.
 //!
-//! Drain (SIGTERM/SIGINT): each worker stops accepting (its listener is
-//! closed), wakes idle keep-alive connections so they close, lets
-//! in-flight exchanges finish within the grace period, then returns; the
-//! process exits 0.
+//! Listening sockets are bound here, inherited from the running instance
+//! on `--upgrade` (`crate::handoff`), or passed by systemd (`systemd.rs`);
+//! workers initialise before they get them (see [`serve`]).
 //!
-//! `unsafe` is allowed in this module tree only (signal masks, later the
-//! io_uring extras and socket handoff), each block with a `SAFETY` note.
+//! Drain (SIGTERM/SIGINT, or a new process took over): each worker stops
+//! accepting (closes its listening descriptors), gives connections waiting
+//! for a request a last call, lets in-flight exchanges finish within the
+//! grace period, then returns; the process exits 0.
+//!
+//! `unsafe` is allowed in this module tree only (signal masks, adopting
+//! systemd's descriptors, later the io_uring extras), each block with a
+//! `SAFETY` note.
 
 mod buffers;
 mod drain;
@@ -24,9 +29,12 @@ mod listen;
 mod process;
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod seccomp_test;
+mod systemd;
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::pin::pin;
 use std::rc::Rc;
 use std::str::FromStr;
@@ -35,7 +43,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use compio::driver::{DriverType, ProactorBuilder};
-use compio::net::TcpListener;
+use compio::net::{PollFd, TcpStream};
 use compio::runtime::{Runtime, RuntimeBuilder};
 use futures_util::future::{Either, select};
 
@@ -43,6 +51,9 @@ pub use buffers::{BUFFER_CAPACITY, BufferPool, RequestIds};
 pub use drain::{DrainState, DrainWait};
 pub use listen::{ListenerConfig, Protocols};
 
+use crate::handoff::server::Offer;
+use crate::handoff::wire::Kind;
+use crate::handoff::{self, ControlSocket};
 use crate::lb::PoolConfig;
 use crate::proxy::gateway::Gateway;
 use crate::proxy::{Limits, Worker, serve_connection};
@@ -146,6 +157,15 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// Pin worker i to core i (modulo the core count).
     pub pin: bool,
+    /// The gateway's name: only a binary of the same name takes over.
+    pub name: String,
+    /// The control socket to serve, for upgrades (`None`: this instance
+    /// cannot be upgraded); with `upgrade`, the one to take over from
+    /// (`None`: the default path for `name`).
+    pub admin_socket: Option<PathBuf>,
+    /// Take the listening sockets over from the running instance
+    /// (`GATEWAY --upgrade`) instead of binding them.
+    pub upgrade: bool,
 }
 
 impl Default for ServerConfig {
@@ -161,6 +181,9 @@ impl Default for ServerConfig {
             pool: PoolConfig::default(),
             grace: Duration::from_secs(30),
             pin: true,
+            name: "blitz".to_string(),
+            admin_socket: None,
+            upgrade: false,
         }
     }
 }
@@ -179,22 +202,226 @@ fn build_runtime(t: DriverType, core: Option<usize>) -> io::Result<Runtime> {
     rb.build()
 }
 
+/// What a worker thread reports to the main thread.
 enum Ready {
-    Up(compio::event::EventHandle),
+    /// Runtime and gateway built; waiting for its sockets.
+    Initialized(compio::event::EventHandle),
+    /// Accepting on every socket it was given.
+    Accepting,
     Failed(io::Error),
 }
 
-/// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
+/// With this variable set, `serve` writes `ready PID` on stdout once it
+/// serves (for `--upgrade --detach`, whose parent waits for that line).
+pub const REPORT_READY_ENV: &str = "BLITZ_REPORT_READY";
+
+/// Why the main thread starts the drain.
+enum Stop {
+    Signal(i32),
+    HandedOff(u32),
+}
+
+/// A worker's listening sockets: `(listener index, socket)`.
+type WorkerSockets = Vec<(usize, std::net::TcpListener)>;
+
+/// The worker threads, initialised and waiting for their sockets.
+struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    drains: Vec<compio::event::EventHandle>,
+    sockets: Vec<mpsc::Sender<WorkerSockets>>,
+    ready: mpsc::Receiver<Ready>,
+}
+
+impl Workers {
+    /// Starts `n` workers; returns once each built its runtime and gateway.
+    fn start<G, F>(
+        config: &ServerConfig,
+        n: usize,
+        listeners: Arc<[ListenerConfig]>,
+        make_gateway: F,
+    ) -> io::Result<Workers>
+    where
+        G: Gateway,
+        F: Fn(usize) -> G + Send + Sync + 'static,
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let make_gateway = Arc::new(make_gateway);
+        let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
+        let mut workers = Workers {
+            threads: Vec::with_capacity(n),
+            drains: Vec::with_capacity(n),
+            sockets: Vec::with_capacity(n),
+            ready: ready_rx,
+        };
+        for id in 0..n {
+            let (sockets_tx, sockets_rx) = mpsc::channel::<WorkerSockets>();
+            workers.sockets.push(sockets_tx);
+            let make_gateway = Arc::clone(&make_gateway);
+            let listeners = Arc::clone(&listeners);
+            let ready_tx = ready_tx.clone();
+            let config = config.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("blitz-worker-{id}"))
+                .spawn(move || {
+                    let core = if config.pin { Some(id % cores) } else { None };
+                    worker_thread(
+                        id,
+                        core,
+                        &config,
+                        &listeners,
+                        &*make_gateway,
+                        &ready_tx,
+                        &sockets_rx,
+                    )
+                });
+            match spawned {
+                Ok(t) => workers.threads.push(t),
+                Err(e) => {
+                    workers.stop();
+                    return Err(e);
+                }
+            }
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match workers.ready.recv() {
+                Ok(Ready::Initialized(h)) => workers.drains.push(h),
+                Ok(Ready::Failed(e)) => {
+                    workers.stop();
+                    return Err(e);
+                }
+                Ok(Ready::Accepting) | Err(_) => {
+                    workers.stop();
+                    return Err(io::Error::other("a worker exited during start"));
+                }
+            }
+        }
+        Ok(workers)
+    }
+
+    /// Hands out the sockets, spread over the workers, and waits until
+    /// every worker accepts on all of its own.
+    fn accept_on(&mut self, bound: Vec<Vec<std::net::TcpListener>>) -> io::Result<()> {
+        let n = self.sockets.len();
+        let mut per_worker: Vec<WorkerSockets> = (0..n).map(|_| Vec::new()).collect();
+        for (listener, sockets) in bound.into_iter().enumerate() {
+            for (j, s) in sockets.into_iter().enumerate() {
+                per_worker[j % n].push((listener, s));
+            }
+        }
+        for (tx, sockets) in self.sockets.iter().zip(per_worker) {
+            if tx.send(sockets).is_err() {
+                return Err(io::Error::other("a worker exited during start"));
+            }
+        }
+        for _ in 0..n {
+            match self.ready.recv() {
+                Ok(Ready::Accepting) => {}
+                Ok(Ready::Failed(e)) => return Err(e),
+                Ok(Ready::Initialized(_)) | Err(_) => {
+                    return Err(io::Error::other("a worker exited during start"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the drain on every worker and waits for them to finish.
+    fn stop(self) {
+        // Workers still waiting for sockets see their channel close.
+        drop(self.sockets);
+        for h in self.drains {
+            h.notify();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One worker: runtime, gateway, then (once the main thread has the
+/// sockets) its accept loops until drained.
+fn worker_thread<G: Gateway>(
+    id: usize,
+    core: Option<usize>,
+    config: &ServerConfig,
+    listeners: &[ListenerConfig],
+    make_gateway: &(dyn Fn(usize) -> G + Send + Sync),
+    ready: &mpsc::Sender<Ready>,
+    sockets: &mpsc::Receiver<WorkerSockets>,
+) {
+    let built = build_with_fallback(config.driver, |t| build_runtime(t, core));
+    let runtime: Runtime = match built {
+        Ok((rt, _, fallback)) => {
+            let why = fallback
+                .map(|e| format!(" (io_uring unavailable: {e})"))
+                .unwrap_or_default();
+            eprintln!(
+                "blitz: worker {id} driver={}{why}",
+                driver_name(rt.driver_type())
+            );
+            rt
+        }
+        Err(e) => {
+            let _ = ready.send(Ready::Failed(e));
+            return;
+        }
+    };
+    let poll_driver = runtime.driver_type() == DriverType::Poll;
+    runtime.block_on(async move {
+        let gateway = make_gateway(id);
+        let worker = Rc::new(Worker::new(id, gateway, config.limits, config.pool));
+        let drain_event = compio::event::Event::new();
+        if ready
+            .send(Ready::Initialized(drain_event.handle()))
+            .is_err()
+        {
+            return;
+        }
+        // Blocking is fine: nothing runs on this runtime yet.
+        let Ok(sockets) = sockets.recv() else {
+            return;
+        };
+        let mut polled = Vec::with_capacity(sockets.len());
+        for (listener, socket) in sockets {
+            match PollFd::new(socket) {
+                Ok(p) => polled.push((listener, p)),
+                Err(e) => {
+                    let _ = ready.send(Ready::Failed(e));
+                    return;
+                }
+            }
+        }
+        let accepting: Vec<_> = polled
+            .into_iter()
+            .map(|(listener, socket)| {
+                let worker = Rc::clone(&worker);
+                let config = Rc::new(listeners[listener].clone());
+                compio::runtime::spawn(accept_loop(worker, socket, config, poll_driver))
+            })
+            .collect();
+        if ready.send(Ready::Accepting).is_err() {
+            return;
+        }
+        run_worker(worker, accepting, drain_event, config.grace).await;
+    });
+}
+
+/// Runs the gateway until SIGTERM/SIGINT, or until a new process took
+/// over (`GATEWAY --upgrade`), then drains and returns.
 ///
 /// `make_gateway(worker_index)` builds each worker's own gateway instance
-/// on that worker's thread. Prints `listening on ADDR` on stderr once every
-/// worker accepts.
+/// on that worker's thread. Order (docs/operations.md): workers initialise
+/// (runtime, gateway), then the sockets are obtained — inherited from the
+/// running instance on `upgrade`, from systemd (`LISTEN_FDS`), or bound —
+/// then every worker accepts, then `listening on ADDR` is printed on
+/// stderr, and only then does an old instance stop accepting.
 pub fn serve<G, F>(config: ServerConfig, make_gateway: F) -> io::Result<()>
 where
     G: Gateway,
     F: Fn(usize) -> G + Send + Sync + 'static,
 {
-    let workers = if config.workers == 0 {
+    let n = if config.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         config.workers
@@ -202,129 +429,182 @@ where
     // Before any thread exists, so all inherit the mask.
     process::block_termination()?;
     process::raise_nofile_limit();
+    let activated = if config.upgrade {
+        Vec::new()
+    } else {
+        systemd::listen_fds()?
+    };
 
-    let mut bound = listen::bind_all(&config.listeners, workers)?;
-    // The actual addresses (a port 0 was given one), for logs and workers.
-    let mut listener_configs = config.listeners.clone();
-    for (l, sockets) in listener_configs.iter_mut().zip(&bound) {
-        if let Some(s) = sockets.first() {
-            l.addr = s.local_addr()?;
-        }
-    }
-    // [listener][worker] -> [worker][listener]
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    for sockets in &mut bound {
-        for (w, s) in sockets.drain(..).enumerate() {
-            per_worker[w].push(s);
-        }
-    }
-    let listener_configs: Arc<[ListenerConfig]> = listener_configs.into();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let make_gateway = Arc::new(make_gateway);
-    let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
-    let mut threads = Vec::with_capacity(workers);
-    for (id, sockets) in per_worker.into_iter().enumerate() {
-        let make_gateway = Arc::clone(&make_gateway);
-        let listener_configs = Arc::clone(&listener_configs);
-        let ready_tx = ready_tx.clone();
-        let config = config.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("blitz-worker-{id}"))
-            .spawn(move || {
-                let core = if config.pin { Some(id % cores) } else { None };
-                let built = build_with_fallback(config.driver, |t| build_runtime(t, core));
-                let runtime: Runtime = match built {
-                    Ok((rt, _, fallback)) => {
-                        let why = fallback
-                            .map(|e| format!(" (io_uring unavailable: {e})"))
-                            .unwrap_or_default();
-                        eprintln!(
-                            "blitz: worker {id} driver={}{why}",
-                            driver_name(rt.driver_type())
-                        );
-                        rt
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Ready::Failed(e));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let mut listeners = Vec::with_capacity(sockets.len());
-                    for socket in sockets {
-                        match TcpListener::from_std(socket) {
-                            Ok(l) => listeners.push(l),
-                            Err(e) => {
-                                let _ = ready_tx.send(Ready::Failed(e));
-                                return;
-                            }
-                        }
-                    }
-                    let drain_event = compio::event::Event::new();
-                    if ready_tx.send(Ready::Up(drain_event.handle())).is_err() {
-                        return;
-                    }
-                    drop(ready_tx);
-                    let gateway = make_gateway(id);
-                    let worker = Rc::new(Worker::new(id, gateway, config.limits, config.pool));
-                    run_worker(
-                        worker,
-                        listeners,
-                        &listener_configs,
-                        drain_event,
-                        config.grace,
-                    )
-                    .await;
-                });
-            })?;
-        threads.push(handle);
-    }
-    drop(ready_tx);
+    // Workers take their listener configs before ports are known; a port 0
+    // listener is only ever logged with its actual port below.
+    let mut workers = Workers::start(&config, n, config.listeners.clone().into(), make_gateway)?;
 
-    let mut handles = Vec::with_capacity(workers);
-    let mut failure = None;
-    for _ in 0..workers {
-        match ready_rx.recv() {
-            Ok(Ready::Up(h)) => handles.push(h),
-            Ok(Ready::Failed(e)) => {
-                failure = Some(e);
-                break;
+    let mut takeover = None;
+    let bound = if config.upgrade {
+        let path = control_path(&config);
+        let t = handoff::client::take_over(&path, &config.name).map_err(io::Error::other);
+        let mut t = match t {
+            Ok(t) => t,
+            Err(e) => {
+                workers.stop();
+                return Err(e);
             }
-            Err(_) => {
-                failure = Some(io::Error::other("a worker exited during start"));
-                break;
+        };
+        let inherited = std::mem::take(&mut t.sockets)
+            .into_iter()
+            .filter_map(|(kind, addr, fd)| (kind == Kind::Tcp).then_some((addr, fd)))
+            .collect();
+        let from = "the running instance";
+        match listen::assemble(&config.listeners, inherited, n, from) {
+            Ok(b) => {
+                takeover = Some(t);
+                b
+            }
+            Err(why) => {
+                t.abort(&why);
+                workers.stop();
+                return Err(io::Error::other(format!("upgrade refused: {why}")));
             }
         }
-    }
-    if let Some(e) = failure {
-        for h in handles {
-            h.notify();
+    } else {
+        let from = "systemd (LISTEN_FDS)";
+        match listen::assemble(&config.listeners, activated, n, from) {
+            Ok(b) => b,
+            Err(why) => {
+                workers.stop();
+                return Err(io::Error::other(why));
+            }
         }
-        for t in threads {
-            let _ = t.join();
+    };
+    // The next control socket is bound before any worker accepts, so the
+    // upgrade cannot fail once connections are being taken.
+    let next_control = match &takeover {
+        Some(t) => match t.bind_next() {
+            Ok(s) => Some(s),
+            Err(why) => {
+                if let Some(t) = takeover.take() {
+                    t.abort(&why);
+                }
+                workers.stop();
+                return Err(io::Error::other(format!("upgrade aborted: {why}")));
+            }
+        },
+        None => None,
+    };
+    let listener_configs = bound.listeners.clone();
+    let offer = offer_of(&config.name, &bound.sockets)?;
+    if let Err(e) = workers.accept_on(bound.sockets) {
+        if let Some(t) = takeover.take() {
+            t.abort(&format!("the new process failed to start: {e}"));
         }
+        workers.stop();
         return Err(e);
     }
-    for l in listener_configs.iter() {
+    for l in &listener_configs {
         eprintln!("listening on {} (listener {:?})", l.addr, l.name);
     }
 
-    let sig = process::wait_termination()?;
-    eprintln!("blitz: signal {sig}, draining (grace {:?})", config.grace);
-    for h in handles {
-        h.notify();
+    let control = match (takeover, next_control) {
+        (Some(t), Some(next)) => {
+            let (socket, old_pid) = t.complete(next);
+            eprintln!("blitz: upgrade: took over from pid {old_pid}");
+            socket
+        }
+        _ => match config.admin_socket.as_deref() {
+            Some(path) => match ControlSocket::bind_fresh(path) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("blitz: {e}; upgrades of this instance are disabled");
+                    None
+                }
+            },
+            None => None,
+        },
+    };
+    systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+    if std::env::var_os(REPORT_READY_ENV).is_some() {
+        use std::io::Write;
+        let mut out = io::stdout();
+        let _ = writeln!(out, "ready {}", std::process::id());
+        let _ = out.flush();
     }
-    for t in threads {
-        let _ = t.join();
+
+    let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
+    let signals = stop_tx.clone();
+    std::thread::Builder::new()
+        .name("blitz-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = process::wait_termination() {
+                let _ = signals.send(Stop::Signal(sig));
+            }
+        })?;
+    let server = match control {
+        Some(socket) => {
+            let handed_off = stop_tx.clone();
+            let on_handed_off = move |pid| {
+                let _ = handed_off.send(Stop::HandedOff(pid));
+            };
+            match handoff::server::spawn(socket, offer, on_handed_off) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("blitz: cannot serve the control socket ({e}); upgrades disabled");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    drop(stop_tx);
+
+    match stop_rx.recv() {
+        Ok(Stop::Signal(sig)) => {
+            eprintln!("blitz: signal {sig}, draining (grace {:?})", config.grace);
+            // Nobody takes over: close the listening sockets now so new
+            // connections are refused at once rather than queued.
+            if let Some(server) = &server {
+                server.withdraw();
+            }
+        }
+        Ok(Stop::HandedOff(pid)) => {
+            eprintln!(
+                "blitz: handed off to pid {pid}, draining (grace {:?})",
+                config.grace
+            );
+        }
+        Err(_) => {}
     }
+    workers.stop();
+    drop(server);
+    eprintln!("blitz: drained, exiting");
     Ok(())
+}
+
+/// The control socket path: `--admin-socket`/the spec's, else the default.
+fn control_path(config: &ServerConfig) -> PathBuf {
+    config
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| handoff::default_socket_path(&config.name))
+}
+
+/// Duplicates of every listening socket, for a successor.
+fn offer_of(name: &str, sockets: &[Vec<std::net::TcpListener>]) -> io::Result<Offer> {
+    let mut offer = Offer {
+        name: name.to_string(),
+        sockets: Vec::new(),
+    };
+    for s in sockets.iter().flatten() {
+        let addr = s.local_addr()?;
+        offer
+            .sockets
+            .push((Kind::Tcp, addr, OwnedFd::from(s.try_clone()?)));
+    }
+    Ok(offer)
 }
 
 async fn run_worker<G: Gateway>(
     worker: Rc<Worker<G>>,
-    listeners: Vec<TcpListener>,
-    configs: &[ListenerConfig],
+    accepting: Vec<compio::runtime::JoinHandle<()>>,
     drain_event: compio::event::Event,
     grace: Duration,
 ) {
@@ -341,16 +621,6 @@ async fn run_worker<G: Gateway>(
     };
     reaper.detach();
 
-    // One accept loop per listener; the first drain signal ends them all.
-    let accepting: Vec<_> = listeners
-        .into_iter()
-        .zip(configs)
-        .map(|(listener, config)| {
-            let worker = Rc::clone(&worker);
-            let config = Rc::new(config.clone());
-            compio::runtime::spawn(accept_loop(worker, listener, config))
-        })
-        .collect();
     drain_event.wait().await;
     worker.drain.start();
     // Each loop returns (dropping its listener) once it sees the drain.
@@ -368,32 +638,88 @@ async fn run_worker<G: Gateway>(
     }
 }
 
-/// Accepts connections on one listener until the worker drains.
+/// Most connections taken off the queue per readiness event before the
+/// loop lets the new connections' tasks run.
+const ACCEPT_BATCH: usize = 64;
+
+/// Accepts connections on one listening socket until the worker drains.
+///
+/// Readiness, then `accept(2)`, rather than an io_uring accept: a pending
+/// io_uring accept cancelled at the drain can complete in the kernel
+/// anyway, and compio then closes the connection it took, which would be
+/// a reset for a client of a gateway being upgraded. A cancelled poll
+/// takes nothing; a connection accepted here is always served. The
+/// socket is shared with the next process during an upgrade, so
+/// `WouldBlock` after a wake-up (the other one took it) is normal.
 async fn accept_loop<G: Gateway>(
     worker: Rc<Worker<G>>,
-    listener: TcpListener,
+    socket: PollFd<std::net::TcpListener>,
     config: Rc<ListenerConfig>,
+    poll_driver: bool,
 ) {
     let mut drained = pin!(worker.drain.wait());
     loop {
-        let accept = pin!(listener.accept());
-        match select(accept, drained.as_mut()).await {
-            Either::Left((Ok((stream, peer)), _)) => {
-                // Accepted while the drain began: still a client to serve.
-                let conn = serve_connection(Rc::clone(&worker), stream, peer, Rc::clone(&config));
-                compio::runtime::spawn(conn).detach();
-                if worker.drain.is_draining() {
+        for _ in 0..ACCEPT_BATCH {
+            match socket.accept() {
+                Ok((stream, peer)) => {
+                    // Accepted while the drain began: still a client to serve.
+                    match adopt(stream, poll_driver) {
+                        Ok(stream) => {
+                            let conn = serve_connection(
+                                Rc::clone(&worker),
+                                stream,
+                                peer,
+                                Rc::clone(&config),
+                            );
+                            compio::runtime::spawn(conn).detach();
+                        }
+                        Err(e) => eprintln!("blitz: cannot serve a connection from {peer}: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_connection_error(&e) => {}
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    eprintln!("blitz: accept failed on {}: {e}", config.addr);
+                    compio::time::sleep(Duration::from_millis(20)).await;
                     break;
                 }
             }
+        }
+        if worker.drain.is_draining() {
+            return;
+        }
+        match select(pin!(socket.accept_ready()), drained.as_mut()).await {
+            Either::Left((Ok(()), _)) => {}
             Either::Left((Err(e), _)) => {
-                // EMFILE and friends: back off instead of spinning.
-                eprintln!("blitz: accept failed on {}: {e}", config.addr);
+                eprintln!(
+                    "blitz: waiting for connections on {} failed: {e}",
+                    config.addr
+                );
                 compio::time::sleep(Duration::from_millis(20)).await;
             }
-            Either::Right(_) => break,
+            Either::Right(_) => return,
         }
     }
+}
+
+/// A connection the peer gave up on between the handshake and accept.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// An accepted socket as the driver wants it: io_uring works on blocking
+/// sockets (like compio's own accept returns them), the polling driver
+/// needs non-blocking ones.
+fn adopt(stream: std::net::TcpStream, poll_driver: bool) -> io::Result<TcpStream> {
+    if poll_driver {
+        stream.set_nonblocking(true)?;
+    }
+    TcpStream::from_std(stream)
 }
 
 #[cfg(test)]
