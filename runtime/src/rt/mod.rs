@@ -42,6 +42,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 pub use buffers::{BUFFER_CAPACITY, BufferPool, RequestIds};
 pub use drain::{DrainState, DrainWait};
 
+use crate::health::Directory;
 use crate::lb::PoolConfig;
 use crate::proxy::gateway::Gateway;
 use crate::proxy::{Limits, Worker, serve_connection};
@@ -218,6 +219,9 @@ where
         listeners.push(bind_listener(addr)?);
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The one gateway-wide part of the upstreams: resolved endpoints and
+    // active health, with their background threads.
+    let directory = Directory::start(&make_gateway(0).upstreams())?;
     let make_gateway = Arc::new(make_gateway);
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     let mut threads = Vec::with_capacity(workers);
@@ -225,6 +229,7 @@ where
         let make_gateway = Arc::clone(&make_gateway);
         let ready_tx = ready_tx.clone();
         let config = config.clone();
+        let directory = Arc::clone(&directory);
         let handle = std::thread::Builder::new()
             .name(format!("blitz-worker-{id}"))
             .spawn(move || {
@@ -260,7 +265,13 @@ where
                     }
                     drop(ready_tx);
                     let gateway = make_gateway(id);
-                    let worker = Rc::new(Worker::new(id, gateway, config.limits, config.pool));
+                    let worker = Rc::new(Worker::new(
+                        id,
+                        gateway,
+                        config.limits,
+                        config.pool,
+                        directory,
+                    ));
                     run_worker(worker, listener, drain_event, config.grace).await;
                 });
             })?;
@@ -284,6 +295,7 @@ where
         }
     }
     if let Some(e) = failure {
+        directory.stop();
         for h in handles {
             h.notify();
         }
@@ -302,6 +314,7 @@ where
     for t in threads {
         let _ = t.join();
     }
+    directory.stop();
     Ok(())
 }
 
@@ -312,13 +325,13 @@ async fn run_worker<G: Gateway>(
     grace: Duration,
 ) {
     // Close idle upstream connections past their idle timeout even when
-    // no traffic comes to do it at checkout.
+    // no traffic comes to do it at checkout; adopt new DNS answers.
     let reaper = {
         let worker = Rc::clone(&worker);
         compio::runtime::spawn(async move {
             while !worker.drain.is_draining() {
                 compio::time::sleep(Duration::from_secs(1)).await;
-                worker.pool.borrow_mut().reap(Instant::now());
+                worker.maintain(Instant::now());
             }
         })
     };
@@ -345,10 +358,7 @@ async fn run_worker<G: Gateway>(
     drop(listener);
     worker.drain.start();
     // Idle upstream connections are not needed any more.
-    worker
-        .pool
-        .borrow_mut()
-        .reap(Instant::now() + Duration::from_secs(365 * 24 * 3600));
+    worker.close_idle();
     let deadline = Instant::now() + grace;
     while worker.active.get() > 0 && Instant::now() < deadline {
         compio::time::sleep(Duration::from_millis(10)).await;
