@@ -50,12 +50,38 @@ impl Gateway for Generated {
     type Route = Route;
     type Ctx = ();
     fn upstreams(&self) -> Vec<Upstream> {
-        vec![
-            Upstream { name : "users".to_string(), servers : vec![SocketAddr::from(([127,
-            0, 0, 1], 9001)), SocketAddr::from(([127, 0, 0, 1], 9002))] }, Upstream {
-            name : "sessions".to_string(), servers : vec![SocketAddr::from(([127, 0, 0,
-            1], 9101)), SocketAddr::from(([127, 0, 0, 1], 9102))] }
-        ]
+        Vec::from([
+            Upstream::new(
+                    "users",
+                    Vec::from([
+                        Server::ip(SocketAddr::from(([127, 0, 0, 1], 9001)), 3),
+                        Server::ip(SocketAddr::from(([127, 0, 0, 1], 9002)), 1),
+                    ]),
+                )
+                .with_balance(Balance::WeightedRoundRobin)
+                .with_timeouts(Duration::from_millis(1000), Duration::from_millis(30000))
+                .with_pool(64, Duration::from_millis(90000))
+                .with_health_check(HealthCheck {
+                    path: "/healthz".to_string(),
+                    interval: Duration::from_millis(2000),
+                    timeout: Duration::from_millis(500),
+                    healthy: 2,
+                    unhealthy: 3,
+                })
+                .with_retry(RetryPolicy::new(2, true, false, &[502, 503])),
+            Upstream::new(
+                    "sessions",
+                    Vec::from([
+                        Server::ip(SocketAddr::from(([127, 0, 0, 1], 9101)), 1),
+                        Server::ip(SocketAddr::from(([127, 0, 0, 1], 9102)), 1),
+                    ]),
+                )
+                .with_balance(
+                    Balance::ConsistentHash(HashKey::Header("x-user-id".to_string())),
+                )
+                .with_timeouts(Duration::from_millis(5000), Duration::from_millis(60000))
+                .with_pool(64, Duration::from_millis(60000)),
+        ])
     }
 
     fn route(&self, req: &RequestHead) -> Route {
