@@ -58,6 +58,7 @@ declare -A PY_MODS=(
     [pytest_timeout]="pytest-timeout"
     [h2]="h2>=4"
     [hyperframe]="hyperframe>=6"
+    [dnslib]="dnslib>=0.9"
 )
 # one interpreter start: print the requirement of every module that does not import
 mapfile -t pymissing < <(python3 - "${!PY_MODS[@]}" <<'PY'

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from support.dns_server import DnsServer
 from support.gateway import free_port
 from support.origin import Origin, respond
 from test_examples import Served, blitzc, build, cache_dir  # noqa: F401 (fixtures)
@@ -95,6 +96,10 @@ upstream "budget" {{
 upstream "dns" {{
     server "localhost:{a}"
 }}
+upstream "ttl" {{
+    server "svc.test:{s}"
+    server "127.0.0.1:{c}"
+}}
 route "rr" {{
     match {{ path-prefix "/rr" }}
     proxy "rr"
@@ -135,12 +140,16 @@ route "dns" {{
     match {{ path-prefix "/dns" }}
     proxy "dns"
 }}
+route "ttl" {{
+    match {{ path-prefix "/ttl" }}
+    proxy "ttl"
+}}
 """
 
 
-def lb_origin(name: str, port: int) -> Origin:
+def lb_origin(name: str, port: int, host: str = "127.0.0.1") -> Origin:
     """An origin on `port` that says who it is and obeys fail=/stall=/delay=."""
-    origin = Origin(port=port)
+    origin = Origin(host=host, port=port)
 
     def handler(req, conn):
         path, _, query = req.target.partition("?")
@@ -229,7 +238,7 @@ class Setup:
 @pytest.fixture(scope="module")
 def lb_binary(blitzc, cache_dir, tmp_path_factory):  # noqa: F811
     tmp = tmp_path_factory.mktemp("lb")
-    ports = {n: free_port() for n in (*NAMES, "dead", "gw")}
+    ports = {n: free_port() for n in (*NAMES, "dead", "gw", "s")}
     spec = tmp / "lb.kdl"
     spec.write_text(SPEC.format(workers=WORKERS, **ports))
     out = tmp / "lb-gateway"
@@ -238,10 +247,20 @@ def lb_binary(blitzc, cache_dir, tmp_path_factory):  # noqa: F811
     return out, ports
 
 
+@pytest.fixture(scope="module")
+def dns():
+    """The gateway's DNS server (BLITZ_DNS_SERVER): svc.test, TTL 1 s."""
+    server = DnsServer({"svc.test": ["127.0.0.1"]}, ttl=1)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def lb(lb_binary, cache_dir):  # noqa: F811
+def lb(lb_binary, cache_dir, dns):  # noqa: F811
     binary, ports = lb_binary
-    setup = Setup(binary, ports, dict(os.environ, BLITZ_CACHE_DIR=str(cache_dir)))
+    dns.set("svc.test", ["127.0.0.1"])
+    env = dict(os.environ, BLITZ_CACHE_DIR=str(cache_dir), BLITZ_DNS_SERVER=dns.addr)
+    setup = Setup(binary, ports, env)
     try:
         yield setup
     finally:
@@ -459,3 +478,28 @@ def test_a_server_named_by_dns(lb):
     # localhost may also resolve to ::1, where nothing listens: that
     # endpoint is refused and fails over, never a client error.
     assert lb.served_by("/dns/x", 20) == {"a": 20}
+
+
+def test_dns_answers_are_followed_by_ttl_without_dropping_other_pools(lb, dns):
+    """svc.test (TTL 1 s) moves from 127.0.0.1 to 127.0.0.2: traffic follows
+    within the TTL plus a worker tick, with no client error, and the other
+    server's pooled connections are kept (it sees no new connection)."""
+    lb.start(names=("c",))
+    port = lb.ports["s"]
+    old = lb_origin("s-old", port, host="127.0.0.1")
+    new = lb_origin("s-new", port, host="127.0.0.2")
+    lb.origins["s-old"], lb.origins["s-new"] = old, new
+    before = lb.served_by("/ttl/x", 40)
+    assert set(before) == {"s-old", "c"}, before
+    c_conns = lb.origins["c"].accepted
+    dns.set("svc.test", ["127.0.0.2"])
+    assert lb.wait_log(f"svc.test is now [127.0.0.2:{port}]"), "\n".join(lb.gateway.lines)
+    # Each worker adopts the new list on its next tick (once a second);
+    # requests meanwhile still succeed (the old address is still up).
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        assert lb.request("/ttl/x")[0] == 200
+        time.sleep(0.05)
+    after = lb.served_by("/ttl/x", 40)
+    assert set(after) == {"s-new", "c"}, after
+    assert lb.origins["c"].accepted == c_conns, "c's idle connections survived the DNS change"
