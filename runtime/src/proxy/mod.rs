@@ -65,10 +65,12 @@ pub struct Limits {
     /// Largest request body, declared or streamed: over it, 413.
     pub max_body_bytes: u64,
     /// Time allowed to connect to an upstream: then 504 (refused: 502).
+    /// An upstream's own `timeouts` take precedence.
     pub connect_timeout: Duration,
     /// Time allowed for the upstream's response head after the request was
     /// sent, and longest pause inside its body: 504, or a cut connection
-    /// once the response started.
+    /// once the response started. An upstream's own `timeouts` take
+    /// precedence.
     pub response_timeout: Duration,
 }
 
