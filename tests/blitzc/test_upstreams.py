@@ -79,7 +79,7 @@ upstream "hash3" {{
 upstream "checked" {{
     server "127.0.0.1:{a}"
     server "127.0.0.1:{b}"
-    health-check path="/healthz" interval="200ms" timeout="200ms" healthy=2 unhealthy=2
+    health-check path="/healthz" interval="200ms" timeout="200ms" healthy=2 unhealthy=2 expect="200-299"
 }}
 upstream "retry" {{
     server "127.0.0.1:{a}"

@@ -331,6 +331,10 @@ fn upstream(u: &Upstream) -> TokenStream {
             Literal::u32_unsuffixed(hc.healthy.value),
             Literal::u32_unsuffixed(hc.unhealthy.value),
         );
+        let (first, last) = (
+            Literal::u16_unsuffixed(hc.expect.value.first),
+            Literal::u16_unsuffixed(hc.expect.value.last),
+        );
         chain.extend(quote! {
             .with_health_check(HealthCheck {
                 path: #path.to_string(),
@@ -338,6 +342,7 @@ fn upstream(u: &Upstream) -> TokenStream {
                 timeout: #timeout,
                 healthy: #healthy,
                 unhealthy: #unhealthy,
+                expect: #first..=#last,
             })
         });
     }

@@ -2,8 +2,8 @@
 //!
 //! Every `interval`, each endpoint of an upstream with a `health-check`
 //! gets `GET path HTTP/1.1` (`connection: close`) on a new connection,
-//! within `timeout` for connect + status line. A 2xx or 3xx status is a
-//! success; anything else (refused, timeout, other status, garbage) a
+//! within `timeout` for connect + status line. A status in `expect`
+//! (default 2xx and 3xx) is a success; anything else (refused, timeout, other status, garbage) a
 //! failure. `unhealthy` failures in a row mark a healthy endpoint down,
 //! `healthy` successes in a row mark a down endpoint up again. Endpoints
 //! start up (a gateway serves at once), and the first round runs at start.
@@ -123,21 +123,21 @@ pub fn check(addr: SocketAddr, hc: &HealthCheck) -> bool {
             break;
         }
     }
-    status_ok(&buf[..len])
+    status_of(&buf[..len]).is_some_and(|s| hc.expect.contains(&s))
 }
 
-/// Whether a response starting with `head` has a 2xx or 3xx status line.
-fn status_ok(head: &[u8]) -> bool {
-    let Some(line) = head.split(|&b| b == b'\n').next() else {
-        return false;
-    };
+/// The status of a response starting with `head`, if its status line is valid.
+fn status_of(head: &[u8]) -> Option<u16> {
+    let line = head.split(|&b| b == b'\n').next()?;
     let mut parts = line.split(|&b| b == b' ');
-    let version_ok = parts.next().is_some_and(|v| v.starts_with(b"HTTP/1."));
+    if !parts.next().is_some_and(|v| v.starts_with(b"HTTP/1.")) {
+        return None;
+    }
     let status = parts.next().unwrap_or_default();
-    version_ok
-        && status.len() == 3
-        && matches!(status[0], b'2' | b'3')
-        && status.iter().all(u8::is_ascii_digit)
+    if status.len() != 3 || !status.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(status).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -147,12 +147,12 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        assert!(status_ok(b"HTTP/1.1 200 OK\r\n"));
-        assert!(status_ok(b"HTTP/1.0 302 Found\r\n"));
-        assert!(!status_ok(b"HTTP/1.1 503 Unavailable\r\n"));
-        assert!(!status_ok(b"HTTP/1.1 2000\r\n"));
-        assert!(!status_ok(b"garbage"));
-        assert!(!status_ok(b""));
+        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(status_of(b"HTTP/1.0 302 Found\r\n"), Some(302));
+        assert_eq!(status_of(b"HTTP/1.1 503 Unavailable\r\n"), Some(503));
+        assert_eq!(status_of(b"HTTP/1.1 2000\r\n"), None);
+        assert_eq!(status_of(b"garbage"), None);
+        assert_eq!(status_of(b""), None);
     }
 
     #[test]
@@ -163,6 +163,7 @@ mod tests {
             timeout: Duration::from_millis(500),
             healthy: 1,
             unhealthy: 1,
+            expect: 200..=399,
         };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
@@ -185,6 +186,11 @@ mod tests {
         });
         assert!(check(addr, &hc));
         assert!(!check(addr, &hc));
+        let only_204 = HealthCheck {
+            expect: 204..=204,
+            ..hc.clone()
+        };
+        assert!(!check(addr, &only_204), "200 is not in expect");
         let t = Instant::now();
         assert!(!check(addr, &hc));
         assert!(

@@ -179,6 +179,7 @@ pub fn upstream_from_ir(u: &blitz_ir::Upstream) -> Upstream {
             timeout: hc.timeout.value,
             healthy: hc.healthy.value,
             unhealthy: hc.unhealthy.value,
+            expect: hc.expect.value.first..=hc.expect.value.last,
         });
     }
     if let Some(r) = &u.retry {

@@ -137,7 +137,7 @@ impl Server {
 }
 
 /// A server's address as written in the spec.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerAddress {
     /// A fixed socket address.
     Ip(SocketAddr),
@@ -190,7 +190,7 @@ pub enum HashKey {
 
 /// Active health check of an upstream, run by one background thread for
 /// the whole gateway (see [`crate::health`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
     /// Path of the `GET` request.
     pub path: String,
@@ -202,6 +202,8 @@ pub struct HealthCheck {
     pub healthy: u32,
     /// Consecutive failures that make a healthy endpoint unhealthy.
     pub unhealthy: u32,
+    /// Statuses that count as healthy (the spec's default: 200..=399).
+    pub expect: std::ops::RangeInclusive<u16>,
 }
 
 /// Per-upstream timeouts.
