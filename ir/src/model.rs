@@ -470,6 +470,9 @@ pub struct Retry {
     /// Further attempts after the first one.
     pub attempts: Spanned<u32>,
     pub on: Vec<Spanned<RetryOn>>,
+    /// Deadline of the whole request, all tries included; `None`: only each
+    /// try's own timeouts bound it.
+    pub total: Option<Spanned<Duration>>,
     pub span: Span,
 }
 

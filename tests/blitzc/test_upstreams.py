@@ -88,6 +88,12 @@ upstream "retry" {{
     timeouts connect="500ms" response="500ms"
     retry attempts=2 on="connect-error" "503" "timeout"
 }}
+upstream "deadline" {{
+    server "127.0.0.1:{a}"
+    server "127.0.0.1:{b}"
+    timeouts response="500ms"
+    retry attempts=2 on="timeout" total="800ms"
+}}
 upstream "budget" {{
     server "127.0.0.1:{a}"
     server "127.0.0.1:{b}"
@@ -131,6 +137,10 @@ route "checked" {{
 route "retry" {{
     match {{ path-prefix "/retry" }}
     proxy "retry"
+}}
+route "deadline" {{
+    match {{ path-prefix "/deadline" }}
+    proxy "deadline"
 }}
 route "budget" {{
     match {{ path-prefix "/budget" }}
@@ -453,6 +463,17 @@ def test_retries_only_where_safe(lb):
         lb.request(f"/retry/slow-post?stall=a&i={i}", method="POST", body=b"z")
     slow_posts = [r.target for r in client_requests(a, "/retry/slow-post") + client_requests(b, "/retry/slow-post")]
     assert sorted(slow_posts) == sorted(f"/retry/slow-post?stall=a&i={i}" for i in range(6)), slow_posts
+
+
+def test_total_deadline_stops_retries(lb):
+    """Both servers stall; response timeout 500 ms per try, `total="800ms"`:
+    the first try times out, the second is cut to the 300 ms left and times
+    out too, and no third try starts (attempts=2 would allow one)."""
+    lb.start(names=("a", "b"))
+    assert lb.request("/deadline/x?stall=a,b")[0] == 504
+    time.sleep(0.5)  # a third try, if one started wrongly, would have reached an origin by now
+    got = client_requests(lb.origins["a"], "/deadline") + client_requests(lb.origins["b"], "/deadline")
+    assert len(got) == 2, [r.target for r in got]
 
 
 def test_retry_budget_bounds_retries_during_an_outage(lb):

@@ -354,8 +354,12 @@ fn upstream(u: &Upstream) -> TokenStream {
             RetryOn::Status(s) => Some(Literal::u16_unsuffixed(s)),
             _ => None,
         });
+        let total = r.total.as_ref().map(|t| {
+            let t = duration(t.value);
+            quote! { .with_total(#t) }
+        });
         chain.extend(quote! {
-            .with_retry(RetryPolicy::new(#attempts, #connect_error, #timeout, &[#(#statuses),*]))
+            .with_retry(RetryPolicy::new(#attempts, #connect_error, #timeout, &[#(#statuses),*]) #total)
         });
     }
     chain

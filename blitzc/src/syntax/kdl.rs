@@ -894,7 +894,7 @@ impl Lowerer<'_> {
     /// `retry attempts=2 on="connect-error" "502" "503"`: the `on` property
     /// and every argument are retry conditions.
     fn retry(&mut self, node: &KdlNode) -> Option<Retry> {
-        let e = self.entries(node, usize::MAX, &["attempts", "on"], false);
+        let e = self.entries(node, usize::MAX, &["attempts", "on", "total"], false);
         let attempts = match e.prop("attempts") {
             Some(a) => self.count_entry(a, 0, "attempts")?,
             None => {
@@ -918,9 +918,13 @@ impl Lowerer<'_> {
         if on.is_empty() {
             on.push(Spanned::new(RetryOn::ConnectError, Span::default()));
         }
+        let total = e
+            .prop("total")
+            .and_then(|t| self.duration_entry(t, "total"));
         Some(Retry {
             attempts,
             on,
+            total,
             span: span_of(node.span()),
         })
     }

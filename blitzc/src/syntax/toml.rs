@@ -214,6 +214,7 @@ fn example(ctx: &str, key: &str) -> Option<String> {
         (_, "timeouts") => "timeouts = { connect = \"1s\", response = \"30s\" }",
         (_, "retry") => "retry = { attempts = 2, on = [\"connect-error\", \"502\"] }",
         (_, "attempts") => "attempts = 2",
+        ("retry", "total") => "total = \"10s\"",
         (_, "on") => "on = [\"connect-error\", \"502\"]",
         (
             _,
@@ -318,7 +319,7 @@ const HEALTH_CHECK_KEYS: &[&str] = &[
     "expect",
 ];
 const TIMEOUTS_KEYS: &[&str] = &["connect", "response"];
-const RETRY_KEYS: &[&str] = &["attempts", "on"];
+const RETRY_KEYS: &[&str] = &["attempts", "on", "total"];
 const JWT_KEYS: &[&str] = &[
     "name",
     "issuer",
@@ -1197,9 +1198,11 @@ impl Lowerer {
         if on.is_empty() {
             on.push(Spanned::new(RetryOn::ConnectError, Span::default()));
         }
+        let total = t.get("total").and_then(|f| self.duration(f, CTX));
         Some(Retry {
             attempts: attempts?,
             on,
+            total,
             span: t.span,
         })
     }

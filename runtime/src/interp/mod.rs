@@ -191,12 +191,16 @@ pub fn upstream_from_ir(u: &blitz_ir::Upstream) -> Upstream {
                     _ => None,
                 })
                 .collect();
-        up = up.with_retry(RetryPolicy::new(
+        let mut policy = RetryPolicy::new(
             r.attempts.value,
             on(RetryOn::ConnectError),
             on(RetryOn::Timeout),
             &statuses,
-        ));
+        );
+        if let Some(total) = &r.total {
+            policy = policy.with_total(total.value);
+        }
+        up = up.with_retry(policy);
     }
     up
 }

@@ -230,6 +230,10 @@ pub struct RetryPolicy {
     pub on_timeout: bool,
     /// Retry when the response has one of these statuses.
     pub on_status: Vec<u16>,
+    /// Deadline of the whole request (until its response head), all tries
+    /// included: no try starts after it, and each try's timeouts are cut to
+    /// what is left. `None`: only each try's own timeouts bound it.
+    pub total: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -240,7 +244,14 @@ impl RetryPolicy {
             on_connect_error,
             on_timeout,
             on_status: on_status.to_vec(),
+            total: None,
         }
+    }
+
+    /// Sets the deadline of the whole request.
+    pub fn with_total(mut self, total: Duration) -> Self {
+        self.total = Some(total);
+        self
     }
 
     /// Whether a response with `status` may be retried under this policy.

@@ -50,6 +50,7 @@ async fn connect(
     key: u64,
     tried: &[SocketAddr],
     fresh_only: bool,
+    connect_timeout: Duration,
     now: Instant,
 ) -> Result<(Rc<Endpoint>, TcpStream, bool), ProxyError> {
     let mut refused: Vec<SocketAddr> = Vec::new();
@@ -72,7 +73,7 @@ async fn connect(
         if let Some(conn) = pooled {
             return Ok((ep, conn, true));
         }
-        match compio::time::timeout(set.timeouts.connect, TcpStream::connect(ep.addr)).await {
+        match compio::time::timeout(connect_timeout, TcpStream::connect(ep.addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 return Ok((ep, stream, false));
@@ -129,23 +130,34 @@ pub(crate) async fn proxy_request<G: Gateway>(
     // One clock read serves the pool and the response deadline of a pooled
     // connection (the hot path).
     let started = Instant::now();
+    let deadline = set.retry.total.map(|t| started + t);
     loop {
         let now = if tried.is_empty() {
             started
         } else {
             Instant::now()
         };
-        let (ep, conn, reused) = match connect(set, key, &tried, fresh_only, now).await {
-            Ok(x) => x,
-            Err(error) => {
-                return Exchange::Failed {
-                    error,
-                    answered: false,
-                };
-            }
+        // Each try's timeouts, cut to what the total deadline leaves.
+        let timeouts = match deadline {
+            Some(d) => UpstreamTimeouts {
+                connect: set.timeouts.connect.min(d.saturating_duration_since(now)),
+                response: set.timeouts.response.min(d.saturating_duration_since(now)),
+            },
+            None => set.timeouts,
         };
+        let (ep, conn, reused) =
+            match connect(set, key, &tried, fresh_only, timeouts.connect, now).await {
+                Ok(x) => x,
+                Err(error) => {
+                    return Exchange::Failed {
+                        error,
+                        answered: false,
+                    };
+                }
+            };
         let now = if reused { now } else { Instant::now() };
-        let may_retry = retries_left > 0 && set.budget.has_room(now);
+        let may_retry =
+            retries_left > 0 && set.budget.has_room(now) && deadline.is_none_or(|d| now < d);
         let retry_statuses: &[u16] = if may_retry { &set.retry.on_status } else { &[] };
         ep.begin(!tried.is_empty());
         let attempt = exchange(
@@ -156,7 +168,7 @@ pub(crate) async fn proxy_request<G: Gateway>(
             ctx,
             &conn,
             &ep,
-            set.timeouts,
+            timeouts,
             retry_statuses,
             strip_prefix,
             now,
@@ -189,15 +201,19 @@ pub(crate) async fn proxy_request<G: Gateway>(
                 ep.failed(Instant::now());
                 return failed(ErrorKind::UpstreamClosed);
             }
-            Attempt::RetryStatus(_) if set.budget.withdraw(Instant::now()) => {
+            Attempt::RetryStatus(_)
+                if deadline.is_none_or(|d| Instant::now() < d)
+                    && deadline.is_none_or(|d| Instant::now() < d)
+                    && set.budget.withdraw(Instant::now()) =>
+            {
                 ep.failed(Instant::now());
                 retries_left -= 1;
                 tried.push(ep.addr);
                 fresh_only = false;
             }
             Attempt::RetryStatus(status) => {
-                // The budget ran out between the check and now: the answer
-                // was not relayed and cannot be any more.
+                // The budget or the total deadline ran out during the try:
+                // the answer was set aside and cannot be relayed any more.
                 ep.failed(Instant::now());
                 return Exchange::Failed {
                     error: ProxyError::with_status(ErrorKind::UpstreamStatus, status),
@@ -209,6 +225,7 @@ pub(crate) async fn proxy_request<G: Gateway>(
                 answered: false,
             }) if error.kind == ErrorKind::UpstreamTimeout
                 && retry_on_timeout
+                && deadline.is_none_or(|d| Instant::now() < d)
                 && set.budget.withdraw(Instant::now()) =>
             {
                 ep.failed(Instant::now());
