@@ -62,6 +62,7 @@ declare -A PY_MODS=(
     [h2]="h2>=4"
     [hyperframe]="hyperframe>=6"
     [hpack]="hpack>=4"
+    [dnslib]="dnslib>=0.9"
 )
 # one interpreter start: print the requirement of every module that does not import
 mapfile -t pymissing < <(python3 - "${!PY_MODS[@]}" <<'PY'

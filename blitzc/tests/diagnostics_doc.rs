@@ -192,7 +192,8 @@ const DESCRIPTIONS: &[Description] = &[
         code: "B034",
         severity: "error",
         meaning: "A status code out of its range: `respond` takes 200 to 599, `redirect` takes \
-                  301, 302, 303, 307 or 308.",
+                  301, 302, 303, 307 or 308; a health check's `expect` is a status from 100 to \
+                  599 or a range of them (`\"200-399\"`).",
         fix: "Use a status from the range the label gives.",
     },
     Description {

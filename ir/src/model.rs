@@ -387,10 +387,54 @@ pub struct HealthCheck {
     pub healthy: Spanned<u32>,
     /// Consecutive failures that make a healthy server unhealthy.
     pub unhealthy: Spanned<u32>,
+    /// Statuses that count as healthy.
+    pub expect: Spanned<StatusRange>,
     pub span: Span,
 }
 
+/// An inclusive range of HTTP status codes (`"200-399"`, or one: `"204"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl StatusRange {
+    /// Parses `NNN` or `NNN-NNN`, each from 100 to 599, the first not above
+    /// the last.
+    pub fn parse(text: &str) -> Option<Self> {
+        let status = |t: &str| -> Option<u16> {
+            let n: u16 = t.parse().ok().filter(|_| t.len() == 3)?;
+            (100..=599).contains(&n).then_some(n)
+        };
+        let (first, last) = match text.split_once('-') {
+            Some((a, b)) => (status(a)?, status(b)?),
+            None => (status(text)?, status(text)?),
+        };
+        (first <= last).then_some(StatusRange { first, last })
+    }
+
+    pub fn contains(self, status: u16) -> bool {
+        (self.first..=self.last).contains(&status)
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
 impl HealthCheck {
+    /// 2xx and 3xx.
+    pub const DEFAULT_EXPECT: StatusRange = StatusRange {
+        first: 200,
+        last: 399,
+    };
     pub const DEFAULT_PATH: &'static str = "/";
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -426,6 +470,9 @@ pub struct Retry {
     /// Further attempts after the first one.
     pub attempts: Spanned<u32>,
     pub on: Vec<Spanned<RetryOn>>,
+    /// Deadline of the whole request, all tries included; `None`: only each
+    /// try's own timeouts bound it.
+    pub total: Option<Spanned<Duration>>,
     pub span: Span,
 }
 

@@ -8,11 +8,16 @@
 //!   [`Gateway`] trait generated code implements.
 //! - [`lb`]: upstream servers, selection and the per-worker connection pool.
 //! - [`handoff`]: the control socket and the socket handoff of upgrades.
+//! - [`lb`]: upstreams, balancers, the per-worker connection pools, retry
+//!   budgets and per-server counters.
+//! - [`health`]: the gateway-wide part: resolved endpoints (DNS) and active
+//!   health checks on background threads; passive outlier ejection.
 //! - [`rt`]: workers, driver selection, listeners, signals and drain
 //!   (the only place `unsafe` is allowed).
 
 pub mod app;
 pub mod handoff;
+pub mod health;
 pub mod http;
 #[cfg(feature = "interp")]
 pub mod interp;

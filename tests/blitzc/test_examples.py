@@ -221,6 +221,9 @@ def test_edge_example_is_refused_with_a_diagnostic_per_unsupported_construct(bli
     assert refused >= 8, result.stderr
     for construct in ("`tls`", "protocol `h2`", "`jwt`", "`rate-limit`", "`plugin`", "`metrics`", "the step `auth`"):
         assert construct in result.stderr, f"{construct} not named:\n{result.stderr}"
+    # Served now (issue #6): balancing, health checks, retries, per-upstream timeouts and pools.
+    for served in ("balance", "`health-check`", "`retry`", "`timeouts`", "`pool`"):
+        assert f"{served} is not served" not in result.stderr and f"{served} that differ" not in result.stderr, result.stderr
     assert not (tmp_path / "edge-bin").exists()
 
 

@@ -215,12 +215,13 @@ _LINE_END = re.compile(rb"\r?\n\r?\n")
 
 
 class Origin:
-    """Threaded raw-socket HTTP/1.1 origin on 127.0.0.1 (port chosen by the OS)."""
+    """Threaded raw-socket HTTP/1.1 origin on 127.0.0.1 (port chosen by the OS,
+    or `port`: a test that restarts an origin binds the same port again)."""
 
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind((host, 0))
+        self.lsock.bind((host, port))
         self.lsock.listen(1024)
         self.port = self.lsock.getsockname()[1]
         self.stopping = threading.Event()

@@ -14,7 +14,10 @@ pub mod routes;
 pub mod support;
 
 use crate::diag::SourceFile;
-use blitz_ir::{ActionKind, HeaderRewrite, Protocol, ServerAddress, Spec, StepKind, Workers};
+use blitz_ir::{
+    ActionKind, BalanceAlgorithm, HeaderRewrite, Protocol, RequestKey, RetryOn, ServerAddress,
+    Spec, StepKind, Upstream, Workers,
+};
 use names::Names;
 use proc_macro2::{Literal, TokenStream};
 use quote::quote;
@@ -86,14 +89,7 @@ pub fn generate(spec: &Spec, file: &SourceFile) -> GatewaySource {
         }
         (!edits.is_empty()).then(|| quote! { Route::#variant => { #edits } })
     });
-    let upstreams = spec.upstreams.iter().map(|u| {
-        let name = u.name.value.as_str();
-        let servers = u.servers.iter().filter_map(|s| match &s.address.value {
-            ServerAddress::Ip(addr) => Some(socket_addr(*addr)),
-            ServerAddress::Dns { .. } => None, // refused by support::unsupported
-        });
-        quote! { Upstream { name: #name.to_string(), servers: vec![#(#servers),*] } }
-    });
+    let upstreams = spec.upstreams.iter().map(upstream);
     let config = config(spec, &hash);
     let route_body = &routes.route_body;
     let route_items = &routes.items;
@@ -142,7 +138,7 @@ pub fn generate(spec: &Spec, file: &SourceFile) -> GatewaySource {
             type Ctx = ();
 
             fn upstreams(&self) -> Vec<Upstream> {
-                vec![#(#upstreams),*]
+                Vec::from([#(#upstreams),*])
             }
 
             fn route(&self, req: &RequestHead) -> Route {
@@ -279,6 +275,96 @@ fn action(kind: &ActionKind) -> TokenStream {
     }
 }
 
+/// One upstream as a runtime `Upstream` builder chain: servers, then only
+/// what differs from the runtime's defaults (balance, checks, retries), and
+/// always its own timeouts and pool.
+fn upstream(u: &Upstream) -> TokenStream {
+    let name = u.name.value.as_str();
+    let servers = u.servers.iter().map(|s| {
+        let weight = Literal::u32_unsuffixed(s.weight.value);
+        match &s.address.value {
+            ServerAddress::Ip(addr) => {
+                let addr = socket_addr(*addr);
+                quote! { Server::ip(#addr, #weight) }
+            }
+            ServerAddress::Dns { host, port } => {
+                let port = Literal::u16_unsuffixed(*port);
+                quote! { Server::dns(#host, #port, #weight) }
+            }
+        }
+    });
+    let mut chain = quote! { Upstream::new(#name, Vec::from([#(#servers),*])) };
+    let balance = match u.balance.algorithm.value {
+        BalanceAlgorithm::RoundRobin => None,
+        BalanceAlgorithm::WeightedRoundRobin => Some(quote! { Balance::WeightedRoundRobin }),
+        BalanceAlgorithm::LeastConn => Some(quote! { Balance::LeastConn }),
+        BalanceAlgorithm::P2c => Some(quote! { Balance::P2c }),
+        BalanceAlgorithm::ConsistentHash => {
+            let key = match u.balance.key.as_ref().map(|k| &k.value) {
+                Some(RequestKey::Header(name)) => quote! { HashKey::Header(#name.to_string()) },
+                Some(RequestKey::Path) => quote! { HashKey::Path },
+                // `jwt:` keys are refused by support::unsupported.
+                Some(RequestKey::ClientIp | RequestKey::JwtClaim(_)) | None => {
+                    quote! { HashKey::ClientIp }
+                }
+            };
+            Some(quote! { Balance::ConsistentHash(#key) })
+        }
+    };
+    if let Some(balance) = balance {
+        chain.extend(quote! { .with_balance(#balance) });
+    }
+    let (connect, response) = (
+        duration(u.timeouts.connect.value),
+        duration(u.timeouts.response.value),
+    );
+    let max_idle = Literal::u32_unsuffixed(u.pool.max_idle.value);
+    let idle_timeout = duration(u.pool.idle_timeout.value);
+    chain.extend(quote! {
+        .with_timeouts(#connect, #response)
+        .with_pool(#max_idle, #idle_timeout)
+    });
+    if let Some(hc) = &u.health_check {
+        let path = hc.path.value.as_str();
+        let (interval, timeout) = (duration(hc.interval.value), duration(hc.timeout.value));
+        let (healthy, unhealthy) = (
+            Literal::u32_unsuffixed(hc.healthy.value),
+            Literal::u32_unsuffixed(hc.unhealthy.value),
+        );
+        let (first, last) = (
+            Literal::u16_unsuffixed(hc.expect.value.first),
+            Literal::u16_unsuffixed(hc.expect.value.last),
+        );
+        chain.extend(quote! {
+            .with_health_check(HealthCheck {
+                path: #path.to_string(),
+                interval: #interval,
+                timeout: #timeout,
+                healthy: #healthy,
+                unhealthy: #unhealthy,
+                expect: #first..=#last,
+            })
+        });
+    }
+    if let Some(r) = &u.retry {
+        let attempts = Literal::u32_unsuffixed(r.attempts.value);
+        let on = |c: RetryOn| r.on.iter().any(|o| o.value == c);
+        let (connect_error, timeout) = (on(RetryOn::ConnectError), on(RetryOn::Timeout));
+        let statuses = r.on.iter().filter_map(|o| match o.value {
+            RetryOn::Status(s) => Some(Literal::u16_unsuffixed(s)),
+            _ => None,
+        });
+        let total = r.total.as_ref().map(|t| {
+            let t = duration(t.value);
+            quote! { .with_total(#t) }
+        });
+        chain.extend(quote! {
+            .with_retry(RetryPolicy::new(#attempts, #connect_error, #timeout, &[#(#statuses),*]) #total)
+        });
+    }
+    chain
+}
+
 fn socket_addr(addr: SocketAddr) -> TokenStream {
     let port = Literal::u16_unsuffixed(addr.port());
     match addr.ip() {
@@ -335,8 +421,8 @@ fn config(spec: &Spec, hash: &str) -> TokenStream {
     let max_header_bytes = Literal::u64_unsuffixed(l.max_header_bytes.value);
     let max_headers = Literal::u64_unsuffixed(l.max_headers.value);
     let max_body_bytes = Literal::u64_unsuffixed(l.max_body_bytes.value);
-    // Upstream timeouts and pool settings: support::unsupported refuses
-    // specs whose upstreams disagree, so the first upstream's are everyone's.
+    // Each upstream carries its own timeouts and pool; these server-wide
+    // values (the first upstream's) are only the runtime's fallback.
     let first = spec.upstreams.first();
     let timeouts = first.map(|u| u.timeouts.clone()).unwrap_or_default();
     let pool = first.map(|u| u.pool.clone()).unwrap_or_default();

@@ -6,7 +6,7 @@
 //! spec can be valid before the runtime catches up with it.
 
 use crate::diag::{Code, Diagnostic};
-use blitz_ir::{BalanceAlgorithm, Protocol, ServerAddress, Span, Spec, StepKind, Test};
+use blitz_ir::{BalanceAlgorithm, Protocol, RequestKey, Span, Spec, StepKind, Test};
 
 fn refuse(span: Span, what: &str) -> Diagnostic {
     Diagnostic::error(
@@ -37,43 +37,11 @@ pub fn unsupported(spec: &Spec) -> Vec<Diagnostic> {
         }
     }
     for upstream in &spec.upstreams {
-        if upstream.balance.algorithm.value != BalanceAlgorithm::RoundRobin {
-            let alg = upstream.balance.algorithm.value.keyword();
-            out.push(refuse(
-                upstream.balance.algorithm.span,
-                &format!("balance `{alg}`"),
-            ));
-        }
-        if let Some(hc) = &upstream.health_check {
-            out.push(refuse(hc.span, "`health-check`"));
-        }
-        if let Some(retry) = &upstream.retry {
-            out.push(refuse(retry.span, "`retry`"));
-        }
-        for server in &upstream.servers {
-            if matches!(server.address.value, ServerAddress::Dns { .. }) {
-                out.push(refuse(server.address.span, "a server named by DNS"));
-            }
-        }
-    }
-    if let Some(first) = spec.upstreams.first() {
-        for upstream in &spec.upstreams[1..] {
-            if upstream.timeouts.connect.value != first.timeouts.connect.value
-                || upstream.timeouts.response.value != first.timeouts.response.value
-            {
-                out.push(refuse(
-                    upstream.name.span,
-                    "`timeouts` that differ between upstreams",
-                ));
-            }
-            if upstream.pool.max_idle.value != first.pool.max_idle.value
-                || upstream.pool.idle_timeout.value != first.pool.idle_timeout.value
-            {
-                out.push(refuse(
-                    upstream.name.span,
-                    "a `pool` that differs between upstreams",
-                ));
-            }
+        if let Some(key) = &upstream.balance.key
+            && upstream.balance.algorithm.value == BalanceAlgorithm::ConsistentHash
+            && matches!(key.value, RequestKey::JwtClaim(_))
+        {
+            out.push(refuse(key.span, "a `consistent-hash` key `jwt:CLAIM`"));
         }
     }
     for jwt in &spec.jwts {

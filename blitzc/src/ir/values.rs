@@ -172,6 +172,23 @@ impl Lowering {
         }
     }
 
+    /// A health check's `expect`: `NNN` or `NNN-NNN` (B034).
+    pub fn status_range(&mut self, text: &str, span: Span) -> Option<Spanned<StatusRange>> {
+        if let Some(range) = StatusRange::parse(text) {
+            return Some(Spanned::new(range, span));
+        }
+        self.push(
+            Diagnostic::error(
+                Code::InvalidStatus,
+                span,
+                format!("invalid status range `{}`", text.escape_debug()),
+            )
+            .label("not a status or a range of statuses")
+            .help("write one status from 100 to 599 (\"204\") or a range (\"200-399\")"),
+        );
+        None
+    }
+
     /// An HTTP status code in `range` (e.g. 100..=599, or 300..=399).
     pub fn status(
         &mut self,

@@ -827,7 +827,14 @@ impl Lowerer<'_> {
         let e = self.entries(
             node,
             0,
-            &["path", "interval", "timeout", "healthy", "unhealthy"],
+            &[
+                "path",
+                "interval",
+                "timeout",
+                "healthy",
+                "unhealthy",
+                "expect",
+            ],
             false,
         );
         let d = Span::default();
@@ -837,6 +844,7 @@ impl Lowerer<'_> {
             timeout: Spanned::new(HealthCheck::DEFAULT_TIMEOUT, d),
             healthy: Spanned::new(HealthCheck::DEFAULT_HEALTHY, d),
             unhealthy: Spanned::new(HealthCheck::DEFAULT_UNHEALTHY, d),
+            expect: Spanned::new(HealthCheck::DEFAULT_EXPECT, d),
             span: span_of(node.span()),
         };
         if let Some(p) = e.prop("path").and_then(|p| self.string(p, "the path")) {
@@ -866,13 +874,27 @@ impl Lowerer<'_> {
         {
             hc.unhealthy = n;
         }
+        if let Some(entry) = e.prop("expect") {
+            let span = span_of(entry.span());
+            let text = match entry.value() {
+                KdlValue::String(s) => Some(s.clone()),
+                KdlValue::Integer(n) => Some(n.to_string()),
+                other => {
+                    self.wrong_type(entry, "`expect`", "a string", other);
+                    None
+                }
+            };
+            if let Some(r) = text.and_then(|t| self.lw.status_range(&t, span)) {
+                hc.expect = r;
+            }
+        }
         hc
     }
 
     /// `retry attempts=2 on="connect-error" "502" "503"`: the `on` property
     /// and every argument are retry conditions.
     fn retry(&mut self, node: &KdlNode) -> Option<Retry> {
-        let e = self.entries(node, usize::MAX, &["attempts", "on"], false);
+        let e = self.entries(node, usize::MAX, &["attempts", "on", "total"], false);
         let attempts = match e.prop("attempts") {
             Some(a) => self.count_entry(a, 0, "attempts")?,
             None => {
@@ -896,9 +918,13 @@ impl Lowerer<'_> {
         if on.is_empty() {
             on.push(Spanned::new(RetryOn::ConnectError, Span::default()));
         }
+        let total = e
+            .prop("total")
+            .and_then(|t| self.duration_entry(t, "total"));
         Some(Retry {
             attempts,
             on,
+            total,
             span: span_of(node.span()),
         })
     }

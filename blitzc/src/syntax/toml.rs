@@ -210,9 +210,11 @@ fn example(ctx: &str, key: &str) -> Option<String> {
         ("health-check", "path") => "path = \"/healthz\"",
         (_, "healthy") => "healthy = 2",
         (_, "unhealthy") => "unhealthy = 3",
+        (_, "expect") => "expect = \"200-399\"",
         (_, "timeouts") => "timeouts = { connect = \"1s\", response = \"30s\" }",
         (_, "retry") => "retry = { attempts = 2, on = [\"connect-error\", \"502\"] }",
         (_, "attempts") => "attempts = 2",
+        ("retry", "total") => "total = \"10s\"",
         (_, "on") => "on = [\"connect-error\", \"502\"]",
         (
             _,
@@ -308,9 +310,16 @@ const UPSTREAM_KEYS: &[&str] = &[
 const BALANCE_KEYS: &[&str] = &["algorithm", "key"];
 const SERVER_KEYS: &[&str] = &["address", "weight"];
 const POOL_KEYS: &[&str] = &["max-idle", "idle-timeout"];
-const HEALTH_CHECK_KEYS: &[&str] = &["path", "interval", "timeout", "healthy", "unhealthy"];
+const HEALTH_CHECK_KEYS: &[&str] = &[
+    "path",
+    "interval",
+    "timeout",
+    "healthy",
+    "unhealthy",
+    "expect",
+];
 const TIMEOUTS_KEYS: &[&str] = &["connect", "response"];
-const RETRY_KEYS: &[&str] = &["attempts", "on"];
+const RETRY_KEYS: &[&str] = &["attempts", "on", "total"];
 const JWT_KEYS: &[&str] = &[
     "name",
     "issuer",
@@ -1085,6 +1094,7 @@ impl Lowerer {
             timeout: Spanned::new(HealthCheck::DEFAULT_TIMEOUT, d),
             healthy: Spanned::new(HealthCheck::DEFAULT_HEALTHY, d),
             unhealthy: Spanned::new(HealthCheck::DEFAULT_UNHEALTHY, d),
+            expect: Spanned::new(HealthCheck::DEFAULT_EXPECT, d),
             span: t.span,
         };
         if let Some(p) = t.get("path").and_then(|f| self.string(f, CTX)) {
@@ -1101,6 +1111,25 @@ impl Lowerer {
         }
         if let Some(n) = t.get("unhealthy").and_then(|f| self.count(f, CTX, 1)) {
             hc.unhealthy = n;
+        }
+        if let Some(f) = t.get("expect") {
+            let text = match f.item.as_value() {
+                Some(Value::String(s)) => Some(s.value().clone()),
+                Some(Value::Integer(n)) => Some(n.value().to_string()),
+                _ => {
+                    self.wrong_type(
+                        f.span,
+                        CTX,
+                        "expect",
+                        "a status or a range such as \"200-399\"",
+                        type_name(f.item),
+                    );
+                    None
+                }
+            };
+            if let Some(r) = text.and_then(|t| self.lw.status_range(&t, f.span)) {
+                hc.expect = r;
+            }
         }
         hc
     }
@@ -1169,9 +1198,11 @@ impl Lowerer {
         if on.is_empty() {
             on.push(Spanned::new(RetryOn::ConnectError, Span::default()));
         }
+        let total = t.get("total").and_then(|f| self.duration(f, CTX));
         Some(Retry {
             attempts: attempts?,
             on,
+            total,
             span: t.span,
         })
     }

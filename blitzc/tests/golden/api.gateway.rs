@@ -60,13 +60,29 @@ impl Gateway for Generated {
     type Route = Route;
     type Ctx = ();
     fn upstreams(&self) -> Vec<Upstream> {
-        vec![
-            Upstream { name : "users".to_string(), servers : vec![SocketAddr::from(([127,
-            0, 0, 1], 9001)), SocketAddr::from(([127, 0, 0, 1], 9002))] }, Upstream {
-            name : "items".to_string(), servers : vec![SocketAddr::from(([127, 0, 0, 1],
-            9003))] }, Upstream { name : "canary".to_string(), servers :
-            vec![SocketAddr::from(([127, 0, 0, 1], 9004))] }
-        ]
+        Vec::from([
+            Upstream::new(
+                    "users",
+                    Vec::from([
+                        Server::ip(SocketAddr::from(([127, 0, 0, 1], 9001)), 1),
+                        Server::ip(SocketAddr::from(([127, 0, 0, 1], 9002)), 1),
+                    ]),
+                )
+                .with_timeouts(Duration::from_millis(1000), Duration::from_millis(10000))
+                .with_pool(32, Duration::from_millis(30000)),
+            Upstream::new(
+                    "items",
+                    Vec::from([Server::ip(SocketAddr::from(([127, 0, 0, 1], 9003)), 1)]),
+                )
+                .with_timeouts(Duration::from_millis(1000), Duration::from_millis(10000))
+                .with_pool(32, Duration::from_millis(30000)),
+            Upstream::new(
+                    "canary",
+                    Vec::from([Server::ip(SocketAddr::from(([127, 0, 0, 1], 9004)), 1)]),
+                )
+                .with_timeouts(Duration::from_millis(1000), Duration::from_millis(10000))
+                .with_pool(32, Duration::from_millis(30000)),
+        ])
     }
 
     fn route(&self, req: &RequestHead) -> Route {

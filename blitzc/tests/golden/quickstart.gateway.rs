@@ -50,7 +50,7 @@ impl Gateway for Generated {
     type Route = Route;
     type Ctx = ();
     fn upstreams(&self) -> Vec<Upstream> {
-        vec![]
+        Vec::from([])
     }
 
     fn route(&self, req: &RequestHead) -> Route {

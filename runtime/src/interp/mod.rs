@@ -15,7 +15,7 @@
 
 use crate::app::GatewayConfig;
 use crate::http::{RequestHead, ResponseHead};
-use crate::lb::{PoolConfig, Upstream};
+use crate::lb::{Balance, HashKey, HealthCheck, PoolConfig, RetryPolicy, Server, Upstream};
 use crate::rt::{ListenerConfig, Protocols};
 use crate::{Action, Gateway, Limits};
 use blitz_ir::matcher::{RequestHead as MatchHead, Router};
@@ -85,21 +85,7 @@ impl Gateway for Interpreter {
     type Ctx = ();
 
     fn upstreams(&self) -> Vec<Upstream> {
-        self.spec
-            .upstreams
-            .iter()
-            .map(|u| Upstream {
-                name: u.name.value.clone(),
-                servers: u
-                    .servers
-                    .iter()
-                    .filter_map(|s| match &s.address.value {
-                        ServerAddress::Ip(addr) => Some(*addr),
-                        ServerAddress::Dns { .. } => None,
-                    })
-                    .collect(),
-            })
-            .collect()
+        self.spec.upstreams.iter().map(upstream_from_ir).collect()
     }
 
     fn route(&self, req: &RequestHead) -> Option<usize> {
@@ -181,6 +167,68 @@ pub fn listener_config(l: &blitz_ir::Listener) -> ListenerConfig {
         addr: l.bind.value,
         protocols,
     }
+}
+
+/// The runtime's upstream for a spec's, as generated code builds it.
+pub fn upstream_from_ir(u: &blitz_ir::Upstream) -> Upstream {
+    use blitz_ir::{BalanceAlgorithm, RequestKey, RetryOn};
+    let servers = u
+        .servers
+        .iter()
+        .map(|s| match &s.address.value {
+            ServerAddress::Ip(addr) => Server::ip(*addr, s.weight.value),
+            ServerAddress::Dns { host, port } => Server::dns(host.clone(), *port, s.weight.value),
+        })
+        .collect();
+    let balance = match u.balance.algorithm.value {
+        BalanceAlgorithm::RoundRobin => Balance::RoundRobin,
+        BalanceAlgorithm::WeightedRoundRobin => Balance::WeightedRoundRobin,
+        BalanceAlgorithm::LeastConn => Balance::LeastConn,
+        BalanceAlgorithm::P2c => Balance::P2c,
+        BalanceAlgorithm::ConsistentHash => {
+            Balance::ConsistentHash(match u.balance.key.as_ref().map(|k| &k.value) {
+                Some(RequestKey::Header(name)) => HashKey::Header(name.clone()),
+                Some(RequestKey::Path) => HashKey::Path,
+                // `jwt:` keys are refused by `blitzc build`/`dev` until JWT lands.
+                Some(RequestKey::ClientIp | RequestKey::JwtClaim(_)) | None => HashKey::ClientIp,
+            })
+        }
+    };
+    let mut up = Upstream::new(u.name.value.clone(), servers)
+        .with_balance(balance)
+        .with_timeouts(u.timeouts.connect.value, u.timeouts.response.value)
+        .with_pool(u.pool.max_idle.value as usize, u.pool.idle_timeout.value);
+    if let Some(hc) = &u.health_check {
+        up = up.with_health_check(HealthCheck {
+            path: hc.path.value.clone(),
+            interval: hc.interval.value,
+            timeout: hc.timeout.value,
+            healthy: hc.healthy.value,
+            unhealthy: hc.unhealthy.value,
+            expect: hc.expect.value.first..=hc.expect.value.last,
+        });
+    }
+    if let Some(r) = &u.retry {
+        let on = |c: RetryOn| r.on.iter().any(|o| o.value == c);
+        let statuses: Vec<u16> =
+            r.on.iter()
+                .filter_map(|o| match o.value {
+                    RetryOn::Status(s) => Some(s),
+                    _ => None,
+                })
+                .collect();
+        let mut policy = RetryPolicy::new(
+            r.attempts.value,
+            on(RetryOn::ConnectError),
+            on(RetryOn::Timeout),
+            &statuses,
+        );
+        if let Some(total) = &r.total {
+            policy = policy.with_total(total.value);
+        }
+        up = up.with_retry(policy);
+    }
+    up
 }
 
 /// The server settings of a spec, as the compiled gateway's `config()`

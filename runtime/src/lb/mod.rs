@@ -1,115 +1,261 @@
-//! Upstreams, server selection and the per-worker connection pool.
+//! Upstreams: their configuration, server selection (balancers), the
+//! per-worker connection pools, retry budgets and per-server counters.
 //!
-//! Everything here is owned by one worker thread (shared-nothing): no
-//! locks, no atomics. Selection is round-robin over an upstream's servers.
-//! Passive health: a server whose connect failed is skipped by new
-//! connections for [`PASSIVE_EJECTION`] while another server is healthy;
-//! when none is, all are tried anyway (a 502 then says more than a 503
-//! would). 503 "no healthy upstream" is for an upstream without servers
-//! (and, later, for servers that active health checks marked down).
+//! Split by who owns what (DESIGN.md: thread-per-core, shared-nothing):
+//!
+//! - [`Upstream`] and friends are plain configuration, built by generated
+//!   code from the spec (or by hand: `hello_gateway`).
+//! - [`UpstreamSet`] is one worker's live state of one upstream: its
+//!   endpoints ([`Endpoint`]: address, idle connections, in-flight count,
+//!   passive health, counters), its [`Balancer`] and its [`RetryBudget`].
+//!   Only that worker's thread touches it: `Cell`s and `RefCell`s, no locks,
+//!   no atomics, except one `Relaxed` load per considered endpoint of the
+//!   active health state that [`crate::health`] publishes.
+//! - [`crate::health::Directory`] is the one gateway-wide part: the
+//!   resolved endpoints of each upstream (DNS) and their active health,
+//!   written by background threads. Workers pick up a changed endpoint
+//!   list from their maintenance tick, never on the request path.
 
 #![forbid(unsafe_code)]
 
+mod balance;
+mod endpoint;
 mod pool;
+mod retry;
 
-use std::cell::Cell;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+pub use balance::{Balancer, Candidate, hash_bytes};
+pub use endpoint::{Endpoint, ServerCounters, UpstreamSet};
 pub use pool::{ConnPool, PoolConfig};
+pub use retry::RetryBudget;
 
-/// One upstream: a named group of interchangeable servers.
+/// One upstream: a named group of interchangeable servers and how to use
+/// them. Build with [`Upstream::new`] and the `with_*` methods.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// Name, for logs.
     pub name: String,
-    /// Server addresses.
-    pub servers: Vec<SocketAddr>,
+    /// Servers, in spec order.
+    pub servers: Vec<Server>,
+    /// How a server is chosen for a request.
+    pub balance: Balance,
+    /// Active health checks, if any.
+    pub health_check: Option<HealthCheck>,
+    /// When a failed request is tried again.
+    pub retry: RetryPolicy,
+    /// Connect and response timeouts; `None`: the server's [`crate::Limits`].
+    pub timeouts: Option<UpstreamTimeouts>,
+    /// Idle-connection pool; `None`: the server's default [`PoolConfig`].
+    pub pool: Option<PoolConfig>,
 }
 
 impl Upstream {
-    /// An upstream of one server.
-    pub fn single(name: impl Into<String>, addr: SocketAddr) -> Self {
+    /// An upstream of `servers`, round-robin, no health checks, no retries,
+    /// the server-wide timeouts and pool.
+    pub fn new(name: impl Into<String>, servers: Vec<Server>) -> Self {
         Upstream {
             name: name.into(),
-            servers: vec![addr],
+            servers,
+            balance: Balance::RoundRobin,
+            health_check: None,
+            retry: RetryPolicy::default(),
+            timeouts: None,
+            pool: None,
+        }
+    }
+
+    /// An upstream of one server.
+    pub fn single(name: impl Into<String>, addr: SocketAddr) -> Self {
+        Self::new(name, vec![Server::ip(addr, 1)])
+    }
+
+    /// Sets the balance algorithm.
+    pub fn with_balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// Enables active health checks.
+    pub fn with_health_check(mut self, check: HealthCheck) -> Self {
+        self.health_check = Some(check);
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets this upstream's own timeouts.
+    pub fn with_timeouts(mut self, connect: Duration, response: Duration) -> Self {
+        self.timeouts = Some(UpstreamTimeouts { connect, response });
+        self
+    }
+
+    /// Sets this upstream's own pool policy.
+    pub fn with_pool(mut self, max_idle: usize, idle_timeout: Duration) -> Self {
+        self.pool = Some(PoolConfig {
+            max_idle,
+            idle_timeout,
+        });
+        self
+    }
+}
+
+/// One `server` of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Where it is.
+    pub address: ServerAddress,
+    /// Share of the load for weighted algorithms; 0 takes it out of rotation.
+    pub weight: u32,
+}
+
+impl Server {
+    /// A server at an IP address.
+    pub fn ip(addr: SocketAddr, weight: u32) -> Self {
+        Server {
+            address: ServerAddress::Ip(addr),
+            weight,
+        }
+    }
+
+    /// A server named by DNS: every address the name resolves to is an
+    /// endpoint with this weight.
+    pub fn dns(host: impl Into<String>, port: u16, weight: u32) -> Self {
+        Server {
+            address: ServerAddress::Dns {
+                host: host.into(),
+                port,
+            },
+            weight,
         }
     }
 }
 
-/// Round-robin cursor over one upstream's servers.
-#[derive(Debug, Default)]
-pub struct RoundRobin {
-    next: Cell<usize>,
+/// A server's address as written in the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddress {
+    /// A fixed socket address.
+    Ip(SocketAddr),
+    /// A DNS name, resolved at start and re-resolved in the background.
+    Dns {
+        /// The name.
+        host: String,
+        /// The port.
+        port: u16,
+    },
 }
 
-impl RoundRobin {
-    /// The next server index among `n` servers, or `None` when `n == 0`.
-    pub fn pick(&self, n: usize) -> Option<usize> {
-        if n == 0 {
-            return None;
-        }
-        let i = self.next.get() % n;
-        self.next.set(i.wrapping_add(1));
-        Some(i)
-    }
-}
-
-/// How long a server that refused a connection is avoided.
-pub const PASSIVE_EJECTION: Duration = Duration::from_secs(2);
-
-/// Per-server passive health on one worker, by flat server id.
-#[derive(Debug)]
-pub struct PassiveHealth {
-    down_until: Vec<Cell<Option<Instant>>>,
-}
-
-impl PassiveHealth {
-    /// All `servers` healthy.
-    pub fn new(servers: usize) -> Self {
-        PassiveHealth {
-            down_until: (0..servers).map(|_| Cell::new(None)).collect(),
-        }
-    }
-
-    /// Whether `server` may get new connections at `now`.
-    pub fn is_up(&self, server: usize, now: Instant) -> bool {
-        self.down_until
-            .get(server)
-            .and_then(Cell::get)
-            .is_none_or(|until| now >= until)
-    }
-
-    /// A connect to `server` failed at `now`.
-    pub fn failed(&self, server: usize, now: Instant) {
-        if let Some(c) = self.down_until.get(server) {
-            c.set(Some(now + PASSIVE_EJECTION));
-        }
-    }
-
-    /// A connect to `server` succeeded.
-    pub fn succeeded(&self, server: usize) {
-        if let Some(c) = self.down_until.get(server) {
-            c.set(None);
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddress::Ip(addr) => write!(f, "{addr}"),
+            ServerAddress::Dns { host, port } => write!(f, "{host}:{port}"),
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The balance algorithm of an upstream (docs/spec.md, section 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Each server in turn.
+    RoundRobin,
+    /// Smooth weighted round-robin (nginx's): over every window of
+    /// sum(weights) picks, each server gets exactly its weight, spread out.
+    WeightedRoundRobin,
+    /// The server with the fewest requests in flight on this worker.
+    LeastConn,
+    /// Power of two choices: two servers at random, the one with fewer
+    /// requests in flight on this worker.
+    P2c,
+    /// A hash ring on a request key: a key sticks to its server while that
+    /// server is up; removing one of N servers moves about 1/N of the keys.
+    ConsistentHash(HashKey),
+}
 
-    #[test]
-    fn passive_ejection_expires_and_clears() {
-        let t0 = Instant::now();
-        let h = PassiveHealth::new(2);
-        assert!(h.is_up(0, t0) && h.is_up(1, t0) && h.is_up(9, t0));
-        h.failed(0, t0);
-        assert!(!h.is_up(0, t0 + Duration::from_millis(1)));
-        assert!(h.is_up(1, t0));
-        assert!(h.is_up(0, t0 + PASSIVE_EJECTION));
-        h.failed(1, t0);
-        h.succeeded(1);
-        assert!(h.is_up(1, t0));
+/// Where the consistent-hash key of a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// A request header (lower-case name); absent: the empty key.
+    Header(String),
+    /// The normalised path.
+    Path,
+}
+
+/// Active health check of an upstream, run by one background thread for
+/// the whole gateway (see [`crate::health`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// Path of the `GET` request.
+    pub path: String,
+    /// Time between two checks of one endpoint.
+    pub interval: Duration,
+    /// Time allowed for connect + answer.
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy endpoint healthy.
+    pub healthy: u32,
+    /// Consecutive failures that make a healthy endpoint unhealthy.
+    pub unhealthy: u32,
+    /// Statuses that count as healthy (the spec's default: 200..=399).
+    pub expect: std::ops::RangeInclusive<u16>,
+}
+
+/// Per-upstream timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// Time allowed to connect.
+    pub connect: Duration,
+    /// Time from the request sent to the response head received (per try).
+    pub response: Duration,
+}
+
+/// When a request is tried again on another server (docs/spec.md, "Retries").
+///
+/// Whatever the policy, a request the upstream may have processed is
+/// retried only if its method is idempotent and it had no body (bodies are
+/// streamed, never buffered, so they cannot be sent twice).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Further attempts after the first; 0 = no retries.
+    pub attempts: u32,
+    /// Retry when connecting failed.
+    pub on_connect_error: bool,
+    /// Retry when the response head did not come in time.
+    pub on_timeout: bool,
+    /// Retry when the response has one of these statuses.
+    pub on_status: Vec<u16>,
+    /// Deadline of the whole request (until its response head), all tries
+    /// included: no try starts after it, and each try's timeouts are cut to
+    /// what is left. `None`: only each try's own timeouts bound it.
+    pub total: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// `attempts` further tries on the given conditions.
+    pub fn new(attempts: u32, on_connect_error: bool, on_timeout: bool, on_status: &[u16]) -> Self {
+        RetryPolicy {
+            attempts,
+            on_connect_error,
+            on_timeout,
+            on_status: on_status.to_vec(),
+            total: None,
+        }
+    }
+
+    /// Sets the deadline of the whole request.
+    pub fn with_total(mut self, total: Duration) -> Self {
+        self.total = Some(total);
+        self
+    }
+
+    /// Whether a response with `status` may be retried under this policy.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.attempts > 0 && self.on_status.contains(&status)
     }
 }

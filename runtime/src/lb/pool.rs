@@ -26,27 +26,28 @@ impl Default for PoolConfig {
     }
 }
 
-/// Idle connections for a set of servers, indexed by a flat server id.
+/// Idle connections to one endpoint (each [`super::Endpoint`] has its own,
+/// so an endpoint list rebuilt after DNS keeps the pools of the endpoints
+/// that stayed).
 #[derive(Debug)]
 pub struct ConnPool<T> {
     config: PoolConfig,
-    idle: Vec<Vec<(T, Instant)>>,
+    idle: Vec<(T, Instant)>,
 }
 
 impl<T> ConnPool<T> {
-    /// An empty pool for `servers` servers.
-    pub fn new(servers: usize, config: PoolConfig) -> Self {
+    /// An empty pool.
+    pub fn new(config: PoolConfig) -> Self {
         ConnPool {
             config,
-            idle: (0..servers).map(|_| Vec::new()).collect(),
+            idle: Vec::new(),
         }
     }
 
-    /// The most recently used live connection to `server`, if any.
-    /// Expired ones met on the way are dropped (closed).
-    pub fn checkout(&mut self, server: usize, now: Instant) -> Option<T> {
-        let list = self.idle.get_mut(server)?;
-        while let Some((conn, since)) = list.pop() {
+    /// The most recently used live connection, if any. Expired ones met on
+    /// the way are dropped (closed).
+    pub fn checkout(&mut self, now: Instant) -> Option<T> {
+        while let Some((conn, since)) = self.idle.pop() {
             if now.saturating_duration_since(since) < self.config.idle_timeout {
                 return Some(conn);
             }
@@ -55,25 +56,27 @@ impl<T> ConnPool<T> {
     }
 
     /// Returns a cleanly finished connection. Dropped if the pool is full.
-    pub fn checkin(&mut self, server: usize, conn: T, now: Instant) {
-        if let Some(list) = self.idle.get_mut(server)
-            && list.len() < self.config.max_idle
-        {
-            list.push((conn, now));
+    pub fn checkin(&mut self, conn: T, now: Instant) {
+        if self.idle.len() < self.config.max_idle {
+            self.idle.push((conn, now));
         }
     }
 
     /// Closes every connection idle for `idle_timeout` or longer.
     pub fn reap(&mut self, now: Instant) {
         let timeout = self.config.idle_timeout;
-        for list in &mut self.idle {
-            list.retain(|(_, since)| now.saturating_duration_since(*since) < timeout);
-        }
+        self.idle
+            .retain(|(_, since)| now.saturating_duration_since(*since) < timeout);
     }
 
-    /// Number of idle connections to `server`.
-    pub fn idle_count(&self, server: usize) -> usize {
-        self.idle.get(server).map_or(0, Vec::len)
+    /// Closes every idle connection.
+    pub fn clear(&mut self) {
+        self.idle.clear();
+    }
+
+    /// Number of idle connections.
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
     }
 }
 
@@ -84,33 +87,23 @@ mod tests {
     #[test]
     fn lifo_reuse_expiry_and_cap() {
         let t0 = Instant::now();
-        let mut pool = ConnPool::new(
-            2,
-            PoolConfig {
-                max_idle: 2,
-                idle_timeout: Duration::from_secs(10),
-            },
-        );
-        pool.checkin(0, "a", t0);
-        pool.checkin(0, "b", t0 + Duration::from_secs(5));
-        pool.checkin(0, "c", t0);
-        assert_eq!(pool.idle_count(0), 2, "over max_idle is dropped");
-        assert_eq!(pool.checkout(1, t0), None);
+        let mut pool = ConnPool::new(PoolConfig {
+            max_idle: 2,
+            idle_timeout: Duration::from_secs(10),
+        });
+        pool.checkin("a", t0);
+        pool.checkin("b", t0 + Duration::from_secs(5));
+        pool.checkin("c", t0);
+        assert_eq!(pool.idle_count(), 2, "over max_idle is dropped");
         // "a" expired at t0+10, "b" still fresh.
-        assert_eq!(pool.checkout(0, t0 + Duration::from_secs(11)), Some("b"));
-        pool.checkin(0, "a", t0);
-        assert_eq!(pool.checkout(0, t0 + Duration::from_secs(10)), None);
-        pool.checkin(0, "d", t0);
+        assert_eq!(pool.checkout(t0 + Duration::from_secs(11)), Some("b"));
+        pool.checkin("a", t0);
+        assert_eq!(pool.checkout(t0 + Duration::from_secs(10)), None);
+        pool.checkin("d", t0);
         pool.reap(t0 + Duration::from_secs(10));
-        assert_eq!(pool.idle_count(0), 0);
-        assert_eq!(pool.checkout(7, t0), None, "unknown server");
-    }
-
-    #[test]
-    fn round_robin() {
-        let rr = super::super::RoundRobin::default();
-        assert_eq!(rr.pick(0), None);
-        let picks: Vec<_> = (0..4).filter_map(|_| rr.pick(3)).collect();
-        assert_eq!(picks, [0, 1, 2, 0]);
+        assert_eq!(pool.idle_count(), 0);
+        pool.checkin("e", t0);
+        pool.clear();
+        assert_eq!(pool.checkout(t0), None);
     }
 }

@@ -42,6 +42,9 @@ pub enum ErrorKind {
     UpstreamProtocol(&'static str),
     /// The upstream closed or reset before the response was complete.
     UpstreamClosed,
+    /// The upstream answered a status its `retry` lists, but no retry was
+    /// possible any more (the answer was already discarded).
+    UpstreamStatus,
     /// The gateway asked for something the runtime cannot do.
     Internal(&'static str),
 }
@@ -73,7 +76,7 @@ impl ProxyError {
             NoHealthyUpstream => (Side::Upstream, 503, true),
             UpstreamConnect => (Side::Upstream, 502, true),
             UpstreamTimeout => (Side::Upstream, 504, false),
-            UpstreamProtocol(_) | UpstreamClosed => (Side::Upstream, 502, false),
+            UpstreamProtocol(_) | UpstreamClosed | UpstreamStatus => (Side::Upstream, 502, false),
             Internal(_) => (Side::Internal, 500, false),
         };
         ProxyError {

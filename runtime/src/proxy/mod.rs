@@ -37,14 +37,14 @@ mod http2;
 mod io;
 mod upstream;
 
-use std::cell::{Cell, RefCell};
-use std::time::Duration;
-
-use compio::net::TcpStream;
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub use error::{ErrorKind, ProxyError, Side};
 
-use crate::lb::{ConnPool, PassiveHealth, PoolConfig, RoundRobin, Upstream};
+use crate::health::Directory;
+use crate::lb::{PoolConfig, ServerCounters, UpstreamSet, UpstreamTimeouts};
 use crate::rt::{BufferPool, DrainState, RequestIds};
 
 pub(crate) use conn::serve_connection;
@@ -67,10 +67,12 @@ pub struct Limits {
     /// Largest request body, declared or streamed: over it, 413.
     pub max_body_bytes: u64,
     /// Time allowed to connect to an upstream: then 504 (refused: 502).
+    /// An upstream's own `timeouts` take precedence.
     pub connect_timeout: Duration,
     /// Time allowed for the upstream's response head after the request was
     /// sent, and longest pause inside its body: 504, or a cut connection
-    /// once the response started.
+    /// once the response started. An upstream's own `timeouts` take
+    /// precedence.
     pub response_timeout: Duration,
 }
 
@@ -99,16 +101,14 @@ impl Limits {
     }
 }
 
-/// Everything one worker thread owns for the pipeline: the gateway, the
-/// upstreams and their pool, buffers, and the drain state.
+/// Everything one worker thread owns for the pipeline: the gateway, its
+/// view of the upstreams (endpoints, pools, balancers, budgets), buffers,
+/// and the drain state; plus the gateway-wide [`Directory`] it reads
+/// endpoint lists from on its maintenance tick.
 pub(crate) struct Worker<G: gateway::Gateway> {
     pub gateway: G,
-    pub upstreams: Vec<Upstream>,
-    pub rr: Vec<RoundRobin>,
-    /// Flat server id of each upstream's first server (pool index).
-    pub server_base: Vec<usize>,
-    pub pool: RefCell<ConnPool<TcpStream>>,
-    pub health: PassiveHealth,
+    pub upstreams: Vec<UpstreamSet>,
+    pub directory: Arc<Directory>,
     pub limits: Limits,
     pub drain: DrainState,
     pub active: Cell<usize>,
@@ -117,41 +117,60 @@ pub(crate) struct Worker<G: gateway::Gateway> {
 }
 
 impl<G: gateway::Gateway> Worker<G> {
-    /// Address of a server by flat id.
-    pub fn server_addr(&self, flat: usize) -> std::net::SocketAddr {
-        let u = self
-            .server_base
-            .partition_point(|&b| b <= flat)
-            .saturating_sub(1);
-        let s = flat - self.server_base.get(u).copied().unwrap_or(0);
-        self.upstreams
-            .get(u)
-            .and_then(|up| up.servers.get(s))
-            .copied()
-            .unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
-    }
-
-    pub fn new(id: usize, gateway: G, limits: Limits, pool: PoolConfig) -> Self {
-        let upstreams = gateway.upstreams();
-        let mut server_base = Vec::with_capacity(upstreams.len());
-        let mut total = 0;
-        for u in &upstreams {
-            server_base.push(total);
-            total += u.servers.len();
-        }
+    pub fn new(
+        id: usize,
+        gateway: G,
+        limits: Limits,
+        pool: PoolConfig,
+        directory: Arc<Directory>,
+    ) -> Self {
+        let timeouts = UpstreamTimeouts {
+            connect: limits.connect_timeout,
+            response: limits.response_timeout,
+        };
+        let upstreams = gateway
+            .upstreams()
+            .iter()
+            .enumerate()
+            .map(|(i, u)| UpstreamSet::new(u, directory.upstreams().get(i), id, timeouts, pool))
+            .collect();
         Worker {
             gateway,
-            rr: upstreams.iter().map(|_| RoundRobin::default()).collect(),
             upstreams,
-            server_base,
-            pool: RefCell::new(ConnPool::new(total, pool)),
-            health: PassiveHealth::new(total),
+            directory,
             limits,
             drain: DrainState::default(),
             active: Cell::new(0),
             buffers: BufferPool::default(),
             ids: RequestIds::new(id),
         }
+    }
+
+    /// The periodic tick (about once a second, off the request path): adopt
+    /// changed endpoint lists (DNS) and close expired idle connections.
+    pub fn maintain(&self, now: Instant) {
+        for (set, dir) in self.upstreams.iter().zip(self.directory.upstreams()) {
+            set.refresh(dir);
+        }
+        for set in &self.upstreams {
+            set.reap(now);
+        }
+    }
+
+    /// Closes every idle upstream connection (drain).
+    pub fn close_idle(&self) {
+        for set in &self.upstreams {
+            set.close_idle();
+        }
+    }
+
+    /// This worker's per-endpoint counters, per upstream (for metrics).
+    #[allow(dead_code)]
+    pub fn upstream_counters(&self, now: Instant) -> Vec<(&str, Vec<ServerCounters>)> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.name.as_str(), u.counters(now)))
+            .collect()
     }
 }
 
@@ -162,6 +181,8 @@ mod tests {
 
     use super::*;
     use crate::http::RequestHead;
+    use crate::lb::Upstream;
+    use compio::net::TcpStream;
 
     struct Nothing;
 
@@ -198,6 +219,7 @@ mod tests {
                 Nothing,
                 Limits::default(),
                 PoolConfig::default(),
+                Directory::new(&[]),
             ));
             let listener = Rc::new(crate::rt::ListenerConfig::h1("test", addr));
             let fut = serve_connection(w, stream, addr, listener);
@@ -295,7 +317,9 @@ mod tests {
 
             let gw = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
             let gw_addr = gw.local_addr().unwrap_or_else(|e| panic!("{e}"));
-            let worker = Rc::new(Worker::new(0, ToOrigin(origin_addr), Limits::default(), PoolConfig::default()));
+            let gateway = ToOrigin(origin_addr);
+            let directory = Directory::new(&gateway::Gateway::upstreams(&gateway));
+            let worker = Rc::new(Worker::new(0, gateway, Limits::default(), PoolConfig::default(), directory));
             let listener = Rc::new(crate::rt::ListenerConfig::h1("test", gw_addr));
             compio::runtime::spawn(async move {
                 while let Ok((s, peer)) = gw.accept().await {

@@ -9,15 +9,19 @@ use std::time::{Duration, Instant};
 use compio::net::TcpStream;
 use futures_util::future::{Either, select};
 
+use std::net::SocketAddr;
+use std::rc::Rc;
+
 use super::Worker;
 use super::conn::Client;
-use super::error::{ErrorKind, ProxyError};
+use super::error::{ErrorKind, ProxyError, Side};
 use super::gateway::Gateway;
 use super::io::{Pump, PumpError, READ_CHUNK, ReadOutcome, read_more, write_all};
 use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, HeadLimits, RequestHead, ResponseHead, Version,
     parse_response_head, valid_request_id, write_forward_request, write_response_head,
 };
+use crate::lb::{Endpoint, UpstreamSet, UpstreamTimeouts};
 
 /// How a proxied exchange ended.
 pub(crate) enum Exchange {
@@ -35,61 +39,76 @@ fn failed(kind: ErrorKind) -> Exchange {
     }
 }
 
-/// Opens a connection to the upstream's next server in round-robin order:
-/// a pooled one to that server if there is one, else a new one, trying the
-/// following servers only when connecting fails. Returns the connection,
-/// its flat server id and whether it came from the pool.
-pub(crate) async fn connect<G: Gateway>(
-    w: &Worker<G>,
-    upstream: usize,
+/// Opens a connection for one try: the balancer picks an endpoint (never
+/// one `avoid` rejects, `tried` ones only if nothing else is left), then a
+/// pooled connection to it is reused or a new one opened. A failed connect
+/// fails over to the next endpoint the balancer gives (nothing was sent, so
+/// this is always safe), each endpoint at most once per call. Returns the
+/// endpoint, the connection, and whether it came from the pool.
+pub(crate) async fn connect(
+    set: &UpstreamSet,
+    key: u64,
+    tried: &[SocketAddr],
     fresh_only: bool,
+    connect_timeout: Duration,
     now: Instant,
-) -> Result<(TcpStream, usize, bool), ProxyError> {
-    let Some(up) = w.upstreams.get(upstream) else {
-        return Err(ProxyError::new(ErrorKind::Internal(
-            "upstream index out of range",
-        )));
-    };
-    let n = up.servers.len();
-    let base = w.server_base[upstream];
-    let Some(start) = w.rr[upstream].pick(n) else {
-        return Err(ProxyError::new(ErrorKind::NoHealthyUpstream));
-    };
-    // The balancer picks the server; the pool only saves the handshake to
-    // it. Taking another server's idle connection instead would turn round
-    // robin into "whoever has a pooled connection" and starve the rest.
-    if !fresh_only
-        && w.health.is_up(base + start, now)
-        && let Some(conn) = w.pool.borrow_mut().checkout(base + start, now)
-    {
-        return Ok((conn, base + start, true));
-    }
-    let mut last = ProxyError::new(ErrorKind::UpstreamConnect);
-    // Healthy servers first; if none is, every server anyway.
-    for healthy_pass in [true, false] {
-        for k in 0..n {
-            let s = (start + k) % n;
-            if w.health.is_up(base + s, now) != healthy_pass {
-                continue;
-            }
-            let addr = up.servers[s];
-            match compio::time::timeout(w.limits.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    w.health.succeeded(base + s);
-                    return Ok((stream, base + s, false));
-                }
-                Ok(Err(_)) => last = ProxyError::new(ErrorKind::UpstreamConnect),
-                Err(_) => last = ProxyError::new(ErrorKind::UpstreamTimeout),
-            }
-            w.health.failed(base + s, Instant::now());
+) -> Result<(Rc<Endpoint>, TcpStream, bool), ProxyError> {
+    let mut refused: Vec<SocketAddr> = Vec::new();
+    let mut last = ProxyError::new(ErrorKind::NoHealthyUpstream);
+    loop {
+        let Some(ep) = set.pick(key, now, |a| refused.contains(&a), |a| tried.contains(&a)) else {
+            return Err(last);
+        };
+        if !refused.is_empty() {
+            ep.count_retry();
         }
+        // The balancer picks the server; the pool only saves the handshake
+        // to it. Taking another server's idle connection instead would turn
+        // balancing into "whoever has a pooled connection".
+        let pooled = if !fresh_only && refused.is_empty() {
+            ep.pool.borrow_mut().checkout(now)
+        } else {
+            None
+        };
+        if let Some(conn) = pooled {
+            return Ok((ep, conn, true));
+        }
+        match compio::time::timeout(connect_timeout, TcpStream::connect(ep.addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((ep, stream, false));
+            }
+            Ok(Err(_)) => last = ProxyError::new(ErrorKind::UpstreamConnect),
+            Err(_) => last = ProxyError::new(ErrorKind::UpstreamTimeout),
+        }
+        ep.failed(Instant::now());
+        refused.push(ep.addr);
     }
-    Err(last)
+}
+
+/// Whether a request may be sent again after the upstream may have seen
+/// it: an idempotent method (RFC 9110 §9.2.2) and no body (bodies are
+/// streamed, never kept, so they cannot be replayed).
+fn replayable(req: &RequestHead) -> bool {
+    !req.framing().has_body()
+        && matches!(
+            req.method(),
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        )
 }
 
 /// Proxies `req` to `upstream`. On success the client connection is
 /// positioned after the request body.
+///
+/// Tries: connect failures fail over inside [`connect`]. Once the request
+/// was sent, it is tried again (on another endpoint if there is one) only
+/// if it is [`replayable`], the upstream's `retry` lists the failure
+/// (`timeout`: no response head in time; a status: the response head had
+/// it, and it was not relayed), attempts are left, and the retry budget
+/// has room. A pooled connection the upstream closed before answering
+/// anything is replayed once on a fresh one for replayable requests (the
+/// keep-alive race), outside the retry policy.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn proxy_request<G: Gateway>(
     w: &Worker<G>,
     c: &mut Client,
@@ -99,39 +118,78 @@ pub(crate) async fn proxy_request<G: Gateway>(
     upstream: usize,
     strip_prefix: Option<&'static str>,
 ) -> Exchange {
-    // A request without body on a reused connection may be sent again on a
-    // fresh one if the upstream closed the idle connection under us before
-    // answering anything (the classic keep-alive race).
-    // Only idempotent methods (RFC 9110 §9.2.2) are replayed.
-    let replayable = !req.framing().has_body()
-        && matches!(
-            req.method(),
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        );
+    let Some(set) = w.upstreams.get(upstream) else {
+        return failed(ErrorKind::Internal("upstream index out of range"));
+    };
+    let replayable = replayable(req);
+    let key = set.hash_key(req, c.peer);
     let mut fresh_only = false;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut retries_left = if replayable { set.retry.attempts } else { 0 };
+    set.budget.deposit();
     // One clock read serves the pool and the response deadline of a pooled
     // connection (the hot path).
     let started = Instant::now();
+    let deadline = set.retry.total.map(|t| started + t);
     loop {
-        let (conn, server, reused) = match connect(w, upstream, fresh_only, started).await {
-            Ok(x) => x,
-            Err(error) => {
-                return Exchange::Failed {
-                    error,
-                    answered: false,
-                };
-            }
+        let now = if tried.is_empty() {
+            started
+        } else {
+            Instant::now()
         };
-        let now = if reused { started } else { Instant::now() };
-        match exchange(w, c, req, route, ctx, &conn, server, strip_prefix, now).await {
+        // Each try's timeouts, cut to what the total deadline leaves.
+        let timeouts = match deadline {
+            Some(d) => UpstreamTimeouts {
+                connect: set.timeouts.connect.min(d.saturating_duration_since(now)),
+                response: set.timeouts.response.min(d.saturating_duration_since(now)),
+            },
+            None => set.timeouts,
+        };
+        let (ep, conn, reused) =
+            match connect(set, key, &tried, fresh_only, timeouts.connect, now).await {
+                Ok(x) => x,
+                Err(error) => {
+                    return Exchange::Failed {
+                        error,
+                        answered: false,
+                    };
+                }
+            };
+        let now = if reused { now } else { Instant::now() };
+        let may_retry =
+            retries_left > 0 && set.budget.has_room(now) && deadline.is_none_or(|d| now < d);
+        let retry_statuses: &[u16] = if may_retry { &set.retry.on_status } else { &[] };
+        ep.begin(!tried.is_empty());
+        let attempt = exchange(
+            w,
+            c,
+            req,
+            route,
+            ctx,
+            &conn,
+            &ep,
+            timeouts,
+            retry_statuses,
+            strip_prefix,
+            now,
+        )
+        .await;
+        ep.end();
+        let retry_on_timeout = may_retry && set.retry.on_timeout;
+        match attempt {
             Attempt::Done {
                 keep_alive,
                 upstream_reusable,
                 status,
             } => {
-                if upstream_reusable && !w.drain.is_draining() {
+                if status >= 500 {
+                    ep.failed(Instant::now());
+                } else {
+                    ep.succeeded();
+                }
+                if upstream_reusable && !w.drain.is_draining() && !ep.is_retired() {
                     // Stamped with the start: it may expire a little early, never late.
-                    w.pool.borrow_mut().checkin(server, conn, started);
+                    ep.pool.borrow_mut().checkin(conn, started);
                 }
                 return Exchange::Done { keep_alive, status };
             }
@@ -139,8 +197,50 @@ pub(crate) async fn proxy_request<G: Gateway>(
                 fresh_only = true;
                 continue;
             }
-            Attempt::Stale => return failed(ErrorKind::UpstreamClosed),
-            Attempt::Failed(e) => return e,
+            Attempt::Stale => {
+                ep.failed(Instant::now());
+                return failed(ErrorKind::UpstreamClosed);
+            }
+            Attempt::RetryStatus(_)
+                if deadline.is_none_or(|d| Instant::now() < d)
+                    && deadline.is_none_or(|d| Instant::now() < d)
+                    && set.budget.withdraw(Instant::now()) =>
+            {
+                ep.failed(Instant::now());
+                retries_left -= 1;
+                tried.push(ep.addr);
+                fresh_only = false;
+            }
+            Attempt::RetryStatus(status) => {
+                // The budget or the total deadline ran out during the try:
+                // the answer was set aside and cannot be relayed any more.
+                ep.failed(Instant::now());
+                return Exchange::Failed {
+                    error: ProxyError::with_status(ErrorKind::UpstreamStatus, status),
+                    answered: false,
+                };
+            }
+            Attempt::Failed(Exchange::Failed {
+                error,
+                answered: false,
+            }) if error.kind == ErrorKind::UpstreamTimeout
+                && retry_on_timeout
+                && deadline.is_none_or(|d| Instant::now() < d)
+                && set.budget.withdraw(Instant::now()) =>
+            {
+                ep.failed(Instant::now());
+                retries_left -= 1;
+                tried.push(ep.addr);
+                fresh_only = false;
+            }
+            Attempt::Failed(e) => {
+                if let Exchange::Failed { error, .. } = &e
+                    && error.side == Side::Upstream
+                {
+                    ep.failed(Instant::now());
+                }
+                return e;
+            }
         }
     }
 }
@@ -153,6 +253,9 @@ enum Attempt {
     },
     /// The upstream closed before sending a single response byte.
     Stale,
+    /// The response head had a status the retry policy retries; nothing
+    /// was relayed and the upstream connection is dropped.
+    RetryStatus(u16),
     Failed(Exchange),
 }
 
@@ -164,7 +267,9 @@ async fn exchange<G: Gateway>(
     route: G::Route,
     ctx: &mut G::Ctx,
     up: &TcpStream,
-    server: usize,
+    ep: &Endpoint,
+    timeouts: UpstreamTimeouts,
+    retry_statuses: &[u16],
     strip_prefix: Option<&'static str>,
     now: Instant,
 ) -> Attempt {
@@ -179,7 +284,7 @@ async fn exchange<G: Gateway>(
     let framing = req.framing();
     // HTTP/1.0 requests may come without Host; HTTP/1.1 upstream needs one.
     let fallback = if req.headers().get("host").is_none() {
-        w.server_addr(server).to_string()
+        ep.addr.to_string()
     } else {
         String::new()
     };
@@ -241,7 +346,7 @@ async fn exchange<G: Gateway>(
             ));
             match select(pump, head).await {
                 Either::Left((Ok(_), head)) => {
-                    match compio::time::timeout(limits.response_timeout, head).await {
+                    match compio::time::timeout(timeouts.response, head).await {
                         Ok(r) => r,
                         Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
                     }
@@ -283,7 +388,7 @@ async fn exchange<G: Gateway>(
             w.buffers.give(ubuf);
             return Attempt::Stale;
         }
-        let deadline = now + limits.response_timeout;
+        let deadline = now + timeouts.response;
         read_response_head(up, &mut ubuf, &mut resp, is_head, &head_limits, deadline).await
     };
     let mut upos = match head_result {
@@ -295,6 +400,11 @@ async fn exchange<G: Gateway>(
         Err(HeadFail::Stale) => return fail_up(w, ubuf, ErrorKind::UpstreamClosed),
         Err(HeadFail::Failed(kind)) => return fail_up(w, ubuf, kind),
     };
+
+    if retry_statuses.contains(&resp.status()) && !body_unfinished {
+        w.buffers.give(ubuf);
+        return Attempt::RetryStatus(resp.status());
+    }
 
     w.gateway.response(route, &mut resp, ctx);
 
@@ -322,7 +432,7 @@ async fn exchange<G: Gateway>(
         out: &mut out,
         chunked_out: client_framing == BodyFraming::Chunked,
         max_bytes: u64::MAX,
-        read_timeout: limits.response_timeout,
+        read_timeout: timeouts.response,
         read_room: READ_CHUNK,
     };
     let res = pump.run().await;

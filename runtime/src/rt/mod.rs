@@ -54,6 +54,7 @@ pub use listen::{ListenerConfig, Protocols};
 use crate::handoff::server::Offer;
 use crate::handoff::wire::Kind;
 use crate::handoff::{self, ControlSocket};
+use crate::health::Directory;
 use crate::lb::PoolConfig;
 use crate::proxy::gateway::Gateway;
 use crate::proxy::{Limits, Worker, serve_connection};
@@ -238,6 +239,7 @@ impl Workers {
         config: &ServerConfig,
         n: usize,
         listeners: Arc<[ListenerConfig]>,
+        directory: &Arc<Directory>,
         make_gateway: F,
     ) -> io::Result<Workers>
     where
@@ -258,6 +260,7 @@ impl Workers {
             workers.sockets.push(sockets_tx);
             let make_gateway = Arc::clone(&make_gateway);
             let listeners = Arc::clone(&listeners);
+            let directory = Arc::clone(directory);
             let ready_tx = ready_tx.clone();
             let config = config.clone();
             let spawned = std::thread::Builder::new()
@@ -265,10 +268,10 @@ impl Workers {
                 .spawn(move || {
                     let core = if config.pin { Some(id % cores) } else { None };
                     worker_thread(
-                        id,
-                        core,
+                        (id, core),
                         &config,
                         &listeners,
+                        directory,
                         &*make_gateway,
                         &ready_tx,
                         &sockets_rx,
@@ -342,10 +345,10 @@ impl Workers {
 /// One worker: runtime, gateway, then (once the main thread has the
 /// sockets) its accept loops until drained.
 fn worker_thread<G: Gateway>(
-    id: usize,
-    core: Option<usize>,
+    (id, core): (usize, Option<usize>),
     config: &ServerConfig,
     listeners: &[ListenerConfig],
+    directory: Arc<Directory>,
     make_gateway: &(dyn Fn(usize) -> G + Send + Sync),
     ready: &mpsc::Sender<Ready>,
     sockets: &mpsc::Receiver<WorkerSockets>,
@@ -370,7 +373,13 @@ fn worker_thread<G: Gateway>(
     let poll_driver = runtime.driver_type() == DriverType::Poll;
     runtime.block_on(async move {
         let gateway = make_gateway(id);
-        let worker = Rc::new(Worker::new(id, gateway, config.limits, config.pool));
+        let worker = Rc::new(Worker::new(
+            id,
+            gateway,
+            config.limits,
+            config.pool,
+            directory,
+        ));
         let drain_event = compio::event::Event::new();
         if ready
             .send(Ready::Initialized(drain_event.handle()))
@@ -435,9 +444,14 @@ where
         systemd::listen_fds()?
     };
 
+    // The one gateway-wide part of the upstreams: resolved endpoints and
+    // active health, with their background threads (stopped on return).
+    let directory = Directory::start(&make_gateway(0).upstreams())?;
+    let _directory_threads = StopOnDrop(Arc::clone(&directory));
     // Workers take their listener configs before ports are known; a port 0
     // listener is only ever logged with its actual port below.
-    let mut workers = Workers::start(&config, n, config.listeners.clone().into(), make_gateway)?;
+    let listeners = config.listeners.clone().into();
+    let mut workers = Workers::start(&config, n, listeners, &directory, make_gateway)?;
 
     let mut takeover = None;
     let bound = if config.upgrade {
@@ -579,6 +593,15 @@ where
     Ok(())
 }
 
+/// Stops the health and DNS threads when `serve` returns, on every path.
+struct StopOnDrop(Arc<Directory>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// The control socket path: `--admin-socket`/the spec's, else the default.
 fn control_path(config: &ServerConfig) -> PathBuf {
     config
@@ -609,13 +632,13 @@ async fn run_worker<G: Gateway>(
     grace: Duration,
 ) {
     // Close idle upstream connections past their idle timeout even when
-    // no traffic comes to do it at checkout.
+    // no traffic comes to do it at checkout; adopt new DNS answers.
     let reaper = {
         let worker = Rc::clone(&worker);
         compio::runtime::spawn(async move {
             while !worker.drain.is_draining() {
                 compio::time::sleep(Duration::from_secs(1)).await;
-                worker.pool.borrow_mut().reap(Instant::now());
+                worker.maintain(Instant::now());
             }
         })
     };
@@ -628,10 +651,7 @@ async fn run_worker<G: Gateway>(
         let _ = task.await;
     }
     // Idle upstream connections are not needed any more.
-    worker
-        .pool
-        .borrow_mut()
-        .reap(Instant::now() + Duration::from_secs(365 * 24 * 3600));
+    worker.close_idle();
     let deadline = Instant::now() + grace;
     while worker.active.get() > 0 && Instant::now() < deadline {
         compio::time::sleep(Duration::from_millis(10)).await;

@@ -94,10 +94,18 @@ pub(crate) async fn proxy_stream<G: Gateway>(
             req.method(),
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         );
+    let Some(set) = w.upstreams.get(upstream) else {
+        return failed(ErrorKind::Internal("upstream index out of range"), false);
+    };
+    // The balancer and connect failover are HTTP/1.1's; the retry policy
+    // (tries after the request was sent) is not applied to HTTP/2 streams
+    // yet: their bodies are streamed from flow-controlled DATA frames.
+    let key = set.hash_key(req, peer);
     let mut fresh_only = false;
     let started = Instant::now();
     loop {
-        let (conn, server, reused) = match connect(w, upstream, fresh_only, started).await {
+        let connected = connect(set, key, &[], fresh_only, set.timeouts.connect, started).await;
+        let (ep, conn, reused) = match connected {
             Ok(x) => x,
             Err(error) => {
                 return Outcome::Failed {
@@ -113,17 +121,36 @@ pub(crate) async fn proxy_stream<G: Gateway>(
             peer,
             proto,
             now,
+            response_timeout: set.timeouts.response,
         };
-        match attempt(w, req, body, respond, route, ctx, &target).await {
+        ep.begin(false);
+        let result = attempt(w, req, body, respond, route, ctx, &target).await;
+        ep.end();
+        match result {
             Attempt::Done { reusable, status } => {
-                if reusable && !w.drain.is_draining() {
-                    w.pool.borrow_mut().checkin(server, conn, started);
+                if status >= 500 {
+                    ep.failed(Instant::now());
+                } else {
+                    ep.succeeded();
+                }
+                if reusable && !w.drain.is_draining() && !ep.is_retired() {
+                    ep.pool.borrow_mut().checkin(conn, started);
                 }
                 return Outcome::Done { status };
             }
             Attempt::Stale if reused && replayable && !fresh_only => fresh_only = true,
-            Attempt::Stale => return failed(ErrorKind::UpstreamClosed, false),
-            Attempt::Failed(o) => return o,
+            Attempt::Stale => {
+                ep.failed(Instant::now());
+                return failed(ErrorKind::UpstreamClosed, false);
+            }
+            Attempt::Failed(o) => {
+                if let Outcome::Failed { error, .. } = &o
+                    && error.side == crate::proxy::Side::Upstream
+                {
+                    ep.failed(Instant::now());
+                }
+                return o;
+            }
         }
     }
 }
@@ -134,6 +161,8 @@ struct Target<'a> {
     peer: SocketAddr,
     proto: &'static str,
     now: Instant,
+    /// The upstream's response timeout (head, and pauses in the body).
+    response_timeout: Duration,
 }
 
 async fn attempt<G: Gateway>(
@@ -178,7 +207,7 @@ async fn attempt<G: Gateway>(
         }
     };
     let relayed = if has_body {
-        relay_response(w, t.up, &mut ubuf, upos, framing, &mut send).await
+        relay_response(w, t, &mut ubuf, upos, framing, &mut send).await
     } else {
         Ok(upos < ubuf.len())
     };
@@ -244,7 +273,7 @@ async fn forward_request<G: Gateway>(
         if res.is_err() {
             return Err(Attempt::Stale);
         }
-        let deadline = t.now + limits.response_timeout;
+        let deadline = t.now + t.response_timeout;
         return match read_response_head(t.up, ubuf, resp, is_head, &head_limits, deadline).await {
             Ok(upos) => Ok((upos, false)),
             Err(HeadFail::Stale) => Err(Attempt::Stale),
@@ -266,7 +295,7 @@ async fn forward_request<G: Gateway>(
         ));
         match select(send, head).await {
             Either::Left((Ok(()), head)) => {
-                match compio::time::timeout(limits.response_timeout, head).await {
+                match compio::time::timeout(t.response_timeout, head).await {
                     Ok(r) => r.map(|upos| (upos, false)),
                     Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
                 }
@@ -349,7 +378,7 @@ async fn send_request_body<G: Gateway>(
 /// left after the body (the upstream connection is then not reused).
 async fn relay_response<G: Gateway>(
     w: &Worker<G>,
-    up: &TcpStream,
+    t: &Target<'_>,
     ubuf: &mut Vec<u8>,
     mut upos: usize,
     framing: BodyFraming,
@@ -378,8 +407,8 @@ async fn relay_response<G: Gateway>(
         }
         ubuf.clear();
         upos = 0;
-        let deadline = Instant::now() + w.limits.response_timeout;
-        let (outcome, buf) = read_more(up, std::mem::take(ubuf), READ_CHUNK, deadline).await;
+        let deadline = Instant::now() + t.response_timeout;
+        let (outcome, buf) = read_more(t.up, std::mem::take(ubuf), READ_CHUNK, deadline).await;
         *ubuf = buf;
         match outcome {
             ReadOutcome::Data(_) => {}
