@@ -19,6 +19,8 @@ pub mod prelude;
 pub mod proxy;
 pub mod route;
 pub mod rt;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use proxy::gateway::{Action, Gateway};
 pub use proxy::{Limits, ProxyError};

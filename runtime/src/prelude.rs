@@ -9,6 +9,7 @@ pub use crate::route::{
     MAX_HOST, first_segment, has_prefix, header_is, header_present, host_has_suffix, host_lower,
     query_is, query_present,
 };
+pub use crate::rt::{CertConfig, TlsConfig};
 pub use crate::{Action, Gateway, Limits, ListenerConfig, Protocols};
 pub use std::borrow::Cow;
 pub use std::net::SocketAddr;

@@ -92,7 +92,7 @@ pub fn generate(spec: &Spec, file: &SourceFile) -> GatewaySource {
             ServerAddress::Ip(addr) => Some(socket_addr(*addr)),
             ServerAddress::Dns { .. } => None, // refused by support::unsupported
         });
-        quote! { Upstream { name: #name.to_string(), servers: vec![#(#servers),*] } }
+        quote! { Upstream { name: #name.to_string(), servers: vec![#(#servers),*], server_tls: Vec::new() } }
     });
     let config = config(spec, &hash);
     let route_body = &routes.route_body;
@@ -304,11 +304,30 @@ fn listener(l: &blitz_ir::Listener) -> TokenStream {
         speaks(Protocol::H2c),
         speaks(Protocol::H3),
     );
+    let tls = match &l.tls {
+        None => quote! { None },
+        Some(tls) => {
+            let certs = tls.certs.iter().map(|c| {
+                let cert = c.cert.value.resolved.to_string_lossy();
+                let key = c.key.value.resolved.to_string_lossy();
+                let sni = match &c.sni {
+                    Some(name) => {
+                        let name = name.value.as_str();
+                        quote! { Some(#name.to_string()) }
+                    }
+                    None => quote! { None },
+                };
+                quote! { CertConfig { cert: #cert.into(), key: #key.into(), sni: #sni } }
+            });
+            quote! { Some(TlsConfig { certs: vec![#(#certs),*] }) }
+        }
+    };
     quote! {
         ListenerConfig {
             name: #name.to_string(),
             addr: #addr,
             protocols: Protocols { h1: #h1, h2: #h2, h2c: #h2c, h3: #h3 },
+            tls: #tls,
         }
     }
 }

@@ -25,9 +25,6 @@ pub fn unsupported(spec: &Spec) -> Vec<Diagnostic> {
         out.push(refuse(log.span, "`access-log`"));
     }
     for listener in &spec.listeners {
-        if let Some(tls) = &listener.tls {
-            out.push(refuse(tls.span, "`tls`"));
-        }
         for p in &listener.protocols {
             if p.value != Protocol::H1 {
                 out.push(refuse(p.span, &format!("protocol `{}`", p.value.keyword())));
@@ -116,6 +113,9 @@ pub fn features(spec: &Spec) -> Vec<&'static str> {
     let mut features = Vec::new();
     if uses_regex {
         features.push("regex");
+    }
+    if spec.listeners.iter().any(|l| l.tls.is_some()) {
+        features.push("tls");
     }
     features
 }

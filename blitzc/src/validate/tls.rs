@@ -2,10 +2,10 @@
 //! (B061), certificate and key files (B062, B063, B066), `tls` without a
 //! certificate (B065), and certificate selection by SNI (B064, B039).
 
-use super::tls_files::{self, TlsFileError, TlsFileRole};
 use crate::diag::{Code, Diagnostic};
 use crate::ir::values::is_dns_name;
 use blitz_ir::{Listener, Protocol, Span, Spec, Tls, TlsCert};
+use blitz_runtime::tls::files::{self as tls_files, TlsFileError, TlsFileRole};
 use std::collections::HashMap;
 
 pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {

@@ -62,10 +62,11 @@ impl Gateway for Generated {
     fn upstreams(&self) -> Vec<Upstream> {
         vec![
             Upstream { name : "users".to_string(), servers : vec![SocketAddr::from(([127,
-            0, 0, 1], 9001)), SocketAddr::from(([127, 0, 0, 1], 9002))] }, Upstream {
-            name : "items".to_string(), servers : vec![SocketAddr::from(([127, 0, 0, 1],
-            9003))] }, Upstream { name : "canary".to_string(), servers :
-            vec![SocketAddr::from(([127, 0, 0, 1], 9004))] }
+            0, 0, 1], 9001)), SocketAddr::from(([127, 0, 0, 1], 9002))], server_tls :
+            Vec::new() }, Upstream { name : "items".to_string(), servers :
+            vec![SocketAddr::from(([127, 0, 0, 1], 9003))], server_tls : Vec::new() },
+            Upstream { name : "canary".to_string(), servers :
+            vec![SocketAddr::from(([127, 0, 0, 1], 9004))], server_tls : Vec::new() }
         ]
     }
 
@@ -210,7 +211,7 @@ pub fn config() -> GatewayConfig {
         listeners: vec![
             ListenerConfig { name : "http".to_string(), addr : SocketAddr::from(([127, 0,
             0, 1], 8080)), protocols : Protocols { h1 : true, h2 : false, h2c : false, h3
-            : false }, }
+            : false }, tls : None, }
         ],
         workers: 1,
         limits: Limits {

@@ -52,9 +52,10 @@ impl Gateway for Generated {
     fn upstreams(&self) -> Vec<Upstream> {
         vec![
             Upstream { name : "users".to_string(), servers : vec![SocketAddr::from(([127,
-            0, 0, 1], 9001)), SocketAddr::from(([127, 0, 0, 1], 9002))] }, Upstream {
-            name : "sessions".to_string(), servers : vec![SocketAddr::from(([127, 0, 0,
-            1], 9101)), SocketAddr::from(([127, 0, 0, 1], 9102))] }
+            0, 0, 1], 9001)), SocketAddr::from(([127, 0, 0, 1], 9002))], server_tls :
+            Vec::new() }, Upstream { name : "sessions".to_string(), servers :
+            vec![SocketAddr::from(([127, 0, 0, 1], 9101)), SocketAddr::from(([127, 0, 0,
+            1], 9102))], server_tls : Vec::new() }
         ]
     }
 
@@ -134,9 +135,15 @@ pub fn config() -> GatewayConfig {
         listeners: vec![
             ListenerConfig { name : "public-tls".to_string(), addr :
             SocketAddr::from(([0, 0, 0, 0], 8443)), protocols : Protocols { h1 : true, h2
-            : true, h2c : false, h3 : true }, }, ListenerConfig { name : "public"
-            .to_string(), addr : SocketAddr::from(([0, 0, 0, 0], 8080)), protocols :
-            Protocols { h1 : true, h2 : false, h2c : true, h3 : false }, }
+            : true, h2c : false, h3 : true }, tls : Some(TlsConfig { certs :
+            vec![CertConfig { cert : "<examples>/certs/edge.crt"
+            .into(), key : "<examples>/certs/edge.key".into(), sni :
+            None }, CertConfig { cert : "<examples>/certs/api.crt"
+            .into(), key : "<examples>/certs/api.key".into(), sni :
+            Some("api.example.com".to_string()) }] }), }, ListenerConfig { name :
+            "public".to_string(), addr : SocketAddr::from(([0, 0, 0, 0], 8080)),
+            protocols : Protocols { h1 : true, h2 : false, h2c : true, h3 : false }, tls
+            : None, }
         ],
         workers: 0,
         limits: Limits {

@@ -16,7 +16,7 @@
 use crate::app::GatewayConfig;
 use crate::http::{RequestHead, ResponseHead};
 use crate::lb::{PoolConfig, Upstream};
-use crate::rt::{ListenerConfig, Protocols};
+use crate::rt::{CertConfig, ListenerConfig, Protocols, TlsConfig};
 use crate::{Action, Gateway, Limits};
 use blitz_ir::matcher::{RequestHead as MatchHead, Router};
 use blitz_ir::{ActionKind, HeaderRewrite, ServerAddress, Spec, StepKind, Workers};
@@ -98,6 +98,7 @@ impl Gateway for Interpreter {
                         ServerAddress::Dns { .. } => None,
                     })
                     .collect(),
+                server_tls: Vec::new(),
             })
             .collect()
     }
@@ -180,6 +181,17 @@ pub fn listener_config(l: &blitz_ir::Listener) -> ListenerConfig {
         name: l.name.value.clone(),
         addr: l.bind.value,
         protocols,
+        tls: l.tls.as_ref().map(|tls| TlsConfig {
+            certs: tls
+                .certs
+                .iter()
+                .map(|c| CertConfig {
+                    cert: c.cert.value.resolved.clone(),
+                    key: c.key.value.resolved.clone(),
+                    sni: c.sni.as_ref().map(|s| s.value.clone()),
+                })
+                .collect(),
+        }),
     }
 }
 

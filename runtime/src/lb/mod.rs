@@ -25,6 +25,19 @@ pub struct Upstream {
     pub name: String,
     /// Server addresses.
     pub servers: Vec<SocketAddr>,
+    /// TLS per server, by index in `servers`; empty when no server uses
+    /// TLS.
+    pub server_tls: Vec<Option<ServerTls>>,
+}
+
+/// TLS to one server (the spec's `tls`, `sni` and `ca` on `server`;
+/// needs the runtime's `tls` feature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// Name sent in SNI and verified against the server's certificate.
+    pub sni: String,
+    /// CA file (PEM) to verify with instead of the built-in roots.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Upstream {
@@ -33,6 +46,7 @@ impl Upstream {
         Upstream {
             name: name.into(),
             servers: vec![addr],
+            server_tls: Vec::new(),
         }
     }
 }

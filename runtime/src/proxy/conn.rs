@@ -6,20 +6,19 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use compio::io::AsyncWrite;
 use compio::net::TcpStream;
 use futures_util::future::{Either, select};
 
 use super::Worker;
 use super::error::{ErrorKind, ProxyError};
 use super::gateway::{Action, Gateway, RequestLog};
-use super::io::{ReadOutcome, read_more, write_all};
+use super::io::{ReadOutcome, Stream, read_more, write_all};
 use super::upstream::{Exchange, proxy_request};
 use crate::http::{
     HeaderBlock, LocalResponse, RequestHead, ResponseHead, Version, parse_request_head,
     write_local_response,
 };
-use crate::rt::ListenerConfig;
+use crate::rt::Listener;
 
 /// Initial (and idle) capacity of a connection's read buffer. An idle
 /// keep-alive connection keeps one read posted, and so this buffer: small
@@ -33,14 +32,14 @@ const HEAD_READ_ROOM: usize = 4096;
 /// The client side of a connection: the socket and its read buffer.
 /// `rbuf[rpos..]` holds bytes received but not consumed yet (the rest of
 /// a body, or pipelined requests).
-pub(crate) struct Client {
-    pub stream: TcpStream,
+pub(crate) struct Client<S: Stream> {
+    pub stream: S,
     pub peer: SocketAddr,
     pub rbuf: Vec<u8>,
     pub rpos: usize,
 }
 
-impl Client {
+impl<S: Stream> Client<S> {
     pub fn buffered(&self) -> &[u8] {
         &self.rbuf[self.rpos..]
     }
@@ -66,14 +65,69 @@ pub(crate) async fn serve_connection<G: Gateway>(
     w: Rc<Worker<G>>,
     stream: TcpStream,
     peer: SocketAddr,
-    listener: Rc<ListenerConfig>,
+    listener: Rc<Listener>,
 ) {
-    // What the listener speaks decides the protocol (TLS, h2) once those
-    // land; HTTP/1.1 needs nothing from it.
-    let _ = &listener;
     w.active.set(w.active.get() + 1);
     let _guard = ActiveGuard(&w.active);
     let _ = stream.set_nodelay(true);
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &listener.tls {
+        // Boxed: the TLS path's state stays out of the plain connection's
+        // future.
+        Box::pin(serve_tls(
+            Rc::clone(&w),
+            stream,
+            peer,
+            std::sync::Arc::clone(tls),
+        ))
+        .await;
+        return;
+    }
+    let _ = &listener;
+    serve_h1(Rc::clone(&w), stream, peer).await;
+}
+
+/// The TLS handshake (bounded by the header timeout), then the protocol
+/// ALPN chose.
+#[cfg(feature = "tls")]
+async fn serve_tls<G: Gateway>(
+    w: Rc<Worker<G>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: std::sync::Arc<crate::tls::TlsServer>,
+) {
+    let Ok(conn) = tls.connection() else {
+        let _ = stream.close().await;
+        return;
+    };
+    let stream = crate::tls::TlsStream::new(stream, conn);
+    let deadline = Instant::now() + w.limits.header_timeout;
+    let done = {
+        let handshake = pin!(stream.handshake(deadline));
+        let drained = pin!(w.drain.wait());
+        match select(handshake, drained).await {
+            Either::Left((r, _)) => r.is_ok(),
+            Either::Right(_) => false,
+        }
+    };
+    if !done {
+        let _ = Stream::close(stream).await;
+        return;
+    }
+    match stream.alpn_protocol().as_deref() {
+        Some(b"h2") => {
+            // ALPN h2: crate::proxy::h2::serve(w, stream, peer) once HTTP/2
+            // lands (issue #5, part B). Until then the connection closes.
+            let _ = Stream::shutdown(&stream).await;
+            let _ = Stream::close(stream).await;
+        }
+        // `http/1.1`, or no ALPN at all.
+        _ => serve_h1(w, stream, peer).await,
+    }
+}
+
+/// The HTTP/1.1 keep-alive loop over `stream`.
+async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, stream: S, peer: SocketAddr) {
     let mut client = Client {
         stream,
         peer,
@@ -214,9 +268,9 @@ pub(crate) async fn serve_connection<G: Gateway>(
 }
 
 /// Reads until a whole head is parsed into `req` (consumed from the buffer).
-async fn read_head<G: Gateway>(
+async fn read_head<G: Gateway, S: Stream>(
     w: &Worker<G>,
-    c: &mut Client,
+    c: &mut Client<S>,
     req: &mut RequestHead,
     first: bool,
 ) -> HeadOutcome {
@@ -311,9 +365,9 @@ fn local_response_steps<G: Gateway>(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn local_answer<G: Gateway>(
+async fn local_answer<G: Gateway, S: Stream>(
     w: &Worker<G>,
-    c: &mut Client,
+    c: &mut Client<S>,
     req: &RequestHead,
     status: u16,
     body: &[u8],
@@ -381,12 +435,11 @@ pub(crate) fn write_error(out: &mut Vec<u8>, status: u16, _version: Version) {
 /// a short while, so an unread request body does not turn the close into a
 /// reset that would destroy the answer in flight (like nginx's
 /// lingering_close). Bounded in time and bytes.
-pub(crate) async fn linger_close(c: Client) {
+pub(crate) async fn linger_close<S: Stream>(c: Client<S>) {
     let Client {
         stream, mut rbuf, ..
     } = c;
-    let mut s = &stream;
-    let _ = s.shutdown().await;
+    let _ = stream.shutdown().await;
     let deadline = Instant::now() + Duration::from_millis(500);
     let mut discarded = 0usize;
     rbuf.clear();

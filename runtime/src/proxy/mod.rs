@@ -46,6 +46,7 @@ use crate::lb::{ConnPool, PassiveHealth, PoolConfig, RoundRobin, Upstream};
 use crate::rt::{BufferPool, DrainState, RequestIds};
 
 pub(crate) use conn::serve_connection;
+use io::UpstreamStream;
 
 /// Limits and timeouts enforced on every connection.
 #[derive(Debug, Clone, Copy)]
@@ -105,7 +106,10 @@ pub(crate) struct Worker<G: gateway::Gateway> {
     pub rr: Vec<RoundRobin>,
     /// Flat server id of each upstream's first server (pool index).
     pub server_base: Vec<usize>,
-    pub pool: RefCell<ConnPool<TcpStream>>,
+    pub pool: RefCell<ConnPool<UpstreamStream>>,
+    /// TLS to each server by flat id (`None`: plain TCP).
+    #[cfg(feature = "tls")]
+    pub server_tls: Vec<Option<Result<crate::tls::UpstreamTls, String>>>,
     pub health: PassiveHealth,
     pub limits: Limits,
     pub drain: DrainState,
@@ -129,8 +133,40 @@ impl<G: gateway::Gateway> Worker<G> {
             .unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Makes a freshly connected socket to server `flat` an upstream
+    /// connection: as is, or after a TLS handshake (within the connect
+    /// timeout) when the server is configured with TLS.
+    pub async fn upstream_stream(
+        &self,
+        tcp: TcpStream,
+        flat: usize,
+    ) -> Result<UpstreamStream, ProxyError> {
+        #[cfg(feature = "tls")]
+        if let Some(Some(tls)) = self.server_tls.get(flat) {
+            let Ok(tls) = tls else {
+                return Err(ProxyError::new(ErrorKind::UpstreamTls));
+            };
+            let Ok(conn) = tls.connection() else {
+                return Err(ProxyError::new(ErrorKind::UpstreamTls));
+            };
+            let stream = crate::tls::TlsStream::new(tcp, conn);
+            let deadline = std::time::Instant::now() + self.limits.connect_timeout;
+            return match stream.handshake(deadline).await {
+                Ok(()) => Ok(UpstreamStream::Tls(stream)),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    Err(ProxyError::new(ErrorKind::UpstreamTimeout))
+                }
+                Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTls)),
+            };
+        }
+        let _ = flat;
+        Ok(UpstreamStream::Tcp(tcp))
+    }
+
     pub fn new(id: usize, gateway: G, limits: Limits, pool: PoolConfig) -> Self {
         let upstreams = gateway.upstreams();
+        #[cfg(feature = "tls")]
+        let server_tls = server_tls(id, &upstreams);
         let mut server_base = Vec::with_capacity(upstreams.len());
         let mut total = 0;
         for u in &upstreams {
@@ -143,6 +179,8 @@ impl<G: gateway::Gateway> Worker<G> {
             upstreams,
             server_base,
             pool: RefCell::new(ConnPool::new(total, pool)),
+            #[cfg(feature = "tls")]
+            server_tls,
             health: PassiveHealth::new(total),
             limits,
             drain: DrainState::default(),
@@ -151,6 +189,31 @@ impl<G: gateway::Gateway> Worker<G> {
             ids: RequestIds::new(id),
         }
     }
+}
+
+/// The TLS client side of every server by flat id. A CA file that does
+/// not load (`blitzc check` reports it first) is logged once, by worker 0,
+/// and that server's connections fail with 502.
+#[cfg(feature = "tls")]
+fn server_tls(
+    worker: usize,
+    upstreams: &[Upstream],
+) -> Vec<Option<Result<crate::tls::UpstreamTls, String>>> {
+    let mut out = Vec::new();
+    for u in upstreams {
+        for s in 0..u.servers.len() {
+            let tls = u.server_tls.get(s).and_then(Option::as_ref).map(|tls| {
+                crate::tls::UpstreamTls::new(tls).map_err(|e| {
+                    if worker == 0 {
+                        eprintln!("blitz: upstream {:?}: TLS: {e}", u.name);
+                    }
+                    e.to_string()
+                })
+            });
+            out.push(tls);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -162,6 +225,11 @@ mod tests {
     use crate::http::RequestHead;
 
     struct Nothing;
+
+    fn test_listener(addr: std::net::SocketAddr) -> crate::rt::Listener {
+        crate::rt::Listener::new(crate::rt::ListenerConfig::h1("test", addr))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
 
     impl gateway::Gateway for Nothing {
         type Route = ();
@@ -197,7 +265,7 @@ mod tests {
                 Limits::default(),
                 PoolConfig::default(),
             ));
-            let listener = Rc::new(crate::rt::ListenerConfig::h1("test", addr));
+            let listener = Rc::new(test_listener(addr));
             let fut = serve_connection(w, stream, addr, listener);
             std::mem::size_of_val(&fut)
         });
@@ -294,7 +362,7 @@ mod tests {
             let gw = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
             let gw_addr = gw.local_addr().unwrap_or_else(|e| panic!("{e}"));
             let worker = Rc::new(Worker::new(0, ToOrigin(origin_addr), Limits::default(), PoolConfig::default()));
-            let listener = Rc::new(crate::rt::ListenerConfig::h1("test", gw_addr));
+            let listener = Rc::new(test_listener(gw_addr));
             compio::runtime::spawn(async move {
                 while let Ok((s, peer)) = gw.accept().await {
                     compio::runtime::spawn(serve_connection(Rc::clone(&worker), s, peer, Rc::clone(&listener))).detach();

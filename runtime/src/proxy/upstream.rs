@@ -13,7 +13,9 @@ use super::Worker;
 use super::conn::Client;
 use super::error::{ErrorKind, ProxyError};
 use super::gateway::Gateway;
-use super::io::{Pump, PumpError, READ_CHUNK, ReadOutcome, read_more, write_all};
+use super::io::{
+    Pump, PumpError, READ_CHUNK, ReadOutcome, Stream, UpstreamStream, read_more, write_all,
+};
 use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, HeadLimits, RequestHead, ResponseHead, Version,
     parse_response_head, valid_request_id, write_forward_request, write_response_head,
@@ -44,7 +46,7 @@ async fn connect<G: Gateway>(
     upstream: usize,
     fresh_only: bool,
     now: Instant,
-) -> Result<(TcpStream, usize, bool), ProxyError> {
+) -> Result<(UpstreamStream, usize, bool), ProxyError> {
     let Some(up) = w.upstreams.get(upstream) else {
         return Err(ProxyError::new(ErrorKind::Internal(
             "upstream index out of range",
@@ -76,8 +78,13 @@ async fn connect<G: Gateway>(
             match compio::time::timeout(w.limits.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    w.health.succeeded(base + s);
-                    return Ok((stream, base + s, false));
+                    match w.upstream_stream(stream, base + s).await {
+                        Ok(stream) => {
+                            w.health.succeeded(base + s);
+                            return Ok((stream, base + s, false));
+                        }
+                        Err(e) => last = e,
+                    }
                 }
                 Ok(Err(_)) => last = ProxyError::new(ErrorKind::UpstreamConnect),
                 Err(_) => last = ProxyError::new(ErrorKind::UpstreamTimeout),
@@ -90,9 +97,9 @@ async fn connect<G: Gateway>(
 
 /// Proxies `req` to `upstream`. On success the client connection is
 /// positioned after the request body.
-pub(crate) async fn proxy_request<G: Gateway>(
+pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
     w: &Worker<G>,
-    c: &mut Client,
+    c: &mut Client<S>,
     req: &mut RequestHead,
     route: G::Route,
     ctx: &mut G::Ctx,
@@ -157,13 +164,13 @@ enum Attempt {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn exchange<G: Gateway>(
+async fn exchange<G: Gateway, S: Stream>(
     w: &Worker<G>,
-    c: &mut Client,
+    c: &mut Client<S>,
     req: &mut RequestHead,
     route: G::Route,
     ctx: &mut G::Ctx,
-    up: &TcpStream,
+    up: &UpstreamStream,
     server: usize,
     strip_prefix: Option<&'static str>,
     now: Instant,
@@ -366,7 +373,7 @@ enum BodyOrHead {
 /// Reads and parses the response head into `resp`, skipping interim (1xx)
 /// answers; returns the position in `ubuf` where the body starts.
 async fn read_response_head(
-    up: &TcpStream,
+    up: &UpstreamStream,
     ubuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     is_head: bool,

@@ -10,6 +10,9 @@
 //! of a container); `io-uring` fails instead. Each worker logs the driver
 //! it runs on one line on stderr.
 //!
+//! SIGHUP re-reads every listener's TLS certificates (see
+//! [`crate::tls`]); connections are not touched.
+//!
 //! Drain (SIGTERM/SIGINT): each worker stops accepting (its listener is
 //! closed), wakes idle keep-alive connections so they close, lets
 //! in-flight exchanges finish within the grace period, then returns; the
@@ -41,7 +44,8 @@ use futures_util::future::{Either, select};
 
 pub use buffers::{BUFFER_CAPACITY, BufferPool, RequestIds};
 pub use drain::{DrainState, DrainWait};
-pub use listen::{ListenerConfig, Protocols};
+pub(crate) use listen::Listener;
+pub use listen::{CertConfig, ListenerConfig, Protocols, TlsConfig};
 
 use crate::lb::PoolConfig;
 use crate::proxy::gateway::Gateway;
@@ -219,7 +223,13 @@ where
             per_worker[w].push(s);
         }
     }
-    let listener_configs: Arc<[ListenerConfig]> = listener_configs.into();
+    // TLS state (certificates loaded) before any worker starts: a bad
+    // file fails the start, not the first handshake.
+    let listener_configs: Arc<[Listener]> = listener_configs
+        .into_iter()
+        .map(Listener::new)
+        .collect::<io::Result<Vec<_>>>()?
+        .into();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let make_gateway = Arc::new(make_gateway);
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
@@ -307,10 +317,22 @@ where
         return Err(e);
     }
     for l in listener_configs.iter() {
-        eprintln!("listening on {} (listener {:?})", l.addr, l.name);
+        eprintln!(
+            "listening on {} (listener {:?})",
+            l.config.addr, l.config.name
+        );
     }
 
-    let sig = process::wait_termination()?;
+    // SIGHUP re-reads certificates; SIGTERM/SIGINT drain.
+    let sig = loop {
+        let sig = process::wait_termination()?;
+        if sig != libc::SIGHUP {
+            break sig;
+        }
+        for l in listener_configs.iter() {
+            l.reload();
+        }
+    };
     eprintln!("blitz: signal {sig}, draining (grace {:?})", config.grace);
     for h in handles {
         h.notify();
@@ -324,7 +346,7 @@ where
 async fn run_worker<G: Gateway>(
     worker: Rc<Worker<G>>,
     listeners: Vec<TcpListener>,
-    configs: &[ListenerConfig],
+    configs: &[Listener],
     drain_event: compio::event::Event,
     grace: Duration,
 ) {
@@ -372,7 +394,7 @@ async fn run_worker<G: Gateway>(
 async fn accept_loop<G: Gateway>(
     worker: Rc<Worker<G>>,
     listener: TcpListener,
-    config: Rc<ListenerConfig>,
+    config: Rc<Listener>,
 ) {
     let mut drained = pin!(worker.drain.wait());
     loop {
@@ -388,7 +410,7 @@ async fn accept_loop<G: Gateway>(
             }
             Either::Left((Err(e), _)) => {
                 // EMFILE and friends: back off instead of spinning.
-                eprintln!("blitz: accept failed on {}: {e}", config.addr);
+                eprintln!("blitz: accept failed on {}: {e}", config.config.addr);
                 compio::time::sleep(Duration::from_millis(20)).await;
             }
             Either::Right(_) => break,
