@@ -20,7 +20,9 @@ use std::process::ExitCode;
 use blitz_runtime::http::RequestHead;
 use blitz_runtime::lb::Upstream;
 use blitz_runtime::rt::parse_duration;
-use blitz_runtime::{Action, DriverChoice, Gateway, ListenerConfig, ServerConfig, serve};
+use blitz_runtime::{
+    Action, CertConfig, DriverChoice, Gateway, ListenerConfig, ServerConfig, TlsConfig, serve,
+};
 
 #[derive(Debug, Clone, Copy)]
 enum Route {
@@ -71,13 +73,15 @@ impl Gateway for Hello {
 const USAGE: &str = "usage: hello_gateway --listen ADDR --upstream ADDR [--workers N|auto] \
 [--driver auto|io-uring|poll] [--header-timeout 10s] [--idle-timeout 60s] [--body-timeout 30s] \
 [--max-header-bytes 16384] [--max-headers 100] [--max-body-bytes 10485760] \
-[--connect-timeout 1s] [--response-timeout 30s] [--grace 30s]";
+[--connect-timeout 1s] [--response-timeout 30s] [--grace 30s] \
+[--tls-cert PEM --tls-key PEM (needs the `tls` feature)]";
 
 fn parse_args() -> Result<(ServerConfig, SocketAddr), String> {
     let mut config = ServerConfig::default();
     let mut listen = None;
     let mut upstream = None;
     let mut driver = None;
+    let (mut tls_cert, mut tls_key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -123,11 +127,27 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr), String> {
             "--connect-timeout" => l.connect_timeout = dur(&value)?,
             "--response-timeout" => l.response_timeout = dur(&value)?,
             "--grace" => config.grace = dur(&value)?,
+            "--tls-cert" => tls_cert = Some(value.into()),
+            "--tls-key" => tls_key = Some(value.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
     let listen = listen.ok_or_else(|| format!("--listen is required\n{USAGE}"))?;
-    config.listeners = vec![ListenerConfig::h1("hello", listen)];
+    let mut listener = ListenerConfig::h1("hello", listen);
+    match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => {
+            listener.tls = Some(TlsConfig {
+                certs: vec![CertConfig {
+                    cert,
+                    key,
+                    sni: None,
+                }],
+            })
+        }
+        (None, None) => {}
+        _ => return Err(format!("--tls-cert and --tls-key go together\n{USAGE}")),
+    }
+    config.listeners = vec![listener];
     let upstream = upstream.ok_or_else(|| format!("--upstream is required\n{USAGE}"))?;
     config.driver = match driver {
         Some(d) => d,

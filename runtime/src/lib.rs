@@ -24,4 +24,4 @@ pub mod tls;
 
 pub use proxy::gateway::{Action, Gateway};
 pub use proxy::{Limits, ProxyError};
-pub use rt::{DriverChoice, ListenerConfig, Protocols, ServerConfig, serve};
+pub use rt::{CertConfig, DriverChoice, ListenerConfig, Protocols, ServerConfig, TlsConfig, serve};
