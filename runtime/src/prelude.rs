@@ -4,7 +4,7 @@
 
 pub use crate::app::GatewayConfig;
 pub use crate::http::{RequestHead, ResponseHead};
-pub use crate::lb::{PoolConfig, Upstream};
+pub use crate::lb::{PoolConfig, ServerTls, Upstream};
 pub use crate::route::{
     MAX_HOST, first_segment, has_prefix, header_is, header_present, host_has_suffix, host_lower,
     query_is, query_present,

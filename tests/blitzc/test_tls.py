@@ -349,3 +349,127 @@ def test_compiled_gateway_terminates_tls(blitzc, cache_dir, pki, origin, tmp_pat
         assert origin.wait_requests(1)[0].target == "/via-origin"
     finally:
         assert gw.stop() == 0
+
+
+# ---------------------------------------------------------------- TLS to upstreams
+
+
+class TlsOrigin:
+    """A real HTTPS origin (Python's http.server over ssl) with the test CA's
+    `origin.test` certificate; answers `secure <path>` with keep-alive."""
+
+    def __init__(self, pki: Path):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802
+                body = f"secure {self.path}\n".encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki / "origin.crt", pki / "origin.key")
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def upstream_tls_spec(origin_port: int) -> str:
+    return f"""
+upstream "secure" {{
+    server "127.0.0.1:{origin_port}" tls=#true sni="origin.test" ca="certs/ca.crt"
+}}
+
+upstream "wrong-ca" {{
+    server "127.0.0.1:{origin_port}" tls=#true sni="origin.test" ca="certs/other-ca.crt"
+}}
+
+upstream "wrong-name" {{
+    server "127.0.0.1:{origin_port}" tls=#true sni="elsewhere.test" ca="certs/ca.crt"
+}}
+
+route "secure" {{
+    match {{ path-prefix "/secure" }}
+    proxy "secure"
+}}
+
+route "wrong-ca" {{
+    match {{ path-prefix "/wrong-ca" }}
+    proxy "wrong-ca"
+}}
+
+route "wrong-name" {{
+    match {{ path-prefix "/wrong-name" }}
+    proxy "wrong-name"
+}}
+"""
+
+
+def test_tls_to_upstreams_verifies_the_server(blitzc, cache_dir, pki, origin, tmp_path):  # noqa: F811
+    tls_origin = TlsOrigin(pki)
+    port = free_port()
+    spec = write_spec(tmp_path, pki, port, origin.port, upstream_tls_spec(tls_origin.port))
+    for name in ("ca", "other-ca"):
+        (tmp_path / "certs" / f"{name}.crt").write_bytes((pki / f"{name}.crt").read_bytes())
+    env = dict(os.environ, BLITZ_CACHE_DIR=str(cache_dir))
+    check = subprocess.run([str(blitzc), "check", str(spec)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    gw = Served([str(blitzc), "dev", str(spec)], port, env)
+    try:
+        # Several requests: the second and later reuse the pooled TLS connection.
+        conn = KeepAlive(port, pki)
+        for i in range(3):
+            assert conn.get(f"/secure/{i}") == (200, f"secure /secure/{i}\n".encode())
+        conn.close()
+        # A certificate the configured CA did not sign, or not issued for the
+        # name: the handshake fails, the client gets 502.
+        for path in ("/wrong-ca", "/wrong-name"):
+            r = curl(port, path, pki, "edge.test", "-o", "/dev/null", "-w", "%{http_code}")
+            assert r.returncode == 0 and r.stdout == "502", (path, r.stdout, r.stderr)
+    finally:
+        assert gw.stop() == 0
+        tls_origin.stop()
+
+
+def test_check_reports_bad_upstream_tls_settings(blitzc, pki, tmp_path):  # noqa: F811
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "key-only.pem").write_bytes((pki / "edge.key").read_bytes())
+    spec = tmp_path / "bad.kdl"
+    spec.write_text("""version 1
+listener "http" {
+    bind "127.0.0.1:8080"
+}
+upstream "a" {
+    server "127.0.0.1:9001" tls=#true ca="certs/missing.pem"
+    server "127.0.0.1:9002" tls=#true ca="certs/key-only.pem"
+    server "127.0.0.1:9003" tls=#true sni="not a name"
+    server "127.0.0.1:9004" sni="x.test"
+}
+route "r" {
+    proxy "a"
+}
+""")
+    r = subprocess.run([str(blitzc), "check", "--format", "json", str(spec)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    import json
+
+    found = [(d["code"], d["line"]) for d in json.loads(r.stdout)["diagnostics"]]
+    assert ("B062", 6) in found and ("B062", 7) in found, found
+    assert ("B039", 8) in found, found
+    assert ("B012", 9) in found, found

@@ -92,7 +92,17 @@ pub fn generate(spec: &Spec, file: &SourceFile) -> GatewaySource {
             ServerAddress::Ip(addr) => Some(socket_addr(*addr)),
             ServerAddress::Dns { .. } => None, // refused by support::unsupported
         });
-        quote! { Upstream { name: #name.to_string(), servers: vec![#(#servers),*], server_tls: Vec::new() } }
+        let server_tls = if u.servers.iter().any(|s| s.tls.is_some()) {
+            let each = u
+                .servers
+                .iter()
+                .filter(|s| matches!(s.address.value, ServerAddress::Ip(_)))
+                .map(server_tls);
+            quote! { vec![#(#each),*] }
+        } else {
+            quote! { Vec::new() }
+        };
+        quote! { Upstream { name: #name.to_string(), servers: vec![#(#servers),*], server_tls: #server_tls } }
     });
     let config = config(spec, &hash);
     let route_body = &routes.route_body;
@@ -291,6 +301,21 @@ fn socket_addr(addr: SocketAddr) -> TokenStream {
             quote! { SocketAddr::from(([#(#segments),*], #port)) }
         }
     }
+}
+
+/// A server's TLS settings as an `Option<ServerTls>` literal.
+fn server_tls(s: &blitz_ir::Server) -> TokenStream {
+    let (Some(tls), Some(name)) = (&s.tls, s.tls_name()) else {
+        return quote! { None };
+    };
+    let ca = match &tls.ca {
+        Some(ca) => {
+            let path = ca.value.resolved.to_string_lossy();
+            quote! { Some(#path.into()) }
+        }
+        None => quote! { None },
+    };
+    quote! { Some(ServerTls { sni: #name.to_string(), ca: #ca }) }
 }
 
 /// A spec listener as a `ListenerConfig` literal.

@@ -114,7 +114,12 @@ pub fn features(spec: &Spec) -> Vec<&'static str> {
     if uses_regex {
         features.push("regex");
     }
-    if spec.listeners.iter().any(|l| l.tls.is_some()) {
+    let upstream_tls = spec
+        .upstreams
+        .iter()
+        .flat_map(|u| &u.servers)
+        .any(|s| s.tls.is_some());
+    if upstream_tls || spec.listeners.iter().any(|l| l.tls.is_some()) {
         features.push("tls");
     }
     features

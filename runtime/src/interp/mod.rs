@@ -15,7 +15,7 @@
 
 use crate::app::GatewayConfig;
 use crate::http::{RequestHead, ResponseHead};
-use crate::lb::{PoolConfig, Upstream};
+use crate::lb::{PoolConfig, ServerTls, Upstream};
 use crate::rt::{CertConfig, ListenerConfig, Protocols, TlsConfig};
 use crate::{Action, Gateway, Limits};
 use blitz_ir::matcher::{RequestHead as MatchHead, Router};
@@ -98,7 +98,19 @@ impl Gateway for Interpreter {
                         ServerAddress::Dns { .. } => None,
                     })
                     .collect(),
-                server_tls: Vec::new(),
+                server_tls: u
+                    .servers
+                    .iter()
+                    .filter(|s| matches!(s.address.value, ServerAddress::Ip(_)))
+                    .map(|s| {
+                        let name = s.tls_name()?;
+                        let tls = s.tls.as_ref()?;
+                        Some(ServerTls {
+                            sni: name,
+                            ca: tls.ca.as_ref().map(|ca| ca.value.resolved.clone()),
+                        })
+                    })
+                    .collect(),
             })
             .collect()
     }
