@@ -183,3 +183,115 @@ impl TlsServer {
         rustls::ServerConnection::new(Arc::clone(&self.config))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rt::CertConfig;
+    use std::path::{Path, PathBuf};
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name)
+    }
+
+    fn cert(name: &str, sni: Option<&str>) -> CertConfig {
+        CertConfig {
+            cert: fixture(&format!("{name}.crt")),
+            key: fixture(&format!("{name}.key")),
+            sni: sni.map(str::to_string),
+        }
+    }
+
+    fn end_entity(set: &CertSet, name: Option<&str>) -> Vec<u8> {
+        set.choose(name).cert[0].to_vec()
+    }
+
+    #[test]
+    fn sni_chooses_by_exact_name_else_the_default() {
+        let config = TlsConfig {
+            certs: vec![cert("edge", None), cert("api", Some("api.example.com"))],
+        };
+        let set = CertSet::load(&config).unwrap_or_else(|e| panic!("{e}"));
+        let edge = end_entity(&set, None);
+        let api = end_entity(&set, Some("api.example.com"));
+        assert_ne!(edge, api);
+        assert_eq!(end_entity(&set, Some("API.example.com.")), api);
+        assert_eq!(end_entity(&set, Some("other.example.com")), edge);
+        assert_eq!(end_entity(&set, Some("example.com")), edge);
+    }
+
+    #[test]
+    fn without_a_default_the_first_certificate_is_it() {
+        let config = TlsConfig {
+            certs: vec![cert("api", Some("api.example.com"))],
+        };
+        let set = CertSet::load(&config).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            end_entity(&set, Some("x.test")),
+            end_entity(&set, Some("api.example.com"))
+        );
+    }
+
+    #[test]
+    fn loading_applies_the_same_rules_as_check() {
+        let mismatch = TlsConfig {
+            certs: vec![CertConfig {
+                cert: fixture("mismatched.crt"),
+                key: fixture("mismatched.key"),
+                sni: None,
+            }],
+        };
+        assert!(matches!(
+            CertSet::load(&mismatch),
+            Err(TlsFileError::KeyMismatch { .. })
+        ));
+        let wrong_name = TlsConfig {
+            certs: vec![cert("edge", Some("api.example.com"))],
+        };
+        assert!(matches!(
+            CertSet::load(&wrong_name),
+            Err(TlsFileError::NameMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_current_certificates() {
+        let dir = std::env::temp_dir().join(format!("blitz-tls-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let (crt, key) = (dir.join("c.crt"), dir.join("c.key"));
+        let copy = |from: &str, to: &Path| {
+            std::fs::copy(fixture(from), to).unwrap_or_else(|e| panic!("{e}"));
+        };
+        copy("edge.crt", &crt);
+        copy("edge.key", &key);
+        let config = TlsConfig {
+            certs: vec![CertConfig {
+                cert: crt.clone(),
+                key: key.clone(),
+                sni: None,
+            }],
+        };
+        let server = TlsServer::new(&config, Protocols::H1).unwrap_or_else(|e| panic!("{e}"));
+        let before = end_entity(&server.store.get(), None);
+        copy("garbage.pem", &crt);
+        assert!(server.reload().is_err());
+        assert_eq!(end_entity(&server.store.get(), None), before);
+        copy("api.crt", &crt);
+        copy("api.key", &key);
+        assert_eq!(server.reload().ok(), Some(1));
+        assert_ne!(end_entity(&server.store.get(), None), before);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn alpn_follows_the_listener_protocols() {
+        assert_eq!(alpn_for(Protocols::H1), vec![b"http/1.1".to_vec()]);
+        let both = Protocols {
+            h2: true,
+            ..Protocols::H1
+        };
+        assert_eq!(alpn_for(both), vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+    }
+}
