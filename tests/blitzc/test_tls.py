@@ -197,6 +197,7 @@ def test_curl_over_tls13_and_tls12(served, pki, origin):
     assert r.returncode == 0, r.stderr
     reqs = origin.wait_requests(1)
     assert reqs[0].target == "/hello?x=1"
+    assert reqs[0].header("x-forwarded-proto") == ["https"], reqs[0]
 
 
 def test_sni_picks_the_certificate_and_unknown_names_get_the_default(served, pki):

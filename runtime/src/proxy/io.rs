@@ -31,6 +31,10 @@ pub trait Stream {
     async fn shutdown(&self) -> std::io::Result<()>;
     /// Closes the socket.
     async fn close(self) -> std::io::Result<()>;
+    /// Whether the client reached us over TLS (`x-forwarded-proto`).
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 impl Stream for TcpStream {
@@ -64,6 +68,9 @@ impl Stream for crate::tls::TlsStream {
     }
     async fn close(self) -> std::io::Result<()> {
         crate::tls::TlsStream::close(self).await
+    }
+    fn is_tls(&self) -> bool {
+        true
     }
 }
 

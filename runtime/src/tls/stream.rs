@@ -54,10 +54,15 @@ impl State {
         while self.pos < self.incoming.len() {
             let mut slice = &self.incoming[self.pos..];
             match self.conn.read_tls(&mut slice) {
-                Ok(0) => break,
+                // close_notify was received: nothing more is read.
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
                 Ok(n) => self.pos += n,
                 // The plaintext buffer is full: read it first.
-                Err(_) => break,
+                Err(_) if self.plaintext > 0 => break,
+                Err(_) => return Err(rustls::Error::General("TLS input buffer full".into())),
             }
             let io = self.conn.process_new_packets()?;
             self.plaintext = io.plaintext_bytes_to_read();
@@ -154,8 +159,14 @@ impl TlsStream {
 
     /// Reads ciphertext from the socket and hands it to rustls.
     async fn receive(&self) -> io::Result<()> {
-        let mut buf = std::mem::take(&mut self.state.borrow_mut().incoming);
-        buf.clear();
+        let mut buf = {
+            let mut st = self.state.borrow_mut();
+            let mut buf = std::mem::take(&mut st.incoming);
+            // Ciphertext rustls did not take yet stays, at the front.
+            buf.drain(..st.pos);
+            st.pos = 0;
+            buf
+        };
         buf.reserve(CIPHERTEXT_READ);
         let mut tcp = &self.tcp;
         let BufResult(res, buf) = tcp.append(buf).await;
