@@ -23,7 +23,12 @@ use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use rustls::Connection;
 
-/// Ciphertext is read in chunks of at least a full TLS record.
+/// Ciphertext is read into this much room while reads are small (a
+/// request head, an idle connection's next request): an idle connection
+/// keeps its posted read's buffer, so it stays small, as on cleartext.
+const CIPHERTEXT_READ_SMALL: usize = 2 * 1024;
+/// After a read that filled its room (a body in transit), a full TLS
+/// record's worth.
 const CIPHERTEXT_READ: usize = 17 * 1024;
 
 /// One TLS connection (server or client side).
@@ -43,6 +48,8 @@ struct State {
     plaintext: usize,
     /// The peer sent close_notify, or the socket reached EOF.
     closed: bool,
+    /// The last socket read filled its buffer: read bigger next time.
+    busy: bool,
     /// Buffer for ciphertext on its way out (kept for its capacity).
     outgoing: Vec<u8>,
 }
@@ -118,6 +125,7 @@ impl TlsStream {
                 pos: 0,
                 plaintext: 0,
                 closed: false,
+                busy: false,
                 outgoing: Vec::new(),
             })),
         }
@@ -159,20 +167,31 @@ impl TlsStream {
 
     /// Reads ciphertext from the socket and hands it to rustls.
     async fn receive(&self) -> io::Result<()> {
-        let mut buf = {
+        let (buf, room) = {
             let mut st = self.state.borrow_mut();
             let mut buf = std::mem::take(&mut st.incoming);
             // Ciphertext rustls did not take yet stays, at the front.
             buf.drain(..st.pos);
             st.pos = 0;
-            buf
+            let room = if st.busy {
+                CIPHERTEXT_READ
+            } else {
+                CIPHERTEXT_READ_SMALL
+            };
+            if buf.is_empty() && buf.capacity() > room {
+                // Quiet again: give the big buffer back.
+                buf = Vec::new();
+            }
+            buf.reserve(room);
+            let room = buf.capacity() - buf.len();
+            (buf, room)
         };
-        buf.reserve(CIPHERTEXT_READ);
         let mut tcp = &self.tcp;
         let BufResult(res, buf) = tcp.append(buf).await;
         let mut st = self.state.borrow_mut();
         st.incoming = buf;
         st.pos = 0;
+        st.busy = matches!(res, Ok(n) if n >= room);
         match res {
             Ok(0) => st.eof().map_err(tls_error),
             Ok(_) => st.feed().map_err(tls_error),
