@@ -950,7 +950,10 @@ route "all" {
     for spec in [&from_toml, &from_kdl] {
         let servers = &spec.upstreams[0].servers;
         let tls = servers[0].tls.as_ref().expect("tls on");
-        assert_eq!(tls.sni.as_ref().map(|s| s.value.as_str()), Some("api.internal"));
+        assert_eq!(
+            tls.sni.as_ref().map(|s| s.value.as_str()),
+            Some("api.internal")
+        );
         let ca = tls.ca.as_ref().expect("ca");
         assert_eq!(ca.value.written, "certs/ca.pem");
         assert_eq!(ca.value.resolved, Path::new("specs/certs/ca.pem"));
