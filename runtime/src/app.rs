@@ -7,7 +7,8 @@
 //! GATEWAY --version      blitzc version and the spec's hash
 //! ```
 //!
-//! SIGTERM/SIGINT drain gracefully (see [`crate::rt`]).
+//! SIGTERM/SIGINT drain gracefully; SIGHUP re-reads the listeners' TLS
+//! certificates (see [`crate::rt`]).
 
 #![forbid(unsafe_code)]
 
