@@ -441,6 +441,10 @@ def test_tls_to_upstreams_verifies_the_server(blitzc, cache_dir, pki, origin, tm
         for path in ("/wrong-ca", "/wrong-name"):
             r = curl(port, path, pki, "edge.test", "-o", "/dev/null", "-w", "%{http_code}")
             assert r.returncode == 0 and r.stdout == "502", (path, r.stdout, r.stderr)
+        # The reason is logged (once per server and worker).
+        failures = [line for line in gw.lines if "TLS handshake with upstream server" in line]
+        assert len(failures) == 2, gw.lines
+        assert any("certificate" in line.lower() for line in failures), failures
     finally:
         assert gw.stop() == 0
         tls_origin.stop()

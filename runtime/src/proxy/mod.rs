@@ -109,7 +109,7 @@ pub(crate) struct Worker<G: gateway::Gateway> {
     pub pool: RefCell<ConnPool<UpstreamStream>>,
     /// TLS to each server by flat id (`None`: plain TCP).
     #[cfg(feature = "tls")]
-    pub server_tls: Vec<Option<Result<crate::tls::UpstreamTls, String>>>,
+    pub server_tls: Vec<Option<ServerTlsState>>,
     pub health: PassiveHealth,
     pub limits: Limits,
     pub drain: DrainState,
@@ -142,8 +142,8 @@ impl<G: gateway::Gateway> Worker<G> {
         flat: usize,
     ) -> Result<UpstreamStream, ProxyError> {
         #[cfg(feature = "tls")]
-        if let Some(Some(tls)) = self.server_tls.get(flat) {
-            let Ok(tls) = tls else {
+        if let Some(Some(state)) = self.server_tls.get(flat) {
+            let Ok(tls) = &state.tls else {
                 return Err(ProxyError::new(ErrorKind::UpstreamTls));
             };
             let Ok(conn) = tls.connection() else {
@@ -156,7 +156,17 @@ impl<G: gateway::Gateway> Worker<G> {
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     Err(ProxyError::new(ErrorKind::UpstreamTimeout))
                 }
-                Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTls)),
+                Err(e) => {
+                    // Why, once per server and worker: a certificate that
+                    // does not verify is a configuration problem to see.
+                    if !state.reported.replace(true) {
+                        eprintln!(
+                            "blitz: TLS handshake with upstream server {} failed: {e}",
+                            self.server_addr(flat)
+                        );
+                    }
+                    Err(ProxyError::new(ErrorKind::UpstreamTls))
+                }
             };
         }
         let _ = flat;
@@ -191,24 +201,33 @@ impl<G: gateway::Gateway> Worker<G> {
     }
 }
 
+/// A TLS server's client side on one worker.
+#[cfg(feature = "tls")]
+pub(crate) struct ServerTlsState {
+    tls: Result<crate::tls::UpstreamTls, String>,
+    /// A failed handshake was logged already.
+    reported: Cell<bool>,
+}
+
 /// The TLS client side of every server by flat id. A CA file that does
 /// not load (`blitzc check` reports it first) is logged once, by worker 0,
 /// and that server's connections fail with 502.
 #[cfg(feature = "tls")]
-fn server_tls(
-    worker: usize,
-    upstreams: &[Upstream],
-) -> Vec<Option<Result<crate::tls::UpstreamTls, String>>> {
+fn server_tls(worker: usize, upstreams: &[Upstream]) -> Vec<Option<ServerTlsState>> {
     let mut out = Vec::new();
     for u in upstreams {
         for s in 0..u.servers.len() {
             let tls = u.server_tls.get(s).and_then(Option::as_ref).map(|tls| {
-                crate::tls::UpstreamTls::new(tls).map_err(|e| {
+                let tls = crate::tls::UpstreamTls::new(tls).map_err(|e| {
                     if worker == 0 {
                         eprintln!("blitz: upstream {:?}: TLS: {e}", u.name);
                     }
                     e.to_string()
-                })
+                });
+                ServerTlsState {
+                    tls,
+                    reported: Cell::new(false),
+                }
             });
             out.push(tls);
         }
