@@ -20,8 +20,9 @@ fn examples() -> Vec<PathBuf> {
 fn generate(path: &Path) -> String {
     let text = std::fs::read_to_string(path).expect("readable spec");
     // The real path: file rules (certificates, keys) resolve against it.
-    // Generated code names only the file, so the output stays the same
-    // wherever the checkout lies.
+    // Generated code names the file, and the certificate paths resolved
+    // against it: those are shown relative to `<examples>` so the output
+    // stays the same wherever the checkout lies.
     let checked = blitzc::check(SourceFile::new(path, text));
     assert!(
         !checked.has_errors(),
@@ -30,7 +31,9 @@ fn generate(path: &Path) -> String {
         checked.diagnostics
     );
     let spec = checked.spec.as_ref().expect("lowered");
-    blitzc::codegen::generate(spec, &checked.file).code
+    let code = blitzc::codegen::generate(spec, &checked.file).code;
+    let dir = path.parent().expect("spec folder").display().to_string();
+    code.replace(&dir, "<examples>")
 }
 
 #[test]

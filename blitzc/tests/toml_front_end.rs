@@ -903,3 +903,62 @@ fn every_form_matches_its_kdl_twin() {
     let from_kdl = lower(SourceFile::new("specs/edge.kdl", EVERY_FORM_KDL));
     assert_eq!(from_toml, from_kdl);
 }
+
+/// A server's TLS options lower the same from both syntaxes: on, SNI
+/// lower-cased, the CA path resolved against the spec's folder; without
+/// `tls` the server is cleartext.
+#[test]
+fn server_tls_options_lower_in_both_syntaxes() {
+    let toml = r#"
+version = 1
+
+[[listener]]
+name = "public"
+bind = "127.0.0.1:8080"
+
+[[upstream]]
+name = "api"
+servers = [
+    { address = "10.0.0.7:443", tls = true, sni = "API.internal", ca = "certs/ca.pem" },
+    { address = "10.0.0.8:443", tls = true },
+    { address = "10.0.0.9:80" },
+]
+
+[[route]]
+name = "all"
+proxy = "api"
+"#;
+    let kdl = r#"
+version 1
+listener "public" {
+    bind "127.0.0.1:8080"
+}
+upstream "api" {
+    server "10.0.0.7:443" tls=#true sni="API.internal" ca="certs/ca.pem"
+    server "10.0.0.8:443" tls=#true
+    server "10.0.0.9:80"
+}
+route "all" {
+    proxy "api"
+}
+"#;
+    let from_toml = lower_clean(toml);
+    let file = SourceFile::new("specs/edge.kdl", kdl);
+    let (from_kdl, diagnostics) = syntax::kdl::lower(&file);
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    let from_kdl = from_kdl.expect("the spec parses");
+    for spec in [&from_toml, &from_kdl] {
+        let servers = &spec.upstreams[0].servers;
+        let tls = servers[0].tls.as_ref().expect("tls on");
+        assert_eq!(
+            tls.sni.as_ref().map(|s| s.value.as_str()),
+            Some("api.internal")
+        );
+        let ca = tls.ca.as_ref().expect("ca");
+        assert_eq!(ca.value.written, "certs/ca.pem");
+        assert_eq!(ca.value.resolved, Path::new("specs/certs/ca.pem"));
+        assert_eq!(servers[0].tls_name().as_deref(), Some("api.internal"));
+        assert_eq!(servers[1].tls_name().as_deref(), Some("10.0.0.8"));
+        assert!(servers[2].tls.is_none() && servers[2].tls_name().is_none());
+    }
+}

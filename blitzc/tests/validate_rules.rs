@@ -671,7 +671,7 @@ listener "l" {
 
 #[test]
 fn tls_files_load_for_the_runtime() {
-    use blitzc::validate::tls_files::{TlsFileError, load_certified_key};
+    use blitz_runtime::tls::files::{TlsFileError, load_certified_key};
     let dir = fixtures();
     let key = load_certified_key(&dir.join("api.crt"), &dir.join("api.key")).unwrap();
     assert_eq!(key.cert.len(), 1);

@@ -337,7 +337,34 @@ pub struct Server {
     pub address: Spanned<ServerAddress>,
     /// Defaults to 1.
     pub weight: Spanned<u32>,
+    /// TLS to this server (`tls=#true`); `None` = cleartext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTls>,
     pub span: Span,
+}
+
+/// TLS to an upstream server: the certificate is always verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerTls {
+    /// Name sent in SNI and verified; `None` = the address's host.
+    pub sni: Option<Spanned<String>>,
+    /// CA file to verify with instead of the built-in (Mozilla) roots.
+    pub ca: Option<Spanned<FilePath>>,
+    /// The `tls=#true` entry.
+    pub span: Span,
+}
+
+impl Server {
+    /// The name verified in the server's certificate (and sent in SNI):
+    /// `sni`, else the address's host.
+    pub fn tls_name(&self) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        Some(match (&tls.sni, &self.address.value) {
+            (Some(sni), _) => sni.value.clone(),
+            (None, ServerAddress::Ip(addr)) => addr.ip().to_string(),
+            (None, ServerAddress::Dns { host, .. }) => host.clone(),
+        })
+    }
 }
 
 /// `host:port`, the host an IP address or a DNS name.

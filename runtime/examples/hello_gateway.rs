@@ -8,7 +8,7 @@
 //!   [--header-timeout 10s] [--idle-timeout 60s] [--body-timeout 30s]
 //!   [--max-header-bytes 16384] [--max-headers 100] [--max-body-bytes 10485760]
 //!   [--connect-timeout 1s] [--response-timeout 30s] [--grace 30s]
-//!   [--protocols h1|h2c|h1,h2c]
+//!   [--protocols h1|h2|h2c, comma-separated] [--tls-cert PEM --tls-key PEM]
 //!   [--admin-socket PATH] [--upgrade] [--tag TAG]
 //! ```
 //!
@@ -32,10 +32,11 @@ use blitz_runtime::http::{RequestHead, ResponseHead};
 use blitz_runtime::lb::Upstream;
 use blitz_runtime::rt::parse_duration;
 use blitz_runtime::{
-    Action, DriverChoice, Gateway, ListenerConfig, Protocols, ServerConfig, serve,
+    Action, CertConfig, DriverChoice, Gateway, ListenerConfig, Protocols, ServerConfig, TlsConfig,
+    serve,
 };
 
-/// `h1`, `h2c` or both, comma-separated.
+/// `h1`, `h2` (over TLS, by ALPN), `h2c`, comma-separated.
 fn parse_protocols(value: &str) -> Result<Protocols, String> {
     let mut p = Protocols {
         h1: false,
@@ -45,12 +46,13 @@ fn parse_protocols(value: &str) -> Result<Protocols, String> {
         match name {
             "h1" => p.h1 = true,
             "h2c" if cfg!(feature = "h2") => p.h2c = true,
-            "h2c" => return Err("h2c needs the runtime's h2 feature".into()),
-            other => return Err(format!("unknown protocol {other:?} (h1, h2c)")),
+            "h2" if cfg!(feature = "h2") => p.h2 = true,
+            "h2" | "h2c" => return Err(format!("{name} needs the runtime's h2 feature")),
+            other => return Err(format!("unknown protocol {other:?} (h1, h2, h2c)")),
         }
     }
-    if !p.h1 && !p.h2c {
-        return Err("--protocols needs h1 or h2c".into());
+    if !p.h1 && !p.h2 && !p.h2c {
+        return Err("--protocols needs h1, h2 or h2c".into());
     }
     Ok(p)
 }
@@ -118,7 +120,8 @@ impl Gateway for Hello {
 const USAGE: &str = "usage: hello_gateway --listen ADDR --upstream ADDR [--workers N|auto] \
 [--driver auto|io-uring|poll] [--header-timeout 10s] [--idle-timeout 60s] [--body-timeout 30s] \
 [--max-header-bytes 16384] [--max-headers 100] [--max-body-bytes 10485760] \
-[--connect-timeout 1s] [--response-timeout 30s] [--grace 30s] [--protocols h1,h2c] \
+[--connect-timeout 1s] [--response-timeout 30s] [--grace 30s] [--protocols h1,h2,h2c] \
+[--tls-cert PEM --tls-key PEM (needs the `tls` feature)] \
 [--admin-socket PATH] [--upgrade] [--tag TAG]";
 
 fn parse_args() -> Result<(ServerConfig, SocketAddr, Option<&'static str>), String> {
@@ -131,6 +134,7 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr, Option<&'static str>), Stri
     let mut upstream = None;
     let mut driver = None;
     let mut protocols = Protocols::H1;
+    let (mut tls_cert, mut tls_key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -181,6 +185,8 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr, Option<&'static str>), Stri
             "--response-timeout" => l.response_timeout = dur(&value)?,
             "--grace" => config.grace = dur(&value)?,
             "--protocols" => protocols = parse_protocols(&value)?,
+            "--tls-cert" => tls_cert = Some(value.into()),
+            "--tls-key" => tls_key = Some(value.into()),
             "--admin-socket" => config.admin_socket = Some(PathBuf::from(&value)),
             "--tag" => tag = Some(&*Box::leak(value.into_boxed_str())),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
@@ -189,8 +195,19 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr, Option<&'static str>), Stri
     if listen.is_empty() {
         return Err(format!("--listen is required\n{USAGE}"));
     }
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            certs: vec![CertConfig {
+                cert,
+                key,
+                sni: None,
+            }],
+        }),
+        (None, None) => None,
+        _ => return Err(format!("--tls-cert and --tls-key go together\n{USAGE}")),
+    };
     // The first listener is "hello", further ones "hello-2", "hello-3"…;
-    // all speak `--protocols`.
+    // all speak `--protocols`, with the same TLS.
     config.listeners = listen
         .into_iter()
         .enumerate()
@@ -200,6 +217,7 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr, Option<&'static str>), Stri
                 _ => ListenerConfig::h1(format!("hello-{}", i + 1), a),
             };
             l.protocols = protocols;
+            l.tls = tls.clone();
             l
         })
         .collect();

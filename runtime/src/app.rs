@@ -8,7 +8,8 @@
 //! GATEWAY --version      blitzc version and the spec's hash
 //! ```
 //!
-//! SIGTERM/SIGINT drain gracefully (see [`crate::rt`]). `--upgrade` takes
+//! SIGTERM/SIGINT drain gracefully; SIGHUP re-reads the listeners' TLS
+//! certificates (see [`crate::rt`]). `--upgrade` takes
 //! the listening sockets over from the instance serving on the control
 //! socket (`--admin-socket`, else the spec's `admin { socket }`, else
 //! `$XDG_RUNTIME_DIR/blitz-NAME.sock` or `/tmp/blitz-NAME.sock`), which

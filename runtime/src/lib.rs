@@ -26,7 +26,9 @@ pub mod prelude;
 pub mod proxy;
 pub mod route;
 pub mod rt;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use proxy::gateway::{Action, Gateway};
 pub use proxy::{Limits, ProxyError};
-pub use rt::{DriverChoice, ListenerConfig, Protocols, ServerConfig, serve};
+pub use rt::{CertConfig, DriverChoice, ListenerConfig, Protocols, ServerConfig, TlsConfig, serve};

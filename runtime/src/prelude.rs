@@ -4,11 +4,14 @@
 
 pub use crate::app::GatewayConfig;
 pub use crate::http::{RequestHead, ResponseHead};
-pub use crate::lb::{Balance, HashKey, HealthCheck, PoolConfig, RetryPolicy, Server, Upstream};
+pub use crate::lb::{
+    Balance, HashKey, HealthCheck, PoolConfig, RetryPolicy, Server, ServerTls, Upstream,
+};
 pub use crate::route::{
     MAX_HOST, first_segment, has_prefix, header_is, header_present, host_has_suffix, host_lower,
     query_is, query_present,
 };
+pub use crate::rt::{CertConfig, TlsConfig};
 pub use crate::{Action, Gateway, Limits, ListenerConfig, Protocols};
 pub use std::borrow::Cow;
 pub use std::net::SocketAddr;

@@ -282,7 +282,7 @@ fn upstream(u: &Upstream) -> TokenStream {
     let name = u.name.value.as_str();
     let servers = u.servers.iter().map(|s| {
         let weight = Literal::u32_unsuffixed(s.weight.value);
-        match &s.address.value {
+        let server = match &s.address.value {
             ServerAddress::Ip(addr) => {
                 let addr = socket_addr(*addr);
                 quote! { Server::ip(#addr, #weight) }
@@ -291,6 +291,10 @@ fn upstream(u: &Upstream) -> TokenStream {
                 let port = Literal::u16_unsuffixed(*port);
                 quote! { Server::dns(#host, #port, #weight) }
             }
+        };
+        match server_tls(s) {
+            Some(tls) => quote! { #server.with_tls(#tls) },
+            None => server,
         }
     });
     let mut chain = quote! { Upstream::new(#name, Vec::from([#(#servers),*])) };
@@ -379,6 +383,21 @@ fn socket_addr(addr: SocketAddr) -> TokenStream {
     }
 }
 
+/// A server's TLS settings as an `Option<ServerTls>` literal.
+fn server_tls(s: &blitz_ir::Server) -> Option<TokenStream> {
+    let (Some(tls), Some(name)) = (&s.tls, s.tls_name()) else {
+        return None;
+    };
+    let ca = match &tls.ca {
+        Some(ca) => {
+            let path = ca.value.resolved.to_string_lossy();
+            quote! { Some(#path.into()) }
+        }
+        None => quote! { None },
+    };
+    Some(quote! { ServerTls { sni: #name.to_string(), ca: #ca } })
+}
+
 /// A spec listener as a `ListenerConfig` literal.
 fn listener(l: &blitz_ir::Listener) -> TokenStream {
     let name = l.name.value.as_str();
@@ -390,11 +409,30 @@ fn listener(l: &blitz_ir::Listener) -> TokenStream {
         speaks(Protocol::H2c),
         speaks(Protocol::H3),
     );
+    let tls = match &l.tls {
+        None => quote! { None },
+        Some(tls) => {
+            let certs = tls.certs.iter().map(|c| {
+                let cert = c.cert.value.resolved.to_string_lossy();
+                let key = c.key.value.resolved.to_string_lossy();
+                let sni = match &c.sni {
+                    Some(name) => {
+                        let name = name.value.as_str();
+                        quote! { Some(#name.to_string()) }
+                    }
+                    None => quote! { None },
+                };
+                quote! { CertConfig { cert: #cert.into(), key: #key.into(), sni: #sni } }
+            });
+            quote! { Some(TlsConfig { certs: vec![#(#certs),*] }) }
+        }
+    };
     quote! {
         ListenerConfig {
             name: #name.to_string(),
             addr: #addr,
             protocols: Protocols { h1: #h1, h2: #h2, h2c: #h2c, h3: #h3 },
+            tls: #tls,
         }
     }
 }

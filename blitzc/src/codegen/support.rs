@@ -25,13 +25,10 @@ pub fn unsupported(spec: &Spec) -> Vec<Diagnostic> {
         out.push(refuse(log.span, "`access-log`"));
     }
     for listener in &spec.listeners {
-        if let Some(tls) = &listener.tls {
-            out.push(refuse(tls.span, "`tls`"));
-        }
         for p in &listener.protocols {
-            // h2c (prior knowledge) is served; h2 needs TLS (ALPN) and h3
-            // QUIC, which the runtime does not serve yet.
-            if !matches!(p.value, Protocol::H1 | Protocol::H2c) {
+            // h1, h2 (over TLS, by ALPN) and h2c (prior knowledge) are
+            // served; h3 (QUIC) is not yet.
+            if p.value == Protocol::H3 {
                 out.push(refuse(p.span, &format!("protocol `{}`", p.value.keyword())));
             }
         }
@@ -91,6 +88,14 @@ pub fn features(spec: &Spec) -> Vec<&'static str> {
     }
     if uses_regex {
         features.push("regex");
+    }
+    let upstream_tls = spec
+        .upstreams
+        .iter()
+        .flat_map(|u| &u.servers)
+        .any(|s| s.tls.is_some());
+    if upstream_tls || spec.listeners.iter().any(|l| l.tls.is_some()) {
+        features.push("tls");
     }
     features
 }

@@ -646,6 +646,57 @@ impl Lowerer<'_> {
         }
     }
 
+    /// A server's `tls=#true`, `sni=` and `ca=`. `Some(None)`: cleartext;
+    /// `None`: an error was reported.
+    fn server_tls(
+        &mut self,
+        n: &KdlNode,
+        tls: Option<&KdlEntry>,
+        sni: Option<&KdlEntry>,
+        ca: Option<&KdlEntry>,
+    ) -> Option<Option<ServerTls>> {
+        let on = match tls {
+            Some(t) => Some(self.boolean(t, "`tls`")?),
+            None => None,
+        };
+        let sni = match sni {
+            Some(s) => Some(self.string(s, "the server name")?),
+            None => None,
+        };
+        let ca = match ca {
+            Some(c) => {
+                let p = self.string(c, "the CA file path")?;
+                Some(self.lw.file_path(&p.value, p.span)?)
+            }
+            None => None,
+        };
+        match on {
+            Some(on) if on.value => Some(Some(ServerTls {
+                sni: sni.map(|s| Spanned::new(s.value.to_ascii_lowercase(), s.span)),
+                ca,
+                span: on.span,
+            })),
+            _ if sni.is_some() || ca.is_some() => {
+                let (what, at) = match (&sni, &ca) {
+                    (Some(s), _) => ("sni", s.span),
+                    (None, Some(c)) => ("ca", c.span),
+                    (None, None) => ("tls", name_span(n)),
+                };
+                self.push(
+                    Diagnostic::error(
+                        Code::MissingField,
+                        at,
+                        format!("`{what}` on a server without `tls=#true`"),
+                    )
+                    .label("only used for TLS")
+                    .help("add `tls=#true` to connect to this server with TLS, or remove it"),
+                );
+                None
+            }
+            _ => Some(None),
+        }
+    }
+
     fn limits(&mut self, node: &KdlNode) -> Limits {
         self.entries(node, 0, &[], true);
         let names = [
@@ -739,7 +790,7 @@ impl Lowerer<'_> {
         }
         let mut servers = Vec::new();
         for n in kids.iter().filter(|n| n.name().value() == "server") {
-            let e = self.entries(n, 1, &["weight"], false);
+            let e = self.entries(n, 1, &["weight", "tls", "sni", "ca"], false);
             let address = match e.args.first() {
                 Some(a) => self
                     .string(a, "the address")
@@ -753,10 +804,12 @@ impl Lowerer<'_> {
                 Some(w) => self.count_entry(w, 0, "weight"),
                 None => Some(Spanned::new(1, Span::default())),
             };
-            if let (Some(address), Some(weight)) = (address, weight) {
+            let tls = self.server_tls(n, e.prop("tls"), e.prop("sni"), e.prop("ca"));
+            if let (Some(address), Some(weight), Some(tls)) = (address, weight, tls) {
                 servers.push(Server {
                     address,
                     weight,
+                    tls,
                     span: span_of(n.span()),
                 });
             }

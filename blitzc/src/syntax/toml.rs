@@ -308,7 +308,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "retry",
 ];
 const BALANCE_KEYS: &[&str] = &["algorithm", "key"];
-const SERVER_KEYS: &[&str] = &["address", "weight"];
+const SERVER_KEYS: &[&str] = &["address", "weight", "tls", "sni", "ca"];
 const POOL_KEYS: &[&str] = &["max-idle", "idle-timeout"];
 const HEALTH_CHECK_KEYS: &[&str] = &[
     "path",
@@ -1061,11 +1061,56 @@ impl Lowerer {
             Some(f) => self.count(f, CTX, 0),
             None => Some(Spanned::new(1, Span::default())),
         };
+        let tls = self.server_tls(t);
         Some(Server {
             address: address?,
             weight: weight?,
+            tls: tls?,
             span: t.span,
         })
+    }
+
+    /// A server's `tls`, `sni` and `ca`. `Some(None)`: cleartext; `None`:
+    /// an error was reported.
+    fn server_tls(&mut self, t: Tbl<'_>) -> Option<Option<ServerTls>> {
+        const CTX: &str = "server";
+        let on = match t.get("tls") {
+            Some(f) => Some(self.boolean(f, CTX)?),
+            None => None,
+        };
+        let sni = match t.get("sni") {
+            Some(f) => Some(self.string(f, CTX)?),
+            None => None,
+        };
+        let ca = match t.get("ca") {
+            Some(f) => Some(self.file_path(f, CTX)?),
+            None => None,
+        };
+        match on {
+            Some(on) if on.value => Some(Some(ServerTls {
+                sni: sni.map(|s| Spanned::new(s.value.to_ascii_lowercase(), s.span)),
+                ca,
+                span: on.span,
+            })),
+            _ if sni.is_some() || ca.is_some() => {
+                let (what, at) = match (&sni, &ca) {
+                    (Some(s), _) => ("sni", s.span),
+                    (None, Some(c)) => ("ca", c.span),
+                    (None, None) => ("tls", t.span),
+                };
+                self.push(
+                    Diagnostic::error(
+                        Code::MissingField,
+                        at,
+                        format!("`{what}` on a server without `tls = true`"),
+                    )
+                    .label("only used for TLS")
+                    .help("add `tls = true` to connect to this server with TLS, or remove it"),
+                );
+                None
+            }
+            _ => Some(None),
+        }
     }
 
     fn pool(&mut self, t: Tbl<'_>) -> Pool {

@@ -14,7 +14,6 @@ pub mod plugins;
 pub mod routes;
 pub mod shadow;
 pub mod tls;
-pub mod tls_files;
 pub mod upstreams;
 
 use crate::diag::Diagnostic;

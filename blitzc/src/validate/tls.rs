@@ -1,11 +1,14 @@
 //! Listener protocols and TLS: `h2`/`h3` without TLS (B060), `h2c` with TLS
 //! (B061), certificate and key files (B062, B063, B066), `tls` without a
 //! certificate (B065), and certificate selection by SNI (B064, B039).
+//! Upstream servers with `tls=#true`: the CA file (B062) and the `sni`
+//! name (B039). Files are loaded by the runtime's own loader
+//! (`blitz_runtime::tls::files`), so what checks clean also loads.
 
-use super::tls_files::{self, TlsFileError, TlsFileRole};
 use crate::diag::{Code, Diagnostic};
 use crate::ir::values::is_dns_name;
-use blitz_ir::{Listener, Protocol, Span, Spec, Tls, TlsCert};
+use blitz_ir::{FilePath, Listener, Protocol, Span, Spanned, Spec, Tls, TlsCert};
+use blitz_runtime::tls::files::{self as tls_files, TlsFileError, TlsFileRole};
 use std::collections::HashMap;
 
 pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
@@ -17,6 +20,56 @@ pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
             sni(tls, diagnostics);
         }
     }
+    for upstream in &spec.upstreams {
+        for server in &upstream.servers {
+            let Some(tls) = &server.tls else { continue };
+            if let Some(sni) = &tls.sni
+                && (!is_dns_name(&sni.value) || sni.value.parse::<std::net::IpAddr>().is_ok())
+            {
+                diagnostics.push(
+                    Diagnostic::error(
+                        Code::InvalidHost,
+                        sni.span,
+                        format!("invalid SNI name `{}`", sni.value),
+                    )
+                    .label("not a DNS name")
+                    .help("write the DNS name the server's certificate is issued for, or leave `sni` out to use the address's host"),
+                );
+            }
+            if let Some(ca) = &tls.ca
+                && let Err(error) = tls_files::load_ca_roots(&ca.value.resolved)
+            {
+                diagnostics.push(ca_error(ca, &error));
+            }
+        }
+    }
+}
+
+/// B062 for a server's `ca` file.
+fn ca_error(ca: &Spanned<FilePath>, error: &TlsFileError) -> Diagnostic {
+    let written = &ca.value.written;
+    let (message, label, help) = match error {
+        TlsFileError::Missing { .. } => (
+            format!("CA file `{written}` not found"),
+            "no such file".to_string(),
+            "paths are relative to the spec file's folder".to_string(),
+        ),
+        TlsFileError::NoCertificate { found, .. } => (
+            format!("CA file `{written}` holds no certificate"),
+            found_label(found),
+            "`ca` takes a PEM file with one or more -----BEGIN CERTIFICATE----- sections"
+                .to_string(),
+        ),
+        other => (
+            format!("CA file `{written}` cannot be used"),
+            other.to_string(),
+            "`ca` takes a PEM file with one or more -----BEGIN CERTIFICATE----- sections"
+                .to_string(),
+        ),
+    };
+    Diagnostic::error(Code::TlsFile, ca.span, message)
+        .label(label)
+        .help(help)
 }
 
 /// B060, B061: HTTP/2 over TLS and HTTP/3 are negotiated by ALPN and need

@@ -226,7 +226,7 @@ pub fn config() -> GatewayConfig {
         listeners: vec![
             ListenerConfig { name : "http".to_string(), addr : SocketAddr::from(([127, 0,
             0, 1], 8080)), protocols : Protocols { h1 : true, h2 : false, h2c : false, h3
-            : false }, }
+            : false }, tls : None, }
         ],
         workers: 1,
         limits: Limits {

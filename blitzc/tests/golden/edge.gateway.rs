@@ -161,9 +161,15 @@ pub fn config() -> GatewayConfig {
         listeners: vec![
             ListenerConfig { name : "public-tls".to_string(), addr :
             SocketAddr::from(([0, 0, 0, 0], 8443)), protocols : Protocols { h1 : true, h2
-            : true, h2c : false, h3 : true }, }, ListenerConfig { name : "public"
-            .to_string(), addr : SocketAddr::from(([0, 0, 0, 0], 8080)), protocols :
-            Protocols { h1 : true, h2 : false, h2c : true, h3 : false }, }
+            : true, h2c : false, h3 : true }, tls : Some(TlsConfig { certs :
+            vec![CertConfig { cert : "<examples>/certs/edge.crt"
+            .into(), key : "<examples>/certs/edge.key".into(), sni :
+            None }, CertConfig { cert : "<examples>/certs/api.crt"
+            .into(), key : "<examples>/certs/api.key".into(), sni :
+            Some("api.example.com".to_string()) }] }), }, ListenerConfig { name :
+            "public".to_string(), addr : SocketAddr::from(([0, 0, 0, 0], 8080)),
+            protocols : Protocols { h1 : true, h2 : false, h2c : true, h3 : false }, tls
+            : None, }
         ],
         workers: 0,
         limits: Limits {

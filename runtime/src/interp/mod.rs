@@ -15,8 +15,10 @@
 
 use crate::app::GatewayConfig;
 use crate::http::{RequestHead, ResponseHead};
-use crate::lb::{Balance, HashKey, HealthCheck, PoolConfig, RetryPolicy, Server, Upstream};
-use crate::rt::{ListenerConfig, Protocols};
+use crate::lb::{
+    Balance, HashKey, HealthCheck, PoolConfig, RetryPolicy, Server, ServerTls, Upstream,
+};
+use crate::rt::{CertConfig, ListenerConfig, Protocols, TlsConfig};
 use crate::{Action, Gateway, Limits};
 use blitz_ir::matcher::{RequestHead as MatchHead, Router};
 use blitz_ir::{ActionKind, HeaderRewrite, ServerAddress, Spec, StepKind, Workers};
@@ -166,6 +168,17 @@ pub fn listener_config(l: &blitz_ir::Listener) -> ListenerConfig {
         name: l.name.value.clone(),
         addr: l.bind.value,
         protocols,
+        tls: l.tls.as_ref().map(|tls| TlsConfig {
+            certs: tls
+                .certs
+                .iter()
+                .map(|c| CertConfig {
+                    cert: c.cert.value.resolved.clone(),
+                    key: c.key.value.resolved.clone(),
+                    sni: c.sni.as_ref().map(|s| s.value.clone()),
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -175,9 +188,20 @@ pub fn upstream_from_ir(u: &blitz_ir::Upstream) -> Upstream {
     let servers = u
         .servers
         .iter()
-        .map(|s| match &s.address.value {
-            ServerAddress::Ip(addr) => Server::ip(*addr, s.weight.value),
-            ServerAddress::Dns { host, port } => Server::dns(host.clone(), *port, s.weight.value),
+        .map(|s| {
+            let server = match &s.address.value {
+                ServerAddress::Ip(addr) => Server::ip(*addr, s.weight.value),
+                ServerAddress::Dns { host, port } => {
+                    Server::dns(host.clone(), *port, s.weight.value)
+                }
+            };
+            match (&s.tls, s.tls_name()) {
+                (Some(tls), Some(sni)) => server.with_tls(ServerTls {
+                    sni,
+                    ca: tls.ca.as_ref().map(|ca| ca.value.resolved.clone()),
+                }),
+                _ => server,
+            }
         })
         .collect();
     let balance = match u.balance.algorithm.value {

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use compio::net::TcpStream;
+use crate::proxy::UpstreamStream;
 
 use super::{
     Balance, Balancer, Candidate, ConnPool, HashKey, PoolConfig, RetryBudget, RetryPolicy,
@@ -56,7 +56,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     state: Arc<EndpointState>,
     /// Idle connections to it.
-    pub pool: RefCell<ConnPool<TcpStream>>,
+    pub pool: RefCell<ConnPool<UpstreamStream>>,
+    /// TLS to it (its server's), shared by the endpoints of one server.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Rc<crate::tls::UpstreamTlsState>>,
     outlier: Outlier,
     counters: Counters,
     /// Set when DNS removed it: connections are no longer pooled.
@@ -64,9 +67,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(state: Arc<EndpointState>, pool: PoolConfig) -> Self {
+    fn new(state: Arc<EndpointState>, pool: PoolConfig, tls: &ServerTlsStates) -> Self {
+        #[cfg(not(feature = "tls"))]
+        let _ = tls;
         Endpoint {
             addr: state.addr,
+            #[cfg(feature = "tls")]
+            tls: tls.get(state.server).cloned().flatten(),
             state,
             pool: RefCell::new(ConnPool::new(pool)),
             outlier: Outlier::default(),
@@ -167,9 +174,18 @@ pub struct UpstreamSet {
     pub budget: RetryBudget,
     balance: Balance,
     pool: PoolConfig,
+    /// TLS client state of each spec server (by index), if it speaks TLS.
+    server_tls: ServerTlsStates,
     seed: u64,
     live: RefCell<Live>,
 }
+
+/// TLS client state by spec server index.
+#[cfg(feature = "tls")]
+type ServerTlsStates = Vec<Option<Rc<crate::tls::UpstreamTlsState>>>;
+/// Without the `tls` feature nothing speaks TLS.
+#[cfg(not(feature = "tls"))]
+type ServerTlsStates = ();
 
 impl std::fmt::Debug for UpstreamSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,6 +195,24 @@ impl std::fmt::Debug for UpstreamSet {
             .finish_non_exhaustive()
     }
 }
+
+/// The TLS client side of `config`'s servers on one worker.
+#[cfg(feature = "tls")]
+fn server_tls(config: &Upstream, worker: usize) -> ServerTlsStates {
+    config
+        .servers
+        .iter()
+        .map(|s| {
+            s.tls
+                .as_ref()
+                .map(|tls| Rc::new(crate::tls::UpstreamTlsState::new(&config.name, tls, worker)))
+        })
+        .collect()
+}
+
+/// (`rt::serve` refuses to start with a TLS server in this build.)
+#[cfg(not(feature = "tls"))]
+fn server_tls(_config: &Upstream, _worker: usize) -> ServerTlsStates {}
 
 impl UpstreamSet {
     /// The worker's state of `config`, with the endpoints of `dir`.
@@ -196,6 +230,7 @@ impl UpstreamSet {
             budget: RetryBudget::default(),
             balance: config.balance.clone(),
             pool: config.pool.unwrap_or(default_pool),
+            server_tls: server_tls(config, worker),
             seed: worker as u64,
             live: RefCell::new(Live {
                 generation: u64::MAX,
@@ -225,7 +260,7 @@ impl UpstreamSet {
                     .iter()
                     .find(|e| Arc::ptr_eq(&e.state, s))
                     .map_or_else(
-                        || Rc::new(Endpoint::new(Arc::clone(s), self.pool)),
+                        || Rc::new(Endpoint::new(Arc::clone(s), self.pool, &self.server_tls)),
                         Rc::clone,
                     )
             })

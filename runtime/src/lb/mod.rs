@@ -112,6 +112,18 @@ pub struct Server {
     pub address: ServerAddress,
     /// Share of the load for weighted algorithms; 0 takes it out of rotation.
     pub weight: u32,
+    /// TLS to it; `None`: plain TCP.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS to one server (the spec's `tls`, `sni` and `ca` on `server`;
+/// needs the runtime's `tls` feature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// Name sent in SNI and verified against the server's certificate.
+    pub sni: String,
+    /// CA file (PEM) to verify with instead of the built-in roots.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Server {
@@ -120,7 +132,14 @@ impl Server {
         Server {
             address: ServerAddress::Ip(addr),
             weight,
+            tls: None,
         }
+    }
+
+    /// Speaks TLS to this server.
+    pub fn with_tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// A server named by DNS: every address the name resolves to is an
@@ -132,6 +151,7 @@ impl Server {
                 port,
             },
             weight,
+            tls: None,
         }
     }
 }

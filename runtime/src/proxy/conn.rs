@@ -6,20 +6,19 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use compio::io::AsyncWrite;
 use compio::net::TcpStream;
 use futures_util::future::{Either, select};
 
 use super::Worker;
 use super::error::{ErrorKind, ProxyError};
 use super::gateway::{Action, Gateway, RequestLog};
-use super::io::{ReadOutcome, read_more, write_all};
+use super::io::{ReadOutcome, Stream, read_more, write_all};
 use super::upstream::{Exchange, proxy_request};
 use crate::http::{
     HeaderBlock, LocalResponse, RequestHead, ResponseHead, Version, parse_request_head,
     write_local_response,
 };
-use crate::rt::ListenerConfig;
+use crate::rt::Listener;
 
 /// Initial (and idle) capacity of a connection's read buffer. An idle
 /// keep-alive connection keeps one read posted, and so this buffer: small
@@ -33,14 +32,14 @@ const HEAD_READ_ROOM: usize = 4096;
 /// The client side of a connection: the socket and its read buffer.
 /// `rbuf[rpos..]` holds bytes received but not consumed yet (the rest of
 /// a body, or pipelined requests).
-pub(crate) struct Client {
-    pub stream: TcpStream,
+pub(crate) struct Client<S: Stream> {
+    pub stream: S,
     pub peer: SocketAddr,
     pub rbuf: Vec<u8>,
     pub rpos: usize,
 }
 
-impl Client {
+impl<S: Stream> Client<S> {
     pub fn buffered(&self) -> &[u8] {
         &self.rbuf[self.rpos..]
     }
@@ -66,11 +65,20 @@ pub(crate) async fn serve_connection<G: Gateway>(
     w: Rc<Worker<G>>,
     stream: TcpStream,
     peer: SocketAddr,
-    listener: Rc<ListenerConfig>,
+    listener: Rc<Listener>,
 ) {
     w.active.set(w.active.get() + 1);
     let _guard = ActiveGuard(&w.active);
     let _ = stream.set_nodelay(true);
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &listener.tls {
+        // Boxed: the TLS path's state stays out of the plain connection's
+        // future.
+        let tls = std::sync::Arc::clone(tls);
+        Box::pin(serve_tls(Rc::clone(&w), stream, peer, tls, listener)).await;
+        return;
+    }
+    #[cfg_attr(not(feature = "h2"), allow(unused_mut))]
     let mut client = Client {
         stream,
         peer,
@@ -80,9 +88,10 @@ pub(crate) async fn serve_connection<G: Gateway>(
     // What the listener speaks decides the protocol: HTTP/2 with prior
     // knowledge starts with its preface, anything else is HTTP/1.1.
     #[cfg(feature = "h2")]
-    if listener.protocols.h2c {
+    if listener.config.protocols.h2c {
         // Boxed: neither future weighs on an HTTP/1.1 connection's task.
-        match Box::pin(sniff_h2c(&w, &mut client, listener.protocols.h1)).await {
+        let h1 = listener.config.protocols.h1;
+        match Box::pin(sniff_h2c(&w, &mut client, h1)).await {
             Sniffed::Http1 => {}
             Sniffed::Closed => return,
             Sniffed::Http2 => {
@@ -95,6 +104,60 @@ pub(crate) async fn serve_connection<G: Gateway>(
     }
     #[cfg(not(feature = "h2"))]
     let _ = &listener;
+    serve_h1(Rc::clone(&w), client).await;
+}
+
+/// The TLS handshake (bounded by the header timeout), then the protocol
+/// ALPN chose.
+#[cfg(feature = "tls")]
+async fn serve_tls<G: Gateway>(
+    w: Rc<Worker<G>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: std::sync::Arc<crate::tls::TlsServer>,
+    listener: Rc<Listener>,
+) {
+    let Ok(conn) = tls.connection() else {
+        let _ = stream.close().await;
+        return;
+    };
+    let stream = crate::tls::TlsStream::new(stream, conn);
+    let deadline = Instant::now() + w.limits.header_timeout;
+    let done = {
+        let handshake = pin!(stream.handshake(deadline));
+        let drained = pin!(w.drain.wait());
+        match select(handshake, drained).await {
+            Either::Left((r, _)) => r.is_ok(),
+            Either::Right(_) => false,
+        }
+    };
+    if !done {
+        let _ = Stream::close(stream).await;
+        return;
+    }
+    match stream.alpn_protocol().as_deref() {
+        #[cfg(feature = "h2")]
+        Some(b"h2") => {
+            let io = super::http2::TlsIo::new(stream);
+            super::http2::serve_h2(w, io, Vec::new(), peer, listener, true).await;
+        }
+        // `http/1.1`, or no ALPN at all. (`h2` is only offered when the
+        // listener speaks it, which needs the `h2` feature.)
+        _ => {
+            let _ = &listener;
+            let client = Client {
+                stream,
+                peer,
+                rbuf: Vec::new(),
+                rpos: 0,
+            };
+            serve_h1(w, client).await;
+        }
+    }
+}
+
+/// The HTTP/1.1 keep-alive loop over `stream`.
+async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>) {
     let mut req = RequestHead::default();
     let mut first = true;
     loop {
@@ -239,7 +302,7 @@ enum Sniffed {
 /// (`Http1`, the bytes stay in the read buffer). A listener without `h1`
 /// hands everything to HTTP/2, whose handshake checks the preface.
 #[cfg(feature = "h2")]
-async fn sniff_h2c<G: Gateway>(w: &Worker<G>, c: &mut Client, h1: bool) -> Sniffed {
+async fn sniff_h2c<G: Gateway>(w: &Worker<G>, c: &mut Client<TcpStream>, h1: bool) -> Sniffed {
     use super::http2::PREFACE;
     if !h1 {
         return Sniffed::Http2;
@@ -269,9 +332,9 @@ async fn sniff_h2c<G: Gateway>(w: &Worker<G>, c: &mut Client, h1: bool) -> Sniff
 }
 
 /// Reads until a whole head is parsed into `req` (consumed from the buffer).
-async fn read_head<G: Gateway>(
+async fn read_head<G: Gateway, S: Stream>(
     w: &Worker<G>,
-    c: &mut Client,
+    c: &mut Client<S>,
     req: &mut RequestHead,
     first: bool,
 ) -> HeadOutcome {
@@ -404,9 +467,9 @@ fn local_response_steps<G: Gateway>(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn local_answer<G: Gateway>(
+async fn local_answer<G: Gateway, S: Stream>(
     w: &Worker<G>,
-    c: &mut Client,
+    c: &mut Client<S>,
     req: &RequestHead,
     status: u16,
     body: &[u8],
@@ -478,12 +541,11 @@ pub(crate) fn error_body(status: u16) -> &'static [u8] {
 /// a short while, so an unread request body does not turn the close into a
 /// reset that would destroy the answer in flight (like nginx's
 /// lingering_close). Bounded in time and bytes.
-pub(crate) async fn linger_close(c: Client) {
+pub(crate) async fn linger_close<S: Stream>(c: Client<S>) {
     let Client {
         stream, mut rbuf, ..
     } = c;
-    let mut s = &stream;
-    let _ = s.shutdown().await;
+    let _ = stream.shutdown().await;
     let deadline = Instant::now() + Duration::from_millis(500);
     let mut discarded = 0usize;
     rbuf.clear();

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     NoHealthyUpstream,
     /// Connecting to the upstream failed.
     UpstreamConnect,
+    /// The TLS handshake with the upstream failed (certificate not
+    /// verified, no common protocol, bad SNI).
+    UpstreamTls,
     /// Connecting, or waiting for the response head, took too long.
     UpstreamTimeout,
     /// The upstream sent something that is not valid HTTP/1.1 for us.
@@ -74,7 +77,7 @@ impl ProxyError {
             ClientTimeout => (Side::Client, 408, false),
             ClientClosed | ClientWrite => (Side::Client, 400, false),
             NoHealthyUpstream => (Side::Upstream, 503, true),
-            UpstreamConnect => (Side::Upstream, 502, true),
+            UpstreamConnect | UpstreamTls => (Side::Upstream, 502, true),
             UpstreamTimeout => (Side::Upstream, 504, false),
             UpstreamProtocol(_) | UpstreamClosed | UpstreamStatus => (Side::Upstream, 502, false),
             Internal(_) => (Side::Internal, 500, false),

@@ -1,11 +1,12 @@
-//! Socket helpers for the pipeline: bounded reads with deadlines and the
+//! Socket helpers for the pipeline: the [`Stream`] the pipeline is
+//! generic over (plain TCP or TLS), bounded reads with deadlines and the
 //! body pump that moves one body from a source socket to a sink socket
 //! through the sans-IO [`BodyReader`], re-framing it on the way.
 
 use std::time::{Duration, Instant};
 
 use compio::BufResult;
-use compio::io::{AsyncReadExt, AsyncWriteExt};
+use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 
 use crate::http::{BodyReader, LAST_CHUNK, put_chunk_head};
@@ -14,6 +15,113 @@ use crate::http::{BodyReader, LAST_CHUNK, put_chunk_head};
 pub const WRITE_BATCH: usize = 64 * 1024;
 /// Reads ask for at least this much room.
 pub const READ_CHUNK: usize = 16 * 1024;
+
+/// A connection the pipeline reads and writes: a TCP socket or a TLS
+/// connection over one. Everything goes through `&self`, and a read and a
+/// write may be in flight at the same time (full duplex). The pipeline is
+/// monomorphised per stream type, so plain TCP pays nothing for TLS.
+#[allow(async_fn_in_trait)]
+pub trait Stream {
+    /// Reads into the spare capacity of `buf` (appending); `Ok(0)` at the
+    /// end of the stream.
+    async fn read_some(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>>;
+    /// Writes all of `buf`.
+    async fn write_buf(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>>;
+    /// Ends the sending side (TLS: close_notify, then FIN).
+    async fn shutdown(&self) -> std::io::Result<()>;
+    /// Closes the socket.
+    async fn close(self) -> std::io::Result<()>;
+    /// Whether the client reached us over TLS (`x-forwarded-proto`).
+    fn is_tls(&self) -> bool {
+        false
+    }
+}
+
+impl Stream for TcpStream {
+    async fn read_some(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        let mut s = self;
+        s.append(buf).await
+    }
+    async fn write_buf(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        let mut s = self;
+        s.write_all(buf).await
+    }
+    async fn shutdown(&self) -> std::io::Result<()> {
+        let mut s = self;
+        AsyncWrite::shutdown(&mut s).await
+    }
+    async fn close(self) -> std::io::Result<()> {
+        TcpStream::close(self).await
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Stream for crate::tls::TlsStream {
+    async fn read_some(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        crate::tls::TlsStream::read_some(self, buf).await
+    }
+    async fn write_buf(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        crate::tls::TlsStream::write_all(self, buf).await
+    }
+    async fn shutdown(&self) -> std::io::Result<()> {
+        crate::tls::TlsStream::shutdown(self).await
+    }
+    async fn close(self) -> std::io::Result<()> {
+        crate::tls::TlsStream::close(self).await
+    }
+    fn is_tls(&self) -> bool {
+        true
+    }
+}
+
+/// A connection to an upstream server: plain, or TLS when the server is
+/// configured so. (One type, so one pool holds both.)
+pub enum UpstreamStream {
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(crate::tls::TlsStream),
+}
+
+impl std::fmt::Debug for UpstreamStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamStream::Tcp(_) => f.write_str("UpstreamStream::Tcp"),
+            #[cfg(feature = "tls")]
+            UpstreamStream::Tls(_) => f.write_str("UpstreamStream::Tls"),
+        }
+    }
+}
+
+impl Stream for UpstreamStream {
+    async fn read_some(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        match self {
+            UpstreamStream::Tcp(s) => s.read_some(buf).await,
+            #[cfg(feature = "tls")]
+            UpstreamStream::Tls(s) => Stream::read_some(s, buf).await,
+        }
+    }
+    async fn write_buf(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        match self {
+            UpstreamStream::Tcp(s) => s.write_buf(buf).await,
+            #[cfg(feature = "tls")]
+            UpstreamStream::Tls(s) => s.write_buf(buf).await,
+        }
+    }
+    async fn shutdown(&self) -> std::io::Result<()> {
+        match self {
+            UpstreamStream::Tcp(s) => Stream::shutdown(s).await,
+            #[cfg(feature = "tls")]
+            UpstreamStream::Tls(s) => Stream::shutdown(s).await,
+        }
+    }
+    async fn close(self) -> std::io::Result<()> {
+        match self {
+            UpstreamStream::Tcp(s) => Stream::close(s).await,
+            #[cfg(feature = "tls")]
+            UpstreamStream::Tls(s) => Stream::close(s).await,
+        }
+    }
+}
 
 /// How a read ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +136,8 @@ pub enum ReadOutcome {
 /// capacity), within `deadline`. On timeout the buffer stays with the
 /// cancelled operation, so a fresh empty one comes back: the caller closes
 /// the connection in that case anyway.
-pub async fn read_more(
-    stream: &TcpStream,
+pub async fn read_more<S: Stream>(
+    stream: &S,
     mut buf: Vec<u8>,
     room: usize,
     deadline: Instant,
@@ -37,8 +145,7 @@ pub async fn read_more(
     if buf.capacity() - buf.len() < room {
         buf.reserve(room);
     }
-    let mut s = stream;
-    match compio::time::timeout_at(deadline, s.append(buf)).await {
+    match compio::time::timeout_at(deadline, stream.read_some(buf)).await {
         Ok(BufResult(Ok(0), buf)) => (ReadOutcome::Eof, buf),
         Ok(BufResult(Ok(n), buf)) => (ReadOutcome::Data(n), buf),
         Ok(BufResult(Err(_), buf)) => (ReadOutcome::Error, buf),
@@ -47,9 +154,8 @@ pub async fn read_more(
 }
 
 /// Writes all of `buf` and clears it (keeping its capacity).
-pub async fn write_all(stream: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut s = stream;
-    let BufResult(res, mut back) = s.write_all(std::mem::take(buf)).await;
+pub async fn write_all<S: Stream>(stream: &S, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let BufResult(res, mut back) = stream.write_buf(std::mem::take(buf)).await;
     back.clear();
     *buf = back;
     res
@@ -72,12 +178,12 @@ pub enum PumpError {
 
 /// One body in transit: source buffer with a read position, the decoder,
 /// and whether the sink gets chunked coding.
-pub struct Pump<'a> {
-    pub src: &'a TcpStream,
+pub struct Pump<'a, R: Stream, W: Stream> {
+    pub src: &'a R,
     pub src_buf: &'a mut Vec<u8>,
     pub src_pos: &'a mut usize,
     pub reader: BodyReader,
-    pub sink: &'a TcpStream,
+    pub sink: &'a W,
     /// Bytes waiting for the sink (may already hold a head).
     pub out: &'a mut Vec<u8>,
     pub chunked_out: bool,
@@ -87,7 +193,7 @@ pub struct Pump<'a> {
     pub read_room: usize,
 }
 
-impl Pump<'_> {
+impl<R: Stream, W: Stream> Pump<'_, R, W> {
     /// Moves the whole body, flushing `out` (the sink has everything when
     /// this returns `Ok`). With chunked output, the last chunk is written
     /// only after the source body completed: a failed body is never

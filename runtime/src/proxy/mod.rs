@@ -48,6 +48,7 @@ use crate::lb::{PoolConfig, ServerCounters, UpstreamSet, UpstreamTimeouts};
 use crate::rt::{BufferPool, DrainState, RequestIds};
 
 pub(crate) use conn::serve_connection;
+pub(crate) use io::UpstreamStream;
 
 /// Limits and timeouts enforced on every connection.
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +187,11 @@ mod tests {
 
     struct Nothing;
 
+    fn test_listener(addr: std::net::SocketAddr) -> crate::rt::Listener {
+        crate::rt::Listener::new(crate::rt::ListenerConfig::h1("test", addr))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     impl gateway::Gateway for Nothing {
         type Route = ();
         type Ctx = ();
@@ -221,7 +227,7 @@ mod tests {
                 PoolConfig::default(),
                 Directory::new(&[]),
             ));
-            let listener = Rc::new(crate::rt::ListenerConfig::h1("test", addr));
+            let listener = Rc::new(test_listener(addr));
             let fut = serve_connection(w, stream, addr, listener);
             std::mem::size_of_val(&fut)
         });
@@ -320,7 +326,7 @@ mod tests {
             let gateway = ToOrigin(origin_addr);
             let directory = Directory::new(&gateway::Gateway::upstreams(&gateway));
             let worker = Rc::new(Worker::new(0, gateway, Limits::default(), PoolConfig::default(), directory));
-            let listener = Rc::new(crate::rt::ListenerConfig::h1("test", gw_addr));
+            let listener = Rc::new(test_listener(gw_addr));
             compio::runtime::spawn(async move {
                 while let Ok((s, peer)) = gw.accept().await {
                     compio::runtime::spawn(serve_connection(Rc::clone(&worker), s, peer, Rc::clone(&listener))).detach();

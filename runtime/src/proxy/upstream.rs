@@ -16,7 +16,9 @@ use super::Worker;
 use super::conn::Client;
 use super::error::{ErrorKind, ProxyError, Side};
 use super::gateway::Gateway;
-use super::io::{Pump, PumpError, READ_CHUNK, ReadOutcome, read_more, write_all};
+use super::io::{
+    Pump, PumpError, READ_CHUNK, ReadOutcome, Stream, UpstreamStream, read_more, write_all,
+};
 use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, HeadLimits, RequestHead, ResponseHead, Version,
     parse_response_head, valid_request_id, write_forward_request, write_response_head,
@@ -52,7 +54,7 @@ pub(crate) async fn connect(
     fresh_only: bool,
     connect_timeout: Duration,
     now: Instant,
-) -> Result<(Rc<Endpoint>, TcpStream, bool), ProxyError> {
+) -> Result<(Rc<Endpoint>, UpstreamStream, bool), ProxyError> {
     let mut refused: Vec<SocketAddr> = Vec::new();
     let mut last = ProxyError::new(ErrorKind::NoHealthyUpstream);
     loop {
@@ -73,10 +75,14 @@ pub(crate) async fn connect(
         if let Some(conn) = pooled {
             return Ok((ep, conn, true));
         }
-        match compio::time::timeout(connect_timeout, TcpStream::connect(ep.addr)).await {
+        let deadline = Instant::now() + connect_timeout;
+        match compio::time::timeout_at(deadline, TcpStream::connect(ep.addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                return Ok((ep, stream, false));
+                match upstream_stream(stream, &ep, deadline).await {
+                    Ok(stream) => return Ok((ep, stream, false)),
+                    Err(e) => last = e,
+                }
             }
             Ok(Err(_)) => last = ProxyError::new(ErrorKind::UpstreamConnect),
             Err(_) => last = ProxyError::new(ErrorKind::UpstreamTimeout),
@@ -84,6 +90,45 @@ pub(crate) async fn connect(
         ep.failed(Instant::now());
         refused.push(ep.addr);
     }
+}
+
+/// Makes a freshly connected socket an upstream connection: as is, or
+/// after a TLS handshake (within the connect deadline) when the endpoint's
+/// server speaks TLS.
+async fn upstream_stream(
+    tcp: TcpStream,
+    ep: &Endpoint,
+    deadline: Instant,
+) -> Result<UpstreamStream, ProxyError> {
+    #[cfg(feature = "tls")]
+    if let Some(state) = &ep.tls {
+        let Ok(tls) = &state.tls else {
+            return Err(ProxyError::new(ErrorKind::UpstreamTls));
+        };
+        let Ok(conn) = tls.connection() else {
+            return Err(ProxyError::new(ErrorKind::UpstreamTls));
+        };
+        let stream = crate::tls::TlsStream::new(tcp, conn);
+        return match stream.handshake(deadline).await {
+            Ok(()) => Ok(UpstreamStream::Tls(stream)),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(ProxyError::new(ErrorKind::UpstreamTimeout))
+            }
+            Err(e) => {
+                // Why, once per server and worker: a certificate that does
+                // not verify is a configuration problem to see.
+                if !state.reported.replace(true) {
+                    eprintln!(
+                        "blitz: TLS handshake with upstream server {} failed: {e}",
+                        ep.addr
+                    );
+                }
+                Err(ProxyError::new(ErrorKind::UpstreamTls))
+            }
+        };
+    }
+    let _ = (ep, deadline);
+    Ok(UpstreamStream::Tcp(tcp))
 }
 
 /// Whether a request may be sent again after the upstream may have seen
@@ -109,9 +154,9 @@ fn replayable(req: &RequestHead) -> bool {
 /// anything is replayed once on a fresh one for replayable requests (the
 /// keep-alive race), outside the retry policy.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn proxy_request<G: Gateway>(
+pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
     w: &Worker<G>,
-    c: &mut Client,
+    c: &mut Client<S>,
     req: &mut RequestHead,
     route: G::Route,
     ctx: &mut G::Ctx,
@@ -260,13 +305,13 @@ enum Attempt {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn exchange<G: Gateway>(
+async fn exchange<G: Gateway, S: Stream>(
     w: &Worker<G>,
-    c: &mut Client,
+    c: &mut Client<S>,
     req: &mut RequestHead,
     route: G::Route,
     ctx: &mut G::Ctx,
-    up: &TcpStream,
+    up: &UpstreamStream,
     ep: &Endpoint,
     timeouts: UpstreamTimeouts,
     retry_statuses: &[u16],
@@ -290,7 +335,7 @@ async fn exchange<G: Gateway>(
     };
     let info = ForwardInfo {
         client_ip: c.peer.ip(),
-        proto: "http",
+        proto: if c.stream.is_tls() { "https" } else { "http" },
         request_id,
         strip_prefix,
         fallback_host: fallback.as_bytes(),
@@ -476,7 +521,7 @@ enum BodyOrHead {
 /// Reads and parses the response head into `resp`, skipping interim (1xx)
 /// answers; returns the position in `ubuf` where the body starts.
 pub(crate) async fn read_response_head(
-    up: &TcpStream,
+    up: &UpstreamStream,
     ubuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     is_head: bool,

@@ -49,6 +49,27 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
     /// What it speaks.
     pub protocols: Protocols,
+    /// TLS termination (the spec's `tls` block); `None` for cleartext.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's certificates, as files: loaded at start and re-read on
+/// SIGHUP (needs the runtime's `tls` feature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// In spec order. The one without `sni` is the default certificate.
+    pub certs: Vec<CertConfig>,
+}
+
+/// One certificate of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertConfig {
+    /// PEM certificate chain, server certificate first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+    /// The server name this certificate is chosen for; `None` = default.
+    pub sni: Option<String>,
 }
 
 impl ListenerConfig {
@@ -58,6 +79,70 @@ impl ListenerConfig {
             name: name.into(),
             addr,
             protocols: Protocols::H1,
+            tls: None,
+        }
+    }
+}
+
+/// A listener as the workers serve it: its configuration and, with TLS,
+/// the TLS state all workers share (certificates, session cache, ticket
+/// keys).
+#[derive(Debug, Clone)]
+pub(crate) struct Listener {
+    pub config: ListenerConfig,
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<crate::tls::TlsServer>>,
+}
+
+impl Listener {
+    /// Sets up what `config` needs beyond its socket (TLS: loads the
+    /// certificates).
+    pub fn new(config: ListenerConfig) -> io::Result<Listener> {
+        #[cfg(feature = "tls")]
+        {
+            let tls = match &config.tls {
+                Some(files) => Some(std::sync::Arc::new(
+                    crate::tls::TlsServer::new(files, config.protocols).map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("listener {:?}: {e}", config.name),
+                        )
+                    })?,
+                )),
+                None => None,
+            };
+            Ok(Listener { config, tls })
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            if config.tls.is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "listener {:?} has `tls`, but this runtime was built without its `tls` feature",
+                        config.name
+                    ),
+                ));
+            }
+            Ok(Listener { config })
+        }
+    }
+
+    /// SIGHUP: re-reads the certificates; a listener whose files do not
+    /// all load keeps its current ones. Logs the outcome.
+    pub fn reload(&self) {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(n) => eprintln!(
+                    "blitz: listener {:?}: {n} certificate(s) reloaded",
+                    self.config.name
+                ),
+                Err(e) => eprintln!(
+                    "blitz: listener {:?}: certificates not reloaded, keeping the current ones: {e}",
+                    self.config.name
+                ),
+            }
         }
     }
 }

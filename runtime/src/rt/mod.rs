@@ -14,6 +14,9 @@
 //! on `--upgrade` (`crate::handoff`), or passed by systemd (`systemd.rs`);
 //! workers initialise before they get them (see [`serve`]).
 //!
+//! SIGHUP re-reads every listener's TLS certificates (see
+//! [`crate::tls`]); connections are not touched.
+//!
 //! Drain (SIGTERM/SIGINT, or a new process took over): each worker stops
 //! accepting (closes its listening descriptors), gives connections waiting
 //! for a request a last call, lets in-flight exchanges finish within the
@@ -49,7 +52,8 @@ use futures_util::future::{Either, select};
 
 pub use buffers::{BUFFER_CAPACITY, BufferPool, RequestIds};
 pub use drain::{DrainState, DrainWait};
-pub use listen::{ListenerConfig, Protocols};
+pub(crate) use listen::Listener;
+pub use listen::{CertConfig, ListenerConfig, Protocols, TlsConfig};
 
 use crate::handoff::server::Offer;
 use crate::handoff::wire::Kind;
@@ -238,7 +242,7 @@ impl Workers {
     fn start<G, F>(
         config: &ServerConfig,
         n: usize,
-        listeners: Arc<[ListenerConfig]>,
+        listeners: Arc<[Listener]>,
         directory: &Arc<Directory>,
         make_gateway: F,
     ) -> io::Result<Workers>
@@ -347,7 +351,7 @@ impl Workers {
 fn worker_thread<G: Gateway>(
     (id, core): (usize, Option<usize>),
     config: &ServerConfig,
-    listeners: &[ListenerConfig],
+    listeners: &[Listener],
     directory: Arc<Directory>,
     make_gateway: &(dyn Fn(usize) -> G + Send + Sync),
     ready: &mpsc::Sender<Ready>,
@@ -446,12 +450,31 @@ where
 
     // The one gateway-wide part of the upstreams: resolved endpoints and
     // active health, with their background threads (stopped on return).
-    let directory = Directory::start(&make_gateway(0).upstreams())?;
+    let upstreams = make_gateway(0).upstreams();
+    #[cfg(not(feature = "tls"))]
+    if let Some(u) = upstreams
+        .iter()
+        .find(|u| u.servers.iter().any(|s| s.tls.is_some()))
+    {
+        return Err(io::Error::other(format!(
+            "upstream {:?} speaks TLS to its servers, but this runtime was built without its `tls` feature",
+            u.name
+        )));
+    }
+    let directory = Directory::start(&upstreams)?;
     let _directory_threads = StopOnDrop(Arc::clone(&directory));
-    // Workers take their listener configs before ports are known; a port 0
-    // listener is only ever logged with its actual port below.
-    let listeners = config.listeners.clone().into();
-    let mut workers = Workers::start(&config, n, listeners, &directory, make_gateway)?;
+    // Workers take their listeners before ports are known (a port 0
+    // listener is only ever logged with its actual port below), with their
+    // TLS certificates loaded: a bad file fails the start, before any
+    // socket is taken over.
+    let listeners: Arc<[Listener]> = config
+        .listeners
+        .iter()
+        .cloned()
+        .map(Listener::new)
+        .collect::<io::Result<Vec<_>>>()?
+        .into();
+    let mut workers = Workers::start(&config, n, Arc::clone(&listeners), &directory, make_gateway)?;
 
     let mut takeover = None;
     let bound = if config.upgrade {
@@ -548,8 +571,16 @@ where
     std::thread::Builder::new()
         .name("blitz-signals".into())
         .spawn(move || {
-            if let Ok(sig) = process::wait_termination() {
+            // SIGHUP re-reads certificates; SIGTERM/SIGINT drain.
+            while let Ok(sig) = process::wait_termination() {
+                if sig == libc::SIGHUP {
+                    for l in listeners.iter() {
+                        l.reload();
+                    }
+                    continue;
+                }
                 let _ = signals.send(Stop::Signal(sig));
+                break;
             }
         })?;
     let server = match control {
@@ -674,7 +705,7 @@ const ACCEPT_BATCH: usize = 64;
 async fn accept_loop<G: Gateway>(
     worker: Rc<Worker<G>>,
     socket: PollFd<std::net::TcpListener>,
-    config: Rc<ListenerConfig>,
+    config: Rc<Listener>,
     poll_driver: bool,
 ) {
     let mut drained = pin!(worker.drain.wait());
@@ -701,7 +732,7 @@ async fn accept_loop<G: Gateway>(
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    eprintln!("blitz: accept failed on {}: {e}", config.addr);
+                    eprintln!("blitz: accept failed on {}: {e}", config.config.addr);
                     compio::time::sleep(Duration::from_millis(20)).await;
                     break;
                 }
@@ -715,7 +746,7 @@ async fn accept_loop<G: Gateway>(
             Either::Left((Err(e), _)) => {
                 eprintln!(
                     "blitz: waiting for connections on {} failed: {e}",
-                    config.addr
+                    config.config.addr
                 );
                 compio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -1,8 +1,9 @@
 //! Process-wide OS settings, done by the main thread before workers start.
 //!
-//! Termination signals, the classic threaded way: SIGTERM and SIGINT are
-//! blocked in the main thread before any worker starts (threads inherit
-//! the mask), then the main thread waits for them with `sigwait`. No
+//! Signals, the classic threaded way: SIGTERM, SIGINT (drain) and SIGHUP
+//! (reload certificates) are blocked in the main thread before any worker
+//! starts (threads inherit the mask), then the main thread waits for them
+//! with `sigwait`. No
 //! handler runs asynchronously, so nothing here needs to be async-safe.
 
 #![allow(unsafe_code)]
@@ -17,11 +18,12 @@ fn term_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread (and threads it spawns).
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and threads it spawns).
 pub fn block_termination() -> io::Result<()> {
     let set = term_set();
     // SAFETY: `set` is initialized; a null old-set pointer is allowed.
@@ -33,7 +35,7 @@ pub fn block_termination() -> io::Result<()> {
     }
 }
 
-/// Waits until SIGTERM or SIGINT arrives; returns its number.
+/// Waits until SIGTERM, SIGINT or SIGHUP arrives; returns its number.
 pub fn wait_termination() -> io::Result<i32> {
     let set = term_set();
     let mut sig: libc::c_int = 0;

@@ -17,7 +17,6 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use compio::net::TcpStream;
 use futures_util::future::{Either, select};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
@@ -27,11 +26,11 @@ use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, LAST_CHUNK, RequestHead, ResponseHead, put_chunk_head,
     valid_request_id, write_forward_request,
 };
-use crate::proxy::Worker;
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
 use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all};
 use crate::proxy::upstream::{HeadFail, connect, read_response_head};
+use crate::proxy::{UpstreamStream, Worker};
 
 /// How a proxied stream ended.
 pub(crate) enum Outcome {
@@ -156,7 +155,7 @@ pub(crate) async fn proxy_stream<G: Gateway>(
 }
 
 struct Target<'a> {
-    up: &'a TcpStream,
+    up: &'a UpstreamStream,
     strip_prefix: Option<&'static str>,
     peer: SocketAddr,
     proto: &'static str,
@@ -328,7 +327,7 @@ fn head_failed(f: HeadFail) -> Attempt {
 async fn send_request_body<G: Gateway>(
     w: &Worker<G>,
     body: &mut RecvStream,
-    up: &TcpStream,
+    up: &UpstreamStream,
     out: &mut Vec<u8>,
     framing: BodyFraming,
 ) -> Result<(), BodyError> {

@@ -248,6 +248,75 @@ impl<S: compio::io::AsyncWrite + 'static> tokio::io::AsyncWrite for H2Io<S> {
     }
 }
 
+/// A TLS connection as a compio `AsyncRead + AsyncWrite`, for HTTP/2 over
+/// TLS (ALPN `h2`). [`crate::tls::TlsStream`] reads into and writes from
+/// owned `Vec`s through `&self` (the HTTP/1.1 pipeline is full duplex);
+/// the compat layer under `h2` wants compio's generic-buffer traits. The
+/// bridge copies plaintext once each way: the TLS layer copied it already
+/// while decrypting, so this adds a `memcpy` of bytes that are in cache.
+#[cfg(feature = "tls")]
+pub(crate) struct TlsIo {
+    tls: crate::tls::TlsStream,
+    /// Plaintext read but not handed out yet (a read larger than the
+    /// caller's buffer), from `pending_pos`.
+    pending: Vec<u8>,
+    pending_pos: usize,
+}
+
+#[cfg(feature = "tls")]
+impl TlsIo {
+    pub(crate) fn new(tls: crate::tls::TlsStream) -> Self {
+        TlsIo {
+            tls,
+            pending: Vec::new(),
+            pending_pos: 0,
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl compio::io::AsyncRead for TlsIo {
+    async fn read<B: compio::buf::IoBufMut>(&mut self, buf: B) -> compio::BufResult<usize, B> {
+        if self.pending_pos == self.pending.len() {
+            let mut spare = std::mem::take(&mut self.pending);
+            spare.clear();
+            spare.reserve(IO_BUFFER);
+            let compio::BufResult(res, filled) = self.tls.read_some(spare).await;
+            self.pending = filled;
+            self.pending_pos = 0;
+            if let Err(e) = res {
+                return compio::BufResult(Err(e), buf);
+            }
+        }
+        // `&[u8]`'s own reader copies into the caller's buffer.
+        let mut src: &[u8] = &self.pending[self.pending_pos..];
+        let compio::BufResult(res, buf) = compio::io::AsyncRead::read(&mut src, buf).await;
+        if let Ok(n) = res {
+            self.pending_pos += n;
+        }
+        compio::BufResult(res, buf)
+    }
+}
+
+#[cfg(feature = "tls")]
+impl compio::io::AsyncWrite for TlsIo {
+    async fn write<T: compio::buf::IoBuf>(&mut self, buf: T) -> compio::BufResult<usize, T> {
+        let data = buf.as_init().to_vec();
+        let n = data.len();
+        let compio::BufResult(res, _) = self.tls.write_all(data).await;
+        compio::BufResult(res.map(|()| n), buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        // `write_all` sent everything already.
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.tls.shutdown().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

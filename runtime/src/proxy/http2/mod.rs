@@ -45,8 +45,9 @@ use h2::Reason;
 
 use super::gateway::Gateway;
 use super::{Limits, Worker};
-use crate::rt::ListenerConfig;
 pub(crate) use io::PREFACE;
+#[cfg(feature = "tls")]
+pub(crate) use io::TlsIo;
 use io::{FrameWatch, H2Io};
 
 /// Streams a client may have open at once. RFC 9113 §6.5.2 advises at
@@ -151,7 +152,7 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
     io: S,
     prefix: Vec<u8>,
     peer: SocketAddr,
-    listener: Rc<ListenerConfig>,
+    listener: Rc<crate::rt::Listener>,
     secure: bool,
 ) where
     S: compio::io::AsyncRead + compio::io::AsyncWrite + 'static,

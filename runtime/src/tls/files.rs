@@ -1,10 +1,10 @@
 //! Loading a certificate chain and its private key from PEM files into a
 //! rustls [`CertifiedKey`], with a typed error for each way it can fail.
 //!
-//! `blitzc check` uses this to validate `tls` blocks, and the runtime is
-//! meant to load its certificates with the same code (same provider, same
-//! parsing), so a spec that checks clean also loads. It does file IO only;
-//! it knows nothing about spans or diagnostics.
+//! The runtime loads its certificates (at start and on SIGHUP) and
+//! `blitzc check` validates `tls` blocks with this same code (same
+//! provider, same parsing), so a spec that checks clean also loads. It
+//! does file IO only; it knows nothing about spans or diagnostics.
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject, SectionKind};
@@ -25,8 +25,9 @@ pub enum TlsFileRole {
 }
 
 /// Why a certificate or key could not be loaded.
+// Not `non_exhaustive`: `blitzc check` matches every variant, so a new
+// way to fail gets its own diagnostic.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum TlsFileError {
     /// The file does not exist.
     Missing { role: TlsFileRole, path: PathBuf },
@@ -302,4 +303,29 @@ pub fn check_server_name(
     parsed
         .verify_is_valid_for_subject_name(&server_name)
         .map_err(|_| mismatch())
+}
+
+/// The certificates of a CA file (PEM, one or more `CERTIFICATE`
+/// sections) as a root store for verifying upstream servers.
+pub fn load_ca_roots(path: &Path) -> Result<rustls::RootCertStore, TlsFileError> {
+    let sections = sections(TlsFileRole::Certificate, path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for (kind, der) in &sections {
+        if *kind != SectionKind::Certificate {
+            continue;
+        }
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| TlsFileError::BadCertificate {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+    }
+    if roots.is_empty() {
+        return Err(TlsFileError::NoCertificate {
+            path: path.to_path_buf(),
+            found: section_names(&sections),
+        });
+    }
+    Ok(roots)
 }

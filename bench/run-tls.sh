@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# TLS HTTP/1.1 reverse-proxy benchmark: wrk over https to Blitz (hello_gateway built with
+# the `tls` feature), nginx and haproxy, each terminating TLS in front of the same
+# cleartext origin, in one run on this machine. "direct" is wrk over https straight to
+# the origin (nginx's own TLS listener): the ceiling of CPU 1.
+# Method: shared/bench-peers/run-peers.sh (see DESIGN.md "Performance method").
+#
+#   bench/run-tls.sh                       # DUR=10 REPS=3 CONNS=50
+#   DUR=5 REPS=3 bench/run-tls.sh          # quicker
+#   ONLY="nginx blitz" bench/run-tls.sh    # subset of: direct nginx haproxy blitz
+#   BLITZ_BIN=/path/hello_gateway ...      # skip the cargo build (must have the tls feature)
+#
+# Pinning (2 cores): the proxy under test on CPU 0; origin + wrk on CPU 1.
+# Certificate: EC P-256, self-signed, made in bench/run/tls/ (as run-peers.sh does).
+# All traffic is on 127.0.0.1; every load run is time-bounded (wrk -d plus `timeout`).
+# Only processes this script started are stopped, by PID.
+set -uo pipefail
+
+DIR=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$DIR/.." && pwd)
+# own session => own scheduler autogroup, so BENCH_NICE beats other tenants' jobs
+if [ -z "${BENCH_SETSID:-}" ] && command -v setsid >/dev/null; then
+    BENCH_SETSID=1 exec setsid -w bash "$DIR/$(basename "$0")" "$@"
+fi
+
+RUN=$DIR/run                 # scratch: pids, logs, tmp (git-ignored)
+RES=${RES:-$DIR/results-tls} # raw wrk outputs, runs.tsv, memory.tsv, table.md (git-ignored)
+DUR=${DUR:-10}
+WARM=${WARM:-2}
+REPS=${REPS:-3}
+CONNS=${CONNS:-50}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+ORIGIN_CPU=${ORIGIN_CPU:-1}
+P_ORIGIN=9200 P_DIRECT=9210 P_NGINX=9211 P_HAPROXY=9212 P_BLITZ=9213
+
+cd "$DIR"
+mkdir -p "$RUN/tmp" "$RUN/tls" "$RES"
+rm -f "$RES"/*.txt "$RES"/runs.tsv "$RES"/memory.tsv
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# ---------------------------------------------------------------- tools
+if [ -z "${SKIP_INSTALL:-}" ]; then
+    "$REPO/scripts/install-test-deps.sh" || { log "installing dependencies failed"; exit 1; }
+fi
+for t in nginx haproxy wrk taskset curl openssl; do
+    command -v $t >/dev/null || { log "missing $t (scripts/install-test-deps.sh)"; exit 1; }
+done
+
+# ---------------------------------------------------------------- blitz binary
+if [ -n "${BLITZ_BIN:-}" ]; then
+    BIN=$BLITZ_BIN
+else
+    TD=${CARGO_TARGET_DIR:-$REPO/target}
+    log "cargo build --release -p blitz-runtime --features tls --example hello_gateway (target dir $TD)"
+    ( cd "$REPO" && CARGO_TARGET_DIR=$TD timeout 1800 cargo build --release -q -p blitz-runtime --features tls --example hello_gateway ) \
+        >"$RUN/blitz-build.log" 2>&1 || { log "build failed; see $RUN/blitz-build.log"; tail -n 20 "$RUN/blitz-build.log" >&2; exit 1; }
+    BIN=$TD/release/examples/hello_gateway
+fi
+[ -x "$BIN" ] || { log "no executable at $BIN"; exit 1; }
+
+# ---------------------------------------------------------------- TLS material
+if [ ! -s "$RUN/tls/combined.pem" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$RUN/tls/key.pem" -out "$RUN/tls/cert.pem" 2>/dev/null
+    cat "$RUN/tls/cert.pem" "$RUN/tls/key.pem" > "$RUN/tls/combined.pem"
+fi
+
+# ---------------------------------------------------------------- priority, fds
+BENCH_NICE=${BENCH_NICE:--15}
+renice -n "$BENCH_NICE" -p $$ >/dev/null 2>&1 || log "renice failed (not root?) - normal priority"
+if [ -w /proc/$$/autogroup ]; then
+    echo "$BENCH_NICE" > /proc/$$/autogroup 2>/dev/null || log "could not set autogroup nice"
+fi
+ulimit -Hn 65536 2>/dev/null; ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+log "priority: nice $(ps -o ni= -p $$ | tr -d ' '), $(cat /proc/$$/autogroup 2>/dev/null); nofile $(ulimit -n)"
+
+# ---------------------------------------------------------------- servers
+declare -A PIDS=()
+cleanup() {
+    local n p
+    for n in "${!PIDS[@]}"; do kill -TERM "${PIDS[$n]}" 2>/dev/null; done
+    for n in "${!PIDS[@]}"; do
+        p=${PIDS[$n]}
+        for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    PIDS=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for p in $P_ORIGIN $P_DIRECT $P_NGINX $P_HAPROXY $P_BLITZ; do
+    if ss -Hltn "sport = :$p" | grep -q .; then
+        log "port $p already in use on this box; stop whatever owns it first"; exit 1
+    fi
+done
+
+# start NAME CPU CMD...  (taskset execs the server, so $! is the server's own PID)
+start() {
+    local name=$1 cpu=$2; shift 2
+    ( cd "$DIR" && exec taskset -c "$cpu" "$@" ) >"$RUN/$name.out" 2>&1 &
+    PIDS[$name]=$!
+}
+wait_http() { for _ in $(seq 100); do curl -sk -o /dev/null --max-time 1 "$1" && return 0; sleep 0.1; done; return 1; }
+check_body() {
+    local body; body=$(curl -sk --max-time 2 "$2")
+    [ "$body" = "hello, world" ] && { log "ok: $1 $2"; return 0; }
+    log "BAD response from $1 $2: '$body'"; return 1
+}
+
+log "starting servers"
+start origin  $ORIGIN_CPU nginx -p "$DIR/" -c conf/nginx-origin-tls.conf -e run/nginx-origin-tls.err -g 'daemon off;'
+start nginx   $PROXY_CPU  nginx -p "$DIR/" -c conf/nginx-proxy-tls.conf -e run/nginx-proxy-tls.err -g 'daemon off;'
+start haproxy $PROXY_CPU  haproxy -db -f conf/haproxy-proxy-tls.cfg
+start blitz   $PROXY_CPU  "$BIN" --listen 127.0.0.1:$P_BLITZ --upstream 127.0.0.1:$P_ORIGIN --workers 1 \
+    --tls-cert "$RUN/tls/cert.pem" --tls-key "$RUN/tls/key.pem"
+ok=1
+for pair in "origin $P_DIRECT" "nginx $P_NGINX" "haproxy $P_HAPROXY" "blitz $P_BLITZ"; do
+    read -r n p <<<"$pair"
+    wait_http "https://127.0.0.1:$p/" || { log "$n on :$p did not come up"; tail -n 5 "$RUN/$n.out" >&2; exit 1; }
+    check_body "$n" "https://127.0.0.1:$p/" || ok=
+done
+[ -n "$ok" ] || { log "sanity check failed"; exit 1; }
+BLITZ_DRIVER=$(grep -o 'driver=[a-z_]*' "$RUN/blitz.out" | head -1)
+
+NGINX_WORKER=$(pgrep -P "${PIDS[nginx]}" | head -1)
+ORIGIN_WORKER=$(pgrep -P "${PIDS[origin]}" | head -1)
+proxy_pid() { case $1 in nginx) echo "$NGINX_WORKER" ;; haproxy) echo "${PIDS[haproxy]}" ;;
+              blitz) echo "${PIDS[blitz]}" ;; *) echo "" ;; esac; }
+port_of() { case $1 in direct) echo $P_DIRECT ;; nginx) echo $P_NGINX ;; haproxy) echo $P_HAPROXY ;;
+            blitz) echo $P_BLITZ ;; esac; }
+
+# ---------------------------------------------------------------- versions
+{
+    echo "date: $(date -u +%FT%TZ)"
+    echo "kernel: $(uname -r)"
+    echo "nproc: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+    echo "nginx: $(nginx -v 2>&1 | sed 's/.*version: //')"
+    echo "haproxy: $(haproxy -v | head -1)"
+    echo "wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
+    echo "blitz: $BIN ($BLITZ_DRIVER, --workers 1; git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)); $(rustc --version 2>/dev/null)"
+    echo "openssl: $(openssl version)"
+    echo "tls: all four over TLS (wrk's OpenSSL picks the suite); certificate EC P-256 self-signed"
+    echo "pinning: proxy CPU $PROXY_CPU, origin CPU $ORIGIN_CPU, wrk CPU $LOAD_CPU; nice $BENCH_NICE; DUR=${DUR}s WARM=${WARM}s REPS=$REPS CONNS=$CONNS"
+} > "$RES/versions.txt"
+cat "$RES/versions.txt" >&2
+
+# ---------------------------------------------------------------- load runs
+cpu_snap() { awk '$1=="cpu0"||$1=="cpu1"{t=0; for(i=2;i<=9;i++)t+=$i; print $1, t, $5+$6}' /proc/stat; }
+cpu_busy() { paste -d' ' <(echo "$1") <(echo "$2") | awk '{dt=$5-$2; di=$6-$3; printf "%.0f ", (dt>0?100*(dt-di)/dt:0)}'; }
+rq_wait_ns() { local p; for p in "$@"; do cat /proc/$p/task/*/schedstat 2>/dev/null; done | awk '{s+=$2} END{printf "%d", s}'; }
+rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null; }
+to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000}
+    else if (v ~ /ms$/) {sub(/ms$/,"",v); print v+0} else if (v ~ /s$/) {sub(/s$/,"",v); print v*1000}
+    else print "NaN" }'; }
+wait_quiet() {
+    local waited=0 s0 s1 busy
+    while :; do
+        s0=$(cpu_snap); sleep 1; s1=$(cpu_snap)
+        busy=$(paste -d' ' <(echo "$s0") <(echo "$s1") | awk '{b+=($5-$2)-($6-$3); t+=$5-$2} END{printf "%d", (t>0 ? 100*b/t : 0)}')
+        [ "$busy" -le "${QUIET_PCT:-10}" ] && break
+        waited=$((waited + 1))
+        [ "$waited" -ge "${QUIET_WAIT:-5}" ] && { log "box still ${busy}% busy after ${waited}s; running anyway"; break; }
+    done
+    echo "$waited"
+}
+
+# load URL SECONDS OUTFILE [PID to sample RSS from mid-run] -> "rps p50ms p99ms errors rss_kib"
+load() {
+    local url=$1 secs=$2 out=$3 pid=${4:-} rss=NaN
+    taskset -c "$LOAD_CPU" timeout $((secs + 20)) wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$url" >"$out" 2>&1 &
+    local w=$!
+    if [ -n "$pid" ]; then sleep "$(awk -v s="$secs" 'BEGIN{print s/2}')"; rss=$(rss_kib "$pid"); fi
+    wait "$w"
+    local rps p50 p99 err
+    rps=$(awk '/^Requests\/sec:/{print $2}' "$out")
+    p50=$(to_ms "$(awk '$1=="50%"{print $2}' "$out")")
+    p99=$(to_ms "$(awk '$1=="99%"{print $2}' "$out")")
+    err=$(awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(/,/,""); n+=$4+$6+$8+$10} END{print n+0}' "$out")
+    echo "${rps:-0} ${p50:-NaN} ${p99:-NaN} $err ${rss:-NaN}"
+}
+
+CONFIGS=(direct nginx haproxy blitz)
+if [ -n "${ONLY:-}" ]; then
+    sel=(); for c in "${CONFIGS[@]}"; do [[ " $ONLY " == *" $c "* ]] && sel+=("$c"); done; CONFIGS=("${sel[@]}")
+fi
+
+log "warm-up (${WARM}s per config, not recorded)"
+for c in "${CONFIGS[@]}"; do load "https://127.0.0.1:$(port_of "$c")/" "$WARM" "$RUN/warmup.txt" >/dev/null; done
+
+printf 'config\trep\trps\tp50_ms\tp99_ms\terrors\trss_kib\tcpu0_busy\tcpu1_busy\tproxy_rqwait_pct\tquiet_wait_s\n' > "$RES/runs.tsv"
+for rep in $(seq "$REPS"); do
+    for c in "${CONFIGS[@]}"; do
+        qw=$(wait_quiet)
+        pp=$(proxy_pid "$c")
+        w0=$(rq_wait_ns $pp); s0=$(cpu_snap)
+        r=$(load "https://127.0.0.1:$(port_of "$c")/" "$DUR" "$RES/$c.$rep.txt" "$pp")
+        s1=$(cpu_snap); w1=$(rq_wait_ns $pp)
+        rqw=$( [ -n "$pp" ] && awk -v d=$((w1 - w0)) -v s="$DUR" 'BEGIN{printf "%.1f", 100*d/(s*1e9)}' || echo NaN)
+        read -r rps p50 p99 err rss <<<"$r"
+        read -r b0 b1 <<<"$(cpu_busy "$s0" "$s1")"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$rep" "$rps" "$p50" "$p99" "$err" "$rss" "$b0" "$b1" "$rqw" "$qw" >> "$RES/runs.tsv"
+        log "rep $rep $c: rps=$rps p50=${p50}ms p99=${p99}ms err=$err rss=${rss}KiB cpu0=${b0}% cpu1=${b1}% proxy_rqwait=${rqw}%"
+    done
+done
+
+# ---------------------------------------------------------------- memory
+{
+    printf 'process\tpid\tVmRSS_KiB_after_load\tthreads\n'
+    for c in nginx haproxy blitz; do
+        p=$(proxy_pid "$c"); [ -n "$p" ] || continue
+        printf '%s\t%s\t%s\t%s\n' "$c" "$p" "$(rss_kib "$p")" "$(ls /proc/$p/task 2>/dev/null | wc -l)"
+    done
+    printf 'origin-worker\t%s\t%s\t1\n' "$ORIGIN_WORKER" "$(rss_kib "$ORIGIN_WORKER")"
+} > "$RES/memory.tsv"
+
+# ---------------------------------------------------------------- summary
+"$DIR/summarize-h1.sh" "$RES" > "$RES/table.md"
+echo
+cat "$RES/versions.txt"
+echo
+cat "$RES/table.md"

@@ -1,0 +1,282 @@
+//! A TLS connection over a compio `TcpStream`, driving a rustls
+//! [`Connection`] directly.
+//!
+//! Why not `compio-tls`: its stream needs `&mut self` for reads and
+//! writes, but the pipeline reads and writes one socket at the same time
+//! through `&` (a request body goes up while the upstream's early answer
+//! is awaited on the same connection). Here the rustls state sits in a
+//! `RefCell` that is borrowed only between awaits, never across one, so a
+//! read and a write may be in flight together, exactly as on a plain
+//! `&TcpStream`. It also saves a layer of buffering: ciphertext is read
+//! straight into a buffer that rustls decrypts from.
+//!
+//! Output that rustls produces while reading (a TLS 1.3 key update
+//! answer, say) is sent with the next write; alerts for a failed
+//! handshake are flushed before the error is returned.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use compio::BufResult;
+use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use compio::net::TcpStream;
+use rustls::Connection;
+
+/// Ciphertext is read into this much room while reads are small (a
+/// request head, an idle connection's next request): an idle connection
+/// keeps its posted read's buffer, so it stays small, as on cleartext.
+const CIPHERTEXT_READ_SMALL: usize = 2 * 1024;
+/// After a read that filled its room (a body in transit), a full TLS
+/// record's worth.
+const CIPHERTEXT_READ: usize = 17 * 1024;
+
+/// One TLS connection (server or client side).
+pub struct TlsStream {
+    tcp: TcpStream,
+    // Boxed: a rustls connection is large, and the stream lives in every
+    // TLS connection's task.
+    state: RefCell<Box<State>>,
+}
+
+struct State {
+    conn: Connection,
+    /// Ciphertext received and not yet handed to rustls: `incoming[pos..]`.
+    incoming: Vec<u8>,
+    pos: usize,
+    /// Plaintext rustls holds for us (from the last `process_new_packets`).
+    plaintext: usize,
+    /// The peer sent close_notify, or the socket reached EOF.
+    closed: bool,
+    /// The last socket read filled its buffer: read bigger next time.
+    busy: bool,
+    /// Buffer for ciphertext on its way out (kept for its capacity).
+    outgoing: Vec<u8>,
+}
+
+impl State {
+    /// Hands buffered ciphertext to rustls until it is all consumed or
+    /// rustls holds as much plaintext as it takes.
+    fn feed(&mut self) -> Result<(), rustls::Error> {
+        while self.pos < self.incoming.len() {
+            let mut slice = &self.incoming[self.pos..];
+            match self.conn.read_tls(&mut slice) {
+                // close_notify was received: nothing more is read.
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
+                Ok(n) => self.pos += n,
+                // The plaintext buffer is full: read it first.
+                Err(_) if self.plaintext > 0 => break,
+                Err(_) => return Err(rustls::Error::General("TLS input buffer full".into())),
+            }
+            let io = self.conn.process_new_packets()?;
+            self.plaintext = io.plaintext_bytes_to_read();
+            if io.peer_has_closed() {
+                self.closed = true;
+            }
+        }
+        if self.pos == self.incoming.len() {
+            self.incoming.clear();
+            self.pos = 0;
+        }
+        Ok(())
+    }
+
+    /// The socket reached EOF: tells rustls.
+    fn eof(&mut self) -> Result<(), rustls::Error> {
+        let mut empty: &[u8] = &[];
+        let _ = self.conn.read_tls(&mut empty);
+        let io = self.conn.process_new_packets()?;
+        self.plaintext = io.plaintext_bytes_to_read();
+        self.closed = true;
+        Ok(())
+    }
+
+    /// Moves the ciphertext rustls wants to send into `outgoing`.
+    fn take_output(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.outgoing);
+        while self.conn.wants_write() {
+            if self.conn.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        out
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsStream {
+    /// Wraps `tcp` with `conn`, before the handshake.
+    pub fn new(tcp: TcpStream, conn: impl Into<Connection>) -> Self {
+        let mut conn = conn.into();
+        // Writes are bounded by the pipeline's batches; rustls must take
+        // each one whole.
+        conn.set_buffer_limit(None);
+        TlsStream {
+            tcp,
+            state: RefCell::new(Box::new(State {
+                conn,
+                incoming: Vec::new(),
+                pos: 0,
+                plaintext: 0,
+                closed: false,
+                busy: false,
+                outgoing: Vec::new(),
+            })),
+        }
+    }
+
+    /// Runs the handshake to its end, or fails (after sending the alert)
+    /// by `deadline`.
+    pub async fn handshake(&self, deadline: Instant) -> io::Result<()> {
+        match compio::time::timeout_at(deadline, self.drive_handshake()).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        }
+    }
+
+    async fn drive_handshake(&self) -> io::Result<()> {
+        loop {
+            self.flush().await?;
+            let (handshaking, closed) = {
+                let st = self.state.borrow();
+                (st.conn.is_handshaking(), st.closed)
+            };
+            if !handshaking {
+                return Ok(());
+            }
+            if closed {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let result = self.receive().await;
+            if let Err(e) = result {
+                // Best effort: the alert rustls queued tells the peer why.
+                let _ = self.flush().await;
+                return Err(e);
+            }
+        }
+    }
+
+    /// Reads ciphertext from the socket and hands it to rustls.
+    async fn receive(&self) -> io::Result<()> {
+        let (buf, room) = {
+            let mut st = self.state.borrow_mut();
+            let mut buf = std::mem::take(&mut st.incoming);
+            // Ciphertext rustls did not take yet stays, at the front.
+            buf.drain(..st.pos);
+            st.pos = 0;
+            let room = if st.busy {
+                CIPHERTEXT_READ
+            } else {
+                CIPHERTEXT_READ_SMALL
+            };
+            if buf.is_empty() && buf.capacity() > room {
+                // Quiet again: give the big buffer back.
+                buf = Vec::new();
+            }
+            buf.reserve(room);
+            let room = buf.capacity() - buf.len();
+            (buf, room)
+        };
+        let mut tcp = &self.tcp;
+        let BufResult(res, buf) = tcp.append(buf).await;
+        let mut st = self.state.borrow_mut();
+        st.incoming = buf;
+        st.pos = 0;
+        st.busy = matches!(res, Ok(n) if n >= room);
+        match res {
+            Ok(0) => st.eof().map_err(tls_error),
+            Ok(_) => st.feed().map_err(tls_error),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends whatever rustls has queued.
+    async fn flush(&self) -> io::Result<()> {
+        let out = self.state.borrow_mut().take_output();
+        if out.is_empty() {
+            self.state.borrow_mut().outgoing = out;
+            return Ok(());
+        }
+        let mut tcp = &self.tcp;
+        let BufResult(res, mut out) = tcp.write_all(out).await;
+        out.clear();
+        self.state.borrow_mut().outgoing = out;
+        res
+    }
+
+    /// Reads plaintext onto the end of `buf` (into its spare capacity, at
+    /// least one byte of which the caller reserved). `Ok(0)` is the end of
+    /// the stream.
+    pub async fn read_some(&self, mut buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        loop {
+            {
+                let mut st = self.state.borrow_mut();
+                if st.plaintext == 0
+                    && st.pos < st.incoming.len()
+                    && let Err(e) = st.feed()
+                {
+                    return BufResult(Err(tls_error(e)), buf);
+                }
+                if st.plaintext > 0 {
+                    let len = buf.len();
+                    let n = st.plaintext.min(buf.capacity() - len).max(1);
+                    buf.resize(len + n, 0);
+                    let got = st.conn.reader().read(&mut buf[len..]);
+                    let got = match got {
+                        Ok(k) => k,
+                        Err(e) => {
+                            buf.truncate(len);
+                            return BufResult(Err(e), buf);
+                        }
+                    };
+                    buf.truncate(len + got);
+                    st.plaintext -= got.min(st.plaintext);
+                    return BufResult(Ok(got), buf);
+                }
+                if st.closed {
+                    return BufResult(Ok(0), buf);
+                }
+            }
+            if let Err(e) = self.receive().await {
+                return BufResult(Err(e), buf);
+            }
+        }
+    }
+
+    /// Encrypts and sends all of `buf` (left cleared, capacity kept).
+    pub async fn write_all(&self, mut buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        let written = self.state.borrow_mut().conn.writer().write_all(&buf);
+        buf.clear();
+        if let Err(e) = written {
+            return BufResult(Err(e), buf);
+        }
+        BufResult(self.flush().await, buf)
+    }
+
+    /// Sends close_notify, then FIN.
+    pub async fn shutdown(&self) -> io::Result<()> {
+        self.state.borrow_mut().conn.send_close_notify();
+        let _ = self.flush().await;
+        let mut tcp = &self.tcp;
+        tcp.shutdown().await
+    }
+
+    /// Closes the socket.
+    pub async fn close(self) -> io::Result<()> {
+        self.tcp.close().await
+    }
+
+    /// The protocol ALPN chose, if any.
+    pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
+        self.state.borrow().conn.alpn_protocol().map(<[u8]>::to_vec)
+    }
+}
