@@ -8,7 +8,8 @@
 #   bench/run-tls.sh                       # DUR=10 REPS=3 CONNS=50
 #   DUR=5 REPS=3 bench/run-tls.sh          # quicker
 #   ONLY="nginx blitz" bench/run-tls.sh    # subset of: direct nginx haproxy blitz
-#   BLITZ_BIN=/path/hello_gateway ...      # skip the cargo build (must have the tls feature)
+#   BLITZ_BIN=/path/hello_gateway ...      # skip the cargo build (needs the tls and h2 features)
+#   PROTO=h2 bench/run-tls.sh              # HTTP/2 over TLS (ALPN h2): h2load -c50 -m10
 #
 # Pinning (2 cores): the proxy under test on CPU 0; origin + wrk on CPU 1.
 # Certificate: EC P-256, self-signed, made in bench/run/tls/ (as run-peers.sh does).
@@ -24,7 +25,9 @@ if [ -z "${BENCH_SETSID:-}" ] && command -v setsid >/dev/null; then
 fi
 
 RUN=$DIR/run                 # scratch: pids, logs, tmp (git-ignored)
-RES=${RES:-$DIR/results-tls} # raw wrk outputs, runs.tsv, memory.tsv, table.md (git-ignored)
+PROTO=${PROTO:-h1}           # h1: wrk (http/1.1 over TLS); h2: h2load (ALPN h2)
+RES=${RES:-$DIR/results-tls$([ "$PROTO" = h2 ] && echo -h2)} # raw outputs, runs.tsv, memory.tsv, table.md (git-ignored)
+H2_STREAMS=${H2_STREAMS:-10}
 DUR=${DUR:-10}
 WARM=${WARM:-2}
 REPS=${REPS:-3}
@@ -44,7 +47,7 @@ log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 if [ -z "${SKIP_INSTALL:-}" ]; then
     "$REPO/scripts/install-test-deps.sh" || { log "installing dependencies failed"; exit 1; }
 fi
-for t in nginx haproxy wrk taskset curl openssl; do
+for t in nginx haproxy wrk h2load taskset curl openssl; do
     command -v $t >/dev/null || { log "missing $t (scripts/install-test-deps.sh)"; exit 1; }
 done
 
@@ -53,8 +56,8 @@ if [ -n "${BLITZ_BIN:-}" ]; then
     BIN=$BLITZ_BIN
 else
     TD=${CARGO_TARGET_DIR:-$REPO/target}
-    log "cargo build --release -p blitz-runtime --features tls --example hello_gateway (target dir $TD)"
-    ( cd "$REPO" && CARGO_TARGET_DIR=$TD timeout 1800 cargo build --release -q -p blitz-runtime --features tls --example hello_gateway ) \
+    log "cargo build --release -p blitz-runtime --features tls,h2 --example hello_gateway (target dir $TD)"
+    ( cd "$REPO" && CARGO_TARGET_DIR=$TD timeout 1800 cargo build --release -q -p blitz-runtime --features tls,h2 --example hello_gateway ) \
         >"$RUN/blitz-build.log" 2>&1 || { log "build failed; see $RUN/blitz-build.log"; tail -n 20 "$RUN/blitz-build.log" >&2; exit 1; }
     BIN=$TD/release/examples/hello_gateway
 fi
@@ -117,7 +120,7 @@ start origin  $ORIGIN_CPU nginx -p "$DIR/" -c conf/nginx-origin-tls.conf -e run/
 start nginx   $PROXY_CPU  nginx -p "$DIR/" -c conf/nginx-proxy-tls.conf -e run/nginx-proxy-tls.err -g 'daemon off;'
 start haproxy $PROXY_CPU  haproxy -db -f conf/haproxy-proxy-tls.cfg
 start blitz   $PROXY_CPU  "$BIN" --listen 127.0.0.1:$P_BLITZ --upstream 127.0.0.1:$P_ORIGIN --workers 1 \
-    --tls-cert "$RUN/tls/cert.pem" --tls-key "$RUN/tls/key.pem"
+    --tls-cert "$RUN/tls/cert.pem" --tls-key "$RUN/tls/key.pem" --protocols h1,h2
 ok=1
 for pair in "origin $P_DIRECT" "nginx $P_NGINX" "haproxy $P_HAPROXY" "blitz $P_BLITZ"; do
     read -r n p <<<"$pair"
@@ -144,7 +147,8 @@ port_of() { case $1 in direct) echo $P_DIRECT ;; nginx) echo $P_NGINX ;; haproxy
     echo "wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
     echo "blitz: $BIN ($BLITZ_DRIVER, --workers 1; git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)); $(rustc --version 2>/dev/null)"
     echo "openssl: $(openssl version)"
-    echo "tls: all four over TLS (wrk's OpenSSL picks the suite); certificate EC P-256 self-signed"
+    echo "h2load: $(h2load --version 2>/dev/null | head -1)"
+    echo "tls: all four over TLS (the client's OpenSSL picks the suite); certificate EC P-256 self-signed; PROTO=$PROTO (h2: -m$H2_STREAMS streams per connection)"
     echo "pinning: proxy CPU $PROXY_CPU, origin CPU $ORIGIN_CPU, wrk CPU $LOAD_CPU; nice $BENCH_NICE; DUR=${DUR}s WARM=${WARM}s REPS=$REPS CONNS=$CONNS"
 } > "$RES/versions.txt"
 cat "$RES/versions.txt" >&2
@@ -170,18 +174,35 @@ wait_quiet() {
 }
 
 # load URL SECONDS OUTFILE [PID to sample RSS from mid-run] -> "rps p50ms p99ms errors rss_kib"
+# PROTO=h1: wrk. PROTO=h2: h2load, time-bounded (-D), p50/p99 from its per-request
+# log (3rd column, microseconds), as shared/bench-peers/run-peers.sh does.
 load() {
-    local url=$1 secs=$2 out=$3 pid=${4:-} rss=NaN
-    taskset -c "$LOAD_CPU" timeout $((secs + 20)) wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$url" >"$out" 2>&1 &
+    local url=$1 secs=$2 out=$3 pid=${4:-} rss=NaN reqlog=$RUN/h2load-req.log
+    rm -f "$reqlog"
+    if [ "$PROTO" = h2 ]; then
+        taskset -c "$LOAD_CPU" timeout $((secs + 30)) h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D "$secs" \
+            --log-file="$reqlog" "$url" >"$out" 2>&1 &
+    else
+        taskset -c "$LOAD_CPU" timeout $((secs + 20)) wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$url" >"$out" 2>&1 &
+    fi
     local w=$!
     if [ -n "$pid" ]; then sleep "$(awk -v s="$secs" 'BEGIN{print s/2}')"; rss=$(rss_kib "$pid"); fi
     wait "$w"
     local rps p50 p99 err
-    rps=$(awk '/^Requests\/sec:/{print $2}' "$out")
-    p50=$(to_ms "$(awk '$1=="50%"{print $2}' "$out")")
-    p99=$(to_ms "$(awk '$1=="99%"{print $2}' "$out")")
-    err=$(awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(/,/,""); n+=$4+$6+$8+$10} END{print n+0}' "$out")
-    echo "${rps:-0} ${p50:-NaN} ${p99:-NaN} $err ${rss:-NaN}"
+    if [ "$PROTO" = h2 ]; then
+        rps=$(awk '/^finished in/{gsub(/,/,""); print $4}' "$out")
+        err=$(awk '/^requests:/{print $10+$12+$14}' "$out")
+        read -r p50 p99 <<<"$(awk '{print $3}' "$reqlog" 2>/dev/null | sort -n | awk '{a[NR]=$1} END{ if(NR==0){print "NaN NaN"; exit}
+              i50=int(NR*0.50); if(i50<1)i50=1; i99=int(NR*0.99); if(i99<1)i99=1;
+              printf "%.3f %.3f", a[i50]/1000, a[i99]/1000 }')"
+        rm -f "$reqlog"
+    else
+        rps=$(awk '/^Requests\/sec:/{print $2}' "$out")
+        p50=$(to_ms "$(awk '$1=="50%"{print $2}' "$out")")
+        p99=$(to_ms "$(awk '$1=="99%"{print $2}' "$out")")
+        err=$(awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(/,/,""); n+=$4+$6+$8+$10} END{print n+0}' "$out")
+    fi
+    echo "${rps:-0} ${p50:-NaN} ${p99:-NaN} ${err:-0} ${rss:-NaN}"
 }
 
 CONFIGS=(direct nginx haproxy blitz)

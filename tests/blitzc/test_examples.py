@@ -213,14 +213,15 @@ def test_api_example_routes_to_the_right_origins(blitzc, cache_dir, tmp_path):
 
 
 def test_edge_example_is_refused_with_a_diagnostic_per_unsupported_construct(blitzc, cache_dir, tmp_path):
-    """The SPEC.md example uses h2/h3, JWT, rate limits, plugins...: `build`
-    must refuse each by name rather than silently drop it (TLS is served)."""
+    """The SPEC.md example uses h3, JWT, rate limits, plugins...: `build`
+    must refuse each by name rather than silently drop it (TLS and h2 are served)."""
     result = build(blitzc, REPO / "examples" / "edge.kdl", tmp_path / "edge-bin", cache_dir)
     assert result.returncode == 1, result.stderr
     refused = result.stderr.count("B100")
     assert refused >= 8, result.stderr
     assert "`tls`" not in result.stderr, "TLS is served now"
-    for construct in ("protocol `h2`", "`jwt`", "`rate-limit`", "`plugin`", "`metrics`", "the step `auth`"):
+    assert "protocol `h2`" not in result.stderr, "h2 is served now"
+    for construct in ("protocol `h3`", "`jwt`", "`rate-limit`", "`plugin`", "`metrics`", "the step `auth`"):
         assert construct in result.stderr, f"{construct} not named:\n{result.stderr}"
     # Served now (issue #6): balancing, health checks, retries, per-upstream timeouts and pools.
     for served in ("balance", "`health-check`", "`retry`", "`timeouts`", "`pool`"):
