@@ -129,6 +129,7 @@ def test_edge_example_is_refused_with_a_diagnostic_per_unsupported_construct(bli
     assert not (tmp_path / "edge-bin").exists()
 
 
+@pytest.mark.timeout(1800)  # two builds in the test itself
 def test_version_prints_the_spec_hash_shared_by_both_forms(blitzc, cache_dir, tmp_path):
     port = free_port()
     outs = []
