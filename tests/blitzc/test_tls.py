@@ -21,7 +21,7 @@ import pytest
 
 from support.gateway import free_port
 from support.origin import Origin
-from test_examples import Served, blitzc, build, cache_dir  # noqa: F401  (fixtures)
+from support.blitzc import Served, build
 
 # ---------------------------------------------------------------- certificates
 

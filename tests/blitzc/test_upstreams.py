@@ -27,7 +27,7 @@ import pytest
 from support.dns_server import DnsServer
 from support.gateway import free_port
 from support.origin import Origin, respond
-from test_examples import Served, blitzc, build, cache_dir  # noqa: F401 (fixtures)
+from support.blitzc import Served, build
 
 NAMES = ("a", "b", "c", "d")
 WORKERS = 2

@@ -300,7 +300,9 @@ enum Sniffed {
 /// Tells HTTP/2 with prior knowledge from HTTP/1.1 by the first bytes:
 /// reads until they are the whole preface (`Http2`) or differ from it
 /// (`Http1`, the bytes stay in the read buffer). A listener without `h1`
-/// hands everything to HTTP/2, whose handshake checks the preface.
+/// hands everything to HTTP/2, whose handshake checks the preface. A
+/// connection that has sent nothing when the worker drains gets the last
+/// call, as on an HTTP/1.1-only listener.
 #[cfg(feature = "h2")]
 async fn sniff_h2c<G: Gateway>(w: &Worker<G>, c: &mut Client<TcpStream>, h1: bool) -> Sniffed {
     use super::http2::PREFACE;
@@ -316,12 +318,19 @@ async fn sniff_h2c<G: Gateway>(w: &Worker<G>, c: &mut Client<TcpStream>, h1: boo
         if have == PREFACE.len() {
             return Sniffed::Http2;
         }
+        let waiting = c.rbuf.is_empty();
         let buf = std::mem::take(&mut c.rbuf);
-        let read = pin!(read_more(&c.stream, buf, IDLE_READ_CAPACITY, deadline));
-        let drained = pin!(w.drain.wait());
-        let (outcome, buf) = match select(read, drained).await {
-            Either::Left((r, _)) => r,
-            Either::Right(_) => return Sniffed::Closed,
+        let mut read = pin!(read_more(&c.stream, buf, IDLE_READ_CAPACITY, deadline));
+        let (outcome, buf) = if waiting {
+            // Nothing sent yet: a drain gives it the same last call as an
+            // HTTP/1.1 connection waiting for its first request.
+            match wait_request_start(w, read).await {
+                Some(r) => r,
+                None => return Sniffed::Closed,
+            }
+        } else {
+            // Part of the preface arrived: a request is under way.
+            read.as_mut().await
         };
         c.rbuf = buf;
         match outcome {
