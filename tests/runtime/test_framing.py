@@ -336,6 +336,7 @@ def test_http10_without_host_accepted(gateway, origin):
     assert ex.statuses == [200], ex
     req = origin.wait_requests(1, complete=True)[0]
     assert_clean_forward(req)
+    assert req.header("via") == ["1.0 blitz"], "via names the protocol received (RFC 9110 §7.6.3)"
 
 
 # ---------------------------------------------------------------- request target

@@ -134,6 +134,7 @@ def test_translation_to_http1(h2gw, origin):
     for hop in ("te", "connection", "keep-alive", "transfer-encoding", "upgrade"):
         assert hop not in names, names
     assert req.header("x-forwarded-proto") == ["http"]
+    assert req.header("via") == ["2 blitz"], "via names HTTP/2, the protocol received"
     assert req.header("x-forwarded-for") == ["127.0.0.1"]
 
 

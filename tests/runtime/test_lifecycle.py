@@ -195,3 +195,17 @@ def test_listen_address_in_use_fails(hello_bin, origin):
         assert p.stderr.strip(), "no error message"
     finally:
         s.close()
+
+
+def test_a_second_gateway_on_a_serving_port_is_refused(start_gateway, hello_bin, origin):
+    """SO_REUSEPORT would let a second fresh start join the first gateway's socket group and
+    split the traffic between two configurations; it must fail like nginx does, pointing
+    at --upgrade, while the first keeps serving alone."""
+    first = start_gateway(workers=2)
+    p = subprocess.run(
+        [str(hello_bin), "--listen", f"127.0.0.1:{first.port}", "--upstream", origin.addr],
+        capture_output=True, text=True, timeout=10,
+    )
+    assert p.returncode != 0, "a second gateway joined the first one's port"
+    assert "in use" in p.stderr and "--upgrade" in p.stderr, p.stderr
+    assert first.alive()

@@ -35,6 +35,7 @@ pub fn request_roundtrip(data: &[u8]) {
         request_id: b"r",
         strip_prefix: None,
         fallback_host: b"127.0.0.1:9",
+        received: "1.1",
     };
     write_forward_request(&head, &info, head.framing(), &mut out);
     // The upstream reads the forwarded head with room for what the gateway

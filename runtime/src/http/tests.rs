@@ -355,6 +355,7 @@ fn forward(h: &RequestHead, strip: Option<&str>) -> String {
         request_id: b"rid-1",
         strip_prefix: strip,
         fallback_host: b"10.0.0.1:80",
+        received: "1.1",
     };
     write_forward_request(h, &info, h.framing(), &mut out);
     String::from_utf8(out).unwrap_or_default()
@@ -577,6 +578,7 @@ fn number_and_address_formatting() {
         request_id: b"r",
         strip_prefix: None,
         fallback_host: b"",
+        received: "1.1",
     };
     write_forward_request(&h, &info, BodyFraming::None, &mut out);
     let out = String::from_utf8_lossy(&out);

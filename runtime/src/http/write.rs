@@ -109,6 +109,9 @@ pub struct ForwardInfo<'a> {
     /// `Host` to send when the request has none (HTTP/1.0): the upstream
     /// server's authority, since HTTP/1.1 requires one.
     pub fallback_host: &'a [u8],
+    /// The protocol version the request came in with, for `via` (RFC 9110
+    /// §7.6.3): `1.0`, `1.1` or `2`.
+    pub received: &'a str,
 }
 
 /// The forwarded path: `path` with `prefix` removed when it matches on a
@@ -176,7 +179,9 @@ pub fn write_forward_request(
     put_ip(out, info.client_ip);
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(info.proto.as_bytes());
-    out.extend_from_slice(b"\r\nvia: 1.1 blitz\r\nx-request-id: ");
+    out.extend_from_slice(b"\r\nvia: ");
+    out.extend_from_slice(info.received.as_bytes());
+    out.extend_from_slice(b" blitz\r\nx-request-id: ");
     out.extend_from_slice(info.request_id);
     out.extend_from_slice(b"\r\n");
     put_framing(out, framing);

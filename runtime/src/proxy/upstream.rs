@@ -339,6 +339,10 @@ async fn exchange<G: Gateway, S: Stream>(
         request_id,
         strip_prefix,
         fallback_host: fallback.as_bytes(),
+        received: match req.version() {
+            Version::Http10 => "1.0",
+            Version::Http11 => "1.1",
+        },
     };
     write_forward_request(req, &info, framing, &mut out);
 

@@ -160,6 +160,29 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Fails when some process already listens on `addr`. `SO_REUSEPORT`
+/// would otherwise let a second gateway (a fresh start where `--upgrade`
+/// was meant) join the first one's group and split its traffic between
+/// two specs. A probe bound without `SO_REUSEPORT` cannot join a listening
+/// group: `EADDRINUSE` means someone is there (as nginx would report).
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "{addr} is in use by another process (a running gateway? take over from it with --upgrade)"
+            ),
+        )),
+        Err(e) => Err(io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))),
+        Ok(()) => Ok(()),
+    }
+}
+
 /// The listening sockets of every listener, `[listener][socket]`, with
 /// the listeners' actual addresses (port 0 resolved).
 #[derive(Debug)]
@@ -210,6 +233,7 @@ pub(crate) fn assemble(
             .map(|(_, fd)| std::net::TcpListener::from(fd))
             .collect();
         if sockets.is_empty() {
+            ensure_free(l.addr).map_err(|e| format!("listener {:?}: {e}", l.name))?;
             let first = bind_tcp(l.addr)
                 .map_err(|e| format!("listener {:?}: cannot bind {}: {e}", l.name, l.addr))?;
             l.addr = first.local_addr().map_err(|e| e.to_string())?;

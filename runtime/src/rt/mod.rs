@@ -427,8 +427,9 @@ fn worker_thread<G: Gateway>(
 /// on that worker's thread. Order (docs/operations.md): workers initialise
 /// (runtime, gateway), then the sockets are obtained — inherited from the
 /// running instance on `upgrade`, from systemd (`LISTEN_FDS`), or bound —
-/// then every worker accepts, then `listening on ADDR` is printed on
-/// stderr, and only then does an old instance stop accepting.
+/// then every worker accepts, then the old instance (if any) is told to
+/// stop accepting and the control socket is taken over or bound, then
+/// `listening on ADDR` is printed on stderr.
 pub fn serve<G, F>(config: ServerConfig, make_gateway: F) -> io::Result<()>
 where
     G: Gateway,
@@ -537,10 +538,6 @@ where
         workers.stop();
         return Err(e);
     }
-    for l in &listener_configs {
-        eprintln!("listening on {} (listener {:?})", l.addr, l.name);
-    }
-
     let control = match (takeover, next_control) {
         (Some(t), Some(next)) => {
             let (socket, old_pid) = t.complete(next);
@@ -558,6 +555,11 @@ where
             None => None,
         },
     };
+    // After the control socket: a script that waits for this line can
+    // `--upgrade` at once.
+    for l in &listener_configs {
+        eprintln!("listening on {} (listener {:?})", l.addr, l.name);
+    }
     systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     if std::env::var_os(REPORT_READY_ENV).is_some() {
         use std::io::Write;

@@ -261,6 +261,7 @@ async fn forward_request<G: Gateway>(
         strip_prefix: t.strip_prefix,
         // Translation always gives a Host (from :authority).
         fallback_host: b"",
+        received: "2",
     };
     let mut out = w.buffers.take();
     write_forward_request(req, &info, framing, &mut out);
