@@ -120,7 +120,8 @@ start origin  $ORIGIN_CPU nginx -p "$DIR/" -c conf/nginx-origin-tls.conf -e run/
 start nginx   $PROXY_CPU  nginx -p "$DIR/" -c conf/nginx-proxy-tls.conf -e run/nginx-proxy-tls.err -g 'daemon off;'
 start haproxy $PROXY_CPU  haproxy -db -f conf/haproxy-proxy-tls.cfg
 start blitz   $PROXY_CPU  "$BIN" --listen 127.0.0.1:$P_BLITZ --upstream 127.0.0.1:$P_ORIGIN --workers 1 \
-    --tls-cert "$RUN/tls/cert.pem" --tls-key "$RUN/tls/key.pem" --protocols h1,h2
+    --tls-cert "$RUN/tls/cert.pem" --tls-key "$RUN/tls/key.pem" --protocols h1,h2 \
+    --pool-max-idle 256   # as haproxy's pool-max-conn 256 (nginx: keepalive 128)
 ok=1
 for pair in "origin $P_DIRECT" "nginx $P_NGINX" "haproxy $P_HAPROXY" "blitz $P_BLITZ"; do
     read -r n p <<<"$pair"

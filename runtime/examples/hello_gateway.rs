@@ -120,7 +120,7 @@ impl Gateway for Hello {
 const USAGE: &str = "usage: hello_gateway --listen ADDR --upstream ADDR [--workers N|auto] \
 [--driver auto|io-uring|poll] [--header-timeout 10s] [--idle-timeout 60s] [--body-timeout 30s] \
 [--max-header-bytes 16384] [--max-headers 100] [--max-body-bytes 10485760] \
-[--connect-timeout 1s] [--response-timeout 30s] [--grace 30s] [--protocols h1,h2,h2c] \
+[--connect-timeout 1s] [--response-timeout 30s] [--grace 30s] [--pool-max-idle 128] [--protocols h1,h2,h2c] \
 [--tls-cert PEM --tls-key PEM (needs the `tls` feature)] \
 [--admin-socket PATH] [--upgrade] [--tag TAG]";
 
@@ -184,6 +184,7 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr, Option<&'static str>), Stri
             "--connect-timeout" => l.connect_timeout = dur(&value)?,
             "--response-timeout" => l.response_timeout = dur(&value)?,
             "--grace" => config.grace = dur(&value)?,
+            "--pool-max-idle" => config.pool.max_idle = num(&value)? as usize,
             "--protocols" => protocols = parse_protocols(&value)?,
             "--tls-cert" => tls_cert = Some(value.into()),
             "--tls-key" => tls_key = Some(value.into()),
