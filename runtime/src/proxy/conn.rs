@@ -455,13 +455,10 @@ async fn last_call<F: Future>(read: std::pin::Pin<&mut F>) -> Option<F::Output> 
     }
 }
 
-/// Answers locally. The request body, if any, is not read: the connection
-/// closes after the answer so its bytes are never parsed as a request.
-#[allow(clippy::too_many_arguments)]
 /// Runs the route's response steps for a response the gateway writes
 /// itself (`respond`, `redirect`), so `response-headers` apply there as on
 /// proxied responses. `None` when the steps set nothing (no allocation).
-fn local_response_steps<G: Gateway>(
+pub(super) fn local_response_steps<G: Gateway>(
     w: &Worker<G>,
     route: G::Route,
     status: u16,
@@ -475,6 +472,8 @@ fn local_response_steps<G: Gateway>(
     (!resp.headers.is_empty()).then_some(resp.headers)
 }
 
+/// Answers locally. The request body, if any, is not read: the connection
+/// closes after the answer so its bytes are never parsed as a request.
 #[allow(clippy::too_many_arguments)]
 async fn local_answer<G: Gateway, S: Stream>(
     w: &Worker<G>,

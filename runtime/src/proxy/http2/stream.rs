@@ -13,9 +13,10 @@ use http::Request;
 
 use super::exchange::{Outcome, proxy_stream};
 use super::translate::{Refused, local_head, request_head};
-use crate::http::{HeaderBlock, RequestHead, ResponseHead};
+use crate::http::{HeaderBlock, RequestHead};
 use crate::proxy::Worker;
 use crate::proxy::conn::error_body;
+use crate::proxy::conn::local_response_steps;
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::{Action, Gateway, RequestLog};
 
@@ -141,21 +142,6 @@ fn local_outcome(ok: bool, status: u16) -> (u16, Option<ProxyError>) {
     } else {
         (0, Some(ProxyError::new(ErrorKind::ClientWrite)))
     }
-}
-
-/// Response steps for a local answer (as `conn::local_response_steps`).
-fn local_response_steps<G: Gateway>(
-    w: &Worker<G>,
-    route: G::Route,
-    status: u16,
-    ctx: &mut G::Ctx,
-) -> Option<HeaderBlock> {
-    let mut resp = ResponseHead {
-        status,
-        ..ResponseHead::default()
-    };
-    w.gateway.response(route, &mut resp, ctx);
-    (!resp.headers.is_empty()).then_some(resp.headers)
 }
 
 /// Sends a whole local answer; the body is small and already in memory.
