@@ -132,6 +132,25 @@ impl Endpoint {
         self.outlier.success();
     }
 
+    /// A complete exchange with it ended with `status`: a 5xx counts as a
+    /// failure for passive health, anything else as a success.
+    pub fn answered(&self, status: u16, now: Instant) {
+        if status >= 500 {
+            self.failed(now);
+        } else {
+            self.succeeded();
+        }
+    }
+
+    /// Keeps `conn` for reuse, unless DNS retired this endpoint. Stamped
+    /// with `since`, the start of the exchange: it may expire a little
+    /// early, never late.
+    pub fn give_back(&self, conn: UpstreamStream, since: Instant) {
+        if !self.is_retired() {
+            self.pool.borrow_mut().checkin(conn, since);
+        }
+    }
+
     /// A connect failover to another endpoint was counted against this one
     /// as a retry (nothing was sent).
     pub fn count_retry(&self) {

@@ -134,7 +134,7 @@ async fn upstream_stream(
 /// Whether a request may be sent again after the upstream may have seen
 /// it: an idempotent method (RFC 9110 §9.2.2) and no body (bodies are
 /// streamed, never kept, so they cannot be replayed).
-fn replayable(req: &RequestHead) -> bool {
+pub(crate) fn replayable(req: &RequestHead) -> bool {
     !req.framing().has_body()
         && matches!(
             req.method(),
@@ -227,14 +227,9 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
                 upstream_reusable,
                 status,
             } => {
-                if status >= 500 {
-                    ep.failed(Instant::now());
-                } else {
-                    ep.succeeded();
-                }
-                if upstream_reusable && !w.drain.is_draining() && !ep.is_retired() {
-                    // Stamped with the start: it may expire a little early, never late.
-                    ep.pool.borrow_mut().checkin(conn, started);
+                ep.answered(status, Instant::now());
+                if upstream_reusable && !w.drain.is_draining() {
+                    ep.give_back(conn, started);
                 }
                 return Exchange::Done { keep_alive, status };
             }
@@ -248,7 +243,6 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
             }
             Attempt::RetryStatus(_)
                 if deadline.is_none_or(|d| Instant::now() < d)
-                    && deadline.is_none_or(|d| Instant::now() < d)
                     && set.budget.withdraw(Instant::now()) =>
             {
                 ep.failed(Instant::now());

@@ -29,7 +29,7 @@ use crate::http::{
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
 use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all};
-use crate::proxy::upstream::{HeadFail, connect, read_response_head};
+use crate::proxy::upstream::{HeadFail, connect, read_response_head, replayable};
 use crate::proxy::{UpstreamStream, Worker};
 
 /// How a proxied stream ended.
@@ -88,11 +88,7 @@ pub(crate) async fn proxy_stream<G: Gateway>(
 ) -> Outcome {
     // As for HTTP/1.1: a bodiless idempotent request found a stale pooled
     // connection is sent once more on a fresh one.
-    let replayable = !req.framing().has_body()
-        && matches!(
-            req.method(),
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        );
+    let replayable = replayable(req);
     let Some(set) = w.upstreams.get(upstream) else {
         return failed(ErrorKind::Internal("upstream index out of range"), false);
     };
@@ -127,13 +123,9 @@ pub(crate) async fn proxy_stream<G: Gateway>(
         ep.end();
         match result {
             Attempt::Done { reusable, status } => {
-                if status >= 500 {
-                    ep.failed(Instant::now());
-                } else {
-                    ep.succeeded();
-                }
-                if reusable && !w.drain.is_draining() && !ep.is_retired() {
-                    ep.pool.borrow_mut().checkin(conn, started);
+                ep.answered(status, Instant::now());
+                if reusable && !w.drain.is_draining() {
+                    ep.give_back(conn, started);
                 }
                 return Outcome::Done { status };
             }
