@@ -41,7 +41,8 @@ cd "$DIR"
 mkdir -p "$RUN/tmp" "$RUN/tls" "$RES"
 rm -f "$RES"/*.txt "$RES"/runs.tsv "$RES"/memory.tsv
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+# Shared helpers: log, priority, server start/stop, sanity checks, CPU/RSS sampling.
+source "$DIR/lib.sh"
 
 # ---------------------------------------------------------------- tools
 if [ -z "${SKIP_INSTALL:-}" ]; then
@@ -71,49 +72,9 @@ if [ ! -s "$RUN/tls/combined.pem" ]; then
     cat "$RUN/tls/cert.pem" "$RUN/tls/key.pem" > "$RUN/tls/combined.pem"
 fi
 
-# ---------------------------------------------------------------- priority, fds
-BENCH_NICE=${BENCH_NICE:--15}
-renice -n "$BENCH_NICE" -p $$ >/dev/null 2>&1 || log "renice failed (not root?) - normal priority"
-if [ -w /proc/$$/autogroup ]; then
-    echo "$BENCH_NICE" > /proc/$$/autogroup 2>/dev/null || log "could not set autogroup nice"
-fi
-ulimit -Hn 65536 2>/dev/null; ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-log "priority: nice $(ps -o ni= -p $$ | tr -d ' '), $(cat /proc/$$/autogroup 2>/dev/null); nofile $(ulimit -n)"
-
-# ---------------------------------------------------------------- servers
-declare -A PIDS=()
-cleanup() {
-    local n p
-    for n in "${!PIDS[@]}"; do kill -TERM "${PIDS[$n]}" 2>/dev/null; done
-    for n in "${!PIDS[@]}"; do
-        p=${PIDS[$n]}
-        for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-for p in $P_ORIGIN $P_DIRECT $P_NGINX $P_HAPROXY $P_BLITZ; do
-    if ss -Hltn "sport = :$p" | grep -q .; then
-        log "port $p already in use on this box; stop whatever owns it first"; exit 1
-    fi
-done
-
-# start NAME CPU CMD...  (taskset execs the server, so $! is the server's own PID)
-start() {
-    local name=$1 cpu=$2; shift 2
-    ( cd "$DIR" && exec taskset -c "$cpu" "$@" ) >"$RUN/$name.out" 2>&1 &
-    PIDS[$name]=$!
-}
-wait_http() { for _ in $(seq 100); do curl -sk -o /dev/null --max-time 1 "$1" && return 0; sleep 0.1; done; return 1; }
-check_body() {
-    local body; body=$(curl -sk --max-time 2 "$2")
-    [ "$body" = "hello, world" ] && { log "ok: $1 $2"; return 0; }
-    log "BAD response from $1 $2: '$body'"; return 1
-}
+# ---------------------------------------------------------------- priority, fds, servers
+bench_priority_and_fds
+ports_free $P_ORIGIN $P_DIRECT $P_NGINX $P_HAPROXY $P_BLITZ || exit 1
 
 log "starting servers"
 start origin  $ORIGIN_CPU nginx -p "$DIR/" -c conf/nginx-origin-tls.conf -e run/nginx-origin-tls.err -g 'daemon off;'
@@ -155,25 +116,6 @@ port_of() { case $1 in direct) echo $P_DIRECT ;; nginx) echo $P_NGINX ;; haproxy
 cat "$RES/versions.txt" >&2
 
 # ---------------------------------------------------------------- load runs
-cpu_snap() { awk '$1=="cpu0"||$1=="cpu1"{t=0; for(i=2;i<=9;i++)t+=$i; print $1, t, $5+$6}' /proc/stat; }
-cpu_busy() { paste -d' ' <(echo "$1") <(echo "$2") | awk '{dt=$5-$2; di=$6-$3; printf "%.0f ", (dt>0?100*(dt-di)/dt:0)}'; }
-rq_wait_ns() { local p; for p in "$@"; do cat /proc/$p/task/*/schedstat 2>/dev/null; done | awk '{s+=$2} END{printf "%d", s}'; }
-rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null; }
-to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000}
-    else if (v ~ /ms$/) {sub(/ms$/,"",v); print v+0} else if (v ~ /s$/) {sub(/s$/,"",v); print v*1000}
-    else print "NaN" }'; }
-wait_quiet() {
-    local waited=0 s0 s1 busy
-    while :; do
-        s0=$(cpu_snap); sleep 1; s1=$(cpu_snap)
-        busy=$(paste -d' ' <(echo "$s0") <(echo "$s1") | awk '{b+=($5-$2)-($6-$3); t+=$5-$2} END{printf "%d", (t>0 ? 100*b/t : 0)}')
-        [ "$busy" -le "${QUIET_PCT:-10}" ] && break
-        waited=$((waited + 1))
-        [ "$waited" -ge "${QUIET_WAIT:-5}" ] && { log "box still ${busy}% busy after ${waited}s; running anyway"; break; }
-    done
-    echo "$waited"
-}
-
 # load URL SECONDS OUTFILE [PID to sample RSS from mid-run] -> "rps p50ms p99ms errors rss_kib"
 # PROTO=h1: wrk. PROTO=h2: h2load, time-bounded (-D), p50/p99 from its per-request
 # log (3rd column, microseconds), as shared/bench-peers/run-peers.sh does.
