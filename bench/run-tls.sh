@@ -57,8 +57,8 @@ if [ -n "${BLITZ_BIN:-}" ]; then
     BIN=$BLITZ_BIN
 else
     TD=${CARGO_TARGET_DIR:-$REPO/target}
-    log "cargo build --release -p blitz-runtime --features tls,h2 --example hello_gateway (target dir $TD)"
-    ( cd "$REPO" && CARGO_TARGET_DIR=$TD timeout 1800 cargo build --release -q -p blitz-runtime --features tls,h2 --example hello_gateway ) \
+    log "cargo build --release -p blitz-runtime --features tls,h2,mimalloc --example hello_gateway (target dir $TD)"
+    ( cd "$REPO" && CARGO_TARGET_DIR=$TD timeout 1800 cargo build --release -q -p blitz-runtime --features tls,h2,mimalloc --example hello_gateway ) \
         >"$RUN/blitz-build.log" 2>&1 || { log "build failed; see $RUN/blitz-build.log"; tail -n 20 "$RUN/blitz-build.log" >&2; exit 1; }
     BIN=$TD/release/examples/hello_gateway
 fi

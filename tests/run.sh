@@ -31,5 +31,5 @@ cargo test -p blitz-runtime --lib
 
 step "end-to-end tests (pytest)"
 # The runtime's example gateway is built once, in release, for the e2e tests.
-cargo build --release -p blitz-runtime --features h2,tls --example hello_gateway
+cargo build --release -p blitz-runtime --features h2,tls,mimalloc --example hello_gateway
 python3 -m pytest tests -q -p no:cacheprovider

@@ -6,7 +6,6 @@
 //! - [`http`]: sans-IO HTTP/1.1 (strict parsing, chunked coding, serializers).
 //! - [`proxy`]: the request pipeline (IO shell), limits, errors and the
 //!   [`Gateway`] trait generated code implements.
-//! - [`lb`]: upstream servers, selection and the per-worker connection pool.
 //! - [`handoff`]: the control socket and the socket handoff of upgrades.
 //! - [`lb`]: upstreams, balancers, the per-worker connection pools, retry
 //!   budgets and per-server counters.
@@ -32,3 +31,9 @@ pub mod tls;
 pub use proxy::gateway::{Action, Gateway};
 pub use proxy::{Limits, ProxyError};
 pub use rt::{CertConfig, DriverChoice, ListenerConfig, Protocols, ServerConfig, TlsConfig, serve};
+
+/// The process allocator when the `mimalloc` feature is on (generated
+/// gateways turn it on; see the feature's note in Cargo.toml).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

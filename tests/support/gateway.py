@@ -74,7 +74,7 @@ def build_hello_gateway() -> Path:
         if not os.access(p, os.X_OK):
             raise RuntimeError(f"BLITZ_HELLO_BIN={env_bin} is not an executable file")
         return p
-    cmd = ["cargo", "build", "--release", "-p", "blitz-runtime", "--features", "h2,tls", "--example", "hello_gateway"]
+    cmd = ["cargo", "build", "--release", "-p", "blitz-runtime", "--features", "h2,tls,mimalloc", "--example", "hello_gateway"]
     try:
         r = subprocess.run(
             cmd, cwd=REPO, capture_output=True, text=True, timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL

@@ -82,7 +82,8 @@ pub fn features(spec: &Spec) -> Vec<&'static str> {
             .iter()
             .any(|p| matches!(p.value, Protocol::H2 | Protocol::H2c))
     });
-    let mut features = Vec::new();
+    // mimalloc: the runtime's allocator (why: docs/architecture.md).
+    let mut features = vec!["mimalloc"];
     if speaks_h2 {
         features.push("h2");
     }
