@@ -254,12 +254,17 @@ impl TlsStream {
 
     /// Encrypts and sends all of `buf` (left cleared, capacity kept).
     pub async fn write_all(&self, mut buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
-        let written = self.state.borrow_mut().conn.writer().write_all(&buf);
+        let sent = self.send(&buf).await;
         buf.clear();
-        if let Err(e) = written {
-            return BufResult(Err(e), buf);
-        }
-        BufResult(self.flush().await, buf)
+        BufResult(sent, buf)
+    }
+
+    /// Encrypts and sends all of `plaintext`. rustls takes the bytes
+    /// before the first await, so a borrowed slice does: no owned buffer
+    /// is needed (the HTTP/2 bridge writes from the compat layer's).
+    pub async fn send(&self, plaintext: &[u8]) -> io::Result<()> {
+        self.state.borrow_mut().conn.writer().write_all(plaintext)?;
+        self.flush().await
     }
 
     /// Sends close_notify, then FIN.

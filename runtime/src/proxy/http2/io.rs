@@ -251,9 +251,11 @@ impl<S: compio::io::AsyncWrite + 'static> tokio::io::AsyncWrite for H2Io<S> {
 /// A TLS connection as a compio `AsyncRead + AsyncWrite`, for HTTP/2 over
 /// TLS (ALPN `h2`). [`crate::tls::TlsStream`] reads into and writes from
 /// owned `Vec`s through `&self` (the HTTP/1.1 pipeline is full duplex);
-/// the compat layer under `h2` wants compio's generic-buffer traits. The
-/// bridge copies plaintext once each way: the TLS layer copied it already
-/// while decrypting, so this adds a `memcpy` of bytes that are in cache.
+/// the compat layer under `h2` wants compio's generic-buffer traits.
+/// Writes go to rustls straight from the compat layer's buffer; reads
+/// copy plaintext once more (rustls → `pending` → the caller's buffer, a
+/// `memcpy` of bytes that are in cache) because filling the caller's
+/// uninitialised buffer directly would need `unsafe` here.
 #[cfg(feature = "tls")]
 pub(crate) struct TlsIo {
     tls: crate::tls::TlsStream,
@@ -301,9 +303,8 @@ impl compio::io::AsyncRead for TlsIo {
 #[cfg(feature = "tls")]
 impl compio::io::AsyncWrite for TlsIo {
     async fn write<T: compio::buf::IoBuf>(&mut self, buf: T) -> compio::BufResult<usize, T> {
-        let data = buf.as_init().to_vec();
-        let n = data.len();
-        let compio::BufResult(res, _) = self.tls.write_all(data).await;
+        let n = buf.as_init().len();
+        let res = self.tls.send(buf.as_init()).await;
         compio::BufResult(res.map(|()| n), buf)
     }
 
