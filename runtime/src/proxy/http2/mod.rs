@@ -22,7 +22,7 @@
 //!
 //! Every limit of the `h2` crate is set in [`builder`], each with its
 //! reason; what the crate does not bound (SETTINGS and PING floods, a
-//! trickled header block, unknown frames) is bounded by [`io::FrameWatch`]
+//! trickled header block, unknown frames) is bounded by [`watch::FrameWatch`]
 //! and the tick.
 
 #![forbid(unsafe_code)]
@@ -31,6 +31,7 @@ mod exchange;
 pub(crate) mod io;
 mod stream;
 mod translate;
+mod watch;
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -45,10 +46,11 @@ use h2::Reason;
 
 use super::gateway::Gateway;
 use super::{Limits, Worker};
-pub(crate) use io::PREFACE;
+use io::H2Io;
 #[cfg(feature = "tls")]
 pub(crate) use io::TlsIo;
-use io::{FrameWatch, H2Io};
+use watch::FrameWatch;
+pub(crate) use watch::PREFACE;
 
 /// Streams a client may have open at once. RFC 9113 §6.5.2 advises at
 /// least 100 so browsers are not held back; every open stream may hold an
