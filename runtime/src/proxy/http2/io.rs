@@ -1,7 +1,7 @@
 //! The byte stream under the `h2` crate: compio's completion-based streams
 //! behind tokio's poll-based `AsyncRead`/`AsyncWrite` (the only part of
 //! tokio used; no tokio runtime runs), feeding every byte read from the
-//! client to the [`FrameWatch`] first.
+//! client to the [`FrameWatch`] first (and withholding what it stops at).
 //!
 //! compio's own compat layer ([`AsyncStream`]) keeps one read in flight
 //! into its read buffer and batches writes in a bounded write buffer
@@ -51,32 +51,45 @@ impl<S: compio::io::AsyncRead + 'static> tokio::io::AsyncRead for H2Io<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.watch.tripped() {
-            // The connection loop ends the connection on its next tick.
+        if this.watch.stop().is_some() {
+            // The connection loop is ending the connection.
             return Poll::Pending;
         }
         if this.prefix_pos < this.prefix.len() {
             let rest = &this.prefix[this.prefix_pos..];
             let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.watch.inspect(&rest[..n]);
+            let parse = this.watch.inspect(&rest[..n]);
+            buf.put_slice(&rest[..parse]);
             this.prefix_pos += n;
             if this.prefix_pos == this.prefix.len() {
                 this.prefix = Vec::new();
                 this.prefix_pos = 0;
             }
-            return Poll::Ready(Ok(()));
+            return read_done(n, parse);
         }
         let dst = buf.initialize_unfilled();
         match Pin::new(&mut this.inner).poll_read(cx, dst) {
             Poll::Ready(Ok(n)) => {
-                this.watch.inspect(&dst[..n]);
-                buf.advance(n);
-                Poll::Ready(Ok(()))
+                let parse = this.watch.inspect(&dst[..n]);
+                buf.advance(parse);
+                read_done(n, parse)
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// How a read of `read` bytes ends once the watch let `parse` of them
+/// through. A read the watch withheld entirely is no end of stream (what an
+/// empty read would say) but a stop: pending, and the connection loop,
+/// which checks the watch as soon as this poll returns, ends the
+/// connection.
+fn read_done(read: usize, parse: usize) -> Poll<io::Result<()>> {
+    if read > 0 && parse == 0 {
+        Poll::Pending
+    } else {
+        Poll::Ready(Ok(()))
     }
 }
 
