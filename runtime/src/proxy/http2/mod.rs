@@ -15,15 +15,19 @@
 //!   received) ─► route ─► request steps ─► respond | redirect | proxy
 //!   (exchange.rs: pooled upstream, body both ways under flow control)
 //!   ─► logging
-//! tick (1 s): control-frame budget, idle_timeout, header-block timeout,
-//!   closing deadline
+//! every read: frame watch ─► stop: GOAWAY(its code), close
+//! tick (1 s): new control-frame budget, idle_timeout, header-block
+//!   timeout, closing deadline
 //! drain: GOAWAY, streams in flight finish, then close
 //! ```
 //!
 //! Every limit of the `h2` crate is set in [`builder`], each with its
 //! reason; what the crate does not bound (SETTINGS and PING floods, a
-//! trickled header block, unknown frames) is bounded by [`io::FrameWatch`]
-//! and the tick.
+//! trickled header block, unknown frames) is bounded by [`watch::FrameWatch`]
+//! and the tick. The watch also answers the protocol errors for which the
+//! crate's GOAWAY(PROTOCOL_ERROR) is not the code RFC 9113 names (frame
+//! sizes, SETTINGS_INITIAL_WINDOW_SIZE, frames on streams the client
+//! closed): it stops before the crate sees the frame.
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +35,7 @@ mod exchange;
 pub(crate) mod io;
 mod stream;
 mod translate;
+mod watch;
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -45,10 +50,11 @@ use h2::Reason;
 
 use super::gateway::Gateway;
 use super::{Limits, Worker};
-pub(crate) use io::PREFACE;
+use io::H2Io;
 #[cfg(feature = "tls")]
 pub(crate) use io::TlsIo;
-use io::{FrameWatch, H2Io};
+use watch::FrameWatch;
+pub(crate) use watch::PREFACE;
 
 /// Streams a client may have open at once. RFC 9113 §6.5.2 advises at
 /// least 100 so browsers are not held back; every open stream may hold an
@@ -183,6 +189,8 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
     enum Event<T> {
         Accepted(T),
         Closed,
+        /// The watch stopped reads: a frame broke a rule or a budget.
+        Stop(Reason),
         Drain,
         Tick,
     }
@@ -196,6 +204,13 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
                     Poll::Ready(Some(Ok(s))) => return Poll::Ready(Event::Accepted(s)),
                     Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Event::Closed),
                     Poll::Pending => {}
+                }
+                // The accept poll did the reads: a stop is seen right
+                // after the read that made it (which wakes nothing).
+                if let Some(reason) = watch.stop()
+                    && closing != Closing::Abrupt
+                {
+                    return Poll::Ready(Event::Stop(reason));
                 }
                 if closing == Closing::No && drain.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Drain);
@@ -218,6 +233,12 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
                 ));
             }
             Event::Closed => break,
+            Event::Stop(reason) => {
+                // The h2 crate never saw the offending frame: this GOAWAY
+                // is the only answer, flushed before the close.
+                conn.abrupt_shutdown(reason);
+                closing = Closing::Abrupt;
+            }
             Event::Drain => {
                 conn.graceful_shutdown();
                 closing = Closing::Graceful;
@@ -225,10 +246,6 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
             Event::Tick => {
                 tick.set(compio::time::sleep(TICK));
                 let active = watch.tick();
-                if watch.tripped() && closing != Closing::Abrupt {
-                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
-                    closing = Closing::Abrupt;
-                }
                 header_block_ticks = if watch.header_block_open() {
                     header_block_ticks + 1
                 } else {
