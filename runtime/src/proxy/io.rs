@@ -145,7 +145,7 @@ pub async fn read_more<S: Stream>(
     if buf.capacity() - buf.len() < room {
         buf.reserve(room);
     }
-    match compio::time::timeout_at(deadline, stream.read_some(buf)).await {
+    match crate::rt::time::within(deadline, stream.read_some(buf)).await {
         Ok(BufResult(Ok(0), buf)) => (ReadOutcome::Eof, buf),
         Ok(BufResult(Ok(n), buf)) => (ReadOutcome::Data(n), buf),
         Ok(BufResult(Err(_), buf)) => (ReadOutcome::Error, buf),

@@ -76,7 +76,7 @@ pub(crate) async fn connect(
             return Ok((ep, conn, true));
         }
         let deadline = Instant::now() + connect_timeout;
-        match compio::time::timeout_at(deadline, TcpStream::connect(ep.addr)).await {
+        match crate::rt::time::within(deadline, TcpStream::connect(ep.addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 match upstream_stream(stream, &ep, deadline).await {
@@ -389,7 +389,7 @@ async fn exchange<G: Gateway, S: Stream>(
             ));
             match select(pump, head).await {
                 Either::Left((Ok(_), head)) => {
-                    match compio::time::timeout(timeouts.response, head).await {
+                    match crate::rt::time::within_for(timeouts.response, head).await {
                         Ok(r) => r,
                         Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
                     }

@@ -33,6 +33,7 @@ mod process;
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod seccomp_test;
 mod systemd;
+pub mod time;
 
 use std::io;
 use std::net::SocketAddr;

@@ -134,7 +134,7 @@ impl TlsStream {
     /// Runs the handshake to its end, or fails (after sending the alert)
     /// by `deadline`.
     pub async fn handshake(&self, deadline: Instant) -> io::Result<()> {
-        match compio::time::timeout_at(deadline, self.drive_handshake()).await {
+        match crate::rt::time::within(deadline, self.drive_handshake()).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -167,7 +167,7 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
     let watch = Rc::new(FrameWatch::default());
     let io = H2Io::new(io, prefix, Rc::clone(&watch));
     let handshake = builder(&w.limits).handshake::<_, Bytes>(io);
-    let mut conn = match compio::time::timeout(w.limits.header_timeout, handshake).await {
+    let mut conn = match crate::rt::time::within_for(w.limits.header_timeout, handshake).await {
         Ok(Ok(conn)) => conn,
         // Not HTTP/2, too slow, or gone: nothing to answer.
         _ => return,
