@@ -383,11 +383,17 @@ async fn relay_response<G: Gateway>(
                 .decode(&ubuf[upos..])
                 .map_err(|e| BodyError::UpstreamFraming(e.0))?;
             let data = &ubuf[upos..][d.data.clone()];
-            if !data.is_empty() {
-                let data = Bytes::copy_from_slice(data);
-                send_data(send, data, w.limits.body_timeout).await?;
-            }
             upos += d.consumed;
+            if !data.is_empty() {
+                // The body's last bytes carry END_STREAM: no empty DATA
+                // frame after them (most bodies are one read).
+                let last = reader.is_done();
+                let data = Bytes::copy_from_slice(data);
+                send_data(send, data, last, w.limits.body_timeout).await?;
+                if last {
+                    return Ok(upos < ubuf.len());
+                }
+            }
             if d.consumed == 0 {
                 break;
             }
@@ -416,10 +422,11 @@ async fn relay_response<G: Gateway>(
 }
 
 /// Sends `data` as the client's window allows, waiting at most `stall`
-/// for each grant of capacity.
+/// for each grant of capacity; `last` ends the stream with its final part.
 async fn send_data(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
+    last: bool,
     stall: Duration,
 ) -> Result<(), BodyError> {
     while !data.is_empty() {
@@ -434,7 +441,7 @@ async fn send_data(
             continue;
         }
         let part = data.split_to(cap.min(data.len()));
-        send.send_data(part, false)
+        send.send_data(part, last && data.is_empty())
             .map_err(|_| BodyError::ClientGone)?;
     }
     Ok(())
