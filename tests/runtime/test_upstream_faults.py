@@ -5,12 +5,15 @@ connection is not reused."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from support.client import RawConn, request
 from support.gateway import free_port
+from support.origin import Origin
 
 MiB = 1 << 20
 
@@ -312,3 +315,33 @@ def test_unsolicited_101_from_upstream_is_502(fault_gw, origin):
         c.send(b"GET /no-upgrade HTTP/1.1\r\nHost: a\r\n\r\n")
         r = c.read_response(timeout=20)
     assert r.status == 502, r
+
+
+def _sockets_to(port: int, state: str) -> int:
+    out = subprocess.run(
+        ["ss", "-Htn", "state", state, f"( dport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def test_pool_surplus_is_closed_without_time_wait(start_gateway):
+    """More exchanges at once than --pool-max-idle: the surplus connections
+    are closed when they come back idle, with a reset (SO_LINGER 0), so the
+    gateway keeps no TIME_WAIT socket per shed connection (HAProxy does the
+    same); the one kept idle is still reused."""
+    own = Origin()
+    try:
+        g = start_gateway(upstream=own.addr, pool_max_idle=1)
+        n = 6
+        with ThreadPoolExecutor(n) as ex:
+            rs = list(ex.map(lambda i: request(g.port, "GET", f"/slow?delay=0.5&i={i}"), range(n)))
+        assert [r.status for r in rs] == [200] * n
+        assert len({q.conn_id for q in own.requests}) == n, "each slow request had its own connection"
+        time.sleep(0.3)
+        assert _sockets_to(own.port, "time-wait") == 0
+        assert _sockets_to(own.port, "established") == 1, "max-idle=1 keeps one"
+        r = request(g.port, "GET", "/after")
+        assert r.status == 200
+        assert own.requests[-1].conn_id in {q.conn_id for q in own.requests[:n]}, "the kept connection is reused"
+    finally:
+        own.stop()

@@ -146,8 +146,12 @@ impl Endpoint {
     /// with `since`, the start of the exchange: it may expire a little
     /// early, never late.
     pub fn give_back(&self, conn: UpstreamStream, since: Instant) {
-        if !self.is_retired() {
-            self.pool.borrow_mut().checkin(conn, since);
+        if self.is_retired() {
+            return;
+        }
+        // Over `max-idle`: closed at once, by reset (idle, nothing lost).
+        if let Err(surplus) = self.pool.borrow_mut().checkin(conn, since) {
+            surplus.close_idle();
         }
     }
 

@@ -3,7 +3,7 @@
 //! Invariants: only connections whose last exchange ended cleanly (request
 //! and response bodies complete, no error, upstream keep-alive) are checked
 //! in; a connection is never handed out after `idle_timeout`; at most
-//! `max_idle` per server are kept (the rest are closed). Generic over the
+//! `max_idle` per server are kept (the rest are handed back and closed). Generic over the
 //! connection type so the policy is tested without sockets.
 
 use std::time::{Duration, Instant};
@@ -55,10 +55,14 @@ impl<T> ConnPool<T> {
         None
     }
 
-    /// Returns a cleanly finished connection. Dropped if the pool is full.
-    pub fn checkin(&mut self, conn: T, now: Instant) {
+    /// Returns a cleanly finished connection; when the pool is full it is
+    /// handed back, for the caller to close.
+    pub fn checkin(&mut self, conn: T, now: Instant) -> Result<(), T> {
         if self.idle.len() < self.config.max_idle {
             self.idle.push((conn, now));
+            Ok(())
+        } else {
+            Err(conn)
         }
     }
 
@@ -91,18 +95,22 @@ mod tests {
             max_idle: 2,
             idle_timeout: Duration::from_secs(10),
         });
-        pool.checkin("a", t0);
-        pool.checkin("b", t0 + Duration::from_secs(5));
-        pool.checkin("c", t0);
-        assert_eq!(pool.idle_count(), 2, "over max_idle is dropped");
+        assert_eq!(pool.checkin("a", t0), Ok(()));
+        assert_eq!(pool.checkin("b", t0 + Duration::from_secs(5)), Ok(()));
+        assert_eq!(
+            pool.checkin("c", t0),
+            Err("c"),
+            "over max_idle is handed back"
+        );
+        assert_eq!(pool.idle_count(), 2);
         // "a" expired at t0+10, "b" still fresh.
         assert_eq!(pool.checkout(t0 + Duration::from_secs(11)), Some("b"));
-        pool.checkin("a", t0);
+        let _ = pool.checkin("a", t0);
         assert_eq!(pool.checkout(t0 + Duration::from_secs(10)), None);
-        pool.checkin("d", t0);
+        let _ = pool.checkin("d", t0);
         pool.reap(t0 + Duration::from_secs(10));
         assert_eq!(pool.idle_count(), 0);
-        pool.checkin("e", t0);
+        let _ = pool.checkin("e", t0);
         pool.clear();
         assert_eq!(pool.checkout(t0), None);
     }

@@ -92,6 +92,29 @@ impl std::fmt::Debug for UpstreamStream {
     }
 }
 
+impl UpstreamStream {
+    /// The TCP connection under it.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Tcp(s) => s,
+            #[cfg(feature = "tls")]
+            UpstreamStream::Tls(s) => s.tcp(),
+        }
+    }
+
+    /// Closes an *idle* connection with a reset instead of FIN (`SO_LINGER`
+    /// 0), as HAProxy closes idle server connections: nothing is in flight
+    /// on it, and the gateway keeps no TIME_WAIT socket. A pool that sheds
+    /// connections under bursty load (more exchanges at once than
+    /// `max-idle`) would otherwise leave one TIME_WAIT per connection for
+    /// 60 s, and on a real network (no `tcp_tw_reuse` outside loopback)
+    /// run the gateway out of source ports to a busy origin.
+    pub fn close_idle(self) {
+        let _ = socket2::SockRef::from(self.tcp()).set_linger(Some(std::time::Duration::ZERO));
+        drop(self);
+    }
+}
+
 impl Stream for UpstreamStream {
     async fn read_some(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
         match self {

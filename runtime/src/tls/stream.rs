@@ -280,6 +280,11 @@ impl TlsStream {
         self.tcp.close().await
     }
 
+    /// The TCP connection under the TLS layer.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
     /// The protocol ALPN chose, if any.
     pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
         self.state.borrow().conn.alpn_protocol().map(<[u8]>::to_vec)
