@@ -8,6 +8,8 @@ test can kill one and start it again on the same port). Every origin
 answers `x-origin: NAME`; the query steers it: `fail=a,b` makes those
 origins answer 503, `stall=a` makes them wait 2 s (past the upstream's
 response timeout), `delay=a` makes them wait 0.2 s. `/healthz` is 200.
+The listener also speaks h2c (prior knowledge): the retry tests run over
+HTTP/1.1 and over HTTP/2 streams, which follow the same policy.
 
 Tolerances are stated next to each assertion. Waits only bound how long a
 test blocks; nothing asserts a timing.
@@ -25,6 +27,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from support.dns_server import DnsServer
+from support.h2client import H2Client
 from support.gateway import free_port
 from support.origin import Origin, respond
 from support.blitzc import Served, build
@@ -39,6 +42,7 @@ gateway "lb" {{
 }}
 listener "main" {{
     bind "127.0.0.1:{gw}"
+    protocols "h1" "h2c"
 }}
 upstream "rr" {{
     server "127.0.0.1:{a}"
@@ -227,6 +231,10 @@ class Setup:
             return resp.status, resp.getheader("x-origin")
         except (OSError, http.client.HTTPException):
             return 0, None
+
+    def h2(self) -> H2Client:
+        """A new HTTP/2 (h2c, prior knowledge) connection to the gateway."""
+        return H2Client(f"127.0.0.1:{self.ports['gw']}")
 
     def served_by(self, path: str, n: int, headers=None) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -497,6 +505,87 @@ def test_retry_budget_bounds_retries_during_an_outage(lb):
     elapsed = time.monotonic() - started
     sent = len(client_requests(lb.origins["a"], "/budget")) + len(client_requests(lb.origins["b"], "/budget"))
     bound = n + n // 5 + 3 * WORKERS * (int(elapsed) + 1)
+    assert n < sent <= bound, (sent, bound, elapsed)
+
+
+# ---------------------------------------------------------------- retries of HTTP/2 streams
+
+
+def h2_request(conn: H2Client, path: str, method: str = "GET", body: bytes | None = None):
+    """(status, x-origin, body) of one stream on `conn`."""
+    r = conn.request(path, method=method, body=body)
+    assert r.reset is None, (path, r)
+    who = r.header("x-origin")
+    return r.status, who[0] if who else None, r.body
+
+
+def test_h2_streams_are_retried_only_where_safe(lb):
+    """The HTTP/1.1 retry policy, over HTTP/2 streams (one connection, so
+    one worker and one retry budget)."""
+    lb.start(names=("a", "b"))
+    a, b = lb.origins["a"], lb.origins["b"]
+    with lb.h2() as conn:
+        # Bank retry budget (20% of requests); the dead server is failed
+        # over at connect.
+        for i in range(60):
+            assert h2_request(conn, f"/retry/ok?i={i}")[0] == 200
+
+        # A GET answered 503 by a is retried on b: the client gets b's 200
+        # (a's 503 and its body never reach it), and a saw each GET once at
+        # most (a retry never goes back to the server that failed).
+        for i in range(12):
+            assert h2_request(conn, f"/retry/h2get?fail=a&i={i}") == (200, "b", b"b\n")
+        at_a = [r.target for r in client_requests(a, "/retry/h2get")]
+        assert at_a, "a did answer 503 to some"
+        assert len(at_a) == len(set(at_a)), at_a
+        at_b = sorted(r.target for r in client_requests(b, "/retry/h2get"))
+        assert at_b == sorted(f"/retry/h2get?fail=a&i={i}" for i in range(12)), at_b
+
+        # A GET that times out on a (stall, past `timeouts response`) is
+        # retried on b.
+        for i in range(3):
+            assert h2_request(conn, f"/retry/h2slow?stall=a&i={i}")[:2] == (200, "b")
+
+        # A POST whose body was sent is never retried: each reached one
+        # origin once, and the client gets that origin's 503.
+        for i in range(8):
+            status, who, _ = h2_request(conn, f"/retry/h2post?fail=a,b&i={i}", method="POST", body=b"x" * 100)
+            assert status == 503 and who in ("a", "b"), (status, who)
+        posted = [r.target for r in client_requests(a, "/retry/h2post") + client_requests(b, "/retry/h2post")]
+        assert sorted(posted) == sorted(f"/retry/h2post?fail=a,b&i={i}" for i in range(8)), posted
+        # Nor an idempotent PUT with a body, nor a POST that timed out.
+        assert h2_request(conn, "/retry/h2put?fail=a,b", method="PUT", body=b"y" * 100)[0] == 503
+        assert len(client_requests(a, "/retry/h2put") + client_requests(b, "/retry/h2put")) == 1
+        for i in range(4):
+            conn.request(f"/retry/h2slow-post?stall=a&i={i}", method="POST", body=b"z")
+        slow = [r.target for r in client_requests(a, "/retry/h2slow-post") + client_requests(b, "/retry/h2slow-post")]
+        assert sorted(slow) == sorted(f"/retry/h2slow-post?stall=a&i={i}" for i in range(4)), slow
+
+
+def test_h2_total_deadline_stops_retries(lb):
+    """As over HTTP/1.1: response timeout 500 ms a try, `total="800ms"`:
+    two tries (the second cut to 300 ms), no third, and a 504."""
+    lb.start(names=("a", "b"))
+    with lb.h2() as conn:
+        assert h2_request(conn, "/deadline/h2?stall=a,b")[0] == 504
+    time.sleep(0.5)  # a third try, if one started wrongly, would have reached an origin by now
+    got = client_requests(lb.origins["a"], "/deadline") + client_requests(lb.origins["b"], "/deadline")
+    assert len(got) == 2, [r.target for r in got]
+
+
+def test_h2_retry_budget_bounds_retries_during_an_outage(lb):
+    """Every server answers 503, `retry attempts=3 on="503"`, over HTTP/2:
+    retries happen, within the budget of 20% of the requests plus 3 a
+    second. One connection is one worker, so one budget."""
+    lb.start(names=("a", "b"))
+    n = 100
+    started = time.monotonic()
+    with lb.h2() as conn:
+        for i in range(n):
+            assert h2_request(conn, f"/budget/h2?fail=a,b&i={i}")[0] == 503
+    elapsed = time.monotonic() - started
+    sent = len(client_requests(lb.origins["a"], "/budget")) + len(client_requests(lb.origins["b"], "/budget"))
+    bound = n + n // 5 + 3 * (int(elapsed) + 1)
     assert n < sent <= bound, (sent, bound, elapsed)
 
 

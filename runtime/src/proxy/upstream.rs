@@ -47,7 +47,7 @@ fn failed(kind: ErrorKind) -> Exchange {
 /// fails over to the next endpoint the balancer gives (nothing was sent, so
 /// this is always safe), each endpoint at most once per call. Returns the
 /// endpoint, the connection, and whether it came from the pool.
-pub(crate) async fn connect(
+async fn connect(
     set: &UpstreamSet,
     key: u64,
     tried: &[SocketAddr],
@@ -142,6 +142,237 @@ pub(crate) fn replayable(req: &RequestHead) -> bool {
         )
 }
 
+/// A failure after the request was sent, as the retry policy names it
+/// (`on="timeout"`, `on="503"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No response head within the try's response timeout.
+    Timeout,
+    /// The response head had this status (set aside, not relayed).
+    Status(u16),
+}
+
+/// One request's tries against one upstream: the retry policy applied to
+/// it (attempts left, the `retry total` deadline, the worker's budget), the
+/// endpoints already tried, and whether the next connection must be fresh.
+/// HTTP/1.1 exchanges and HTTP/2 streams both go through it, so the two
+/// retry, count and fail over alike; each keeps only its own exchange.
+pub(crate) struct Tries<'a> {
+    set: &'a UpstreamSet,
+    /// When the request reached the upstream side (the first try's clock).
+    pub(crate) started: Instant,
+    deadline: Option<Instant>,
+    replayable: bool,
+    /// Retries left: `attempts` for a [`replayable`] request, else 0.
+    left: u32,
+    /// Whether the try under way may be retried (decided as it starts).
+    armed: bool,
+    tried: Vec<SocketAddr>,
+    fresh_only: bool,
+}
+
+/// One try: where it goes and how long it may take.
+pub(crate) struct Try {
+    pub(crate) ep: Rc<Endpoint>,
+    pub(crate) conn: UpstreamStream,
+    /// Whether `conn` came from the pool.
+    pub(crate) reused: bool,
+    /// The clock when the connection was ready (the response deadline
+    /// runs from here).
+    pub(crate) now: Instant,
+    /// The try's timeouts, cut to what `retry total` leaves.
+    pub(crate) timeouts: UpstreamTimeouts,
+}
+
+impl<'a> Tries<'a> {
+    /// Starts a request to `set`; it counts towards the retry budget.
+    pub(crate) fn new(set: &'a UpstreamSet, replayable: bool) -> Self {
+        set.budget.deposit();
+        let started = Instant::now();
+        Tries {
+            set,
+            started,
+            deadline: set.retry.total.map(|t| started + t),
+            replayable,
+            left: if replayable { set.retry.attempts } else { 0 },
+            armed: false,
+            tried: Vec::new(),
+            fresh_only: false,
+        }
+    }
+
+    /// Opens the next try's connection ([`connect`], with its failover),
+    /// then decides whether this try may be retried.
+    pub(crate) async fn connect(&mut self, key: u64) -> Result<Try, ProxyError> {
+        // One clock read serves the pool and the response deadline of a
+        // pooled connection on the first try (the hot path).
+        let now = if self.tried.is_empty() {
+            self.started
+        } else {
+            Instant::now()
+        };
+        let timeouts = self.timeouts(now);
+        let (ep, conn, reused) = connect(
+            self.set,
+            key,
+            &self.tried,
+            self.fresh_only,
+            timeouts.connect,
+            now,
+        )
+        .await?;
+        let now = if reused { now } else { Instant::now() };
+        self.arm(now);
+        Ok(Try {
+            ep,
+            conn,
+            reused,
+            now,
+            timeouts,
+        })
+    }
+
+    /// A try starts at `now`: it may be retried if attempts are left, the
+    /// budget has room and the total deadline has not passed.
+    fn arm(&mut self, now: Instant) {
+        self.armed = self.left > 0 && self.set.budget.has_room(now) && self.before_deadline(now);
+    }
+
+    /// Each try's timeouts, cut to what the total deadline leaves.
+    fn timeouts(&self, now: Instant) -> UpstreamTimeouts {
+        let all = self.set.timeouts;
+        match self.deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(now);
+                UpstreamTimeouts {
+                    connect: all.connect.min(left),
+                    response: all.response.min(left),
+                }
+            }
+            None => all,
+        }
+    }
+
+    fn before_deadline(&self, now: Instant) -> bool {
+        self.deadline.is_none_or(|d| now < d)
+    }
+
+    /// Whether the try under way is itself a retry (an endpoint counter).
+    pub(crate) fn is_retry(&self) -> bool {
+        !self.tried.is_empty()
+    }
+
+    /// The statuses the try under way sets aside for a retry instead of
+    /// relaying: the policy's, if this try may be retried at all.
+    pub(crate) fn retry_statuses(&self) -> &'a [u16] {
+        if self.armed {
+            &self.set.retry.on_status
+        } else {
+            &[]
+        }
+    }
+
+    /// The keep-alive race: a pooled connection the upstream had closed
+    /// before answering anything. A replayable request is sent once more,
+    /// on a fresh connection, outside the retry policy.
+    fn replay_stale(&mut self, reused: bool) -> bool {
+        if reused && self.replayable && !self.fresh_only {
+            self.fresh_only = true;
+            return true;
+        }
+        false
+    }
+
+    /// A try relayed a complete response with `status`: passive health
+    /// hears of it, and the connection is pooled if `reusable`.
+    pub(crate) fn done(&self, ep: &Endpoint, conn: UpstreamStream, status: u16, reusable: bool) {
+        ep.answered(status, Instant::now());
+        if reusable {
+            ep.give_back(conn, self.started);
+        }
+    }
+
+    /// A try at `ep` ended with `miss`: an upstream's failure is reported
+    /// to passive health, then the request is tried again (`None`) or ends
+    /// with an error and whether the client was already answered. Tried
+    /// again: a stale pooled connection ([`Tries::replay_stale`]), a status
+    /// or a timeout the policy retries ([`Tries::again`]). A status set
+    /// aside for a retry that cannot happen after all (the budget or the
+    /// total deadline ran out during the try) was discarded: the client
+    /// gets that status, without the upstream's body.
+    pub(crate) fn missed(
+        &mut self,
+        ep: &Endpoint,
+        reused: bool,
+        miss: Miss,
+    ) -> Option<(ProxyError, bool)> {
+        let (error, answered, failure) = match miss {
+            Miss::Stale if self.replay_stale(reused) => return None,
+            Miss::Stale => (ProxyError::new(ErrorKind::UpstreamClosed), false, None),
+            Miss::RetryStatus(status) => (
+                ProxyError::with_status(ErrorKind::UpstreamStatus, status),
+                false,
+                Some(Failure::Status(status)),
+            ),
+            Miss::Failed { error, answered } => {
+                let timeout = !answered && error.kind == ErrorKind::UpstreamTimeout;
+                (error, answered, timeout.then_some(Failure::Timeout))
+            }
+        };
+        if error.side == Side::Upstream {
+            ep.failed(Instant::now());
+        }
+        match failure {
+            Some(failure) if self.again(ep.addr, failure) => None,
+            _ => Some((error, answered)),
+        }
+    }
+
+    /// The retry decision, for both protocols: whether the try that just
+    /// failed at `addr` with `failure` is tried again. Only if the try was
+    /// armed (a replayable request, attempts left, budget room when it
+    /// started), the policy lists the failure, the total deadline has not
+    /// passed, and the budget still gives a retry (taken here). The next
+    /// try then avoids `addr` while other endpoints are left.
+    fn again(&mut self, addr: SocketAddr, failure: Failure) -> bool {
+        let listed = match failure {
+            Failure::Timeout => self.set.retry.on_timeout,
+            Failure::Status(status) => self.set.retry.on_status.contains(&status),
+        };
+        let now = Instant::now();
+        if !(self.armed && listed && self.before_deadline(now) && self.set.budget.withdraw(now)) {
+            return false;
+        }
+        self.left -= 1;
+        self.tried.push(addr);
+        self.fresh_only = false;
+        true
+    }
+}
+
+/// How a try ended that relayed no complete response (HTTP/1.1 and
+/// HTTP/2 alike); [`Tries::missed`] decides what follows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Miss {
+    /// The upstream closed before sending a single response byte.
+    Stale,
+    /// The response head had a status the retry policy retries; nothing
+    /// was relayed and the upstream connection is dropped.
+    RetryStatus(u16),
+    /// It failed; `answered`: the client already got (part of) an answer,
+    /// so no error answer is possible.
+    Failed { error: ProxyError, answered: bool },
+}
+
+impl Miss {
+    pub(crate) fn failed(kind: ErrorKind, answered: bool) -> Self {
+        Miss::Failed {
+            error: ProxyError::new(kind),
+            answered,
+        }
+    }
+}
+
 /// Proxies `req` to `upstream`. On success the client connection is
 /// positioned after the request body.
 ///
@@ -150,9 +381,10 @@ pub(crate) fn replayable(req: &RequestHead) -> bool {
 /// if it is [`replayable`], the upstream's `retry` lists the failure
 /// (`timeout`: no response head in time; a status: the response head had
 /// it, and it was not relayed), attempts are left, and the retry budget
-/// has room. A pooled connection the upstream closed before answering
-/// anything is replayed once on a fresh one for replayable requests (the
-/// keep-alive race), outside the retry policy.
+/// has room ([`Tries::again`], shared with HTTP/2 streams). A pooled
+/// connection the upstream closed before answering anything is replayed
+/// once on a fresh one for replayable requests (the keep-alive race),
+/// outside the retry policy.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
     w: &Worker<G>,
@@ -166,45 +398,25 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
     let Some(set) = w.upstreams.get(upstream) else {
         return failed(ErrorKind::Internal("upstream index out of range"));
     };
-    let replayable = replayable(req);
     let key = set.hash_key(req, c.peer);
-    let mut fresh_only = false;
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut retries_left = if replayable { set.retry.attempts } else { 0 };
-    set.budget.deposit();
-    // One clock read serves the pool and the response deadline of a pooled
-    // connection (the hot path).
-    let started = Instant::now();
-    let deadline = set.retry.total.map(|t| started + t);
+    let mut tries = Tries::new(set, replayable(req));
     loop {
-        let now = if tried.is_empty() {
-            started
-        } else {
-            Instant::now()
+        let Try {
+            ep,
+            conn,
+            reused,
+            now,
+            timeouts,
+        } = match tries.connect(key).await {
+            Ok(t) => t,
+            Err(error) => {
+                return Exchange::Failed {
+                    error,
+                    answered: false,
+                };
+            }
         };
-        // Each try's timeouts, cut to what the total deadline leaves.
-        let timeouts = match deadline {
-            Some(d) => UpstreamTimeouts {
-                connect: set.timeouts.connect.min(d.saturating_duration_since(now)),
-                response: set.timeouts.response.min(d.saturating_duration_since(now)),
-            },
-            None => set.timeouts,
-        };
-        let (ep, conn, reused) =
-            match connect(set, key, &tried, fresh_only, timeouts.connect, now).await {
-                Ok(x) => x,
-                Err(error) => {
-                    return Exchange::Failed {
-                        error,
-                        answered: false,
-                    };
-                }
-            };
-        let now = if reused { now } else { Instant::now() };
-        let may_retry =
-            retries_left > 0 && set.budget.has_room(now) && deadline.is_none_or(|d| now < d);
-        let retry_statuses: &[u16] = if may_retry { &set.retry.on_status } else { &[] };
-        ep.begin(!tried.is_empty());
+        ep.begin(tries.is_retry());
         let attempt = exchange(
             w,
             c,
@@ -214,71 +426,26 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
             &conn,
             &ep,
             timeouts,
-            retry_statuses,
+            tries.retry_statuses(),
             strip_prefix,
             now,
         )
         .await;
         ep.end();
-        let retry_on_timeout = may_retry && set.retry.on_timeout;
         match attempt {
             Attempt::Done {
                 keep_alive,
                 upstream_reusable,
                 status,
             } => {
-                ep.answered(status, Instant::now());
-                if upstream_reusable && !w.drain.is_draining() {
-                    ep.give_back(conn, started);
-                }
+                let reusable = upstream_reusable && !w.drain.is_draining();
+                tries.done(&ep, conn, status, reusable);
                 return Exchange::Done { keep_alive, status };
             }
-            Attempt::Stale if reused && replayable && !fresh_only => {
-                fresh_only = true;
-                continue;
-            }
-            Attempt::Stale => {
-                ep.failed(Instant::now());
-                return failed(ErrorKind::UpstreamClosed);
-            }
-            Attempt::RetryStatus(_)
-                if deadline.is_none_or(|d| Instant::now() < d)
-                    && set.budget.withdraw(Instant::now()) =>
-            {
-                ep.failed(Instant::now());
-                retries_left -= 1;
-                tried.push(ep.addr);
-                fresh_only = false;
-            }
-            Attempt::RetryStatus(status) => {
-                // The budget or the total deadline ran out during the try:
-                // the answer was set aside and cannot be relayed any more.
-                ep.failed(Instant::now());
-                return Exchange::Failed {
-                    error: ProxyError::with_status(ErrorKind::UpstreamStatus, status),
-                    answered: false,
-                };
-            }
-            Attempt::Failed(Exchange::Failed {
-                error,
-                answered: false,
-            }) if error.kind == ErrorKind::UpstreamTimeout
-                && retry_on_timeout
-                && deadline.is_none_or(|d| Instant::now() < d)
-                && set.budget.withdraw(Instant::now()) =>
-            {
-                ep.failed(Instant::now());
-                retries_left -= 1;
-                tried.push(ep.addr);
-                fresh_only = false;
-            }
-            Attempt::Failed(e) => {
-                if let Exchange::Failed { error, .. } = &e
-                    && error.side == Side::Upstream
-                {
-                    ep.failed(Instant::now());
+            Attempt::Missed(miss) => {
+                if let Some((error, answered)) = tries.missed(&ep, reused, miss) {
+                    return Exchange::Failed { error, answered };
                 }
-                return e;
             }
         }
     }
@@ -290,12 +457,8 @@ enum Attempt {
         upstream_reusable: bool,
         status: u16,
     },
-    /// The upstream closed before sending a single response byte.
-    Stale,
-    /// The response head had a status the retry policy retries; nothing
-    /// was relayed and the upstream connection is dropped.
-    RetryStatus(u16),
-    Failed(Exchange),
+    /// No complete response was relayed.
+    Missed(Miss),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -355,7 +518,7 @@ async fn exchange<G: Gateway, S: Stream>(
             if !ok {
                 w.buffers.give(out);
                 w.buffers.give(ubuf);
-                return Attempt::Failed(Exchange::Failed {
+                return Attempt::Missed(Miss::Failed {
                     error: ProxyError::new(ErrorKind::ClientWrite),
                     answered: true,
                 });
@@ -418,7 +581,7 @@ async fn exchange<G: Gateway, S: Stream>(
                     PumpError::SinkFailed => ErrorKind::UpstreamClosed,
                 };
                 let answered = matches!(kind, ErrorKind::ClientClosed);
-                return Attempt::Failed(Exchange::Failed {
+                return Attempt::Missed(Miss::Failed {
                     error: ProxyError::new(kind),
                     answered,
                 });
@@ -429,7 +592,7 @@ async fn exchange<G: Gateway, S: Stream>(
         w.buffers.give(out);
         if res.is_err() {
             w.buffers.give(ubuf);
-            return Attempt::Stale;
+            return Attempt::Missed(Miss::Stale);
         }
         let deadline = now + timeouts.response;
         read_response_head(up, &mut ubuf, &mut resp, is_head, &head_limits, deadline).await
@@ -438,7 +601,7 @@ async fn exchange<G: Gateway, S: Stream>(
         Ok(upos) => upos,
         Err(HeadFail::Stale) if !framing.has_body() => {
             w.buffers.give(ubuf);
-            return Attempt::Stale;
+            return Attempt::Missed(Miss::Stale);
         }
         Err(HeadFail::Stale) => return fail_up(w, ubuf, ErrorKind::UpstreamClosed),
         Err(HeadFail::Failed(kind)) => return fail_up(w, ubuf, kind),
@@ -446,7 +609,7 @@ async fn exchange<G: Gateway, S: Stream>(
 
     if retry_statuses.contains(&resp.status()) && !body_unfinished {
         w.buffers.give(ubuf);
-        return Attempt::RetryStatus(resp.status());
+        return Attempt::Missed(Miss::RetryStatus(resp.status()));
     }
 
     w.gateway.response(route, &mut resp, ctx);
@@ -497,7 +660,7 @@ async fn exchange<G: Gateway, S: Stream>(
                 PumpError::Framing(why) => ErrorKind::UpstreamProtocol(why),
                 PumpError::SourceClosed | PumpError::TooLarge => ErrorKind::UpstreamClosed,
             };
-            Attempt::Failed(Exchange::Failed {
+            Attempt::Missed(Miss::Failed {
                 error: ProxyError::new(kind),
                 answered: true,
             })
@@ -567,5 +730,137 @@ pub(crate) async fn read_response_head(
 
 fn fail_up<G: Gateway>(w: &Worker<G>, buf: Vec<u8>, kind: ErrorKind) -> Attempt {
     w.buffers.give(buf);
-    Attempt::Failed(failed(kind))
+    Attempt::Missed(Miss::failed(kind, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Directory;
+    use crate::lb::{PoolConfig, RetryPolicy, Upstream};
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn set(retry: RetryPolicy) -> UpstreamSet {
+        let up = Upstream::single("u", addr(1)).with_retry(retry);
+        let dir = Directory::new(std::slice::from_ref(&up));
+        let timeouts = UpstreamTimeouts {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(1),
+        };
+        UpstreamSet::new(
+            &up,
+            dir.upstreams().first(),
+            0,
+            timeouts,
+            PoolConfig::default(),
+        )
+    }
+
+    /// A request that starts its first try at once.
+    fn started(set: &UpstreamSet, replayable: bool) -> Tries<'_> {
+        let mut t = Tries::new(set, replayable);
+        t.arm(t.started);
+        t
+    }
+
+    #[test]
+    fn retries_what_the_policy_lists_within_attempts() {
+        let s = set(RetryPolicy::new(2, true, false, &[503]));
+        let mut t = started(&s, true);
+        assert_eq!(t.retry_statuses(), &[503]);
+        assert!(!t.again(addr(1), Failure::Status(502)), "not listed");
+        assert!(!t.again(addr(1), Failure::Timeout), "not listed");
+        assert!(t.again(addr(1), Failure::Status(503)));
+        assert!(t.is_retry());
+        t.arm(Instant::now());
+        assert!(t.again(addr(2), Failure::Status(503)));
+        assert_eq!(t.tried, [addr(1), addr(2)]);
+        // attempts=2 are spent: the third try sets nothing aside.
+        t.arm(Instant::now());
+        assert!(t.retry_statuses().is_empty());
+        assert!(!t.again(addr(1), Failure::Status(503)));
+    }
+
+    #[test]
+    fn a_request_with_a_body_is_never_retried_once_sent() {
+        let s = set(RetryPolicy::new(3, true, true, &[503]));
+        let mut t = started(&s, false);
+        assert!(t.retry_statuses().is_empty());
+        assert!(!t.again(addr(1), Failure::Status(503)));
+        assert!(!t.again(addr(1), Failure::Timeout));
+        assert!(!t.is_retry());
+    }
+
+    #[test]
+    fn no_retry_once_the_total_deadline_passed() {
+        let s = set(RetryPolicy::new(3, false, true, &[]).with_total(Duration::ZERO));
+        let mut t = started(&s, true);
+        assert_eq!(t.timeouts(t.started).response, Duration::ZERO);
+        assert!(!t.again(addr(1), Failure::Timeout));
+    }
+
+    #[test]
+    fn retries_draw_on_the_upstreams_budget() {
+        let s = set(RetryPolicy::new(1, false, false, &[503]));
+        let begun = Instant::now();
+        let granted = (0..10)
+            .filter(|_| started(&s, true).again(addr(1), Failure::Status(503)))
+            .count();
+        // 10 requests bank 2 retries (20 %), plus the floor of 3 a second
+        // (`lb::retry::FLOOR_PER_SECOND`).
+        let floor = 3 * (1 + begun.elapsed().as_secs() as usize);
+        assert!((2 + 3..=2 + floor).contains(&granted), "{granted}");
+    }
+
+    #[test]
+    fn a_missed_try_reports_the_upstreams_failures_and_retries_by_the_policy() {
+        let s = set(RetryPolicy::new(2, false, true, &[503]));
+        let ep = s
+            .pick(0, Instant::now(), |_| false, |_| false)
+            .unwrap_or_else(|| panic!("an endpoint"));
+        let failures = |ep: &Endpoint| ep.counters(Instant::now()).failures;
+        let mut t = started(&s, true);
+        assert!(t.missed(&ep, false, Miss::RetryStatus(503)).is_none());
+        assert_eq!(failures(&ep), 1);
+        t.arm(Instant::now());
+        let timeout = Miss::failed(ErrorKind::UpstreamTimeout, false);
+        assert!(t.missed(&ep, false, timeout).is_none());
+        assert_eq!((failures(&ep), t.tried.len()), (2, 2));
+        // Attempts spent: the set-aside status is the answer.
+        t.arm(Instant::now());
+        let (error, answered) = t
+            .missed(&ep, false, Miss::RetryStatus(503))
+            .unwrap_or_else(|| panic!("no third retry"));
+        assert_eq!(
+            (error.kind, error.status, answered),
+            (ErrorKind::UpstreamStatus, 503, false)
+        );
+        // A timeout after the client got bytes is never retried; a client's
+        // failure is not the upstream's.
+        let mut t = started(&s, true);
+        let late = Miss::failed(ErrorKind::UpstreamTimeout, true);
+        assert!(t.missed(&ep, false, late).is_some());
+        let gone = Miss::failed(ErrorKind::ClientClosed, true);
+        assert!(t.missed(&ep, false, gone).is_some());
+        assert_eq!(failures(&ep), 4);
+        // The keep-alive race costs no failure.
+        assert!(t.missed(&ep, true, Miss::Stale).is_none());
+        assert_eq!(failures(&ep), 4);
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_is_replayed_once_for_replayable_requests() {
+        let s = set(RetryPolicy::default());
+        let mut t = started(&s, true);
+        assert!(
+            !t.replay_stale(false),
+            "a fresh connection's close is a failure"
+        );
+        assert!(t.replay_stale(true));
+        assert!(!t.replay_stale(true), "once");
+        assert!(!started(&s, false).replay_stale(true));
+    }
 }

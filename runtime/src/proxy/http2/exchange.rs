@@ -1,6 +1,7 @@
 //! One HTTP/2 stream proxied to an HTTP/1.1 upstream over the worker's
 //! pool: the h2 counterpart of `proxy::upstream`'s exchange, reusing its
-//! server choice ([`connect`]) and response-head reader.
+//! tries ([`Tries`]: server choice, connect failover, the retry policy and
+//! budget) and its response-head reader.
 //!
 //! Bodies stream both ways and are never buffered whole: the request body
 //! goes up DATA frame by DATA frame, its flow-control window released only
@@ -29,7 +30,7 @@ use crate::http::{
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
 use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all};
-use crate::proxy::upstream::{HeadFail, connect, read_response_head, replayable};
+use crate::proxy::upstream::{HeadFail, Miss, Tries, Try, read_response_head, replayable};
 use crate::proxy::{UpstreamStream, Worker};
 
 /// How a proxied stream ended.
@@ -53,9 +54,8 @@ enum Attempt {
         reusable: bool,
         status: u16,
     },
-    /// The pooled upstream closed before answering anything.
-    Stale,
-    Failed(Outcome),
+    /// No complete response was relayed.
+    Missed(Miss),
 }
 
 /// Why moving a body stopped early.
@@ -86,22 +86,25 @@ pub(crate) async fn proxy_stream<G: Gateway>(
     peer: SocketAddr,
     proto: &'static str,
 ) -> Outcome {
-    // As for HTTP/1.1: a bodiless idempotent request found a stale pooled
-    // connection is sent once more on a fresh one.
-    let replayable = replayable(req);
     let Some(set) = w.upstreams.get(upstream) else {
         return failed(ErrorKind::Internal("upstream index out of range"), false);
     };
-    // The balancer and connect failover are HTTP/1.1's; the retry policy
-    // (tries after the request was sent) is not applied to HTTP/2 streams
-    // yet: their bodies are streamed from flow-controlled DATA frames.
+    // The balancer, connect failover, the keep-alive replay and the retry
+    // policy are HTTP/1.1's (`Tries`): a bodiless idempotent stream is
+    // retried on what `retry` lists, within its attempts, deadline and
+    // budget; one with a body is not, once sent (its DATA frames are
+    // streamed up, never kept).
     let key = set.hash_key(req, peer);
-    let mut fresh_only = false;
-    let started = Instant::now();
+    let mut tries = Tries::new(set, replayable(req));
     loop {
-        let connected = connect(set, key, &[], fresh_only, set.timeouts.connect, started).await;
-        let (ep, conn, reused) = match connected {
-            Ok(x) => x,
+        let Try {
+            ep,
+            conn,
+            reused,
+            now,
+            timeouts,
+        } = match tries.connect(key).await {
+            Ok(t) => t,
             Err(error) => {
                 return Outcome::Failed {
                     error,
@@ -109,38 +112,27 @@ pub(crate) async fn proxy_stream<G: Gateway>(
                 };
             }
         };
-        let now = if reused { started } else { Instant::now() };
         let target = Target {
             up: &conn,
             strip_prefix,
             peer,
             proto,
             now,
-            response_timeout: set.timeouts.response,
+            response_timeout: timeouts.response,
+            retry_statuses: tries.retry_statuses(),
         };
-        ep.begin(false);
+        ep.begin(tries.is_retry());
         let result = attempt(w, req, body, respond, route, ctx, &target).await;
         ep.end();
         match result {
             Attempt::Done { reusable, status } => {
-                ep.answered(status, Instant::now());
-                if reusable && !w.drain.is_draining() {
-                    ep.give_back(conn, started);
-                }
+                tries.done(&ep, conn, status, reusable && !w.drain.is_draining());
                 return Outcome::Done { status };
             }
-            Attempt::Stale if reused && replayable && !fresh_only => fresh_only = true,
-            Attempt::Stale => {
-                ep.failed(Instant::now());
-                return failed(ErrorKind::UpstreamClosed, false);
-            }
-            Attempt::Failed(o) => {
-                if let Outcome::Failed { error, .. } = &o
-                    && error.side == crate::proxy::Side::Upstream
-                {
-                    ep.failed(Instant::now());
+            Attempt::Missed(miss) => {
+                if let Some((error, answered)) = tries.missed(&ep, reused, miss) {
+                    return Outcome::Failed { error, answered };
                 }
-                return o;
             }
         }
     }
@@ -154,6 +146,8 @@ struct Target<'a> {
     now: Instant,
     /// The upstream's response timeout (head, and pauses in the body).
     response_timeout: Duration,
+    /// Statuses set aside for a retry instead of relayed (`Tries`).
+    retry_statuses: &'a [u16],
 }
 
 async fn attempt<G: Gateway>(
@@ -174,7 +168,7 @@ async fn attempt<G: Gateway>(
         let reset = pin!(poll_fn(|cx| respond.poll_reset(cx)));
         match select(forward, reset).await {
             Either::Left((r, _)) => r,
-            Either::Right(_) => Err(Attempt::Failed(failed(ErrorKind::ClientClosed, true))),
+            Either::Right(_) => Err(Attempt::Missed(Miss::failed(ErrorKind::ClientClosed, true))),
         }
     };
     let (upos, body_unfinished) = match head {
@@ -184,6 +178,10 @@ async fn attempt<G: Gateway>(
             return a;
         }
     };
+    if t.retry_statuses.contains(&resp.status()) && !body_unfinished {
+        w.buffers.give(ubuf);
+        return Attempt::Missed(Miss::RetryStatus(resp.status()));
+    }
 
     w.gateway.response(route, &mut resp, ctx);
     let is_head = req.is_head();
@@ -194,7 +192,7 @@ async fn attempt<G: Gateway>(
         Ok(s) => s,
         Err(_) => {
             w.buffers.give(ubuf);
-            return Attempt::Failed(failed(ErrorKind::ClientClosed, true));
+            return Attempt::Missed(Miss::failed(ErrorKind::ClientClosed, true));
         }
     };
     let relayed = if has_body {
@@ -223,7 +221,7 @@ async fn attempt<G: Gateway>(
                     ErrorKind::UpstreamClosed
                 }
             };
-            Attempt::Failed(failed(kind, true))
+            Attempt::Missed(Miss::failed(kind, true))
         }
     }
 }
@@ -263,13 +261,13 @@ async fn forward_request<G: Gateway>(
         let res = write_all(t.up, &mut out).await;
         w.buffers.give(out);
         if res.is_err() {
-            return Err(Attempt::Stale);
+            return Err(Attempt::Missed(Miss::Stale));
         }
         let deadline = t.now + t.response_timeout;
         return match read_response_head(t.up, ubuf, resp, is_head, &head_limits, deadline).await {
             Ok(upos) => Ok((upos, false)),
-            Err(HeadFail::Stale) => Err(Attempt::Stale),
-            Err(HeadFail::Failed(kind)) => Err(Attempt::Failed(failed(kind, false))),
+            Err(HeadFail::Stale) => Err(Attempt::Missed(Miss::Stale)),
+            Err(HeadFail::Failed(kind)) => Err(Attempt::Missed(Miss::failed(kind, false))),
         };
     }
     // The body goes up while the response head is awaited: an upstream
@@ -293,11 +291,11 @@ async fn forward_request<G: Gateway>(
                 }
                 .map_err(head_failed)
             }
-            Either::Left((Err(e), _)) => Err(Attempt::Failed(match e {
-                BodyError::TooLarge => failed(ErrorKind::BodyTooLarge, false),
-                BodyError::ClientTimeout => failed(ErrorKind::ClientTimeout, false),
-                BodyError::UpstreamWrite => failed(ErrorKind::UpstreamClosed, false),
-                _ => failed(ErrorKind::ClientClosed, true),
+            Either::Left((Err(e), _)) => Err(Attempt::Missed(match e {
+                BodyError::TooLarge => Miss::failed(ErrorKind::BodyTooLarge, false),
+                BodyError::ClientTimeout => Miss::failed(ErrorKind::ClientTimeout, false),
+                BodyError::UpstreamWrite => Miss::failed(ErrorKind::UpstreamClosed, false),
+                _ => Miss::failed(ErrorKind::ClientClosed, true),
             })),
             Either::Right((r, _)) => r.map(|upos| (upos, true)).map_err(head_failed),
         }
@@ -309,8 +307,8 @@ async fn forward_request<G: Gateway>(
 /// With a body sent, even a silent close is a failure, never a replay.
 fn head_failed(f: HeadFail) -> Attempt {
     match f {
-        HeadFail::Stale => Attempt::Failed(failed(ErrorKind::UpstreamClosed, false)),
-        HeadFail::Failed(kind) => Attempt::Failed(failed(kind, false)),
+        HeadFail::Stale => Attempt::Missed(Miss::failed(ErrorKind::UpstreamClosed, false)),
+        HeadFail::Failed(kind) => Attempt::Missed(Miss::failed(kind, false)),
     }
 }
 
