@@ -285,7 +285,7 @@ async fn forward_request<G: Gateway>(
         ));
         match select(send, head).await {
             Either::Left((Ok(()), head)) => {
-                match compio::time::timeout(t.response_timeout, head).await {
+                match crate::rt::time::within_for(t.response_timeout, head).await {
                     Ok(r) => r.map(|upos| (upos, false)),
                     Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
                 }
@@ -328,7 +328,7 @@ async fn send_request_body<G: Gateway>(
         .map_err(|_| BodyError::UpstreamWrite)?;
     let mut total = 0u64;
     loop {
-        let chunk = match compio::time::timeout(w.limits.body_timeout, body.data()).await {
+        let chunk = match crate::rt::time::within_for(w.limits.body_timeout, body.data()).await {
             Err(_) => return Err(BodyError::ClientTimeout),
             Ok(None) => break,
             Ok(Some(Err(_))) => return Err(BodyError::ClientGone),
@@ -429,7 +429,8 @@ async fn send_data(
 ) -> Result<(), BodyError> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        let granted = compio::time::timeout(stall, poll_fn(|cx| send.poll_capacity(cx))).await;
+        let granted =
+            crate::rt::time::within_for(stall, poll_fn(|cx| send.poll_capacity(cx))).await;
         let cap = match granted {
             Err(_) => return Err(BodyError::ClientStalled),
             Ok(None | Some(Err(_))) => return Err(BodyError::ClientGone),
