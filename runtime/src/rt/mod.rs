@@ -194,6 +194,16 @@ impl Default for ServerConfig {
     }
 }
 
+/// Tasks a worker polls before it submits their IO and reaps completions
+/// (compio's default: 61). An HTTP/2 connection is one task that runs all
+/// its streams, so 61 of them made batches of hundreds of exchanges: the
+/// upstream sends left in bursts and both the worker and the origin sat
+/// idle between them (CPU 0 at 86 % under h2load). At 32, `h2load -c50
+/// -m10` over TLS ran 10-15 % more requests per second and cleartext
+/// HTTP/1.1 under wrk stayed level (at 16, HTTP/1.1 lost ~10 %: more
+/// `io_uring_enter` calls per request). See bench/RESULTS.md.
+const EVENT_INTERVAL: usize = 32;
+
 /// Builds one worker's runtime on driver `t`, pinned to `core`. (io_uring's
 /// cooperative task running was measured and left off: fewer requests per
 /// second with the same CPU per request.)
@@ -201,7 +211,7 @@ fn build_runtime(t: DriverType, core: Option<usize>) -> io::Result<Runtime> {
     let mut proactor = ProactorBuilder::new();
     proactor.driver_type(t);
     let mut rb = RuntimeBuilder::new();
-    rb.with_proactor(proactor);
+    rb.with_proactor(proactor).event_interval(EVENT_INTERVAL);
     if let Some(core) = core {
         rb.thread_affinity(std::iter::once(core).collect());
     }
