@@ -654,6 +654,20 @@ header-timeout = 10
         == "`header-timeout` must be a duration string such as \"10s\", found an integer"));
 }
 
+/// A server's `tls` is a boolean: its help shows that, not the listener's
+/// `tls` table of certificates.
+#[test]
+fn a_server_tls_of_the_wrong_type_is_helped_as_a_boolean() {
+    let text = r#"version = 1
+[[upstream]]
+name = "u"
+servers = [{ address = "127.0.0.1:9", tls = "true" }]
+"#;
+    let d = only(text);
+    assert_eq!(d.code, Code::WrongType);
+    assert_eq!(d.help, "write it as `tls = true`");
+}
+
 #[test]
 fn wrong_shape_of_named_items() {
     let text = "version = 1\n[listener]\nname = \"l\"\n";

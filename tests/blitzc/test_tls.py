@@ -337,10 +337,15 @@ def test_compiled_gateway_terminates_tls(blitzc, cache_dir, pki, origin, tmp_pat
     port = free_port()
     spec = write_spec(tmp_path, pki, port, origin.port)
     out = tmp_path / "gateway-bin"
-    result = build(blitzc, spec, out, cache_dir)
+    # The spec named relative to where blitzc runs, the binary started from
+    # elsewhere: its certificates are still found (paths are the spec
+    # folder's, made absolute at build time).
+    result = build(blitzc, Path(spec.name), out, cache_dir, cwd=spec.parent)
     assert result.returncode == 0, result.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     env = dict(os.environ, BLITZ_CACHE_DIR=str(cache_dir))
-    gw = Served([str(out)], port, env)
+    gw = Served([str(out)], port, env, cwd=elsewhere)
     try:
         r = curl(port, "/local", pki)
         assert r.returncode == 0 and r.stdout == "local\n", r.stderr

@@ -35,12 +35,12 @@ def named_origin(name: str) -> Origin:
 class Served:
     """A gateway process (compiled binary or `blitzc dev`) on a known port."""
 
-    def __init__(self, argv: list[str], port: int, env: dict):
+    def __init__(self, argv: list[str], port: int, env: dict, cwd: Path | None = None):
         self.port = port
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-            start_new_session=True,
+            start_new_session=True, cwd=cwd,
         )
         _register(self.proc)
         ready = threading.Event()
@@ -85,9 +85,10 @@ def spec_copy(tmp_path: Path, name: str, ports: dict[int, int]) -> Path:
     return path
 
 
-def build(blitzc: Path, spec: Path, out: Path, cache_dir: Path) -> subprocess.CompletedProcess:
+def build(blitzc: Path, spec: Path, out: Path, cache_dir: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`blitzc build SPEC -o OUT`, run in `cwd` (SPEC may be relative to it)."""
     env = dict(os.environ, BLITZ_CACHE_DIR=str(cache_dir))
     return subprocess.run(
         [str(blitzc), "build", str(spec), "-o", str(out)],
-        capture_output=True, text=True, env=env, timeout=BLITZC_BUILD_TIMEOUT,
+        capture_output=True, text=True, env=env, timeout=BLITZC_BUILD_TIMEOUT, cwd=cwd,
     )

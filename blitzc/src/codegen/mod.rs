@@ -383,6 +383,17 @@ fn socket_addr(addr: SocketAddr) -> TokenStream {
     }
 }
 
+/// A file path of the spec as the generated binary opens it: absolute, so
+/// the binary finds its files whatever folder it is started from (a spec
+/// named by a relative path resolves its files relative to the folder
+/// blitzc ran in, which the binary knows nothing about).
+fn runtime_path(path: &blitz_ir::FilePath) -> String {
+    std::path::absolute(&path.resolved)
+        .unwrap_or_else(|_| path.resolved.clone())
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A server's TLS settings as an `Option<ServerTls>` literal.
 fn server_tls(s: &blitz_ir::Server) -> Option<TokenStream> {
     let (Some(tls), Some(name)) = (&s.tls, s.tls_name()) else {
@@ -390,7 +401,7 @@ fn server_tls(s: &blitz_ir::Server) -> Option<TokenStream> {
     };
     let ca = match &tls.ca {
         Some(ca) => {
-            let path = ca.value.resolved.to_string_lossy();
+            let path = runtime_path(&ca.value);
             quote! { Some(#path.into()) }
         }
         None => quote! { None },
@@ -413,8 +424,8 @@ fn listener(l: &blitz_ir::Listener) -> TokenStream {
         None => quote! { None },
         Some(tls) => {
             let certs = tls.certs.iter().map(|c| {
-                let cert = c.cert.value.resolved.to_string_lossy();
-                let key = c.key.value.resolved.to_string_lossy();
+                let cert = runtime_path(&c.cert.value);
+                let key = runtime_path(&c.key.value);
                 let sni = match &c.sni {
                     Some(name) => {
                         let name = name.value.as_str();
@@ -472,7 +483,7 @@ fn config(spec: &Spec, hash: &str) -> TokenStream {
     let pool_idle = duration(pool.idle_timeout.value);
     let admin = match &spec.admin.socket {
         Some(p) => {
-            let p = p.value.resolved.to_string_lossy().into_owned();
+            let p = runtime_path(&p.value);
             quote! { Some(#p) }
         }
         None => quote! { None },

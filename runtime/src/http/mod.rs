@@ -53,6 +53,6 @@ pub use parse::{
     valid_authority,
 };
 pub use write::{
-    ForwardInfo, LocalResponse, reason_phrase, strip_path_prefix, valid_request_id,
-    write_forward_request, write_local_response, write_response_head,
+    ForwardInfo, LocalResponse, reason_phrase, status_has_no_body, strip_path_prefix,
+    valid_request_id, write_forward_request, write_local_response, write_response_head,
 };

@@ -740,6 +740,32 @@ fn local_responses() {
 }
 
 #[test]
+fn local_204_and_304_have_neither_body_nor_length() {
+    for status in [204, 304] {
+        let mut out = Vec::new();
+        write_local_response(
+            &LocalResponse {
+                status,
+                content_type: None,
+                location: None,
+                body: b"xyz",
+                close: false,
+                head_only: false,
+                keep_alive_10: false,
+                extra: None,
+            },
+            &mut out,
+        );
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            text.ends_with("\r\n\r\n"),
+            "no body after the head: {text:?}"
+        );
+        assert!(!text.contains("content-length"), "{text:?}");
+    }
+}
+
+#[test]
 fn paths_are_normalised_for_routing_and_forwarding() {
     let h = ok(b"GET /public/%2e%2e//admin/./x?q=%2e%2e HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(h.path_only(), b"/admin/x");

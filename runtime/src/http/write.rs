@@ -294,18 +294,30 @@ pub fn write_local_response(r: &LocalResponse<'_>, out: &mut Vec<u8>) {
             }
         }
     }
-    out.extend_from_slice(b"content-length: ");
-    put_u64(out, r.body.len() as u64);
-    out.extend_from_slice(b"\r\n");
+    // 204 and 304 carry no body, and a 204 no length (RFC 9110 §8.6,
+    // §15.3.5, §15.4.5): a body written after them would be read as the
+    // start of the next response.
+    let bodyless = status_has_no_body(r.status);
+    if !bodyless {
+        out.extend_from_slice(b"content-length: ");
+        put_u64(out, r.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+    }
     if r.close {
         out.extend_from_slice(b"connection: close\r\n");
     } else if r.keep_alive_10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !r.head_only {
+    if !r.head_only && !bodyless {
         out.extend_from_slice(r.body);
     }
+}
+
+/// Statuses whose responses never have a body (1xx, 204, 304), whatever
+/// a spec's `respond` gives.
+pub fn status_has_no_body(status: u16) -> bool {
+    status < 200 || status == 204 || status == 304
 }
 
 /// Standard reason phrases for the statuses the runtime emits or relays.

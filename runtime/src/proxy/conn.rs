@@ -135,24 +135,32 @@ async fn serve_tls<G: Gateway>(
         let _ = Stream::close(stream).await;
         return;
     }
-    match stream.alpn_protocol().as_deref() {
-        #[cfg(feature = "h2")]
-        Some(b"h2") => {
-            let io = super::http2::TlsIo::new(stream);
-            super::http2::serve_h2(w, io, Vec::new(), peer, listener, true).await;
-        }
-        // `http/1.1`, or no ALPN at all. (`h2` is only offered when the
-        // listener speaks it, which needs the `h2` feature.)
-        _ => {
-            let _ = &listener;
-            let client = Client {
-                stream,
-                peer,
-                rbuf: Vec::new(),
-                rpos: 0,
-            };
-            serve_h1(w, client).await;
-        }
+    #[cfg(feature = "h2")]
+    if speaks_h2(stream.alpn_protocol().as_deref(), &listener) {
+        let io = super::http2::TlsIo::new(stream);
+        super::http2::serve_h2(w, io, Vec::new(), peer, listener, true).await;
+        return;
+    }
+    let _ = &listener;
+    let client = Client {
+        stream,
+        peer,
+        rbuf: Vec::new(),
+        rpos: 0,
+    };
+    serve_h1(w, client).await;
+}
+
+/// Whether a TLS connection speaks HTTP/2: ALPN chose `h2` (offered only
+/// when the listener speaks it), or the client offered no ALPN to a
+/// listener without `h1` — then it must speak HTTP/2 (whose handshake
+/// checks the preface), as on a cleartext listener without `h1`. A client
+/// without ALPN on a listener with `h1` speaks HTTP/1.1.
+#[cfg(all(feature = "tls", feature = "h2"))]
+fn speaks_h2(alpn: Option<&[u8]>, listener: &Listener) -> bool {
+    match alpn {
+        Some(protocol) => protocol == b"h2",
+        None => !listener.config.protocols.h1,
     }
 }
 

@@ -169,8 +169,23 @@ fn sections(role: TlsFileRole, path: &Path) -> Result<Vec<(SectionKind, Vec<u8>)
         .map_err(|e| TlsFileError::BadPem {
             role,
             path: path.to_path_buf(),
-            detail: e.to_string(),
+            detail: pem_detail(&e),
         })
+}
+
+/// What is wrong with a PEM file, in words: the crate's `Display` shows
+/// the markers as lists of byte values.
+fn pem_detail(e: &pem::Error) -> String {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("a section has no `-----END {}-----` line", text(end_marker))
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line `{}`", text(line))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The PEM labels of `sections` (`CERTIFICATE`, `PRIVATE KEY`, ...).
@@ -328,4 +343,25 @@ pub fn load_ca_roots(path: &Path) -> Result<rustls::RootCertStore, TlsFileError>
         });
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_pem_file_is_explained_in_words() {
+        let dir = std::env::temp_dir().join(format!("blitz-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("truncated.crt");
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nAAAA\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let error = load_cert_chain(&path).err().map(|e| e.to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        let error = error.unwrap_or_else(|| panic!("a truncated file loads"));
+        assert!(
+            error.ends_with("a section has no `-----END CERTIFICATE-----` line"),
+            "{error}"
+        );
+    }
 }

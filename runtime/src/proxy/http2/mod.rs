@@ -17,7 +17,7 @@
 //!   ─► logging
 //! every read: frame watch ─► stop: GOAWAY(its code), close
 //! tick (1 s): new control-frame budget, idle_timeout, header-block
-//!   timeout, closing deadline
+//!   timeout, the client's SETTINGS after its preface, closing deadline
 //! drain: GOAWAY, streams in flight finish, then close
 //! ```
 //!
@@ -181,6 +181,7 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
     let mut closing_ticks = 0u32;
     let mut idle_ticks = 0u32;
     let mut header_block_ticks = 0u32;
+    let mut preface_ticks = 0u32;
     let ticks_of = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u32;
     let idle_limit = ticks_of(w.limits.idle_timeout);
     let header_limit = ticks_of(w.limits.header_timeout);
@@ -246,6 +247,15 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
             Event::Tick => {
                 tick.set(compio::time::sleep(TICK));
                 let active = watch.tick();
+                if !watch.preface_complete() {
+                    preface_ticks += 1;
+                    if preface_ticks > header_limit {
+                        // The preface came without the SETTINGS frame that
+                        // must follow it: the handshake is not done in
+                        // time, nothing to answer (as for a slow preface).
+                        break;
+                    }
+                }
                 header_block_ticks = if watch.header_block_open() {
                     header_block_ticks + 1
                 } else {

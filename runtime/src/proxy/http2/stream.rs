@@ -13,7 +13,7 @@ use http::Request;
 
 use super::exchange::{Outcome, proxy_stream};
 use super::translate::{Refused, local_head, request_head};
-use crate::http::{HeaderBlock, RequestHead};
+use crate::http::{HeaderBlock, RequestHead, status_has_no_body};
 use crate::proxy::Worker;
 use crate::proxy::conn::error_body;
 use crate::proxy::conn::local_response_steps;
@@ -156,7 +156,7 @@ fn send_local(
     extra: Option<&HeaderBlock>,
 ) -> bool {
     let head = local_head(status, content_type, location, body.len(), extra);
-    let empty = head_only || body.is_empty();
+    let empty = head_only || body.is_empty() || status_has_no_body(status);
     let Ok(mut send) = respond.send_response(head, empty) else {
         return false;
     };

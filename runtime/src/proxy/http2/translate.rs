@@ -25,7 +25,9 @@
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 
-use crate::http::{BodyFraming, HeadLimits, RequestHead, ResponseHead, parse_request_head};
+use crate::http::{
+    BodyFraming, HeadLimits, RequestHead, ResponseHead, parse_request_head, status_has_no_body,
+};
 
 /// A request refused before routing: the status to answer and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,10 +240,13 @@ pub(crate) fn local_head(
             }
         }
     }
-    headers.insert(
-        http::header::CONTENT_LENGTH,
-        http::HeaderValue::from(length),
-    );
+    // A 204 has no length (RFC 9110 §8.6), and neither it nor a 304 a body.
+    if !status_has_no_body(status) {
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(length),
+        );
+    }
     out
 }
 

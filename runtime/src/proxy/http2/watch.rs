@@ -116,6 +116,9 @@ struct State {
     header_block_open: bool,
     /// Bytes arrived since the last tick.
     active: bool,
+    /// A whole frame header followed the preface (the client's SETTINGS,
+    /// which must come first).
+    first_frame: bool,
     /// The highest stream id the client opened with HEADERS (0: none).
     newest_stream: u32,
     /// Bit `i`: the client closed stream `newest_stream - 2 * i`.
@@ -137,6 +140,7 @@ impl Default for State {
             control: 0,
             header_block_open: false,
             active: false,
+            first_frame: false,
             newest_stream: 0,
             closed: 0,
             stop: None,
@@ -163,6 +167,12 @@ impl FrameWatch {
         let active = std::mem::replace(&mut s.active, false);
         self.state.set(s);
         active
+    }
+
+    /// True once the client's first frame (its SETTINGS) followed its
+    /// preface: the HTTP/2 handshake is complete on its side.
+    pub(crate) fn preface_complete(&self) -> bool {
+        self.state.get().first_frame
     }
 
     /// True while a header block waits for its last CONTINUATION.
@@ -231,6 +241,7 @@ impl State {
         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
         self.payload_left = len;
         self.in_settings = false;
+        self.first_frame = true;
         match kind {
             DATA => {
                 self.size_at_least(len, usize::from(flags & FLAG_PADDED != 0));
@@ -429,6 +440,19 @@ mod tests {
         let rst = frame(RST_STREAM, 0, 4);
         assert_eq!(w.inspect(&rst), 0, "the frame over budget is withheld");
         assert_eq!(w.stop(), Some(Reason::ENHANCE_YOUR_CALM));
+    }
+
+    #[test]
+    fn the_preface_is_complete_with_the_first_frame_header() {
+        let w = FrameWatch::default();
+        w.inspect(&PREFACE[..10]);
+        w.inspect(&PREFACE[10..]);
+        assert!(!w.preface_complete(), "the preface alone");
+        let first = settings(&[(0x3, 100)]);
+        w.inspect(&first[..5]);
+        assert!(!w.preface_complete(), "half a frame header");
+        w.inspect(&first[5..]);
+        assert!(w.preface_complete());
     }
 
     #[test]
