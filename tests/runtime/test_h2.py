@@ -385,3 +385,19 @@ def test_zero_window_reader(start_gateway):
     print(f"zero-window: rss {rss0} -> {peak} KiB")
     assert peak - rss0 < 64 * 1024
     assert_served_through(by, before)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "streamed"])
+def test_upload_over_the_limit_is_a_clean_413(start_gateway, origin, tmp_path, declared):
+    """An upload over max-body-bytes gets 413, and the client sees a
+    complete answer: the rest of the body is read and dropped (bounded)
+    instead of the stream being reset under it, which curl 7.88 reports as
+    a failed transfer (exit 92, status 000)."""
+    g = start_gateway(max_body_bytes=1 << 20, **H2C)
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (3 << 20))
+    cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--http2-prior-knowledge"]
+    cmd += ["--data-binary", f"@{big}"] if declared else ["-H", "Transfer-Encoding:", "-T", str(big)]
+    r = subprocess.run(cmd + [g.url + "/upload"], capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout) == (0, "413 2"), r
+    assert all(q.body_len <= 1 << 20 for q in origin.requests if q.target == "/upload")

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -19,6 +20,14 @@ use crate::proxy::conn::error_body;
 use crate::proxy::conn::local_response_steps;
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::{Action, Gateway, RequestLog};
+use crate::rt::time::within;
+
+/// What of a request body is still read and dropped after its answer went
+/// out (a 413, an upstream's early answer, a local answer), and for how
+/// long: the HTTP/2 counterpart of HTTP/1.1's lingering close. Past either
+/// bound the stream is reset (NO_ERROR, RFC 9113 §8.1).
+const DISCARD_BYTES: usize = 1024 * 1024;
+const DISCARD_TIME: Duration = Duration::from_secs(1);
 
 /// Serves one stream to its end; errors are answered or reset here.
 pub(crate) async fn serve_stream<G: Gateway>(
@@ -29,6 +38,39 @@ pub(crate) async fn serve_stream<G: Gateway>(
     proto: &'static str,
 ) {
     let (parts, mut body) = request.into_parts();
+    answer(&w, parts, &mut body, &mut respond, peer, proto).await;
+    if !body.is_end_stream() {
+        discard_rest(&mut body).await;
+    }
+}
+
+/// Reads and drops the rest of a request body whose answer was sent, so
+/// the client finishes its upload and reads the answer as complete. A
+/// reset instead (what dropping the body does) is legal but some clients
+/// (curl 7.88) then report the answer they received as a failed transfer.
+async fn discard_rest(body: &mut RecvStream) {
+    let deadline = Instant::now() + DISCARD_TIME;
+    let mut discarded = 0;
+    while discarded < DISCARD_BYTES {
+        match within(deadline, body.data()).await {
+            Ok(Some(Ok(chunk))) => {
+                discarded += chunk.len();
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Translates, routes and answers one stream (locally or by proxying).
+async fn answer<G: Gateway>(
+    w: &Rc<Worker<G>>,
+    parts: http::request::Parts,
+    body: &mut RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    peer: SocketAddr,
+    proto: &'static str,
+) {
     let mut req = RequestHead::default();
     let mut scratch = w.buffers.take();
     let translated = request_head(
@@ -47,7 +89,7 @@ pub(crate) async fn serve_stream<G: Gateway>(
             _ => ErrorKind::BadRequest(why),
         };
         let err = ProxyError::with_status(kind, status);
-        let sent = send_error(&mut respond, status, false);
+        let sent = send_error(respond, status, false);
         let mut ctx = G::Ctx::default();
         w.gateway.logging(
             None,
@@ -71,7 +113,7 @@ pub(crate) async fn serve_stream<G: Gateway>(
         } => {
             let extra = local_response_steps(&w, route, status, &mut ctx);
             let ok = send_local(
-                &mut respond,
+                respond,
                 status,
                 Some(content_type),
                 None,
@@ -84,7 +126,7 @@ pub(crate) async fn serve_stream<G: Gateway>(
         Action::Redirect { location, status } => {
             let extra = local_response_steps(&w, route, status, &mut ctx);
             let ok = send_local(
-                &mut respond,
+                respond,
                 status,
                 None,
                 Some(location.as_bytes()),
@@ -101,8 +143,8 @@ pub(crate) async fn serve_stream<G: Gateway>(
             let outcome = proxy_stream(
                 &w,
                 &mut req,
-                &mut body,
-                &mut respond,
+                body,
+                respond,
                 route,
                 &mut ctx,
                 upstream,
@@ -116,7 +158,7 @@ pub(crate) async fn serve_stream<G: Gateway>(
                 Outcome::Failed { error, answered } => {
                     let status = if answered {
                         0
-                    } else if send_error(&mut respond, error.status, req.is_head()) {
+                    } else if send_error(respond, error.status, req.is_head()) {
                         error.status
                     } else {
                         0
