@@ -111,7 +111,7 @@ async fn answer<G: Gateway>(
             body: content,
             content_type,
         } => {
-            let extra = local_response_steps(&w, route, status, &mut ctx);
+            let extra = local_response_steps(w, route, status, &mut ctx);
             let ok = send_local(
                 respond,
                 status,
@@ -124,7 +124,7 @@ async fn answer<G: Gateway>(
             local_outcome(ok, status)
         }
         Action::Redirect { location, status } => {
-            let extra = local_response_steps(&w, route, status, &mut ctx);
+            let extra = local_response_steps(w, route, status, &mut ctx);
             let ok = send_local(
                 respond,
                 status,
