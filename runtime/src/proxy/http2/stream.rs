@@ -141,7 +141,7 @@ async fn answer<G: Gateway>(
             strip_prefix,
         } => {
             let outcome = proxy_stream(
-                &w,
+                w,
                 &mut req,
                 body,
                 respond,
