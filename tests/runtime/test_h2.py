@@ -21,7 +21,7 @@ import threading
 import time
 
 import pytest
-from hyperframe.frame import ContinuationFrame, PingFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, PingFrame, RstStreamFrame, SettingsFrame
 
 from support.h2client import (
     CANCEL,
@@ -401,3 +401,20 @@ def test_upload_over_the_limit_is_a_clean_413(start_gateway, origin, tmp_path, d
     r = subprocess.run(cmd + [g.url + "/upload"], capture_output=True, text=True, timeout=30)
     assert (r.returncode, r.stdout) == (0, "413 2"), r
     assert all(q.body_len <= 1 << 20 for q in origin.requests if q.target == "/upload")
+
+
+def test_expect_100_continue_is_answered(h2gw, origin):
+    """A client that sends `expect: 100-continue` and waits gets `100` before
+    it sends its body (HTTP/1.1 clients get `100 Continue` the same way;
+    without it, curl waits a second before uploading over HTTP/2)."""
+    with RawH2(h2gw.addr) as c:
+        c.headers(1, end_stream=False, method="POST", path="/upload", extra=[("expect", "100-continue"), ("content-length", "5")])
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: s.status(1) is not None)
+        assert s.status(1) == 100, s
+        assert 1 not in s.ended
+        c.frame(DataFrame(1, data=b"hello", flags=["END_STREAM"]))
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.ended or s.closed)
+        assert s.status(1) == 200, s
+    got = [q for q in origin.requests if q.target == "/upload"]
+    assert len(got) == 1 and bytes(got[0].body) == b"hello"
+    assert not any(n.lower() == b"expect" for n, _ in got[0].headers), "the gateway answered the expectation itself"

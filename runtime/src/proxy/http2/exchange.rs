@@ -159,6 +159,14 @@ async fn attempt<G: Gateway>(
     ctx: &mut G::Ctx,
     t: &Target<'_>,
 ) -> Attempt {
+    if req.expect_continue() {
+        // As for HTTP/1.1: a client that asked waits for `100 Continue`
+        // before its body; it goes once the upstream connection is ready.
+        // (Only requests with a body ask, and those are tried once.)
+        let mut cont = http::Response::new(());
+        *cont.status_mut() = http::StatusCode::CONTINUE;
+        let _ = respond.send_informational(cont);
+    }
     let mut ubuf = w.buffers.take();
     let mut resp = ResponseHead::default();
     // Until the response head: the request goes up while we watch for the
