@@ -379,6 +379,43 @@ impl Lowering {
         ))
     }
 
+    /// A server's TLS from its parsed `tls`, `sni` and `ca` (each front end
+    /// reads them its own way; `enable` is how its syntax writes TLS on,
+    /// for the help line). `Some(None)`: cleartext; `None`: an error was
+    /// reported (`sni` or `ca` without TLS).
+    pub fn server_tls(
+        &mut self,
+        on: Option<Spanned<bool>>,
+        sni: Option<Spanned<String>>,
+        ca: Option<Spanned<FilePath>>,
+        enable: &str,
+    ) -> Option<Option<ServerTls>> {
+        if let Some(on) = on.filter(|on| on.value) {
+            return Some(Some(ServerTls {
+                sni: sni.map(|s| Spanned::new(s.value.to_ascii_lowercase(), s.span)),
+                ca,
+                span: on.span,
+            }));
+        }
+        let (what, at) = match (&sni, &ca) {
+            (Some(s), _) => ("sni", s.span),
+            (None, Some(c)) => ("ca", c.span),
+            (None, None) => return Some(None),
+        };
+        self.push(
+            Diagnostic::error(
+                Code::MissingField,
+                at,
+                format!("`{what}` on a server without `{enable}`"),
+            )
+            .label("only used for TLS")
+            .help(format!(
+                "add `{enable}` to connect to this server with TLS, or remove it"
+            )),
+        );
+        None
+    }
+
     /// One of a fixed set of keywords.
     pub fn keyword<T: Copy>(
         &mut self,

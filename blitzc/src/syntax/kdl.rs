@@ -650,7 +650,6 @@ impl Lowerer<'_> {
     /// `None`: an error was reported.
     fn server_tls(
         &mut self,
-        n: &KdlNode,
         tls: Option<&KdlEntry>,
         sni: Option<&KdlEntry>,
         ca: Option<&KdlEntry>,
@@ -670,31 +669,7 @@ impl Lowerer<'_> {
             }
             None => None,
         };
-        match on {
-            Some(on) if on.value => Some(Some(ServerTls {
-                sni: sni.map(|s| Spanned::new(s.value.to_ascii_lowercase(), s.span)),
-                ca,
-                span: on.span,
-            })),
-            _ if sni.is_some() || ca.is_some() => {
-                let (what, at) = match (&sni, &ca) {
-                    (Some(s), _) => ("sni", s.span),
-                    (None, Some(c)) => ("ca", c.span),
-                    (None, None) => ("tls", name_span(n)),
-                };
-                self.push(
-                    Diagnostic::error(
-                        Code::MissingField,
-                        at,
-                        format!("`{what}` on a server without `tls=#true`"),
-                    )
-                    .label("only used for TLS")
-                    .help("add `tls=#true` to connect to this server with TLS, or remove it"),
-                );
-                None
-            }
-            _ => Some(None),
-        }
+        self.lw.server_tls(on, sni, ca, "tls=#true")
     }
 
     fn limits(&mut self, node: &KdlNode) -> Limits {
@@ -804,7 +779,7 @@ impl Lowerer<'_> {
                 Some(w) => self.count_entry(w, 0, "weight"),
                 None => Some(Spanned::new(1, Span::default())),
             };
-            let tls = self.server_tls(n, e.prop("tls"), e.prop("sni"), e.prop("ca"));
+            let tls = self.server_tls(e.prop("tls"), e.prop("sni"), e.prop("ca"));
             if let (Some(address), Some(weight), Some(tls)) = (address, weight, tls) {
                 servers.push(Server {
                     address,

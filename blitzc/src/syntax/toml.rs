@@ -1085,35 +1085,12 @@ impl Lowerer {
             Some(f) => Some(self.string(f, CTX)?),
             None => None,
         };
+        let sni = sni.map(|s| Spanned::new(s.value.to_string(), s.span));
         let ca = match t.get("ca") {
             Some(f) => Some(self.file_path(f, CTX)?),
             None => None,
         };
-        match on {
-            Some(on) if on.value => Some(Some(ServerTls {
-                sni: sni.map(|s| Spanned::new(s.value.to_ascii_lowercase(), s.span)),
-                ca,
-                span: on.span,
-            })),
-            _ if sni.is_some() || ca.is_some() => {
-                let (what, at) = match (&sni, &ca) {
-                    (Some(s), _) => ("sni", s.span),
-                    (None, Some(c)) => ("ca", c.span),
-                    (None, None) => ("tls", t.span),
-                };
-                self.push(
-                    Diagnostic::error(
-                        Code::MissingField,
-                        at,
-                        format!("`{what}` on a server without `tls = true`"),
-                    )
-                    .label("only used for TLS")
-                    .help("add `tls = true` to connect to this server with TLS, or remove it"),
-                );
-                None
-            }
-            _ => Some(None),
-        }
+        self.lw.server_tls(on, sni, ca, "tls = true")
     }
 
     fn pool(&mut self, t: Tbl<'_>) -> Pool {
