@@ -131,24 +131,7 @@ if [ -n "${ONLY:-}" ]; then
     sel=(); for c in "${CONFIGS[@]}"; do [[ " $ONLY " == *" $c "* ]] && sel+=("$c"); done; CONFIGS=("${sel[@]}")
 fi
 
-log "warm-up (${WARM}s per config, not recorded)"
-for c in "${CONFIGS[@]}"; do load "http://127.0.0.1:$(port_of "$c")/" "$WARM" "$RUN/warmup.txt" >/dev/null; done
-
-printf 'config\trep\trps\tp50_ms\tp99_ms\terrors\trss_kib\tcpu0_busy\tcpu1_busy\tproxy_rqwait_pct\tquiet_wait_s\n' > "$RES/runs.tsv"
-for rep in $(seq "$REPS"); do
-    for c in "${CONFIGS[@]}"; do
-        qw=$(wait_quiet)
-        pp=$(proxy_pid "$c")
-        w0=$(rq_wait_ns $pp); s0=$(cpu_snap)
-        r=$(load "http://127.0.0.1:$(port_of "$c")/" "$DUR" "$RES/$c.$rep.txt" "$pp")
-        s1=$(cpu_snap); w1=$(rq_wait_ns $pp)
-        rqw=$( [ -n "$pp" ] && awk -v d=$((w1 - w0)) -v s="$DUR" 'BEGIN{printf "%.1f", 100*d/(s*1e9)}' || echo NaN)
-        read -r rps p50 p99 err rss <<<"$r"
-        read -r b0 b1 <<<"$(cpu_busy "$s0" "$s1")"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$rep" "$rps" "$p50" "$p99" "$err" "$rss" "$b0" "$b1" "$rqw" "$qw" >> "$RES/runs.tsv"
-        log "rep $rep $c: rps=$rps p50=${p50}ms p99=${p99}ms err=$err rss=${rss}KiB cpu0=${b0}% cpu1=${b1}% proxy_rqwait=${rqw}%"
-    done
-done
+measure_all http
 
 # ---------------------------------------------------------------- memory
 {
