@@ -24,17 +24,12 @@ pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
         for server in &upstream.servers {
             let Some(tls) = &server.tls else { continue };
             if let Some(sni) = &tls.sni
-                && (!is_dns_name(&sni.value) || sni.value.parse::<std::net::IpAddr>().is_ok())
+                && !is_sni_name(&sni.value)
             {
-                diagnostics.push(
-                    Diagnostic::error(
-                        Code::InvalidHost,
-                        sni.span,
-                        format!("invalid SNI name `{}`", sni.value),
-                    )
-                    .label("not a DNS name")
-                    .help("write the DNS name the server's certificate is issued for, or leave `sni` out to use the address's host"),
-                );
+                diagnostics.push(invalid_sni(
+                    sni,
+                    "write the DNS name the server's certificate is issued for, or leave `sni` out to use the address's host",
+                ));
             }
             if let Some(ca) = &tls.ca
                 && let Err(error) = tls_files::load_ca_roots(&ca.value.resolved)
@@ -297,7 +292,7 @@ fn sni(tls: &Tls, diagnostics: &mut Vec<Diagnostic>) {
             }
             continue;
         };
-        if !is_dns_name(&sni.value) || sni.value.parse::<std::net::IpAddr>().is_ok() {
+        if !is_sni_name(&sni.value) {
             let help = if sni.value.starts_with("*.") {
                 "SNI selects a certificate by exact name: list each name with its own `cert`, or make the wildcard certificate the default (no `sni`)"
             } else if sni.value.parse::<std::net::IpAddr>().is_ok() {
@@ -305,15 +300,7 @@ fn sni(tls: &Tls, diagnostics: &mut Vec<Diagnostic>) {
             } else {
                 "write a DNS name such as `api.example.com`"
             };
-            diagnostics.push(
-                Diagnostic::error(
-                    Code::InvalidHost,
-                    sni.span,
-                    format!("invalid SNI name `{}`", sni.value),
-                )
-                .label("not a DNS name")
-                .help(help),
-            );
+            diagnostics.push(invalid_sni(sni, help));
             continue;
         }
         let key = sni.value.trim_end_matches('.').to_ascii_lowercase();
@@ -333,4 +320,21 @@ fn sni(tls: &Tls, diagnostics: &mut Vec<Diagnostic>) {
             }
         }
     }
+}
+
+/// SNI carries DNS names only (RFC 6066 §3): no IP address literals.
+fn is_sni_name(name: &str) -> bool {
+    is_dns_name(name) && name.parse::<std::net::IpAddr>().is_err()
+}
+
+/// B039 for an `sni` that is not a DNS name; `help` says what to write in
+/// its place.
+fn invalid_sni(sni: &Spanned<String>, help: &str) -> Diagnostic {
+    Diagnostic::error(
+        Code::InvalidHost,
+        sni.span,
+        format!("invalid SNI name `{}`", sni.value),
+    )
+    .label("not a DNS name")
+    .help(help)
 }
