@@ -44,6 +44,12 @@ pub fn check(file: SourceFile) -> Checked {
         validate::run(&spec, &mut diagnostics);
         spec
     });
+    if let Some(syntax) = file.syntax() {
+        diagnostics = diagnostics
+            .into_iter()
+            .map(|d| d.for_syntax(syntax))
+            .collect();
+    }
     diag::sort(&mut diagnostics);
     Checked {
         file,

@@ -138,6 +138,32 @@ fn every_code_a_spec_can_trigger_has_a_corpus_file() {
 }
 
 /// The corpus file `name`.
+/// A TOML spec's help lines and labels quote TOML, not KDL: no `name="value"`
+/// property, no `#true`/`#false`, no `{ ... }` node block.
+#[test]
+fn toml_specs_get_help_in_toml_syntax() {
+    let kdl_only = ["=\"", "#true", "#false", "\" {"];
+    let mut failures = Vec::new();
+    for case in corpus().iter().filter(|c| c.syntax() == "toml") {
+        for d in case.check().diagnostics {
+            for text in [&d.help, &d.label] {
+                if let Some(bit) = kdl_only.iter().find(|bit| text.contains(**bit)) {
+                    failures.push(format!(
+                        "{} {}: `{bit}` in {text:?}",
+                        case.name,
+                        d.code.as_str()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "KDL syntax in TOML diagnostics:\n{}",
+        failures.join("\n")
+    );
+}
+
 fn case(name: &str) -> Case {
     corpus()
         .into_iter()

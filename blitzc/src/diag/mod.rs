@@ -38,6 +38,25 @@ pub struct Diagnostic {
     /// How to fix it.
     pub help: String,
     pub related: Vec<Related>,
+    /// The label and help as they read in a TOML spec, for the few rules
+    /// that quote spec syntax (the validators see only the model, not the
+    /// syntax it came from). [`Diagnostic::for_syntax`] picks one.
+    #[serde(skip)]
+    pub toml: Option<TomlText>,
+}
+
+/// Replacements for a diagnostic's label and help that quote TOML syntax.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TomlText {
+    pub label: Option<String>,
+    pub help: Option<String>,
+}
+
+/// The syntax a spec is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syntax {
+    Kdl,
+    Toml,
 }
 
 impl Diagnostic {
@@ -50,6 +69,7 @@ impl Diagnostic {
             label: String::new(),
             help: String::new(),
             related: Vec::new(),
+            toml: None,
         }
     }
 
@@ -67,6 +87,35 @@ impl Diagnostic {
 
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = help.into();
+        self
+    }
+
+    /// A label that quotes KDL syntax, and the same in TOML.
+    pub fn label_in(mut self, kdl: impl Into<String>, toml: impl Into<String>) -> Self {
+        self.label = kdl.into();
+        self.toml.get_or_insert_default().label = Some(toml.into());
+        self
+    }
+
+    /// A help line that quotes KDL syntax, and the same in TOML.
+    pub fn help_in(mut self, kdl: impl Into<String>, toml: impl Into<String>) -> Self {
+        self.help = kdl.into();
+        self.toml.get_or_insert_default().help = Some(toml.into());
+        self
+    }
+
+    /// Keeps the wording for `syntax`: the TOML label and help replace the
+    /// KDL ones in a TOML spec.
+    pub fn for_syntax(mut self, syntax: Syntax) -> Self {
+        if let (Syntax::Toml, Some(toml)) = (syntax, self.toml.take()) {
+            if let Some(label) = toml.label {
+                self.label = label;
+            }
+            if let Some(help) = toml.help {
+                self.help = help;
+            }
+        }
+        self.toml = None;
         self
     }
 
@@ -119,6 +168,15 @@ impl SourceFile {
             .get(start..offset)
             .map_or(offset - start, |s| s.chars().count());
         (line + 1, column + 1)
+    }
+
+    /// The syntax, by the file's extension (`None`: neither `.kdl` nor `.toml`).
+    pub fn syntax(&self) -> Option<Syntax> {
+        match self.path.extension().and_then(|e| e.to_str()) {
+            Some("kdl") => Some(Syntax::Kdl),
+            Some("toml") => Some(Syntax::Toml),
+            _ => None,
+        }
     }
 
     pub fn display_path(&self) -> String {

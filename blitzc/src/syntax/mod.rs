@@ -8,7 +8,7 @@
 pub mod kdl;
 pub mod toml;
 
-use crate::diag::{Code, Diagnostic, SourceFile};
+use crate::diag::{Code, Diagnostic, SourceFile, Syntax};
 use blitz_ir::{Span, Spec};
 
 /// The top-level constructs of a spec, in the order SPEC.md presents them:
@@ -31,10 +31,10 @@ pub const TOP_LEVEL: &[&str] = &[
 /// Lowers a spec file, choosing the front end by its extension.
 /// `None` when the file does not parse at all.
 pub fn lower(file: &SourceFile) -> (Option<Spec>, Vec<Diagnostic>) {
-    match file.path.extension().and_then(|e| e.to_str()) {
-        Some("kdl") => kdl::lower(file),
-        Some("toml") => toml::lower(file),
-        _ => {
+    match file.syntax() {
+        Some(Syntax::Kdl) => kdl::lower(file),
+        Some(Syntax::Toml) => toml::lower(file),
+        None => {
             let diagnostic =
                 Diagnostic::error(Code::UnknownFormat, Span::new(0, 0), "unknown spec format")
                     .label("the file name ends neither in .kdl nor in .toml")

@@ -24,12 +24,20 @@ pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
     }
 }
 
-/// A help line naming the `jwt` to use when the spec has exactly one.
-fn add_auth_help(spec: &Spec, what: &str) -> String {
-    match spec.jwts.as_slice() {
-        [only] => format!("add `auth \"{}\"` before {what}", only.name.value),
-        _ => format!("add `auth \"JWT\"` before {what}, naming one of the spec's `jwt` blocks"),
-    }
+/// Adds the help line asking for an `auth` step before `what`, naming the
+/// `jwt` to use when the spec has exactly one (in KDL and in TOML).
+fn add_auth_help(diagnostic: Diagnostic, spec: &Spec, what: &str) -> Diagnostic {
+    let help = |step: &dyn Fn(&str) -> String| match spec.jwts.as_slice() {
+        [only] => format!("add `{}` before {what}", step(&only.name.value)),
+        _ => format!(
+            "add `{}` before {what}, naming one of the spec's `jwt` blocks",
+            step("JWT")
+        ),
+    };
+    diagnostic.help_in(
+        help(&|jwt| format!("auth \"{jwt}\"")),
+        help(&|jwt| format!("{{ auth = \"{jwt}\" }}")),
+    )
 }
 
 /// B070: `require-role` with no `auth` before it; B071: a rate limit keyed
@@ -46,16 +54,19 @@ fn steps_need_auth(spec: &Spec, route: &Route, diagnostics: &mut Vec<Diagnostic>
                 authenticated = true;
                 continue;
             }
-            StepKind::RequireRole(_) if !authenticated => Diagnostic::error(
-                Code::RoleWithoutAuth,
-                step.span,
-                format!(
-                    "`require-role` has no `auth` before it in route `{}`",
-                    route.name.value
-                ),
-            )
-            .label("no verified token to take roles from")
-            .help(add_auth_help(spec, "`require-role`")),
+            StepKind::RequireRole(_) if !authenticated => add_auth_help(
+                Diagnostic::error(
+                    Code::RoleWithoutAuth,
+                    step.span,
+                    format!(
+                        "`require-role` has no `auth` before it in route `{}`",
+                        route.name.value
+                    ),
+                )
+                .label("no verified token to take roles from"),
+                spec,
+                "`require-role`",
+            ),
             StepKind::RateLimit(r) if !authenticated => {
                 let Some(limit) = r.index.and_then(|i| spec.rate_limits.get(i)) else {
                     continue;
@@ -63,7 +74,7 @@ fn steps_need_auth(spec: &Spec, route: &Route, diagnostics: &mut Vec<Diagnostic>
                 let RequestKey::JwtClaim(claim) = &limit.key.value else {
                     continue;
                 };
-                Diagnostic::error(
+                let diagnostic = Diagnostic::error(
                     Code::ClaimWithoutAuth,
                     step.span,
                     format!(
@@ -72,8 +83,8 @@ fn steps_need_auth(spec: &Spec, route: &Route, diagnostics: &mut Vec<Diagnostic>
                     ),
                 )
                 .label("no verified token to take the claim from")
-                .help(add_auth_help(spec, "this `rate-limit`"))
-                .related(limit.key.span, "keyed by a JWT claim here")
+                .related(limit.key.span, "keyed by a JWT claim here");
+                add_auth_help(diagnostic, spec, "this `rate-limit`")
             }
             _ => continue,
         };
@@ -98,19 +109,17 @@ fn steps_need_auth(spec: &Spec, route: &Route, diagnostics: &mut Vec<Diagnostic>
         && let RequestKey::JwtClaim(claim) = &key.value
         && !authenticated
     {
-        diagnostics.push(
-            Diagnostic::error(
-                Code::ClaimWithoutAuth,
-                upstream.name.span,
-                format!(
-                    "upstream `{}` hashes on JWT claim `{claim}`, but route `{}` has no `auth`",
-                    target.name.value, route.name.value
-                ),
-            )
-            .label("no verified token to take the hash key from")
-            .help(add_auth_help(spec, "the `proxy`"))
-            .related(key.span, "keyed by a JWT claim here"),
-        );
+        let diagnostic = Diagnostic::error(
+            Code::ClaimWithoutAuth,
+            upstream.name.span,
+            format!(
+                "upstream `{}` hashes on JWT claim `{claim}`, but route `{}` has no `auth`",
+                target.name.value, route.name.value
+            ),
+        )
+        .label("no verified token to take the hash key from")
+        .related(key.span, "keyed by a JWT claim here");
+        diagnostics.push(add_auth_help(diagnostic, spec, "the `proxy`"));
     }
 }
 
@@ -330,8 +339,11 @@ fn rate_limit(limit: &RateLimit, diagnostics: &mut Vec<Diagnostic>) {
                     limit.name.value, limit.key.value
                 ),
             )
-            .label("needs `key \"client-ip\"`")
-            .help("the XDP program sees only packet addresses: key the limit by `client-ip`, or remove `ebpf #true`")
+            .label_in("needs `key \"client-ip\"`", "needs `key = \"client-ip\"`")
+            .help_in(
+                "the XDP program sees only packet addresses: key the limit by `client-ip`, or remove `ebpf #true`",
+                "the XDP program sees only packet addresses: key the limit by `client-ip`, or remove `ebpf = true`",
+            )
             .related(limit.key.span, "the limit's key"),
         );
     }

@@ -359,7 +359,10 @@ fn no_listener(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
             "the spec has no listener",
         )
         .label("no `listener` in this spec")
-        .help("add one, e.g. `listener \"public\" { bind \"0.0.0.0:8080\" }`"),
+        .help_in(
+            "add one, e.g. `listener \"public\" { bind \"0.0.0.0:8080\" }`",
+            "add one, e.g. `[[listener]]` with `name = \"public\"` and `bind = \"0.0.0.0:8080\"`",
+        ),
     );
 }
 

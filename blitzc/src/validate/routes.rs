@@ -33,7 +33,10 @@ fn empty_match(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
                 format!("route `{}` has a `match` without conditions", route.name.value),
             )
             .label("matches every request")
-            .help("add conditions such as `path-prefix \"/api\"`, or remove `match` to make a catch-all route explicit"),
+            .help_in(
+                "add conditions such as `path-prefix \"/api\"`, or remove `match` to make a catch-all route explicit",
+                "add conditions such as `path-prefix = \"/api\"`, or remove `match` to make a catch-all route explicit",
+            ),
         );
     }
 }
@@ -143,6 +146,13 @@ fn conflicting_edits(rewrite: &HeaderRewrite, diagnostics: &mut Vec<Diagnostic>)
     }
 }
 
+fn strip_prefix_help(matcher: &str, prefix: &str) -> String {
+    format!(
+        "requests matched by `{matcher}` do not start with `{prefix}`, so they reach the upstream unchanged; \
+         use a strip-prefix that every matched path starts with, or a separate route"
+    )
+}
+
 /// B038: `strip-prefix` must be an absolute, normalised path (it is removed
 /// from the normalised request path); a warning when a path the route
 /// matches does not start with it, since nothing is stripped there.
@@ -205,12 +215,16 @@ fn strip_prefix(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
                     format!("strip-prefix `{text}` does not fit `{}`", path.value),
                 )
                 .label("nothing is stripped from these requests")
-                .help(format!(
-                    "requests matched by `{} \"{}\"` do not start with `{text}`, so they reach the upstream unchanged; \
-                     use a strip-prefix that every matched path starts with, or a separate route",
-                    condition.test.keyword(),
-                    path.value
-                ))
+                .help_in(
+                    strip_prefix_help(
+                        &format!("{} \"{}\"", condition.test.keyword(), path.value),
+                        text,
+                    ),
+                    strip_prefix_help(
+                        &format!("{} = \"{}\"", condition.test.keyword(), path.value),
+                        text,
+                    ),
+                )
                 .related(path.span, "matched path"),
             );
         }

@@ -73,10 +73,16 @@ fn protocols(listener: &Listener, diagnostics: &mut Vec<Diagnostic>) {
     for protocol in &listener.protocols {
         match (protocol.value, &listener.tls) {
             (Protocol::H2 | Protocol::H3, None) => {
-                let help = if protocol.value == Protocol::H2 {
-                    "add a `tls { cert \"...\" key=\"...\" }` block, or use `h2c` for cleartext HTTP/2"
-                } else {
-                    "HTTP/3 runs over QUIC, which is always encrypted: add a `tls { cert \"...\" key=\"...\" }` block"
+                let (kdl, toml) = (
+                    "a `tls { cert \"...\" key=\"...\" }` block",
+                    "a `[listener.tls]` table with `certs = [{ cert = \"...\", key = \"...\" }]`",
+                );
+                let help = |tls: &str| {
+                    if protocol.value == Protocol::H2 {
+                        format!("add {tls}, or use `h2c` for cleartext HTTP/2")
+                    } else {
+                        format!("HTTP/3 runs over QUIC, which is always encrypted: add {tls}")
+                    }
                 };
                 diagnostics.push(
                     Diagnostic::error(
@@ -89,7 +95,7 @@ fn protocols(listener: &Listener, diagnostics: &mut Vec<Diagnostic>) {
                         ),
                     )
                     .label("needs TLS")
-                    .help(help),
+                    .help_in(help(kdl), help(toml)),
                 );
             }
             (Protocol::H2c, Some(tls)) => diagnostics.push(
@@ -124,8 +130,11 @@ fn certificates(
                     listener.name.value
                 ),
             )
-            .label("no `cert` in this block")
-            .help("add `cert \"certs/NAME.crt\" key=\"certs/NAME.key\"`"),
+            .label_in("no `cert` in this block", "no entry in `certs`")
+            .help_in(
+                "add `cert \"certs/NAME.crt\" key=\"certs/NAME.key\"`",
+                "add `certs = [{ cert = \"certs/NAME.crt\", key = \"certs/NAME.key\" }]`",
+            ),
         );
         return;
     }
@@ -285,7 +294,10 @@ fn sni(tls: &Tls, diagnostics: &mut Vec<Diagnostic>) {
                         "two default certificates (without `sni`)",
                     )
                     .label("second certificate without `sni`")
-                    .help("only one certificate can be the default: give the others `sni=\"NAME\"`")
+                    .help_in(
+                        "only one certificate can be the default: give the others `sni=\"NAME\"`",
+                        "only one certificate can be the default: give the others `sni = \"NAME\"`",
+                    )
                     .related(first, "first default certificate"),
                 ),
                 None => default = Some(cert.cert.span),

@@ -30,7 +30,10 @@ fn balance(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
                 format!("upstream `{}` uses consistent-hash without a key", upstream.name.value),
             )
             .label("hash of what?")
-            .help("add the request key to hash, e.g. `balance \"consistent-hash\" key=\"header:x-user-id\"` (client-ip, header:NAME, jwt:CLAIM or path)"),
+            .help_in(
+                "add the request key to hash, e.g. `balance \"consistent-hash\" key=\"header:x-user-id\"` (client-ip, header:NAME, jwt:CLAIM or path)",
+                "add the request key to hash, e.g. `balance = { algorithm = \"consistent-hash\", key = \"header:x-user-id\" }` (client-ip, header:NAME, jwt:CLAIM or path)",
+            ),
         ),
         (Some(key), other) if other != BalanceAlgorithm::ConsistentHash => diagnostics.push(
             Diagnostic::warning(
@@ -39,7 +42,10 @@ fn balance(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
                 format!("`{}` ignores the key `{}`", other.keyword(), key.value),
             )
             .label("only consistent-hash uses a key")
-            .help("remove the key, or use `balance \"consistent-hash\"` to pin requests with one key to one server")
+            .help_in(
+                "remove the key, or use `balance \"consistent-hash\"` to pin requests with one key to one server",
+                "remove the key, or use `algorithm = \"consistent-hash\"` to pin requests with one key to one server",
+            )
             .related(algorithm.span, "the balance"),
         ),
         _ => {}
@@ -63,7 +69,10 @@ fn weights(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
                     format!("`{}` ignores server weights", algorithm.value.keyword()),
                 )
                 .label("has no effect")
-                .help("use `balance \"weighted-round-robin\"` to share load by weight, or remove the weight")
+                .help_in(
+                    "use `balance \"weighted-round-robin\"` to share load by weight, or remove the weight",
+                    "use `balance = \"weighted-round-robin\"` to share load by weight, or remove the weight",
+                )
                 .related(
                     if algorithm.span.is_empty() { upstream.name.span } else { algorithm.span },
                     if algorithm.span.is_empty() { "round-robin by default" } else { "the balance" },
