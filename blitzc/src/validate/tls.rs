@@ -158,8 +158,9 @@ fn certificates(
                     continue;
                 }
             };
+        // An `sni` that is not a server name is reported once, by `sni()`.
         if let Some(sni) = &cert.sni
-            && is_dns_name(&sni.value)
+            && is_sni_name(&sni.value)
             && let Err(error) =
                 tls_files::check_server_name(&certified, &cert.cert.resolved, &sni.value)
         {
