@@ -287,6 +287,13 @@ const DESCRIPTIONS: &[Description] = &[
                   Steps run before the action regardless of where they are written.",
         fix: "Move the step above the action, so the route reads in the order it runs.",
     },
+    Description {
+        code: "B055",
+        severity: "warning",
+        meaning: "`respond` with status 204 or 304 and a `body`. Those responses have no \
+                  content (RFC 9110), so the gateway sends the status without the body.",
+        fix: "Remove the body, or answer with a status that has content, such as 200.",
+    },
     // ---- listeners and TLS
     Description {
         code: "B060",

@@ -95,6 +95,8 @@ codes! {
     DuplicateMatcher = ("B053", "duplicate-matcher"),
     /// A step written after the route's action; it still runs first (warning).
     StepAfterAction = ("B054", "step-after-action"),
+    /// `respond 204` or `304` with a body, which is never sent (warning).
+    BodyNeverSent = ("B055", "body-never-sent"),
 
     // ---- listeners and TLS
     /// `h2` or `h3` on a listener without `tls`.

@@ -15,9 +15,30 @@ pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
         header_edits(route.steps.iter().map(|s| &s.kind), diagnostics);
         strip_prefix(route, diagnostics);
         duplicate_auth(spec, route, diagnostics);
+        body_without_content(route, diagnostics);
     }
     for chain in &spec.chains {
         header_edits(chain.steps.iter().map(|s| &s.kind), diagnostics);
+    }
+}
+
+/// B055 (warning): `respond 204` or `304` with a `body`. Those answers have
+/// no content (RFC 9110 §15.3.5, §15.4.5), so the gateway never sends it.
+fn body_without_content(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
+    let ActionKind::Respond { status, body, .. } = &route.action.kind else {
+        return;
+    };
+    if matches!(status.value, 204 | 304) && !body.value.is_empty() {
+        diagnostics.push(
+            Diagnostic::warning(
+                Code::BodyNeverSent,
+                body.span,
+                format!("a {} response has no body", status.value),
+            )
+            .label("never sent")
+            .help("remove the body, or answer with a status that has content, such as 200")
+            .related(status.span, "status without content"),
+        );
     }
 }
 
