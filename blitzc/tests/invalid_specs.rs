@@ -253,6 +253,26 @@ fn sarif_rendering_is_sarif_2_1_0_with_rules_and_regions() {
                 location["region"]["startColumn"], column,
                 "{name}: {result}"
             );
+            // The same fields as json: message, label, help, related.
+            let properties = &result["properties"];
+            assert_eq!(properties["message"], d.message.as_str(), "{name}");
+            assert_eq!(properties["label"], d.label.as_str(), "{name}");
+            assert_eq!(properties["help"], d.help.as_str(), "{name}");
+            assert_eq!(properties["slug"], d.code.slug(), "{name}");
+            assert_eq!(result["locations"][0]["message"]["text"], d.label.as_str());
+            let text = result["message"]["text"].as_str().expect("a message");
+            assert!(
+                text.contains(&d.label) && text.contains(&d.help),
+                "{name}: {text}"
+            );
+            let related = result["relatedLocations"].as_array().expect("related");
+            assert_eq!(related.len(), d.related.len(), "{name}: {result}");
+            for (value, r) in related.iter().zip(&d.related) {
+                let (line, _) = checked.file.line_col(r.span.start);
+                let region = &value["physicalLocation"]["region"];
+                assert_eq!(region["startLine"], line, "{name}: {result}");
+                assert_eq!(value["message"]["text"], r.label.as_str(), "{name}");
+            }
         }
     }
 }

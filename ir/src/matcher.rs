@@ -140,7 +140,8 @@ pub fn host_without_port(host: &str) -> String {
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(host, |(name, _)| name)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    // One trailing dot (the root label): `a.example.com..` is not a name.
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 /// Whether `path` (normalised) is `prefix` or lies below it, segment-wise:
@@ -375,6 +376,7 @@ mod tests {
         assert_eq!(host_without_port("API.Example.com:8443"), "api.example.com");
         assert_eq!(host_without_port("[::1]:80"), "::1");
         assert_eq!(host_without_port("example.com."), "example.com");
+        assert_eq!(host_without_port("example.com..:80"), "example.com.");
         let wildcard = HostPattern::Wildcard(".example.com".into());
         assert!(host_matches("a.example.com", &wildcard));
         assert!(host_matches("a.b.example.com", &wildcard));

@@ -269,9 +269,17 @@ pub fn generate(spec: &Spec, names: &Names) -> RouteCode {
             (None, None) => default_call = quote! { #class_fn(req, path) },
         }
     }
+    // `OPTIONS *` (path `*`): no path to match, so no route, as in the
+    // reference matcher (docs/spec.md 15.2) — even a route without `match`.
+    let not_a_path = quote! {
+        if path.first() != Some(&b'/') {
+            return Route::NoRoute;
+        }
+    };
     let route_body = if only_one_class {
         quote! {
             let path = req.path_only();
+            #not_a_path
             #default_call
         }
     } else {
@@ -289,6 +297,7 @@ pub fn generate(spec: &Spec, names: &Names) -> RouteCode {
             let mut host_buf = [0u8; MAX_HOST];
             let host = host_lower(req, &mut host_buf);
             let path = req.path_only();
+            #not_a_path
             #host_match
             #(#wildcard_tests)*
             #default_call

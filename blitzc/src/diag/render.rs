@@ -266,25 +266,53 @@ fn sarif(reports: &[Report<'_>]) -> String {
         .flat_map(|r| {
             r.diagnostics.iter().map(move |d| {
                 let p = position(r.file, d);
+                // The message as github shows it (message: label, help);
+                // the label is also the primary location's message.
                 let mut text = d.message.clone();
+                if !d.label.is_empty() {
+                    let _ = write!(text, ": {}", d.label);
+                }
                 if !d.help.is_empty() {
                     let _ = write!(text, "\nhelp: {}", d.help);
                 }
+                let uri = r.file.display_path();
+                let related: Vec<Value> = d
+                    .related
+                    .iter()
+                    .map(|rel| {
+                        let (line, column) = r.file.line_col(rel.span.start);
+                        json!({
+                            "physicalLocation": {
+                                "artifactLocation": { "uri": uri },
+                                "region": { "startLine": line, "startColumn": column },
+                            },
+                            "message": { "text": rel.label },
+                        })
+                    })
+                    .collect();
                 json!({
                     "ruleId": d.code.as_str(),
                     "level": match d.severity { Severity::Error => "error", Severity::Warning => "warning" },
                     "message": { "text": text },
                     "locations": [{
                         "physicalLocation": {
-                            "artifactLocation": { "uri": r.file.display_path() },
+                            "artifactLocation": { "uri": uri },
                             "region": {
                                 "startLine": p.line,
                                 "startColumn": p.column,
                                 "endLine": p.end_line,
                                 "endColumn": p.end_column,
                             }
-                        }
+                        },
+                        "message": { "text": d.label },
                     }],
+                    "relatedLocations": related,
+                    "properties": {
+                        "slug": d.code.slug(),
+                        "message": d.message,
+                        "label": d.label,
+                        "help": d.help,
+                    },
                 })
             })
         })

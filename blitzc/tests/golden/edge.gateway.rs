@@ -89,6 +89,9 @@ impl Gateway for Generated {
         let mut host_buf = [0u8; MAX_HOST];
         let host = host_lower(req, &mut host_buf);
         let path = req.path_only();
+        if path.first() != Some(&b'/') {
+            return Route::NoRoute;
+        }
         match host {
             b"api.example.com" => return host_class_0(req, path),
             _ => {}

@@ -55,6 +55,9 @@ impl Gateway for Generated {
 
     fn route(&self, req: &RequestHead) -> Route {
         let path = req.path_only();
+        if path.first() != Some(&b'/') {
+            return Route::NoRoute;
+        }
         match first_segment(path) {
             b"docs" => {
                 if matches_docs(req, path) {

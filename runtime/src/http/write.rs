@@ -279,11 +279,17 @@ pub fn write_local_response(r: &LocalResponse<'_>, out: &mut Vec<u8>) {
     out.push(b' ');
     out.extend_from_slice(reason_phrase(r.status).as_bytes());
     out.extend_from_slice(b"\r\n");
-    if let Some(ct) = r.content_type {
+    // A `content-type` or `location` the response steps set replaces the
+    // action's own (`set` replaces every value), instead of adding a second.
+    let stepped = |name: &str| r.extra.is_some_and(|e| e.get(name).is_some());
+    if let Some(ct) = r.content_type
+        && !stepped("content-type")
+    {
         put_field(out, b"content-type", ct.as_bytes());
     }
     if let Some(loc) = r.location
         && !loc.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+        && !stepped("location")
     {
         put_field(out, b"location", loc);
     }

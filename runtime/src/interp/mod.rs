@@ -52,11 +52,14 @@ impl Interpreter {
 
     /// The index of the route that serves `req`, or `None` (a 404).
     pub fn route_index(&self, req: &RequestHead) -> Option<usize> {
-        let headers: Vec<(&str, &str)> = req
+        // Lossy, not filtered: a value with obs-text (RFC 9110 §5.5) is
+        // still a field line that `header NAME` finds, as in generated code.
+        let owned: Vec<(Cow<'_, str>, Cow<'_, str>)> = req
             .headers()
             .iter()
-            .filter_map(|(n, v)| Some((std::str::from_utf8(n).ok()?, std::str::from_utf8(v).ok()?)))
+            .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v)))
             .collect();
+        let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (&**n, &**v)).collect();
         let host = String::from_utf8_lossy(req.host());
         // Origin-form path and query, also for an absolute-form target.
         let target = String::from_utf8_lossy(req.path());

@@ -194,6 +194,7 @@ async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>
         first = false;
         req.client = Some(client.peer);
         let route = w.gateway.route(&req);
+        super::before_steps(&mut req);
         let mut ctx = G::Ctx::default();
         let action = w.gateway.request(route, &mut req, &mut ctx);
         let (keep_alive, status, error) = match action {

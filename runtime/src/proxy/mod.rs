@@ -50,6 +50,25 @@ use crate::rt::{BufferPool, DrainState, RequestIds};
 pub(crate) use conn::serve_connection;
 pub(crate) use io::UpstreamStream;
 
+use crate::http::RequestHead;
+
+/// Before a route's steps run: the client's own `x-forwarded-proto` goes
+/// (routing has already seen it), so that one present afterwards was set
+/// by a `request-headers` step, which then wins over the gateway's own
+/// value (SPEC.md's example sets `x-forwarded-proto "https"`).
+pub(crate) fn before_steps(req: &mut RequestHead) {
+    req.headers_mut().remove("x-forwarded-proto");
+}
+
+/// The `x-forwarded-proto` to send upstream: what a step set, else the
+/// scheme the client used (`http` or `https`).
+pub(crate) fn forwarded_proto<'a>(req: &'a RequestHead, scheme: &'a str) -> &'a str {
+    req.headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or(scheme)
+}
+
 /// Limits and timeouts enforced on every connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -492,7 +492,7 @@ async fn exchange<G: Gateway, S: Stream>(
     };
     let info = ForwardInfo {
         client_ip: c.peer.ip(),
-        proto: if c.stream.is_tls() { "https" } else { "http" },
+        proto: super::forwarded_proto(req, if c.stream.is_tls() { "https" } else { "http" }),
         request_id,
         strip_prefix,
         fallback_host: fallback.as_bytes(),

@@ -254,7 +254,7 @@ async fn forward_request<G: Gateway>(
     let framing = req.framing();
     let info = ForwardInfo {
         client_ip: t.peer.ip(),
-        proto: t.proto,
+        proto: crate::proxy::forwarded_proto(req, t.proto),
         request_id,
         strip_prefix: t.strip_prefix,
         // Translation always gives a Host (from :authority).

@@ -103,6 +103,7 @@ async fn answer<G: Gateway>(
     }
     req.client = Some(peer);
     let route = w.gateway.route(&req);
+    crate::proxy::before_steps(&mut req);
     let mut ctx = G::Ctx::default();
     let action = w.gateway.request(route, &mut req, &mut ctx);
     let (status, error) = match action {

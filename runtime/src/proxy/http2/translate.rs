@@ -228,6 +228,9 @@ pub(crate) fn local_head(
         headers.insert(http::header::LOCATION, v);
     }
     if let Some(extra) = extra {
+        // A `content-type` or `location` the response steps set replaces
+        // the action's own, as on HTTP/1.1 (write_local_response).
+        let mut replaced = Vec::new();
         for (name, value) in extra.iter_end_to_end() {
             if dropped_from_response(name) {
                 continue;
@@ -236,6 +239,12 @@ pub(crate) fn local_head(
                 http::HeaderName::from_bytes(name),
                 http::HeaderValue::from_bytes(value),
             ) {
+                if (n == http::header::CONTENT_TYPE || n == http::header::LOCATION)
+                    && !replaced.contains(&n)
+                {
+                    headers.remove(&n);
+                    replaced.push(n.clone());
+                }
                 headers.append(n, v);
             }
         }
