@@ -502,6 +502,26 @@ def test_upgrades_under_tls_and_h2_load_fail_nothing(procs, hello_bin, origin, s
     assert _gateway_pids(sock_path) == [current.pid], "leftover gateway processes"
 
 
+def test_control_socket_survives_back_to_back_idle_upgrades(procs, hello_bin, origin, sock_path):
+    """An idle old process ends its drain at once, while the new one renames its
+    control socket over the path: the old one must not unlink the path then (it
+    would remove the new socket, and the serving instance could never be upgraded
+    again). Back-to-back upgrades of an idle gateway, each old process also sent
+    SIGTERM after the handoff (as a service manager may): after each one, the path
+    is there and the next upgrade takes over. The race is narrow: this fails only
+    now and then without the fix (the deterministic check is the unit test
+    handoff::server::tests)."""
+    port = free_port()
+    current = start_first(procs, hello_bin, [port], origin, sock_path, "A", workers=1)
+    for i in range(60):
+        old = current
+        current = upgrade(procs, hello_bin, [port], origin, sock_path, "AB"[(i + 1) % 2], workers=1)
+        os.kill(old.pid, signal.SIGTERM)
+        assert old.proc.wait(GRACE + 5) == 0, old.stderr()[-2000:]
+        assert sock_path.exists(), f"upgrade {i + 1}: the control socket is gone; the serving pid {current.pid} cannot be upgraded"
+    assert tag_of(port) == "A"
+
+
 def test_new_process_killed_mid_handoff_leaves_the_old_one_serving(procs, hello_bin, origin, sock_path):
     port = free_port()
     old = start_first(procs, hello_bin, [port], origin, sock_path, "A")
