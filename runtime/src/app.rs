@@ -228,8 +228,12 @@ fn run_detached(name: &str, args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
-            let status = child.wait();
-            eprintln!("{name}: upgrade failed ({status:?}); the running instance keeps serving");
+            // The new instance's own stderr (inherited) said why.
+            let status = match child.wait() {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            };
+            eprintln!("{name}: upgrade failed ({status}); the running instance keeps serving");
             ExitCode::from(1)
         }
     }

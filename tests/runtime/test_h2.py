@@ -250,6 +250,27 @@ def test_drain_sends_goaway_and_finishes_streams(start_gateway, origin):
     assert g.terminate(timeout=15) == 0
 
 
+def test_drain_final_goaway_names_the_last_stream(start_gateway, origin):
+    """Drain with streams in flight, one more opened after the drain began (before
+    the client saw a GOAWAY): every stream is answered, and the connection ends with
+    a GOAWAY(NO_ERROR) whose last-stream-id is the last stream processed (RFC 9113
+    §6.8), also for a client that does not answer the shutdown PING."""
+    g = start_gateway(grace=10, **H2C)
+    with RawH2(g.addr) as c:
+        for sid in (1, 3, 5):
+            c.headers(sid, path=f"/slow?delay=1&s={sid}")
+        c.read_frames(time.monotonic() + 0.3)
+        g.signal(signal.SIGTERM)
+        c.headers(7, path="/slow?delay=0.5&s=7")
+        s = c.read_frames(time.monotonic() + 15)  # to the close
+    for sid in (1, 3, 5, 7):
+        assert s.status(sid) == 200 and sid in s.ended, (sid, s)
+    assert s.goaway == NO_ERROR, s
+    assert s.goaway_last_stream == 7, f"the last GOAWAY names stream {s.goaway_last_stream}, not 7"
+    assert s.closed
+    assert g.terminate(timeout=15) == 0
+
+
 def test_idle_connection_gets_goaway(start_gateway):
     g = start_gateway(idle_timeout=1, **H2C)
     with RawH2(g.addr) as c:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from support.client import RawConn, request
+from support.h2client import RawH2
 
 
 def _drivers(gw) -> list[str]:
@@ -209,3 +213,56 @@ def test_a_second_gateway_on_a_serving_port_is_refused(start_gateway, hello_bin,
     assert p.returncode != 0, "a second gateway joined the first one's port"
     assert "in use" in p.stderr and "--upgrade" in p.stderr, p.stderr
     assert first.alive()
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def _tls_client() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@pytest.mark.parametrize("alpn", ["http/1.1", "h2"])
+def test_tls_connection_accepted_before_the_drain_is_served(start_gateway, origin, alpn):
+    """A TLS client whose connection was accepted but whose handshake had not
+    started when the drain began (during an upgrade: the old process took it
+    off the queue) is served, like a plain connection waiting for its first
+    request: its handshake completes and its request is answered."""
+    g = start_gateway(grace=10, workers=1, protocols="h1,h2",
+                      tls_cert=FIXTURES / "edge.crt", tls_key=FIXTURES / "edge.key")
+    raw = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    try:
+        time.sleep(0.3)  # accepted by the worker; no ClientHello yet
+        g.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        ctx = _tls_client()
+        ctx.set_alpn_protocols([alpn])
+        try:
+            tls = ctx.wrap_socket(raw, server_hostname="edge")
+        except (ssl.SSLError, OSError) as e:
+            pytest.fail(f"TLS handshake of a connection accepted before the drain was cut: {e!r}")
+        if alpn == "h2":
+            assert tls.selected_alpn_protocol() == "h2"
+            c = RawH2("", sock=tls)
+            c.headers(1, path="/accepted-before-drain", scheme="https")
+            seen = c.read_frames(time.monotonic() + 10, stop=lambda s: 1 in s.ended or 1 in s.resets)
+            assert seen.status(1) == 200 and seen.data.get(1) == b"GET /accepted-before-drain\n", seen
+            assert 1 in seen.ended, seen
+        else:
+            tls.sendall(b"GET /accepted-before-drain HTTP/1.1\r\nHost: edge\r\n\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got or not got.endswith(b"GET /accepted-before-drain\n"):
+                data = tls.recv(65536)
+                if not data:
+                    break
+                got += data
+            assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"GET /accepted-before-drain\n"), got
+        tls.close()
+    finally:
+        raw.close()
+    rc = g.proc.wait(timeout=20)
+    g.stopped_on_purpose = True
+    assert rc == 0

@@ -186,9 +186,13 @@ class Seen:
 class RawH2:
     """A connection driven frame by frame."""
 
-    def __init__(self, addr: str, timeout: float = 10.0, preface: bool = True, settings: dict | None = None):
-        self.sock = socket.create_connection(_addr(addr), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, addr: str, timeout: float = 10.0, preface: bool = True, settings: dict | None = None,
+                 sock: socket.socket | None = None):
+        """`sock`: a connected socket to use (a TLS one, say) instead of connecting to `addr`."""
+        if sock is None:
+            sock = socket.create_connection(_addr(addr), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
         self.enc = hpack.Encoder()
         self.dec = hpack.Decoder()
         self.buf = b""

@@ -13,7 +13,8 @@
 //! The control socket's path always names one live process: the new one
 //! binds a temporary path and renames it over the old one's once the old
 //! one drains; a process unlinks the path at exit only if it is still its
-//! own socket.
+//! own socket and it did not hand off (the new process may be renaming
+//! over it at that very moment).
 
 #![forbid(unsafe_code)]
 
@@ -50,6 +51,8 @@ pub(crate) struct PathGuard {
     path: PathBuf,
     /// Device and inode of our socket file.
     id: (u64, u64),
+    /// Unlink at drop (unless disarmed: a successor owns the path).
+    armed: bool,
 }
 
 impl ControlSocket {
@@ -94,6 +97,7 @@ impl ControlSocket {
             path: PathGuard {
                 path: path.to_path_buf(),
                 id: (meta.dev(), meta.ino()),
+                armed: true,
             },
         })
     }
@@ -104,8 +108,18 @@ impl ControlSocket {
     }
 }
 
+impl PathGuard {
+    /// Leaves the path as it is when dropped: a successor took it over.
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
 impl Drop for PathGuard {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let ours =
             std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
         if ours {

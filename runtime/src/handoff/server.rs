@@ -53,10 +53,30 @@ struct Shared {
 }
 
 /// The running control server. Dropping it unlinks the control socket
-/// path (if it is still this process's); the thread lives on until exit.
+/// path (if it is still this process's, and no successor took over); the
+/// thread lives on until exit.
 pub struct ControlServer {
     shared: Arc<Shared>,
-    _path: PathGuard,
+    path: Option<PathGuard>,
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        // Under the state lock, which a session holds while it marks the
+        // handoff done, before it tells the new process (which then renames
+        // its socket over the path) that this one drains. So either the path
+        // is unlinked before that rename, or it is left to the new process.
+        // Checking the file's identity alone is not enough: the check and
+        // the unlink could straddle the rename and remove the new socket.
+        let state = lock(&self.shared.state);
+        if let Some(path) = self.path.take() {
+            if matches!(*state, State::HandedOff { .. }) {
+                path.disarm();
+            } else {
+                drop(path);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ControlServer {
@@ -100,7 +120,7 @@ pub fn spawn(
         .spawn(move || accept_loop(&listener, for_thread))?;
     Ok(ControlServer {
         shared,
-        _path: path,
+        path: Some(path),
     })
 }
 
@@ -211,6 +231,9 @@ fn hand_over(conn: &mut Control, shared: &Shared, pid: u32) -> Result<(), String
     let _ = conn.set_read_timeout(READY_TIMEOUT);
     match conn.recv() {
         Ok((Message::Ready, _)) => {
+            // Before `draining`: from then on the path is the new process's
+            // (see `ControlServer`'s drop).
+            *lock(&shared.state) = State::HandedOff { pid };
             (shared.on_handed_off)(pid);
             let _ = conn.send(
                 &Message::Draining {
@@ -252,4 +275,62 @@ fn check_peer(conn: &Control, claimed_pid: u32) -> Result<(), String> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// The old process drops its control server as soon as its drain ends,
+    /// which for an idle gateway is while the new process is renaming its own
+    /// socket over the path. Once handed off, the old one must leave the path
+    /// alone: a check "is it still my file?" followed by an unlink could
+    /// straddle that rename and remove the new process's socket, leaving the
+    /// serving instance impossible to upgrade.
+    #[test]
+    fn after_the_handoff_the_old_server_leaves_the_path_to_the_new_one() {
+        let dir = std::env::temp_dir().join(format!("blitz-handoff-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("gw.sock");
+        let socket = ControlSocket::bind_fresh(&path).unwrap_or_else(|e| panic!("{e}"));
+        let (handed_tx, handed_rx) = mpsc::channel();
+        let offer = Offer {
+            name: "gw".into(),
+            sockets: Vec::new(),
+        };
+        let server = spawn(socket, offer, move |pid| {
+            let _ = handed_tx.send(pid);
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+
+        // The new process, up to the moment it learns the old one drains
+        // (before it renames its own socket over the path).
+        let stream = UnixStream::connect(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut new =
+            Control::new(stream, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+        let hello = Message::Hello {
+            pid: std::process::id(),
+            name: "gw".into(),
+        };
+        new.send(&hello, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let (msg, _) = new.recv().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(msg, Message::Sockets(Vec::new()));
+        new.send(&Message::Ready, &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (msg, _) = new.recv().unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(msg, Message::Draining { .. }), "{msg:?}");
+        assert_eq!(
+            handed_rx.recv_timeout(Duration::from_secs(5)).ok(),
+            Some(std::process::id())
+        );
+
+        drop(server);
+        assert!(
+            std::fs::symlink_metadata(&path).is_ok(),
+            "the old process unlinked the control socket path after handing off"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -123,15 +123,7 @@ async fn serve_tls<G: Gateway>(
     };
     let stream = crate::tls::TlsStream::new(stream, conn);
     let deadline = Instant::now() + w.limits.header_timeout;
-    let done = {
-        let handshake = pin!(stream.handshake(deadline));
-        let drained = pin!(w.drain.wait());
-        match select(handshake, drained).await {
-            Either::Left((r, _)) => r.is_ok(),
-            Either::Right(_) => false,
-        }
-    };
-    if !done {
+    if !tls_handshake(&w, &stream, deadline).await {
         let _ = Stream::close(stream).await;
         return;
     }
@@ -149,6 +141,27 @@ async fn serve_tls<G: Gateway>(
         rpos: 0,
     };
     serve_h1(w, client).await;
+}
+
+/// The TLS handshake, by `deadline`; `false`: the connection is to close.
+/// A drain does not cut a handshake under way: the client connected before
+/// the drain (during an upgrade, the old process accepted it) and is served
+/// like any accepted connection. One that sent nothing gets the last call
+/// of a plain connection waiting for its first request.
+#[cfg(feature = "tls")]
+async fn tls_handshake<G: Gateway>(
+    w: &Worker<G>,
+    stream: &crate::tls::TlsStream,
+    deadline: Instant,
+) -> bool {
+    let mut handshake = pin!(stream.handshake(deadline));
+    match wait_request_start(w, handshake.as_mut()).await {
+        Some(r) => r.is_ok(),
+        // The last call passed during the handshake: one under way (a slow
+        // link) finishes by its deadline, a quiet connection closes.
+        None if stream.received_any() => handshake.await.is_ok(),
+        None => false,
+    }
 }
 
 /// Whether a TLS connection speaks HTTP/2: ALPN chose `h2` (offered only

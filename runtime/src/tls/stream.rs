@@ -50,6 +50,8 @@ struct State {
     closed: bool,
     /// The last socket read filled its buffer: read bigger next time.
     busy: bool,
+    /// Some ciphertext arrived (the peer started the handshake).
+    received: bool,
     /// Buffer for ciphertext on its way out (kept for its capacity).
     outgoing: Vec<u8>,
 }
@@ -126,6 +128,7 @@ impl TlsStream {
                 plaintext: 0,
                 closed: false,
                 busy: false,
+                received: false,
                 outgoing: Vec::new(),
             })),
         }
@@ -141,6 +144,12 @@ impl TlsStream {
                 "TLS handshake timed out",
             )),
         }
+    }
+
+    /// Whether the peer sent anything yet: a handshake under way, not an
+    /// idle connection.
+    pub fn received_any(&self) -> bool {
+        self.state.borrow().received
     }
 
     async fn drive_handshake(&self) -> io::Result<()> {
@@ -192,6 +201,7 @@ impl TlsStream {
         st.incoming = buf;
         st.pos = 0;
         st.busy = matches!(res, Ok(n) if n >= room);
+        st.received |= matches!(res, Ok(n) if n > 0);
         match res {
             Ok(0) => st.eof().map_err(tls_error),
             Ok(_) => st.feed().map_err(tls_error),

@@ -281,7 +281,19 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
                     // Graceful: streams in flight have their own timeouts;
                     // once none is left, the GOAWAY only needs flushing.
                     Closing::Graceful if !streams.is_empty() => {}
-                    Closing::Graceful | Closing::Abrupt => {
+                    Closing::Graceful => {
+                        closing_ticks += 1;
+                        if closing_ticks > close_limit {
+                            // The crate's final GOAWAY (the last stream it
+                            // processed, RFC 9113 §6.8) waits for the ack
+                            // of its shutdown PING, which this client never
+                            // sent: send it now, then close once flushed.
+                            conn.abrupt_shutdown(Reason::NO_ERROR);
+                            closing = Closing::Abrupt;
+                            closing_ticks = 0;
+                        }
+                    }
+                    Closing::Abrupt => {
                         closing_ticks += 1;
                         if closing_ticks > close_limit {
                             break;
