@@ -266,3 +266,39 @@ def test_tls_connection_accepted_before_the_drain_is_served(start_gateway, origi
     rc = g.proc.wait(timeout=20)
     g.stopped_on_purpose = True
     assert rc == 0
+
+
+def test_h2c_connection_without_preface_gets_the_last_call(start_gateway, origin):
+    """On an h2c-only listener a drain treats a connection that has sent no
+    preface like an idle HTTP/1.1 one (closed after the last call), not like a
+    slow client allowed its whole header-timeout; one whose preface is under
+    way finishes it and is served."""
+    from support.h2client import PREFACE
+    from hyperframe.frame import SettingsFrame
+
+    g = start_gateway(grace=60, header_timeout=60, workers=1, protocols="h2c")
+    silent = socket.create_connection(("127.0.0.1", g.port), timeout=30)
+    started = socket.create_connection(("127.0.0.1", g.port), timeout=30)
+    try:
+        started.sendall(PREFACE[:10])
+        time.sleep(0.3)  # both accepted by the worker
+        g.signal(signal.SIGTERM)
+        time.sleep(1.5)  # past the last call
+        c = RawH2("", preface=False, sock=started)
+        c.send(PREFACE[10:])
+        c.frame(SettingsFrame(0))
+        c.headers(1, path="/preface-under-way")
+        seen = c.read_frames(time.monotonic() + 20, stop=lambda s: 1 in s.ended or 1 in s.resets)
+        assert seen.status(1) == 200 and seen.data.get(1) == b"GET /preface-under-way\n", seen
+        silent.settimeout(20)
+        try:
+            while silent.recv(65536):  # the server's SETTINGS, then EOF
+                pass
+        except TimeoutError:
+            pytest.fail("a connection that sent nothing held the drain (header-timeout, not the last call)")
+        rc = g.proc.wait(timeout=20)
+        g.stopped_on_purpose = True
+        assert rc == 0
+    finally:
+        silent.close()
+        started.close()

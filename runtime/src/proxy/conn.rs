@@ -451,7 +451,7 @@ const DRAIN_LAST_CALL: Duration = Duration::from_secs(1);
 /// Waits for the start of a request: until `read` completes while the
 /// worker serves; once it drains, for the last call at most. `None`: the
 /// connection is to close quietly.
-async fn wait_request_start<G: Gateway, F: Future>(
+pub(crate) async fn wait_request_start<G: Gateway, F: Future>(
     w: &Worker<G>,
     mut read: std::pin::Pin<&mut F>,
 ) -> Option<F::Output> {

@@ -169,6 +169,11 @@ impl FrameWatch {
         active
     }
 
+    /// True once any byte of the client's preface arrived.
+    pub(crate) fn received_any(&self) -> bool {
+        self.state.get().preface_left < PREFACE.len()
+    }
+
     /// True once the client's first frame (its SETTINGS) followed its
     /// preface: the HTTP/2 handshake is complete on its side.
     pub(crate) fn preface_complete(&self) -> bool {
