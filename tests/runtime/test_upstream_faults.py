@@ -113,6 +113,35 @@ def test_stale_pooled_upstream_connection(fault_gw, origin):
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_pooled_connection_the_upstream_closed_is_not_used_for_a_body(fault_gw, origin, framing):
+    """The origin closes each keep-alive connection after answering (without
+    saying so), as servers do with idle connections. A request with a body
+    cannot be replayed once sent, so the gateway must not send it on a pooled
+    connection the upstream has already closed: every POST is answered 200,
+    none gets a 502 (nginx and HAProxy drop idle connections closed by the
+    server from their pools as the close arrives)."""
+
+    def answer_then_close(req, conn):
+        conn.send(f"HTTP/1.1 200 OK\r\ncontent-length: {req.body_len}\r\n\r\n".encode() + bytes(req.body))
+        conn.close()
+        return False
+
+    origin.handler = answer_then_close
+    if framing == "chunked":
+        frame, body = "Transfer-Encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n"
+    else:
+        frame, body = "Content-Length: 5", b"hello"
+    for i in range(6):
+        with RawConn(fault_gw.port, timeout=20) as c:
+            c.send(f"POST /stale-post{i} HTTP/1.1\r\nHost: a\r\n{frame}\r\n\r\n".encode() + body)
+            r = c.read_response(timeout=20)
+        assert r.status == 200 and r.body == b"hello", (i, r)
+        # the origin's FIN reaches the gateway long before the next request
+        assert origin.wait_for(lambda: all(cn.closed for cn in origin.conns.values()), 5)
+        time.sleep(0.1)
+
+
 def test_many_faults_do_not_leak_upstream_connections(fault_gw, origin):
     before = len(origin.open_conns())
     for i in range(20):

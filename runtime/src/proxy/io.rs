@@ -102,6 +102,21 @@ impl UpstreamStream {
         }
     }
 
+    /// Whether an *idle* pooled connection may carry a request: the server
+    /// has neither closed it (EOF, reset) nor sent anything unasked (a
+    /// `408`, garbage) since its last exchange. One non-blocking peek at
+    /// the socket. Servers close idle keep-alive connections at their own
+    /// timeout, often without saying so in the last response; a request
+    /// with a body sent on such a connection cannot be replayed (the body
+    /// is streamed, not kept), so it would fail with a 502. What is left is
+    /// the race with a close in flight, which every proxy has.
+    pub fn idle_and_open(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        let peek = socket2::SockRef::from(self.tcp())
+            .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+        matches!(peek, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Closes an *idle* connection with a reset instead of FIN (`SO_LINGER`
     /// 0), as HAProxy closes idle server connections: nothing is in flight
     /// on it, and the gateway keeps no TIME_WAIT socket. A pool that sheds

@@ -68,7 +68,9 @@ async fn connect(
         // to it. Taking another server's idle connection instead would turn
         // balancing into "whoever has a pooled connection".
         let pooled = if !fresh_only && refused.is_empty() {
-            ep.pool.borrow_mut().checkout(now)
+            ep.pool
+                .borrow_mut()
+                .checkout(now, UpstreamStream::idle_and_open)
         } else {
             None
         };
