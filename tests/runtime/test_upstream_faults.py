@@ -226,6 +226,38 @@ def test_bad_chunk_in_upstream_response_never_completes(fault_gw, origin):
             assert not r.complete and c.eof, f"a response with broken chunk framing was completed: {r!r}"
 
 
+BAD_FIRST_CHUNK = {
+    "non-hex-size": b"zz\r\nhello\r\n0\r\n\r\n",
+    "bare-lf-after-size": b"5\nhello\r\n0\r\n\r\n",
+    "size-overflow": b"fffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+    "no-crlf-after-data": b"5\r\nhelloXX0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FIRST_CHUNK))
+def test_bad_first_chunk_with_the_head_is_502(fault_gw, origin, name):
+    """The upstream's head and a broken first chunk arrive together: nothing has
+    reached the client yet, so it gets a 502 (not an empty reply), and the
+    broken upstream connection is not reused."""
+
+    def bad_body(req, conn):
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + BAD_FIRST_CHUNK[name])
+        conn.wait_peer_close(10)
+        return False
+
+    origin.handler = bad_body
+    with RawConn(fault_gw.port, timeout=20) as c:
+        c.send(b"GET /bad-first-chunk HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        try:
+            r = c.read_response(timeout=20)
+        except Exception as e:
+            pytest.fail(f"{name}: no 502, {e!r} (closed={c.eof})")
+    assert r.status == 502, f"{name}: {r!r}"
+    faulty = {q.conn_id for q in origin.requests}
+    origin.handler = None
+    _follow_up(fault_gw, origin, faulty)
+
+
 def test_close_delimited_upstream_response(fault_gw, origin):
     """An HTTP/1.1 response without CL/TE ends at the close: the client gets it whole,
     re-framed (chunked) or close-delimited."""

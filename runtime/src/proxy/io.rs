@@ -229,6 +229,10 @@ pub struct Pump<'a, R: Stream, W: Stream> {
     pub read_timeout: Duration,
     /// Capacity cap for `src_buf` when it must grow to read.
     pub read_room: usize,
+    /// Whether anything reached the sink yet (set by `run`): a transfer
+    /// that failed before its first write can still be answered with an
+    /// error instead of a cut connection.
+    pub flushed: bool,
 }
 
 impl<R: Stream, W: Stream> Pump<'_, R, W> {
@@ -236,7 +240,7 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
     /// this returns `Ok`). With chunked output, the last chunk is written
     /// only after the source body completed: a failed body is never
     /// completed upstream.
-    pub async fn run(mut self) -> Result<u64, PumpError> {
+    pub async fn run(&mut self) -> Result<u64, PumpError> {
         let mut total: u64 = 0;
         loop {
             while *self.src_pos < self.src_buf.len() && !self.reader.is_done() {
@@ -261,9 +265,7 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
                 }
                 *self.src_pos += d.consumed;
                 if self.out.len() >= WRITE_BATCH {
-                    write_all(self.sink, self.out)
-                        .await
-                        .map_err(|_| PumpError::SinkFailed)?;
+                    self.flush().await?;
                 }
                 if d.consumed == 0 {
                     break;
@@ -273,9 +275,7 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
                 return self.finish(total).await;
             }
             if !self.out.is_empty() {
-                write_all(self.sink, self.out)
-                    .await
-                    .map_err(|_| PumpError::SinkFailed)?;
+                self.flush().await?;
             }
             // Everything buffered is consumed: reuse the buffer from the start.
             self.src_buf.clear();
@@ -295,15 +295,21 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
         }
     }
 
-    async fn finish(self, total: u64) -> Result<u64, PumpError> {
+    async fn finish(&mut self, total: u64) -> Result<u64, PumpError> {
         if self.chunked_out {
             self.out.extend_from_slice(LAST_CHUNK);
         }
         if !self.out.is_empty() {
-            write_all(self.sink, self.out)
-                .await
-                .map_err(|_| PumpError::SinkFailed)?;
+            self.flush().await?;
         }
         Ok(total)
+    }
+
+    /// Writes what `out` holds to the sink.
+    async fn flush(&mut self) -> Result<(), PumpError> {
+        self.flushed = true;
+        write_all(self.sink, self.out)
+            .await
+            .map_err(|_| PumpError::SinkFailed)
     }
 }

@@ -530,7 +530,7 @@ async fn exchange<G: Gateway, S: Stream>(
         // may answer (401, 413...) without reading the whole body, and must
         // not deadlock us. The response timeout starts once the body is sent.
         let outcome = {
-            let pump = Pump {
+            let mut pump = Pump {
                 src: &c.stream,
                 src_buf: &mut c.rbuf,
                 src_pos: &mut c.rpos,
@@ -541,6 +541,7 @@ async fn exchange<G: Gateway, S: Stream>(
                 max_bytes: limits.max_body_bytes,
                 read_timeout: limits.body_timeout,
                 read_room: READ_CHUNK,
+                flushed: false,
             };
             let far = Instant::now() + Duration::from_secs(24 * 3600);
             let pump = pin!(pump.run());
@@ -631,7 +632,7 @@ async fn exchange<G: Gateway, S: Stream>(
     let mut out = w.buffers.take();
     write_response_head(&resp, client_framing, req.version(), !keep_alive, &mut out);
     let status = resp.status();
-    let pump = Pump {
+    let mut pump = Pump {
         src: up,
         src_buf: &mut ubuf,
         src_pos: &mut upos,
@@ -642,8 +643,12 @@ async fn exchange<G: Gateway, S: Stream>(
         max_bytes: u64::MAX,
         read_timeout: timeouts.response,
         read_room: READ_CHUNK,
+        flushed: false,
     };
     let res = pump.run().await;
+    // Nothing reached the client yet (the body was bad from its first
+    // bytes, which came with the head): it can still get a 502.
+    let answered = pump.flushed;
     // Bytes past the response (a second answer nobody asked for) make the
     // connection untrustworthy.
     let leftover = upos < ubuf.len();
@@ -664,7 +669,7 @@ async fn exchange<G: Gateway, S: Stream>(
             };
             Attempt::Missed(Miss::Failed {
                 error: ProxyError::new(kind),
-                answered: true,
+                answered,
             })
         }
     }
