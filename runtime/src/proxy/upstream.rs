@@ -480,7 +480,7 @@ async fn exchange<G: Gateway, S: Stream>(
     let limits = &w.limits;
     // --- request head (+ body) upstream ---
     let mut id_buf = [0u8; 32];
-    let request_id: &[u8] = match req.headers().get("x-request-id") {
+    let request_id: &[u8] = match req.headers().get_all_end_to_end("x-request-id").next() {
         Some(v) if valid_request_id(v) => v,
         _ => w.ids.next(&mut id_buf),
     };
