@@ -5,7 +5,9 @@ connection is not reused."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -140,6 +142,72 @@ def test_pooled_connection_the_upstream_closed_is_not_used_for_a_body(fault_gw, 
         # the origin's FIN reaches the gateway long before the next request
         assert origin.wait_for(lambda: all(cn.closed for cn in origin.conns.values()), 5)
         time.sleep(0.1)
+
+
+class _UnreadingOrigin:
+    """A server that accepts, reads the request head, then neither reads the
+    body nor answers (a hung application behind a full receive buffer)."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        # accepted sockets inherit a small receive buffer: the body backs up soon
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.lsock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.held.append(c)
+            c.recv(4096)
+
+    def close(self):
+        self.lsock.close()
+        for c in self.held:
+            c.close()
+
+
+def test_upstream_that_stops_reading_the_body_is_504_not_a_hang(start_gateway):
+    """The upstream takes the head, then stops reading a large upload and never
+    answers: the gateway cannot push the body on. Within the upstream's response
+    timeout of no progress, the client gets a 504 (nginx: proxy_send_timeout;
+    HAProxy: timeout server), instead of an upload stuck forever."""
+    up = _UnreadingOrigin()
+    try:
+        g = start_gateway(upstream=up.addr, response_timeout=2, body_timeout=30, max_body_bytes=512 * MiB)
+        size = 256 * MiB
+        s = socket.create_connection(("127.0.0.1", g.port))
+        s.sendall(f"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n".encode())
+        s.setblocking(False)
+        block = b"u" * 65536
+        answer, closed = b"", False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not closed and b"\r\n\r\n" not in answer:
+            try:
+                s.send(block)
+            except BlockingIOError:
+                time.sleep(0.05)
+            except OSError:
+                closed = True
+            try:
+                d = s.recv(4096)
+                answer += d
+                closed = closed or not d
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+        s.close()
+        assert answer or closed, "the upload hung for 30 s after the upstream stopped reading it"
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:200]
+    finally:
+        up.close()
 
 
 def test_many_faults_do_not_leak_upstream_connections(fault_gw, origin):

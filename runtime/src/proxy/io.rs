@@ -212,6 +212,8 @@ pub enum PumpError {
     SourceClosed,
     /// Writing to the sink failed.
     SinkFailed,
+    /// The sink took nothing for longer than the write timeout.
+    SinkTimeout,
 }
 
 /// One body in transit: source buffer with a read position, the decoder,
@@ -229,6 +231,9 @@ pub struct Pump<'a, R: Stream, W: Stream> {
     pub read_timeout: Duration,
     /// Capacity cap for `src_buf` when it must grow to read.
     pub read_room: usize,
+    /// Longest one write to the sink may take, if bounded: an upstream
+    /// that stops reading a request body must not hold it forever.
+    pub write_timeout: Option<Duration>,
     /// Whether anything reached the sink yet (set by `run`): a transfer
     /// that failed before its first write can still be answered with an
     /// error instead of a cut connection.
@@ -305,11 +310,15 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
         Ok(total)
     }
 
-    /// Writes what `out` holds to the sink.
+    /// Writes what `out` holds to the sink (within the write timeout).
     async fn flush(&mut self) -> Result<(), PumpError> {
         self.flushed = true;
-        write_all(self.sink, self.out)
-            .await
-            .map_err(|_| PumpError::SinkFailed)
+        let written = match self.write_timeout {
+            None => write_all(self.sink, self.out).await,
+            Some(t) => crate::rt::time::within_for(t, write_all(self.sink, self.out))
+                .await
+                .map_err(|_| PumpError::SinkTimeout)?,
+        };
+        written.map_err(|_| PumpError::SinkFailed)
     }
 }

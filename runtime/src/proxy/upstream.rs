@@ -541,6 +541,9 @@ async fn exchange<G: Gateway, S: Stream>(
                 max_bytes: limits.max_body_bytes,
                 read_timeout: limits.body_timeout,
                 read_room: READ_CHUNK,
+                // An upstream that stops taking the body (and does not
+                // answer) is bounded like one that does not answer.
+                write_timeout: Some(timeouts.response),
                 flushed: false,
             };
             let far = Instant::now() + Duration::from_secs(24 * 3600);
@@ -582,6 +585,7 @@ async fn exchange<G: Gateway, S: Stream>(
                     PumpError::SourceTimeout => ErrorKind::ClientTimeout,
                     PumpError::SourceClosed => ErrorKind::ClientClosed,
                     PumpError::SinkFailed => ErrorKind::UpstreamClosed,
+                    PumpError::SinkTimeout => ErrorKind::UpstreamTimeout,
                 };
                 let answered = matches!(kind, ErrorKind::ClientClosed);
                 return Attempt::Missed(Miss::Failed {
@@ -643,6 +647,7 @@ async fn exchange<G: Gateway, S: Stream>(
         max_bytes: u64::MAX,
         read_timeout: timeouts.response,
         read_room: READ_CHUNK,
+        write_timeout: None,
         flushed: false,
     };
     let res = pump.run().await;
@@ -662,7 +667,7 @@ async fn exchange<G: Gateway, S: Stream>(
         },
         Err(e) => {
             let kind = match e {
-                PumpError::SinkFailed => ErrorKind::ClientWrite,
+                PumpError::SinkFailed | PumpError::SinkTimeout => ErrorKind::ClientWrite,
                 PumpError::SourceTimeout => ErrorKind::UpstreamTimeout,
                 PumpError::Framing(why) => ErrorKind::UpstreamProtocol(why),
                 PumpError::SourceClosed | PumpError::TooLarge => ErrorKind::UpstreamClosed,
