@@ -404,6 +404,23 @@ def test_large_download_to_slow_client_bounded_memory(start_gateway, origin, chu
     assert m.peak - m.base < 20 * 1024, f"gateway RSS grew by {(m.peak - m.base) / 1024:.1f} MiB"
 
 
+def test_client_that_stops_reading_a_response_is_cut_at_body_timeout(start_gateway, origin):
+    """A client asks for a large download and stops reading: once the gateway
+    could write nothing to it for body-timeout (the longest gap between body
+    bytes, in either direction; nginx: send_timeout), the connection is cut and
+    the upstream connection released, instead of both being held forever."""
+    g = start_gateway(body_timeout=2)
+    with RawConn(g.port, timeout=30) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        c.send(_head(f"/bytes/{512 * MiB}"))
+        assert origin.wait_for(lambda: any(q.path.startswith("/bytes/") for q in origin.requests), 5)
+        up = origin.conn(origin.requests[0].conn_id)
+        # the origin's own send timeout is 30 s: a close well before is the gateway's
+        released = origin.wait_for(lambda: up.closed or up.peer_closed, 15)
+        assert released, f"upstream connection still streaming to a client that stopped reading ({up.sent >> 20} MiB sent)"
+        assert c.wait_closed(15), "the client connection was not cut"
+
+
 def test_idle_timeout_closes_keepalive_connection(start_gateway, origin):
     g = start_gateway(idle_timeout=1)
     with RawConn(g.port, timeout=15) as c:

@@ -647,7 +647,9 @@ async fn exchange<G: Gateway, S: Stream>(
         max_bytes: u64::MAX,
         read_timeout: timeouts.response,
         read_room: READ_CHUNK,
-        write_timeout: None,
+        // A client that stops taking the response is cut, as one that
+        // pauses its request body: body-timeout bounds either gap.
+        write_timeout: Some(limits.body_timeout),
         flushed: false,
     };
     let res = pump.run().await;
@@ -667,7 +669,8 @@ async fn exchange<G: Gateway, S: Stream>(
         },
         Err(e) => {
             let kind = match e {
-                PumpError::SinkFailed | PumpError::SinkTimeout => ErrorKind::ClientWrite,
+                PumpError::SinkFailed => ErrorKind::ClientWrite,
+                PumpError::SinkTimeout => ErrorKind::ClientTimeout,
                 PumpError::SourceTimeout => ErrorKind::UpstreamTimeout,
                 PumpError::Framing(why) => ErrorKind::UpstreamProtocol(why),
                 PumpError::SourceClosed | PumpError::TooLarge => ErrorKind::UpstreamClosed,
