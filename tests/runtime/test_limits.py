@@ -441,6 +441,21 @@ def test_header_count_boundary(small_limits, origin):
     assert finals and finals[0].status == 431, f"11 headers with --max-headers 10: {ex}"
 
 
+def test_header_count_boundary_above_256(start_gateway, origin):
+    """--max-headers 300 (the spec allows any count): 300 header lines pass,
+    301 are 431 - the parser's stack array of 256 fields is not a hidden limit."""
+    g = start_gateway(max_headers=300)
+    fields = [f"X-{i}: v" for i in range(298)] + ["Connection: close"]  # + Host = 300
+    ex = exchange(g.port, _head("/300-headers", fields))
+    finals = [r for r in ex.responses if r.status >= 200]
+    assert finals and finals[0].status == 200, f"300 headers with --max-headers 300: {ex}"
+    req = origin.wait_requests(1)[0]
+    assert len(req.header_names()) >= 298, req
+    ex = exchange(g.port, _head("/301-headers", fields + ["X-298: v"]))
+    finals = [r for r in ex.responses if r.status >= 200]
+    assert finals and finals[0].status == 431, f"301 headers with --max-headers 300: {ex}"
+
+
 def test_declared_body_one_over_limit_413(small_limits, origin):
     ex = exchange(small_limits.port, _head("/post", ["Content-Length: 1025"], "POST") + b"x" * 1025)
     finals = [r for r in ex.responses if r.status >= 200]
