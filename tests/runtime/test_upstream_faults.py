@@ -145,6 +145,26 @@ def test_pooled_connection_the_upstream_closed_is_not_used_for_a_body(fault_gw, 
         time.sleep(0.1)
 
 
+def test_pooled_connection_with_an_unsolicited_answer_is_not_reused(fault_gw, origin):
+    """Some servers send a 408 on an idle keep-alive connection before closing
+    it. That answer belongs to no request: the next request must not take it
+    for its response (it would get a 408 it never caused); the connection is
+    dropped from the pool instead."""
+
+    def answer_then_408(req, conn):
+        conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+        conn.sleep(0.2)
+        conn.send(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        conn.wait_peer_close(5)
+        return False
+
+    origin.handler = answer_then_408
+    for i in range(4):
+        r = request(fault_gw.port, "GET", f"/idle-408-{i}")
+        assert r.status == 200 and r.body == b"ok\n", (i, r)
+        time.sleep(0.4)
+
+
 class _UnreadingOrigin:
     """A server that accepts, reads the request head, then neither reads the
     body nor answers (a hung application behind a full receive buffer)."""
