@@ -421,6 +421,30 @@ def test_client_that_stops_reading_a_response_is_cut_at_body_timeout(start_gatew
         assert c.wait_closed(15), "the client connection was not cut"
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/proxied"])
+def test_pipelining_client_that_never_reads_is_cut_at_body_timeout(start_gateway, origin, path):
+    """A client pipelines requests and never reads the answers: once the gateway
+    could write nothing to it for body-timeout, the connection is cut, whether
+    the answers are the gateway's own (/healthz) or proxied - not held open
+    forever with a full send queue."""
+    g = start_gateway(body_timeout=2, idle_timeout=120)
+    with RawConn(g.port, timeout=10) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.sock.setblocking(False)
+        burst = f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode() * 100
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                c.sock.send(burst)
+            except BlockingIOError:
+                time.sleep(0.05)
+            except OSError:
+                break
+        time.sleep(5)  # body-timeout 2 s, and nothing read meanwhile
+        c.sock.setblocking(True)
+        assert c.wait_closed(5), "a client that never reads its answers is still connected"
+
+
 def test_idle_timeout_closes_keepalive_connection(start_gateway, origin):
     g = start_gateway(idle_timeout=1)
     with RawConn(g.port, timeout=15) as c:

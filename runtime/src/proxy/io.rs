@@ -199,6 +199,18 @@ pub async fn write_all<S: Stream>(stream: &S, buf: &mut Vec<u8>) -> std::io::Res
     res
 }
 
+/// [`write_all`] within `timeout`: a peer that takes nothing for that long
+/// is given up on (`TimedOut`), as a client that stops reading its answers.
+pub async fn write_all_within<S: Stream>(
+    stream: &S,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    crate::rt::time::within_for(timeout, write_all(stream, buf))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
 /// Why a body transfer stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PumpError {

@@ -18,6 +18,7 @@ use super::error::{ErrorKind, ProxyError, Side};
 use super::gateway::Gateway;
 use super::io::{
     Pump, PumpError, READ_CHUNK, ReadOutcome, Stream, UpstreamStream, read_more, write_all,
+    write_all_within,
 };
 use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, HeadLimits, RequestHead, ResponseHead, Version,
@@ -515,7 +516,9 @@ async fn exchange<G: Gateway, S: Stream>(
         if req.expect_continue() && c.buffered().is_empty() {
             let mut cont = w.buffers.take();
             cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let ok = write_all(&c.stream, &mut cont).await.is_ok();
+            let ok = write_all_within(&c.stream, &mut cont, limits.body_timeout)
+                .await
+                .is_ok();
             w.buffers.give(cont);
             if !ok {
                 w.buffers.give(out);
