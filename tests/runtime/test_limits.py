@@ -432,15 +432,22 @@ def test_pipelining_client_that_never_reads_is_cut_at_body_timeout(start_gateway
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         c.sock.setblocking(False)
         burst = f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode() * 100
-        deadline = time.monotonic() + 3
+        # Send until the gateway stops taking requests for a second: it is then
+        # stuck writing answers nobody reads (or it already cut the connection).
+        deadline = time.monotonic() + 30
+        blocked_since = None
         while time.monotonic() < deadline:
             try:
                 c.sock.send(burst)
+                blocked_since = None
             except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 1:
+                    break
                 time.sleep(0.05)
             except OSError:
                 break
-        time.sleep(5)  # body-timeout 2 s, and nothing read meanwhile
+        time.sleep(4)  # body-timeout 2 s, and nothing read meanwhile
         c.sock.setblocking(True)
         assert c.wait_closed(5), "a client that never reads its answers is still connected"
 
