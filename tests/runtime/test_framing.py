@@ -413,6 +413,26 @@ def test_hop_by_hop_headers_not_forwarded(gateway, origin):
     assert req.header("x-end-to-end") == ["kept"], "an end-to-end header was dropped"
 
 
+def test_connection_listed_proxy_fields_not_taken_from_the_client(gateway, origin):
+    """Fields the gateway itself writes, named in the client's Connection: the
+    client's values are hop-by-hop and never reach the upstream; the gateway's
+    own X-Forwarded-For (just the client address) and request id replace them."""
+    hdrs = [
+        "Host: a.test",
+        "Connection: X-Forwarded-For, X-Request-Id",
+        "X-Forwarded-For: 203.0.113.9",
+        "X-Request-Id: client-chosen-id",
+    ]
+    with RawConn(gateway.port) as c:
+        c.send(head("GET", "/hop-proxy-fields", hdrs))
+        r = c.read_response()
+    assert r.status == 200, r
+    req = origin.wait_requests(1, complete=True)[0]
+    assert_clean_forward(req)
+    assert req.header("x-forwarded-for") == ["127.0.0.1"], req
+    assert req.header("x-request-id") and req.header("x-request-id") != ["client-chosen-id"], req
+
+
 def test_hop_by_hop_response_headers_not_returned(gateway, origin):
     """The same rule on the way back: Connection-listed names and Keep-Alive/Upgrade/Proxy-*
     from the origin do not reach the client as sent."""

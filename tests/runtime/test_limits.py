@@ -404,6 +404,54 @@ def test_large_download_to_slow_client_bounded_memory(start_gateway, origin, chu
     assert m.peak - m.base < 20 * 1024, f"gateway RSS grew by {(m.peak - m.base) / 1024:.1f} MiB"
 
 
+def test_client_that_stops_reading_a_response_is_cut_at_body_timeout(start_gateway, origin):
+    """A client asks for a large download and stops reading: once the gateway
+    could write nothing to it for body-timeout (the longest gap between body
+    bytes, in either direction; nginx: send_timeout), the connection is cut and
+    the upstream connection released, instead of both being held forever."""
+    g = start_gateway(body_timeout=2)
+    with RawConn(g.port, timeout=30) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        c.send(_head(f"/bytes/{512 * MiB}"))
+        assert origin.wait_for(lambda: any(q.path.startswith("/bytes/") for q in origin.requests), 5)
+        up = origin.conn(origin.requests[0].conn_id)
+        # the origin's own send timeout is 30 s: a close well before is the gateway's
+        released = origin.wait_for(lambda: up.closed or up.peer_closed, 15)
+        assert released, f"upstream connection still streaming to a client that stopped reading ({up.sent >> 20} MiB sent)"
+        assert c.wait_closed(15), "the client connection was not cut"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/proxied"])
+def test_pipelining_client_that_never_reads_is_cut_at_body_timeout(start_gateway, origin, path):
+    """A client pipelines requests and never reads the answers: once the gateway
+    could write nothing to it for body-timeout, the connection is cut, whether
+    the answers are the gateway's own (/healthz) or proxied - not held open
+    forever with a full send queue."""
+    g = start_gateway(body_timeout=2, idle_timeout=120)
+    with RawConn(g.port, timeout=10) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.sock.setblocking(False)
+        burst = f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode() * 100
+        # Send until the gateway stops taking requests for a second: it is then
+        # stuck writing answers nobody reads (or it already cut the connection).
+        deadline = time.monotonic() + 30
+        blocked_since = None
+        while time.monotonic() < deadline:
+            try:
+                c.sock.send(burst)
+                blocked_since = None
+            except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 1:
+                    break
+                time.sleep(0.05)
+            except OSError:
+                break
+        time.sleep(4)  # body-timeout 2 s, and nothing read meanwhile
+        c.sock.setblocking(True)
+        assert c.wait_closed(5), "a client that never reads its answers is still connected"
+
+
 def test_idle_timeout_closes_keepalive_connection(start_gateway, origin):
     g = start_gateway(idle_timeout=1)
     with RawConn(g.port, timeout=15) as c:
@@ -422,6 +470,21 @@ def test_header_count_boundary(small_limits, origin):
     ex = exchange(small_limits.port, _head("/eleven-headers", ten + ["X-8: v"]))
     finals = [r for r in ex.responses if r.status >= 200]
     assert finals and finals[0].status == 431, f"11 headers with --max-headers 10: {ex}"
+
+
+def test_header_count_boundary_above_256(start_gateway, origin):
+    """--max-headers 300 (the spec allows any count): 300 header lines pass,
+    301 are 431 - the parser's stack array of 256 fields is not a hidden limit."""
+    g = start_gateway(max_headers=300)
+    fields = [f"X-{i}: v" for i in range(298)] + ["Connection: close"]  # + Host = 300
+    ex = exchange(g.port, _head("/300-headers", fields))
+    finals = [r for r in ex.responses if r.status >= 200]
+    assert finals and finals[0].status == 200, f"300 headers with --max-headers 300: {ex}"
+    req = origin.wait_requests(1)[0]
+    assert len(req.header_names()) >= 298, req
+    ex = exchange(g.port, _head("/301-headers", fields + ["X-298: v"]))
+    finals = [r for r in ex.responses if r.status >= 200]
+    assert finals and finals[0].status == 431, f"301 headers with --max-headers 300: {ex}"
 
 
 def test_declared_body_one_over_limit_413(small_limits, origin):

@@ -5,7 +5,9 @@ connection is not reused."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -113,6 +115,122 @@ def test_stale_pooled_upstream_connection(fault_gw, origin):
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_pooled_connection_the_upstream_closed_is_not_used_for_a_body(fault_gw, origin, framing):
+    """The origin closes each keep-alive connection after answering (without
+    saying so), as servers do with idle connections. A request with a body
+    cannot be replayed once sent, so the gateway must not send it on a pooled
+    connection the upstream has already closed: every POST is answered 200,
+    none gets a 502 (nginx and HAProxy drop idle connections closed by the
+    server from their pools as the close arrives)."""
+
+    def answer_then_close(req, conn):
+        conn.send(f"HTTP/1.1 200 OK\r\ncontent-length: {req.body_len}\r\n\r\n".encode() + bytes(req.body))
+        conn.close()
+        return False
+
+    origin.handler = answer_then_close
+    if framing == "chunked":
+        frame, body = "Transfer-Encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n"
+    else:
+        frame, body = "Content-Length: 5", b"hello"
+    for i in range(6):
+        with RawConn(fault_gw.port, timeout=20) as c:
+            c.send(f"POST /stale-post{i} HTTP/1.1\r\nHost: a\r\n{frame}\r\n\r\n".encode() + body)
+            r = c.read_response(timeout=20)
+        assert r.status == 200 and r.body == b"hello", (i, r)
+        # the origin's FIN reaches the gateway long before the next request
+        served = origin.conn(origin.requests[-1].conn_id)
+        assert origin.wait_for(lambda: served.closed, 5)
+        time.sleep(0.1)
+
+
+def test_pooled_connection_with_an_unsolicited_answer_is_not_reused(fault_gw, origin):
+    """Some servers send a 408 on an idle keep-alive connection before closing
+    it. That answer belongs to no request: the next request must not take it
+    for its response (it would get a 408 it never caused); the connection is
+    dropped from the pool instead."""
+
+    def answer_then_408(req, conn):
+        conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+        conn.sleep(0.2)
+        conn.send(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        conn.wait_peer_close(5)
+        return False
+
+    origin.handler = answer_then_408
+    for i in range(4):
+        r = request(fault_gw.port, "GET", f"/idle-408-{i}")
+        assert r.status == 200 and r.body == b"ok\n", (i, r)
+        time.sleep(0.4)
+
+
+class _UnreadingOrigin:
+    """A server that accepts, reads the request head, then neither reads the
+    body nor answers (a hung application behind a full receive buffer)."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        # accepted sockets inherit a small receive buffer: the body backs up soon
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.lsock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.held.append(c)
+            c.recv(4096)
+
+    def close(self):
+        self.lsock.close()
+        for c in self.held:
+            c.close()
+
+
+def test_upstream_that_stops_reading_the_body_is_504_not_a_hang(start_gateway):
+    """The upstream takes the head, then stops reading a large upload and never
+    answers: the gateway cannot push the body on. Within the upstream's response
+    timeout of no progress, the client gets a 504 (nginx: proxy_send_timeout;
+    HAProxy: timeout server), instead of an upload stuck forever."""
+    up = _UnreadingOrigin()
+    try:
+        g = start_gateway(upstream=up.addr, response_timeout=2, body_timeout=30, max_body_bytes=512 * MiB)
+        size = 256 * MiB
+        s = socket.create_connection(("127.0.0.1", g.port))
+        s.sendall(f"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n".encode())
+        s.setblocking(False)
+        block = b"u" * 65536
+        answer, closed = b"", False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not closed and b"\r\n\r\n" not in answer:
+            try:
+                s.send(block)
+            except BlockingIOError:
+                time.sleep(0.05)
+            except OSError:
+                closed = True
+            try:
+                d = s.recv(4096)
+                answer += d
+                closed = closed or not d
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+        s.close()
+        assert answer or closed, "the upload hung for 30 s after the upstream stopped reading it"
+        assert answer.startswith(b"HTTP/1.1 504"), answer[:200]
+    finally:
+        up.close()
+
+
 def test_many_faults_do_not_leak_upstream_connections(fault_gw, origin):
     before = len(origin.open_conns())
     for i in range(20):
@@ -195,6 +313,38 @@ def test_bad_chunk_in_upstream_response_never_completes(fault_gw, origin):
             return
         if r.status != 502:
             assert not r.complete and c.eof, f"a response with broken chunk framing was completed: {r!r}"
+
+
+BAD_FIRST_CHUNK = {
+    "non-hex-size": b"zz\r\nhello\r\n0\r\n\r\n",
+    "bare-lf-after-size": b"5\nhello\r\n0\r\n\r\n",
+    "size-overflow": b"fffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+    "no-crlf-after-data": b"5\r\nhelloXX0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FIRST_CHUNK))
+def test_bad_first_chunk_with_the_head_is_502(fault_gw, origin, name):
+    """The upstream's head and a broken first chunk arrive together: nothing has
+    reached the client yet, so it gets a 502 (not an empty reply), and the
+    broken upstream connection is not reused."""
+
+    def bad_body(req, conn):
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + BAD_FIRST_CHUNK[name])
+        conn.wait_peer_close(10)
+        return False
+
+    origin.handler = bad_body
+    with RawConn(fault_gw.port, timeout=20) as c:
+        c.send(b"GET /bad-first-chunk HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        try:
+            r = c.read_response(timeout=20)
+        except Exception as e:
+            pytest.fail(f"{name}: no 502, {e!r} (closed={c.eof})")
+    assert r.status == 502, f"{name}: {r!r}"
+    faulty = {q.conn_id for q in origin.requests}
+    origin.handler = None
+    _follow_up(fault_gw, origin, faulty)
 
 
 def test_close_delimited_upstream_response(fault_gw, origin):

@@ -145,6 +145,17 @@ impl HeaderBlock {
             .map(|(_, v)| v)
     }
 
+    /// Every live end-to-end field called `name`, in order: not those the
+    /// sender's `Connection` named (they are for the gateway, not to pass on).
+    pub(crate) fn get_all_end_to_end<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter_end_to_end()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
     /// Every live field called `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.iter()

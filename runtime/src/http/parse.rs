@@ -10,15 +10,36 @@ use std::mem::MaybeUninit;
 
 use super::head::{BodyFraming, HeaderBlock, RequestHead, ResponseHead, Version};
 
-/// Hard cap on the number of header fields parsed (stack array size).
+/// Header fields parsed in a stack array; a `max_headers` above it is
+/// served from a heap array sized by the head's lines.
 pub const MAX_HEADERS_CAP: usize = 256;
+
+type Slot<'b> = MaybeUninit<httparse::Header<'b>>;
+
+/// The slots httparse fills: `max_headers` of the stack array, or, for a
+/// larger limit, a heap array with no more slots than `buf` has lines (a
+/// head cannot hold more fields), so the allocation follows the input and
+/// never the configured number.
+fn header_slots<'s, 'b>(
+    limits: &HeadLimits,
+    buf: &[u8],
+    stack: &'s mut [Slot<'b>; MAX_HEADERS_CAP],
+    heap: &'s mut Vec<Slot<'b>>,
+) -> &'s mut [Slot<'b>] {
+    if limits.max_headers <= MAX_HEADERS_CAP {
+        return &mut stack[..limits.max_headers.max(1)];
+    }
+    let lines = buf.iter().filter(|&&b| b == b'\n').count() + 1;
+    heap.resize_with(limits.max_headers.min(lines), MaybeUninit::uninit);
+    heap
+}
 
 /// Size limits the parser enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
     /// Largest head (request line and fields) accepted; over it: 431.
     pub max_header_bytes: usize,
-    /// Most header fields accepted (capped at [`MAX_HEADERS_CAP`]); over it: 431.
+    /// Most header fields accepted; over it: 431.
     pub max_headers: usize,
     /// Largest declared body accepted; over it: 413.
     pub max_body_bytes: u64,
@@ -274,14 +295,12 @@ pub fn parse_request_head(
     limits: &HeadLimits,
     head: &mut RequestHead,
 ) -> Result<Option<usize>, Reject> {
-    let cap = limits.max_headers.clamp(1, MAX_HEADERS_CAP);
-    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
+    let mut heap = Vec::new();
+    let slots = header_slots(limits, buf, &mut stack, &mut heap);
     let mut req = httparse::Request::new(&mut []);
-    let status = httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut req,
-        buf,
-        &mut storage[..cap],
-    );
+    let status =
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, slots);
     let n = match status {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
@@ -489,14 +508,12 @@ pub fn parse_response_head(
     request_is_head: bool,
     head: &mut ResponseHead,
 ) -> Result<Option<usize>, Reject> {
-    let cap = limits.max_headers.clamp(1, MAX_HEADERS_CAP);
-    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CAP];
+    let mut heap = Vec::new();
+    let slots = header_slots(limits, buf, &mut stack, &mut heap);
     let mut resp = httparse::Response::new(&mut []);
-    let status = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut storage[..cap],
-    );
+    let status =
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, slots);
     let n = match status {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {

@@ -168,9 +168,10 @@ pub fn write_forward_request(
             put_field(out, name, value);
         }
     }
-    // x-forwarded-for: every incoming value, in order, then the client.
+    // x-forwarded-for: every incoming end-to-end value, in order, then the
+    // client (values the client's Connection named are hop-by-hop).
     out.extend_from_slice(b"x-forwarded-for: ");
-    for v in req.headers.get_all("x-forwarded-for") {
+    for v in req.headers.get_all_end_to_end("x-forwarded-for") {
         if !v.is_empty() {
             out.extend_from_slice(v);
             out.extend_from_slice(b", ");

@@ -2,7 +2,8 @@
 //!
 //! Invariants: only connections whose last exchange ended cleanly (request
 //! and response bodies complete, no error, upstream keep-alive) are checked
-//! in; a connection is never handed out after `idle_timeout`; at most
+//! in; a connection is never handed out after `idle_timeout`, nor once the
+//! caller's check finds the server closed it while idle; at most
 //! `max_idle` per server are kept (the rest are handed back and closed). Generic over the
 //! connection type so the policy is tested without sockets.
 
@@ -44,11 +45,12 @@ impl<T> ConnPool<T> {
         }
     }
 
-    /// The most recently used live connection, if any. Expired ones met on
-    /// the way are dropped (closed).
-    pub fn checkout(&mut self, now: Instant) -> Option<T> {
+    /// The most recently used live connection, if any: not expired, and
+    /// `open` (the server has not closed it while it sat idle). The others
+    /// met on the way are dropped (closed).
+    pub fn checkout(&mut self, now: Instant, open: impl Fn(&T) -> bool) -> Option<T> {
         while let Some((conn, since)) = self.idle.pop() {
-            if now.saturating_duration_since(since) < self.config.idle_timeout {
+            if now.saturating_duration_since(since) < self.config.idle_timeout && open(&conn) {
                 return Some(conn);
             }
         }
@@ -104,14 +106,29 @@ mod tests {
         );
         assert_eq!(pool.idle_count(), 2);
         // "a" expired at t0+10, "b" still fresh.
-        assert_eq!(pool.checkout(t0 + Duration::from_secs(11)), Some("b"));
+        assert_eq!(
+            pool.checkout(t0 + Duration::from_secs(11), |_| true),
+            Some("b")
+        );
         let _ = pool.checkin("a", t0);
-        assert_eq!(pool.checkout(t0 + Duration::from_secs(10)), None);
+        assert_eq!(pool.checkout(t0 + Duration::from_secs(10), |_| true), None);
         let _ = pool.checkin("d", t0);
         pool.reap(t0 + Duration::from_secs(10));
         assert_eq!(pool.idle_count(), 0);
         let _ = pool.checkin("e", t0);
         pool.clear();
-        assert_eq!(pool.checkout(t0), None);
+        assert_eq!(pool.checkout(t0, |_| true), None);
+    }
+
+    #[test]
+    fn connections_the_server_closed_are_skipped_and_dropped() {
+        let t0 = Instant::now();
+        let mut pool = ConnPool::new(PoolConfig::default());
+        for c in ["open", "closed-1", "closed-2"] {
+            let _ = pool.checkin(c, t0);
+        }
+        let open = |c: &&str| !c.starts_with("closed");
+        assert_eq!(pool.checkout(t0, open), Some("open"));
+        assert_eq!(pool.idle_count(), 0, "the closed ones are gone");
     }
 }

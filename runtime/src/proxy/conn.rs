@@ -12,7 +12,7 @@ use futures_util::future::{Either, select};
 use super::Worker;
 use super::error::{ErrorKind, ProxyError};
 use super::gateway::{Action, Gateway, RequestLog};
-use super::io::{ReadOutcome, Stream, read_more, write_all};
+use super::io::{ReadOutcome, Stream, read_more, write_all_within};
 use super::upstream::{Exchange, proxy_request};
 use crate::http::{
     HeaderBlock, LocalResponse, RequestHead, ResponseHead, Version, parse_request_head,
@@ -189,7 +189,7 @@ async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>
                 // Answer and close: bytes after a rejected head are never parsed.
                 let mut out = w.buffers.take();
                 write_error(&mut out, err.status, Version::Http11);
-                let _ = write_all(&client.stream, &mut out).await;
+                let _ = write_all_within(&client.stream, &mut out, w.limits.body_timeout).await;
                 w.buffers.give(out);
                 let mut ctx = G::Ctx::default();
                 w.gateway.logging(
@@ -267,7 +267,9 @@ async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>
                         } else {
                             let mut out = w.buffers.take();
                             write_error(&mut out, error.status, req.version());
-                            let _ = write_all(&client.stream, &mut out).await;
+                            let _ =
+                                write_all_within(&client.stream, &mut out, w.limits.body_timeout)
+                                    .await;
                             w.buffers.give(out);
                             error.status
                         };
@@ -522,7 +524,11 @@ async fn local_answer<G: Gateway, S: Stream>(
         },
         &mut out,
     );
-    let ok = write_all(&c.stream, &mut out).await.is_ok();
+    // A client that takes nothing of its answer for body-timeout (it
+    // pipelines and never reads) is given up on, as on proxied answers.
+    let ok = write_all_within(&c.stream, &mut out, w.limits.body_timeout)
+        .await
+        .is_ok();
     w.buffers.give(out);
     if ok {
         (keep_alive, status, None)

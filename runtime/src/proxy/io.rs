@@ -102,6 +102,21 @@ impl UpstreamStream {
         }
     }
 
+    /// Whether an *idle* pooled connection may carry a request: the server
+    /// has neither closed it (EOF, reset) nor sent anything unasked (a
+    /// `408`, garbage) since its last exchange. One non-blocking peek at
+    /// the socket. Servers close idle keep-alive connections at their own
+    /// timeout, often without saying so in the last response; a request
+    /// with a body sent on such a connection cannot be replayed (the body
+    /// is streamed, not kept), so it would fail with a 502. What is left is
+    /// the race with a close in flight, which every proxy has.
+    pub fn idle_and_open(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        let peek = socket2::SockRef::from(self.tcp())
+            .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+        matches!(peek, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Closes an *idle* connection with a reset instead of FIN (`SO_LINGER`
     /// 0), as HAProxy closes idle server connections: nothing is in flight
     /// on it, and the gateway keeps no TIME_WAIT socket. A pool that sheds
@@ -184,6 +199,18 @@ pub async fn write_all<S: Stream>(stream: &S, buf: &mut Vec<u8>) -> std::io::Res
     res
 }
 
+/// [`write_all`] within `timeout`: a peer that takes nothing for that long
+/// is given up on (`TimedOut`), as a client that stops reading its answers.
+pub async fn write_all_within<S: Stream>(
+    stream: &S,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    crate::rt::time::within_for(timeout, write_all(stream, buf))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
 /// Why a body transfer stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PumpError {
@@ -197,6 +224,8 @@ pub enum PumpError {
     SourceClosed,
     /// Writing to the sink failed.
     SinkFailed,
+    /// The sink took nothing for longer than the write timeout.
+    SinkTimeout,
 }
 
 /// One body in transit: source buffer with a read position, the decoder,
@@ -214,6 +243,13 @@ pub struct Pump<'a, R: Stream, W: Stream> {
     pub read_timeout: Duration,
     /// Capacity cap for `src_buf` when it must grow to read.
     pub read_room: usize,
+    /// Longest one write to the sink may take, if bounded: an upstream
+    /// that stops reading a request body must not hold it forever.
+    pub write_timeout: Option<Duration>,
+    /// Whether anything reached the sink yet (set by `run`): a transfer
+    /// that failed before its first write can still be answered with an
+    /// error instead of a cut connection.
+    pub flushed: bool,
 }
 
 impl<R: Stream, W: Stream> Pump<'_, R, W> {
@@ -221,7 +257,7 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
     /// this returns `Ok`). With chunked output, the last chunk is written
     /// only after the source body completed: a failed body is never
     /// completed upstream.
-    pub async fn run(mut self) -> Result<u64, PumpError> {
+    pub async fn run(&mut self) -> Result<u64, PumpError> {
         let mut total: u64 = 0;
         loop {
             while *self.src_pos < self.src_buf.len() && !self.reader.is_done() {
@@ -246,9 +282,7 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
                 }
                 *self.src_pos += d.consumed;
                 if self.out.len() >= WRITE_BATCH {
-                    write_all(self.sink, self.out)
-                        .await
-                        .map_err(|_| PumpError::SinkFailed)?;
+                    self.flush().await?;
                 }
                 if d.consumed == 0 {
                     break;
@@ -258,9 +292,7 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
                 return self.finish(total).await;
             }
             if !self.out.is_empty() {
-                write_all(self.sink, self.out)
-                    .await
-                    .map_err(|_| PumpError::SinkFailed)?;
+                self.flush().await?;
             }
             // Everything buffered is consumed: reuse the buffer from the start.
             self.src_buf.clear();
@@ -280,15 +312,25 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
         }
     }
 
-    async fn finish(self, total: u64) -> Result<u64, PumpError> {
+    async fn finish(&mut self, total: u64) -> Result<u64, PumpError> {
         if self.chunked_out {
             self.out.extend_from_slice(LAST_CHUNK);
         }
         if !self.out.is_empty() {
-            write_all(self.sink, self.out)
-                .await
-                .map_err(|_| PumpError::SinkFailed)?;
+            self.flush().await?;
         }
         Ok(total)
+    }
+
+    /// Writes what `out` holds to the sink (within the write timeout).
+    async fn flush(&mut self) -> Result<(), PumpError> {
+        self.flushed = true;
+        let written = match self.write_timeout {
+            None => write_all(self.sink, self.out).await,
+            Some(t) => crate::rt::time::within_for(t, write_all(self.sink, self.out))
+                .await
+                .map_err(|_| PumpError::SinkTimeout)?,
+        };
+        written.map_err(|_| PumpError::SinkFailed)
     }
 }

@@ -77,12 +77,13 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time a keep-alive connection may wait for the next request.
     pub idle_timeout: Duration,
-    /// Longest pause between two reads of a request body: then 408 and close.
+    /// Longest pause between two reads of a request body (then 408 and
+    /// close), and longest a client may take nothing of a response body
+    /// (then the connection is cut).
     pub body_timeout: Duration,
     /// Largest request head: over it, 431.
     pub max_header_bytes: usize,
-    /// Most request header fields: over it, 431 (capped at
-    /// [`crate::http::parse::MAX_HEADERS_CAP`], 256).
+    /// Most request header fields: over it, 431.
     pub max_headers: usize,
     /// Largest request body, declared or streamed: over it, 413.
     pub max_body_bytes: u64,

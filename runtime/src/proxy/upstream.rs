@@ -18,6 +18,7 @@ use super::error::{ErrorKind, ProxyError, Side};
 use super::gateway::Gateway;
 use super::io::{
     Pump, PumpError, READ_CHUNK, ReadOutcome, Stream, UpstreamStream, read_more, write_all,
+    write_all_within,
 };
 use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, HeadLimits, RequestHead, ResponseHead, Version,
@@ -68,7 +69,9 @@ async fn connect(
         // to it. Taking another server's idle connection instead would turn
         // balancing into "whoever has a pooled connection".
         let pooled = if !fresh_only && refused.is_empty() {
-            ep.pool.borrow_mut().checkout(now)
+            ep.pool
+                .borrow_mut()
+                .checkout(now, UpstreamStream::idle_and_open)
         } else {
             None
         };
@@ -478,7 +481,7 @@ async fn exchange<G: Gateway, S: Stream>(
     let limits = &w.limits;
     // --- request head (+ body) upstream ---
     let mut id_buf = [0u8; 32];
-    let request_id: &[u8] = match req.headers().get("x-request-id") {
+    let request_id: &[u8] = match req.headers().get_all_end_to_end("x-request-id").next() {
         Some(v) if valid_request_id(v) => v,
         _ => w.ids.next(&mut id_buf),
     };
@@ -513,7 +516,9 @@ async fn exchange<G: Gateway, S: Stream>(
         if req.expect_continue() && c.buffered().is_empty() {
             let mut cont = w.buffers.take();
             cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let ok = write_all(&c.stream, &mut cont).await.is_ok();
+            let ok = write_all_within(&c.stream, &mut cont, limits.body_timeout)
+                .await
+                .is_ok();
             w.buffers.give(cont);
             if !ok {
                 w.buffers.give(out);
@@ -528,7 +533,7 @@ async fn exchange<G: Gateway, S: Stream>(
         // may answer (401, 413...) without reading the whole body, and must
         // not deadlock us. The response timeout starts once the body is sent.
         let outcome = {
-            let pump = Pump {
+            let mut pump = Pump {
                 src: &c.stream,
                 src_buf: &mut c.rbuf,
                 src_pos: &mut c.rpos,
@@ -539,6 +544,10 @@ async fn exchange<G: Gateway, S: Stream>(
                 max_bytes: limits.max_body_bytes,
                 read_timeout: limits.body_timeout,
                 read_room: READ_CHUNK,
+                // An upstream that stops taking the body (and does not
+                // answer) is bounded like one that does not answer.
+                write_timeout: Some(timeouts.response),
+                flushed: false,
             };
             let far = Instant::now() + Duration::from_secs(24 * 3600);
             let pump = pin!(pump.run());
@@ -579,6 +588,7 @@ async fn exchange<G: Gateway, S: Stream>(
                     PumpError::SourceTimeout => ErrorKind::ClientTimeout,
                     PumpError::SourceClosed => ErrorKind::ClientClosed,
                     PumpError::SinkFailed => ErrorKind::UpstreamClosed,
+                    PumpError::SinkTimeout => ErrorKind::UpstreamTimeout,
                 };
                 let answered = matches!(kind, ErrorKind::ClientClosed);
                 return Attempt::Missed(Miss::Failed {
@@ -629,7 +639,7 @@ async fn exchange<G: Gateway, S: Stream>(
     let mut out = w.buffers.take();
     write_response_head(&resp, client_framing, req.version(), !keep_alive, &mut out);
     let status = resp.status();
-    let pump = Pump {
+    let mut pump = Pump {
         src: up,
         src_buf: &mut ubuf,
         src_pos: &mut upos,
@@ -640,8 +650,15 @@ async fn exchange<G: Gateway, S: Stream>(
         max_bytes: u64::MAX,
         read_timeout: timeouts.response,
         read_room: READ_CHUNK,
+        // A client that stops taking the response is cut, as one that
+        // pauses its request body: body-timeout bounds either gap.
+        write_timeout: Some(limits.body_timeout),
+        flushed: false,
     };
     let res = pump.run().await;
+    // Nothing reached the client yet (the body was bad from its first
+    // bytes, which came with the head): it can still get a 502.
+    let answered = pump.flushed;
     // Bytes past the response (a second answer nobody asked for) make the
     // connection untrustworthy.
     let leftover = upos < ubuf.len();
@@ -656,13 +673,14 @@ async fn exchange<G: Gateway, S: Stream>(
         Err(e) => {
             let kind = match e {
                 PumpError::SinkFailed => ErrorKind::ClientWrite,
+                PumpError::SinkTimeout => ErrorKind::ClientTimeout,
                 PumpError::SourceTimeout => ErrorKind::UpstreamTimeout,
                 PumpError::Framing(why) => ErrorKind::UpstreamProtocol(why),
                 PumpError::SourceClosed | PumpError::TooLarge => ErrorKind::UpstreamClosed,
             };
             Attempt::Missed(Miss::Failed {
                 error: ProxyError::new(kind),
-                answered: true,
+                answered,
             })
         }
     }

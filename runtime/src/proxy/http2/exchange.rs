@@ -247,7 +247,7 @@ async fn forward_request<G: Gateway>(
 ) -> Result<(usize, bool), Attempt> {
     let limits = &w.limits;
     let mut id_buf = [0u8; 32];
-    let request_id: &[u8] = match req.headers().get("x-request-id") {
+    let request_id: &[u8] = match req.headers().get_all_end_to_end("x-request-id").next() {
         Some(v) if valid_request_id(v) => v,
         _ => w.ids.next(&mut id_buf),
     };
