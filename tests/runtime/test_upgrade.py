@@ -125,18 +125,44 @@ def tag_of(port: int) -> str:
 # ---------------------------------------------------------------- load
 
 
-class Load:
-    """Continuous traffic of several client kinds, each counting what went wrong."""
+class _LoadThreads:
+    """Client threads that run until `finish`, counting successes and keeping
+    the first failures (shared by the plain and the TLS load)."""
 
     def __init__(self, port: int):
         self.port = port
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.ok = 0
-        self.refused = 0
         self.failures: list[str] = []
-        self.tags: dict[str, int] = {}
         self.threads: list[threading.Thread] = []
+
+    def _record_failure(self, what: str):
+        with self.lock:
+            if len(self.failures) < 50:
+                self.failures.append(what)
+
+    def _start(self, clients):
+        for fn, n in clients:
+            t = threading.Thread(target=fn, args=(n,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def finish(self, timeout: float = 30.0):
+        self.stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in self.threads), "a load client did not stop in time"
+
+
+class Load(_LoadThreads):
+    """Continuous traffic of several client kinds, each counting what went wrong."""
+
+    def __init__(self, port: int):
+        super().__init__(port)
+        self.refused = 0
+        self.tags: dict[str, int] = {}
 
     def _good(self, tag: str | None):
         with self.lock:
@@ -144,9 +170,7 @@ class Load:
             self.tags[tag or "?"] = self.tags.get(tag or "?", 0) + 1
 
     def _fail(self, kind: str, what: str):
-        with self.lock:
-            if len(self.failures) < 50:
-                self.failures.append(f"{kind}: {what}")
+        self._record_failure(f"{kind}: {what}")
 
     def _check(self, kind: str, r, want_body: bytes) -> None:
         if r.status != 200 or not r.complete or r.body != want_body:
@@ -263,18 +287,9 @@ class Load:
             self._check(kind, r, b"GET /slow?delay=1\n")
 
     def start(self):
-        for fn, n in [(self.keep_alive, 1), (self.keep_alive, 2), (self.one_shot, 1), (self.one_shot, 2),
-                      (self.slow_upload, 1), (self.slow_response, 1)]:
-            t = threading.Thread(target=fn, args=(n,), daemon=True)
-            t.start()
-            self.threads.append(t)
+        self._start([(self.keep_alive, 1), (self.keep_alive, 2), (self.one_shot, 1), (self.one_shot, 2),
+                     (self.slow_upload, 1), (self.slow_response, 1)])
 
-    def finish(self, timeout: float = 30.0):
-        self.stop.set()
-        deadline = time.monotonic() + timeout
-        for t in self.threads:
-            t.join(max(0.1, deadline - time.monotonic()))
-        assert not any(t.is_alive() for t in self.threads), "a load client did not stop in time"
 
 
 def _gateway_pids(sock: Path) -> list[int]:
@@ -374,25 +389,18 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TLS_ARGS = ["--protocols", "h1,h2", "--tls-cert", str(FIXTURES / "edge.crt"), "--tls-key", str(FIXTURES / "edge.key")]
 
 
-class TlsLoad:
+class TlsLoad(_LoadThreads):
     """TLS clients, each handshake on a new connection: HTTP/1.1 one request per
     connection, and HTTP/2 (ALPN) streams back to back until the server's GOAWAY.
     A stream the GOAWAY's last-stream-id covers must be answered; one above it was
     not processed (RFC 9113 §6.8) and is retried on a new connection."""
 
     def __init__(self, port: int):
-        self.port = port
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.ok = 0
+        super().__init__(port)
         self.goaways = 0
-        self.failures: list[str] = []
-        self.threads: list[threading.Thread] = []
 
     def _fail(self, what: str):
-        with self.lock:
-            if len(self.failures) < 50:
-                self.failures.append(what)
+        self._record_failure(what)
 
     def _tls(self, alpn: str) -> ssl.SSLSocket:
         ctx = ssl.create_default_context()
@@ -460,17 +468,8 @@ class TlsLoad:
                                f"goaway {s.goaway} last {last}, closed {s.closed}")
 
     def start(self):
-        for fn, n in [(self.h1, 1), (self.h1, 2), (self.h2, 1), (self.h2, 2)]:
-            t = threading.Thread(target=fn, args=(n,), daemon=True)
-            t.start()
-            self.threads.append(t)
+        self._start([(self.h1, 1), (self.h1, 2), (self.h2, 1), (self.h2, 2)])
 
-    def finish(self, timeout: float = 30.0):
-        self.stop.set()
-        deadline = time.monotonic() + timeout
-        for t in self.threads:
-            t.join(max(0.1, deadline - time.monotonic()))
-        assert not any(t.is_alive() for t in self.threads), "a load client did not stop in time"
 
 
 def test_upgrades_under_tls_and_h2_load_fail_nothing(procs, hello_bin, origin, sock_path):
