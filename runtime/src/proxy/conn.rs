@@ -154,14 +154,10 @@ async fn tls_handshake<G: Gateway>(
     stream: &crate::tls::TlsStream,
     deadline: Instant,
 ) -> bool {
-    let mut handshake = pin!(stream.handshake(deadline));
-    match wait_request_start(w, handshake.as_mut()).await {
-        Some(r) => r.is_ok(),
-        // The last call passed during the handshake: one under way (a slow
-        // link) finishes by its deadline, a quiet connection closes.
-        None if stream.received_any() => handshake.await.is_ok(),
-        None => false,
-    }
+    let handshake = pin!(stream.handshake(deadline));
+    wait_opening(w, handshake, || stream.received_any())
+        .await
+        .is_some_and(|r| r.is_ok())
 }
 
 /// Whether a TLS connection speaks HTTP/2: ALPN chose `h2` (offered only
@@ -465,6 +461,24 @@ pub(crate) async fn wait_request_start<G: Gateway, F: Future>(
         }
     }
     Box::pin(last_call(read)).await
+}
+
+/// Waits for a connection's opening (a TLS handshake, an HTTP/2 preface),
+/// which the connection's own deadline bounds. A drain does not cut one
+/// under way (`started`: the client sent some of it), as the client
+/// connected before the drain; one that sent nothing gets the last call.
+/// `None`: the connection is to close quietly.
+#[cfg(any(feature = "tls", feature = "h2"))]
+pub(crate) async fn wait_opening<G: Gateway, F: Future>(
+    w: &Worker<G>,
+    mut opening: std::pin::Pin<&mut F>,
+    started: impl Fn() -> bool,
+) -> Option<F::Output> {
+    match wait_request_start(w, opening.as_mut()).await {
+        Some(done) => Some(done),
+        None if started() => Some(opening.await),
+        None => None,
+    }
 }
 
 /// Waits at most [`DRAIN_LAST_CALL`] for `read`; `None` when it did not

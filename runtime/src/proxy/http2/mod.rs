@@ -48,7 +48,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use h2::Reason;
 
-use super::conn::wait_request_start;
+use super::conn::wait_opening;
 use super::gateway::Gateway;
 use super::{Limits, Worker};
 use io::H2Io;
@@ -168,21 +168,14 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
     let watch = Rc::new(FrameWatch::default());
     let io = H2Io::new(io, prefix, Rc::clone(&watch));
     let handshake = builder(&w.limits).handshake::<_, Bytes>(io);
-    let mut handshake = pin!(crate::rt::time::within_for(
+    let handshake = pin!(crate::rt::time::within_for(
         w.limits.header_timeout,
         handshake
     ));
-    // As for HTTP/1.1's first request: a drain leaves a connection that has
-    // sent nothing the last call, and lets a preface under way finish.
-    let handshake = match wait_request_start(&w, handshake.as_mut()).await {
-        Some(done) => done,
-        None if watch.received_any() => handshake.await,
-        None => return,
-    };
-    let mut conn = match handshake {
-        Ok(Ok(conn)) => conn,
-        // Not HTTP/2, too slow, or gone: nothing to answer.
-        _ => return,
+    // Not HTTP/2, too slow, gone, or quiet through a drain's last call:
+    // nothing to answer.
+    let Some(Ok(Ok(mut conn))) = wait_opening(&w, handshake, || watch.received_any()).await else {
+        return;
     };
     let proto = if secure { "https" } else { "http" };
     let mut streams = FuturesUnordered::new();
