@@ -243,9 +243,10 @@ pub struct Pump<'a, R: Stream, W: Stream> {
     pub read_timeout: Duration,
     /// Capacity cap for `src_buf` when it must grow to read.
     pub read_room: usize,
-    /// Longest one write to the sink may take, if bounded: an upstream
-    /// that stops reading a request body must not hold it forever.
-    pub write_timeout: Option<Duration>,
+    /// Longest one write to the sink may take: an upstream that stops
+    /// reading a request body, or a client that stops reading a response,
+    /// must not hold the transfer forever.
+    pub write_timeout: Duration,
     /// Whether anything reached the sink yet (set by `run`): a transfer
     /// that failed before its first write can still be answered with an
     /// error instead of a cut connection.
@@ -325,12 +326,9 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
     /// Writes what `out` holds to the sink (within the write timeout).
     async fn flush(&mut self) -> Result<(), PumpError> {
         self.flushed = true;
-        let written = match self.write_timeout {
-            None => write_all(self.sink, self.out).await,
-            Some(t) => crate::rt::time::within_for(t, write_all(self.sink, self.out))
-                .await
-                .map_err(|_| PumpError::SinkTimeout)?,
-        };
-        written.map_err(|_| PumpError::SinkFailed)
+        crate::rt::time::within_for(self.write_timeout, write_all(self.sink, self.out))
+            .await
+            .map_err(|_| PumpError::SinkTimeout)?
+            .map_err(|_| PumpError::SinkFailed)
     }
 }

@@ -564,7 +564,7 @@ async fn exchange<G: Gateway, S: Stream>(
                 read_room: READ_CHUNK,
                 // An upstream that stops taking the body (and does not
                 // answer) is bounded like one that does not answer.
-                write_timeout: Some(timeouts.response),
+                write_timeout: timeouts.response,
                 flushed: false,
             };
             let far = Instant::now() + Duration::from_secs(24 * 3600);
@@ -670,7 +670,7 @@ async fn exchange<G: Gateway, S: Stream>(
         read_room: READ_CHUNK,
         // A client that stops taking the response is cut, as one that
         // pauses its request body: body-timeout bounds either gap.
-        write_timeout: Some(limits.body_timeout),
+        write_timeout: limits.body_timeout,
         flushed: false,
     };
     let res = pump.run().await;
