@@ -105,7 +105,7 @@ impl Diagnostic {
     }
 
     /// Keeps the wording for `syntax`: the TOML label and help replace the
-    /// KDL ones in a TOML spec.
+    /// KDL ones in a TOML spec (the alternative is dropped either way).
     pub fn for_syntax(mut self, syntax: Syntax) -> Self {
         if let (Syntax::Toml, Some(toml)) = (syntax, self.toml.take()) {
             if let Some(label) = toml.label {
@@ -115,7 +115,6 @@ impl Diagnostic {
                 self.help = help;
             }
         }
-        self.toml = None;
         self
     }
 
