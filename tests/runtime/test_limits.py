@@ -421,6 +421,40 @@ def test_client_that_stops_reading_a_response_is_cut_at_body_timeout(start_gatew
         assert c.wait_closed(15), "the client connection was not cut"
 
 
+def test_slow_but_steady_reader_gets_the_whole_response(start_gateway, origin):
+    """body-timeout bounds a *pause* in writing to the client, not a whole
+    write: a client on a slow link that keeps reading (here 40 KiB/s through a
+    4 KiB receive buffer: about 3 s for the body) gets
+    the whole body under a 1 s body-timeout, as under nginx's send_timeout
+    ("between two successive write operations")."""
+    g = start_gateway(body_timeout=1)
+    size = 128 * 1024
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", g.port))
+    got = bytearray()
+    try:
+        s.sendall(_head(f"/bytes/{size}"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+            end = got.find(b"\r\n\r\n")
+            if end >= 0 and len(got) - end - 4 >= size:
+                break
+            time.sleep(0.1)
+    finally:
+        s.close()
+    end = got.find(b"\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200"), bytes(got[:80])
+    body = bytes(got[end + 4 :])
+    assert len(body) == size, f"cut after {len(body)} of {size} body bytes"
+    assert hashlib.sha256(body).hexdigest() == pattern_sha256(size)
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/proxied"])
 def test_pipelining_client_that_never_reads_is_cut_at_body_timeout(start_gateway, origin, path):
     """A client pipelines requests and never reads the answers: once the gateway

@@ -231,6 +231,29 @@ def test_upstream_that_stops_reading_the_body_is_504_not_a_hang(start_gateway):
         up.close()
 
 
+def test_upstream_that_stops_reading_an_h2_upload_is_504_not_a_hang(start_gateway, tmp_path):
+    """The same over HTTP/2: the stream's DATA frames go up as the upstream
+    takes them; once it took nothing for the response timeout, the stream is
+    answered 504 instead of waiting forever with the client's upload."""
+    up = _UnreadingOrigin()
+    try:
+        g = start_gateway(
+            upstream=up.addr, response_timeout=2, body_timeout=30, max_body_bytes=512 * MiB, protocols="h1,h2c"
+        )
+        big = tmp_path / "big"
+        with open(big, "wb") as f:
+            f.truncate(256 * MiB)  # sparse: cheap to make, read at memory speed
+        cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge"]
+        cmd += ["--data-binary", f"@{big}", f"http://127.0.0.1:{g.port}/upload"]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the upload hung for 30 s after the upstream stopped reading it")
+        assert r.stdout == "504", r
+    finally:
+        up.close()
+
+
 def test_many_faults_do_not_leak_upstream_connections(fault_gw, origin):
     before = len(origin.open_conns())
     for i in range(20):

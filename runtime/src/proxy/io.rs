@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use compio::BufResult;
-use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use compio::io::{AsyncReadExt, AsyncWrite};
 use compio::net::TcpStream;
 
 use crate::http::{BodyReader, LAST_CHUNK, put_chunk_head};
@@ -25,8 +25,9 @@ pub trait Stream {
     /// Reads into the spare capacity of `buf` (appending); `Ok(0)` at the
     /// end of the stream.
     async fn read_some(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>>;
-    /// Writes all of `buf`.
-    async fn write_buf(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>>;
+    /// Writes all of `buf`; `TimedOut` once the peer takes nothing for
+    /// `pause` (a stall, not a slow reader: see [`crate::rt::time::write_paced`]).
+    async fn write_paced(&self, buf: Vec<u8>, pause: Duration) -> BufResult<(), Vec<u8>>;
     /// Ends the sending side (TLS: close_notify, then FIN).
     async fn shutdown(&self) -> std::io::Result<()>;
     /// Closes the socket.
@@ -42,9 +43,8 @@ impl Stream for TcpStream {
         let mut s = self;
         s.append(buf).await
     }
-    async fn write_buf(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
-        let mut s = self;
-        s.write_all(buf).await
+    async fn write_paced(&self, buf: Vec<u8>, pause: Duration) -> BufResult<(), Vec<u8>> {
+        crate::rt::time::write_paced(self, buf, pause).await
     }
     async fn shutdown(&self) -> std::io::Result<()> {
         let mut s = self;
@@ -60,8 +60,8 @@ impl Stream for crate::tls::TlsStream {
     async fn read_some(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
         crate::tls::TlsStream::read_some(self, buf).await
     }
-    async fn write_buf(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
-        crate::tls::TlsStream::write_all(self, buf).await
+    async fn write_paced(&self, buf: Vec<u8>, pause: Duration) -> BufResult<(), Vec<u8>> {
+        crate::tls::TlsStream::write_paced(self, buf, pause).await
     }
     async fn shutdown(&self) -> std::io::Result<()> {
         crate::tls::TlsStream::shutdown(self).await
@@ -138,11 +138,11 @@ impl Stream for UpstreamStream {
             UpstreamStream::Tls(s) => Stream::read_some(s, buf).await,
         }
     }
-    async fn write_buf(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+    async fn write_paced(&self, buf: Vec<u8>, pause: Duration) -> BufResult<(), Vec<u8>> {
         match self {
-            UpstreamStream::Tcp(s) => s.write_buf(buf).await,
+            UpstreamStream::Tcp(s) => s.write_paced(buf, pause).await,
             #[cfg(feature = "tls")]
-            UpstreamStream::Tls(s) => s.write_buf(buf).await,
+            UpstreamStream::Tls(s) => s.write_paced(buf, pause).await,
         }
     }
     async fn shutdown(&self) -> std::io::Result<()> {
@@ -191,24 +191,19 @@ pub async fn read_more<S: Stream>(
     }
 }
 
-/// Writes all of `buf` and clears it (keeping its capacity).
-pub async fn write_all<S: Stream>(stream: &S, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let BufResult(res, mut back) = stream.write_buf(std::mem::take(buf)).await;
-    back.clear();
-    *buf = back;
-    res
-}
-
-/// [`write_all`] within `timeout`: a peer that takes nothing for that long
-/// is given up on (`TimedOut`), as a client that stops reading its answers.
+/// Writes all of `buf` and clears it (keeping its capacity). A peer that
+/// takes nothing for `pause` is given up on (`TimedOut`): a client that
+/// stops reading its answers, an upstream that stops reading a body. One
+/// that reads slowly but steadily is served to the end.
 pub async fn write_all_within<S: Stream>(
     stream: &S,
     buf: &mut Vec<u8>,
-    timeout: Duration,
+    pause: Duration,
 ) -> std::io::Result<()> {
-    crate::rt::time::within_for(timeout, write_all(stream, buf))
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    let BufResult(res, mut back) = stream.write_paced(std::mem::take(buf), pause).await;
+    back.clear();
+    *buf = back;
+    res
 }
 
 /// Why a body transfer stopped early.
@@ -243,9 +238,9 @@ pub struct Pump<'a, R: Stream, W: Stream> {
     pub read_timeout: Duration,
     /// Capacity cap for `src_buf` when it must grow to read.
     pub read_room: usize,
-    /// Longest one write to the sink may take: an upstream that stops
-    /// reading a request body, or a client that stops reading a response,
-    /// must not hold the transfer forever.
+    /// Longest the sink may take nothing: an upstream that stops reading a
+    /// request body, or a client that stops reading a response, must not
+    /// hold the transfer forever (a slow one that keeps reading is served).
     pub write_timeout: Duration,
     /// Whether anything reached the sink yet (set by `run`): a transfer
     /// that failed before its first write can still be answered with an
@@ -323,12 +318,14 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
         Ok(total)
     }
 
-    /// Writes what `out` holds to the sink (within the write timeout).
+    /// Writes what `out` holds to the sink (no pause over the write timeout).
     async fn flush(&mut self) -> Result<(), PumpError> {
         self.flushed = true;
-        crate::rt::time::within_for(self.write_timeout, write_all(self.sink, self.out))
+        write_all_within(self.sink, self.out, self.write_timeout)
             .await
-            .map_err(|_| PumpError::SinkTimeout)?
-            .map_err(|_| PumpError::SinkFailed)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => PumpError::SinkTimeout,
+                _ => PumpError::SinkFailed,
+            })
     }
 }

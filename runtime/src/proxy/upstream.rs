@@ -17,8 +17,7 @@ use super::conn::Client;
 use super::error::{ErrorKind, ProxyError, Side};
 use super::gateway::Gateway;
 use super::io::{
-    Pump, PumpError, READ_CHUNK, ReadOutcome, Stream, UpstreamStream, read_more, write_all,
-    write_all_within,
+    Pump, PumpError, READ_CHUNK, ReadOutcome, Stream, UpstreamStream, read_more, write_all_within,
 };
 use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, HeadLimits, RequestHead, ResponseHead, Version,
@@ -616,11 +615,11 @@ async fn exchange<G: Gateway, S: Stream>(
             }
         }
     } else {
-        let res = write_all(up, &mut out).await;
+        let res = write_all_within(up, &mut out, timeouts.response).await;
         w.buffers.give(out);
-        if res.is_err() {
+        if let Err(e) = res {
             w.buffers.give(ubuf);
-            return Attempt::Missed(Miss::Stale);
+            return Attempt::Missed(head_write_failed(&e));
         }
         let deadline = now + timeouts.response;
         read_response_head(up, &mut ubuf, &mut resp, is_head, &head_limits, deadline).await
@@ -767,6 +766,17 @@ pub(crate) async fn read_response_head(
 fn fail_up<G: Gateway>(w: &Worker<G>, buf: Vec<u8>, kind: ErrorKind) -> Attempt {
     w.buffers.give(buf);
     Attempt::Missed(Miss::failed(kind, false))
+}
+
+/// A request head that could not be written: the upstream closed a pooled
+/// connection (stale, replayable), or took nothing for `timeouts response`
+/// (its receive buffer full: a server that stopped reading).
+pub(crate) fn head_write_failed(e: &std::io::Error) -> Miss {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        Miss::failed(ErrorKind::UpstreamTimeout, false)
+    } else {
+        Miss::Stale
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,11 @@
 //! stream's whole future is moved into the connection's task set when the
 //! stream starts, so the size is copied per request. [`within`] is the
 //! same contract as one small struct: the operation, then compio's timer.
+//!
+//! Writes are bounded by their pauses, not their length ([`write_paced`]):
+//! a peer that keeps taking bytes, however slowly, is served; one that
+//! stops taking them for the timeout is given up on (nginx's
+//! `send_timeout`, "between two successive write operations").
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +64,41 @@ pub fn within<F: Future>(deadline: Instant, future: F) -> Within<F, impl Future<
 /// [`within`] `timeout` from now.
 pub fn within_for<F: Future>(timeout: Duration, future: F) -> Within<F, impl Future<Output = ()>> {
     within(Instant::now() + timeout, future)
+}
+
+/// Writes all of `buf` to `tcp`, failing with `TimedOut` once one partial
+/// write makes no progress within `pause`. The whole write may take far
+/// longer than `pause` for a slow reader; only a stall ends it. On a
+/// timeout the buffer stays with the cancelled operation and an empty one
+/// comes back (the caller closes the connection).
+pub async fn write_paced(
+    tcp: &compio::net::TcpStream,
+    mut buf: Vec<u8>,
+    pause: Duration,
+) -> compio::BufResult<(), Vec<u8>> {
+    use compio::BufResult;
+    use compio::buf::{IntoInner as _, IoBuf as _};
+    use compio::io::AsyncWrite as _;
+    let mut sent = 0;
+    while sent < buf.len() {
+        let mut sink = tcp;
+        match within_for(pause, sink.write(buf.slice(sent..))).await {
+            Err(Elapsed) => {
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped reading");
+                return BufResult(Err(e), Vec::new());
+            }
+            Ok(BufResult(res, slice)) => {
+                buf = slice.into_inner();
+                match res {
+                    Ok(0) => return BufResult(Err(std::io::ErrorKind::WriteZero.into()), buf),
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return BufResult(Err(e), buf),
+                }
+            }
+        }
+    }
+    BufResult(Ok(()), buf)
 }
 
 #[cfg(test)]

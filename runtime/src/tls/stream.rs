@@ -16,7 +16,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use compio::BufResult;
 use compio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -211,13 +211,23 @@ impl TlsStream {
 
     /// Sends whatever rustls has queued.
     async fn flush(&self) -> io::Result<()> {
+        self.flush_paced(None).await
+    }
+
+    /// [`Self::flush`], giving up once the peer takes nothing for `pause`.
+    async fn flush_paced(&self, pause: Option<Duration>) -> io::Result<()> {
         let out = self.state.borrow_mut().take_output();
         if out.is_empty() {
             self.state.borrow_mut().outgoing = out;
             return Ok(());
         }
-        let mut tcp = &self.tcp;
-        let BufResult(res, mut out) = tcp.write_all(out).await;
+        let BufResult(res, mut out) = match pause {
+            Some(pause) => crate::rt::time::write_paced(&self.tcp, out, pause).await,
+            None => {
+                let mut tcp = &self.tcp;
+                tcp.write_all(out).await
+            }
+        };
         out.clear();
         self.state.borrow_mut().outgoing = out;
         res
@@ -262,10 +272,15 @@ impl TlsStream {
         }
     }
 
-    /// Encrypts and sends all of `buf` (left cleared, capacity kept).
-    pub async fn write_all(&self, mut buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
-        let sent = self.send(&buf).await;
+    /// Encrypts and sends all of `buf` (left cleared, capacity kept);
+    /// `TimedOut` once the peer takes nothing for `pause`.
+    pub async fn write_paced(&self, mut buf: Vec<u8>, pause: Duration) -> BufResult<(), Vec<u8>> {
+        let taken = self.state.borrow_mut().conn.writer().write_all(&buf);
         buf.clear();
+        let sent = match taken {
+            Ok(()) => self.flush_paced(Some(pause)).await,
+            Err(e) => Err(e),
+        };
         BufResult(sent, buf)
     }
 

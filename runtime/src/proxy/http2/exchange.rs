@@ -29,8 +29,10 @@ use crate::http::{
 };
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
-use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all};
-use crate::proxy::upstream::{HeadFail, Miss, Tries, Try, read_response_head, replayable};
+use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all_within};
+use crate::proxy::upstream::{
+    HeadFail, Miss, Tries, Try, head_write_failed, read_response_head, replayable,
+};
 use crate::proxy::{UpstreamStream, Worker};
 
 /// How a proxied stream ended.
@@ -266,10 +268,10 @@ async fn forward_request<G: Gateway>(
     let head_limits = limits.head_limits();
     let is_head = req.is_head();
     if !framing.has_body() {
-        let res = write_all(t.up, &mut out).await;
+        let res = write_all_within(t.up, &mut out, t.response_timeout).await;
         w.buffers.give(out);
-        if res.is_err() {
-            return Err(Attempt::Missed(Miss::Stale));
+        if let Err(e) = res {
+            return Err(Attempt::Missed(head_write_failed(&e)));
         }
         let deadline = t.now + t.response_timeout;
         return match read_response_head(t.up, ubuf, resp, is_head, &head_limits, deadline).await {
@@ -281,7 +283,14 @@ async fn forward_request<G: Gateway>(
     // The body goes up while the response head is awaited: an upstream
     // may answer early (401, 413) without reading it all.
     let result = {
-        let send = pin!(send_request_body(w, body, t.up, &mut out, framing));
+        let send = pin!(send_request_body(
+            w,
+            body,
+            t.up,
+            &mut out,
+            framing,
+            t.response_timeout
+        ));
         let far = Instant::now() + Duration::from_secs(24 * 3600);
         let head = pin!(read_response_head(
             t.up,
@@ -303,6 +312,7 @@ async fn forward_request<G: Gateway>(
                 BodyError::TooLarge => Miss::failed(ErrorKind::BodyTooLarge, false),
                 BodyError::ClientTimeout => Miss::failed(ErrorKind::ClientTimeout, false),
                 BodyError::UpstreamWrite => Miss::failed(ErrorKind::UpstreamClosed, false),
+                BodyError::UpstreamTimeout => Miss::failed(ErrorKind::UpstreamTimeout, false),
                 _ => Miss::failed(ErrorKind::ClientClosed, true),
             })),
             Either::Right((r, _)) => r.map(|upos| (upos, true)).map_err(head_failed),
@@ -322,18 +332,25 @@ fn head_failed(f: HeadFail) -> Attempt {
 
 /// Moves the request body from the client's DATA frames to the upstream
 /// (after the head already in `out`), chunked when no length was given.
-/// Window is released only for bytes written upstream.
+/// Window is released only for bytes written upstream. An upstream that
+/// takes nothing for `write_pause` (it stopped reading) ends it, as the
+/// HTTP/1.1 body pump does.
 async fn send_request_body<G: Gateway>(
     w: &Worker<G>,
     body: &mut RecvStream,
     up: &UpstreamStream,
     out: &mut Vec<u8>,
     framing: BodyFraming,
+    write_pause: Duration,
 ) -> Result<(), BodyError> {
     let chunked = framing == BodyFraming::Chunked;
-    write_all(up, out)
+    let write_up = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::TimedOut => BodyError::UpstreamTimeout,
+        _ => BodyError::UpstreamWrite,
+    };
+    write_all_within(up, out, write_pause)
         .await
-        .map_err(|_| BodyError::UpstreamWrite)?;
+        .map_err(write_up)?;
     let mut total = 0u64;
     loop {
         let chunk = match crate::rt::time::within_for(w.limits.body_timeout, body.data()).await {
@@ -357,16 +374,16 @@ async fn send_request_body<G: Gateway>(
         } else {
             out.extend_from_slice(&chunk);
         }
-        write_all(up, out)
+        write_all_within(up, out, write_pause)
             .await
-            .map_err(|_| BodyError::UpstreamWrite)?;
+            .map_err(write_up)?;
         let _ = body.flow_control().release_capacity(n);
     }
     if chunked {
         out.extend_from_slice(LAST_CHUNK);
-        write_all(up, out)
+        write_all_within(up, out, write_pause)
             .await
-            .map_err(|_| BodyError::UpstreamWrite)?;
+            .map_err(write_up)?;
     }
     Ok(())
 }
