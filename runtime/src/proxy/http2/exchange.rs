@@ -29,7 +29,7 @@ use crate::http::{
 };
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
-use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all};
+use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all, write_all_within};
 use crate::proxy::upstream::{HeadFail, Miss, Tries, Try, read_response_head, replayable};
 use crate::proxy::{UpstreamStream, Worker};
 
@@ -281,7 +281,7 @@ async fn forward_request<G: Gateway>(
     // The body goes up while the response head is awaited: an upstream
     // may answer early (401, 413) without reading it all.
     let result = {
-        let send = pin!(send_request_body(w, body, t.up, &mut out, framing));
+        let send = pin!(send_request_body(w, body, t, &mut out, framing));
         let far = Instant::now() + Duration::from_secs(24 * 3600);
         let head = pin!(read_response_head(
             t.up,
@@ -303,6 +303,7 @@ async fn forward_request<G: Gateway>(
                 BodyError::TooLarge => Miss::failed(ErrorKind::BodyTooLarge, false),
                 BodyError::ClientTimeout => Miss::failed(ErrorKind::ClientTimeout, false),
                 BodyError::UpstreamWrite => Miss::failed(ErrorKind::UpstreamClosed, false),
+                BodyError::UpstreamTimeout => Miss::failed(ErrorKind::UpstreamTimeout, false),
                 _ => Miss::failed(ErrorKind::ClientClosed, true),
             })),
             Either::Right((r, _)) => r.map(|upos| (upos, true)).map_err(head_failed),
@@ -326,14 +327,12 @@ fn head_failed(f: HeadFail) -> Attempt {
 async fn send_request_body<G: Gateway>(
     w: &Worker<G>,
     body: &mut RecvStream,
-    up: &UpstreamStream,
+    t: &Target<'_>,
     out: &mut Vec<u8>,
     framing: BodyFraming,
 ) -> Result<(), BodyError> {
     let chunked = framing == BodyFraming::Chunked;
-    write_all(up, out)
-        .await
-        .map_err(|_| BodyError::UpstreamWrite)?;
+    write_up(t, out).await?;
     let mut total = 0u64;
     loop {
         let chunk = match crate::rt::time::within_for(w.limits.body_timeout, body.data()).await {
@@ -357,18 +356,27 @@ async fn send_request_body<G: Gateway>(
         } else {
             out.extend_from_slice(&chunk);
         }
-        write_all(up, out)
-            .await
-            .map_err(|_| BodyError::UpstreamWrite)?;
+        write_up(t, out).await?;
         let _ = body.flow_control().release_capacity(n);
     }
     if chunked {
         out.extend_from_slice(LAST_CHUNK);
-        write_all(up, out)
-            .await
-            .map_err(|_| BodyError::UpstreamWrite)?;
+        write_up(t, out).await?;
     }
     Ok(())
+}
+
+/// Writes `out` upstream. An upstream that takes nothing for its response
+/// timeout (it stopped reading without answering) is given up on: 504, as
+/// on HTTP/1.1 (the Pump's write timeout), not a stream stuck until the
+/// client leaves.
+async fn write_up(t: &Target<'_>, out: &mut Vec<u8>) -> Result<(), BodyError> {
+    write_all_within(t.up, out, t.response_timeout)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => BodyError::UpstreamTimeout,
+            _ => BodyError::UpstreamWrite,
+        })
 }
 
 /// Relays the response body from `ubuf[upos..]` and the upstream to the

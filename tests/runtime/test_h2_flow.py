@@ -1,0 +1,390 @@
+"""HTTP/2 bodies and flow control through the proxy (hello_gateway, h2c by
+prior knowledge, the recording origin): large uploads (with and without
+content-length) and downloads compared by SHA-256 on both sides, many
+streams with bodies at once on one connection, a client with a tiny
+window, clients that reset mid-body (the upstream connection is closed,
+never pooled), an upstream that dies or stops reading mid-exchange (only
+that stream fails: 504/reset, the others on the connection go on).
+
+What test_h2.py covers is not repeated here (translation, attacks, drain).
+Streams are driven together by `Streams`, a small event loop over the `h2`
+library's client state machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import pytest
+
+from support.h2client import CANCEL, H2Client
+from support.origin import pattern_sha256
+
+H2C = {"protocols": "h1,h2c"}
+MiB = 1 << 20
+
+
+@pytest.fixture
+def h2gw(start_gateway):
+    return start_gateway(**H2C)
+
+
+@dataclass
+class Result:
+    """One stream's answer: the body is hashed, not kept (only its head)."""
+
+    status: int | None = None
+    headers: list = field(default_factory=list)
+    length: int = 0
+    sha: object = field(default_factory=hashlib.sha256)
+    head: bytes = b""  # the body's first bytes (`Streams(keep=)`, 256 by default)
+    ended: bool = False
+    reset: int | None = None
+
+    @property
+    def sha256(self) -> str:
+        return self.sha.hexdigest()
+
+    def header(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n == name]
+
+
+class Streams:
+    """Many streams on one HTTP/2 connection, their bodies sent and read
+    together as the windows allow (the `h2` library does flow control;
+    received data is acknowledged as soon as it is hashed)."""
+
+    def __init__(self, addr: str, initial_window: int | None = None, sock: socket.socket | None = None,
+                 keep: int = 256):
+        if sock is None:
+            host, port = addr.rsplit(":", 1)
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        self.conn.initiate_connection()
+        if initial_window is not None:
+            self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: initial_window})
+        self.keep = keep
+        self.results: dict[int, Result] = {}
+        self.bodies: dict[int, memoryview] = {}
+        self.goaway: int | None = None
+        self.closed = False
+        self.flush()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def start(self, path: str, method: str = "GET", body: bytes | None = None, length: bool = True,
+              headers: list[tuple[str, str]] = (), authority: str = "a.test") -> int:
+        """Opens a stream; its body (if any) is sent by `run` as windows open."""
+        sid = self.conn.get_next_available_stream_id()
+        hdrs = [(":method", method), (":scheme", "http"), (":authority", authority), (":path", path)]
+        if body is not None and length:
+            hdrs.append(("content-length", str(len(body))))
+        self.conn.send_headers(sid, hdrs + list(headers), end_stream=body is None)
+        self.results[sid] = Result()
+        if body is not None:
+            self.bodies[sid] = memoryview(body)
+        self.flush()
+        return sid
+
+    def reset(self, sid: int, code: int = CANCEL) -> None:
+        self.conn.reset_stream(sid, code)
+        self.bodies.pop(sid, None)
+        self.flush()
+
+    def _send_bodies(self) -> None:
+        for sid, view in list(self.bodies.items()):
+            if self.results[sid].ended or self.results[sid].reset is not None:
+                del self.bodies[sid]
+                continue
+            while len(view):
+                window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                chunk, view = view[:window], view[window:]
+                self.conn.send_data(sid, bytes(chunk), end_stream=not len(view))
+            if len(view):
+                self.bodies[sid] = view
+            else:
+                del self.bodies[sid]
+        self.flush()
+
+    def pump(self, until: float) -> None:
+        """One round: send what the windows allow, read what came (at most
+        until `until`), handle it."""
+        self._send_bodies()
+        self.sock.settimeout(max(0.01, min(0.5, until - time.monotonic())))
+        try:
+            data = self.sock.recv(1 << 20)
+        except socket.timeout:
+            return
+        except OSError:
+            self.closed = True
+            return
+        if not data:
+            self.closed = True
+            return
+        for e in self.conn.receive_data(data):
+            self._event(e)
+        self.flush()
+
+    def _event(self, e) -> None:
+        if isinstance(e, h2.events.ConnectionTerminated):
+            self.goaway = e.error_code
+            return
+        r = self.results.get(getattr(e, "stream_id", None))
+        if r is None:
+            return
+        if isinstance(e, h2.events.ResponseReceived):
+            r.headers = list(e.headers)
+            r.status = int(dict(r.headers)[":status"])
+        elif isinstance(e, h2.events.InformationalResponseReceived):
+            pass
+        elif isinstance(e, h2.events.DataReceived):
+            r.length += len(e.data)
+            r.sha.update(e.data)
+            if len(r.head) < self.keep:
+                r.head += e.data[: self.keep - len(r.head)]
+            self.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        elif isinstance(e, h2.events.StreamEnded):
+            r.ended = True
+        elif isinstance(e, h2.events.StreamReset):
+            r.reset = e.error_code
+
+    def run(self, timeout: float, until=None) -> dict[int, Result]:
+        """Pumps until every stream ended or was reset (or `until()`), the
+        connection closed, or `timeout` seconds passed."""
+        done = until or (lambda: all(r.ended or r.reset is not None for r in self.results.values()))
+        deadline = time.monotonic() + timeout
+        while not done() and not self.closed and time.monotonic() < deadline:
+            self.pump(deadline)
+        return self.results
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def body_of(n: int, seed: int) -> bytes:
+    """n bytes that differ per seed (so a body swapped between streams shows)."""
+    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
+    return (block * (n // len(block) + 1))[:n]
+
+
+# ------------------------------------------------------------- large bodies
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "no-length"])
+def test_large_upload_arrives_whole(start_gateway, origin, length):
+    """8 MiB up (more than every window: stream 256 KiB, connection 1 MiB),
+    with content-length and without (then chunked upstream)."""
+    g = start_gateway(max_body_bytes=64 * MiB, **H2C)
+    body = body_of(8 * MiB, 1)
+    with Streams(g.addr) as s:
+        sid = s.start("/sink", method="POST", body=body, length=length)
+        r = s.run(60)[sid]
+    assert r.ended and r.status == 200, r
+    assert r.head.decode().split() == [str(len(body)), sha(body)]
+    [req] = origin.wait_requests(1, complete=True)
+    assert (req.body_len, req.body_sha256) == (len(body), sha(body))
+    if length:
+        assert req.header("content-length") == [str(len(body))]
+        assert req.framing == "content-length"
+    else:
+        assert req.framing == "chunked" and not req.header("content-length"), req
+
+
+def test_large_download_arrives_whole(h2gw, origin):
+    n = 24 * MiB + 123
+    with Streams(h2gw.addr) as s:
+        sid = s.start(f"/bytes/{n}")
+        chunked = s.start(f"/bytes/{n}?chunked=1")
+        rs = s.run(90)
+    for sid_ in (sid, chunked):
+        r = rs[sid_]
+        assert r.ended and r.status == 200 and r.reset is None, r
+        assert (r.length, r.sha256) == (n, pattern_sha256(n))
+    assert rs[sid].header("content-length") == [str(n)]
+    assert rs[chunked].header("content-length") == []
+
+
+def test_many_streams_with_bodies_at_once(start_gateway, origin):
+    """24 uploads (half with content-length) and 24 downloads interleaved on
+    one connection: every body arrives whole at its own stream."""
+    g = start_gateway(max_body_bytes=64 * MiB, **H2C)
+    ups, downs = {}, {}
+    with Streams(g.addr) as s:
+        for i in range(24):
+            body = body_of(300_000 + i * 4099, 100 + i)
+            ups[s.start(f"/sink?u={i}", method="POST", body=body, length=i % 2 == 0)] = (i, body)
+            n = 700_000 + i * 7919
+            downs[s.start(f"/bytes/{n}" + ("?chunked=1" if i % 3 == 0 else ""))] = n
+        rs = s.run(90)
+        assert not s.closed and s.goaway is None
+    for sid, (_, body) in ups.items():
+        r = rs[sid]
+        assert r.ended and r.status == 200, (sid, r)
+        assert r.head.decode().split() == [str(len(body)), sha(body)], sid
+    for sid, n in downs.items():
+        r = rs[sid]
+        assert r.ended and r.status == 200, (sid, r)
+        assert (r.length, r.sha256) == (n, pattern_sha256(n)), sid
+    got = {q.query["u"]: q for q in origin.wait_requests(48, complete=True) if q.path == "/sink"}
+    assert len(got) == 24
+    for i, body in ups.values():
+        assert (got[str(i)].body_len, got[str(i)].body_sha256) == (len(body), sha(body)), i
+
+
+@pytest.mark.parametrize("window", [16, 1000])
+def test_a_tiny_window_still_gets_every_byte(h2gw, origin, window):
+    """SETTINGS_INITIAL_WINDOW_SIZE of a few bytes: the gateway sends DATA
+    as small as the window, never more, and the whole body arrives."""
+    n = 200_000 if window >= 1000 else 20_000
+    with Streams(h2gw.addr, initial_window=window) as s:
+        sids = [s.start(f"/bytes/{n}"), s.start(f"/bytes/{n}?chunked=1"), s.start("/hello")]
+        rs = s.run(60)
+        assert s.goaway is None and not s.closed
+    for sid in sids[:2]:
+        assert rs[sid].ended and (rs[sid].length, rs[sid].sha256) == (n, pattern_sha256(n)), rs[sid]
+    assert rs[sids[2]].ended and rs[sids[2]].head == b"GET /hello\n"
+
+
+# ------------------------------------------------- resets and broken exchanges
+
+
+def test_client_reset_mid_download_closes_the_upstream_connection(h2gw, origin):
+    """A stream reset while its 64 MiB answer streams: the upstream
+    connection it used is closed (never pooled with the rest of a body in
+    it), and the next stream on the connection is served."""
+    n = 64 * MiB
+    with Streams(h2gw.addr) as s:
+        sid = s.start(f"/bytes/{n}")
+        s.run(20, until=lambda: s.results[sid].length >= MiB)
+        assert s.results[sid].length >= MiB, s.results[sid]
+        s.reset(sid)
+        [req] = origin.wait_requests(1)
+        up = origin.conn(req.conn_id)
+        assert origin.wait_for(lambda: up.closed or up.peer_closed, 10), "upstream connection kept after the reset"
+        assert up.sent < n, "the origin could send the whole body"
+        nxt = s.start("/after-reset")
+        rs = s.run(10, until=lambda: s.results[nxt].ended)
+        assert rs[nxt].status == 200 and rs[nxt].head == b"GET /after-reset\n"
+    after = [q for q in origin.requests if q.path == "/after-reset"]
+    assert after and after[0].conn_id != req.conn_id
+
+
+def test_client_reset_mid_upload_aborts_the_upstream_request(start_gateway, origin):
+    """A stream reset in the middle of its declared 8 MiB body: the upstream
+    request is never completed and its connection is closed."""
+    g = start_gateway(max_body_bytes=64 * MiB, **H2C)
+    body = body_of(8 * MiB, 7)
+    with Streams(g.addr) as s:
+        sid = s.start("/sink", method="POST", body=body)
+        s.run(20, until=lambda: len(s.bodies.get(sid, b"")) < len(body) - 2 * MiB)
+        s.reset(sid)
+        [req] = origin.wait_requests(1)
+        up = origin.conn(req.conn_id)
+        assert origin.wait_for(lambda: up.closed or up.peer_closed, 10), "upstream connection kept after the reset"
+        assert not req.complete and req.body_len < len(body), req
+        nxt = s.start("/after-reset")
+        rs = s.run(10, until=lambda: s.results[nxt].ended)
+        assert rs[nxt].status == 200
+
+
+def test_upstream_dying_mid_response_resets_only_its_stream(h2gw, origin):
+    """Three streams on one connection; the upstream of one closes after 10
+    of its 1000 declared bytes: that stream is reset (never ended as if
+    complete), the others finish, the connection goes on."""
+    with Streams(h2gw.addr) as s:
+        cut = s.start("/cut?n=10")
+        cut_rst = s.start("/cut?n=10&mode=reset")
+        big = s.start(f"/bytes/{4 * MiB}")
+        slow = s.start("/slow?delay=1")
+        rs = s.run(30)
+        assert s.goaway is None and not s.closed
+        for sid in (cut, cut_rst):
+            assert rs[sid].reset is not None and not rs[sid].ended, rs[sid]
+            assert rs[sid].status == 200 and rs[sid].length == 10, rs[sid]
+        assert rs[big].ended and (rs[big].length, rs[big].sha256) == (4 * MiB, pattern_sha256(4 * MiB))
+        assert rs[slow].ended and rs[slow].head == b"GET /slow?delay=1\n"
+        nxt = s.start("/next")
+        assert s.run(10)[nxt].status == 200
+
+
+class UnreadingOrigin:
+    """Reads a request head, then neither reads the body nor answers (a hung
+    application behind a full receive buffer)."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.lsock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.held.append(c)
+            c.recv(4096)
+
+    def close(self):
+        self.lsock.close()
+        for c in self.held:
+            c.close()
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "no-length"])
+def test_upstream_that_stops_reading_the_upload_is_504(start_gateway, length):
+    """As on HTTP/1.1 (test_upstream_faults): the upstream takes the head,
+    then neither reads the body nor answers. Within the response timeout
+    of no progress, the stream gets 504 instead of an upload stuck until
+    the client gives up; other streams on the connection are served."""
+    up = UnreadingOrigin()
+    try:
+        g = start_gateway(upstream=up.addr, response_timeout=2, body_timeout=30, max_body_bytes=512 * MiB, **H2C)
+        body = b"u" * (64 * MiB)
+        with Streams(g.addr) as s:
+            sid = s.start("/upload", method="POST", body=body, length=length)
+            local = s.start("/healthz")
+            rs = s.run(30, until=lambda: s.results[sid].status is not None or s.results[sid].reset is not None)
+            assert rs[sid].status is not None or rs[sid].reset is not None, (
+                "the upload hung for 30 s after the upstream stopped reading it"
+            )
+            assert rs[sid].status == 504, rs[sid]
+            assert len(s.bodies.get(sid, b"")) > 0, "the whole body went through an unreading upstream?"
+            assert rs[local].ended and rs[local].status == 200, "the other stream was held up"
+    finally:
+        up.close()
