@@ -1,10 +1,13 @@
-"""HTTP/2 bodies and flow control through the proxy (hello_gateway, h2c by
-prior knowledge, the recording origin): large uploads (with and without
+"""HTTP/2 bodies and flow control through the proxy (hello_gateway, each
+test both over h2c by prior knowledge and over TLS by ALPN, the recording
+origin): large uploads (with and without
 content-length) and downloads compared by SHA-256 on both sides, many
 streams with bodies at once on one connection, a client with a tiny
 window, clients that reset mid-body (the upstream connection is closed,
 never pooled), an upstream that dies or stops reading mid-exchange (only
-that stream fails: 504/reset, the others on the connection go on).
+that stream fails: 504/reset, the others on the connection go on), and a
+body over max-body-bytes or paused past body-timeout mid-stream (413/408,
+the upstream request aborted on a closed connection).
 
 What test_h2.py covers is not repeated here (translation, attacks, drain).
 Streams are driven together by `Streams`, a small event loop over the `h2`
@@ -15,9 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -26,16 +32,56 @@ import h2.events
 import h2.settings
 import pytest
 
-from support.h2client import CANCEL, H2Client
+from support.h2client import CANCEL
 from support.origin import pattern_sha256
 
-H2C = {"protocols": "h1,h2c"}
 MiB = 1 << 20
 
 
-@pytest.fixture
-def h2gw(start_gateway):
-    return start_gateway(**H2C)
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A throwaway CA and a certificate for edge.test it signed."""
+    d = tmp_path_factory.mktemp("h2-flow-pki")
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=30)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=h2 flow CA", "-days", "30")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "edge.key", "-out", "edge.csr", "-subj", "/CN=edge.test")
+    (d / "edge.ext").write_text("subjectAltName=DNS:edge.test\n")
+    openssl("x509", "-req", "-in", "edge.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", "1",
+            "-days", "30", "-extfile", "edge.ext", "-out", "edge.crt")
+    return d
+
+
+@pytest.fixture(params=["h2c", "h2-tls"])
+def serve(request, start_gateway, pki):
+    """Starts a gateway (hello_gateway flags as keywords) that speaks HTTP/2
+    by prior knowledge, or over TLS by ALPN; `g.streams(**kw)` opens a
+    `Streams` connection to it the same way."""
+    tls = request.param == "h2-tls"
+
+    def start(**opts):
+        if tls:
+            g = start_gateway(protocols="h1,h2", tls_cert=pki / "edge.crt", tls_key=pki / "edge.key", **opts)
+        else:
+            g = start_gateway(protocols="h1,h2c", **opts)
+
+        def streams(**kw) -> Streams:
+            sock = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls:
+                ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+                ctx.set_alpn_protocols(["h2"])
+                sock = ctx.wrap_socket(sock, server_hostname="edge.test")
+            return Streams(g.addr, sock=sock, scheme="https" if tls else "http", **kw)
+
+        g.streams = streams
+        return g
+
+    return start
 
 
 @dataclass
@@ -64,7 +110,7 @@ class Streams:
     received data is acknowledged as soon as it is hashed)."""
 
     def __init__(self, addr: str, initial_window: int | None = None, sock: socket.socket | None = None,
-                 keep: int = 256):
+                 keep: int = 256, scheme: str = "http"):
         if sock is None:
             host, port = addr.rsplit(":", 1)
             sock = socket.create_connection((host, int(port)), timeout=10)
@@ -77,8 +123,10 @@ class Streams:
         if initial_window is not None:
             self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: initial_window})
         self.keep = keep
+        self.scheme = scheme
         self.results: dict[int, Result] = {}
         self.bodies: dict[int, memoryview] = {}
+        self.open_ended: set[int] = set()  # streams whose body does not end the stream
         self.goaway: int | None = None
         self.closed = False
         self.flush()
@@ -101,16 +149,19 @@ class Streams:
             self.sock.sendall(data)
 
     def start(self, path: str, method: str = "GET", body: bytes | None = None, length: bool = True,
-              headers: list[tuple[str, str]] = (), authority: str = "a.test") -> int:
-        """Opens a stream; its body (if any) is sent by `run` as windows open."""
+              headers: list[tuple[str, str]] = (), authority: str = "a.test", end: bool = True) -> int:
+        """Opens a stream; its body (if any) is sent by `run` as windows open,
+        the last DATA frame ending the stream unless `end` is False."""
         sid = self.conn.get_next_available_stream_id()
-        hdrs = [(":method", method), (":scheme", "http"), (":authority", authority), (":path", path)]
+        hdrs = [(":method", method), (":scheme", self.scheme), (":authority", authority), (":path", path)]
         if body is not None and length:
             hdrs.append(("content-length", str(len(body))))
         self.conn.send_headers(sid, hdrs + list(headers), end_stream=body is None)
         self.results[sid] = Result()
         if body is not None:
             self.bodies[sid] = memoryview(body)
+        if not end:
+            self.open_ended.add(sid)
         self.flush()
         return sid
 
@@ -129,7 +180,7 @@ class Streams:
                 if window <= 0:
                     break
                 chunk, view = view[:window], view[window:]
-                self.conn.send_data(sid, bytes(chunk), end_stream=not len(view))
+                self.conn.send_data(sid, bytes(chunk), end_stream=not len(view) and sid not in self.open_ended)
             if len(view):
                 self.bodies[sid] = view
             else:
@@ -202,12 +253,12 @@ def body_of(n: int, seed: int) -> bytes:
 
 
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "no-length"])
-def test_large_upload_arrives_whole(start_gateway, origin, length):
+def test_large_upload_arrives_whole(serve, origin, length):
     """8 MiB up (more than every window: stream 256 KiB, connection 1 MiB),
     with content-length and without (then chunked upstream)."""
-    g = start_gateway(max_body_bytes=64 * MiB, **H2C)
+    g = serve(max_body_bytes=64 * MiB)
     body = body_of(8 * MiB, 1)
-    with Streams(g.addr) as s:
+    with g.streams() as s:
         sid = s.start("/sink", method="POST", body=body, length=length)
         r = s.run(60)[sid]
     assert r.ended and r.status == 200, r
@@ -221,9 +272,9 @@ def test_large_upload_arrives_whole(start_gateway, origin, length):
         assert req.framing == "chunked" and not req.header("content-length"), req
 
 
-def test_large_download_arrives_whole(h2gw, origin):
+def test_large_download_arrives_whole(serve, origin):
     n = 24 * MiB + 123
-    with Streams(h2gw.addr) as s:
+    with serve().streams() as s:
         sid = s.start(f"/bytes/{n}")
         chunked = s.start(f"/bytes/{n}?chunked=1")
         rs = s.run(90)
@@ -235,12 +286,12 @@ def test_large_download_arrives_whole(h2gw, origin):
     assert rs[chunked].header("content-length") == []
 
 
-def test_many_streams_with_bodies_at_once(start_gateway, origin):
+def test_many_streams_with_bodies_at_once(serve, origin):
     """24 uploads (half with content-length) and 24 downloads interleaved on
     one connection: every body arrives whole at its own stream."""
-    g = start_gateway(max_body_bytes=64 * MiB, **H2C)
+    g = serve(max_body_bytes=64 * MiB)
     ups, downs = {}, {}
-    with Streams(g.addr) as s:
+    with g.streams() as s:
         for i in range(24):
             body = body_of(300_000 + i * 4099, 100 + i)
             ups[s.start(f"/sink?u={i}", method="POST", body=body, length=i % 2 == 0)] = (i, body)
@@ -263,11 +314,11 @@ def test_many_streams_with_bodies_at_once(start_gateway, origin):
 
 
 @pytest.mark.parametrize("window", [16, 1000])
-def test_a_tiny_window_still_gets_every_byte(h2gw, origin, window):
+def test_a_tiny_window_still_gets_every_byte(serve, origin, window):
     """SETTINGS_INITIAL_WINDOW_SIZE of a few bytes: the gateway sends DATA
     as small as the window, never more, and the whole body arrives."""
     n = 200_000 if window >= 1000 else 20_000
-    with Streams(h2gw.addr, initial_window=window) as s:
+    with serve().streams(initial_window=window) as s:
         sids = [s.start(f"/bytes/{n}"), s.start(f"/bytes/{n}?chunked=1"), s.start("/hello")]
         rs = s.run(60)
         assert s.goaway is None and not s.closed
@@ -279,12 +330,12 @@ def test_a_tiny_window_still_gets_every_byte(h2gw, origin, window):
 # ------------------------------------------------- resets and broken exchanges
 
 
-def test_client_reset_mid_download_closes_the_upstream_connection(h2gw, origin):
+def test_client_reset_mid_download_closes_the_upstream_connection(serve, origin):
     """A stream reset while its 64 MiB answer streams: the upstream
     connection it used is closed (never pooled with the rest of a body in
     it), and the next stream on the connection is served."""
     n = 64 * MiB
-    with Streams(h2gw.addr) as s:
+    with serve().streams() as s:
         sid = s.start(f"/bytes/{n}")
         s.run(20, until=lambda: s.results[sid].length >= MiB)
         assert s.results[sid].length >= MiB, s.results[sid]
@@ -300,12 +351,12 @@ def test_client_reset_mid_download_closes_the_upstream_connection(h2gw, origin):
     assert after and after[0].conn_id != req.conn_id
 
 
-def test_client_reset_mid_upload_aborts_the_upstream_request(start_gateway, origin):
+def test_client_reset_mid_upload_aborts_the_upstream_request(serve, origin):
     """A stream reset in the middle of its declared 8 MiB body: the upstream
     request is never completed and its connection is closed."""
-    g = start_gateway(max_body_bytes=64 * MiB, **H2C)
+    g = serve(max_body_bytes=64 * MiB)
     body = body_of(8 * MiB, 7)
-    with Streams(g.addr) as s:
+    with g.streams() as s:
         sid = s.start("/sink", method="POST", body=body)
         s.run(20, until=lambda: len(s.bodies.get(sid, b"")) < len(body) - 2 * MiB)
         s.reset(sid)
@@ -318,11 +369,11 @@ def test_client_reset_mid_upload_aborts_the_upstream_request(start_gateway, orig
         assert rs[nxt].status == 200
 
 
-def test_upstream_dying_mid_response_resets_only_its_stream(h2gw, origin):
+def test_upstream_dying_mid_response_resets_only_its_stream(serve, origin):
     """Three streams on one connection; the upstream of one closes after 10
     of its 1000 declared bytes: that stream is reset (never ended as if
     complete), the others finish, the connection goes on."""
-    with Streams(h2gw.addr) as s:
+    with serve().streams() as s:
         cut = s.start("/cut?n=10")
         cut_rst = s.start("/cut?n=10&mode=reset")
         big = s.start(f"/bytes/{4 * MiB}")
@@ -367,16 +418,16 @@ class UnreadingOrigin:
 
 
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "no-length"])
-def test_upstream_that_stops_reading_the_upload_is_504(start_gateway, length):
+def test_upstream_that_stops_reading_the_upload_is_504(serve, length):
     """As on HTTP/1.1 (test_upstream_faults): the upstream takes the head,
     then neither reads the body nor answers. Within the response timeout
     of no progress, the stream gets 504 instead of an upload stuck until
     the client gives up; other streams on the connection are served."""
     up = UnreadingOrigin()
     try:
-        g = start_gateway(upstream=up.addr, response_timeout=2, body_timeout=30, max_body_bytes=512 * MiB, **H2C)
+        g = serve(upstream=up.addr, response_timeout=2, body_timeout=30, max_body_bytes=512 * MiB)
         body = b"u" * (64 * MiB)
-        with Streams(g.addr) as s:
+        with g.streams() as s:
             sid = s.start("/upload", method="POST", body=body, length=length)
             local = s.start("/healthz")
             rs = s.run(30, until=lambda: s.results[sid].status is not None or s.results[sid].reset is not None)
@@ -388,3 +439,44 @@ def test_upstream_that_stops_reading_the_upload_is_504(start_gateway, length):
             assert rs[local].ended and rs[local].status == 200, "the other stream was held up"
     finally:
         up.close()
+
+
+# ------------------------------------------------- client-side limits mid-body
+
+
+def test_streamed_body_over_the_limit_aborts_the_upstream_request(serve, origin):
+    """A body without content-length that grows past max-body-bytes once
+    the upstream request started: 413 to the client, and the upstream
+    request is never completed (no terminating chunk) on a connection that
+    is closed."""
+    g = serve(max_body_bytes=MiB)
+    body = body_of(3 * MiB, 9)
+    with g.streams() as s:
+        sid = s.start("/sink", method="POST", body=body, length=False)
+        other = s.start("/other")
+        rs = s.run(30)
+    assert rs[sid].status == 413, rs[sid]
+    assert rs[other].ended and rs[other].status == 200
+    [req] = [q for q in origin.wait_requests(2) if q.path == "/sink"]
+    up = origin.conn(req.conn_id)
+    assert origin.wait_for(lambda: up.closed or up.peer_closed, 10), "upstream connection kept after the 413"
+    assert not req.complete and req.body_len <= MiB, req
+
+
+def test_paused_body_is_408_and_aborts_the_upstream_request(serve, origin):
+    """A client that stops sending its declared body for longer than
+    body-timeout: 408 (or a reset) at that timeout, the upstream request
+    never completed and its connection closed; the connection's other
+    streams are still served."""
+    g = serve(body_timeout=1)
+    with g.streams() as s:
+        sid = s.start("/sink", method="POST", body=b"x" * 100, headers=[("content-length", "1000")], length=False,
+                      end=False)
+        rs = s.run(15, until=lambda: s.results[sid].status is not None or s.results[sid].reset is not None)
+        assert rs[sid].status == 408 or rs[sid].reset is not None, rs[sid]
+        nxt = s.start("/next")
+        assert s.run(10, until=lambda: s.results[nxt].ended)[nxt].status == 200
+    [req] = [q for q in origin.wait_requests(2) if q.path == "/sink"]
+    up = origin.conn(req.conn_id)
+    assert origin.wait_for(lambda: up.closed or up.peer_closed, 10), "upstream connection kept after the 408"
+    assert not req.complete and req.body_len == 100, req
