@@ -1,7 +1,7 @@
 """HTTP/2 bodies and flow control through the proxy (hello_gateway, each
 test both over h2c by prior knowledge and over TLS by ALPN, the recording
-origin): large uploads (with and without
-content-length) and downloads compared by SHA-256 on both sides, many
+origin): large uploads (with and without content-length) and downloads
+compared by SHA-256 on both sides, many
 streams with bodies at once on one connection, a client with a tiny
 window, clients that reset mid-body (the upstream connection is closed,
 never pooled), an upstream that dies or stops reading mid-exchange (only
@@ -17,6 +17,7 @@ library's client state machine.
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import ssl
 import subprocess
@@ -129,6 +130,7 @@ class Streams:
         self.open_ended: set[int] = set()  # streams whose body does not end the stream
         self.goaway: int | None = None
         self.closed = False
+        self.rbuf = b""
         self.flush()
 
     def close(self) -> None:
@@ -202,13 +204,27 @@ class Streams:
         if not data:
             self.closed = True
             return
-        for e in self.conn.receive_data(data):
-            self._event(e)
+        # Frame by frame, so a GOAWAY is handled (see _event) before the
+        # frames that follow it in the same read.
+        self.rbuf += data
+        while len(self.rbuf) >= 9:
+            end = 9 + int.from_bytes(self.rbuf[:3], "big")
+            if len(self.rbuf) < end:
+                break
+            frame, self.rbuf = self.rbuf[:end], self.rbuf[end:]
+            for e in self.conn.receive_data(frame):
+                self._event(e)
         self.flush()
 
     def _event(self, e) -> None:
         if isinstance(e, h2.events.ConnectionTerminated):
             self.goaway = e.error_code
+            if e.error_code == 0:
+                # A graceful GOAWAY: streams up to its last-stream-id go on
+                # (RFC 9113 §6.8), bodies both ways and the server's PING
+                # included. The `h2` library closes the whole connection
+                # state on any GOAWAY; reopen it so they can.
+                self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
             return
         r = self.results.get(getattr(e, "stream_id", None))
         if r is None:
@@ -480,3 +496,27 @@ def test_paused_body_is_408_and_aborts_the_upstream_request(serve, origin):
     up = origin.conn(req.conn_id)
     assert origin.wait_for(lambda: up.closed or up.peer_closed, 10), "upstream connection kept after the 408"
     assert not req.complete and req.body_len == 100, req
+
+
+# ------------------------------------------------------------------ drain
+
+
+def test_drain_lets_bodies_in_flight_finish(serve, origin):
+    """SIGTERM while a large upload and a large download stream on one
+    connection: GOAWAY(NO_ERROR), both bodies arrive whole (the upload's
+    upstream pauses before reading it, the download's mid-body), and the
+    gateway exits 0."""
+    g = serve(max_body_bytes=64 * MiB, grace=20)
+    up = body_of(8 * MiB, 3)
+    n = 16 * MiB
+    with g.streams() as s:
+        sink = s.start("/sink?pause_body=0.5", method="POST", body=up)
+        down = s.start(f"/bytes/{n}?pause=1")
+        s.run(10, until=lambda: s.results[down].length >= MiB)
+        g.signal(signal.SIGTERM)
+        rs = s.run(30, until=lambda: s.goaway is not None)
+        assert s.goaway == 0, "no GOAWAY(NO_ERROR) after SIGTERM"
+        rs = s.run(30)
+        assert rs[sink].ended and rs[sink].head.decode().split() == [str(len(up)), sha(up)], rs[sink]
+        assert rs[down].ended and (rs[down].length, rs[down].sha256) == (n, pattern_sha256(n)), rs[down]
+    assert g.terminate(timeout=30) == 0
