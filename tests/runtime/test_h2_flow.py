@@ -32,6 +32,7 @@ import h2.errors
 import h2.events
 import h2.settings
 import pytest
+from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
 
 from support.h2client import CANCEL
 from support.origin import pattern_sha256
@@ -520,3 +521,28 @@ def test_drain_lets_bodies_in_flight_finish(serve, origin):
         assert rs[sink].ended and rs[sink].head.decode().split() == [str(len(up)), sha(up)], rs[sink]
         assert rs[down].ended and (rs[down].length, rs[down].sha256) == (n, pattern_sha256(n)), rs[down]
     assert g.terminate(timeout=30) == 0
+
+
+# ------------------------------------------------------------------ idle
+
+
+@pytest.mark.parametrize("kind", ["ping", "window-update", "settings"])
+def test_frames_that_are_no_request_do_not_keep_a_connection(serve, kind):
+    """idle-timeout is "a keep-alive connection with no request is closed
+    after this": a client that made one request, then only sends PINGs
+    (or WINDOW_UPDATEs, or empty SETTINGS) twice a second, gets
+    GOAWAY(NO_ERROR) after the idle timeout like a silent one."""
+    g = serve(idle_timeout=2)
+    make = {
+        "ping": lambda: PingFrame(0, opaque_data=b"12345678"),
+        "window-update": lambda: WindowUpdateFrame(0, window_increment=1),
+        "settings": lambda: SettingsFrame(0, settings={}),
+    }[kind]
+    with g.streams() as s:
+        sid = s.start("/first")
+        assert s.run(10)[sid].status == 200
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and s.goaway is None and not s.closed:
+            s.sock.sendall(make().serialize())
+            s.run(0.5, until=lambda: s.goaway is not None)
+        assert s.goaway == 0 or s.closed, f"still open 15 s past a 2 s idle timeout, kept by {kind} frames"
