@@ -32,9 +32,16 @@ import h2.errors
 import h2.events
 import h2.settings
 import pytest
-from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
-from support.h2client import CANCEL
+from support.h2client import CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM, PROTOCOL_ERROR, RawH2
 from support.origin import pattern_sha256
 
 MiB = 1 << 20
@@ -546,3 +553,108 @@ def test_frames_that_are_no_request_do_not_keep_a_connection(serve, kind):
             s.sock.sendall(make().serialize())
             s.run(0.5, until=lambda: s.goaway is not None)
         assert s.goaway == 0 or s.closed, f"still open 15 s past a 2 s idle timeout, kept by {kind} frames"
+
+
+# ------------------------------------------------------- attacks over TLS
+# test_h2.py runs each RELIABILITY.md attack over h2c; these are the same
+# floods through the TLS stack (rustls records, ALPN h2), with a
+# well-behaved TLS client on another connection served throughout.
+
+
+def _flood_ping(raw: RawH2) -> None:
+    for _ in range(50):
+        if not raw.send(PingFrame(0, opaque_data=b"12345678").serialize() * 400):
+            return
+
+
+def _flood_settings(raw: RawH2) -> None:
+    for _ in range(50):
+        if not raw.send(SettingsFrame(0, settings={0x4: 65535}).serialize() * 400):
+            return
+
+
+def _rapid_reset(raw: RawH2) -> None:
+    sid = 1
+    for _ in range(20):
+        batch = b""
+        for _ in range(500):
+            h = HeadersFrame(sid, flags=["END_STREAM", "END_HEADERS"])
+            h.data = raw.block(path=f"/rr/{sid}", scheme="https")
+            batch += h.serialize() + RstStreamFrame(sid, error_code=CANCEL).serialize()
+            sid += 2
+        if not raw.send(batch):
+            return
+
+
+def _continuation_flood(raw: RawH2) -> None:
+    raw.headers(1, block=raw.block(scheme="https"), end_headers=False)
+    junk = raw.enc.encode([("x-flood", "a" * 100)])
+    for _ in range(2000):
+        if not raw.frame(ContinuationFrame(1, data=junk)):
+            return
+
+
+def _hpack_bomb(raw: RawH2) -> None:
+    raw.headers(1, block=raw.block(extra=[("x-bomb", "a" * 4000)], scheme="https"))
+    raw.headers(3, block=raw.block(scheme="https") + b"\xbe" * 10000)
+
+
+class TlsBystander(threading.Thread):
+    """A well-behaved client on its own TLS connections, requesting until stopped."""
+
+    def __init__(self, g):
+        super().__init__(daemon=True)
+        self.g, self.ok, self.bad, self.stop = g, 0, [], threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                with self.g.streams() as s:
+                    for i in range(20):
+                        if self.stop.is_set():
+                            return
+                        sid = s.start(f"/bystander/{i}")
+                        r = s.run(10, until=lambda: s.results[sid].ended or s.results[sid].reset is not None)[sid]
+                        if r.ended and r.status == 200:
+                            self.ok += 1
+                        else:
+                            self.bad.append(repr(r))
+                        time.sleep(0.02)
+            except Exception as e:  # noqa: BLE001 - asserted by the test
+                self.bad.append(repr(e))
+                time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "attack", [_flood_ping, _flood_settings, _rapid_reset, _continuation_flood, _hpack_bomb],
+    ids=["ping-flood", "settings-flood", "rapid-reset", "continuation-flood", "hpack-bomb"],
+)
+def test_attacks_over_tls_end_the_connection_in_bounded_memory(start_gateway, pki, attack):
+    g = start_gateway(protocols="h1,h2", tls_cert=pki / "edge.crt", tls_key=pki / "edge.key")
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.set_alpn_protocols(["h2"])
+
+    def tls_socket():
+        return ctx.wrap_socket(socket.create_connection(("127.0.0.1", g.port), timeout=5), server_hostname="edge.test")
+
+    g.streams = lambda **kw: Streams(g.addr, sock=tls_socket(), scheme="https", **kw)
+    rss0 = g.rss_kib()
+    by = TlsBystander(g)
+    by.start()
+    try:
+        time.sleep(0.5)
+        before = by.ok
+        with RawH2(g.addr, sock=tls_socket(), timeout=5) as raw:
+            attack(raw)
+            s = raw.ended_by_server(timeout=10)
+            peak = g.rss_kib()
+        time.sleep(0.5)
+    finally:
+        by.stop.set()
+        by.join(15)
+    print(f"{attack.__name__} over TLS: goaway={s.goaway} closed={s.closed} rss {rss0} -> {peak} KiB")
+    assert s.goaway in (ENHANCE_YOUR_CALM, PROTOCOL_ERROR, COMPRESSION_ERROR) or s.closed, s.frames[-10:]
+    assert peak - rss0 < 64 * 1024, f"RSS grew {peak - rss0} KiB"
+    assert not by.bad, f"the well-behaved TLS client was refused: {by.bad[:3]}"
+    assert by.ok > before, "the well-behaved TLS client got no answer during the attack"
+    assert g.alive()
