@@ -8,11 +8,13 @@ ones, body) and what the origin received (request line, headers but the
 few that name the protocol) are compared.
 
 Covered: route matching (host with wildcard, path exact, segment-aware
-prefix, method, header, query), `respond`, `redirect`, request and
-response header steps, `strip-prefix`, hop-by-hop fields of the origin's
-response, round-robin across three servers, a retry on 503, 504 on a
-slow upstream, 502 on a dead one, 413 (declared and streamed), 431 (head
-too large, too many fields), x-forwarded-*, via and x-request-id; then
+prefix, regex, method, header, query), `respond`, `redirect`, request and
+response header steps (also from a `chain`), `strip-prefix`, hop-by-hop
+fields of the origin's response, round-robin across three servers,
+consistent hashing on a header, a retry on 503, 504 on a slow upstream,
+502 on a dead one, 503 when health checks found no server, 413 (declared
+and streamed), 431 (head too large, too many fields), x-forwarded-*, via
+and x-request-id; then
 h1 and h2 on one TLS port by ALPN, h2c refused on the h1-only listener,
 and a drain (SIGTERM) with HTTP/2 streams in flight on the compiled binary.
 """
@@ -105,6 +107,27 @@ upstream "dead" {{
     timeouts connect="1s"
 }}
 
+upstream "hashed" {{
+    balance "consistent-hash" key="header:x-user"
+    server "127.0.0.1:{a}"
+    server "127.0.0.1:{b}"
+    server "127.0.0.1:{c}"
+}}
+
+upstream "down" {{
+    server "127.0.0.1:{dead}"
+    health-check path="/healthz" interval="1s" timeout="200ms" unhealthy=1
+}}
+
+chain "tagging" {{
+    request-headers {{
+        add "x-chain" "1"
+    }}
+    response-headers {{
+        set "x-chain-seen" "1"
+    }}
+}}
+
 route "health" {{
     match {{
         path "/healthz"
@@ -185,10 +208,35 @@ route "exact" {{
     match {{
         path "/exact"
     }}
+    use "tagging"
     request-headers {{
         set "x-route" "exact"
     }}
     proxy "one"
+}}
+
+route "regex" {{
+    match {{
+        path-regex "/r/[0-9]+"
+    }}
+    request-headers {{
+        set "x-route" "regex"
+    }}
+    proxy "one"
+}}
+
+route "hashed" {{
+    match {{
+        path-prefix "/h"
+    }}
+    proxy "hashed"
+}}
+
+route "down" {{
+    match {{
+        path-prefix "/down"
+    }}
+    proxy "down"
 }}
 
 route "balanced" {{
@@ -279,6 +327,23 @@ name = "dead"
 servers = [{{ address = "127.0.0.1:{dead}" }}]
 timeouts = {{ connect = "1s" }}
 
+[[upstream]]
+name = "hashed"
+balance = {{ algorithm = "consistent-hash", key = "header:x-user" }}
+servers = [{{ address = "127.0.0.1:{a}" }}, {{ address = "127.0.0.1:{b}" }}, {{ address = "127.0.0.1:{c}" }}]
+
+[[upstream]]
+name = "down"
+servers = [{{ address = "127.0.0.1:{dead}" }}]
+health-check = {{ path = "/healthz", interval = "1s", timeout = "200ms", unhealthy = 1 }}
+
+[[chain]]
+name = "tagging"
+steps = [
+  {{ request-headers = {{ add = {{ x-chain = "1" }} }} }},
+  {{ response-headers = {{ set = {{ x-chain-seen = "1" }} }} }},
+]
+
 [[route]]
 name = "health"
 match = {{ path = "/healthz" }}
@@ -325,8 +390,24 @@ proxy = "one"
 [[route]]
 name = "exact"
 match = {{ path = "/exact" }}
-steps = [{{ request-headers = {{ set = {{ x-route = "exact" }} }} }}]
+steps = [{{ use = "tagging" }}, {{ request-headers = {{ set = {{ x-route = "exact" }} }} }}]
 proxy = "one"
+
+[[route]]
+name = "regex"
+match = {{ path-regex = "/r/[0-9]+" }}
+steps = [{{ request-headers = {{ set = {{ x-route = "regex" }} }} }}]
+proxy = "one"
+
+[[route]]
+name = "hashed"
+match = {{ path-prefix = "/h" }}
+proxy = "hashed"
+
+[[route]]
+name = "down"
+match = {{ path-prefix = "/down" }}
+proxy = "down"
 
 [[route]]
 name = "balanced"
@@ -579,8 +660,16 @@ CASES = [
     Case("header-other", "GET", "/c/1", (("x-canary", "2"),), route="fallback", target="/c/1"),
     Case("query-match", "GET", "/q?lang=en&x=1", route="lang", target="/q?lang=en&x=1"),
     Case("query-other", "GET", "/q?lang=fr", route="fallback", target="/q?lang=fr"),
-    Case("exact", "GET", "/exact", route="exact", target="/exact",
-         expect=(("set-cookie", ["s=1", "t=2"]), ("x-mixed-case", ["Value"]), ("x-origin-internal", ["secret"]))),
+    Case("exact-chain", "GET", "/exact", route="exact", target="/exact",
+         expect=(("set-cookie", ["s=1", "t=2"]), ("x-mixed-case", ["Value"]), ("x-origin-internal", ["secret"]),
+                 ("x-chain-seen", ["1"])),
+         upstream=(("x-chain", ["1"]),)),
+    Case("regex", "GET", "/r/123?q", route="regex", target="/r/123?q"),
+    Case("regex-whole", "GET", "/r/12a", route="fallback", target="/r/12a"),
+    # The same key goes to the same server whatever the protocol (the
+    # answer names it; whole answers are compared).
+    *[Case(f"hash-{user}", "GET", "/h/x", (("x-user", user),)) for user in ("alice", "bob", "carol", "dave")],
+    Case("no-healthy-server-503", "GET", "/down", status=503),
     Case("exact-slash", "GET", "/exact/", route="fallback", target="/exact/"),
     Case("normalised", "GET", "/a/./b/../c//d?k=v", route="fallback", target="/a/c/d?k=v"),
     Case("unreserved-escape", "GET", "/%75sers/%2f", route="fallback", target="/users/%2F"),
