@@ -394,9 +394,9 @@ def test_client_reset_mid_upload_aborts_the_upstream_request(serve, origin):
 
 
 def test_upstream_dying_mid_response_resets_only_its_stream(serve, origin):
-    """Three streams on one connection; the upstream of one closes after 10
-    of its 1000 declared bytes: that stream is reset (never ended as if
-    complete), the others finish, the connection goes on."""
+    """Four streams on one connection; the upstreams of two close (FIN, RST)
+    after 10 of their 1000 declared bytes: those streams are reset (never
+    ended as if complete), the others finish, the connection goes on."""
     with serve().streams() as s:
         cut = s.start("/cut?n=10")
         cut_rst = s.start("/cut?n=10&mode=reset")
@@ -405,8 +405,13 @@ def test_upstream_dying_mid_response_resets_only_its_stream(serve, origin):
         rs = s.run(30)
         assert s.goaway is None and not s.closed
         for sid in (cut, cut_rst):
-            assert rs[sid].reset is not None and not rs[sid].ended, rs[sid]
-            assert rs[sid].status == 200 and rs[sid].length == 10, rs[sid]
+            r = rs[sid]
+            # 502 if the cut came before anything was relayed (an RST may
+            # discard what the gateway had not read yet), else a reset
+            # after the 10 bytes: never an ended 200.
+            assert (r.status == 502 and r.ended) or (
+                r.status == 200 and r.reset is not None and not r.ended and r.length <= 10
+            ), r
         assert rs[big].ended and (rs[big].length, rs[big].sha256) == (4 * MiB, pattern_sha256(4 * MiB))
         assert rs[slow].ended and rs[slow].head == b"GET /slow?delay=1\n"
         nxt = s.start("/next")
