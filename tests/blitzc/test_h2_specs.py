@@ -22,14 +22,11 @@ and a drain (SIGTERM) with HTTP/2 streams in flight on the compiled binary.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
 import socket
 import ssl
 import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +37,9 @@ from hyperframe.frame import WindowUpdateFrame
 from support.blitzc import Served, build
 from support.gateway import free_port
 from support.h2client import NO_ERROR, RawH2
+from support.h2streams import Streams
 from support.origin import Origin, default_handler, respond
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
-from test_h2_flow import Streams  # noqa: E402
 
 NAMES = ("a", "b", "c")
 KEEP = 4 << 20  # response bodies compared whole up to this
