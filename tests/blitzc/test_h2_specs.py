@@ -689,6 +689,9 @@ CASES = [
     Case("big-head-431", "GET", "/x", (("x-big", "b" * 5000),), status=431, whole=False),
     Case("big-head-431-gateway", "GET", "/x", (("x-big", "b" * 4000), ("x-b2", "c" * 200)), status=431),
     Case("many-fields-431", "GET", "/x", tuple((f"x-f{i}", "v") for i in range(40)), status=431),
+    # max-headers 30 counts the host line (HTTP/2: from :authority) too.
+    Case("fields-at-limit", "GET", "/x", tuple((f"x-f{i}", "v") for i in range(29)), route="fallback", target="/x"),
+    Case("fields-over-limit-431", "GET", "/x", tuple((f"x-f{i}", "v") for i in range(30)), status=431),
 ]
 
 
