@@ -611,3 +611,32 @@ def default_handler(req: RecordedRequest, conn: OriginConn) -> bool:
             conn.close()
         return False
     return respond(conn, req, 200, f"{req.method} {req.target}\n".encode(), ("content-type: text/plain",))
+
+
+class UnreadingOrigin:
+    """A server that accepts, reads the request head, then neither reads the
+    body nor answers (a hung application behind a full receive buffer)."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        # accepted sockets inherit a small receive buffer: the body backs up soon
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.lsock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.held.append(c)
+            c.recv(4096)
+
+    def close(self):
+        self.lsock.close()
+        for c in self.held:
+            c.close()

@@ -16,8 +16,9 @@
 //!   (exchange.rs: pooled upstream, body both ways under flow control)
 //!   ─► logging
 //! every read: frame watch ─► stop: GOAWAY(its code), close
-//! tick (1 s): new control-frame budget, idle_timeout, header-block
-//!   timeout, the client's SETTINGS after its preface, closing deadline
+//! tick (1 s): new control-frame budget, idle_timeout (no request, PINGs
+//!   or not), header-block timeout, the client's SETTINGS after its
+//!   preface, closing deadline
 //! drain: GOAWAY, streams in flight finish, then close
 //! ```
 //!
@@ -251,7 +252,7 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
             }
             Event::Tick => {
                 tick.set(compio::time::sleep(TICK));
-                let active = watch.tick();
+                let requested = watch.tick();
                 if !watch.preface_complete() {
                     preface_ticks += 1;
                     if preface_ticks > header_limit {
@@ -272,7 +273,9 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
                     conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                     closing = Closing::Abrupt;
                 }
-                idle_ticks = if active || !streams.is_empty() {
+                // Idle: no stream in flight and none opened; frames that
+                // are no request (PINGs...) do not keep a connection.
+                idle_ticks = if requested || !streams.is_empty() {
                     0
                 } else {
                     idle_ticks + 1

@@ -114,8 +114,11 @@ struct State {
     /// A HEADERS or PUSH_PROMISE frame arrived without END_HEADERS and its
     /// last CONTINUATION has not.
     header_block_open: bool,
-    /// Bytes arrived since the last tick.
-    active: bool,
+    /// A HEADERS frame (a request) arrived since the last tick. Other
+    /// frames (PING, SETTINGS, WINDOW_UPDATE) are no request: a client
+    /// sending only those is idle, as an HTTP/1.1 connection without a
+    /// request is.
+    requested: bool,
     /// A whole frame header followed the preface (the client's SETTINGS,
     /// which must come first).
     first_frame: bool,
@@ -139,7 +142,7 @@ impl Default for State {
             entry_len: 0,
             control: 0,
             header_block_open: false,
-            active: false,
+            requested: false,
             first_frame: false,
             newest_stream: 0,
             closed: 0,
@@ -159,14 +162,15 @@ impl FrameWatch {
         n
     }
 
-    /// Called by the connection loop once per tick: returns whether bytes
-    /// arrived since the last tick and starts a new control budget.
+    /// Called by the connection loop once per tick: returns whether the
+    /// client sent a request (a HEADERS frame) since the last tick and
+    /// starts a new control budget.
     pub(crate) fn tick(&self) -> bool {
         let mut s = self.state.get();
         s.control = 0;
-        let active = std::mem::replace(&mut s.active, false);
+        let requested = std::mem::replace(&mut s.requested, false);
         self.state.set(s);
-        active
+        requested
     }
 
     /// True once any byte of the client's preface arrived.
@@ -197,7 +201,6 @@ impl State {
         if self.stop.is_some() || bytes.is_empty() {
             return 0;
         }
-        self.active = true;
         let mut pos = self.preface_left.min(bytes.len());
         self.preface_left -= pos;
         // Where the current frame began in `bytes` (0: in an earlier read).
@@ -261,6 +264,7 @@ impl State {
                 self.size_at_least(len, pad + priority);
                 self.not_closed(stream);
                 self.open(stream);
+                self.requested = true;
                 if flags & FLAG_END_STREAM != 0 {
                     self.close(stream);
                 }
@@ -467,10 +471,21 @@ mod tests {
             for _ in 0..CONTROL_FRAMES_PER_TICK {
                 w.inspect(&frame(PING, 0, 8));
             }
-            assert!(w.tick());
+            w.tick();
         }
         assert_eq!(w.stop(), None);
-        assert!(!w.tick(), "no bytes since the last tick");
+    }
+
+    #[test]
+    fn only_a_request_is_activity() {
+        let w = watch();
+        w.inspect(&frame(PING, 0, 8));
+        w.inspect(&frame(WINDOW_UPDATE, 0, 4));
+        w.inspect(&settings(&[]));
+        assert!(!w.tick(), "PING, WINDOW_UPDATE and SETTINGS are no request");
+        w.inspect(&on(HEADERS, END_HEADERS | END_STREAM, 1, 10));
+        assert!(w.tick(), "a HEADERS frame is a request");
+        assert!(!w.tick(), "nothing since the last tick");
     }
 
     #[test]
