@@ -152,6 +152,33 @@ def test_stops_accepting_after_sigterm(start_gateway, origin):
     assert rc == 0
 
 
+@pytest.mark.parametrize("control", [False, True], ids=["no-control-socket", "control-socket"])
+def test_new_connections_are_refused_once_the_drain_starts(start_gateway, origin, tmp_path, control):
+    """After SIGTERM nobody takes the listening sockets over: they are closed
+    at once, so a new connection is refused (a load balancer fails over right
+    away), not queued in the backlog until the exit resets it. (nginx closes
+    its listening sockets on a graceful shutdown too.) With or without a
+    control socket for upgrades."""
+    extra = {"admin_socket": str(tmp_path / "admin.sock")} if control else {}
+    g = start_gateway(grace=15, **extra)
+    t = threading.Thread(target=lambda: request(g.port, "GET", "/slow?delay=3", timeout=20))
+    t.start()
+    assert origin.wait_for(lambda: any(q.path == "/slow" for q in origin.requests), 10)
+    g.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 2
+    refused = False
+    while time.monotonic() < deadline and not refused:
+        try:
+            socket.create_connection(("127.0.0.1", g.port), timeout=2).close()
+            time.sleep(0.05)
+        except ConnectionRefusedError:
+            refused = True
+    assert refused, "a new connection was still accepted into the backlog 2 s into the drain"
+    t.join(25)
+    assert g.proc.wait(timeout=20) == 0
+    g.stopped_on_purpose = True
+
+
 def test_bad_command_line_exits_nonzero(hello_bin):
     p = subprocess.run([str(hello_bin), "--no-such-flag"], capture_output=True, timeout=10)
     assert p.returncode != 0

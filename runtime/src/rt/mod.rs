@@ -631,7 +631,13 @@ where
                 }
             }
         }
-        None => None,
+        // No successor can take the sockets: keep no copies of them, so a
+        // drain's closing of the workers' sockets refuses new connections
+        // at once instead of leaving them queued until the exit.
+        None => {
+            drop(offer);
+            None
+        }
     };
     drop(stop_tx);
 
