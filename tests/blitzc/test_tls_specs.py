@@ -70,6 +70,10 @@ upstream "wrong-name" {{
 upstream "expired" {{
     server "127.0.0.1:{expired}" tls=#true sni="expired.test" ca="certs/ca.crt"
 }}
+upstream "checked" {{
+    server "127.0.0.1:{checked}" tls=#true sni="origin.test" ca="certs/ca.crt"
+    health-check path="/healthz" interval="1s" timeout="1s" unhealthy=2
+}}
 route "local" {{
     match {{ path "/local" }}
     respond 200 body="local\\n" content-type="text/plain"
@@ -80,7 +84,7 @@ route "plain" {{
 }}
 """
 
-TLS_UPSTREAMS = ("by-ip", "by-name", "roots", "wrong-name", "expired")
+TLS_UPSTREAMS = ("by-ip", "by-name", "roots", "wrong-name", "expired", "checked")
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +115,7 @@ def setup(blitzc, cache_dir, pki):
         "by_ip": TlsOrigin(pki.path("origin.crt"), pki.path("origin.key")),
         "by_name": TlsOrigin(pki.path("origin.crt"), pki.path("origin.key")),
         "expired": TlsOrigin(pki.path("expired.crt"), pki.path("expired.key")),
+        "checked": TlsOrigin(pki.path("origin.crt"), pki.path("origin.key")),
     }
     ports = {"tls": free_port(), "tls_h1": free_port(), **{k: o.port for k, o in origins.items()}}
     routes = "".join(
@@ -280,6 +285,25 @@ def test_an_upstream_certificate_that_does_not_verify_is_a_502_and_a_log(s, path
     assert logged, "\n".join(s.gw.lines)
     origin = s.origins["expired" if path == "/expired" else "by_name"]
     assert origin.requests == [], "nothing was sent over an unverified connection"
+
+
+def test_health_checks_reach_a_tls_server_over_tls(s):
+    """Active checks speak to a TLS server as the workers do (TLS, SNI,
+    the CA file): in cleartext it answers nothing and would be marked down
+    after `unhealthy` checks, every request then a 503."""
+    checked = s.origins["checked"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        checks = [r for r in checked.requests if r.header("user-agent") == ["blitz-health-check"]]
+        if len(checks) >= 3:
+            break
+        time.sleep(0.1)
+    assert len(checks) >= 3, (checked.requests, checked.handshake_errors)
+    assert checks[0].path == "/healthz"
+    assert "origin.test" in checked.sni_seen
+    r = curl(s, "/checked/x", "edge.test", "-w", " %{http_code}")
+    assert r.returncode == 0 and r.stdout == "GET /checked/x\n 200", (r.stdout, r.stderr)
+    assert not [line for line in s.gw.lines if '"checked"' in line and "unhealthy" in line], s.gw.lines
 
 
 def close_delimited(req, conn) -> bool:
