@@ -230,6 +230,28 @@ def test_tls12_and_tls13_only(s):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
+def test_a_session_resumes_only_for_its_server_name_and_listener(s, tmp_path, version):
+    """A session made for rsa.test resumed under another name would skip the
+    authentication of that name's certificate: a full handshake instead."""
+    sess = tmp_path / "session.pem"
+    request = "GET /local HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+
+    def run(port: int, name: str, *opts: str) -> str:
+        r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", version, "-servername", name,
+                            "-ign_eof", *opts], input=request, capture_output=True, text=True, errors="replace",
+                           timeout=20)
+        return r.stdout + r.stderr
+
+    out = run(s.ports["tls"], "rsa.test", "-sess_out", str(sess))
+    assert "New," in out, out
+    assert "Reused," in run(s.ports["tls"], "RSA.test", "-sess_in", str(sess)), "same name, another case"
+    out = run(s.ports["tls"], "edge.test", "-sess_in", str(sess))
+    assert "New," in out and re.search(r"subject=\s*CN ?= ?edge\.test", out), out
+    out = run(s.ports["tls_h1"], "rsa.test", "-sess_in", str(sess))
+    assert "New," in out, "another listener has its own ticket keys and cache: " + out
+
+
 # ---------------------------------------------------------------- upstreams
 
 
