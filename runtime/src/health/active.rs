@@ -2,7 +2,10 @@
 //!
 //! Every `interval`, each endpoint of an upstream with a `health-check`
 //! gets `GET path HTTP/1.1` (`connection: close`) on a new connection,
-//! within `timeout` for connect + status line. A status in `expect`
+//! within `timeout` for connect (and TLS handshake) + status line. A
+//! server the workers reach over TLS is checked over TLS too, with the
+//! same verification, SNI and CA file: in cleartext a TLS server answers
+//! no HTTP, and every check would fail. A status in `expect`
 //! (default 2xx and 3xx) is a success; anything else (refused, timeout, other status, garbage) a
 //! failure. `unhealthy` failures in a row mark a healthy endpoint down,
 //! `healthy` successes in a row mark a down endpoint up again. Endpoints
@@ -15,7 +18,31 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::Directory;
-use crate::lb::HealthCheck;
+use crate::lb::{HealthCheck, Server};
+
+/// How the checker talks to one spec server: as the workers do.
+#[derive(Debug)]
+pub enum Transport {
+    Plain,
+    #[cfg(feature = "tls")]
+    Tls(crate::tls::UpstreamTls),
+    /// TLS that cannot be set up (its CA file does not load; the workers
+    /// log why): every check fails.
+    #[cfg(feature = "tls")]
+    Unusable,
+}
+
+impl Transport {
+    /// The transport of `server`.
+    pub fn of(server: &Server) -> Transport {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &server.tls {
+            return crate::tls::UpstreamTls::new(tls).map_or(Transport::Unusable, Transport::Tls);
+        }
+        let _ = server;
+        Transport::Plain
+    }
+}
 
 #[derive(Debug, Default)]
 struct Track {
@@ -27,6 +54,12 @@ struct Track {
 /// Runs the checks until the directory is stopped.
 pub fn run(dir: &Directory) {
     let mut tracks: HashMap<(usize, SocketAddr), Track> = HashMap::new();
+    // Per upstream, per spec server (endpoints keep their server's index).
+    let transports: Vec<Vec<Transport>> = dir
+        .upstreams()
+        .iter()
+        .map(|up| up.servers.iter().map(Transport::of).collect())
+        .collect();
     loop {
         let now = Instant::now();
         let mut due = Vec::new();
@@ -44,7 +77,10 @@ pub fn run(dir: &Directory) {
         let verdicts: Vec<bool> = std::thread::scope(|s| {
             let handles: Vec<_> = due
                 .iter()
-                .map(|(_, ep, hc)| s.spawn(move || check(ep.addr, hc)))
+                .map(|(u, ep, hc)| {
+                    let transport = transports[*u].get(ep.server).unwrap_or(&Transport::Plain);
+                    s.spawn(move || check(ep.addr, hc, transport))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -91,19 +127,48 @@ pub fn run(dir: &Directory) {
     }
 }
 
-/// One check: whether `addr` answers `GET path` with 2xx or 3xx in time.
-pub fn check(addr: SocketAddr, hc: &HealthCheck) -> bool {
+/// One check: whether `addr` answers `GET path` with a status of
+/// `expect` in time, over `transport`.
+pub fn check(addr: SocketAddr, hc: &HealthCheck, transport: &Transport) -> bool {
     let deadline = Instant::now() + hc.timeout;
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, hc.timeout) else {
+    let Ok(tcp) = TcpStream::connect_timeout(&addr, hc.timeout) else {
         return false;
     };
+    match transport {
+        Transport::Plain => exchange(&mut &tcp, &tcp, addr, hc, deadline),
+        #[cfg(feature = "tls")]
+        Transport::Tls(tls) => {
+            let Ok(mut conn) = tls.connection() else {
+                return false;
+            };
+            // The handshake runs inside the first write, under the
+            // socket's timeouts.
+            let mut sock = &tcp;
+            let mut stream = rustls::Stream::new(&mut conn, &mut sock);
+            exchange(&mut stream, &tcp, addr, hc, deadline)
+        }
+        #[cfg(feature = "tls")]
+        Transport::Unusable => false,
+    }
+}
+
+/// The request and the status line, over `stream` (on `tcp`, whose
+/// timeouts bound every read and write by `deadline`).
+fn exchange(
+    stream: &mut (impl Read + Write),
+    tcp: &TcpStream,
+    addr: SocketAddr,
+    hc: &HealthCheck,
+    deadline: Instant,
+) -> bool {
     let request = format!(
         "GET {} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: blitz-health-check\r\nconnection: close\r\n\r\n",
         hc.path
     );
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero()
-        || stream.set_write_timeout(Some(left)).is_err()
+        || tcp.set_write_timeout(Some(left)).is_err()
+        || tcp.set_read_timeout(Some(left)).is_err()
         || stream.write_all(request.as_bytes()).is_err()
     {
         return false;
@@ -112,7 +177,7 @@ pub fn check(addr: SocketAddr, hc: &HealthCheck) -> bool {
     let mut len = 0;
     while len < buf.len() {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+        if left.is_zero() || tcp.set_read_timeout(Some(left)).is_err() {
             return false;
         }
         match stream.read(&mut buf[len..]) {
@@ -184,20 +249,23 @@ mod tests {
                 let _ = s.write_all(answer);
             }
         });
-        assert!(check(addr, &hc));
-        assert!(!check(addr, &hc));
+        assert!(check(addr, &hc, &Transport::Plain));
+        assert!(!check(addr, &hc, &Transport::Plain));
         let only_204 = HealthCheck {
             expect: 204..=204,
             ..hc.clone()
         };
-        assert!(!check(addr, &only_204), "200 is not in expect");
+        assert!(
+            !check(addr, &only_204, &Transport::Plain),
+            "200 is not in expect"
+        );
         let t = Instant::now();
-        assert!(!check(addr, &hc));
+        assert!(!check(addr, &hc, &Transport::Plain));
         assert!(
             t.elapsed() < Duration::from_millis(790),
             "bounded by the timeout"
         );
         let _ = server.join();
-        assert!(!check(addr, &hc), "refused");
+        assert!(!check(addr, &hc, &Transport::Plain), "refused");
     }
 }

@@ -115,7 +115,10 @@ pub struct TlsServer {
     config: Arc<ServerConfig>,
 }
 
-/// The ALPN protocols a listener offers, in preference order.
+/// The ALPN protocols a listener offers, in preference order. `h1` is
+/// HTTP/1.1 and 1.0, so it answers `http/1.0` too (`curl --http1.0`
+/// offers only that one), as nginx does: refusing it would end an
+/// HTTP/1.0 client's handshake with `no_application_protocol`.
 pub fn alpn_for(protocols: Protocols) -> Vec<Vec<u8>> {
     let mut alpn = Vec::new();
     if protocols.h2 {
@@ -123,6 +126,7 @@ pub fn alpn_for(protocols: Protocols) -> Vec<Vec<u8>> {
     }
     if protocols.h1 {
         alpn.push(b"http/1.1".to_vec());
+        alpn.push(b"http/1.0".to_vec());
     }
     alpn
 }
@@ -287,11 +291,18 @@ mod tests {
 
     #[test]
     fn alpn_follows_the_listener_protocols() {
-        assert_eq!(alpn_for(Protocols::H1), vec![b"http/1.1".to_vec()]);
+        let h1 = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+        assert_eq!(alpn_for(Protocols::H1), h1);
         let both = Protocols {
             h2: true,
             ..Protocols::H1
         };
-        assert_eq!(alpn_for(both), vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(alpn_for(both), [vec![b"h2".to_vec()], h1].concat());
+        let h2_only = Protocols {
+            h1: false,
+            h2: true,
+            ..Protocols::H1
+        };
+        assert_eq!(alpn_for(h2_only), vec![b"h2".to_vec()]);
     }
 }

@@ -48,6 +48,9 @@ struct State {
     plaintext: usize,
     /// The peer sent close_notify, or the socket reached EOF.
     closed: bool,
+    /// The peer sent close_notify: the end of its data. An EOF without
+    /// it may be a cut (see [`TlsStream::read_some`]).
+    close_notify: bool,
     /// The last socket read filled its buffer: read bigger next time.
     busy: bool,
     /// Some ciphertext arrived (the peer started the handshake).
@@ -66,6 +69,7 @@ impl State {
                 // close_notify was received: nothing more is read.
                 Ok(0) => {
                     self.closed = true;
+                    self.close_notify = true;
                     break;
                 }
                 Ok(n) => self.pos += n,
@@ -77,6 +81,7 @@ impl State {
             self.plaintext = io.plaintext_bytes_to_read();
             if io.peer_has_closed() {
                 self.closed = true;
+                self.close_notify = true;
             }
         }
         if self.pos == self.incoming.len() {
@@ -93,6 +98,7 @@ impl State {
         let io = self.conn.process_new_packets()?;
         self.plaintext = io.plaintext_bytes_to_read();
         self.closed = true;
+        self.close_notify |= io.peer_has_closed();
         Ok(())
     }
 
@@ -127,6 +133,7 @@ impl TlsStream {
                 pos: 0,
                 plaintext: 0,
                 closed: false,
+                close_notify: false,
                 busy: false,
                 received: false,
                 outgoing: Vec::new(),
@@ -235,7 +242,11 @@ impl TlsStream {
 
     /// Reads plaintext onto the end of `buf` (into its spare capacity, at
     /// least one byte of which the caller reserved). `Ok(0)` is the end of
-    /// the stream.
+    /// the stream: the peer's close_notify. A TCP EOF without it is
+    /// `UnexpectedEof`, as rustls' own reader reports it: whoever cut the
+    /// connection may have cut the data, so a body that ends only with the
+    /// connection (HTTP/1.1 close-delimited) is complete only after a
+    /// close_notify (RFC 9110 §9.8), never after a bare EOF.
     pub async fn read_some(&self, mut buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
         loop {
             {
@@ -263,7 +274,12 @@ impl TlsStream {
                     return BufResult(Ok(got), buf);
                 }
                 if st.closed {
-                    return BufResult(Ok(0), buf);
+                    let end = if st.close_notify {
+                        Ok(0)
+                    } else {
+                        Err(io::ErrorKind::UnexpectedEof.into())
+                    };
+                    return BufResult(end, buf);
                 }
             }
             if let Err(e) = self.receive().await {
