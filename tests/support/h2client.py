@@ -52,6 +52,25 @@ def _addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class SocketOwner:
+    """A test client over one socket (`self.sock`): closed on `close()` or
+    at the end of a `with` block."""
+
+    sock: socket.socket
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 @dataclass
 class Response:
     status: int
@@ -63,7 +82,7 @@ class Response:
         return [v for n, v in self.headers if n == name]
 
 
-class H2Client:
+class H2Client(SocketOwner):
     """One HTTP/2 (h2c, prior knowledge) connection, used sequentially."""
 
     def __init__(self, addr: str, timeout: float = 10.0, validate: bool = True):
@@ -80,18 +99,6 @@ class H2Client:
         self.sock.sendall(self.conn.data_to_send())
         self.goaway: int | None = None
         self.closed = False
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def request(
         self,
@@ -183,7 +190,7 @@ class Seen:
         return None
 
 
-class RawH2:
+class RawH2(SocketOwner):
     """A connection driven frame by frame."""
 
     def __init__(self, addr: str, timeout: float = 10.0, preface: bool = True, settings: dict | None = None,
@@ -200,18 +207,6 @@ class RawH2:
         if preface:
             self.send(PREFACE)
             self.frame(SettingsFrame(0, settings=settings or {}))
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def send(self, data: bytes) -> bool:
         try:

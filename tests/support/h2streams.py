@@ -17,7 +17,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from support.h2client import CANCEL
+from support.h2client import CANCEL, SocketOwner
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Result:
         return [v for n, v in self.headers if n == name]
 
 
-class Streams:
+class Streams(SocketOwner):
     """Many streams on one HTTP/2 connection, their bodies sent and read
     together as the windows allow (the `h2` library does flow control;
     received data is acknowledged as soon as it is hashed)."""
@@ -67,18 +67,6 @@ class Streams:
         self.closed = False
         self.rbuf = b""
         self.flush()
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
