@@ -61,9 +61,15 @@ pub fn within<F: Future>(deadline: Instant, future: F) -> Within<F, impl Future<
     }
 }
 
-/// [`within`] `timeout` from now.
+/// [`within`] `timeout` from when the operation first has to wait. The
+/// clock is read only then (compio's `sleep` reads it on its first poll,
+/// which comes after a poll of the operation that returned pending): a
+/// write or read that completes at once costs no clock read.
 pub fn within_for<F: Future>(timeout: Duration, future: F) -> Within<F, impl Future<Output = ()>> {
-    within(Instant::now() + timeout, future)
+    Within {
+        future,
+        timer: compio::time::sleep(timeout),
+    }
 }
 
 /// Writes all of `buf` to `tcp`, failing with `TimedOut` once one partial
