@@ -278,7 +278,9 @@ def test_sighup_reloads_certificates_without_dropping_connections(served, pki):
 
 
 def test_handshake_garbage_and_silence_close_without_harm(served, pki):
-    # Plain HTTP to the TLS port: the handshake fails, the connection closes.
+    # Plain HTTP to the TLS port: the handshake fails, and the client is told
+    # so in plain HTTP (400, as nginx), with no TLS alert before it; then the
+    # connection closes. Nothing reaches the origin.
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         got = b""
@@ -287,7 +289,10 @@ def test_handshake_garbage_and_silence_close_without_harm(served, pki):
             if not chunk:
                 break
             got += chunk
-        assert not got.startswith(b"HTTP/"), got
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), got
+        assert b"content-length: %d" % len(body) in head.lower(), got
+        assert b"HTTPS port" in body, got
     # Random bytes shaped like a TLS record.
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
         s.sendall(b"\x16\x03\x01\x00\x05" + os.urandom(5))

@@ -124,6 +124,11 @@ async fn serve_tls<G: Gateway>(
     let stream = crate::tls::TlsStream::new(stream, conn);
     let deadline = Instant::now() + w.limits.header_timeout;
     if !tls_handshake(&w, &stream, deadline).await {
+        if stream.sent_plain_http() {
+            // As nginx: say what went wrong, in the client's protocol.
+            let answer = PLAIN_HTTP_TO_TLS.to_vec();
+            let _ = crate::rt::time::write_paced(stream.tcp(), answer, w.limits.body_timeout).await;
+        }
         let _ = Stream::close(stream).await;
         return;
     }
@@ -142,6 +147,11 @@ async fn serve_tls<G: Gateway>(
     };
     serve_h1(w, client).await;
 }
+
+/// The answer to a plain HTTP request sent to a TLS listener.
+#[cfg(feature = "tls")]
+const PLAIN_HTTP_TO_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
+content-length: 49\r\nconnection: close\r\n\r\nThe plain HTTP request was sent to an HTTPS port\n";
 
 /// The TLS handshake, by `deadline`; `false`: the connection is to close.
 /// A drain does not cut a handshake under way: the client connected before

@@ -55,6 +55,9 @@ struct State {
     busy: bool,
     /// Some ciphertext arrived (the peer started the handshake).
     received: bool,
+    /// The first bytes that arrived were a plain HTTP request line, not a
+    /// TLS record: a client speaking `http://` to an `https://` port.
+    plain_http: bool,
     /// Buffer for ciphertext on its way out (kept for its capacity).
     outgoing: Vec<u8>,
 }
@@ -114,6 +117,14 @@ impl State {
     }
 }
 
+/// An HTTP/1.x request line's start: a method token of capital letters
+/// and a space. A TLS record starts with its content type (20-24), never
+/// a letter.
+fn looks_like_http_request(bytes: &[u8]) -> bool {
+    let method = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    (1..=16).contains(&method) && bytes.get(method) == Some(&b' ')
+}
+
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -136,6 +147,7 @@ impl TlsStream {
                 close_notify: false,
                 busy: false,
                 received: false,
+                plain_http: false,
                 outgoing: Vec::new(),
             })),
         }
@@ -159,6 +171,14 @@ impl TlsStream {
         self.state.borrow().received
     }
 
+    /// Whether the peer opened with a plain HTTP request line instead of
+    /// a TLS record (`http://` to an `https://` port): its handshake fails,
+    /// without a TLS alert, and it can be told so in plain HTTP (nginx: 400
+    /// "The plain HTTP request was sent to HTTPS port").
+    pub fn sent_plain_http(&self) -> bool {
+        self.state.borrow().plain_http
+    }
+
     async fn drive_handshake(&self) -> io::Result<()> {
         loop {
             self.flush().await?;
@@ -174,8 +194,12 @@ impl TlsStream {
             }
             let result = self.receive().await;
             if let Err(e) = result {
-                // Best effort: the alert rustls queued tells the peer why.
-                let _ = self.flush().await;
+                // Best effort: the alert rustls queued tells the peer why
+                // (a plain HTTP client gets a plain answer instead, from
+                // the caller: see `sent_plain_http`).
+                if !self.sent_plain_http() {
+                    let _ = self.flush().await;
+                }
                 return Err(e);
             }
         }
@@ -208,7 +232,10 @@ impl TlsStream {
         st.incoming = buf;
         st.pos = 0;
         st.busy = matches!(res, Ok(n) if n >= room);
-        st.received |= matches!(res, Ok(n) if n > 0);
+        if !st.received && matches!(res, Ok(n) if n > 0) {
+            st.received = true;
+            st.plain_http = looks_like_http_request(&st.incoming);
+        }
         match res {
             Ok(0) => st.eof().map_err(tls_error),
             Ok(_) => st.feed().map_err(tls_error),
@@ -329,5 +356,22 @@ impl TlsStream {
     /// The protocol ALPN chose, if any.
     pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
         self.state.borrow().conn.alpn_protocol().map(<[u8]>::to_vec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_http_request;
+
+    #[test]
+    fn a_request_line_is_plain_http_and_a_tls_record_is_not() {
+        assert!(looks_like_http_request(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_http_request(b"OPTIONS * HTTP/1.1\r\n"));
+        assert!(looks_like_http_request(b"PRI * HTTP/2.0\r\n"));
+        // a ClientHello record
+        assert!(!looks_like_http_request(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(!looks_like_http_request(b"get / HTTP/1.1\r\n"));
+        assert!(!looks_like_http_request(b"GET"));
+        assert!(!looks_like_http_request(b""));
     }
 }
