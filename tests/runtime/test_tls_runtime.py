@@ -102,12 +102,7 @@ class SlowDownload(threading.Thread):
             with socket.create_connection(("127.0.0.1", self.port), timeout=20) as raw:
                 with self.ctx.wrap_socket(raw, server_hostname="edge.test") as s:
                     s.sendall(f"GET /bytes/{self.n} HTTP/1.1\r\nhost: edge.test\r\n\r\n".encode())
-                    buf = b""
-                    while b"\r\n\r\n" not in buf:
-                        chunk = s.recv(65536)
-                        assert chunk, "closed before the head"
-                        buf += chunk
-                    head, body = buf.split(b"\r\n\r\n", 1)
+                    head, body = read_head(s)
                     assert head.startswith(b"HTTP/1.1 200"), head
                     h = hashlib.sha256(body)
                     got = len(body)
@@ -172,15 +167,21 @@ def pki_client(pki: Pki) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(pki.path("ca.crt")))
 
 
-def get(sock: ssl.SSLSocket, path: str) -> bytes:
-    """One keep-alive GET; the body (Content-Length framed)."""
-    sock.sendall(f"GET {path} HTTP/1.1\r\nhost: edge.test\r\n\r\n".encode())
+def read_head(sock) -> tuple[bytes, bytes]:
+    """Reads a response head: (head, the body bytes that came with it)."""
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
-        assert chunk, "closed"
+        assert chunk, "closed before the head"
         buf += chunk
     head, body = buf.split(b"\r\n\r\n", 1)
+    return head, body
+
+
+def get(sock: ssl.SSLSocket, path: str) -> bytes:
+    """One keep-alive GET; the body (Content-Length framed)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nhost: edge.test\r\n\r\n".encode())
+    head, body = read_head(sock)
     length = int([v for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
                   if k.strip().lower() == b"content-length"][0])
     while len(body) < length:
