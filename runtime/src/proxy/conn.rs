@@ -96,7 +96,8 @@ pub(crate) async fn serve_connection<G: Gateway>(
             Sniffed::Closed => return,
             Sniffed::Http2 => {
                 let Client { stream, rbuf, .. } = client;
-                let h2 = super::http2::serve_h2(Rc::clone(&w), stream, rbuf, peer, listener, false);
+                let io = super::http2::Transport::Tcp(stream);
+                let h2 = super::http2::serve_h2(Rc::clone(&w), io, rbuf, peer, listener, false);
                 Box::pin(h2).await;
                 return;
             }
@@ -134,7 +135,7 @@ async fn serve_tls<G: Gateway>(
     }
     #[cfg(feature = "h2")]
     if speaks_h2(stream.alpn_protocol().as_deref(), &listener) {
-        let io = super::http2::TlsIo::new(stream);
+        let io = super::http2::Transport::Tls(stream);
         super::http2::serve_h2(w, io, Vec::new(), peer, listener, true).await;
         return;
     }

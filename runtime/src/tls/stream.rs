@@ -31,6 +31,11 @@ const CIPHERTEXT_READ_SMALL: usize = 2 * 1024;
 /// record's worth.
 const CIPHERTEXT_READ: usize = 17 * 1024;
 
+/// A ciphertext buffer up to this capacity is kept for the next write; a
+/// larger one (a handshake flight, a body's records) is freed once sent,
+/// so a quiet connection does not keep the largest write it ever made.
+const OUTGOING_KEPT: usize = 4 * 1024;
+
 /// One TLS connection (server or client side).
 pub struct TlsStream {
     tcp: TcpStream,
@@ -58,7 +63,7 @@ struct State {
     /// The first bytes that arrived were a plain HTTP request line, not a
     /// TLS record: a client speaking `http://` to an `https://` port.
     plain_http: bool,
-    /// Buffer for ciphertext on its way out (kept for its capacity).
+    /// Buffer for ciphertext on its way out (kept while small).
     outgoing: Vec<u8>,
 }
 
@@ -92,6 +97,36 @@ impl State {
             self.pos = 0;
         }
         Ok(())
+    }
+
+    /// Hands rustls the ciphertext left over from the last socket read
+    /// once it has no plaintext left to give.
+    fn feed_if_idle(&mut self) -> Result<(), rustls::Error> {
+        if self.plaintext == 0 && self.pos < self.incoming.len() {
+            self.feed()?;
+        }
+        Ok(())
+    }
+
+    /// Plaintext into `dst`, or the end of the stream, if either is here:
+    /// `Ok(0)` after close_notify; `UnexpectedEof` after a bare TCP EOF
+    /// (see [`TlsStream::read_some`]).
+    fn read_buffered(&mut self, dst: &mut [u8]) -> Option<io::Result<usize>> {
+        if self.plaintext > 0 {
+            let got = self.conn.reader().read(dst);
+            if let Ok(k) = got {
+                self.plaintext -= k.min(self.plaintext);
+            }
+            return Some(got);
+        }
+        if self.closed {
+            return Some(if self.close_notify {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            });
+        }
+        None
     }
 
     /// The socket reached EOF: tells rustls.
@@ -206,7 +241,7 @@ impl TlsStream {
     }
 
     /// Reads ciphertext from the socket and hands it to rustls.
-    async fn receive(&self) -> io::Result<()> {
+    pub(crate) async fn receive(&self) -> io::Result<()> {
         let (buf, room) = {
             let mut st = self.state.borrow_mut();
             let mut buf = std::mem::take(&mut st.incoming);
@@ -244,7 +279,7 @@ impl TlsStream {
     }
 
     /// Sends whatever rustls has queued.
-    async fn flush(&self) -> io::Result<()> {
+    pub(crate) async fn flush(&self) -> io::Result<()> {
         self.flush_paced(None).await
     }
 
@@ -263,7 +298,9 @@ impl TlsStream {
             }
         };
         out.clear();
-        self.state.borrow_mut().outgoing = out;
+        if out.capacity() <= OUTGOING_KEPT {
+            self.state.borrow_mut().outgoing = out;
+        }
         res
     }
 
@@ -278,41 +315,46 @@ impl TlsStream {
         loop {
             {
                 let mut st = self.state.borrow_mut();
-                if st.plaintext == 0
-                    && st.pos < st.incoming.len()
-                    && let Err(e) = st.feed()
-                {
+                if let Err(e) = st.feed_if_idle() {
                     return BufResult(Err(tls_error(e)), buf);
                 }
-                if st.plaintext > 0 {
+                if st.plaintext > 0 || st.closed {
                     let len = buf.len();
                     let n = st.plaintext.min(buf.capacity() - len).max(1);
                     buf.resize(len + n, 0);
-                    let got = st.conn.reader().read(&mut buf[len..]);
-                    let got = match got {
-                        Ok(k) => k,
-                        Err(e) => {
-                            buf.truncate(len);
-                            return BufResult(Err(e), buf);
-                        }
-                    };
-                    buf.truncate(len + got);
-                    st.plaintext -= got.min(st.plaintext);
-                    return BufResult(Ok(got), buf);
-                }
-                if st.closed {
-                    let end = if st.close_notify {
-                        Ok(0)
-                    } else {
-                        Err(io::ErrorKind::UnexpectedEof.into())
-                    };
-                    return BufResult(end, buf);
+                    // Some: there is plaintext or an end.
+                    let got = st.read_buffered(&mut buf[len..]).unwrap_or(Ok(0));
+                    buf.truncate(len + got.as_ref().map_or(0, |k| *k));
+                    return BufResult(got, buf);
                 }
             }
             if let Err(e) = self.receive().await {
                 return BufResult(Err(e), buf);
             }
         }
+    }
+
+    /// Plaintext (or the end of the stream) that is already here, copied
+    /// into `dst` without touching the socket; `None` when a
+    /// [`Self::receive`] must come first. The HTTP/2 bridge reads through
+    /// this straight into the `h2` crate's buffer.
+    pub(crate) fn read_buffered(&self, dst: &mut [u8]) -> Option<io::Result<usize>> {
+        let mut st = self.state.borrow_mut();
+        if let Err(e) = st.feed_if_idle() {
+            return Some(Err(tls_error(e)));
+        }
+        st.read_buffered(dst)
+    }
+
+    /// Encrypts all of `plaintext` into rustls' outgoing queue, without
+    /// I/O: [`Self::flush`] sends it.
+    pub(crate) fn write_buffered(&self, plaintext: &[u8]) -> io::Result<()> {
+        self.state.borrow_mut().conn.writer().write_all(plaintext)
+    }
+
+    /// Whether encrypted output waits for [`Self::flush`].
+    pub(crate) fn wants_flush(&self) -> bool {
+        self.state.borrow().conn.wants_write()
     }
 
     /// Encrypts and sends all of `buf` (left cleared, capacity kept);
@@ -325,14 +367,6 @@ impl TlsStream {
             Err(e) => Err(e),
         };
         BufResult(sent, buf)
-    }
-
-    /// Encrypts and sends all of `plaintext`. rustls takes the bytes
-    /// before the first await, so a borrowed slice does: no owned buffer
-    /// is needed (the HTTP/2 bridge writes from the compat layer's).
-    pub async fn send(&self, plaintext: &[u8]) -> io::Result<()> {
-        self.state.borrow_mut().conn.writer().write_all(plaintext)?;
-        self.flush().await
     }
 
     /// Sends close_notify, then FIN.

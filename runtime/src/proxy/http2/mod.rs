@@ -3,8 +3,8 @@
 //! to the HTTP/1.1 upstreams over the worker's pool.
 //!
 //! The `h2` crate does the framing, HPACK, flow control and stream states;
-//! it runs over any byte stream through [`io::H2Io`] (compio's io compat
-//! layer behind tokio's io traits). One task per connection runs
+//! it runs over the TCP or TLS stream through [`io::H2Io`] (compio's
+//! completion-based I/O behind tokio's io traits). One task per connection runs
 //! everything: the connection itself (accepting streams drives all its
 //! IO) and every stream's exchange, as futures in one `FuturesUnordered`,
 //! so when the connection ends, every stream ends with it.
@@ -53,8 +53,7 @@ use super::conn::wait_opening;
 use super::gateway::Gateway;
 use super::{Limits, Worker};
 use io::H2Io;
-#[cfg(feature = "tls")]
-pub(crate) use io::TlsIo;
+pub(crate) use io::Transport;
 use watch::FrameWatch;
 pub(crate) use watch::PREFACE;
 
@@ -155,16 +154,14 @@ enum Closing {
 /// Serves one HTTP/2 connection over `io` until it closes. `prefix` holds
 /// bytes already read from `io` (the sniffed preface); `secure` says
 /// whether `io` is TLS (`x-forwarded-proto: https`).
-pub(crate) async fn serve_h2<G: Gateway, S>(
+pub(crate) async fn serve_h2<G: Gateway>(
     w: Rc<Worker<G>>,
-    io: S,
+    io: Transport,
     prefix: Vec<u8>,
     peer: SocketAddr,
     listener: Rc<crate::rt::Listener>,
     secure: bool,
-) where
-    S: compio::io::AsyncRead + compio::io::AsyncWrite + 'static,
-{
+) {
     let _ = &listener;
     let watch = Rc::new(FrameWatch::default());
     let io = H2Io::new(io, prefix, Rc::clone(&watch));
@@ -179,7 +176,10 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
         return;
     };
     let proto = if secure { "https" } else { "http" };
-    let mut streams = FuturesUnordered::new();
+    // Boxed, so the set's own sentinel task (allocated with the set, and
+    // kept by every connection) does not hold room for a whole stream.
+    type StreamTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+    let mut streams = FuturesUnordered::<StreamTask>::new();
     let drain = pin!(w.drain.wait());
     let mut drain = drain;
     let mut tick = pin!(compio::time::sleep(TICK));
@@ -231,13 +231,8 @@ pub(crate) async fn serve_h2<G: Gateway, S>(
         };
         match event {
             Event::Accepted((req, respond)) => {
-                streams.push(stream::serve_stream(
-                    Rc::clone(&w),
-                    req,
-                    respond,
-                    peer,
-                    proto,
-                ));
+                let stream = stream::serve_stream(Rc::clone(&w), req, respond, peer, proto);
+                streams.push(Box::pin(stream) as StreamTask);
             }
             Event::Closed => break,
             Event::Stop(reason) => {
