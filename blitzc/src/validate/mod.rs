@@ -9,6 +9,7 @@
 //! file order.
 
 pub mod auth;
+pub mod durations;
 pub mod names;
 pub mod plugins;
 pub mod routes;
@@ -23,6 +24,7 @@ use blitz_ir::{Route, Spec, Step, StepKind};
 pub fn run(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
     names::check(spec, diagnostics);
     tls::check(spec, diagnostics);
+    durations::check(spec, diagnostics);
     upstreams::check(spec, diagnostics);
     auth::check(spec, diagnostics);
     plugins::check(spec, diagnostics);
