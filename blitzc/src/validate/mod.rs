@@ -68,3 +68,13 @@ pub(crate) fn expand_route<'a>(spec: &'a Spec, route: &'a Route) -> Vec<Expanded
 pub(crate) fn via_label(route: &Route) -> String {
     format!("spliced into route `{}` here", route.name.value)
 }
+
+/// Whether the front end already reported an error inside `span`: a rule
+/// about a construct that lost a malformed part (a `match` whose only
+/// condition had a bad header name, a `balance` whose key did not parse)
+/// stays quiet, so one mistake gives one diagnostic.
+pub(crate) fn error_within(diagnostics: &[Diagnostic], span: blitz_ir::Span) -> bool {
+    diagnostics
+        .iter()
+        .any(|d| d.is_error() && span.start <= d.span.start && d.span.end <= span.end)
+}
