@@ -582,3 +582,554 @@ route "r" { auth "sso"; plugin "geo"; proxy "u" }
     result = run_check(blitzc, elsewhere / "edge.kdl", "--format", "json", cwd=site)
     got = sorted((d["code"], d["line"]) for d in json_diagnostics(result))
     assert got == [("B062", 4), ("B062", 4), ("B073", 7), ("B090", 8)], got
+
+
+# ---------------------------------------------------------------- meaning: one spec, three deciders
+
+MEANING_KDL = """version 1
+gateway "spec-qa" {{ workers 2 }}
+listener "l" {{ bind "127.0.0.1:{port}" }}
+admin {{ socket "run/ctl.sock" }}
+upstream "origin" {{ server "127.0.0.1:{origin}" }}
+upstream "slow" {{
+    server "127.0.0.1:{origin}"
+    timeouts connect="1s" response="1s"
+}}
+upstream "dead" {{
+    server "127.0.0.1:{dead}"
+    timeouts connect="1s"
+}}
+upstream "down" {{
+    server "127.0.0.1:{origin}"
+    health-check path="/healthz" interval="1s" timeout="500ms" unhealthy=1 expect="299"
+}}
+chain "inner" {{
+    request-headers {{
+        set "x-order" "inner"
+        add "x-trace" "inner"
+    }}
+    response-headers {{ add "x-rtrace" "inner" }}
+}}
+chain "outer" {{
+    request-headers {{ add "x-trace" "outer-1" }}
+    use "inner"
+    request-headers {{ add "x-trace" "outer-2" }}
+}}
+route "exact-host" {{
+    match {{
+        host "Exact.Example.com"
+        path-prefix "/h"
+    }}
+    respond 200 body="exact-host"
+}}
+route "wild-host" {{
+    match {{
+        host "*.example.com"
+        path-prefix "/h"
+    }}
+    respond 200 body="wild-host"
+}}
+route "path-exact" {{
+    match {{ path "/p/exact" "/p/~user" }}
+    respond 200 body="path-exact"
+}}
+route "users" {{
+    match {{ path-prefix "/v1/users" }}
+    response-headers {{ set "x-route" "users" }}
+    proxy "origin" strip-prefix="/v1"
+}}
+route "regex" {{
+    match {{ path-regex "/r/[0-9]+" }}
+    respond 200 body="regex"
+}}
+route "query-val" {{
+    match {{
+        path "/q"
+        query "lang" "en" "fr"
+    }}
+    respond 200 body="query-val"
+}}
+route "query-present" {{
+    match {{
+        path "/q"
+        query "debug"
+    }}
+    respond 200 body="query-present"
+}}
+route "header-val" {{
+    match {{
+        path "/hd"
+        header "X-Canary" "1"
+    }}
+    respond 200 body="header-val"
+}}
+route "header-present" {{
+    match {{
+        path "/hd"
+        header "x-present"
+    }}
+    respond 200 body="header-present"
+}}
+route "methods" {{
+    match {{
+        path "/m"
+        method "PUT" "delete"
+    }}
+    respond 200 body="methods"
+}}
+route "steps" {{
+    match {{ path-prefix "/steps" }}
+    request-headers {{
+        set "x-order" "route-first"
+        add "x-trace" "route-first"
+    }}
+    response-headers {{ add "x-rtrace" "route-first" }}
+    use "outer"
+    request-headers {{
+        add "x-trace" "route-last"
+        remove "x-drop"
+    }}
+    response-headers {{
+        add "x-rtrace" "route-last"
+        set "x-route" "steps"
+    }}
+    proxy "origin"
+}}
+route "slow" {{
+    match {{ path-prefix "/slow" }}
+    proxy "slow"
+}}
+route "dead" {{
+    match {{ path-prefix "/dead" }}
+    proxy "dead"
+}}
+route "down" {{
+    match {{ path-prefix "/down" }}
+    proxy "down"
+}}
+route "moved" {{
+    match {{ path-prefix "/old" }}
+    redirect "https://example.com/new" status=307
+}}
+route "fallback" {{
+    match {{
+        path-prefix "/o" "/"
+        method "GET" "POST"
+    }}
+    response-headers {{ set "x-route" "fallback" }}
+    proxy "origin"
+}}
+"""
+
+MEANING_TOML = """version = 1
+
+[gateway]
+name = "spec-qa"
+workers = 2
+
+[[listener]]
+name = "l"
+bind = "127.0.0.1:{port}"
+
+[admin]
+socket = "run/ctl.sock"
+
+[[upstream]]
+name = "origin"
+servers = [{{ address = "127.0.0.1:{origin}" }}]
+
+[[upstream]]
+name = "slow"
+servers = [{{ address = "127.0.0.1:{origin}" }}]
+timeouts = {{ connect = "1s", response = "1s" }}
+
+[[upstream]]
+name = "dead"
+timeouts = {{ connect = "1s" }}
+
+[[upstream.servers]]
+address = "127.0.0.1:{dead}"
+
+[[upstream]]
+name = "down"
+servers = [{{ address = "127.0.0.1:{origin}" }}]
+health-check = {{ path = "/healthz", interval = "1s", timeout = "500ms", unhealthy = 1, expect = "299" }}
+
+[[chain]]
+name = "inner"
+steps = [
+  {{ request-headers = {{ set = {{ x-order = "inner" }}, add = {{ x-trace = "inner" }} }} }},
+  {{ response-headers = {{ add = {{ x-rtrace = "inner" }} }} }},
+]
+
+[[chain]]
+name = "outer"
+steps = [
+  {{ request-headers = {{ add = {{ x-trace = "outer-1" }} }} }},
+  {{ use = "inner" }},
+  {{ request-headers = {{ add = {{ x-trace = "outer-2" }} }} }},
+]
+
+[[route]]
+name = "exact-host"
+match = {{ host = "Exact.Example.com", path-prefix = "/h" }}
+respond = {{ status = 200, body = "exact-host" }}
+
+[[route]]
+name = "wild-host"
+match = {{ host = ["*.example.com"], path-prefix = ["/h"] }}
+respond = {{ status = 200, body = "wild-host" }}
+
+[[route]]
+name = "path-exact"
+match = {{ path = ["/p/exact", "/p/~user"] }}
+respond = {{ status = 200, body = "path-exact" }}
+
+[[route]]
+name = "users"
+match = {{ path-prefix = "/v1/users" }}
+steps = [{{ response-headers = {{ set = {{ x-route = "users" }} }} }}]
+proxy = {{ upstream = "origin", strip-prefix = "/v1" }}
+
+[[route]]
+name = "regex"
+match = {{ path-regex = "/r/[0-9]+" }}
+respond = {{ status = 200, body = "regex" }}
+
+[[route]]
+name = "query-val"
+match = {{ path = "/q", query = {{ lang = ["en", "fr"] }} }}
+respond = {{ status = 200, body = "query-val" }}
+
+[[route]]
+name = "query-present"
+match = {{ path = "/q", query = {{ debug = true }} }}
+respond = {{ status = 200, body = "query-present" }}
+
+[[route]]
+name = "header-val"
+respond = {{ status = 200, body = "header-val" }}
+
+[route.match]
+path = "/hd"
+header = {{ X-Canary = "1" }}
+
+[[route]]
+name = "header-present"
+match = {{ path = "/hd", header = {{ x-present = true }} }}
+respond = {{ status = 200, body = "header-present" }}
+
+[[route]]
+name = "methods"
+match = {{ path = "/m", method = ["PUT", "delete"] }}
+respond = {{ status = 200, body = "methods" }}
+
+[[route]]
+name = "steps"
+match = {{ path-prefix = "/steps" }}
+steps = [
+  {{ request-headers = {{ set = {{ x-order = "route-first" }}, add = {{ x-trace = "route-first" }} }} }},
+  {{ response-headers = {{ add = {{ x-rtrace = "route-first" }} }} }},
+  {{ use = "outer" }},
+  {{ request-headers = {{ add = {{ x-trace = "route-last" }}, remove = ["x-drop"] }} }},
+  {{ response-headers = {{ add = {{ x-rtrace = "route-last" }}, set = {{ x-route = "steps" }} }} }},
+]
+proxy = "origin"
+
+[[route]]
+name = "slow"
+match = {{ path-prefix = "/slow" }}
+proxy = "slow"
+
+[[route]]
+name = "dead"
+match = {{ path-prefix = "/dead" }}
+proxy = {{ upstream = "dead" }}
+
+[[route]]
+name = "down"
+match = {{ path-prefix = "/down" }}
+proxy = "down"
+
+[[route]]
+name = "moved"
+match = {{ path-prefix = "/old" }}
+redirect = {{ location = "https://example.com/new", status = 307 }}
+
+[[route]]
+name = "fallback"
+match = {{ path-prefix = ["/o", "/"], method = ["GET", "POST"] }}
+steps = [{{ response-headers = {{ set = {{ x-route = "fallback" }} }} }}]
+proxy = "origin"
+"""
+
+# (method, target, header lines, the route SPEC.md picks, the target the origin gets when proxied)
+ROUTING = [
+    # Host: case-insensitive, port and trailing dot removed, a wildcard not matching the apex.
+    ("GET", "/h", [("Host", "exact.example.com")], "exact-host", None),
+    ("GET", "/h", [("Host", "EXACT.EXAMPLE.COM:8080")], "exact-host", None),
+    ("GET", "/h", [("Host", "exact.example.com.")], "exact-host", None),
+    ("GET", "/h", [("Host", "a.exact.example.com")], "wild-host", None),
+    ("GET", "/h", [("Host", "B.Example.Com:1")], "wild-host", None),
+    ("GET", "/h", [("Host", "example.com")], "fallback", "/h"),
+    ("GET", "/h", [("Host", "badexample.com")], "fallback", "/h"),
+    ("GET", "http://exact.example.com/h", [("Host", "other.test")], "exact-host", None),
+    # Path: exact, after dot-segments, unreserved escapes and repeated slashes; query not part of it.
+    ("GET", "/p/exact", [], "path-exact", None),
+    ("GET", "/p/exact/", [], "fallback", "/p/exact/"),
+    ("GET", "/p/./x/../exact", [], "path-exact", None),
+    ("GET", "/p/%7euser", [], "path-exact", None),
+    ("GET", "/p//exact", [], "path-exact", None),
+    ("GET", "/p/ex%61ct?x=1", [], "path-exact", None),
+    ("GET", "/P/exact", [], "fallback", "/P/exact"),
+    # Segment-aware prefix, strip-prefix, what the origin receives.
+    ("GET", "/v1/users", [], "users", "/users"),
+    ("GET", "/v1/users/", [], "users", "/users/"),
+    ("GET", "/v1/users/7?a=b&c", [], "users", "/users/7?a=b&c"),
+    ("GET", "/v1/usersx", [], "fallback", "/v1/usersx"),
+    ("GET", "/v1/users/../admin", [], "fallback", "/v1/admin"),
+    ("GET", "/v1/users/%2e%2e/admin", [], "fallback", "/v1/admin"),
+    ("GET", "/v1/users/a%2fb", [], "users", "/users/a%2Fb"),
+    ("GET", "/v1/./users//7", [], "users", "/users/7"),
+    ("GET", "/../../v1/users", [], "users", "/users"),
+    # A regex matches the whole path.
+    ("GET", "/r/123", [], "regex", None),
+    ("GET", "/r/1%32", [], "regex", None),
+    ("GET", "/r/123/", [], "fallback", "/r/123/"),
+    ("GET", "/r/12a", [], "fallback", "/r/12a"),
+    ("GET", "/x/r/1", [], "fallback", "/x/r/1"),
+    # Query: values are alternatives, names case-sensitive, form-decoded.
+    ("GET", "/q?lang=en", [], "query-val", None),
+    ("GET", "/q?lang=fr&x", [], "query-val", None),
+    ("GET", "/q?lang=de&lang=en", [], "query-val", None),
+    ("GET", "/q?la%6Eg=e%6E", [], "query-val", None),
+    ("GET", "/q?lang=de", [], "fallback", "/q?lang=de"),
+    ("GET", "/q?lang=en+", [], "fallback", "/q?lang=en+"),
+    ("GET", "/q?debug", [], "query-present", None),
+    ("GET", "/q?debug=", [], "query-present", None),
+    ("GET", "/q?Debug=1", [], "fallback", "/q?Debug=1"),
+    ("GET", "/q", [], "fallback", "/q"),
+    # Headers: the name case-insensitive, the value exact (spaces around it trimmed).
+    ("GET", "/hd", [("X-CANARY", "1")], "header-val", None),
+    ("GET", "/hd", [("x-canary", "01")], "fallback", "/hd"),
+    ("GET", "/hd", [("x-canary", "1, 2")], "fallback", "/hd"),
+    ("GET", "/hd", [("x-canary", "2"), ("x-canary", "1")], "header-val", None),
+    ("GET", "/hd", [("x-present", "")], "header-present", None),
+    ("GET", "/hd", [], "fallback", "/hd"),
+    # Methods: alternatives, upper-cased in the spec, compared case-sensitively; no route: 404.
+    ("PUT", "/m", [], "methods", None),
+    ("DELETE", "/m", [], "methods", None),
+    ("delete", "/m", [], None, None),
+    ("GET", "/m", [], "fallback", "/m"),
+    ("PATCH", "/m", [], None, None),
+    ("PATCH", "/anything", [], None, None),
+    # Actions and upstream failures.
+    ("GET", "/old/x", [], "moved", None),
+    ("GET", "/slow/x", [], "slow", None),
+    ("GET", "/dead/x", [], "dead", None),
+    ("GET", "/down/x", [], "down", None),
+]
+
+LOCAL_BODIES = {"exact-host", "wild-host", "path-exact", "regex", "query-val", "query-present", "header-val",
+                "header-present", "methods"}
+STATUS_OF = {"moved": 307, "slow": 504, "dead": 502, "down": 503}
+
+
+def meaning_origin() -> Origin:
+    """Answers with what it was sent (target, method, header lines in order) as JSON, plus
+    hop-by-hop fields of its own; `/slow...` after 3 s."""
+    origin = Origin()
+
+    def handler(req, conn):
+        if req.path.startswith("/slow"):
+            time.sleep(3)
+        seen = [[k.decode("latin-1").lower(), v.decode("latin-1")] for k, v in req.headers]
+        body = json.dumps({"target": req.target, "method": req.method, "headers": seen}).encode()
+        return respond(conn, req, 200, body, headers=("connection: x-hop, keep-alive", "x-hop: 1", "keep-alive: timeout=5"))
+
+    origin.handler = handler
+    return origin
+
+
+def send(port: int, method: str, target: str, lines) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One raw HTTP/1.1 request (header lines as written), the response read to its close."""
+    if not any(k.lower() == "host" for k, _ in lines):
+        lines = [("Host", "spec-qa.test"), *lines]
+    head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in lines) + "Connection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(head.encode("latin-1"))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    raw_head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *fields = raw_head.decode("latin-1").split("\r\n")
+    headers = [(k.strip().lower(), v.strip()) for k, _, v in (f.partition(":") for f in fields)]
+    return int(status_line.split()[1]), headers, body
+
+
+def decided_route(status: int, headers, body: bytes) -> str | None:
+    """Which route of MEANING_KDL served a response."""
+    named = [v for k, v in headers if k == "x-route"]
+    if named:
+        return named[0]
+    if status == 200 and body.decode() in LOCAL_BODIES:
+        return body.decode()
+    for route, code in STATUS_OF.items():
+        if status == code:
+            return route
+    assert status == 404, (status, headers, body)
+    return None
+
+
+def route_cli(blitzc: Path, spec: Path, method: str, target: str, lines) -> str | None:
+    host = next((v for k, v in lines if k.lower() == "host"), "spec-qa.test")
+    url = target if target.startswith("http://") else f"http://{host}{target}"
+    args = [str(blitzc), "route", str(spec), method, url]
+    for k, v in lines:
+        args += ["-H", f"{k}: {v}"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if result.returncode == 1:
+        assert "no route" in result.stdout + result.stderr
+        return None
+    assert result.returncode == 0, result
+    return result.stdout.strip()
+
+
+@dataclass
+class Meaning:
+    spec: Path
+    toml: Path
+    binary: Path
+    port: int
+    origin: Origin
+
+
+@pytest.fixture(scope="module")
+def meaning(blitzc, cache_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("spec-qa")
+    site = tmp / "site"
+    (site / "run").mkdir(parents=True)
+    origin = meaning_origin()
+    ports = dict(port=free_port(), origin=origin.port, dead=free_port())
+    spec = site / "spec-qa.kdl"
+    spec.write_text(MEANING_KDL.format(**ports))
+    toml = site / "spec-qa.toml"
+    toml.write_text(MEANING_TOML.format(**ports))
+    binary = tmp / "gw"
+    result = build(blitzc, spec, binary, cache_dir, cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    yield Meaning(spec, toml, binary, ports["port"], origin)
+    origin.stop()
+
+
+def serve(argv, port, cwd) -> Served:
+    return Served([str(a) for a in argv], port, dict(os.environ), cwd=cwd)
+
+
+def wait_down(port: int):
+    """Until the health checker has marked the `down` upstream's server down."""
+    deadline = time.monotonic() + 15
+    while send(port, "GET", "/down/x", [])[0] != 503:
+        assert time.monotonic() < deadline, "health checks never marked the server down"
+        time.sleep(0.2)
+
+
+def observe(port: int) -> list:
+    wait_down(port)
+    out = []
+    for method, target, lines, _, _ in ROUTING:
+        status, headers, body = send(port, method, target, lines)
+        route = decided_route(status, headers, body)
+        forwarded = json.loads(body)["target"] if route in ("users", "fallback", "steps") else None
+        out.append((method, target, route, status, forwarded))
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_route_cli_compiled_gateway_and_interpreter_decide_alike(blitzc, meaning, tmp_path):
+    expected = [(m, t, route, forwarded) for m, t, _, route, forwarded in ROUTING]
+    cli = [(m, t, route_cli(blitzc, meaning.spec, m, t, lines), f) for m, t, lines, _, f in ROUTING]
+    assert cli == expected
+    cli_toml = [(m, t, route_cli(blitzc, meaning.toml, m, t, lines), f) for m, t, lines, _, f in ROUTING]
+    assert cli_toml == expected
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    socket_path = meaning.spec.parent / "run" / "ctl.sock"
+    seen = {}
+    for label, argv in (("compiled", [meaning.binary, "--grace", "2s"]), ("interpreted", [blitzc, "dev", meaning.spec])):
+        gw = serve(argv, meaning.port, cwd=elsewhere)
+        try:
+            if label == "compiled":
+                # `admin socket "run/ctl.sock"` is in the spec's folder, not the working directory.
+                deadline = time.monotonic() + 10
+                while not socket_path.is_socket() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert socket_path.is_socket() and not (elsewhere / "run").exists()
+            seen[label] = observe(meaning.port)
+        finally:
+            assert gw.stop() == 0, f"{label}: graceful exit"
+    for label, got in seen.items():
+        decided = [(m, t, route, f) for m, t, route, _, f in got]
+        assert decided == expected, label
+        for m, t, route, status, _ in got:
+            assert status == (STATUS_OF.get(route, 200) if route else 404), (label, m, t, status)
+    assert seen["compiled"] == seen["interpreted"]
+
+
+def test_proxying_steps_in_order_hop_by_hop_and_forwarding_fields(blitzc, meaning, tmp_path):
+    client = [
+        ("x-drop", "1"), ("x-order", "client"), ("x-trace", "client"),
+        ("Connection", "x-custom, keep-alive"), ("x-custom", "hop"), ("Keep-Alive", "timeout=1"), ("TE", "trailers"),
+        ("Upgrade", "websocket"), ("Proxy-Connection", "keep-alive"),
+        ("X-Forwarded-For", "192.0.2.7"), ("X-Forwarded-Proto", "https"), ("Via", "1.0 corp-proxy"),
+    ]
+    answers = {}
+    for label, argv in (("compiled", [meaning.binary, "--grace", "2s"]), ("interpreted", [blitzc, "dev", meaning.spec])):
+        gw = serve(argv, meaning.port, cwd=tmp_path)
+        try:
+            status, headers, body = send(meaning.port, "GET", "/steps/a/../b?q=1", client)
+        finally:
+            assert gw.stop() == 0
+        assert status == 200, (label, headers, body)
+        got = json.loads(body)
+        assert got["target"] == "/steps/b?q=1", "the origin gets the normalised path"
+        fields = [(k, v) for k, v in got["headers"] if k != "x-request-id"]
+        names = {k for k, _ in fields}
+        # Hop-by-hop fields, and those `Connection` names, are not forwarded.
+        assert not names & {"connection", "x-custom", "keep-alive", "te", "upgrade", "proxy-connection"}, fields
+        assert "x-drop" not in names
+        # Steps in the order written, `use` spliced in place: the last `set` wins, `add`s append in order.
+        assert [v for k, v in fields if k == "x-order"] == ["inner"]
+        assert [v for k, v in fields if k == "x-trace"] == ["client", "route-first", "outer-1", "inner", "outer-2", "route-last"]
+        assert [v for k, v in fields if k == "x-forwarded-for"] == ["192.0.2.7, 127.0.0.1"]
+        assert [v for k, v in fields if k == "x-forwarded-proto"] == ["http"], "a client's own value is replaced"
+        via = ", ".join(v for k, v in fields if k == "via")
+        assert via.startswith("1.0 corp-proxy") and re.search(r"1\.1 \S+$", via), via
+        # The origin's response: its hop-by-hop fields removed, response steps in order.
+        response_names = {k for k, _ in headers}
+        assert not response_names & {"x-hop", "keep-alive"}, headers
+        assert [v for k, v in headers if k == "x-rtrace"] == ["route-first", "inner", "route-last"]
+        answers[label] = (fields, [(k, v) for k, v in headers if k not in ("date", "x-origin-conn", "content-length")])
+    assert answers["compiled"] == answers["interpreted"]
+
+
+def test_kdl_and_toml_twins_give_the_same_gateway(blitzc, meaning, tmp_path):
+    """SPEC.md: turning one form into the other gives the same compiled gateway. The
+    generated crates differ only in the comments that name the source file and lines."""
+    crates = {}
+    for spec in (meaning.spec, meaning.toml):
+        out = tmp_path / spec.suffix[1:]
+        result = subprocess.run([str(blitzc), "emit", str(spec), "-o", str(out)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        crates[spec.suffix] = out
+    files = sorted(p.relative_to(crates[".kdl"]) for p in crates[".kdl"].rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(crates[".toml"]) for p in crates[".toml"].rglob("*") if p.is_file())
+    assert any(f.suffix == ".rs" for f in files)
+
+    def code(path: Path) -> str:
+        text = path.read_text()
+        return re.sub(r"spec-qa\.(kdl|toml)(:\d+)?", "SPEC", text)
+
+    for f in files:
+        assert code(crates[".kdl"] / f) == code(crates[".toml"] / f), f
