@@ -385,9 +385,18 @@ mod tests {
         assert!(!binds_collide(addr("0.0.0.0:80"), addr("0.0.0.0:81")));
         assert!(!binds_collide(addr("127.0.0.1:80"), addr("127.0.0.2:80")));
         assert!(!binds_collide(addr("0.0.0.0:80"), addr("[::1]:80")));
-        assert!(binds_collide(addr("[::ffff:127.0.0.1]:80"), addr("127.0.0.1:80")));
-        assert!(binds_collide(addr("0.0.0.0:80"), addr("[::ffff:10.0.0.1]:80")));
-        assert!(!binds_collide(addr("[::ffff:127.0.0.2]:80"), addr("127.0.0.1:80")));
+        assert!(binds_collide(
+            addr("[::ffff:127.0.0.1]:80"),
+            addr("127.0.0.1:80")
+        ));
+        assert!(binds_collide(
+            addr("0.0.0.0:80"),
+            addr("[::ffff:10.0.0.1]:80")
+        ));
+        assert!(!binds_collide(
+            addr("[::ffff:127.0.0.2]:80"),
+            addr("127.0.0.1:80")
+        ));
         assert!(!binds_collide(addr("127.0.0.1:0"), addr("127.0.0.1:0")));
         assert!(!binds_collide(addr("0.0.0.0:0"), addr("[::]:0")));
     }
