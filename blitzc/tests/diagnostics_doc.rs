@@ -247,7 +247,11 @@ const DESCRIPTIONS: &[Description] = &[
         severity: "error or warning",
         meaning: "A number out of its range: `workers 0`, a negative or too large count, a \
                   rate limit with a burst of 0 (errors); more than 10 retry attempts \
-                  (warning: retries multiply load during an outage).",
+                  (warning: retries multiply load during an outage); a zero \
+                  `header-timeout`, `body-timeout`, upstream `connect`/`response` \
+                  timeout, retry `total`, or health-check `interval`/`timeout` (warning: \
+                  the gateway could serve nothing, or would flood its upstreams with \
+                  checks).",
         fix: "Use a number in the range the label gives.",
     },
     // ---- routing

@@ -9,6 +9,7 @@
 //! file order.
 
 pub mod auth;
+pub mod durations;
 pub mod names;
 pub mod plugins;
 pub mod routes;
@@ -23,6 +24,7 @@ use blitz_ir::{Route, Spec, Step, StepKind};
 pub fn run(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
     names::check(spec, diagnostics);
     tls::check(spec, diagnostics);
+    durations::check(spec, diagnostics);
     upstreams::check(spec, diagnostics);
     auth::check(spec, diagnostics);
     plugins::check(spec, diagnostics);
@@ -65,4 +67,14 @@ pub(crate) fn expand_route<'a>(spec: &'a Spec, route: &'a Route) -> Vec<Expanded
 /// `related` label for a step spliced into `route` through `via`.
 pub(crate) fn via_label(route: &Route) -> String {
     format!("spliced into route `{}` here", route.name.value)
+}
+
+/// Whether the front end already reported an error inside `span`: a rule
+/// about a construct that lost a malformed part (a `match` whose only
+/// condition had a bad header name, a `balance` whose key did not parse)
+/// stays quiet, so one mistake gives one diagnostic.
+pub(crate) fn error_within(diagnostics: &[Diagnostic], span: blitz_ir::Span) -> bool {
+    diagnostics
+        .iter()
+        .any(|d| d.is_error() && span.start <= d.span.start && d.span.end <= span.end)
 }

@@ -64,12 +64,14 @@ fn duplicate_names(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
 /// Whether two TCP sockets bound to `a` and `b` collide on Linux: the same
 /// port, and the same address or a wildcard that covers the other
 /// (`0.0.0.0` covers every IPv4 address; `[::]` is dual-stack by default
-/// and covers every address).
+/// and covers every address). An IPv4-mapped IPv6 address
+/// (`[::ffff:127.0.0.1]`) is the IPv4 address it maps. Port 0 asks the
+/// kernel for a free port, a different one for each listener: no collision.
 fn binds_collide(a: SocketAddr, b: SocketAddr) -> bool {
-    if a.port() != b.port() {
+    if a.port() != b.port() || a.port() == 0 {
         return false;
     }
-    let (ia, ib) = (a.ip(), b.ip());
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
     ia == ib
         || (ia.is_ipv6() && ia.is_unspecified())
         || (ib.is_ipv6() && ib.is_unspecified())
@@ -383,6 +385,20 @@ mod tests {
         assert!(!binds_collide(addr("0.0.0.0:80"), addr("0.0.0.0:81")));
         assert!(!binds_collide(addr("127.0.0.1:80"), addr("127.0.0.2:80")));
         assert!(!binds_collide(addr("0.0.0.0:80"), addr("[::1]:80")));
+        assert!(binds_collide(
+            addr("[::ffff:127.0.0.1]:80"),
+            addr("127.0.0.1:80")
+        ));
+        assert!(binds_collide(
+            addr("0.0.0.0:80"),
+            addr("[::ffff:10.0.0.1]:80")
+        ));
+        assert!(!binds_collide(
+            addr("[::ffff:127.0.0.2]:80"),
+            addr("127.0.0.1:80")
+        ));
+        assert!(!binds_collide(addr("127.0.0.1:0"), addr("127.0.0.1:0")));
+        assert!(!binds_collide(addr("0.0.0.0:0"), addr("[::]:0")));
     }
 
     #[test]

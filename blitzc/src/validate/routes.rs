@@ -42,10 +42,12 @@ fn body_without_content(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
     }
 }
 
-/// B051 (warning): `match {}` matches every request, like no `match`.
+/// B051 (warning): `match {}` matches every request, like no `match` (not
+/// when its conditions were all malformed: those are reported already).
 fn empty_match(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
     if let Some(matcher) = &route.matcher
         && matcher.conditions.is_empty()
+        && !super::error_within(diagnostics, matcher.span)
     {
         diagnostics.push(
             Diagnostic::warning(

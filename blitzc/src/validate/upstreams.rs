@@ -23,6 +23,9 @@ pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
 fn balance(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
     let algorithm = &upstream.balance.algorithm;
     match (&upstream.balance.key, algorithm.value) {
+        // A key written but malformed is reported already.
+        (None, BalanceAlgorithm::ConsistentHash)
+            if super::error_within(diagnostics, upstream.balance.span) => {}
         (None, BalanceAlgorithm::ConsistentHash) => diagnostics.push(
             Diagnostic::error(
                 Code::HashWithoutKey,
