@@ -910,7 +910,7 @@ CUT_RESPONSES = {
 
 
 @pytest.mark.parametrize("name", list(CUT_RESPONSES))
-@pytest.mark.parametrize("client", ["HTTP/1.1"])
+@pytest.mark.parametrize("client", ["HTTP/1.1", "HTTP/1.0"])
 def test_upstream_cut_mid_response_is_a_visible_cut(tight, origin, name, client):
     """The upstream dies, resets, stalls past the response timeout or breaks its
     framing after the response started: the client gets a 502/504 if nothing was

@@ -676,6 +676,9 @@ async fn exchange<G: Gateway, S: Stream>(
     // Nothing reached the client yet (the body was bad from its first
     // bytes, which came with the head): it can still get a 502.
     let answered = pump.flushed;
+    // An HTTP/1.0 client reads this body until the connection ends: only a
+    // reset tells it the body was cut.
+    c.cut_until_close = res.is_err() && answered && client_framing == BodyFraming::UntilClose;
     // Bytes past the response (a second answer nobody asked for) make the
     // connection untrustworthy.
     let leftover = upos < ubuf.len();
