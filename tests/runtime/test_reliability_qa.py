@@ -706,6 +706,27 @@ def test_max_headers_boundary_on_a_keepalive_request(tight, origin, count, statu
     no_smuggled(origin)
 
 
+def test_response_heads_are_not_held_to_the_request_limits(tight, origin):
+    """--max-headers and --max-header-bytes bound what clients send (431): an
+    upstream's answer with more fields, or a larger head, than a request may have
+    is relayed, not turned into a 502."""
+
+    def many_fields(req, conn):
+        fields = b"".join(b"x-r%d: %s\r\n" % (i, b"v" * 100) for i in range(20))  # 20 fields, ~2.4 KiB
+        conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + fields + b"\r\nok")
+        return True
+
+    origin.handler = many_fields
+    ex = exchange(tight.port, head("GET", "/many-response-fields", [b"Connection: close"]))
+    assert ex.statuses == [200] and ex.responses[0].body == b"ok", ex.responses
+    assert ex.responses[0].h("x-r19") == "v" * 100
+
+    # still bounded: a 256 KiB response head is a 502, not buffered
+    origin.handler = _respond_then(b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"b" * (256 << 10) + b"\r\n\r\n", "wait")
+    ex = exchange(tight.port, head("GET", "/huge-response-head", [b"Connection: close"]))
+    assert ex.statuses == [502], ex.responses
+
+
 # ================================================================ 413
 @pytest.mark.parametrize(
     "name,body",

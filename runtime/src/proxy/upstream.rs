@@ -523,7 +523,7 @@ async fn exchange<G: Gateway, S: Stream>(
     };
     write_forward_request(req, &info, framing, &mut out);
 
-    let head_limits = limits.head_limits();
+    let head_limits = limits.response_head_limits();
     let mut ubuf = w.buffers.take();
     let mut resp = ResponseHead::default();
     let is_head = req.is_head();
