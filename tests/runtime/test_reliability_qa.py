@@ -1101,3 +1101,48 @@ def test_close_delimited_upstream_response_complete(tight, origin, client):
         if client == "HTTP/1.1":
             assert r.h("transfer-encoding") == "chunked", r
 
+
+
+STRAY = {
+    # a second, unasked-for response right behind the first one
+    "second-response-at-once": (b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nstray\n", 0.0),
+    # the same, a moment later, while the connection sits in the pool
+    "second-response-20ms-later": (b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nstray\n", 0.02),
+    # a common application bug: a body after a bodiless answer (to HEAD), in its own write
+    "head-answer-body-written-later": (b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nstray\n", 0.02),
+}
+
+
+@pytest.mark.parametrize("name", list(STRAY))
+def test_bytes_after_a_complete_response_never_answer_the_next_request(tight, origin, name):
+    """The upstream sends bytes after a complete response (a second response nobody
+    asked for, a body after an answer to HEAD), at once or a moment later while the
+    connection sits idle in the pool. They belong to no request: the next request -
+    sent within milliseconds, as under load - gets its own answer, never the stray
+    bytes, and no later request gets a response shifted by one (a desync that hands
+    one client's response to another)."""
+    stray, gap = STRAY[name]
+    is_head = name.startswith("head")
+
+    def handler(req, conn):
+        answer = f"/{req.target.lstrip('/')}\n".encode()
+        if req.path.startswith("/first") and is_head:
+            conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n")
+        else:
+            conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer))
+        if req.path.startswith("/first"):
+            if gap:
+                conn.sleep(gap)
+            conn.send(stray)
+        return True
+
+    origin.handler = handler
+    with RawConn(tight.port) as c:
+        for i in range(4):
+            c.send(head("HEAD" if is_head else "GET", f"/first{i}", host=b"Host: a"))
+            r = c.read_response(method="HEAD" if is_head else "GET")
+            assert r.status == 200 and r.body == (b"" if is_head else f"/first{i}\n".encode()), f"{name} round {i}: {r!r}"
+            time.sleep(0.05)
+            c.send(head("GET", f"/second{i}", host=b"Host: a"))
+            r = c.read_response()
+            assert r.status == 200 and r.body == f"/second{i}\n".encode(), f"{name} round {i}: /second{i} got {r!r}"
