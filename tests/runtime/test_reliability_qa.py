@@ -1146,3 +1146,82 @@ def test_bytes_after_a_complete_response_never_answer_the_next_request(tight, or
             c.send(head("GET", f"/second{i}", host=b"Host: a"))
             r = c.read_response()
             assert r.status == 200 and r.body == f"/second{i}\n".encode(), f"{name} round {i}: /second{i} got {r!r}"
+
+
+@pytest.mark.parametrize(
+    "target,verdict",
+    [(b"/caf\xe9", "rejected"), (b"/\xff\xfe", "rejected"), (b"/caf\xc3\xa9?q=\xc3\xa4", "either")],
+    ids=["latin1", "invalid-utf8", "utf8"],
+)
+def test_raw_non_ascii_target_rejected_or_forwarded_byte_exact(gateway, origin, target, verdict):
+    """Raw bytes above 0x7F are not in any request-target form (RFC 9112 3.2: 400,
+    or a redirect to the encoded form). Bytes that are not UTF-8 are refused; valid
+    UTF-8 is refused too or, leniently, forwarded as the very same bytes (never
+    re-encoded into something the route did not match)."""
+    data = b"GET " + target + b" HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n" + SMUGGLED
+    ex = exchange(gateway.port, data)
+    fs = finals(ex)
+    if verdict == "rejected" or (fs and fs[0].status == 400):
+        assert_rejected(ex, (400,), repr(target))
+        assert_origin_saw_nothing(gateway.port, origin, repr(target))
+        return
+    assert ex.statuses == [200], ex.responses
+    req = origin.wait_requests(1, complete=True)[0]
+    assert req.head_raw.startswith(b"GET " + target + b" HTTP/1.1\r\n"), req
+
+
+@pytest.mark.parametrize(
+    "answer,reusable",
+    [
+        (b"HTTP/1.0 200 OK\r\ncontent-length: %d\r\n\r\n%s", False),
+        (b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: %d\r\n\r\n%s", True),
+        (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s", False),
+        (b"HTTP/1.1 200 OK\r\nconnection: Keep-Alive, CLOSE\r\ncontent-length: %d\r\n\r\n%s", False),
+    ],
+    ids=["http10", "http10-keep-alive", "close", "close-in-a-list"],
+)
+def test_upstream_connection_reuse_follows_its_answer(tight, origin, answer, reusable):
+    """An upstream connection is pooled only if its answer kept it alive (HTTP/1.0
+    needs keep-alive, `close` anywhere ends it); a POST after a closing answer is
+    never sent on the closed connection (it could not be replayed: a 502)."""
+
+    def handler(req, conn):
+        body = f"{req.method} {req.target}\n".encode()
+        conn.send(answer % (len(body), body))
+        if not reusable:
+            conn.sleep(0.05)
+            conn.close()
+            return False
+        return True
+
+    origin.handler = handler
+    with RawConn(tight.port) as c:
+        for i in range(3):
+            c.send(head("POST", f"/reuse{i}", [b"Content-Length: 5"], host=b"Host: a") + b"hello")
+            r = c.read_response()
+            assert r.status == 200 and r.body == f"POST /reuse{i}\n".encode(), f"request {i}: {r!r}"
+            assert r.h("connection") != "close", r
+            time.sleep(0.1)
+    conns = [q.conn_id for q in origin.requests]
+    assert len(set(conns)) == (1 if reusable else 3), conns
+
+
+def test_pipelined_request_trickled_after_a_served_one_is_cut_at_header_timeout(tight, origin):
+    """The header timeout bounds every request's head, not only the first: a second
+    request trickled a byte at a time is cut (408 or close) about header-timeout after
+    it started, never reaching the origin."""
+    with RawConn(tight.port, timeout=15) as c:
+        c.send(head("GET", "/first", host=b"Host: a"))
+        assert c.read_response().status == 200
+        trickle = b"GET /second-slow HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"s" * 60
+        cut = False
+        deadline = time.monotonic() + 10
+        for b in trickle:
+            if not c.send(bytes([b])) or c.wait_closed(0.15) or time.monotonic() > deadline:
+                cut = True
+                break
+        cut = cut or c.wait_closed(5)
+        assert cut, "a second request trickled for ~10 s was never cut by a 2 s header-timeout"
+        rest = bytes(c.buf)
+        assert rest == b"" or rest.startswith(b"HTTP/1.1 408 "), rest
+    assert [q.path for q in origin.requests] == ["/first"]
