@@ -1225,3 +1225,35 @@ def test_pipelined_request_trickled_after_a_served_one_is_cut_at_header_timeout(
         rest = bytes(c.buf)
         assert rest == b"" or rest.startswith(b"HTTP/1.1 408 "), rest
     assert [q.path for q in origin.requests] == ["/first"]
+
+
+@pytest.mark.parametrize(
+    "data,bodies",
+    [
+        (head("GET", "/slow?delay=0.5"), [b"GET /slow?delay=0.5\n"]),
+        (head(headers=[b"Content-Length: 5"]) + b"hello", [b"hello"]),
+        (head(headers=[b"Transfer-Encoding: chunked"]) + CHUNKED_HELLO, [b"hello"]),
+        (head("GET", "/a") + head("GET", "/b"), [b"GET /a\n", b"GET /b\n"]),
+    ],
+    ids=["slow-upstream", "content-length", "chunked", "two-pipelined"],
+)
+def test_client_half_close_after_its_requests_still_gets_the_answers(gateway, origin, data, bodies):
+    """A client may shut down its sending side once its requests are out (RFC 9112
+    9.6: half-close): every complete request is still answered, then the gateway
+    closes."""
+    s = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    try:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+    finally:
+        s.close()
+    for b in bodies:
+        assert b"\r\n\r\n" + b in got, f"{b!r} missing from {got!r}"
+    assert got.count(b"HTTP/1.1 200 ") == len(bodies), got
