@@ -46,12 +46,11 @@ impl<T> ConnPool<T> {
     }
 
     /// The most recently used live connection, if any: not expired, and
-    /// `open` (given how long it sat idle: the server has not closed it
-    /// meanwhile). The others met on the way are dropped (closed).
-    pub fn checkout(&mut self, now: Instant, open: impl Fn(&T, Duration) -> bool) -> Option<T> {
+    /// `open` (the server has neither closed it nor sent anything while it
+    /// sat idle). The others met on the way are dropped (closed).
+    pub fn checkout(&mut self, now: Instant, open: impl Fn(&T) -> bool) -> Option<T> {
         while let Some((conn, since)) = self.idle.pop() {
-            let idle = now.saturating_duration_since(since);
-            if idle < self.config.idle_timeout && open(&conn, idle) {
+            if now.saturating_duration_since(since) < self.config.idle_timeout && open(&conn) {
                 return Some(conn);
             }
         }
@@ -108,20 +107,17 @@ mod tests {
         assert_eq!(pool.idle_count(), 2);
         // "a" expired at t0+10, "b" still fresh.
         assert_eq!(
-            pool.checkout(t0 + Duration::from_secs(11), |_, _| true),
+            pool.checkout(t0 + Duration::from_secs(11), |_| true),
             Some("b")
         );
         let _ = pool.checkin("a", t0);
-        assert_eq!(
-            pool.checkout(t0 + Duration::from_secs(10), |_, _| true),
-            None
-        );
+        assert_eq!(pool.checkout(t0 + Duration::from_secs(10), |_| true), None);
         let _ = pool.checkin("d", t0);
         pool.reap(t0 + Duration::from_secs(10));
         assert_eq!(pool.idle_count(), 0);
         let _ = pool.checkin("e", t0);
         pool.clear();
-        assert_eq!(pool.checkout(t0, |_, _| true), None);
+        assert_eq!(pool.checkout(t0, |_| true), None);
     }
 
     #[test]
@@ -131,7 +127,7 @@ mod tests {
         for c in ["open", "closed-1", "closed-2"] {
             let _ = pool.checkin(c, t0);
         }
-        let open = |c: &&str, _| !c.starts_with("closed");
+        let open = |c: &&str| !c.starts_with("closed");
         assert_eq!(pool.checkout(t0, open), Some("open"));
         assert_eq!(pool.idle_count(), 0, "the closed ones are gone");
     }

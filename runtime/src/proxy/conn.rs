@@ -37,6 +37,9 @@ pub(crate) struct Client<S: Stream> {
     pub peer: SocketAddr,
     pub rbuf: Vec<u8>,
     pub rpos: usize,
+    /// A close-delimited answer was cut: the connection is reset, since the
+    /// client would read a FIN as the end of a complete body.
+    pub cut_until_close: bool,
 }
 
 impl<S: Stream> Client<S> {
@@ -84,6 +87,7 @@ pub(crate) async fn serve_connection<G: Gateway>(
         peer,
         rbuf: Vec::new(),
         rpos: 0,
+        cut_until_close: false,
     };
     // What the listener speaks decides the protocol: HTTP/2 with prior
     // knowledge starts with its preface, anything else is HTTP/1.1.
@@ -145,6 +149,7 @@ async fn serve_tls<G: Gateway>(
         peer,
         rbuf: Vec::new(),
         rpos: 0,
+        cut_until_close: false,
     };
     serve_h1(w, client).await;
 }
@@ -289,7 +294,11 @@ async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>
                             &mut ctx,
                         );
                         // The request body may be unread: never parse on.
-                        linger_close(client).await;
+                        if client.cut_until_close {
+                            reset_close(client).await;
+                        } else {
+                            linger_close(client).await;
+                        }
                         return;
                     }
                 }
@@ -596,6 +605,13 @@ pub(crate) fn error_body(status: u16) -> &'static [u8] {
         505 => b"http version not supported\n",
         _ => b"error\n",
     }
+}
+
+/// Closes with a reset: the client gets no FIN it could take for the end
+/// of a close-delimited body that was cut.
+async fn reset_close<S: Stream>(c: Client<S>) {
+    c.stream.reset_on_close();
+    let _ = c.stream.close().await;
 }
 
 /// Closes after sending FIN and discarding what the client still sends for

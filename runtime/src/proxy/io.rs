@@ -32,6 +32,9 @@ pub trait Stream {
     async fn shutdown(&self) -> std::io::Result<()>;
     /// Closes the socket.
     async fn close(self) -> std::io::Result<()>;
+    /// Makes the coming [`Stream::close`] a reset (`SO_LINGER` 0), not a FIN:
+    /// for a peer that would read a FIN as the end of a close-delimited body.
+    fn reset_on_close(&self);
     /// Whether the client reached us over TLS (`x-forwarded-proto`).
     fn is_tls(&self) -> bool {
         false
@@ -53,6 +56,9 @@ impl Stream for TcpStream {
     async fn close(self) -> std::io::Result<()> {
         TcpStream::close(self).await
     }
+    fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
 }
 
 #[cfg(feature = "tls")]
@@ -68,6 +74,9 @@ impl Stream for crate::tls::TlsStream {
     }
     async fn close(self) -> std::io::Result<()> {
         crate::tls::TlsStream::close(self).await
+    }
+    fn reset_on_close(&self) {
+        Stream::reset_on_close(self.tcp());
     }
     fn is_tls(&self) -> bool {
         true
@@ -125,7 +134,7 @@ impl UpstreamStream {
     /// 60 s, and on a real network (no `tcp_tw_reuse` outside loopback)
     /// run the gateway out of source ports to a busy origin.
     pub fn close_idle(self) {
-        let _ = socket2::SockRef::from(self.tcp()).set_linger(Some(std::time::Duration::ZERO));
+        Stream::reset_on_close(self.tcp());
         drop(self);
     }
 }
@@ -158,6 +167,9 @@ impl Stream for UpstreamStream {
             #[cfg(feature = "tls")]
             UpstreamStream::Tls(s) => Stream::close(s).await,
         }
+    }
+    fn reset_on_close(&self) {
+        Stream::reset_on_close(self.tcp());
     }
 }
 

@@ -112,12 +112,31 @@ impl Default for Limits {
     }
 }
 
+/// Least room an upstream's response head gets, whatever the request
+/// limits: responses carry more than requests (cookies, security policies).
+const RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+/// Least number of fields an upstream's response head may have (the
+/// parser's stack array).
+const RESPONSE_HEADERS: usize = crate::http::parse::MAX_HEADERS_CAP;
+
 impl Limits {
     pub(crate) fn head_limits(&self) -> crate::http::HeadLimits {
         crate::http::HeadLimits {
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
             max_body_bytes: self.max_body_bytes,
+        }
+    }
+
+    /// Bounds for an upstream's response head (over them: 502). The
+    /// request limits say what clients may send; a gateway that takes
+    /// small requests (`max-headers 10`) still relays ordinary answers, so
+    /// they only ever raise these floors.
+    pub(crate) fn response_head_limits(&self) -> crate::http::HeadLimits {
+        crate::http::HeadLimits {
+            max_header_bytes: self.max_header_bytes.max(RESPONSE_HEAD_BYTES),
+            max_headers: self.max_headers.max(RESPONSE_HEADERS),
+            max_body_bytes: u64::MAX,
         }
     }
 }

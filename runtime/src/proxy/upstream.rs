@@ -52,7 +52,6 @@ async fn connect(
     key: u64,
     tried: &[SocketAddr],
     fresh_only: bool,
-    replayable: bool,
     connect_timeout: Duration,
     now: Instant,
 ) -> Result<(Rc<Endpoint>, UpstreamStream, bool), ProxyError> {
@@ -71,7 +70,7 @@ async fn connect(
         let pooled = if !fresh_only && refused.is_empty() {
             ep.pool
                 .borrow_mut()
-                .checkout(now, |conn, idle| usable(conn, idle, replayable))
+                .checkout(now, UpstreamStream::idle_and_open)
         } else {
             None
         };
@@ -93,22 +92,6 @@ async fn connect(
         ep.failed(Instant::now());
         refused.push(ep.addr);
     }
-}
-
-/// A pooled connection idle for less than this is taken without a look at
-/// its socket when the request is [`replayable`]: if the server closed it
-/// meanwhile, the request is replayed on a fresh one (`replay_stale`). Under
-/// load a connection comes back within milliseconds (the pool hands out the
-/// most recently used), so the hot path makes no system call for this (the
-/// peek costs ~0.2 µs, 1-2 % of a proxied request); servers close idle
-/// keep-alive connections, some after sending a `408`, after seconds.
-const LOOK_AFTER_IDLE: Duration = Duration::from_millis(100);
-
-/// Whether a pooled connection, idle for `idle`, may carry the request:
-/// one that cannot be replayed, or one idle long enough for the server to
-/// have timed it out, is checked ([`UpstreamStream::idle_and_open`]).
-fn usable(conn: &UpstreamStream, idle: Duration, replayable: bool) -> bool {
-    (replayable && idle < LOOK_AFTER_IDLE) || conn.idle_and_open()
 }
 
 /// Makes a freshly connected socket an upstream connection: as is, or
@@ -236,7 +219,6 @@ impl<'a> Tries<'a> {
             key,
             &self.tried,
             self.fresh_only,
-            self.replayable,
             timeouts.connect,
             now,
         )
@@ -523,7 +505,7 @@ async fn exchange<G: Gateway, S: Stream>(
     };
     write_forward_request(req, &info, framing, &mut out);
 
-    let head_limits = limits.head_limits();
+    let head_limits = limits.response_head_limits();
     let mut ubuf = w.buffers.take();
     let mut resp = ResponseHead::default();
     let is_head = req.is_head();
@@ -676,6 +658,9 @@ async fn exchange<G: Gateway, S: Stream>(
     // Nothing reached the client yet (the body was bad from its first
     // bytes, which came with the head): it can still get a 502.
     let answered = pump.flushed;
+    // An HTTP/1.0 client reads this body until the connection ends: only a
+    // reset tells it the body was cut.
+    c.cut_until_close = res.is_err() && answered && client_framing == BodyFraming::UntilClose;
     // Bytes past the response (a second answer nobody asked for) make the
     // connection untrustworthy.
     let leftover = upos < ubuf.len();

@@ -265,7 +265,7 @@ async fn forward_request<G: Gateway>(
     };
     let mut out = w.buffers.take();
     write_forward_request(req, &info, framing, &mut out);
-    let head_limits = limits.head_limits();
+    let head_limits = limits.response_head_limits();
     let is_head = req.is_head();
     if !framing.has_body() {
         let res = write_all_within(t.up, &mut out, t.response_timeout).await;
