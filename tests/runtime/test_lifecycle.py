@@ -171,7 +171,9 @@ def test_new_connections_are_refused_once_the_drain_starts(start_gateway, origin
         try:
             socket.create_connection(("127.0.0.1", g.port), timeout=2).close()
             time.sleep(0.05)
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
+            # Reset: the connection reached the backlog just as the
+            # listening socket closed; the client learns at once either way.
             refused = True
     assert refused, "a new connection was still accepted into the backlog 2 s into the drain"
     t.join(25)
