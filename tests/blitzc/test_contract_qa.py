@@ -263,6 +263,20 @@ def test_sarif_is_2_1_0_and_carries_the_json_fields(blitzc, specs):
     assert clean["version"] == "2.1.0" and clean["runs"][0]["results"] == []
 
 
+def test_sarif_uri_is_a_uri_reference(blitzc, tmp_path):
+    """SARIF's artifactLocation.uri is a URI reference (RFC 3986): a file name
+    with a space, a `%` or a non-ASCII letter is percent-encoded there (code
+    scanning resolves it against the checkout), and stays as it is in json."""
+    spec = tmp_path / "my spec%é.kdl"
+    spec.write_text(ERRORS)
+    sarif = json.loads(run(blitzc, "check", "--format", "sarif", spec.name, cwd=tmp_path).stdout)
+    uris = {loc["physicalLocation"]["artifactLocation"]["uri"]
+            for res in sarif["runs"][0]["results"] for loc in res["locations"] + res["relatedLocations"]}
+    assert uris == {"my%20spec%25%C3%A9.kdl"}, uris
+    doc = json.loads(run(blitzc, "check", "--format", "json", spec.name, cwd=tmp_path).stdout)
+    assert {d["file"] for d in doc["diagnostics"]} == {"my spec%é.kdl"}
+
+
 # ---------------------------------------------------------------- route, emit, build (no cargo)
 
 
