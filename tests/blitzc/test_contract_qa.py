@@ -163,6 +163,7 @@ def test_check_of_several_specs_reports_them_all(blitzc, specs):
         ["build", "{clean}", "--profile", "debug"],
         ["build", "{missing}"],
         ["build", "{dir}"],
+        ["build", "{clean}", "-o", "{dir}"],
         ["emit", "{clean}"],
         ["emit", "{missing}", "-o", "{out}"],
         ["emit", "{clean}", "-o", "{file}"],
