@@ -4,8 +4,8 @@ not cover: exchanges caught in every state at the moment of each handoff
 (a body paused half-way on HTTP/1.1 and on h2c, a request head half sent,
 a request body half sent, an idle keep-alive connection), two `--upgrade`s
 started at once, an upgrade while the instance drains on SIGTERM, after it
-was killed (a stale control socket), and to a build that binds another
-address.
+was killed (a stale control socket), to a build that binds another
+address, and through a control socket path of the longest length.
 
 hello_gateway stands in for two builds (`--tag A` / `--tag B`: every
 response says which one served).
@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -409,3 +411,33 @@ def test_upgrade_to_a_build_on_another_address_is_refused_and_binds_nothing(gws,
     assert serves(p1, "C") and serves(p2, "C")
     assert old.exit_code(GRACE + 5) == 0
     assert running(hello_bin, sock) == [both.pid]
+
+
+def test_a_control_socket_path_of_the_longest_length_is_upgradable(gws, hello_bin, origin):
+    """A Unix socket path takes up to 107 bytes. The new process binds its own
+    control socket beside the old one under a longer, temporary name before
+    renaming it over: that name must not make an instance whose path fits
+    impossible to upgrade."""
+    base = Path(tempfile.mkdtemp(prefix="blitz-qa-"))
+    try:
+        folder = base / ("d" * (107 - len(str(base)) - len("//gw.sock")))
+        folder.mkdir()
+        sock = folder / "gw.sock"
+        assert len(str(sock).encode()) == 107
+        port = free_port()
+        current = gws(hello_bin, [port], origin, sock, "A", workers=1)
+        assert sock.is_socket()
+        for tag in ("B", "C"):
+            old, current = current, gws(hello_bin, [port], origin, sock, tag, upgrade=True, workers=1,
+                                        wait_for=r"took over from pid|upgrade aborted")
+            assert "took over from pid" in current.text(), current.text()
+            assert serves(port, tag)
+            assert old.exit_code(GRACE + 5) == 0
+            assert sock.is_socket()
+        assert sorted(os.listdir(folder)) == ["gw.sock"], "a temporary socket was left behind"
+        assert running(hello_bin, sock) == [current.pid]
+        os.kill(current.pid, signal.SIGTERM)
+        assert current.exit_code(GRACE + 5) == 0
+        assert not sock.exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
