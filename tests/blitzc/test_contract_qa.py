@@ -659,6 +659,27 @@ def test_sighup_rereads_the_certificate_files(built, tmp_path):
         gw.stop()
 
 
+def test_upgrade_to_a_build_whose_certificate_does_not_load_changes_nothing(built):
+    """The new process loads its certificates before it asks for the sockets:
+    with its certificate file gone it exits 1 naming the file, and the running
+    instance never stopped serving (nor was it told anything)."""
+    cert = built.dir / "cert.pem"
+    gw = Gw([built.bins["A"], "--grace", "5s"])
+    try:
+        cert.rename(built.dir / "cert.pem.away")
+        try:
+            r = run(built.bins["B"], "--upgrade", "--grace", "5s", timeout=30)
+        finally:
+            (built.dir / "cert.pem.away").rename(cert)
+        assert r.returncode == 1 and "cert.pem not found" in r.stderr, r
+        assert "upgrade" not in gw.text(), gw.text()
+        with TlsConn(built.ports["tls"]) as c:
+            assert get(c, "/healthz", close=True).body == b"ok A\n"
+        assert gw.stop() == 0
+    finally:
+        gw.stop()
+
+
 LAUNCHER = r"""
 import fcntl, os, socket, sys
 # Binds like a systemd .socket unit, in another order than the spec's
