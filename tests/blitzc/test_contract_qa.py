@@ -370,31 +370,37 @@ class Built:
 @pytest.fixture(scope="module")
 def built(blitzc, cache_dir, tmp_path_factory):
     """A and B of one spec (three listeners, TLS, a relative admin socket), built
-    from another working directory than the spec's, with relative paths."""
+    from another working folder than the spec's, the spec named by a relative
+    path (`../../qa-spec/gw-A.kdl`); that folder is renamed once they are
+    built: a binary must not depend on where blitzc ran."""
     spec_dir = tmp_path_factory.mktemp("qa-spec")
     (spec_dir / "run").mkdir()
     shutil.copy(FIXTURES / "edge.crt", spec_dir / "cert.pem")
     shutil.copy(FIXTURES / "edge.key", spec_dir / "key.pem")
     origin = Origin()
     ports = {"plain": free_port(), "mixed": free_port(), "tls": free_port()}
-    elsewhere = tmp_path_factory.mktemp("qa-cwd")
+    top = tmp_path_factory.mktemp("qa-cwd")
+    elsewhere = top / "build"
+    elsewhere.mkdir()
     env = dict(os.environ, BLITZ_CACHE_DIR=str(cache_dir))
     bins, stdout, spec = {}, {}, {}
     for label in ("A", "B"):
         spec[label] = spec_dir / f"gw-{label}.kdl"
         spec[label].write_text(SPEC.format(**ports, origin=origin.port, label=label))
         r = subprocess.run(
-            [str(blitzc), "build", os.path.relpath(spec[label], elsewhere), "-o", f"out/gw-{label}"],
+            [str(blitzc), "build", os.path.relpath(spec[label], elsewhere), "-o", f"../out/gw-{label}"],
             capture_output=True, text=True, env=env, cwd=elsewhere, timeout=1800,
         )
         assert r.returncode == 0, r.stderr
-        bins[label], stdout[label] = elsewhere / "out" / f"gw-{label}", r.stdout
-    yield Built(bins, stdout, spec, spec_dir, ports, origin, spec_dir / "run" / "control.sock", elsewhere)
+        bins[label], stdout[label] = top / "out" / f"gw-{label}", r.stdout
+    moved = elsewhere.rename(top / "moved")
+    yield Built(bins, stdout, spec, spec_dir, ports, origin, spec_dir / "run" / "control.sock", moved)
     origin.stop()
 
 
 def test_build_prints_the_binary_path_last_and_alone_on_stdout(built):
     for label, path in built.bins.items():
+        # Absolute, and still valid with the build's working folder gone.
         assert built.stdout[label] == f"{path}\n", built.stdout[label]
         assert os.access(path, os.X_OK)
 
@@ -422,7 +428,7 @@ def test_version_names_blitzc_and_the_spec_hash(blitzc, built, cache_dir, tmp_pa
     # `blitzc dev` and `blitzc run` hand the arguments after `--` to the gateway.
     dev = run(blitzc, "dev", built.spec["B"], "--", "--version", env=env)
     assert dev.returncode == 0 and hashes["B"] in dev.stdout, dev
-    # The spec named as at its build: the generated crate is the same (no cargo work).
+    # The spec named as at its build (from a folder as deep): the same crate, no cargo work.
     spec_b = os.path.relpath(built.spec["B"], built.cwd)
     ran = run(blitzc, "run", spec_b, "--", "--version", env=env, cwd=built.cwd, timeout=900)
     assert ran.returncode == 0 and ran.stdout == run(built.bins["B"], "--version").stdout, ran
