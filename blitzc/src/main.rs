@@ -356,6 +356,14 @@ fn build(spec_path: &Path, output: Option<PathBuf>, profile: Profile) -> Result<
     let source = blitzc::codegen::generate(&spec, &checked.file);
     let name = &spec.gateway.name.value;
     let output = output.unwrap_or_else(|| PathBuf::from(blitzc::build::binary_name(name)));
+    if output.is_dir() {
+        // Found before cargo runs, and an IO error (exit 2), not a failed build.
+        eprintln!(
+            "error: `{}` is a directory: -o names the binary to write",
+            output.display()
+        );
+        return Err(ExitCode::from(2));
+    }
     eprintln!(
         "blitzc: building gateway `{name}` ({}) with cargo",
         source.spec_hash

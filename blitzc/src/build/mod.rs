@@ -186,5 +186,5 @@ pub fn build(
     let tmp = output.with_extension("blitz-tmp");
     std::fs::copy(&built, &tmp)?;
     std::fs::rename(&tmp, output)?;
-    Ok(std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf()))
+    Ok(crate::codegen::absolute_from_here(output))
 }

@@ -388,10 +388,35 @@ fn socket_addr(addr: SocketAddr) -> TokenStream {
 /// named by a relative path resolves its files relative to the folder
 /// blitzc ran in, which the binary knows nothing about).
 fn runtime_path(path: &blitz_ir::FilePath) -> String {
-    std::path::absolute(&path.resolved)
-        .unwrap_or_else(|_| path.resolved.clone())
+    absolute_from_here(&path.resolved)
         .to_string_lossy()
         .into_owned()
+}
+
+/// `path` made absolute against the working folder, with the `..` that
+/// lead out of it applied: `blitzc build ../site/eu1.kdl` run in `/build`
+/// gives `/site/certs/eu1.pem`, not `/build/../site/certs/eu1.pem`, which
+/// stops resolving once `/build` is gone. The working folder is a
+/// physical path (getcwd), so its parent is what `..` means there; a `..`
+/// after a folder of the spec's own path is left to the kernel (that
+/// folder may be a symbolic link).
+pub(crate) fn absolute_from_here(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let Ok(mut base) = std::env::current_dir() else {
+        return path.to_path_buf();
+    };
+    let mut rest = path.components().peekable();
+    while let Some(c @ (Component::ParentDir | Component::CurDir)) = rest.peek() {
+        if *c == Component::ParentDir {
+            base.pop();
+        }
+        rest.next();
+    }
+    base.extend(rest);
+    base
 }
 
 /// A server's TLS settings as an `Option<ServerTls>` literal.
@@ -508,5 +533,31 @@ fn config(spec: &Spec, hash: &str) -> TokenStream {
             pool: PoolConfig { max_idle: #max_idle, idle_timeout: #pool_idle },
             admin_socket: #admin,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::absolute_from_here;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn leading_parent_folders_climb_the_working_folder() {
+        let here = std::env::current_dir().unwrap_or_else(|e| panic!("{e}"));
+        let up = here.parent().unwrap_or(&here).to_path_buf();
+        assert_eq!(
+            absolute_from_here(Path::new("../site/a.pem")),
+            up.join("site/a.pem")
+        );
+        assert_eq!(absolute_from_here(Path::new("./a.pem")), here.join("a.pem"));
+        // After a folder of the spec's path, `..` is the kernel's to resolve.
+        assert_eq!(
+            absolute_from_here(Path::new("certs/../a.pem")),
+            here.join("certs/../a.pem")
+        );
+        assert_eq!(
+            absolute_from_here(Path::new("/etc/x/../a.pem")),
+            PathBuf::from("/etc/x/../a.pem")
+        );
     }
 }

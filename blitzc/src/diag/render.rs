@@ -250,6 +250,21 @@ fn github(reports: &[Report<'_>]) -> String {
 
 // ---------------------------------------------------------------- sarif
 
+/// A file path as the URI reference SARIF's `artifactLocation.uri` must
+/// be (RFC 3986): bytes other than unreserved characters and `/` are
+/// percent-encoded, so `my spec.kdl` is `my%20spec.kdl`.
+fn uri_reference(path: &str) -> String {
+    let mut uri = String::with_capacity(path.len());
+    for &b in path.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            let _ = write!(uri, "%{b:02X}");
+        }
+    }
+    uri
+}
+
 fn sarif(reports: &[Report<'_>]) -> String {
     let mut codes: Vec<_> = reports
         .iter()
@@ -275,7 +290,7 @@ fn sarif(reports: &[Report<'_>]) -> String {
                 if !d.help.is_empty() {
                     let _ = write!(text, "\nhelp: {}", d.help);
                 }
-                let uri = r.file.display_path();
+                let uri = uri_reference(&r.file.display_path());
                 let related: Vec<Value> = d
                     .related
                     .iter()

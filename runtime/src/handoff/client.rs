@@ -27,6 +27,9 @@ const STALL_ENV: &str = "BLITZ_TEST_HANDOFF_STALL";
 pub struct Takeover {
     conn: Control,
     path: PathBuf,
+    /// Where this process binds its control socket before it renames it
+    /// over `path`.
+    temp: TempPath,
     /// The old process's listening sockets with their addresses.
     pub sockets: Vec<(Kind, SocketAddr, OwnedFd)>,
 }
@@ -89,9 +92,16 @@ pub fn take_over(path: &Path, name: &str) -> Result<Takeover, String> {
         std::thread::sleep(Duration::from_secs(120));
         return Err(format!("stalled by {STALL_ENV}"));
     }
+    let temp = TempPath::next_to(path).map_err(|e| {
+        format!(
+            "cannot open the folder of the control socket {}: {e}",
+            path.display()
+        )
+    })?;
     Ok(Takeover {
         conn,
         path: path.to_path_buf(),
+        temp,
         sockets,
     })
 }
@@ -109,9 +119,9 @@ impl Takeover {
     ///
     /// [`complete`]: Takeover::complete
     pub fn bind_next(&self) -> Result<ControlSocket, String> {
-        let temp = temp_path(&self.path);
-        let _ = std::fs::remove_file(&temp);
-        ControlSocket::bind_at(&temp, &self.path)
+        let temp = &self.temp.path;
+        let _ = std::fs::remove_file(temp);
+        ControlSocket::bind_at(temp, &self.path)
             .map_err(|e| format!("cannot bind the next control socket: {e}"))
     }
 
@@ -142,9 +152,9 @@ impl Takeover {
                 0
             }
         };
-        let temp = temp_path(&self.path);
-        if let Err(e) = std::fs::rename(&temp, &self.path) {
-            let _ = std::fs::remove_file(&temp);
+        let temp = &self.temp.path;
+        if let Err(e) = std::fs::rename(temp, &self.path) {
+            let _ = std::fs::remove_file(temp);
             eprintln!(
                 "blitz: upgrade: serving, but cannot take over the control socket {} ({e}): \
                  this instance cannot be upgraded",
@@ -156,8 +166,43 @@ impl Takeover {
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(format!(".{}.new", std::process::id()));
-    PathBuf::from(name)
+/// The longest path a Unix socket binds at: `sun_path` holds 108 bytes,
+/// the last one a NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The temporary path next to the control socket: its name plus
+/// `.PID.new`. When that is too long to bind at while the control
+/// socket's own path is not, it is reached through the folder, held open
+/// (`/proc/self/fd/N/NAME.PID.new`): an instance is upgradable whenever
+/// it could bind its control socket.
+#[derive(Debug)]
+struct TempPath {
+    path: PathBuf,
+    _folder: Option<std::fs::File>,
+}
+
+impl TempPath {
+    fn next_to(path: &Path) -> std::io::Result<TempPath> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.new", std::process::id()));
+        let beside = path.with_file_name(&name);
+        if beside.as_os_str().as_bytes().len() <= MAX_SOCKET_PATH {
+            return Ok(TempPath {
+                path: beside,
+                _folder: None,
+            });
+        }
+        let folder = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => std::fs::File::open(parent)?,
+            None => std::fs::File::open(".")?,
+        };
+        let mut through = PathBuf::from(format!("/proc/self/fd/{}", folder.as_raw_fd()));
+        through.push(name);
+        Ok(TempPath {
+            path: through,
+            _folder: Some(folder),
+        })
+    }
 }
