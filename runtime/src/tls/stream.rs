@@ -338,6 +338,7 @@ impl TlsStream {
     /// into `dst` without touching the socket; `None` when a
     /// [`Self::receive`] must come first. The HTTP/2 bridge reads through
     /// this straight into the `h2` crate's buffer.
+    #[cfg(feature = "h2")]
     pub(crate) fn read_buffered(&self, dst: &mut [u8]) -> Option<io::Result<usize>> {
         let mut st = self.state.borrow_mut();
         if let Err(e) = st.feed_if_idle() {
@@ -348,11 +349,13 @@ impl TlsStream {
 
     /// Encrypts all of `plaintext` into rustls' outgoing queue, without
     /// I/O: [`Self::flush`] sends it.
+    #[cfg(feature = "h2")]
     pub(crate) fn write_buffered(&self, plaintext: &[u8]) -> io::Result<()> {
         self.state.borrow_mut().conn.writer().write_all(plaintext)
     }
 
     /// Whether encrypted output waits for [`Self::flush`].
+    #[cfg(feature = "h2")]
     pub(crate) fn wants_flush(&self) -> bool {
         self.state.borrow().conn.wants_write()
     }
