@@ -39,7 +39,7 @@ import pytest
 from hyperframe.frame import SettingsFrame, WindowUpdateFrame
 
 from support.client import Closed, RawConn
-from support.gateway import REPO, _kill_group, _register, fd_count, free_port
+from support.gateway import REPO, WatchedProcess, fd_count, free_port
 from support.h2client import RawH2
 from support.origin import Origin, pattern_sha256
 
@@ -449,49 +449,11 @@ def test_binary_command_line_errors_exit_2(built, args):
     assert r.stdout == ""
 
 
-class Gw:
+class Gw(WatchedProcess):
     """A gateway process of these tests; stderr kept; stopped by pid."""
 
-    def __init__(self, argv, env=None, wait_for="listening on", cwd=None, **popen):
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=env, cwd=cwd, start_new_session=True, **popen,
-        )
-        _register(self.proc)
-        threading.Thread(target=self._read, daemon=True).start()
-        if wait_for:
-            self.wait_line(wait_for)
-
-    def _read(self):
-        for raw in self.proc.stderr:
-            with self.cond:
-                self.lines.append(raw.decode(errors="replace").rstrip())
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def text(self) -> str:
-        with self.cond:
-            return "\n".join(self.lines)
-
-    def wait_line(self, pattern: str, timeout: float = 30) -> re.Match:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                m = re.search(pattern, "\n".join(self.lines))
-                if m:
-                    return m
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise AssertionError(f"no {pattern!r} (exit {self.proc.poll()}):\n" + "\n".join(self.lines))
-                self.cond.wait(0.2)
-
     def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"pid {self.proc.pid} still running after {timeout}s:\n{self.text()[-3000:]}")
+        return self.exit_code(timeout)
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
@@ -499,7 +461,7 @@ class Gw:
         try:
             return self.wait(timeout)
         finally:
-            _kill_group(self.proc)
+            self.kill()
 
 
 def tls_context(alpn: str) -> ssl.SSLContext:

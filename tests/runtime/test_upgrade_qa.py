@@ -29,14 +29,14 @@ import pytest
 from hyperframe.frame import SettingsFrame, WindowUpdateFrame
 
 from support.client import Closed, RawConn, request
-from support.gateway import _kill_group, _register, fd_count, free_port
+from support.gateway import WatchedProcess, fd_count, free_port
 from support.h2client import RawH2
 from support.origin import pattern_sha256
 
 GRACE = 10
 
 
-class Gw:
+class Gw(WatchedProcess):
     """One hello_gateway process; stderr kept; killed at teardown."""
 
     def __init__(self, binary, ports, origin, sock, tag, upgrade=False, workers=2, protocols="h1,h2c",
@@ -49,54 +49,7 @@ class Gw:
         if upgrade:
             args.append("--upgrade")
         self.tag = tag
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
-        _register(self.proc)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        if wait_for:
-            self.wait_line(wait_for)
-
-    def _read(self):
-        for raw in self.proc.stderr:
-            with self.cond:
-                self.lines.append(raw.decode(errors="replace").rstrip())
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def text(self) -> str:
-        with self.cond:
-            return "\n".join(self.lines)
-
-    def wait_line(self, pattern: str, timeout: float = 30) -> re.Match:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                m = re.search(pattern, "\n".join(self.lines))
-                if m:
-                    return m
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise AssertionError(f"no {pattern!r} (exit {self.proc.poll()}):\n" + "\n".join(self.lines))
-                self.cond.wait(0.2)
-
-    def exit_code(self, timeout: float) -> int:
-        """The exit status, once the process ended and its stderr was read."""
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"pid {self.pid} still running after {timeout}s:\n{self.text()[-3000:]}")
-        self.reader.join(5)
-        return rc
-
-    def kill(self):
-        _kill_group(self.proc)
+        super().__init__(args, wait_for=wait_for)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -117,6 +118,66 @@ def fd_count(pid: int) -> int:
 
 def _fmt_duration(v) -> str:
     return f"{v}s" if isinstance(v, (int, float)) else str(v)
+
+
+class WatchedProcess:
+    """A process started in its own session (killed with its group at exit
+    if still running), its stderr read line by line on a thread and kept,
+    to wait on by pattern."""
+
+    def __init__(self, argv, wait_for: str | None = "listening on", env=None, cwd=None, **popen):
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env, cwd=cwd, start_new_session=True, **popen,
+        )
+        _register(self.proc)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if wait_for:
+            self.wait_line(wait_for)
+
+    def _read(self):
+        for raw in self.proc.stderr:
+            with self.cond:
+                self.lines.append(raw.decode(errors="replace").rstrip())
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def text(self) -> str:
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def wait_line(self, pattern: str, timeout: float = 30) -> re.Match:
+        """The first match of `pattern` in stderr so far; AssertionError if
+        the process exits or `timeout` passes first."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                m = re.search(pattern, "\n".join(self.lines))
+                if m:
+                    return m
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise AssertionError(f"no {pattern!r} (exit {self.proc.poll()}):\n" + "\n".join(self.lines))
+                self.cond.wait(0.2)
+
+    def exit_code(self, timeout: float) -> int:
+        """The exit status, once the process ended and its stderr was read."""
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"pid {self.pid} still running after {timeout}s:\n{self.text()[-3000:]}")
+        self.reader.join(5)
+        return rc
+
+    def kill(self):
+        _kill_group(self.proc)
 
 
 class GatewayError(RuntimeError):
