@@ -39,7 +39,7 @@ import pytest
 from hyperframe.frame import SettingsFrame, WindowUpdateFrame
 
 from support.client import Closed, RawConn
-from support.gateway import REPO, WatchedProcess, fd_count, free_port
+from support.gateway import REPO, WatchedProcess, free_port, settled_fd_count
 from support.h2client import RawH2
 from support.origin import Origin, pattern_sha256
 
@@ -929,19 +929,6 @@ class MixedLoad:
                               f"goaway {s.goaway} last {last}, closed {s.closed}")
 
 
-def _settled_fds(pid: int) -> int:
-    """The fd count once it stopped changing for a second."""
-    last, since, deadline = fd_count(pid), time.monotonic(), time.monotonic() + 15
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        n = fd_count(pid)
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since > 1.0:
-            break
-    return last
-
-
 def _running(binaries: list[Path]) -> list[int]:
     """Live (not zombie) processes running one of these binaries."""
     targets = {str(b) for b in binaries}
@@ -975,7 +962,7 @@ def test_upgrades_under_load_on_every_listener_refuse_fail_and_leak_nothing(buil
     load = MixedLoad(built.ports)
     try:
         assert built.control.is_socket() and (built.control.stat().st_mode & 0o777) == 0o600
-        first_fds = _settled_fds(first_pid)
+        first_fds = settled_fd_count(first_pid)
         load.start()
         time.sleep(1.5)
         olds = []
@@ -1007,7 +994,7 @@ def test_upgrades_under_load_on_every_listener_refuse_fail_and_leak_nothing(buil
     procs.append(current)
     assert last.wait(GRACE + 3) == 0
     try:
-        final_fds = _settled_fds(current.proc.pid)
+        final_fds = settled_fd_count(current.proc.pid)
         assert final_fds <= first_fds, f"descriptors grew across 6 upgrades: {first_fds} -> {final_fds}"
         assert _running(bins) == [current.proc.pid], "leftover gateway processes"
         assert built.control.is_socket()

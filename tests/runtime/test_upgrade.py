@@ -22,7 +22,7 @@ import pytest
 
 from support.client import Closed, RawConn, request
 from support.h2client import RawH2
-from support.gateway import _kill_group, _register, fd_count, free_port
+from support.gateway import _kill_group, _register, free_port, settled_fd_count
 
 GRACE = 5.0
 
@@ -312,20 +312,6 @@ def _gateway_pids(sock: Path) -> list[int]:
     return pids
 
 
-def _settled_fds(pid: int) -> int:
-    """The fd count once it stopped changing (connections of the previous step closed)."""
-    last, same_since = fd_count(pid), time.monotonic()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        n = fd_count(pid)
-        if n != last:
-            last, same_since = n, time.monotonic()
-        elif time.monotonic() - same_since > 1.0:
-            break
-    return last
-
-
 # ---------------------------------------------------------------- tests
 
 
@@ -341,7 +327,7 @@ def test_upgrades_under_load_refuse_nothing_and_fail_nothing(procs, hello_bin, o
     for tag, workers in builds[1], builds[0]:
         old, current = current, upgrade(procs, hello_bin, [port], origin, sock_path, tag, workers=workers)
         assert old.proc.wait(GRACE + 5) == 0
-    fds_before = _settled_fds(current.pid)
+    fds_before = settled_fd_count(current.pid)
 
     load = Load(port)
     load.start()
@@ -379,7 +365,7 @@ def test_upgrades_under_load_refuse_nothing_and_fail_nothing(procs, hello_bin, o
     for tag, workers in builds[1], builds[0]:
         old, current = current, upgrade(procs, hello_bin, [port], origin, sock_path, tag, workers=workers)
         assert old.proc.wait(GRACE + 5) == 0
-    fds_after = _settled_fds(current.pid)
+    fds_after = settled_fd_count(current.pid)
     assert fds_after <= fds_before, f"fd count grew across upgrades: {fds_before} -> {fds_after}"
     assert _gateway_pids(sock_path) == [current.pid], "leftover gateway processes"
     assert tag_of(port) == "A"

@@ -29,7 +29,7 @@ import pytest
 from hyperframe.frame import SettingsFrame, WindowUpdateFrame
 
 from support.client import Closed, RawConn, request
-from support.gateway import WatchedProcess, fd_count, free_port
+from support.gateway import WatchedProcess, free_port, settled_fd_count
 from support.h2client import RawH2
 from support.origin import pattern_sha256
 
@@ -110,19 +110,6 @@ def refused_soon(port: int, timeout: float = 10) -> bool:
             return True
         time.sleep(0.1)
     return False
-
-
-def settled_fds(pid: int) -> int:
-    """The fd count once it stopped changing for a second."""
-    last, since, deadline = fd_count(pid), time.monotonic(), time.monotonic() + 15
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        n = fd_count(pid)
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since > 1.0:
-            break
-    return last
 
 
 # ---------------------------------------------------------------- exchanges caught mid-way
@@ -209,7 +196,7 @@ def test_exchanges_caught_mid_way_by_five_upgrades_all_complete(gws, hello_bin, 
     port, sock = free_port(), tmp_path / "gw.sock"
     tags = ["A", "B"]
     current = gws(hello_bin, [port], origin, sock, "A")
-    first_fds = settled_fds(current.pid)
+    first_fds = settled_fd_count(current.pid)
     problems = []
     for i in range(5):
         caught = Caught(port, origin)
@@ -224,7 +211,7 @@ def test_exchanges_caught_mid_way_by_five_upgrades_all_complete(gws, hello_bin, 
         assert old.exit_code(GRACE + 5) == 0, old.text()[-3000:]
         assert f"handed off to pid {current.pid}" in old.text()
     assert not problems, "\n".join(problems)
-    assert settled_fds(current.pid) <= first_fds, "descriptors grew across upgrades"
+    assert settled_fd_count(current.pid) <= first_fds, "descriptors grew across upgrades"
     assert running(hello_bin, sock) == [current.pid]
 
 

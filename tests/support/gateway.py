@@ -116,6 +116,20 @@ def fd_count(pid: int) -> int:
         return -1
 
 
+def settled_fd_count(pid: int, timeout: float = 15) -> int:
+    """The fd count once it stopped changing for a second (the connections
+    of a previous step closed), or as it is after `timeout`."""
+    last, since, deadline = fd_count(pid), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        n = fd_count(pid)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > 1.0:
+            break
+    return last
+
+
 def _fmt_duration(v) -> str:
     return f"{v}s" if isinstance(v, (int, float)) else str(v)
 
