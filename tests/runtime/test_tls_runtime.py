@@ -237,3 +237,70 @@ def test_half_open_handshakes_do_not_starve_a_good_client(start_gateway, certs, 
         time.sleep(0.1)
     assert gw.fds() <= baseline + 5, (baseline, gw.fds())
     assert gw.alive()
+
+
+# ------------------------------------------------------------- closing
+
+
+def _tls_client(port: int, pki: Pki) -> ssl.SSLSocket:
+    """A TLS client socket to the gateway that tells a close_notify from a
+    bare TCP EOF (`suppress_ragged_eofs=False`: the latter raises)."""
+    ctx = ssl.create_default_context(cafile=str(pki.path("ca.crt")))
+    ctx.set_alpn_protocols(["http/1.1"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="edge.test", suppress_ragged_eofs=False)
+
+
+def _read_response_then_close(s: ssl.SSLSocket) -> str:
+    """Reads until the gateway ends the stream: 'close_notify' or 'bare EOF'."""
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ssl.SSLEOFError:
+            return "bare EOF"
+        if not chunk:
+            assert b" 200 " in data.split(b"\r\n", 1)[0], data[:200]
+            return "close_notify"
+        data += chunk
+
+
+@pytest.mark.parametrize("how", ["idle-timeout", "drain"])
+def test_an_idle_tls_connection_is_closed_with_close_notify(start_gateway, certs, pki, how):
+    """RFC 8446 §6.1: each party MUST send close_notify before closing its
+    write side. A keep-alive TLS connection the gateway closes (idle
+    timeout, drain) ends with one, so the client can tell the end of the
+    stream from a cut."""
+    g = tls_gateway(start_gateway, certs, idle_timeout=1, grace=5)
+    s = _tls_client(g.port, pki)
+    try:
+        s.sendall(b"GET /k HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+        if how == "drain":
+            time.sleep(0.3)
+            g.signal(signal.SIGTERM)
+        assert _read_response_then_close(s) == "close_notify"
+    finally:
+        s.close()
+
+
+def test_a_tls_client_that_stops_reading_is_cut_at_body_timeout(start_gateway, origin, certs, pki):
+    """As in cleartext (test_limits.py): a TLS client that asks for a large
+    download and stops reading is cut once nothing could be written to it
+    for body-timeout. Its close_notify cannot be delivered either (the send
+    buffer is full): the gateway must not wait for that forever."""
+    g = tls_gateway(start_gateway, certs, body_timeout=2)
+    time.sleep(0.3)
+    base = g.fds()
+    raw = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    ctx = ssl.create_default_context(cafile=str(pki.path("ca.crt")))
+    s = ctx.wrap_socket(raw, server_hostname="edge.test")
+    try:
+        s.sendall(f"GET /bytes/{256 << 20} HTTP/1.1\r\nHost: edge.test\r\n\r\n".encode())
+        assert origin.wait_for(lambda: any(q.path.startswith("/bytes/") for q in origin.requests), 5)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and g.fds() > base:
+            time.sleep(0.2)
+        assert g.fds() <= base, f"the gateway still holds the connection of a client that stopped reading ({g.fds()} fds, {base} before)"
+    finally:
+        s.close()

@@ -327,8 +327,20 @@ async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>
             }
         }
     }
+    // Idle timeout, drain or the client's own close: over TLS the stream
+    // ends with close_notify (RFC 8446 §6.1: each party MUST send one
+    // before closing its write side), so the client can tell the end from
+    // a cut. Bounded: a client that does not read cannot stall the close.
+    if client.stream.is_tls() {
+        let deadline = Instant::now() + CLOSE_WITHIN;
+        let _ = crate::rt::time::within(deadline, client.stream.shutdown()).await;
+    }
     let _ = client.stream.close().await;
 }
+
+/// How long a closing connection's last words (FIN, TLS close_notify) and
+/// the lingering read after them may take.
+const CLOSE_WITHIN: Duration = Duration::from_millis(500);
 
 #[cfg(feature = "h2")]
 enum Sniffed {
@@ -622,8 +634,10 @@ pub(crate) async fn linger_close<S: Stream>(c: Client<S>) {
     let Client {
         stream, mut rbuf, ..
     } = c;
-    let _ = stream.shutdown().await;
-    let deadline = Instant::now() + Duration::from_millis(500);
+    let deadline = Instant::now() + CLOSE_WITHIN;
+    // Bounded: over TLS this writes close_notify, which a client that
+    // stopped reading would never take.
+    let _ = crate::rt::time::within(deadline, stream.shutdown()).await;
     let mut discarded = 0usize;
     rbuf.clear();
     while discarded < 256 * 1024 {
