@@ -23,6 +23,7 @@ import pytest
 from support.client import Closed, RawConn, request
 from support.h2client import RawH2
 from support.gateway import _kill_group, _register, free_port, settled_fd_count
+from support.handoff import gateway_pids, serves_tag, tag_of
 
 GRACE = 5.0
 
@@ -116,23 +117,6 @@ def upgrade(procs, hello_bin, ports, origin, sock, tag, **kw) -> Proc:
     p = procs(hello_bin, ports, origin.addr, sock, tag, upgrade=True, **kw)
     assert p.wait_line(r"upgrade: took over from pid \d+"), f"upgrade to {tag} failed:\n{p.stderr()}"
     return p
-
-
-def tag_of(port: int) -> str:
-    return request(port, "GET", "/tag").body.decode().strip()
-
-
-def serves_tag(port: int, tag: str, timeout: float = 3.0) -> bool:
-    """Whether new connections reach build `tag` within `timeout`. Right
-    after "took over", the old process may still accept a connection or two
-    (and serve it) until its workers see the drain: both serve, nothing is
-    refused, so the first answer alone proves nothing."""
-    deadline = time.monotonic() + timeout
-    while tag_of(port) != tag:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # ---------------------------------------------------------------- load
@@ -305,26 +289,6 @@ class Load(_LoadThreads):
 
 
 
-def _gateway_pids(sock: Path) -> list[int]:
-    """hello_gateway processes using this control socket (leftover check)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if str(sock).encode() in cmd and any(c.endswith(b"hello_gateway") for c in cmd):
-            try:
-                state = open(f"/proc/{d}/stat").read().split(") ")[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state != "Z":
-                pids.append(int(d))
-    return pids
-
-
 # ---------------------------------------------------------------- tests
 
 
@@ -380,7 +344,7 @@ def test_upgrades_under_load_refuse_nothing_and_fail_nothing(procs, hello_bin, o
         assert old.proc.wait(GRACE + 5) == 0
     fds_after = settled_fd_count(current.pid)
     assert fds_after <= fds_before, f"fd count grew across upgrades: {fds_before} -> {fds_after}"
-    assert _gateway_pids(sock_path) == [current.pid], "leftover gateway processes"
+    assert gateway_pids(hello_bin, sock_path) == [current.pid], "leftover gateway processes"
     assert tag_of(port) == "A"
 
 
@@ -497,7 +461,7 @@ def test_upgrades_under_tls_and_h2_load_fail_nothing(procs, hello_bin, origin, s
     assert load.ok > 50 and load.goaways > 0, report
     for old in olds:
         assert old.proc.wait(GRACE + 5) == 0, old.stderr()[-2000:]
-    assert _gateway_pids(sock_path) == [current.pid], "leftover gateway processes"
+    assert gateway_pids(hello_bin, sock_path) == [current.pid], "leftover gateway processes"
 
 
 def test_control_socket_survives_back_to_back_idle_upgrades(procs, hello_bin, origin, sock_path):

@@ -30,6 +30,7 @@ from hyperframe.frame import SettingsFrame, WindowUpdateFrame
 
 from support.client import Closed, RawConn, request
 from support.gateway import WatchedProcess, free_port, settled_fd_count
+from support.handoff import gateway_pids, serves_tag, tag_of
 from support.h2client import RawH2
 from support.origin import pattern_sha256
 
@@ -64,40 +65,6 @@ def gws():
     yield start
     for g in started:
         g.kill()
-
-
-def tag_of(port: int) -> str:
-    r = request(port, "GET", "/tag")
-    assert r.status == 200, r
-    return r.body.decode().strip()
-
-
-def serves(port: int, tag: str, timeout: float = 5) -> bool:
-    """True once a new connection is answered by build `tag`: right after the
-    handoff, the old process may still take a connection or two (served: it
-    accepted them) until its workers see the drain."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if tag_of(port) == tag:
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def running(binary: Path, sock: Path) -> list[int]:
-    """Live (not zombie) hello_gateway processes using this control socket."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
-            state = open(f"/proc/{d}/stat").read().rsplit(") ", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if str(sock).encode() in cmd and cmd[0] == str(binary).encode() and state != "Z":
-            pids.append(int(d))
-    return sorted(pids)
 
 
 def refused_soon(port: int, timeout: float = 10) -> bool:
@@ -204,7 +171,7 @@ def test_exchanges_caught_mid_way_by_five_upgrades_all_complete(gws, hello_bin, 
             old = current
             current = gws(hello_bin, [port], origin, sock, tags[(i + 1) % 2], upgrade=True,
                           wait_for=r"took over from pid")
-            assert serves(port, current.tag)
+            assert serves_tag(port, current.tag)
             problems += [f"upgrade {i + 1}: {p}" for p in caught.finish(old.tag)]
         finally:
             caught.close()
@@ -212,7 +179,7 @@ def test_exchanges_caught_mid_way_by_five_upgrades_all_complete(gws, hello_bin, 
         assert f"handed off to pid {current.pid}" in old.text()
     assert not problems, "\n".join(problems)
     assert settled_fd_count(current.pid) <= first_fds, "descriptors grew across upgrades"
-    assert running(hello_bin, sock) == [current.pid]
+    assert gateway_pids(hello_bin, sock) == [current.pid]
 
 
 # ---------------------------------------------------------------- concurrent upgrades
@@ -262,7 +229,7 @@ def test_two_upgrades_started_at_once_leave_one_instance_serving(gws, hello_bin,
             # Both may win, one after the other (the second upgrading the first).
             current = max(winners, key=lambda p: p.proc.pid if p.proc.poll() is None else -1)
             assert current.proc.poll() is None, current.text()
-            assert serves(port, current.tag)
+            assert serves_tag(port, current.tag)
     finally:
         stop.set()
         for t in threads:
@@ -274,11 +241,11 @@ def test_two_upgrades_started_at_once_leave_one_instance_serving(gws, hello_bin,
             rc = p.exit_code(GRACE + 5)
             if "took over from pid" in p.text() or p is everyone[0]:
                 assert rc == 0 and "handed off to pid" in p.text(), p.text()[-2000:]
-    assert running(hello_bin, sock) == [current.pid]
+    assert gateway_pids(hello_bin, sock) == [current.pid]
     last = gws(hello_bin, [port], origin, sock, "Z", upgrade=True, workers=1, wait_for=r"took over from pid")
-    assert serves(port, "Z")
+    assert serves_tag(port, "Z")
     assert current.exit_code(GRACE + 5) == 0
-    assert running(hello_bin, sock) == [last.pid]
+    assert gateway_pids(hello_bin, sock) == [last.pid]
 
 
 # ---------------------------------------------------------------- upgrades that must not happen
@@ -304,7 +271,7 @@ def test_upgrade_during_a_sigterm_drain_is_refused_and_the_drain_finishes(gws, h
     assert not sock.exists()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
-    assert running(hello_bin, sock) == []
+    assert gateway_pids(hello_bin, sock) == []
 
 
 def test_upgrade_after_the_instance_was_killed_fails_clearly(gws, hello_bin, origin, tmp_path):
@@ -327,9 +294,9 @@ def test_upgrade_after_the_instance_was_killed_fails_clearly(gws, hello_bin, ori
     fresh = gws(hello_bin, [port], origin, sock, "C")
     assert tag_of(port) == "C"
     upgraded = gws(hello_bin, [port], origin, sock, "D", upgrade=True, wait_for=r"took over from pid")
-    assert serves(port, "D")
+    assert serves_tag(port, "D")
     assert fresh.exit_code(GRACE + 5) == 0
-    assert running(hello_bin, sock) == [upgraded.pid]
+    assert gateway_pids(hello_bin, sock) == [upgraded.pid]
 
 
 def test_upgrade_to_a_build_on_another_address_is_refused_and_binds_nothing(gws, hello_bin, origin, tmp_path):
@@ -348,9 +315,9 @@ def test_upgrade_to_a_build_on_another_address_is_refused_and_binds_nothing(gws,
         assert tag_of(p1) == "A"
     # And both addresses: P1 taken over, P2 bound.
     both = gws(hello_bin, [p1, p2], origin, sock, "C", upgrade=True, wait_for=r"took over from pid")
-    assert serves(p1, "C") and serves(p2, "C")
+    assert serves_tag(p1, "C") and serves_tag(p2, "C")
     assert old.exit_code(GRACE + 5) == 0
-    assert running(hello_bin, sock) == [both.pid]
+    assert gateway_pids(hello_bin, sock) == [both.pid]
 
 
 def test_a_control_socket_path_of_the_longest_length_is_upgradable(gws, hello_bin, origin):
@@ -371,11 +338,11 @@ def test_a_control_socket_path_of_the_longest_length_is_upgradable(gws, hello_bi
             old, current = current, gws(hello_bin, [port], origin, sock, tag, upgrade=True, workers=1,
                                         wait_for=r"took over from pid|upgrade aborted")
             assert "took over from pid" in current.text(), current.text()
-            assert serves(port, tag)
+            assert serves_tag(port, tag)
             assert old.exit_code(GRACE + 5) == 0
             assert sock.is_socket()
         assert sorted(os.listdir(folder)) == ["gw.sock"], "a temporary socket was left behind"
-        assert running(hello_bin, sock) == [current.pid]
+        assert gateway_pids(hello_bin, sock) == [current.pid]
         os.kill(current.pid, signal.SIGTERM)
         assert current.exit_code(GRACE + 5) == 0
         assert not sock.exists()

@@ -1,0 +1,47 @@
+"""Helpers of the upgrade (socket handoff) tests: which build answers, and
+which gateway processes are left."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from support.client import request
+
+
+def tag_of(port: int) -> str:
+    """The `--tag` of the build that answers a new connection on `port`."""
+    r = request(port, "GET", "/tag")
+    assert r.status == 200, r
+    return r.body.decode().strip()
+
+
+def serves_tag(port: int, tag: str, timeout: float = 5) -> bool:
+    """Whether new connections reach build `tag` within `timeout`. Right
+    after "took over", the old process may still accept a connection or two
+    (and serve it) until its workers see the drain: both serve, nothing is
+    refused, so the first answer alone proves nothing."""
+    deadline = time.monotonic() + timeout
+    while tag_of(port) != tag:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def gateway_pids(binary: Path, sock: Path) -> list[int]:
+    """Live (not zombie) processes of `binary` using the control socket
+    `sock`, sorted (the leftover check after upgrades)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+            state = open(f"/proc/{d}/stat").read().rsplit(") ", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if str(sock).encode() in cmd and cmd[0] == str(binary).encode() and state != "Z":
+            pids.append(int(d))
+    return sorted(pids)
