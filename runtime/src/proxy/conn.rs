@@ -19,6 +19,7 @@ use crate::http::{
     write_local_response,
 };
 use crate::rt::Listener;
+use crate::rt::time::coarse_now;
 
 /// Initial (and idle) capacity of a connection's read buffer. An idle
 /// keep-alive connection keeps one read posted, and so this buffer: small
@@ -401,7 +402,7 @@ async fn read_head<G: Gateway, S: Stream>(
 ) -> HeadOutcome {
     let limits = w.limits.head_limits();
     let mut head_deadline = if first {
-        Some(Instant::now() + w.limits.header_timeout)
+        Some(coarse_now() + w.limits.header_timeout)
     } else {
         None
     };
@@ -423,7 +424,7 @@ async fn read_head<G: Gateway, S: Stream>(
                 }
             }
             if head_deadline.is_none() {
-                head_deadline = Some(Instant::now() + w.limits.header_timeout);
+                head_deadline = Some(coarse_now() + w.limits.header_timeout);
             }
         }
         // Keep only the unconsumed bytes, at the front.
@@ -447,7 +448,7 @@ async fn read_head<G: Gateway, S: Stream>(
                 } else {
                     w.limits.idle_timeout
                 };
-                let deadline = head_deadline.unwrap_or_else(|| Instant::now() + timeout);
+                let deadline = head_deadline.unwrap_or_else(|| coarse_now() + timeout);
                 let read = pin!(read_more(&c.stream, buf, room, deadline));
                 match wait_request_start(w, read).await {
                     Some(r) => r,
@@ -518,7 +519,7 @@ pub(crate) async fn wait_opening<G: Gateway, F: Future>(
 /// only runs once per connection at drain, and inline its timer would
 /// grow every idle connection's task.
 async fn last_call<F: Future>(read: std::pin::Pin<&mut F>) -> Option<F::Output> {
-    let window = pin!(compio::time::sleep(DRAIN_LAST_CALL));
+    let window = pin!(crate::rt::time::sleep(DRAIN_LAST_CALL));
     match select(read, window).await {
         Either::Left((r, _)) => Some(r),
         Either::Right(_) => None,

@@ -305,7 +305,7 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
             // Everything buffered is consumed: reuse the buffer from the start.
             self.src_buf.clear();
             *self.src_pos = 0;
-            let deadline = Instant::now() + self.read_timeout;
+            let deadline = crate::rt::time::coarse_now() + self.read_timeout;
             let buf = std::mem::take(self.src_buf);
             let (outcome, buf) = read_more(self.src, buf, self.read_room, deadline).await;
             *self.src_buf = buf;

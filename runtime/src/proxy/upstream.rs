@@ -24,6 +24,7 @@ use crate::http::{
     parse_response_head, valid_request_id, write_forward_request, write_response_head,
 };
 use crate::lb::{Endpoint, UpstreamSet, UpstreamTimeouts};
+use crate::rt::time::coarse_now;
 
 /// How a proxied exchange ended.
 pub(crate) enum Exchange {
@@ -190,7 +191,7 @@ impl<'a> Tries<'a> {
     /// Starts a request to `set`; it counts towards the retry budget.
     pub(crate) fn new(set: &'a UpstreamSet, replayable: bool) -> Self {
         set.budget.deposit();
-        let started = Instant::now();
+        let started = coarse_now();
         Tries {
             set,
             started,
@@ -211,7 +212,7 @@ impl<'a> Tries<'a> {
         let now = if self.tried.is_empty() {
             self.started
         } else {
-            Instant::now()
+            coarse_now()
         };
         let timeouts = self.timeouts(now);
         let (ep, conn, reused) = connect(
@@ -223,7 +224,7 @@ impl<'a> Tries<'a> {
             now,
         )
         .await?;
-        let now = if reused { now } else { Instant::now() };
+        let now = if reused { now } else { coarse_now() };
         self.arm(now);
         Ok(Try {
             ep,
@@ -288,7 +289,7 @@ impl<'a> Tries<'a> {
     /// A try relayed a complete response with `status`: passive health
     /// hears of it, and the connection is pooled if `reusable`.
     pub(crate) fn done(&self, ep: &Endpoint, conn: UpstreamStream, status: u16, reusable: bool) {
-        ep.answered(status, Instant::now());
+        ep.answered(status, coarse_now());
         if reusable {
             ep.give_back(conn, self.started);
         }

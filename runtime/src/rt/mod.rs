@@ -34,6 +34,7 @@ mod process;
 mod seccomp_test;
 mod systemd;
 pub mod time;
+mod timer;
 
 use std::io;
 use std::net::SocketAddr;

@@ -8,7 +8,9 @@
 //! poll. Every upstream exchange awaits several of these, and an HTTP/2
 //! stream's whole future is moved into the connection's task set when the
 //! stream starts, so the size is copied per request. [`within`] is the
-//! same contract as one small struct: the operation, then compio's timer.
+//! same contract as one small struct: the operation, then a timer of the
+//! worker's wheel ([`super::timer`]: cheaper to arm and cancel than
+//! compio's, which nearly every deadline here is).
 //!
 //! Writes are bounded by their pauses, not their length ([`write_paced`]):
 //! a peer that keeps taking bytes, however slowly, is served; one that
@@ -19,6 +21,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+pub use super::timer::{Timer, coarse_now, sleep, sleep_until};
 
 /// The deadline passed before the operation finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,21 +58,21 @@ impl<F: Future, T: Future<Output = ()>> Future for Within<F, T> {
 
 /// Runs `future` until `deadline`; dropped (cancelled) when it passes. The
 /// timer is armed on the first poll, not here.
-pub fn within<F: Future>(deadline: Instant, future: F) -> Within<F, impl Future<Output = ()>> {
+pub fn within<F: Future>(deadline: Instant, future: F) -> Within<F, Timer> {
     Within {
         future,
-        timer: compio::time::sleep_until(deadline),
+        timer: sleep_until(deadline),
     }
 }
 
 /// [`within`] `timeout` from when the operation first has to wait. The
-/// clock is read only then (compio's `sleep` reads it on its first poll,
-/// which comes after a poll of the operation that returned pending): a
-/// write or read that completes at once costs no clock read.
-pub fn within_for<F: Future>(timeout: Duration, future: F) -> Within<F, impl Future<Output = ()>> {
+/// clock is read only then ([`sleep`] reads it on its first poll, which
+/// comes after a poll of the operation that returned pending): a write or
+/// read that completes at once arms no timer.
+pub fn within_for<F: Future>(timeout: Duration, future: F) -> Within<F, Timer> {
     Within {
         future,
-        timer: compio::time::sleep(timeout),
+        timer: sleep(timeout),
     }
 }
 

@@ -428,7 +428,7 @@ async fn relay_response<G: Gateway>(
         }
         ubuf.clear();
         upos = 0;
-        let deadline = Instant::now() + t.response_timeout;
+        let deadline = crate::rt::time::coarse_now() + t.response_timeout;
         let (outcome, buf) = read_more(t.up, std::mem::take(ubuf), READ_CHUNK, deadline).await;
         *ubuf = buf;
         match outcome {

@@ -182,7 +182,7 @@ pub(crate) async fn serve_h2<G: Gateway>(
     let mut streams = FuturesUnordered::<StreamTask>::new();
     let drain = pin!(w.drain.wait());
     let mut drain = drain;
-    let mut tick = pin!(compio::time::sleep(TICK));
+    let mut tick = pin!(crate::rt::time::sleep(TICK));
     let mut closing = Closing::No;
     let mut closing_ticks = 0u32;
     let mut idle_ticks = 0u32;
@@ -246,7 +246,7 @@ pub(crate) async fn serve_h2<G: Gateway>(
                 closing = Closing::Graceful;
             }
             Event::Tick => {
-                tick.set(compio::time::sleep(TICK));
+                tick.set(crate::rt::time::sleep(TICK));
                 let requested = watch.tick();
                 if !watch.preface_complete() {
                     preface_ticks += 1;

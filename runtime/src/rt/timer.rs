@@ -1,0 +1,439 @@
+//! The request path's timers: one coarse timer wheel per worker thread.
+//!
+//! A proxied request arms about four deadlines (the client's read and
+//! write, the upstream's write and read), and nearly every one is cancelled
+//! long before it could fire. compio's timers keep each in one `BTreeMap`
+//! keyed by `(Instant, id)`: arming reads the clock (a TSC read, slow in a
+//! VM), every poll looks the entry up and may clone the waker, every drop
+//! removes it. Under load that was 5-7 % of a worker's CPU (TLS HTTP/1.1,
+//! bench/RESULTS.md). Here:
+//!
+//! - a deadline is rounded *up* to a [`TICK`], and the timers of one tick
+//!   share a bucket: an intrusive list through a slab, so arming and
+//!   cancelling are O(1) once the bucket is found;
+//! - [`sleep`] reads the kernel's coarse monotonic clock (the vDSO's copy of
+//!   the last scheduler tick, no TSC read) plus its resolution, so a
+//!   timeout never ends early;
+//! - one compio timer per thread, held by a small driver task, wakes the
+//!   wheel at its earliest bucket.
+//!
+//! A timer fires at its deadline or up to one tick (plus the coarse clock's
+//! resolution, for [`sleep`]) after it, never before. Timeouts here are
+//! seconds (the spec's durations); a few milliseconds late is nothing.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+/// The wheel's granularity.
+const TICK: Duration = Duration::from_millis(4);
+const TICK_NS: u64 = TICK.as_nanos() as u64;
+
+/// No entry (the end of a bucket's list).
+const NIL: usize = usize::MAX;
+
+/// One armed timer: a link in its bucket's list until it fires.
+struct Entry {
+    tick: u64,
+    prev: usize,
+    next: usize,
+    fired: bool,
+    waker: Option<Waker>,
+}
+
+struct Wheel {
+    entries: Slab<Entry>,
+    /// Tick -> the first entry of that tick's list (unfired timers only).
+    buckets: BTreeMap<u64, usize>,
+    /// Whether this thread's runtime runs a driver task.
+    driver_running: bool,
+    /// The tick the driver's compio timer is set for.
+    driver_tick: Option<u64>,
+    driver: Option<Waker>,
+}
+
+thread_local! {
+    static WHEEL: RefCell<Wheel> = const {
+        RefCell::new(Wheel {
+            entries: Slab::new(),
+            buckets: BTreeMap::new(),
+            driver_running: false,
+            driver_tick: None,
+            driver: None,
+        })
+    };
+}
+
+/// Nanoseconds on the monotonic clock for an `Instant` (which is that
+/// clock on Linux): one reading of both, taken once per process, relates
+/// them.
+fn clock_base() -> (Instant, u64) {
+    static BASE: OnceLock<(Instant, u64)> = OnceLock::new();
+    *BASE.get_or_init(|| {
+        let instant = Instant::now();
+        let ns = timespec_ns(rustix::time::clock_gettime(
+            rustix::time::ClockId::Monotonic,
+        ));
+        (instant, ns)
+    })
+}
+
+fn timespec_ns(t: rustix::time::Timespec) -> u64 {
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
+fn ns_of(at: Instant) -> u64 {
+    let (base, base_ns) = clock_base();
+    match at.checked_duration_since(base) {
+        Some(after) => base_ns.saturating_add(after.as_nanos() as u64),
+        None => base_ns.saturating_sub(base.duration_since(at).as_nanos() as u64),
+    }
+}
+
+fn instant_of(ns: u64) -> Instant {
+    let (base, base_ns) = clock_base();
+    base + Duration::from_nanos(ns.saturating_sub(base_ns))
+}
+
+/// The first tick at or after `ns`: a deadline is never rounded earlier.
+fn tick_at_or_after(ns: u64) -> u64 {
+    ns.div_ceil(TICK_NS)
+}
+
+/// Now, on the coarse clock, pushed up by its resolution: at or after the
+/// precise now. A vDSO read of a kernel variable.
+fn coarse_now_ns() -> u64 {
+    static RESOLUTION: OnceLock<u64> = OnceLock::new();
+    let resolution = *RESOLUTION.get_or_init(|| {
+        timespec_ns(rustix::time::clock_getres(
+            rustix::time::ClockId::MonotonicCoarse,
+        ))
+    });
+    timespec_ns(rustix::time::clock_gettime(
+        rustix::time::ClockId::MonotonicCoarse,
+    ))
+    .saturating_add(resolution)
+}
+
+/// The clock for deadlines on the request path: the coarse clock (see
+/// [`coarse_now_ns`]), never before the precise now and at most the coarse
+/// clock's resolution (a scheduler tick) after it. A deadline taken from it
+/// is never early, and reading it costs no TSC read.
+pub fn coarse_now() -> Instant {
+    instant_of(coarse_now_ns())
+}
+
+impl Wheel {
+    fn arm(&mut self, tick: u64) -> usize {
+        let head = self.buckets.get(&tick).copied().unwrap_or(NIL);
+        let key = self.entries.insert(Entry {
+            tick,
+            prev: NIL,
+            next: head,
+            fired: false,
+            waker: None,
+        });
+        if head != NIL {
+            self.entries[head].prev = key;
+        }
+        self.buckets.insert(tick, key);
+        key
+    }
+
+    /// Takes an unfired entry out of its bucket's list.
+    fn unlink(&mut self, key: usize) {
+        let (tick, prev, next) = {
+            let e = &self.entries[key];
+            (e.tick, e.prev, e.next)
+        };
+        if next != NIL {
+            self.entries[next].prev = prev;
+        }
+        if prev != NIL {
+            self.entries[prev].next = next;
+        } else if next != NIL {
+            self.buckets.insert(tick, next);
+        } else {
+            self.buckets.remove(&tick);
+        }
+    }
+
+    fn cancel(&mut self, key: usize) {
+        if !self.entries[key].fired {
+            self.unlink(key);
+        }
+        self.entries.remove(key);
+    }
+
+    /// Marks every timer of the buckets up to `now_tick` fired and returns
+    /// their wakers (woken by the caller, outside the borrow).
+    fn expire(&mut self, now_tick: u64, woken: &mut Vec<Waker>) {
+        while let Some((&tick, &head)) = self.buckets.first_key_value() {
+            if tick > now_tick {
+                break;
+            }
+            self.buckets.remove(&tick);
+            let mut key = head;
+            while key != NIL {
+                let e = &mut self.entries[key];
+                e.fired = true;
+                key = e.next;
+                if let Some(w) = e.waker.take() {
+                    woken.push(w);
+                }
+            }
+        }
+    }
+
+    /// Whether the driver must be told of a timer armed at `tick` (it
+    /// sleeps past it, or not at all).
+    fn wakes_driver_for(&self, tick: u64) -> bool {
+        self.driver_tick.is_none_or(|t| tick < t)
+    }
+}
+
+/// A timer on this thread's wheel: ready once its deadline passed.
+/// Armed on the first poll; cancelled when dropped.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Timer {
+    deadline: Deadline,
+    key: Option<usize>,
+}
+
+#[derive(Clone, Copy)]
+enum Deadline {
+    At(Instant),
+    /// From the first poll (see [`sleep`]).
+    After(Duration),
+}
+
+/// A timer that fires at `deadline` (or within a tick after it).
+pub fn sleep_until(deadline: Instant) -> Timer {
+    Timer {
+        deadline: Deadline::At(deadline),
+        key: None,
+    }
+}
+
+/// A timer that fires `duration` after its first poll, not before.
+pub fn sleep(duration: Duration) -> Timer {
+    Timer {
+        deadline: Deadline::After(duration),
+        key: None,
+    }
+}
+
+impl Future for Timer {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let mut spawn_driver = false;
+        let mut wake_driver = None;
+        let ready = WHEEL.with_borrow_mut(|wheel| {
+            let key = match this.key {
+                Some(key) => key,
+                None => {
+                    let ns = match this.deadline {
+                        Deadline::At(at) => ns_of(at),
+                        Deadline::After(d) => coarse_now_ns().saturating_add(d.as_nanos() as u64),
+                    };
+                    let tick = tick_at_or_after(ns);
+                    let key = wheel.arm(tick);
+                    this.key = Some(key);
+                    if !wheel.driver_running {
+                        wheel.driver_running = true;
+                        spawn_driver = true;
+                    } else if wheel.wakes_driver_for(tick) {
+                        wake_driver = wheel.driver.take();
+                    }
+                    key
+                }
+            };
+            let entry = &mut wheel.entries[key];
+            if entry.fired {
+                return true;
+            }
+            match &entry.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => entry.waker = Some(cx.waker().clone()),
+            }
+            false
+        });
+        if spawn_driver {
+            compio::runtime::spawn(Driver::default()).detach();
+        }
+        if let Some(w) = wake_driver {
+            w.wake();
+        }
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Timer {
+    fn cancel(&mut self) {
+        if let Some(key) = self.key.take() {
+            // During thread teardown the wheel may be gone already.
+            let _ = WHEEL.try_with(|w| w.borrow_mut().cancel(key));
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// The task that wakes the wheel: it sleeps on one compio timer until the
+/// earliest bucket, fires what is due, and sleeps again. A timer armed
+/// earlier than its sleep wakes it to move the sleep. Dropped with the
+/// runtime (which drops every task), it marks the thread as driverless, so
+/// a later runtime on this thread starts its own.
+#[derive(Default)]
+struct Driver {
+    sleep: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    armed_for: Option<u64>,
+    woken: Vec<Waker>,
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        loop {
+            let now_tick = ns_of(Instant::now()) / TICK_NS;
+            let next = WHEEL.with_borrow_mut(|wheel| {
+                wheel.expire(now_tick, &mut this.woken);
+                match &wheel.driver {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => wheel.driver = Some(cx.waker().clone()),
+                }
+                let next = wheel.buckets.first_key_value().map(|(&t, _)| t);
+                wheel.driver_tick = next;
+                next
+            });
+            for w in this.woken.drain(..) {
+                w.wake();
+            }
+            let Some(tick) = next else {
+                this.sleep = None;
+                this.armed_for = None;
+                return Poll::Pending;
+            };
+            if this.armed_for != Some(tick) {
+                let at = instant_of(tick * TICK_NS);
+                this.sleep = Some(Box::pin(compio::time::sleep_until(at)));
+                this.armed_for = Some(tick);
+            }
+            let Some(sleep) = this.sleep.as_mut() else {
+                return Poll::Pending;
+            };
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.armed_for = None;
+                    this.sleep = None;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = WHEEL.try_with(|w| {
+            let mut w = w.borrow_mut();
+            w.driver_running = false;
+            w.driver = None;
+            w.driver_tick = None;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: Future>(f: F) -> F::Output {
+        compio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    /// Polls once, as the runtime would (arming the timer).
+    fn poll_once(t: Pin<&mut Timer>) -> Poll<()> {
+        t.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn never_fires_early() {
+        for ms in [0u64, 1, 5, 13, 40] {
+            let start = Instant::now();
+            run(sleep(Duration::from_millis(ms)));
+            assert!(start.elapsed() >= Duration::from_millis(ms), "{ms} ms");
+            let start = Instant::now();
+            run(sleep_until(start + Duration::from_millis(ms)));
+            assert!(start.elapsed() >= Duration::from_millis(ms), "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn a_later_runtime_on_the_same_thread_gets_its_own_driver() {
+        // The first runtime's driver is dropped with it; were the thread
+        // still marked as driven, this second sleep would never end.
+        run(sleep(Duration::from_millis(5)));
+        run(sleep(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn an_earlier_timer_armed_after_a_later_one_fires_first() {
+        let order = run(async {
+            let long = std::pin::pin!(sleep(Duration::from_secs(30)));
+            // Arm the long one first: the driver sleeps for it.
+            let mut long = long;
+            assert!(poll_once(long.as_mut()).is_pending());
+            sleep(Duration::from_millis(10)).await;
+            poll_once(long.as_mut()).is_pending()
+        });
+        assert!(order, "the 30 s timer is still pending");
+    }
+
+    #[test]
+    fn cancelled_timers_leave_no_buckets_behind() {
+        run(async {
+            for i in 0..1000u64 {
+                let mut t = std::pin::pin!(sleep(Duration::from_millis(100 + i)));
+                assert!(poll_once(t.as_mut()).is_pending());
+            }
+        });
+        WHEEL.with_borrow(|w| {
+            assert!(w.buckets.is_empty());
+            assert!(w.entries.is_empty());
+        });
+    }
+
+    #[test]
+    fn many_timers_of_one_tick_all_fire() {
+        let fired = run(async {
+            let deadline = Instant::now() + Duration::from_millis(8);
+            let timers = (0..50).map(|_| sleep_until(deadline));
+            futures_util::future::join_all(timers).await.len()
+        });
+        assert_eq!(fired, 50);
+        WHEEL.with_borrow(|w| assert!(w.buckets.is_empty()));
+    }
+}
