@@ -6,7 +6,7 @@
 //! with the timeout), it reads the clock twice more to turn the deadline
 //! into a duration and back, and `select!` shuffles its branches on every
 //! poll. Every upstream exchange awaits several of these, and an HTTP/2
-//! stream's whole future is moved into the connection's task set when the
+//! stream's whole future is moved into its task when the
 //! stream starts, so the size is copied per request. [`within`] is the
 //! same contract as one small struct: the operation, then a timer of the
 //! worker's wheel ([`super::timer`]: cheaper to arm and cancel than

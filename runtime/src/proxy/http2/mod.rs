@@ -4,10 +4,10 @@
 //!
 //! The `h2` crate does the framing, HPACK, flow control and stream states;
 //! it runs over the TCP or TLS stream through [`io::H2Io`] (compio's
-//! completion-based I/O behind tokio's io traits). One task per connection runs
-//! everything: the connection itself (accepting streams drives all its
-//! IO) and every stream's exchange, as futures in one `FuturesUnordered`,
-//! so when the connection ends, every stream ends with it.
+//! completion-based I/O behind tokio's io traits). The connection's task
+//! accepts streams (which drives all its IO) and spawns each stream's
+//! exchange as its own task, keeping the handles ([`StreamTasks`]): when
+//! the connection ends, every stream ends with it.
 //!
 //! ```text
 //! preface + SETTINGS (header_timeout) ─► accept streams ──► per stream:
@@ -38,6 +38,7 @@ mod stream;
 mod translate;
 mod watch;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
@@ -45,9 +46,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
 use h2::Reason;
+use slab::Slab;
 
 use super::conn::wait_opening;
 use super::gateway::Gateway;
@@ -176,10 +176,7 @@ pub(crate) async fn serve_h2<G: Gateway>(
         return;
     };
     let proto = if secure { "https" } else { "http" };
-    // Boxed, so the set's own sentinel task (allocated with the set, and
-    // kept by every connection) does not hold room for a whole stream.
-    type StreamTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
-    let mut streams = FuturesUnordered::<StreamTask>::new();
+    let mut streams = StreamTasks::default();
     let drain = pin!(w.drain.wait());
     let mut drain = drain;
     let mut tick = pin!(crate::rt::time::sleep(TICK));
@@ -205,8 +202,6 @@ pub(crate) async fn serve_h2<G: Gateway>(
         let event = {
             let mut accept = pin!(conn.accept());
             std::future::poll_fn(|cx| {
-                // Streams first: their sends are flushed by the accept poll.
-                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
                 match accept.as_mut().poll(cx) {
                     Poll::Ready(Some(Ok(s))) => return Poll::Ready(Event::Accepted(s)),
                     Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Event::Closed),
@@ -231,8 +226,13 @@ pub(crate) async fn serve_h2<G: Gateway>(
         };
         match event {
             Event::Accepted((req, respond)) => {
-                let stream = stream::serve_stream(Rc::clone(&w), req, respond, peer, proto);
-                streams.push(Box::pin(stream) as StreamTask);
+                streams.spawn(stream::serve_stream(
+                    Rc::clone(&w),
+                    req,
+                    respond,
+                    peer,
+                    proto,
+                ));
             }
             Event::Closed => break,
             Event::Stop(reason) => {
@@ -310,4 +310,58 @@ pub(crate) async fn serve_h2<G: Gateway>(
     // closes the socket.
     drop(streams);
     drop(conn);
+}
+
+/// A connection's streams, each its own task on the worker: a stream whose
+/// upstream answered is polled alone, not with the connection and every
+/// other stream (as in one task with a `FuturesUnordered`, whose every
+/// wake re-polled the connection). The connection holds their handles:
+/// dropping them cancels the streams, so none outlives its connection.
+#[derive(Default)]
+struct StreamTasks {
+    handles: Slab<compio::runtime::JoinHandle<()>>,
+    /// Keys of the streams that ended, for their handles to be dropped.
+    ended: Rc<RefCell<Vec<usize>>>,
+}
+
+/// Reports a stream's end (finished or cancelled) to its [`StreamTasks`].
+struct Ended {
+    key: usize,
+    ended: Rc<RefCell<Vec<usize>>>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.ended.borrow_mut().push(self.key);
+    }
+}
+
+impl StreamTasks {
+    fn spawn(&mut self, stream: impl std::future::Future<Output = ()> + 'static) {
+        self.forget_ended();
+        let ended = Ended {
+            key: self.handles.vacant_key(),
+            ended: Rc::clone(&self.ended),
+        };
+        // Boxed first: the stream's future is large (about 4 KiB), and
+        // spawning moves what it is given several times.
+        let stream = Box::pin(stream);
+        let task = compio::runtime::spawn(async move {
+            let _ended = ended;
+            stream.await;
+        });
+        self.handles.insert(task);
+    }
+
+    /// Whether no stream is in flight.
+    fn is_empty(&mut self) -> bool {
+        self.forget_ended();
+        self.handles.is_empty()
+    }
+
+    fn forget_ended(&mut self) {
+        for key in self.ended.borrow_mut().drain(..) {
+            self.handles.try_remove(key);
+        }
+    }
 }
