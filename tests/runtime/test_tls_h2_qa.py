@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import signal
 import socket
 import ssl
 import subprocess
@@ -251,6 +252,73 @@ def test_clients_that_give_up_mid_handshake_leave_nothing_behind(start_gateway, 
     assert g.alive()
 
 
+@pytest.mark.parametrize(
+    "record,before_hello",
+    [
+        (bytes([0x15, 3, 3, 0, 2, 1, 90]), True),  # warning alert (user_canceled)
+        (bytes([0x16, 3, 3, 0, 0]), True),  # empty handshake record
+        (bytes([0x17, 3, 3, 0, 0]), True),  # empty application data, before any keys
+        (bytes([0x14, 3, 3, 0, 1, 1]), False),  # ChangeCipherSpec after the ClientHello
+    ],
+    ids=["warning-alerts", "empty-handshake-records", "empty-app-data", "change-cipher-specs"],
+)
+def test_a_flood_of_records_around_the_client_hello_is_cut(start_gateway, origin, pki, record, before_hello):
+    """100,000 small records that carry no handshake progress (RFC 8446
+    §5.1: no empty handshake records; at most one ChangeCipherSpec): the
+    connection ends long before they are all sent (a reset or an EOF),
+    with no HTTP answer, and the gateway serves on."""
+    g = tls_gateway(start_gateway, pki, workers=1)
+    _, _, _, hello = _client_hello(pki)
+    got, cut = b"", False
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
+        try:
+            if not before_hello:
+                s.sendall(hello)
+            for _ in range(200):
+                s.sendall(record * 500)
+            if before_hello:
+                s.sendall(hello)
+            while chunk := s.recv(65536):
+                got += chunk
+            cut = True
+        except (ConnectionResetError, BrokenPipeError):
+            cut = True
+    assert cut and b"HTTP/" not in got, got[:100]
+    out = s_client(g.port, "-servername", "edge.test", "-ign_eof", stdin=REQUEST)
+    assert "HTTP/1.1 200 OK" in out
+    assert g.alive()
+
+
+def test_sighup_under_an_open_h2_connection_keeps_its_streams(start_gateway, origin, pki, tmp_path):
+    """test_tls_runtime.py reloads under HTTP/1.1; HTTP/2 over TLS is one
+    long connection of many streams: after the swap it goes on opening
+    streams, and a new handshake gets the new certificate."""
+    pki.leaf("renewed-qa", "edge.test", key="rsa")
+    live_crt, live_key = tmp_path / "live.crt", tmp_path / "live.key"
+    live_crt.write_bytes(pki.path("edge.crt").read_bytes())
+    live_key.write_bytes(pki.path("edge.key").read_bytes())
+    g = start_gateway(tls_cert=live_crt, tls_key=live_key, protocols="h1,h2", workers=2)
+    with RawH2(g.addr, sock=tls_socket(g.port, pki)) as c:
+        c.headers(1, block=c.block(path="/before", scheme="https"))
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.ended)
+        assert s.status(1) == 200, s
+        live_crt.write_bytes(pki.path("renewed-qa.crt").read_bytes())
+        live_key.write_bytes(pki.path("renewed-qa.key").read_bytes())
+        mark = len(g.lines)
+        g.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while not any("reloaded" in line for line in g.lines[mark:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("reloaded" in line for line in g.lines[mark:]), g.tail()
+        assert served_cert(g.port, "edge.test") == pki.der("renewed-qa")
+        for sid in (3, 5, 7):
+            c.headers(sid, block=c.block(path=f"/after/{sid}", scheme="https"))
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: {3, 5, 7} <= s.ended)
+        assert [s.status(sid) for sid in (3, 5, 7)] == [200] * 3, s
+        assert s.goaway is None and not s.closed
+    assert g.alive()
+
+
 # -------------------------------------------------------- HTTP/2 translation
 
 
@@ -351,6 +419,60 @@ def test_request_trailers_end_the_body_and_are_not_forwarded(start_gateway, orig
     [req] = origin.wait_requests(1, complete=True)
     assert bytes(req.body) == b"hello"
     assert b"x-trailer" not in origin.raw_since_reset()
+
+
+@pytest.mark.parametrize("length,sent", [(5, 10), (10, 5)], ids=["more-data-than-declared", "less-data-than-declared"])
+def test_content_length_that_the_data_breaks_never_completes_upstream(start_gateway, origin, length, sent):
+    """RFC 9113 §8.1.1: DATA that does not add up to content-length is
+    malformed: the stream is reset, the upstream request (already under
+    way with that length) is never completed, and its connection is not
+    used again: the next request goes on another one, parsed clean."""
+    g = start_gateway(workers=1, **H2C)
+    with RawH2(g.addr) as c:
+        c.headers(1, block=_pseudo(c, method="POST", path="/sink", extra=[("content-length", str(length))]),
+                  end_stream=False)
+        assert origin.wait_for(lambda: origin.requests, 5), "the upstream request did not start"
+        c.frame(DataFrame(1, data=b"x" * sent, flags=["END_STREAM"]))
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.resets or 1 in s.ended or s.goaway is not None)
+        assert s.resets.get(1) == PROTOCOL_ERROR or s.goaway == PROTOCOL_ERROR, s
+        c.headers(3, path="/after")
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 3 in s.ended or s.goaway is not None)
+    assert s.status(3) == 200 and s.data[3] == b"GET /after\n", s
+    post, after = origin.wait_requests(2)
+    assert post.method == "POST" and not post.complete, post
+    assert after.target == "/after" and after.conn_id != post.conn_id, (post, after)
+
+
+def test_a_stalled_stream_does_not_hold_up_another_on_its_connection(start_gateway, origin):
+    """One stream's window is never reopened (64 MiB waiting); the
+    connection's is, and the other stream's 4 MiB arrives whole: the
+    gateway buffers at most max_send_buffer_size for the stalled one and
+    does not let it take the connection."""
+    g = start_gateway(**H2C)
+    n = 4 << 20
+    with RawH2(g.addr, timeout=10) as c:
+        c.headers(1, path=f"/bytes/{64 << 20}")
+        c.read_frames(time.monotonic() + 0.5, stop=lambda s: 1 in s.data)
+        c.headers(3, path=f"/bytes/{n}")
+        chunks: list[bytes] = []
+
+        def acknowledge(s):
+            for sid in (1, 3):
+                fresh = s.data.pop(sid, b"")
+                if not fresh:
+                    continue
+                update = WindowUpdateFrame(0, window_increment=len(fresh)).serialize()
+                if sid == 3:
+                    chunks.append(fresh)
+                    update += WindowUpdateFrame(3, window_increment=len(fresh)).serialize()
+                c.send(update)
+            return 3 in s.ended or 3 in s.resets or s.goaway is not None
+
+        s = c.read_frames(time.monotonic() + 30, stop=acknowledge)
+    body = b"".join(chunks)
+    assert 3 in s.ended and 3 not in s.resets and s.goaway is None, s.frames[-5:]
+    assert len(body) == n and hashlib.sha256(body).hexdigest() == pattern_sha256(n)
+    assert 1 not in s.ended, "the stalled stream cannot have finished"
 
 
 def _interim_then_final(req, conn):
