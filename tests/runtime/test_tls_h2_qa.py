@@ -16,8 +16,10 @@ hand-made frames (`hyperframe`) for what no real client sends.
 - HTTP/2 translation: a `:path` that is not origin-form never routes
   anywhere (`http://other/x` would otherwise be an absolute-form target
   that picks its own Host), `host` beside `:authority`, userinfo in
-  `:authority`, content-length on a request without DATA, request
-  trailers, interim and bodiless upstream answers.
+  `:authority`, whitespace around a field value (RFC 9113 §8.2.1),
+  content-length on a request without DATA or broken by the DATA, request
+  trailers, interim and bodiless upstream answers, a stalled stream beside
+  a live one.
 - Floods RELIABILITY.md's list implies but test_h2.py does not send:
   PING ACKs nobody asked for and WINDOW_UPDATE frames (each costs a
   parse, no byte of request; the `h2` crate accepts them forever), empty
@@ -391,6 +393,25 @@ def test_authority_that_is_no_host_is_refused(start_gateway, origin, authority):
     assert s.resets.get(1) == PROTOCOL_ERROR or s.status(1) == 400 or s.goaway == PROTOCOL_ERROR, s
     time.sleep(0.2)
     assert origin.raw_since_reset() == b""
+
+
+@pytest.mark.parametrize("name,value", [("x-pad", " a"), ("x-pad", "a "), ("x-pad", "\ta"), ("cookie", "a=1\t"),
+                                        ("content-type", " text/plain")])
+def test_whitespace_around_a_field_value_is_malformed(start_gateway, origin, name, value):
+    """RFC 9113 §8.2.1: a field value MUST NOT start or end with SP or HTAB,
+    and such a request MUST be treated as malformed; nghttp2 (Envoy,
+    Apache httpd) refuses it. Before, the gateway trimmed it (as HTTP/1.1
+    OWS) and forwarded the request."""
+    g = start_gateway(**H2C)
+    s = _one_stream(g, lambda c: _pseudo(c, path="/padded", extra=[(name, value)]))
+    assert s.resets.get(1) == PROTOCOL_ERROR or s.status(1) == 400, s
+    time.sleep(0.2)
+    assert origin.raw_since_reset() == b""
+    # Whitespace inside a value is fine.
+    s = _one_stream(g, lambda c: _pseudo(c, path="/inner", extra=[("x-inner", "a \t b")]))
+    assert s.status(1) == 200, s
+    [req] = origin.wait_requests(1)
+    assert req.header("x-inner") == ["a \t b"]
 
 
 def test_content_length_on_a_request_without_data_is_malformed(start_gateway, origin):
