@@ -193,6 +193,33 @@ def _client_hello(pki: Pki) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO
     return tls, incoming, outgoing, outgoing.read()
 
 
+def _finish_and_ask(s: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> bytes:
+    """Completes a handshake whose ClientHello was sent on `s`, sends
+    REQUEST and returns the answer (up to its body)."""
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                s.sendall(outgoing.read())
+            chunk = s.recv(65536)
+            assert chunk, "closed during the handshake"
+            incoming.write(chunk)
+    tls.write(REQUEST.encode())
+    s.sendall(outgoing.read())
+    answer = b""
+    while b"GET /qa\n" not in answer:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before the answer: {answer!r}"
+        incoming.write(chunk)
+        try:
+            answer += tls.read(65536)
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+    return answer
+
+
 def test_a_client_hello_trickled_one_byte_per_segment_completes(start_gateway, origin, pki):
     """Each byte in its own TCP segment: the sniffing for plain HTTP and
     rustls' record reassembly both see a ClientHello in 500 pieces."""
@@ -203,28 +230,34 @@ def test_a_client_hello_trickled_one_byte_per_segment_completes(start_gateway, o
         for i in range(len(hello)):
             s.sendall(hello[i : i + 1])
             time.sleep(0.001)
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if outgoing.pending:
-                    s.sendall(outgoing.read())
-                chunk = s.recv(65536)
-                assert chunk, "closed during the handshake"
-                incoming.write(chunk)
-        tls.write(REQUEST.encode())
-        s.sendall(outgoing.read())
-        answer = b""
-        while b"GET /qa\n" not in answer:
-            chunk = s.recv(65536)
-            assert chunk, f"closed before the answer: {answer!r}"
-            incoming.write(chunk)
-            try:
-                answer += tls.read(65536)
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                pass
+        answer = _finish_and_ask(s, tls, incoming, outgoing)
     assert answer.startswith(b"HTTP/1.1 200 OK"), answer
+
+
+def test_a_drain_lets_a_handshake_under_way_finish_and_bounds_a_stalled_one(start_gateway, origin, pki):
+    """SIGTERM while two clients are half-way through their ClientHello:
+    the one that goes on is served (it connected before the drain, as a
+    client the old process accepted during an upgrade), the one that
+    stalls is ended by header-timeout, so the process exits (0) long
+    before its 60 s grace."""
+    g = tls_gateway(start_gateway, pki, workers=1, header_timeout=3, grace=60)
+    tls, incoming, outgoing, hello = _client_hello(pki)
+    _, _, _, stalled_hello = _client_hello(pki)
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as going, \
+            socket.create_connection(("127.0.0.1", g.port), timeout=10) as stalled:
+        going.sendall(hello[:100])
+        stalled.sendall(stalled_hello[:100])
+        time.sleep(0.3)
+        g.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        going.sendall(hello[100:])
+        answer = _finish_and_ask(going, tls, incoming, outgoing)
+        assert answer.startswith(b"HTTP/1.1 200 OK"), answer
+        try:
+            g.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still draining 30 s after SIGTERM (header-timeout 3 s):\n{g.tail()}")
+        assert g.proc.returncode == 0, g.tail()
 
 
 def test_clients_that_give_up_mid_handshake_leave_nothing_behind(start_gateway, origin, pki):
