@@ -704,6 +704,36 @@ def test_floods_of_frames_that_carry_no_request_end_the_connection(start_gateway
     assert g.alive()
 
 
+def test_resets_the_client_provokes_are_bounded_too(start_gateway, origin):
+    """MadeYouReset (CVE-2025-8671): instead of sending RST_STREAM (which
+    the control budget counts), the client makes the *server* reset each
+    stream, here with a PRIORITY frame that depends on its own stream (a
+    stream error, RFC 9113 §5.3.1), while the upstream works on the request.
+    max_local_error_reset_streams (128) ends it with ENHANCE_YOUR_CALM: the
+    origin sees about that many requests, not one per stream sent."""
+    g = start_gateway(workers=1, **H2C)
+    sid = 1
+    with RawH2(g.addr, timeout=5) as c:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            batch = b""
+            for _ in range(50):
+                h = HeadersFrame(sid, flags=["END_HEADERS", "END_STREAM"])
+                h.data = c.block(path=f"/slow?delay=3&s={sid}")
+                batch += h.serialize() + PriorityFrame(sid, depends_on=sid).serialize()
+                sid += 2
+            if not c.send(batch):
+                break
+            s = c.read_frames(time.monotonic() + 0.05, stop=lambda s: s.goaway is not None or s.closed)
+            if s.goaway is not None or s.closed:
+                break
+        s = c.ended_by_server(5)
+    assert s.goaway == ENHANCE_YOUR_CALM or s.closed, f"{sid // 2} streams sent: {s.frames[-8:]}"
+    time.sleep(0.5)
+    assert len(origin.requests) <= 200, f"{len(origin.requests)} requests reached the origin"
+    assert g.alive()
+
+
 @pytest.mark.parametrize("transport", ["h2c", "tls"])
 def test_a_download_acknowledged_frame_by_frame_is_no_flood(start_gateway, origin, pki, transport):
     """The other side of the WINDOW_UPDATE budget: a client that answers
