@@ -275,6 +275,7 @@ impl tokio::io::AsyncWrite for H2Io {
         let this = self.get_mut();
         // The batch before goes out first: what waits stays one batch.
         ready!(this.poll_writing(cx))?;
+        this.watch.sent(buf);
         match &*this.stream {
             Transport::Tcp(_) => this.wbuf.extend_from_slice(buf),
             #[cfg(feature = "tls")]

@@ -18,6 +18,10 @@
 //! - A value holding CR, LF or NUL (forbidden by §8.2.1, refused by the
 //!   crate's decoder) is refused again here with 400 before it could end
 //!   up in an HTTP/1.1 head: no header injection, no request smuggling.
+//! - A value starting or ending with a space or tab makes the request
+//!   malformed too (§8.2.1, a MUST; the crate lets it through): 400, as
+//!   nghttp2 (and so Envoy) refuses it, rather than trimming it as the
+//!   HTTP/1.1 parser would trim OWS.
 //! - Body framing: `content-length` when the client sent one (the crate
 //!   checks the DATA frames add up to it), none when the HEADERS frame
 //!   ended the stream, else `transfer-encoding: chunked`.
@@ -50,6 +54,12 @@ fn connection_specific(name: &str) -> bool {
 
 fn bad_value(v: &[u8]) -> bool {
     v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+/// A value that starts or ends with a space or tab (RFC 9113 §8.2.1).
+fn padded_value(v: &[u8]) -> bool {
+    let ws = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+    ws(v.first()) || ws(v.last())
 }
 
 /// Writes the HTTP/1.1 head `parts` stands for into `out` and parses it
@@ -107,6 +117,9 @@ pub(crate) fn request_head(
         }
         if bad_value(value) {
             return Err(refused(400, "CR, LF or NUL in a header value"));
+        }
+        if padded_value(value) {
+            return Err(refused(400, "whitespace around a header value"));
         }
         match name {
             "host" | "cookie" => continue,
@@ -355,6 +368,30 @@ mod tests {
         assert_eq!(r.map_err(|e| e.status), Err(501));
         let (r, _, _) = translate(http::Request::builder().uri("/nohost"), true);
         assert_eq!(r.map_err(|e| e.status), Err(400));
+    }
+
+    #[test]
+    fn refuses_whitespace_around_values() {
+        for value in [" a", "a ", "\ta", "a\t", " "] {
+            for name in ["x-a", "cookie", "content-type"] {
+                let (r, _, _) = translate(
+                    http::Request::builder()
+                        .uri("http://a.test/")
+                        .header(name, value),
+                    true,
+                );
+                assert_eq!(r.map_err(|e| e.status), Err(400), "{name}: {value:?}");
+            }
+        }
+        let (r, _, req) = translate(
+            http::Request::builder()
+                .uri("http://a.test/")
+                .header("x-a", "a \t b")
+                .header("x-empty", ""),
+            true,
+        );
+        assert_eq!(r, Ok(()), "inner whitespace and empty values are fine");
+        assert_eq!(req.headers().get("x-a"), Some(&b"a \t b"[..]));
     }
 
     #[test]

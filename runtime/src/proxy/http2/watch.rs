@@ -4,10 +4,16 @@
 //!
 //! Budgets, for what the `h2` crate does not bound itself: it answers
 //! every SETTINGS and PING (one at a time, so memory stays bounded, but
-//! forever), keeps a half-received header block open as long as the
-//! client trickles CONTINUATION frames, and ignores unknown frame types.
-//! The watch counts those frames per tick of the connection loop (over
-//! budget: ENHANCE_YOUR_CALM) and notes an open header block.
+//! forever), ignores PING ACKs it never asked for and unknown frame types,
+//! adds up WINDOW_UPDATE increments of 1 until the window would pass
+//! 2^31-1 (two billion frames), and keeps a half-received header block
+//! open as long as the client trickles CONTINUATION frames. The watch
+//! counts the control frames per tick of the connection loop (over
+//! budget: ENHANCE_YOUR_CALM), holds WINDOW_UPDATE frames to what the
+//! DATA frames the gateway sent can explain (as Envoy's
+//! `max_inbound_window_update_frames_per_data_frame_sent`; the outgoing
+//! frame headers are fed to [`FrameWatch::sent`]), and notes an open
+//! header block.
 //!
 //! Error codes, where the `h2` crate ends the connection with
 //! GOAWAY(PROTOCOL_ERROR) but RFC 9113 names a precise code:
@@ -61,6 +67,17 @@ use h2::Reason;
 /// a flood sends thousands per second. Rapid reset (CVE-2023-44487) is
 /// one RST_STREAM per stream, so it trips this too.
 pub(crate) const CONTROL_FRAMES_PER_TICK: u32 = 500;
+
+/// WINDOW_UPDATE frames a client may send per DATA frame the gateway sent
+/// it: a client acknowledges received data with at most one update for
+/// the stream and one for the connection per frame; Envoy's default
+/// allowance, 10, leaves room for clients that update more eagerly.
+const WINDOW_UPDATES_PER_DATA_FRAME: u64 = 10;
+
+/// WINDOW_UPDATE frames any connection may send beyond that (a client
+/// widening its windows up front, before any DATA), plus two per stream it
+/// opened.
+const WINDOW_UPDATES_BASE: u64 = 100;
 
 /// The client's connection preface, before the first frame.
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -128,6 +145,17 @@ struct State {
     closed: u128,
     /// The code to end the connection with: a rule or budget was broken.
     stop: Option<Reason>,
+    /// HEADERS frames (requests and trailers) the client sent, in all.
+    headers_received: u64,
+    /// WINDOW_UPDATE frames the client sent, in all.
+    window_updates: u64,
+    /// The gateway's own frames, as written: the header bytes collected
+    /// of the current one, the payload bytes of it still to come, and the
+    /// DATA frames sent in all.
+    out_head: [u8; 9],
+    out_head_len: usize,
+    out_payload_left: usize,
+    data_frames_sent: u64,
 }
 
 impl Default for State {
@@ -147,6 +175,12 @@ impl Default for State {
             newest_stream: 0,
             closed: 0,
             stop: None,
+            headers_received: 0,
+            window_updates: 0,
+            out_head: [0; 9],
+            out_head_len: 0,
+            out_payload_left: 0,
+            data_frames_sent: 0,
         }
     }
 }
@@ -160,6 +194,15 @@ impl FrameWatch {
         let n = s.inspect(bytes);
         self.state.set(s);
         n
+    }
+
+    /// Feeds bytes the gateway writes to the client (the `h2` crate's
+    /// output, frames from the first byte): counts the DATA frames sent,
+    /// which explain the client's WINDOW_UPDATE frames.
+    pub(crate) fn sent(&self, bytes: &[u8]) {
+        let mut s = self.state.get();
+        s.sent(bytes);
+        self.state.set(s);
     }
 
     /// Called by the connection loop once per tick: returns whether the
@@ -259,6 +302,7 @@ impl State {
                 }
             }
             HEADERS => {
+                self.headers_received += 1;
                 let pad = usize::from(flags & FLAG_PADDED != 0);
                 let priority = if flags & FLAG_PRIORITY != 0 { 5 } else { 0 };
                 self.size_at_least(len, pad + priority);
@@ -286,14 +330,17 @@ impl State {
                 self.entry_len = 0;
                 self.control();
             }
+            // An ACK counts too: the gateway sends one PING at most (at
+            // drain), and the crate drops ACKs it never asked for unseen.
             PING => {
                 self.size(len == 8);
-                if flags & FLAG_ACK == 0 {
-                    self.control();
-                }
+                self.control();
             }
             GOAWAY => self.size_at_least(len, 8),
-            WINDOW_UPDATE => self.size(len == 4),
+            WINDOW_UPDATE => {
+                self.size(len == 4);
+                self.window_update();
+            }
             PUSH_PROMISE => self.header_block_open = flags & FLAG_END_HEADERS == 0,
             CONTINUATION => {
                 if flags & FLAG_END_HEADERS != 0 {
@@ -303,6 +350,43 @@ impl State {
             // Unknown types are ignored by the h2 crate: they cost a
             // parse each and carry nothing.
             _ => self.control(),
+        }
+    }
+
+    /// A WINDOW_UPDATE: within what the DATA frames sent can explain.
+    fn window_update(&mut self) {
+        self.window_updates += 1;
+        let allowed = WINDOW_UPDATES_BASE
+            + 2 * self.headers_received
+            + WINDOW_UPDATES_PER_DATA_FRAME * self.data_frames_sent;
+        if self.window_updates > allowed {
+            self.fail(Reason::ENHANCE_YOUR_CALM);
+        }
+    }
+
+    /// The gateway's output, in order: counts the DATA frame headers.
+    fn sent(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.out_payload_left > 0 {
+                let n = self.out_payload_left.min(bytes.len());
+                self.out_payload_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let have = self.out_head_len;
+            let n = (9 - have).min(bytes.len());
+            self.out_head[have..have + n].copy_from_slice(&bytes[..n]);
+            self.out_head_len += n;
+            bytes = &bytes[n..];
+            if self.out_head_len == 9 {
+                self.out_head_len = 0;
+                let h = self.out_head;
+                self.out_payload_left =
+                    (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                if h[3] == DATA {
+                    self.data_frames_sent += 1;
+                }
+            }
         }
     }
 
@@ -547,6 +631,46 @@ mod tests {
             on(CONTINUATION, END_HEADERS, 5, 0),
         ];
         assert_eq!(verdict(&good), None);
+    }
+
+    #[test]
+    fn ping_acks_count_as_control_frames() {
+        let w = watch();
+        for _ in 0..CONTROL_FRAMES_PER_TICK {
+            w.inspect(&frame(PING, FLAG_ACK, 8));
+        }
+        assert_eq!(w.stop(), None);
+        assert_eq!(w.inspect(&frame(PING, FLAG_ACK, 8)), 0);
+        assert_eq!(w.stop(), Some(Reason::ENHANCE_YOUR_CALM));
+    }
+
+    #[test]
+    fn window_updates_are_held_to_the_data_frames_sent() {
+        let update = on(WINDOW_UPDATE, 0, 0, 4);
+        let w = watch();
+        // Two streams opened: their allowance, and the base.
+        w.inspect(&on(HEADERS, END_HEADERS | END_STREAM, 1, 3));
+        w.inspect(&on(HEADERS, END_HEADERS | END_STREAM, 3, 3));
+        for _ in 0..WINDOW_UPDATES_BASE + 4 {
+            w.inspect(&update);
+        }
+        assert_eq!(w.stop(), None);
+        // The gateway's SETTINGS, a response head and three DATA frames,
+        // written in pieces that split frame headers and payloads.
+        let mut out = settings(&[(0x3, 100)]);
+        out.extend(on(HEADERS, END_HEADERS, 1, 10));
+        out.extend(on(DATA, 0, 1, 100));
+        out.extend(on(DATA, 0, 1, 100));
+        out.extend(on(DATA, END_STREAM, 1, 0));
+        for piece in out.chunks(5) {
+            w.sent(piece);
+        }
+        for _ in 0..3 * WINDOW_UPDATES_PER_DATA_FRAME {
+            w.inspect(&update);
+        }
+        assert_eq!(w.stop(), None, "updates the DATA frames explain");
+        assert_eq!(w.inspect(&update), 0, "one more is a flood");
+        assert_eq!(w.stop(), Some(Reason::ENHANCE_YOUR_CALM));
     }
 
     #[test]
