@@ -78,20 +78,28 @@ async fn connect(
         if let Some(conn) = pooled {
             return Ok((ep, conn, true));
         }
-        let deadline = Instant::now() + connect_timeout;
-        match crate::rt::time::within(deadline, TcpStream::connect(ep.addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                match upstream_stream(stream, &ep, deadline).await {
-                    Ok(stream) => return Ok((ep, stream, false)),
-                    Err(e) => last = e,
-                }
-            }
-            Ok(Err(_)) => last = ProxyError::new(ErrorKind::UpstreamConnect),
-            Err(_) => last = ProxyError::new(ErrorKind::UpstreamTimeout),
+        // Boxed: a connect and a TLS handshake are large futures, and with
+        // a warm pool few requests await one.
+        match Box::pin(open(&ep, connect_timeout)).await {
+            Ok(stream) => return Ok((ep, stream, false)),
+            Err(e) => last = e,
         }
         ep.failed(Instant::now());
         refused.push(ep.addr);
+    }
+}
+
+/// Opens a new connection to `ep` within `connect_timeout` (TCP, then TLS
+/// if its server speaks it).
+async fn open(ep: &Endpoint, connect_timeout: Duration) -> Result<UpstreamStream, ProxyError> {
+    let deadline = Instant::now() + connect_timeout;
+    match crate::rt::time::within(deadline, TcpStream::connect(ep.addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            upstream_stream(stream, ep, deadline).await
+        }
+        Ok(Err(_)) => Err(ProxyError::new(ErrorKind::UpstreamConnect)),
+        Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTimeout)),
     }
 }
 
@@ -513,89 +521,31 @@ async fn exchange<G: Gateway, S: Stream>(
     // Whether the client's body was left unread (early upstream answer).
     let mut body_unfinished = false;
     let head_result = if framing.has_body() {
-        if req.expect_continue() && c.buffered().is_empty() {
-            let mut cont = w.buffers.take();
-            cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let ok = write_all_within(&c.stream, &mut cont, limits.body_timeout)
-                .await
-                .is_ok();
-            w.buffers.give(cont);
-            if !ok {
-                w.buffers.give(out);
-                w.buffers.give(ubuf);
-                return Attempt::Missed(Miss::Failed {
-                    error: ProxyError::new(ErrorKind::ClientWrite),
-                    answered: true,
-                });
-            }
-        }
-        // The body goes up while the response head is awaited: an upstream
-        // may answer (401, 413...) without reading the whole body, and must
-        // not deadlock us. The response timeout starts once the body is sent.
-        let outcome = {
-            let mut pump = Pump {
-                src: &c.stream,
-                src_buf: &mut c.rbuf,
-                src_pos: &mut c.rpos,
-                reader: BodyReader::new(framing),
-                sink: up,
-                out: &mut out,
-                chunked_out: framing == BodyFraming::Chunked,
-                max_bytes: limits.max_body_bytes,
-                read_timeout: limits.body_timeout,
-                read_room: READ_CHUNK,
-                // An upstream that stops taking the body (and does not
-                // answer) is bounded like one that does not answer.
-                write_timeout: timeouts.response,
-                flushed: false,
-            };
-            let far = Instant::now() + Duration::from_secs(24 * 3600);
-            let pump = pin!(pump.run());
-            let head = pin!(read_response_head(
-                up,
-                &mut ubuf,
-                &mut resp,
+        // Boxed: the body pump and the head reader running beside it are
+        // most of this future's size, and every request (most have no
+        // body) would carry and move that room.
+        let sent = Box::pin(send_body_read_head(
+            w,
+            c,
+            req.expect_continue(),
+            up,
+            out,
+            &mut ubuf,
+            &mut resp,
+            ResponseRead {
+                framing,
                 is_head,
-                &head_limits,
-                far
-            ));
-            match select(pump, head).await {
-                Either::Left((Ok(_), head)) => {
-                    match crate::rt::time::within_for(timeouts.response, head).await {
-                        Ok(r) => r,
-                        Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
-                    }
-                    .map_err(BodyOrHead::Head)
-                }
-                Either::Left((Err(e), _)) => Err(BodyOrHead::Body(e)),
-                Either::Right((r, _)) => {
-                    body_unfinished = true;
-                    r.map_err(BodyOrHead::Head)
-                }
+                head_limits: &head_limits,
+                timeouts,
+            },
+        ))
+        .await;
+        match sent {
+            Ok((head, unfinished)) => {
+                body_unfinished = unfinished;
+                head
             }
-        };
-        w.buffers.give(out);
-        match outcome {
-            Ok(upos) => Ok(upos),
-            Err(BodyOrHead::Head(f)) => Err(f),
-            Err(BodyOrHead::Body(e)) => {
-                w.buffers.give(ubuf);
-                // The upstream connection is dropped here, mid-request: it
-                // never sees a terminating chunk and is never reused.
-                let kind = match e {
-                    PumpError::Framing(why) => ErrorKind::BadRequestBody(why),
-                    PumpError::TooLarge => ErrorKind::BodyTooLarge,
-                    PumpError::SourceTimeout => ErrorKind::ClientTimeout,
-                    PumpError::SourceClosed => ErrorKind::ClientClosed,
-                    PumpError::SinkFailed => ErrorKind::UpstreamClosed,
-                    PumpError::SinkTimeout => ErrorKind::UpstreamTimeout,
-                };
-                let answered = matches!(kind, ErrorKind::ClientClosed);
-                return Attempt::Missed(Miss::Failed {
-                    error: ProxyError::new(kind),
-                    answered,
-                });
-            }
+            Err(attempt) => return attempt,
         }
     } else {
         let res = write_all_within(up, &mut out, timeouts.response).await;
@@ -693,6 +643,124 @@ pub(crate) enum HeadFail {
     /// The upstream closed before sending a single byte.
     Stale,
     Failed(ErrorKind),
+}
+
+/// How [`send_body_read_head`] reads the response.
+struct ResponseRead<'a> {
+    framing: BodyFraming,
+    is_head: bool,
+    head_limits: &'a HeadLimits,
+    timeouts: UpstreamTimeouts,
+}
+
+/// [`exchange`]'s path for a request with a body: `100 Continue` if the
+/// client asked, then the body goes up (after the head already in `out`)
+/// while the response head is awaited. Returns the head's result and
+/// whether the body was left unfinished (an early answer), or the
+/// attempt's end if the body failed.
+#[allow(clippy::too_many_arguments)]
+async fn send_body_read_head<G: Gateway, S: Stream>(
+    w: &Worker<G>,
+    c: &mut Client<S>,
+    expect_continue: bool,
+    up: &UpstreamStream,
+    mut out: Vec<u8>,
+    ubuf: &mut Vec<u8>,
+    resp: &mut ResponseHead,
+    read: ResponseRead<'_>,
+) -> Result<(Result<usize, HeadFail>, bool), Attempt> {
+    let limits = &w.limits;
+    let ResponseRead {
+        framing,
+        is_head,
+        head_limits,
+        timeouts,
+    } = read;
+    if expect_continue && c.buffered().is_empty() {
+        let mut cont = w.buffers.take();
+        cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let ok = write_all_within(&c.stream, &mut cont, limits.body_timeout)
+            .await
+            .is_ok();
+        w.buffers.give(cont);
+        if !ok {
+            w.buffers.give(out);
+            w.buffers.give(std::mem::take(ubuf));
+            return Err(Attempt::Missed(Miss::Failed {
+                error: ProxyError::new(ErrorKind::ClientWrite),
+                answered: true,
+            }));
+        }
+    }
+    // The body goes up while the response head is awaited: an upstream
+    // may answer (401, 413...) without reading the whole body, and must
+    // not deadlock us. The response timeout starts once the body is sent.
+    let mut body_unfinished = false;
+    let outcome = {
+        let mut pump = Pump {
+            src: &c.stream,
+            src_buf: &mut c.rbuf,
+            src_pos: &mut c.rpos,
+            reader: BodyReader::new(framing),
+            sink: up,
+            out: &mut out,
+            chunked_out: framing == BodyFraming::Chunked,
+            max_bytes: limits.max_body_bytes,
+            read_timeout: limits.body_timeout,
+            read_room: READ_CHUNK,
+            // An upstream that stops taking the body (and does not
+            // answer) is bounded like one that does not answer.
+            write_timeout: timeouts.response,
+            flushed: false,
+        };
+        let far = Instant::now() + Duration::from_secs(24 * 3600);
+        let pump = pin!(pump.run());
+        let head = pin!(read_response_head(
+            up,
+            ubuf,
+            resp,
+            is_head,
+            head_limits,
+            far
+        ));
+        match select(pump, head).await {
+            Either::Left((Ok(_), head)) => {
+                match crate::rt::time::within_for(timeouts.response, head).await {
+                    Ok(r) => r,
+                    Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
+                }
+                .map_err(BodyOrHead::Head)
+            }
+            Either::Left((Err(e), _)) => Err(BodyOrHead::Body(e)),
+            Either::Right((r, _)) => {
+                body_unfinished = true;
+                r.map_err(BodyOrHead::Head)
+            }
+        }
+    };
+    w.buffers.give(out);
+    match outcome {
+        Ok(upos) => Ok((Ok(upos), body_unfinished)),
+        Err(BodyOrHead::Head(f)) => Ok((Err(f), body_unfinished)),
+        Err(BodyOrHead::Body(e)) => {
+            w.buffers.give(std::mem::take(ubuf));
+            // The upstream connection is dropped here, mid-request: it
+            // never sees a terminating chunk and is never reused.
+            let kind = match e {
+                PumpError::Framing(why) => ErrorKind::BadRequestBody(why),
+                PumpError::TooLarge => ErrorKind::BodyTooLarge,
+                PumpError::SourceTimeout => ErrorKind::ClientTimeout,
+                PumpError::SourceClosed => ErrorKind::ClientClosed,
+                PumpError::SinkFailed => ErrorKind::UpstreamClosed,
+                PumpError::SinkTimeout => ErrorKind::UpstreamTimeout,
+            };
+            let answered = matches!(kind, ErrorKind::ClientClosed);
+            Err(Attempt::Missed(Miss::Failed {
+                error: ProxyError::new(kind),
+                answered,
+            }))
+        }
+    }
 }
 
 enum BodyOrHead {

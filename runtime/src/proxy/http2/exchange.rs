@@ -24,8 +24,8 @@ use h2::{Reason, RecvStream, SendStream};
 
 use super::translate::response_head;
 use crate::http::{
-    BodyFraming, BodyReader, ForwardInfo, LAST_CHUNK, RequestHead, ResponseHead, put_chunk_head,
-    valid_request_id, write_forward_request,
+    BodyFraming, BodyReader, ForwardInfo, HeadLimits, LAST_CHUNK, RequestHead, ResponseHead,
+    put_chunk_head, valid_request_id, write_forward_request,
 };
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
@@ -280,46 +280,74 @@ async fn forward_request<G: Gateway>(
             Err(HeadFail::Failed(kind)) => Err(Attempt::Missed(Miss::failed(kind, false))),
         };
     }
-    // The body goes up while the response head is awaited: an upstream
-    // may answer early (401, 413) without reading it all.
-    let result = {
-        let send = pin!(send_request_body(
-            w,
-            body,
-            t.up,
-            &mut out,
-            framing,
-            t.response_timeout
-        ));
-        let far = Instant::now() + Duration::from_secs(24 * 3600);
-        let head = pin!(read_response_head(
-            t.up,
-            ubuf,
-            resp,
-            is_head,
-            &head_limits,
-            far
-        ));
-        match select(send, head).await {
-            Either::Left((Ok(()), head)) => {
-                match crate::rt::time::within_for(t.response_timeout, head).await {
-                    Ok(r) => r.map(|upos| (upos, false)),
-                    Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
-                }
-                .map_err(head_failed)
-            }
-            Either::Left((Err(e), _)) => Err(Attempt::Missed(match e {
-                BodyError::TooLarge => Miss::failed(ErrorKind::BodyTooLarge, false),
-                BodyError::ClientTimeout => Miss::failed(ErrorKind::ClientTimeout, false),
-                BodyError::UpstreamWrite => Miss::failed(ErrorKind::UpstreamClosed, false),
-                BodyError::UpstreamTimeout => Miss::failed(ErrorKind::UpstreamTimeout, false),
-                _ => Miss::failed(ErrorKind::ClientClosed, true),
-            })),
-            Either::Right((r, _)) => r.map(|upos| (upos, true)).map_err(head_failed),
-        }
-    };
+    // Boxed: the body's sender and the head reader running beside it are
+    // most of this future's size, which every stream (most have no body)
+    // would carry and move.
+    let result = Box::pin(send_body_read_head(
+        w,
+        body,
+        ubuf,
+        resp,
+        t,
+        &mut out,
+        framing,
+        is_head,
+        &head_limits,
+    ))
+    .await;
     w.buffers.give(out);
     result
+}
+
+/// [`forward_request`]'s path for a request with a body: it goes up
+/// (after the head already in `out`) while the response head is awaited,
+/// as an upstream may answer early (401, 413) without reading it all.
+#[allow(clippy::too_many_arguments)]
+async fn send_body_read_head<G: Gateway>(
+    w: &Worker<G>,
+    body: &mut RecvStream,
+    ubuf: &mut Vec<u8>,
+    resp: &mut ResponseHead,
+    t: &Target<'_>,
+    out: &mut Vec<u8>,
+    framing: BodyFraming,
+    is_head: bool,
+    head_limits: &HeadLimits,
+) -> Result<(usize, bool), Attempt> {
+    let send = pin!(send_request_body(
+        w,
+        body,
+        t.up,
+        out,
+        framing,
+        t.response_timeout
+    ));
+    let far = Instant::now() + Duration::from_secs(24 * 3600);
+    let head = pin!(read_response_head(
+        t.up,
+        ubuf,
+        resp,
+        is_head,
+        head_limits,
+        far
+    ));
+    match select(send, head).await {
+        Either::Left((Ok(()), head)) => {
+            match crate::rt::time::within_for(t.response_timeout, head).await {
+                Ok(r) => r.map(|upos| (upos, false)),
+                Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
+            }
+            .map_err(head_failed)
+        }
+        Either::Left((Err(e), _)) => Err(Attempt::Missed(match e {
+            BodyError::TooLarge => Miss::failed(ErrorKind::BodyTooLarge, false),
+            BodyError::ClientTimeout => Miss::failed(ErrorKind::ClientTimeout, false),
+            BodyError::UpstreamWrite => Miss::failed(ErrorKind::UpstreamClosed, false),
+            BodyError::UpstreamTimeout => Miss::failed(ErrorKind::UpstreamTimeout, false),
+            _ => Miss::failed(ErrorKind::ClientClosed, true),
+        })),
+        Either::Right((r, _)) => r.map(|upos| (upos, true)).map_err(head_failed),
+    }
 }
 
 /// With a body sent, even a silent close is a failure, never a replay.
