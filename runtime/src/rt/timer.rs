@@ -24,6 +24,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
@@ -201,11 +202,13 @@ impl Wheel {
 }
 
 /// A timer on this thread's wheel: ready once its deadline passed.
-/// Armed on the first poll; cancelled when dropped.
+/// Armed on the first poll; cancelled when dropped. Not `Send`: its key
+/// means something only in the wheel of the thread that armed it.
 #[must_use = "futures do nothing unless awaited"]
 pub struct Timer {
     deadline: Deadline,
     key: Option<usize>,
+    _thread: PhantomData<*const ()>,
 }
 
 #[derive(Clone, Copy)]
@@ -220,6 +223,7 @@ pub fn sleep_until(deadline: Instant) -> Timer {
     Timer {
         deadline: Deadline::At(deadline),
         key: None,
+        _thread: PhantomData,
     }
 }
 
@@ -228,6 +232,7 @@ pub fn sleep(duration: Duration) -> Timer {
     Timer {
         deadline: Deadline::After(duration),
         key: None,
+        _thread: PhantomData,
     }
 }
 
