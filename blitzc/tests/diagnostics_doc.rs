@@ -511,7 +511,10 @@ fn generate() -> String {
          meaning), a slug, a severity, the position it points at, a label and a help line. \
          Errors make `blitzc check` exit with 1; warnings do not, unless `--deny-warnings` is \
          given. `--format json`, `--format sarif` and `--format github` carry the same \
-         fields as the human output shown below.\n\n",
+         fields as the human output shown below. A position is a 1-based line and column: \
+         lines are counted at the newlines of the spec's syntax (in KDL: CRLF, CR, LF, NEL, \
+         VT, FF, LS and PS; in TOML: LF and CRLF), columns in characters, the same in every \
+         format.\n\n",
     );
     doc.push_str(
         "Each example below is a file of the invalid-spec corpus (`tests/specs/invalid/`), \
