@@ -13,11 +13,15 @@ of `blitzc check`, with the real `blitzc`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from support.blitzc import Served, build, named_origin
+from support.gateway import free_port
 
 KDL_NEWLINES = {
     "lf": "\n",
@@ -125,3 +129,83 @@ def test_toml_lines_are_lf_and_crlf_only(blitzc, tmp_path):
     spec.write_bytes("\r\n".join(lines).encode("utf-8"))
     got = positions(blitzc, spec)
     assert got == dict.fromkeys(got, (9, len('proxy = "'))), got
+
+
+# ---------------------------------------------------------------- IPv6 hosts
+
+IPV6_SPEC = """version 1
+gateway "ipv6-hosts" {{ workers 1 }}
+listener "http" {{ bind "127.0.0.1:{port}" }}
+upstream "origin" {{ server "127.0.0.1:{origin}" }}
+route "loopback" {{
+    match {{ host "[::1]" }}
+    respond 200 body="loopback\\n"
+}}
+route "doc" {{
+    match {{ host "2001:DB8:0:0:1::1" }}
+    respond 200 body="doc\\n"
+}}
+route "rest" {{ proxy "origin" }}
+"""
+
+# Host header -> route: IPv6 literals compare as addresses (RFC 5952
+# canonical text, hex in any case), with or without a port.
+IPV6_HOSTS = {
+    "[::1]": "loopback",
+    "[0:0::1]": "loopback",
+    "[0000:0000:0000:0000:0000:0000:0000:0001]:8080": "loopback",
+    "[2001:db8::1:0:0:1]": "doc",
+    "[2001:DB8:0000:0:1:0:0:1]:443": "doc",
+    "[::2]": "rest",
+    "[2001:db8::1]": "rest",
+}
+
+
+def _blitzc_route(blitzc: Path, spec: Path, host: str) -> str:
+    r = subprocess.run(
+        [str(blitzc), "route", str(spec), "GET", "/x", "-H", f"host: {host}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, (host, r.stdout, r.stderr)
+    return r.stdout.strip()
+
+
+@pytest.mark.timeout(1800)
+def test_ipv6_hosts_match_as_addresses_compiled_interpreted_and_route(blitzc, cache_dir, tmp_path):
+    origin = named_origin("origin")
+    port = free_port()
+    spec = tmp_path / "ipv6.kdl"
+    spec.write_text(IPV6_SPEC.format(port=port, origin=origin.port))
+    try:
+        # `blitzc route` (the reference matcher) says which route serves each host.
+        routed = {h: _blitzc_route(blitzc, spec, h) for h in IPV6_HOSTS}
+        assert routed == IPV6_HOSTS
+        out = tmp_path / "gateway-bin"
+        result = build(blitzc, spec, out, cache_dir)
+        assert result.returncode == 0, result.stderr
+        env = dict(os.environ, BLITZ_CACHE_DIR=str(cache_dir))
+        for label, argv in (("compiled", [str(out)]), ("interpreted", [str(blitzc), "dev", str(spec)])):
+            gw = Served(argv, port, env)
+            try:
+                got = {}
+                for host in IPV6_HOSTS:
+                    status, _, body = gw.get("/x", headers={"Host": host})
+                    assert status == 200, (label, host, status, body)
+                    got[host] = "rest" if body.startswith(b"origin ") else body.decode().strip()
+            finally:
+                assert gw.stop() == 0, f"{label}: graceful exit"
+            assert got == IPV6_HOSTS, label
+    finally:
+        origin.stop()
+
+
+def test_ipv6_host_patterns_are_one_address_however_written(blitzc, tmp_path):
+    """`[::1]` and `0:0::1` are the same host: the second route is shadowed (B050)."""
+    spec = tmp_path / "shadow.kdl"
+    spec.write_text(
+        'version 1\nlistener "a" { bind "127.0.0.1:8080"; }\n'
+        'route "one" { match { host "[::1]"; }; respond 200; }\n'
+        'route "two" { match { host "0:0::1"; }; respond 200; }\n'
+    )
+    diags = json.loads(check(blitzc, spec, "json"))["diagnostics"]
+    assert [(d["code"], d["line"]) for d in diags] == [("B050", 4)], diags
