@@ -348,6 +348,16 @@ const DESCRIPTIONS: &[Description] = &[
                   not among its subject alternative names), so clients would reject it.",
         fix: "Use a certificate issued for the name, or change `sni`.",
     },
+    Description {
+        code: "B067",
+        severity: "warning",
+        meaning: "A listener certificate that is outside its validity period now: expired \
+                  (after its notAfter) or not valid yet (before its notBefore). The gateway \
+                  still serves it, but TLS clients reject it. The period is read with the \
+                  runtime's certificate loader and webpki, as clients check it.",
+        fix: "Renew the certificate and point `cert` at the new file (the gateway re-reads \
+              certificates on SIGHUP); for a certificate not valid yet, check the clock.",
+    },
     // ---- auth and limits
     Description {
         code: "B070",

@@ -1,5 +1,8 @@
-"""Diagnostic positions agree with the parser and across the four formats
-of `blitzc check`, with the real `blitzc`.
+"""Known compiler gaps fixed after the QA passes, with the real `blitzc`
+(and real `blitzc build`s where the runtime is part of it).
+
+Diagnostic positions agree with the parser and across the four formats
+of `blitzc check`:
 
 - A KDL spec's lines are counted at every KDL v2 newline (CRLF, CR, LF,
   NEL, VT, FF, LS, PS: what the `kdl` crate's v2 parser breaks lines at),
@@ -8,6 +11,14 @@ of `blitzc check`, with the real `blitzc`.
 - Columns count characters in every format: the human (miette) header
   `[file:line:column]` no longer counts bytes where json, github and sarif
   count characters.
+
+IPv6 `host` matchers compare addresses (RFC 5952 canonical text): a route
+for `[::1]` serves `Host: [0:0::1]`, alike in `blitzc route`, the compiled
+gateway and `blitzc dev`, and two spellings of one address shadow (B050).
+
+A listener certificate outside its validity period (expired, or not valid
+yet) is the warning B067, at the `cert` path, from certificates openssl
+makes in the test.
 """
 
 from __future__ import annotations
@@ -209,3 +220,91 @@ def test_ipv6_host_patterns_are_one_address_however_written(blitzc, tmp_path):
     )
     diags = json.loads(check(blitzc, spec, "json"))["diagnostics"]
     assert [(d["code"], d["line"]) for d in diags] == [("B050", 4)], diags
+
+
+# ---------------------------------------------------------------- certificate validity
+
+CERT_SPEC_KDL = """version 1
+listener "tls" {
+    bind "127.0.0.1:8443"
+    tls {
+        cert "certs/good.crt" key="certs/good.key"
+        cert "certs/old.crt" key="certs/old.key" sni="old.test"
+        cert "certs/future.crt" key="certs/future.key" sni="future.test"
+    }
+}
+route "r" { respond 200; }
+"""
+
+CERT_SPEC_TOML = """version = 1
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:8443"
+[listener.tls]
+certs = [
+  { cert = "certs/good.crt", key = "certs/good.key" },
+  { cert = "certs/old.crt", key = "certs/old.key", sni = "old.test" },
+  { cert = "certs/future.crt", key = "certs/future.key", sni = "future.test" },
+]
+[[route]]
+name = "r"
+respond = { status = 200 }
+"""
+
+
+@pytest.fixture(scope="module")
+def dated_certs(tmp_path_factory) -> Path:
+    from support.pki import Pki
+
+    folder = tmp_path_factory.mktemp("cert-validity")
+    certs = folder / "certs"
+    certs.mkdir()
+    pki = Pki(certs)
+    pki.leaf("good", "good.test")  # valid for 30 days from now
+    pki.expired("old", "old.test")  # January 2020
+    pki.dated("future", "future.test", "20990101000000Z", "21000101000000Z")
+    return folder
+
+
+def _position(text: str, needle: str) -> tuple[int, int]:
+    before = text[: text.index(needle)]
+    return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+
+
+@pytest.mark.parametrize("form", ["kdl", "toml"])
+def test_listener_certificate_outside_its_validity_warns_b067(blitzc, dated_certs, form):
+    text = CERT_SPEC_KDL if form == "kdl" else CERT_SPEC_TOML
+    spec = dated_certs / f"spec.{form}"
+    spec.write_text(text)
+    r = subprocess.run([str(blitzc), "check", "--format", "json", spec.name], cwd=dated_certs,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.stdout, r.stderr)  # a warning: check passes
+    diags = json.loads(r.stdout)["diagnostics"]
+    got = [(d["code"], d["severity"], d["line"], d["column"], d["message"]) for d in diags]
+    assert got == [
+        ("B067", "warning", *_position(text, '"certs/old.crt"'),
+         "certificate `certs/old.crt` expired on 2020-02-01 00:00:00 UTC"),
+        ("B067", "warning", *_position(text, '"certs/future.crt"'),
+         "certificate `certs/future.crt` is not valid before 2099-01-01 00:00:00 UTC"),
+    ], got
+    for d in diags:
+        assert d["file"] == spec.name and d["slug"] == "cert-validity"
+        assert d["label"].startswith("clients reject") and d["help"], d
+    # --deny-warnings makes it fail, and every format carries it.
+    deny = subprocess.run([str(blitzc), "check", "--deny-warnings", spec.name], cwd=dated_certs,
+                          capture_output=True, text=True, timeout=60)
+    assert deny.returncode == 1 and deny.stdout.count("B067(cert-validity)") == 2, deny.stdout
+    github = subprocess.run([str(blitzc), "check", "--format", "github", spec.name], cwd=dated_certs,
+                            capture_output=True, text=True, timeout=60).stdout
+    assert github.count("::warning file=") == 2 and github.count("title=B067::") == 2, github
+
+
+def test_a_valid_certificate_gets_no_b067(blitzc, dated_certs):
+    spec = dated_certs / "good.kdl"
+    spec.write_text(
+        'version 1\nlistener "tls" {\n    bind "127.0.0.1:8443"\n'
+        '    tls { cert "certs/good.crt" key="certs/good.key"; }\n}\nroute "r" { respond 200; }\n'
+    )
+    r = subprocess.run([str(blitzc), "check", "--deny-warnings", "--format", "json", spec.name],
+                       cwd=dated_certs, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["diagnostics"] == [], r.stdout

@@ -4,14 +4,22 @@ the real hello_gateway, a raw-socket client and the recording origin.
 - A higher minor version in the request line (`HTTP/1.2`) is served as
   HTTP/1.1 (RFC 9110 §2.5, RFC 9112 §2.3), forwarded as HTTP/1.1 and
   answered as HTTP/1.1; other majors stay 505, malformed versions 400.
+- A listener certificate outside its validity period is still served (the
+  client decides), and the gateway says so at start and on SIGHUP, as
+  `blitzc check` does with B067 (tests/blitzc/test_positions_qa.py).
 """
 
 from __future__ import annotations
+
+import shutil
+import signal
+import time
 
 import pytest
 
 from support.asserts import assert_clean_forward, assert_origin_saw_nothing, assert_rejected
 from support.client import exchange
+from support.pki import Pki, served_cert
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n"
 
@@ -52,3 +60,50 @@ def test_other_versions_still_refused(gateway, origin, version, status):
     ex = exchange(gateway.port, f"GET /v {version}\r\nHost: a.test\r\n\r\n".encode() + SMUGGLED)
     assert_rejected(ex, (status,), version)
     assert_origin_saw_nothing(gateway.port, origin, version)
+
+
+# ---------------------------------------------------------------- certificate validity
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    p = Pki(tmp_path_factory.mktemp("known-fixes-pki"))
+    p.leaf("good", "edge.test")
+    p.expired("old", "edge.test")
+    p.dated("future", "edge.test", "20990101000000Z", "21000101000000Z")
+    return p
+
+
+def _wait_line(gw, needle: str, after: int = 0, timeout: float = 10.0) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in gw.lines[after:]:
+            if needle in line:
+                return line
+        time.sleep(0.05)
+    return None
+
+
+def test_out_of_validity_listener_certificate_is_served_with_a_warning(start_gateway, pki, tmp_path):
+    shutil.copy(pki.path("old.crt"), tmp_path / "live.crt")
+    shutil.copy(pki.path("old.key"), tmp_path / "live.key")
+    gw = start_gateway(tls_cert=tmp_path / "live.crt", tls_key=tmp_path / "live.key")
+    line = _wait_line(gw, "warning: certificate")
+    assert line and "live.crt expired on 2020-02-01 00:00:00 UTC" in line, gw.tail()
+    assert served_cert(gw.port, "edge.test") == pki.der("old")
+    # A valid certificate on SIGHUP: no warning; a not-yet-valid one: warned.
+    for name, warned in (("good", None), ("future", "is not valid before 2099-01-01 00:00:00 UTC")):
+        shutil.copy(pki.path(f"{name}.crt"), tmp_path / "live.crt")
+        shutil.copy(pki.path(f"{name}.key"), tmp_path / "live.key")
+        mark = len(gw.lines)
+        gw.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while served_cert(gw.port, "edge.test") != pki.der(name):
+            assert time.monotonic() < deadline, f"{name} not served after SIGHUP: {gw.tail()}"
+            time.sleep(0.1)
+        line = _wait_line(gw, "warning: certificate", after=mark, timeout=1.0 if warned is None else 10.0)
+        if warned is None:
+            assert line is None, line
+        else:
+            assert line and warned in line, gw.tail()
+
