@@ -348,6 +348,16 @@ const DESCRIPTIONS: &[Description] = &[
                   not among its subject alternative names), so clients would reject it.",
         fix: "Use a certificate issued for the name, or change `sni`.",
     },
+    Description {
+        code: "B067",
+        severity: "warning",
+        meaning: "A listener certificate that is outside its validity period now: expired \
+                  (after its notAfter) or not valid yet (before its notBefore). The gateway \
+                  still serves it, but TLS clients reject it. The period is read with the \
+                  runtime's certificate loader and webpki, as clients check it.",
+        fix: "Renew the certificate and point `cert` at the new file (the gateway re-reads \
+              certificates on SIGHUP); for a certificate not valid yet, check the clock.",
+    },
     // ---- auth and limits
     Description {
         code: "B070",
@@ -511,7 +521,10 @@ fn generate() -> String {
          meaning), a slug, a severity, the position it points at, a label and a help line. \
          Errors make `blitzc check` exit with 1; warnings do not, unless `--deny-warnings` is \
          given. `--format json`, `--format sarif` and `--format github` carry the same \
-         fields as the human output shown below.\n\n",
+         fields as the human output shown below. A position is a 1-based line and column: \
+         lines are counted at the newlines of the spec's syntax (in KDL: CRLF, CR, LF, NEL, \
+         VT, FF, LS and PS; in TOML: LF and CRLF), columns in characters, the same in every \
+         format.\n\n",
     );
     doc.push_str(
         "Each example below is a file of the invalid-spec corpus (`tests/specs/invalid/`), \

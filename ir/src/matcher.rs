@@ -131,10 +131,16 @@ fn decode_unreserved(path: &str) -> Option<String> {
     Some(out)
 }
 
-/// The host without its port, lower-cased. Handles `[v6]:port`.
+/// The host without its port, lower-cased. Handles `[v6]:port`: an IPv6
+/// literal is an address, so it becomes its canonical text (RFC 5952:
+/// `[0:0::1]` and `[::1]` are both `::1`), as host patterns are stored.
 pub fn host_without_port(host: &str) -> String {
     let host = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
+        let literal = rest.split(']').next().unwrap_or(rest);
+        if let Some(canonical) = canonical_ipv6(literal) {
+            return canonical;
+        }
+        literal
     } else {
         host.rsplit_once(':')
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
@@ -142,6 +148,15 @@ pub fn host_without_port(host: &str) -> String {
     };
     // One trailing dot (the root label): `a.example.com..` is not a name.
     host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+/// The canonical text (RFC 5952 §4: lower-case hex, no leading zeros,
+/// the longest run of zero groups as `::`) of an IPv6 address written
+/// without brackets, or `None` when `text` is not one.
+pub fn canonical_ipv6(text: &str) -> Option<String> {
+    text.parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(|a| a.to_string())
 }
 
 /// Whether `path` (normalised) is `prefix` or lies below it, segment-wise:
@@ -375,6 +390,15 @@ mod tests {
     fn hosts() {
         assert_eq!(host_without_port("API.Example.com:8443"), "api.example.com");
         assert_eq!(host_without_port("[::1]:80"), "::1");
+        // IPv6 literals compare as addresses: canonical text, any case.
+        assert_eq!(host_without_port("[0:0::1]"), "::1");
+        assert_eq!(host_without_port("[0000:0:0:0:0:0:0:1]:8080"), "::1");
+        assert_eq!(
+            host_without_port("[2001:DB8:0:0:1::1]"),
+            "2001:db8::1:0:0:1"
+        );
+        assert_eq!(host_without_port("[::FFFF:127.0.0.1]"), "::ffff:127.0.0.1");
+        assert_eq!(host_without_port("[not-v6]"), "not-v6");
         assert_eq!(host_without_port("example.com."), "example.com");
         assert_eq!(host_without_port("example.com..:80"), "example.com.");
         let wildcard = HostPattern::Wildcard(".example.com".into());

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! SIGTERM/SIGINT drain gracefully; SIGHUP re-reads the listeners' TLS
-//! certificates (see [`crate::rt`]). `--upgrade` takes
+//! certificates and the upstream CA files (see [`crate::rt`]). `--upgrade` takes
 //! the listening sockets over from the instance serving on the control
 //! socket (`--admin-socket`, else the spec's `admin { socket }`, else
 //! `$XDG_RUNTIME_DIR/blitz-NAME.sock` or `/tmp/blitz-NAME.sock`), which

@@ -21,10 +21,16 @@ pub fn host_lower<'b>(req: &RequestHead, buf: &'b mut [u8; MAX_HOST]) -> &'b [u8
     host_lower_bytes(req.host(), buf)
 }
 
-/// [`host_lower`] on raw bytes (testable without a request).
+/// [`host_lower`] on raw bytes (testable without a request). An IPv6
+/// literal (`[0:0::1]:80`) becomes its canonical text (`::1`), as host
+/// patterns are stored: it is compared as an address.
 pub fn host_lower_bytes<'b>(host: &[u8], buf: &'b mut [u8; MAX_HOST]) -> &'b [u8] {
     let name = if let Some(rest) = host.strip_prefix(b"[") {
-        rest.split(|&b| b == b']').next().unwrap_or(rest)
+        let literal = rest.split(|&b| b == b']').next().unwrap_or(rest);
+        if let Some(n) = canonical_ipv6(literal, buf) {
+            return &buf[..n];
+        }
+        literal
     } else {
         match host.iter().rposition(|&b| b == b':') {
             Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
@@ -39,6 +45,17 @@ pub fn host_lower_bytes<'b>(host: &[u8], buf: &'b mut [u8; MAX_HOST]) -> &'b [u8
         *dst = src.to_ascii_lowercase();
     }
     &buf[..name.len()]
+}
+
+/// Writes the canonical text of the IPv6 address `literal` into `buf`
+/// (RFC 5952, as `Ipv6Addr` displays it: at most 45 bytes) and returns its
+/// length; `None` when `literal` is not an IPv6 address.
+fn canonical_ipv6(literal: &[u8], buf: &mut [u8; MAX_HOST]) -> Option<usize> {
+    use std::io::Write as _;
+    let addr: std::net::Ipv6Addr = std::str::from_utf8(literal).ok()?.parse().ok()?;
+    let mut out = &mut buf[..];
+    write!(out, "{addr}").ok()?;
+    Some(MAX_HOST - out.len())
 }
 
 /// Whether `host` ends in `suffix` (`.example.com`) with at least one more
@@ -175,6 +192,26 @@ mod tests {
         );
         assert_eq!(host_lower_bytes(b"example.com.", &mut buf), b"example.com");
         assert_eq!(host_lower_bytes(b"[::1]:80", &mut buf), b"::1");
+        assert_eq!(host_lower_bytes(b"[0:0::1]", &mut buf), b"::1");
+        assert_eq!(
+            host_lower_bytes(b"[2001:DB8:0:0:1::1]:443", &mut buf),
+            b"2001:db8::1:0:0:1"
+        );
+        assert_eq!(host_lower_bytes(b"[Not-V6]", &mut buf), b"not-v6");
+        // The same text as the reference matcher, for every form.
+        for host in [
+            "[0000::0:1]",
+            "[::FFFF:10.0.0.1]:1",
+            "[1:2:3:4:5:6:7:8]",
+            "[::]",
+            "[x",
+        ] {
+            assert_eq!(
+                host_lower_bytes(host.as_bytes(), &mut buf),
+                blitz_ir::matcher::host_without_port(host).as_bytes(),
+                "{host}"
+            );
+        }
         assert_eq!(host_lower_bytes(&[b'a'; 300], &mut buf), b"");
         assert!(host_has_suffix(b"a.example.com", b".example.com"));
         assert!(!host_has_suffix(b".example.com", b".example.com"));

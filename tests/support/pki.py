@@ -6,7 +6,8 @@ it; `leaf(name, dns, key=..., signer=...)` issues `name.crt` / `name.key`.
 Key types: `ec` (P-256, PKCS#8), `ec-sec1` (P-256, `EC PRIVATE KEY`), `p384`,
 `p521`, `rsa` (2048, PKCS#8), `rsa-pkcs1` (`RSA PRIVATE KEY`), `rsa1024`,
 `ed25519`, `ed448`. `expired(name, dns)` issues one valid only in January
-2020 (`openssl ca`, which takes explicit dates).
+2020, `dated(name, dns, start, end)` one valid between two dates (`openssl
+ca`, which takes explicit dates).
 
 `TlsOrigin` is the recording origin of `support/origin.py` behind TLS
 (Python's ssl): every accepted connection is wrapped first, and the SNI each
@@ -82,6 +83,10 @@ class Pki:
 
     def expired(self, name: str, dns: str) -> str:
         """A certificate for `dns` valid only in January 2020."""
+        return self.dated(name, dns, "20200101000000Z", "20200201000000Z")
+
+    def dated(self, name: str, dns: str, start: str, end: str) -> str:
+        """A certificate for `dns` valid from `start` to `end` (`YYYYMMDDHHMMSSZ`)."""
         db = self.dir / "ca-db"
         db.mkdir(exist_ok=True)
         (db / "index.txt").write_text("")
@@ -95,7 +100,7 @@ class Pki:
         openssl("req", *KEY_ARGS["ec"], "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
                 "-subj", f"/CN={dns}", cwd=self.dir)
         openssl("ca", "-batch", "-config", "ca.cnf", "-in", f"{name}.csr", "-out", f"{name}.crt", "-notext",
-                "-startdate", "20200101000000Z", "-enddate", "20200201000000Z", "-extensions", "ext", cwd=self.dir)
+                "-startdate", start, "-enddate", end, "-extensions", "ext", cwd=self.dir)
         return name
 
     def der(self, name: str) -> bytes:

@@ -113,6 +113,8 @@ codes! {
     TlsWithoutCert = ("B065", "tls-without-cert"),
     /// A certificate chosen by `sni` that is not valid for that name.
     CertNameMismatch = ("B066", "cert-name-mismatch"),
+    /// A listener certificate that is expired or not valid yet (warning).
+    CertValidity = ("B067", "cert-validity"),
 
     // ---- auth and limits
     /// `require-role` with no `auth` before it.

@@ -143,15 +143,36 @@ pub struct SourceFile {
 
 impl SourceFile {
     pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+        let path = path.into();
         let text = text.into();
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
+        let breaks = newlines(&text, Syntax::of_path(&path));
+        let line_starts = std::iter::once(0).chain(breaks.map(|nl| nl.end)).collect();
         SourceFile {
-            path: path.into(),
+            path,
             text,
             line_starts,
         }
+    }
+
+    /// The text as the human renderer shows it: every newline of the
+    /// file's syntax rewritten to `\n` or `\r\n` padded to the same byte
+    /// length, so miette (which only knows those two) breaks lines where
+    /// the parser does, and every byte offset still points at the same
+    /// place. A lone CR that is no newline (TOML) becomes a space.
+    pub fn for_display(&self) -> String {
+        let mut shown = String::with_capacity(self.text.len());
+        let mut pos = 0;
+        for nl in newlines(&self.text, self.syntax()) {
+            shown.push_str(&self.text[pos..nl.start].replace('\r', " "));
+            shown.push_str(match nl.len() {
+                1 => "\n",
+                2 => "\r\n",
+                _ => " \r\n",
+            });
+            pos = nl.end;
+        }
+        shown.push_str(&self.text[pos..].replace('\r', " "));
+        shown
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -171,16 +192,45 @@ impl SourceFile {
 
     /// The syntax, by the file's extension (`None`: neither `.kdl` nor `.toml`).
     pub fn syntax(&self) -> Option<Syntax> {
-        match self.path.extension().and_then(|e| e.to_str()) {
-            Some("kdl") => Some(Syntax::Kdl),
-            Some("toml") => Some(Syntax::Toml),
-            _ => None,
-        }
+        Syntax::of_path(&self.path)
     }
 
     pub fn display_path(&self) -> String {
         self.path.display().to_string()
     }
+}
+
+impl Syntax {
+    fn of_path(path: &std::path::Path) -> Option<Syntax> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("kdl") => Some(Syntax::Kdl),
+            Some("toml") => Some(Syntax::Toml),
+            _ => None,
+        }
+    }
+}
+
+/// The byte ranges of the newlines in `text`, as its syntax has them:
+/// KDL v2 (the `kdl` crate's v2 parser) breaks lines at CRLF, CR, LF, NEL,
+/// VT, FF, LS and PS; TOML (and a file of neither syntax) at LF and CRLF
+/// only. Line numbers count these, so a CR-only KDL file has lines.
+fn newlines(
+    text: &str,
+    syntax: Option<Syntax>,
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let kdl = syntax == Some(Syntax::Kdl);
+    let bytes = text.as_bytes();
+    text.char_indices().filter_map(move |(i, c)| {
+        let crlf = c == '\r' && bytes.get(i + 1) == Some(&b'\n');
+        let breaks = match c {
+            '\n' => !(i > 0 && bytes[i - 1] == b'\r'),
+            '\r' => crlf || kdl,
+            '\u{0B}' | '\u{0C}' | '\u{85}' | '\u{2028}' | '\u{2029}' => kdl,
+            _ => false,
+        };
+        let len = if crlf { 2 } else { c.len_utf8() };
+        breaks.then_some(i..i + len)
+    })
 }
 
 /// Sorts diagnostics into file order (then errors before warnings, then code)
@@ -237,6 +287,35 @@ mod tests {
         assert_eq!(file.line_col(8), (3, 1));
         assert_eq!(file.line_col(9), (3, 2));
         assert_eq!(file.line_col(100), (3, 2));
+    }
+
+    #[test]
+    fn kdl_lines_break_where_the_kdl_parser_breaks_them() {
+        // KDL v2 newlines: CRLF, CR, LF, NEL, VT, FF, LS, PS.
+        let text = "a\r\nb\rc\nd\u{85}e\u{0B}f\u{0C}g\u{2028}h\u{2029}ié";
+        let file = SourceFile::new("x.kdl", text);
+        for (n, letter) in "abcdefghi".chars().enumerate() {
+            let at = text.find(letter).unwrap_or_else(|| panic!("{letter}"));
+            assert_eq!(file.line_col(at), (n + 1, 1), "{letter}");
+        }
+        assert_eq!(file.line_col(text.len()), (9, 3));
+        // The CR of a CRLF ends line 1, not a line of its own.
+        assert_eq!(file.line_col(1), (1, 2));
+        assert_eq!(file.line_col(2), (1, 3));
+        // The display text keeps every offset and has only \n and \r\n.
+        let shown = file.for_display();
+        assert_eq!(shown.len(), text.len());
+        assert_eq!(shown, "a\r\nb\nc\nd\r\ne\nf\ng \r\nh \r\nié");
+    }
+
+    #[test]
+    fn toml_lines_break_at_lf_and_crlf_only() {
+        let text = "a\r\nb\rc\u{85}d\u{2028}e\nf";
+        let file = SourceFile::new("x.toml", text);
+        assert_eq!(file.line_col(text.find('b').unwrap_or(0)), (2, 1));
+        assert_eq!(file.line_col(text.find('e').unwrap_or(0)), (2, 7));
+        assert_eq!(file.line_col(text.find('f').unwrap_or(0)), (3, 1));
+        assert_eq!(file.for_display(), "a\r\nb c\u{85}d\u{2028}e\nf");
     }
 
     #[test]

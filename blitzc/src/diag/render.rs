@@ -63,7 +63,51 @@ fn totals(reports: &[Report<'_>]) -> (usize, usize) {
 /// Adapter that lets miette draw one of our diagnostics over its source.
 struct MietteDiagnostic<'a> {
     d: &'a Diagnostic,
-    source: miette::NamedSource<String>,
+    source: &'a Snippet<'a>,
+}
+
+/// The source miette draws from. Its snippet comes from the file's text
+/// with the syntax's newlines made ones miette knows
+/// ([`SourceFile::for_display`]); the line and column of the
+/// `[file:line:column]` header come from [`SourceFile::line_col`], so they
+/// are the json/github/sarif ones (columns in characters; miette alone
+/// counts bytes).
+struct Snippet<'a> {
+    file: &'a SourceFile,
+    name: String,
+    shown: String,
+}
+
+impl<'a> Snippet<'a> {
+    fn new(file: &'a SourceFile) -> Self {
+        Snippet {
+            file,
+            name: file.display_path(),
+            shown: file.for_display(),
+        }
+    }
+}
+
+impl miette::SourceCode for Snippet<'_> {
+    fn read_span<'b>(
+        &'b self,
+        span: &miette::SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'b> + 'b>, miette::MietteError> {
+        let contents = self
+            .shown
+            .read_span(span, context_lines_before, context_lines_after)?;
+        let (line, column) = self.file.line_col(contents.span().offset());
+        Ok(Box::new(miette::MietteSpanContents::new_named(
+            self.name.clone(),
+            contents.data(),
+            *contents.span(),
+            line - 1,
+            column - 1,
+            contents.line_count(),
+        )))
+    }
 }
 
 impl std::fmt::Debug for MietteDiagnostic<'_> {
@@ -101,7 +145,7 @@ impl miette::Diagnostic for MietteDiagnostic<'_> {
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        Some(&self.source)
+        Some(self.source)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
@@ -127,14 +171,9 @@ fn human(reports: &[Report<'_>], color: bool) -> String {
         .with_links(false);
     let mut out = String::new();
     for report in reports {
+        let source = Snippet::new(report.file);
         for d in report.diagnostics {
-            let adapter = MietteDiagnostic {
-                d,
-                source: miette::NamedSource::new(
-                    report.file.display_path(),
-                    report.file.text.clone(),
-                ),
-            };
+            let adapter = MietteDiagnostic { d, source: &source };
             if handler.render_report(&mut out, &adapter).is_err() {
                 let p = position(report.file, d);
                 let _ = writeln!(

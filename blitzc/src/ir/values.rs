@@ -251,19 +251,27 @@ impl Lowering {
         }
     }
 
-    /// A host pattern: a DNS name or `*.name`, lower-cased.
+    /// A host pattern: a DNS name or `*.name`, lower-cased, or an IP
+    /// address. An IPv6 address (bare or in brackets, as a `Host` header
+    /// has it) is stored as its canonical text, which is what a request's
+    /// IPv6 host is turned into before matching
+    /// (`blitz_ir::matcher::host_without_port`).
     pub fn host_pattern(&mut self, text: &str, span: Span) -> Option<Spanned<HostPattern>> {
         // Request hosts are matched without a trailing dot, so patterns are
         // stored without one too (`example.com.` is `example.com`).
         let lower = text.to_ascii_lowercase();
         let lower = lower.strip_suffix('.').unwrap_or(&lower).to_string();
+        let ipv6 = lower
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+            .unwrap_or(&lower);
         let pattern = match lower.strip_prefix("*.") {
             Some(rest) if is_dns_name(rest) => Some(HostPattern::Wildcard(format!(".{rest}"))),
             Some(_) => None,
-            None if is_dns_name(&lower) || lower.parse::<std::net::IpAddr>().is_ok() => {
+            None if is_dns_name(&lower) || lower.parse::<std::net::Ipv4Addr>().is_ok() => {
                 Some(HostPattern::Exact(lower))
             }
-            None => None,
+            None => blitz_ir::matcher::canonical_ipv6(ipv6).map(HostPattern::Exact),
         };
         if pattern.is_none() {
             let help = if text.contains(':') {

@@ -1,6 +1,8 @@
 //! Listener protocols and TLS: `h2`/`h3` without TLS (B060), `h2c` with TLS
-//! (B061), certificate and key files (B062, B063, B066), `tls` without a
-//! certificate (B065), and certificate selection by SNI (B064, B039).
+//! (B061), certificate and key files (B062, B063, B066), a certificate
+//! outside its validity period now (B067, a warning: the gateway serves it,
+//! clients reject it), `tls` without a certificate (B065), and certificate
+//! selection by SNI (B064, B039).
 //! Upstream servers with `tls=#true`: the CA file (B062) and the `sni`
 //! name (B039). Files are loaded by the runtime's own loader
 //! (`blitz_runtime::tls::files`), so what checks clean also loads.
@@ -8,7 +10,8 @@
 use crate::diag::{Code, Diagnostic};
 use crate::ir::values::is_dns_name;
 use blitz_ir::{FilePath, Listener, Protocol, Span, Spanned, Spec, Tls, TlsCert};
-use blitz_runtime::tls::files::{self as tls_files, TlsFileError, TlsFileRole};
+use blitz_runtime::tls::files::{self as tls_files, OutOfValidity, TlsFileError, TlsFileRole};
+use rustls::pki_types::UnixTime;
 use std::collections::HashMap;
 
 pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
@@ -158,6 +161,9 @@ fn certificates(
                     continue;
                 }
             };
+        if let Some(out) = tls_files::validity_at(&certified, UnixTime::now()) {
+            diagnostics.push(out_of_validity(cert, out));
+        }
         // An `sni` that is not a server name is reported once, by `sni()`.
         if let Some(sni) = &cert.sni
             && is_sni_name(&sni.value)
@@ -167,6 +173,30 @@ fn certificates(
             diagnostics.push(file_error(cert, &error).related(sni.span, "chosen for this name"));
         }
     }
+}
+
+/// B067: the certificate loads, but TLS clients reject it today.
+fn out_of_validity(cert: &TlsCert, out: OutOfValidity) -> Diagnostic {
+    let written = &cert.cert.written;
+    let (label, help) = match out {
+        OutOfValidity::Expired { .. } => (
+            "clients reject an expired certificate",
+            "renew the certificate (or issue a new one) and point `cert` at it; \
+             the gateway re-reads certificates on SIGHUP",
+        ),
+        OutOfValidity::NotYetValid { .. } => (
+            "clients reject a certificate before its validity starts",
+            "check this machine's clock and the certificate's notBefore \
+             (`openssl x509 -noout -dates -in FILE`), or use a certificate valid now",
+        ),
+    };
+    Diagnostic::warning(
+        Code::CertValidity,
+        cert.cert.span,
+        format!("certificate `{written}` {out}"),
+    )
+    .label(label)
+    .help(help)
 }
 
 /// The diagnostic for a certificate or key that failed to load.

@@ -26,8 +26,9 @@ pub enum Transport {
     Plain,
     #[cfg(feature = "tls")]
     Tls(crate::tls::UpstreamTls),
-    /// TLS that cannot be set up (its CA file does not load; the workers
-    /// log why): every check fails.
+    /// TLS that cannot be set up (an SNI that is not a server name; the
+    /// workers log why): every check fails. (A CA file that does not load
+    /// is a `Tls` whose connections fail until a SIGHUP loads it.)
     #[cfg(feature = "tls")]
     Unusable,
 }

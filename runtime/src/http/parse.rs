@@ -194,9 +194,10 @@ pub fn valid_authority(a: &[u8]) -> bool {
     }
 }
 
-/// True when the request line is `METHOD SP TARGET SP HTTP/d.d`: only
-/// then is a version error a 505 rather than a malformed line (400).
-fn well_formed_version(buf: &[u8]) -> bool {
+/// Where the `HTTP/d.d` of a request line `METHOD SP TARGET SP HTTP/d.d`
+/// starts in `buf`. Only for such a line is a version httparse refuses a
+/// 505 (or, for a higher 1.x, served as 1.1) rather than a malformed line.
+fn request_line_version_at(buf: &[u8]) -> Option<usize> {
     let line = match buf.iter().position(|&b| b == b'\r' || b == b'\n') {
         Some(i) => &buf[..i],
         None => buf,
@@ -205,15 +206,35 @@ fn well_formed_version(buf: &[u8]) -> bool {
     let (Some(m), Some(t), Some(v), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return false;
+        return None;
     };
-    !m.is_empty()
-        && !t.is_empty()
-        && v.len() == 8
+    let well_formed = !m.is_empty() && !t.is_empty() && is_version_token(v);
+    well_formed.then(|| m.len() + 1 + t.len() + 1)
+}
+
+/// `HTTP/d.d`, digits only, exactly one of each.
+fn is_version_token(v: &[u8]) -> bool {
+    v.len() == 8
         && v.starts_with(b"HTTP/")
         && v[5].is_ascii_digit()
         && v[6] == b'.'
         && v[7].is_ascii_digit()
+}
+
+/// `buf` with the `HTTP/1.x` at `at` rewritten to `HTTP/1.1` when x is a
+/// minor version above 1: RFC 9110 §2.5 says a recipient SHOULD process a
+/// higher minor version of a major version it implements as the highest
+/// minor it implements. `None` for any other version (2.0, 0.9, ...),
+/// which stays an error. The copy is the rare path only; the rewritten
+/// token has the same length, so every offset into `buf` still holds.
+fn as_http11(buf: &[u8], at: usize) -> Option<Vec<u8>> {
+    let v = buf.get(at..at + 8)?;
+    if !(is_version_token(v) && v[5] == b'1' && v[7] > b'1') {
+        return None;
+    }
+    let mut patched = buf.to_vec();
+    patched[at + 7] = b'1';
+    Some(patched)
 }
 
 fn httparse_reject(e: httparse::Error) -> Reject {
@@ -314,8 +335,14 @@ pub fn parse_request_head(
             }
             return Ok(None);
         }
-        Err(httparse::Error::Version) if !well_formed_version(buf) => {
-            return Err(reject(400, "malformed request line"));
+        Err(httparse::Error::Version) => {
+            let Some(at) = request_line_version_at(buf) else {
+                return Err(reject(400, "malformed request line"));
+            };
+            return match as_http11(buf, at) {
+                Some(patched) => parse_request_head(&patched, limits, head),
+                None => Err(httparse_reject(httparse::Error::Version)),
+            };
         }
         Err(e) => return Err(httparse_reject(e)),
     };
@@ -521,6 +548,13 @@ pub fn parse_response_head(
                 return Err(reject(502, "response head too large"));
             }
             return Ok(None);
+        }
+        // `HTTP/1.x` (x > 1) from the upstream is read as HTTP/1.1 too.
+        Err(httparse::Error::Version) => {
+            return match as_http11(buf, 0) {
+                Some(patched) => parse_response_head(&patched, limits, request_is_head, head),
+                None => Err(httparse_reject(httparse::Error::Version)),
+            };
         }
         Err(e) => return Err(httparse_reject(e)),
     };

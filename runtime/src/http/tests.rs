@@ -315,6 +315,41 @@ fn request_target_forms() {
 }
 
 #[test]
+fn higher_minor_version_is_served_as_http11() {
+    // RFC 9110 §2.5: HTTP/1.2 .. HTTP/1.9 are processed as HTTP/1.1.
+    for v in ["1.2", "1.9"] {
+        let raw = format!("GET /m HTTP/{v}\r\nHost: a\r\nX: 1\r\n\r\nrest");
+        let (h, n) = parse(raw.as_bytes()).unwrap_or_else(|e| panic!("{v}: {e:?}"));
+        assert_eq!(n, raw.len() - 4, "{v}");
+        assert_eq!(h.version(), Version::Http11, "{v}");
+        assert_eq!(h.path(), b"/m");
+        assert_eq!(h.host(), b"a");
+        assert_eq!(h.headers().get("x"), Some(&b"1"[..]));
+        assert!(h.keep_alive());
+    }
+    // Without Host it is an HTTP/1.1 request without Host.
+    assert_eq!(status(b"GET /m HTTP/1.2\r\n\r\n"), 400);
+    // Incomplete: read more.
+    assert_eq!(status(b"GET /m HTTP/1.2\r\nHost: a\r\n"), 0);
+    // Other majors and malformed versions stay refused.
+    for (raw, want) in [
+        (&b"GET /a HTTP/2.0\r\nHost: a\r\n\r\n"[..], 505),
+        (b"GET /a HTTP/3.0\r\nHost: a\r\n\r\n", 505),
+        (b"GET /a HTTP/0.9\r\nHost: a\r\n\r\n", 505),
+        (b"GET /a HTTP/1.10\r\nHost: a\r\n\r\n", 400),
+        (b"GET /a HTTP/01.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /a HTTP/1.x\r\nHost: a\r\n\r\n", 400),
+    ] {
+        assert_eq!(status(raw), want, "{:?}", String::from_utf8_lossy(raw));
+    }
+    // An upstream's HTTP/1.2 status line is read as HTTP/1.1 too.
+    let r = resp(b"HTTP/1.2 200 OK\r\ncontent-length: 2\r\n\r\nok", false)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(r.status, 200);
+    assert!(resp(b"HTTP/2.0 200 OK\r\ncontent-length: 2\r\n\r\nok", false).is_err());
+}
+
+#[test]
 fn head_size_limits_are_431() {
     let big = format!(
         "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",

@@ -14,8 +14,8 @@
 //! on `--upgrade` (`crate::handoff`), or passed by systemd (`systemd.rs`);
 //! workers initialise before they get them (see [`serve`]).
 //!
-//! SIGHUP re-reads every listener's TLS certificates (see
-//! [`crate::tls`]); connections are not touched.
+//! SIGHUP re-reads every listener's TLS certificates and every upstream
+//! CA file (see [`crate::tls`]); connections are not touched.
 //!
 //! Drain (SIGTERM/SIGINT, or a new process took over): each worker stops
 //! accepting (closes its listening descriptors), gives connections waiting
@@ -606,12 +606,15 @@ where
     std::thread::Builder::new()
         .name("blitz-signals".into())
         .spawn(move || {
-            // SIGHUP re-reads certificates; SIGTERM/SIGINT drain.
+            // SIGHUP re-reads certificates and upstream CA files;
+            // SIGTERM/SIGINT drain.
             while let Ok(sig) = process::wait_termination() {
                 if sig == libc::SIGHUP {
                     for l in listeners.iter() {
                         l.reload();
                     }
+                    #[cfg(feature = "tls")]
+                    crate::tls::reload_ca_files();
                     continue;
                 }
                 let _ = signals.send(Stop::Signal(sig));

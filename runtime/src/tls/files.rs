@@ -10,7 +10,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject, SectionKind};
 use rustls::pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
-    ServerName,
+    ServerName, UnixTime,
 };
 use rustls::sign::CertifiedKey;
 use std::fmt;
@@ -320,6 +320,86 @@ pub fn check_server_name(
         .map_err(|_| mismatch())
 }
 
+/// A certificate that is not valid at the time it was checked at: TLS
+/// clients reject it (rustls with `CertExpired` / `CertNotValidYet`).
+/// Times are seconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutOfValidity {
+    /// Checked after its notAfter.
+    Expired { not_after: u64 },
+    /// Checked before its notBefore.
+    NotYetValid { not_before: u64 },
+}
+
+impl fmt::Display for OutOfValidity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            OutOfValidity::Expired { not_after } => {
+                write!(f, "expired on {}", utc_date_time(not_after))
+            }
+            OutOfValidity::NotYetValid { not_before } => {
+                write!(f, "is not valid before {}", utc_date_time(not_before))
+            }
+        }
+    }
+}
+
+/// Whether the end-entity certificate of `certified` is outside its
+/// validity period at `now`. The period is read by webpki, the verifier
+/// rustls clients use: its path building checks the end-entity's validity
+/// first, before looking for an issuer, so with no trust anchors a
+/// certificate in its period fails later (unknown issuer), never with
+/// `CertExpired` or `CertNotValidYet`. `None` also for a certificate
+/// webpki cannot read (loading reports that).
+pub fn validity_at(certified: &CertifiedKey, now: UnixTime) -> Option<OutOfValidity> {
+    let end_entity = certified.end_entity_cert().ok()?;
+    let parsed = webpki::EndEntityCert::try_from(end_entity).ok()?;
+    let algorithms = provider().signature_verification_algorithms.all;
+    let checked = parsed.verify_for_usage(
+        algorithms,
+        &[],
+        &[],
+        now,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    );
+    match checked {
+        Err(webpki::Error::CertExpired { not_after, .. }) => Some(OutOfValidity::Expired {
+            not_after: not_after.as_secs(),
+        }),
+        Err(webpki::Error::CertNotValidYet { not_before, .. }) => {
+            Some(OutOfValidity::NotYetValid {
+                not_before: not_before.as_secs(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `2026-11-27 10:21:23 UTC` for seconds since the Unix epoch (the
+/// proleptic Gregorian calendar, days to a civil date as in H. Hinnant's
+/// `civil_from_days`).
+pub fn utc_date_time(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Shift the epoch to 0000-03-01: leap days then end each 400-year era.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 /// The certificates of a CA file (PEM, one or more `CERTIFICATE`
 /// sections) as a root store for verifying upstream servers.
 pub fn load_ca_roots(path: &Path) -> Result<rustls::RootCertStore, TlsFileError> {
@@ -348,6 +428,33 @@ pub fn load_ca_roots(path: &Path) -> Result<rustls::RootCertStore, TlsFileError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validity_is_read_from_the_end_entity_certificate() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let certified = load_certified_key(&fixtures.join("api.crt"), &fixtures.join("api.key"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let at = |secs| UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+        assert_eq!(validity_at(&certified, UnixTime::now()), None);
+        assert!(matches!(
+            validity_at(&certified, at(0)),
+            Some(OutOfValidity::NotYetValid { not_before }) if not_before > 1_700_000_000
+        ));
+        // Year 2400: after the fixture's 100 years.
+        assert!(matches!(
+            validity_at(&certified, at(13_569_465_600)),
+            Some(OutOfValidity::Expired { not_after }) if not_after < 13_569_465_600
+        ));
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_date_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_date_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_date_time(1_609_459_199), "2020-12-31 23:59:59 UTC");
+        assert_eq!(utc_date_time(4_102_444_800), "2100-01-01 00:00:00 UTC");
+        assert_eq!(utc_date_time(1_795_775_283), "2026-11-27 10:28:03 UTC");
+    }
 
     #[test]
     fn a_truncated_pem_file_is_explained_in_words() {

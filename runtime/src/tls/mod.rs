@@ -6,7 +6,8 @@
 //! - [`server`]: one [`TlsServer`] per listener: TLS 1.3 and 1.2, SNI
 //!   certificate selection, ALPN, session tickets and cache, reload.
 //! - [`client`]: the rustls client configuration for upstream servers
-//!   (verification with the webpki roots or a CA file, SNI).
+//!   (verification with the webpki roots or a CA file, SNI; CA files
+//!   re-read on SIGHUP).
 //! - [`stream`]: [`TlsStream`], a rustls connection driven over a compio
 //!   `TcpStream` with full-duplex `&self` reads and writes.
 //!
@@ -19,6 +20,6 @@ pub mod files;
 pub mod server;
 mod stream;
 
-pub use client::{UpstreamTls, UpstreamTlsState, client_config};
+pub use client::{UpstreamTls, UpstreamTlsState, reload_ca_files};
 pub use server::TlsServer;
 pub use stream::TlsStream;

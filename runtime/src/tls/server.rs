@@ -43,6 +43,7 @@ impl CertSet {
         let mut first = None;
         for c in &config.certs {
             let certified = Arc::new(files::load_certified_key(&c.cert, &c.key)?);
+            warn_if_out_of_validity(&certified, &c.cert);
             first.get_or_insert_with(|| Arc::clone(&certified));
             match &c.sni {
                 Some(name) => {
@@ -71,6 +72,18 @@ impl CertSet {
             .and_then(|name| self.by_name.get(&normalize(name)))
             .unwrap_or(&self.default)
             .clone()
+    }
+}
+
+/// Serves a certificate outside its validity period (the client decides,
+/// as nginx does) but says so at start and on reload, as `blitzc check`
+/// does with B067.
+fn warn_if_out_of_validity(certified: &CertifiedKey, path: &std::path::Path) {
+    if let Some(out) = files::validity_at(certified, rustls::pki_types::UnixTime::now()) {
+        eprintln!(
+            "blitz: warning: certificate {} {out}: TLS clients will reject it",
+            path.display()
+        );
     }
 }
 
