@@ -94,14 +94,23 @@ fn timespec_ns(t: rustix::time::Timespec) -> u64 {
 fn ns_of(at: Instant) -> u64 {
     let (base, base_ns) = clock_base();
     match at.checked_duration_since(base) {
-        Some(after) => base_ns.saturating_add(after.as_nanos() as u64),
-        None => base_ns.saturating_sub(base.duration_since(at).as_nanos() as u64),
+        Some(after) => base_ns.saturating_add(nanos(after)),
+        None => base_ns.saturating_sub(nanos(base.duration_since(at))),
     }
+}
+
+/// A duration in nanoseconds, saturating: a timeout of centuries is
+/// "never", not a wrapped-around small number.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn instant_of(ns: u64) -> Instant {
     let (base, base_ns) = clock_base();
-    base + Duration::from_nanos(ns.saturating_sub(base_ns))
+    let after = Duration::from_nanos(ns.saturating_sub(base_ns));
+    // Past what an `Instant` can hold: far enough to be never.
+    base.checked_add(after)
+        .unwrap_or(base + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// The first tick at or after `ns`: a deadline is never rounded earlier.
@@ -249,7 +258,7 @@ impl Future for Timer {
                 None => {
                     let ns = match this.deadline {
                         Deadline::At(at) => ns_of(at),
-                        Deadline::After(d) => coarse_now_ns().saturating_add(d.as_nanos() as u64),
+                        Deadline::After(d) => coarse_now_ns().saturating_add(nanos(d)),
                     };
                     let tick = tick_at_or_after(ns);
                     let key = wheel.arm(tick);
@@ -394,6 +403,19 @@ mod tests {
             run(sleep_until(start + Duration::from_millis(ms)));
             assert!(start.elapsed() >= Duration::from_millis(ms), "{ms} ms");
         }
+    }
+
+    #[test]
+    fn a_timeout_too_long_for_u64_nanoseconds_never_fires() {
+        // 2^64 ns is about 584 years: one second more, cut to 64 bits,
+        // would be 0.29 s.
+        let fired = run(async {
+            let mut never = std::pin::pin!(sleep(Duration::from_secs(18_446_744_074)));
+            assert!(poll_once(never.as_mut()).is_pending());
+            sleep(Duration::from_millis(400)).await;
+            poll_once(never.as_mut()).is_ready()
+        });
+        assert!(!fired);
     }
 
     #[test]
