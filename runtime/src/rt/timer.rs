@@ -176,11 +176,14 @@ impl Wheel {
         }
     }
 
-    fn cancel(&mut self, key: usize) {
+    /// Takes the entry out; its waker is returned to be dropped by the
+    /// caller once the wheel is no longer borrowed (dropping a waker may
+    /// free a task, and what that drops may cancel timers).
+    fn cancel(&mut self, key: usize) -> Option<Waker> {
         if !self.entries[key].fired {
             self.unlink(key);
         }
-        self.entries.remove(key);
+        self.entries.remove(key).waker
     }
 
     /// Marks every timer of the buckets up to `now_tick` fired and returns
@@ -252,6 +255,8 @@ impl Future for Timer {
         let this = &mut *self;
         let mut spawn_driver = false;
         let mut wake_driver = None;
+        // A replaced waker is dropped after the borrow (see `cancel`).
+        let mut replaced = None;
         let ready = WHEEL.with_borrow_mut(|wheel| {
             let key = match this.key {
                 Some(key) => key,
@@ -278,10 +283,11 @@ impl Future for Timer {
             }
             match &entry.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
-                _ => entry.waker = Some(cx.waker().clone()),
+                _ => replaced = entry.waker.replace(cx.waker().clone()),
             }
             false
         });
+        drop(replaced);
         if spawn_driver {
             compio::runtime::spawn(Driver::default()).detach();
         }
@@ -300,7 +306,8 @@ impl Timer {
     fn cancel(&mut self) {
         if let Some(key) = self.key.take() {
             // During thread teardown the wheel may be gone already.
-            let _ = WHEEL.try_with(|w| w.borrow_mut().cancel(key));
+            let waker = WHEEL.try_with(|w| w.borrow_mut().cancel(key));
+            drop(waker);
         }
     }
 }
@@ -330,16 +337,18 @@ impl Future for Driver {
         let this = &mut *self;
         loop {
             let now_tick = ns_of(Instant::now()) / TICK_NS;
+            let mut replaced = None;
             let next = WHEEL.with_borrow_mut(|wheel| {
                 wheel.expire(now_tick, &mut this.woken);
                 match &wheel.driver {
                     Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => wheel.driver = Some(cx.waker().clone()),
+                    _ => replaced = wheel.driver.replace(cx.waker().clone()),
                 }
                 let next = wheel.buckets.first_key_value().map(|(&t, _)| t);
                 wheel.driver_tick = next;
                 next
             });
+            drop(replaced);
             for w in this.woken.drain(..) {
                 w.wake();
             }
@@ -369,12 +378,13 @@ impl Future for Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = WHEEL.try_with(|w| {
+        let waker = WHEEL.try_with(|w| {
             let mut w = w.borrow_mut();
             w.driver_running = false;
-            w.driver = None;
             w.driver_tick = None;
+            w.driver.take()
         });
+        drop(waker);
     }
 }
 
