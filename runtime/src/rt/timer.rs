@@ -22,7 +22,7 @@
 //! seconds (the spec's durations); a few milliseconds late is nothing.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -142,9 +142,17 @@ pub fn coarse_now() -> Instant {
 }
 
 impl Wheel {
+    /// Links a new timer at the head of its tick's bucket.
     fn arm(&mut self, tick: u64) -> usize {
-        let head = self.buckets.get(&tick).copied().unwrap_or(NIL);
-        let key = self.entries.insert(Entry {
+        let key = self.entries.vacant_key();
+        let head = match self.buckets.entry(tick) {
+            btree_map::Entry::Occupied(mut bucket) => bucket.insert(key),
+            btree_map::Entry::Vacant(bucket) => {
+                bucket.insert(key);
+                NIL
+            }
+        };
+        self.entries.insert(Entry {
             tick,
             prev: NIL,
             next: head,
@@ -154,7 +162,6 @@ impl Wheel {
         if head != NIL {
             self.entries[head].prev = key;
         }
-        self.buckets.insert(tick, key);
         key
     }
 
