@@ -83,21 +83,11 @@ def pki(tmp_path_factory) -> Pki:
     return p
 
 
-def _wait_line(gw, needle: str, after: int = 0, timeout: float = 10.0) -> str | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in gw.lines[after:]:
-            if needle in line:
-                return line
-        time.sleep(0.05)
-    return None
-
-
 def test_out_of_validity_listener_certificate_is_served_with_a_warning(start_gateway, pki, tmp_path):
     shutil.copy(pki.path("old.crt"), tmp_path / "live.crt")
     shutil.copy(pki.path("old.key"), tmp_path / "live.key")
     gw = start_gateway(tls_cert=tmp_path / "live.crt", tls_key=tmp_path / "live.key")
-    line = _wait_line(gw, "warning: certificate")
+    line = gw.line_with("warning: certificate", timeout=10.0)
     assert line and "live.crt expired on 2020-02-01 00:00:00 UTC" in line, gw.tail()
     assert served_cert(gw.port, "edge.test") == pki.der("old")
     # A valid certificate on SIGHUP: no warning; a not-yet-valid one: warned.
@@ -110,7 +100,7 @@ def test_out_of_validity_listener_certificate_is_served_with_a_warning(start_gat
         while served_cert(gw.port, "edge.test") != pki.der(name):
             assert time.monotonic() < deadline, f"{name} not served after SIGHUP: {gw.tail()}"
             time.sleep(0.1)
-        line = _wait_line(gw, "warning: certificate", after=mark, timeout=1.0 if warned is None else 10.0)
+        line = gw.line_with("warning: certificate", after=mark, timeout=1.0 if warned is None else 10.0)
         if warned is None:
             assert line is None, line
         else:

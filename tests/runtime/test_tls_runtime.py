@@ -53,13 +53,9 @@ def s_client(port: int, *opts: str, stdin: str = "") -> str:
 
 
 def wait_line(gw, needle: str, after: int = 0, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in gw.lines[after:]:
-            if needle in line:
-                return line
-        time.sleep(0.05)
-    raise AssertionError(f"no log line with {needle!r}:\n{gw.tail()}")
+    line = gw.line_with(needle, after, timeout)
+    assert line is not None, f"no log line with {needle!r}:\n{gw.tail()}"
+    return line
 
 
 # ---------------------------------------------------------------- resumption

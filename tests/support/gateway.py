@@ -289,6 +289,20 @@ class Gateway:
         with self._lock:
             return "\n".join(self.lines)
 
+    def line_with(self, needle: str, after: int = 0, timeout: float = 5.0) -> str | None:
+        """The first stderr line from index `after` on that contains
+        `needle`, waiting up to `timeout`; None if none came."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                lines = self.lines[after:]
+            for line in lines:
+                if needle in line:
+                    return line
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
     def tail(self, n: int = 30) -> str:
         with self._lock:
             return "\n".join(self.lines[-n:])
