@@ -46,7 +46,9 @@ fn failed(kind: ErrorKind) -> Exchange {
 /// one `avoid` rejects, `tried` ones only if nothing else is left), then a
 /// pooled connection to it is reused or a new one opened. A failed connect
 /// fails over to the next endpoint the balancer gives (nothing was sent, so
-/// this is always safe), each endpoint at most once per call. Returns the
+/// this is always safe), each endpoint at most once per call, and never
+/// past `deadline` (`retry total`): each connect is cut to what it leaves,
+/// and once it has passed no other endpoint is tried (504). Returns the
 /// endpoint, the connection, and whether it came from the pool.
 async fn connect(
     set: &UpstreamSet,
@@ -54,11 +56,22 @@ async fn connect(
     tried: &[SocketAddr],
     fresh_only: bool,
     connect_timeout: Duration,
+    deadline: Option<Instant>,
     now: Instant,
 ) -> Result<(Rc<Endpoint>, UpstreamStream, bool), ProxyError> {
     let mut refused: Vec<SocketAddr> = Vec::new();
     let mut last = ProxyError::new(ErrorKind::NoHealthyUpstream);
     loop {
+        let connect_timeout = match deadline {
+            Some(d) if !refused.is_empty() => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ProxyError::new(ErrorKind::UpstreamTimeout));
+                }
+                connect_timeout.min(left)
+            }
+            _ => connect_timeout,
+        };
         let Some(ep) = set.pick(key, now, |a| refused.contains(&a), |a| tried.contains(&a)) else {
             return Err(last);
         };
@@ -229,10 +242,17 @@ impl<'a> Tries<'a> {
             &self.tried,
             self.fresh_only,
             timeouts.connect,
+            self.deadline,
             now,
         )
         .await?;
         let now = if reused { now } else { coarse_now() };
+        // The response timeout is cut to what the connect (and any connect
+        // failover) left of the total deadline.
+        let timeouts = UpstreamTimeouts {
+            connect: timeouts.connect,
+            response: self.timeouts(now).response,
+        };
         self.arm(now);
         Ok(Try {
             ep,
@@ -295,11 +315,14 @@ impl<'a> Tries<'a> {
     }
 
     /// A try relayed a complete response with `status`: passive health
-    /// hears of it, and the connection is pooled if `reusable`.
+    /// hears of it, and the connection is pooled if `reusable`, idle from
+    /// now (not from the start of the exchange: a response that took longer
+    /// than `idle-timeout` leaves a connection that was never idle).
     pub(crate) fn done(&self, ep: &Endpoint, conn: UpstreamStream, status: u16, reusable: bool) {
-        ep.answered(status, coarse_now());
+        let now = coarse_now();
+        ep.answered(status, now);
         if reusable {
-            ep.give_back(conn, self.started);
+            ep.give_back(conn, now);
         }
     }
 
