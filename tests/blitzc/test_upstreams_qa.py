@@ -23,6 +23,7 @@ import pytest
 
 from support.blitzc import build
 from support.gateway import free_port
+from support.h2client import RawH2
 from support.origin import Origin, respond
 from test_upstreams import Setup, client_requests, lb_origin
 
@@ -35,6 +36,7 @@ gateway "lbqa" {{
 }}
 listener "main" {{
     bind "127.0.0.1:{gw}"
+    protocols "h1" "h2c"
 }}
 upstream "w31" {{
     balance "weighted-round-robin"
@@ -90,6 +92,11 @@ upstream "ctotal" {{
     timeouts connect="400ms" response="2s"
     retry attempts=1 on="connect-error" total="300ms"
 }}
+upstream "lc" {{
+    balance "least-conn"
+    server "127.0.0.1:{a}"
+    server "127.0.0.1:{b}"
+}}
 upstream "retry1" {{
     server "127.0.0.1:{a}"
     server "127.0.0.1:{b}"
@@ -143,6 +150,10 @@ route "blackhole" {{
 route "ctotal" {{
     match {{ path-prefix "/ctotal" }}
     proxy "ctotal"
+}}
+route "lc" {{
+    match {{ path-prefix "/lc" }}
+    proxy "lc"
 }}
 route "retry1" {{
     match {{ path-prefix "/retry1" }}
@@ -497,3 +508,30 @@ def test_a_connection_busy_longer_than_the_idle_timeout_is_still_reused(qa):
     assert qa.request("/pool/slow?stall=a") == (200, "a")
     assert qa.request("/pool/next") == (200, "a")
     assert len(client_conns(a, "/pool")) == 1, [(r.conn_id, r.target) for r in client_requests(a, "/pool")]
+
+
+# ---------------------------------------------------------------- in-flight counts
+
+
+def test_least_conn_forgets_the_streams_of_an_http2_connection_that_went_away(qa):
+    """An HTTP/2 client holds a stream at a (which stalls) and drops its
+    connection: the stream is cancelled, and a's in-flight count on the
+    worker must go back down. If it leaked, least-conn would send every
+    later request to b (0 in flight) for as long as the gateway runs."""
+    qa.start(names=("a", "b"))
+    a = qa.origins["a"]
+    h2 = RawH2(f"127.0.0.1:{qa.ports['gw']}")
+    try:
+        for i in range(6):
+            h2.headers(1 + 2 * i, path=f"/lc/hold?stall=a&i={i}")
+            if a.wait_for(lambda: client_requests(a, "/lc/hold"), timeout=0.5):
+                break
+        assert client_requests(a, "/lc/hold"), "no stream reached a"
+    finally:
+        h2.close()
+    # Past a's stall (2 s): had the stream not been cancelled, it is over
+    # by now as well, and a's count is back down either way.
+    time.sleep(2.5)
+    seq = [qa.served(f"/lc/after?i={i}") for i in range(10)]
+    # Nothing in flight: least-conn's ties go in turn.
+    assert seq.count("a") >= 4, seq
