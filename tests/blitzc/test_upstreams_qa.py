@@ -5,8 +5,9 @@ exact (they are per worker), and real origins that say who they are.
 
 The origins are test_upstreams.py's (`lb_origin`: `fail=`, `stall=`,
 `delay=` in the query), with health endpoints a test can steer:
-`/healthz` answers the origin's `hc_status` (200 unless a test changes it),
-`/hc` answers 204 on a and 200 elsewhere.
+`/healthz` answers the origin's `hc_status` (200 unless a test changes it;
+"bare": a status line without a reason phrase, as every path ending in
+`/bare` gets), `/hc` answers 204 on a and 200 elsewhere.
 
 Nothing asserts a timing; waits only bound how long a test blocks.
 """
@@ -178,7 +179,11 @@ def qa_origin(name: str, port: int) -> Origin:
 
     def handler(req, conn):
         path = req.target.partition("?")[0]
-        if path == "/healthz":
+        if path == "/healthz" or path.endswith("/bare"):
+            if origin.hc_status == "bare" or path.endswith("/bare"):
+                # A status line without a reason phrase (and its space).
+                conn.send(b"HTTP/1.1 200\r\ncontent-length: 3\r\nx-origin: " + name.encode() + b"\r\n\r\nhc\n")
+                return True
             return respond(conn, req, origin.hc_status, b"hc\n")
         if path == "/hc":
             return respond(conn, req, 204 if name == "a" else 200)
@@ -296,6 +301,25 @@ def test_consistent_hash_keys_of_a_server_failing_its_check_move_and_come_back(q
     assert qa.wait_log(f'"hashhc": 127.0.0.1:{b_port} is healthy again'), "\n".join(qa.gateway.lines)
     after = {k: qa.served("/hashhc/x", headers={"x-user": k}) for k in keys}
     assert after == before
+
+
+def test_a_health_check_answered_without_a_reason_phrase_passes(qa):
+    """`HTTP/1.1 200` with no reason phrase is a 200 to the proxy (it
+    relays it); the checker must read it as a 200 too, not mark the server
+    down for a response the data path accepts."""
+    qa.start(names=("a", "b", "c"))
+    b = qa.origins["b"]
+    b.hc_status = "bare"
+    # The data path takes it.
+    assert qa.request("/passive/bare")[0] == 200
+    checks_before = len([r for r in b.requests if r.target == "/healthz"])
+    assert b.wait_for(lambda: len([r for r in b.requests if r.target == "/healthz"]) >= checks_before + 3, timeout=10)
+    time.sleep(0.1)  # the verdict of the last check is logged
+    assert not any(f'"hashhc": 127.0.0.1:{qa.ports["b"]} is unhealthy' in line for line in qa.gateway.lines), (
+        "\n".join(qa.gateway.lines)
+    )
+    served = {qa.served("/hashhc/x", headers={"x-user": f"u{i}"}) for i in range(60)}
+    assert "b" in served, served
 
 
 def test_health_check_path_and_expected_status_are_honoured_and_none_healthy_is_503(qa):
