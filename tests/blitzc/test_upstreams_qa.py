@@ -7,7 +7,8 @@ The origins are test_upstreams.py's (`lb_origin`: `fail=`, `stall=`,
 `delay=` in the query), with health endpoints a test can steer:
 `/healthz` answers the origin's `hc_status` (200 unless a test changes it;
 "bare": a status line without a reason phrase, as every path ending in
-`/bare` gets), `/hc` answers 204 on a and 200 elsewhere.
+`/bare` gets), `/hc` answers 204 on a and 200 elsewhere; `wait=SECONDS`
+in the query delays any origin's answer.
 
 Nothing asserts a timing; waits only bound how long a test blocks.
 """
@@ -19,6 +20,7 @@ import os
 import socket
 import threading
 import time
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -98,6 +100,12 @@ upstream "lc" {{
     server "127.0.0.1:{a}"
     server "127.0.0.1:{b}"
 }}
+upstream "rtotal" {{
+    server "127.0.0.1:{bh}"
+    server "127.0.0.1:{a}"
+    timeouts connect="200ms" response="2s"
+    retry attempts=1 on="connect-error" total="700ms"
+}}
 upstream "retry1" {{
     server "127.0.0.1:{a}"
     server "127.0.0.1:{b}"
@@ -156,6 +164,10 @@ route "lc" {{
     match {{ path-prefix "/lc" }}
     proxy "lc"
 }}
+route "rtotal" {{
+    match {{ path-prefix "/rtotal" }}
+    proxy "rtotal"
+}}
 route "retry1" {{
     match {{ path-prefix "/retry1" }}
     proxy "retry1"
@@ -187,6 +199,9 @@ def qa_origin(name: str, port: int) -> Origin:
             return respond(conn, req, origin.hc_status, b"hc\n")
         if path == "/hc":
             return respond(conn, req, 204 if name == "a" else 200)
+        wait = parse_qs(req.target.partition("?")[2]).get("wait")
+        if wait and not conn.sleep(float(wait[0])):
+            return False
         return inner(req, conn)
 
     origin.handler = handler
@@ -458,6 +473,26 @@ def test_connect_failover_does_not_outlive_the_total_deadline(qa):
     assert set(statuses) <= {200, 504}, statuses
     assert 504 in statuses, statuses
     assert len(client_requests(qa.origins["a"], "/ctotal")) == statuses.count(200), statuses
+
+
+def test_the_response_wait_after_a_connect_failover_is_cut_to_what_total_leaves(qa):
+    """`total="700ms"`, connect 200 ms, response 2 s; a answers after 0.6 s.
+    A request that first meets the blackholed server fails over to a at
+    about 200 ms, with 500 ms of the total left: a's answer at about 800 ms
+    is past the total, so 504. (Before, the response timeout was cut once,
+    before connecting, to the whole 700 ms, and ran from the failover: a
+    200 at 800 ms.) Round-robin on one worker starts requests at the
+    blackholed server until it is ejected."""
+    qa.start(names=("a",))
+    lsock, fillers = blackhole_listener(qa.ports["bh"])
+    try:
+        statuses = [qa.request(f"/rtotal/x?wait=0.6&i={i}")[0] for i in range(4)]
+    finally:
+        for s in fillers:
+            s.close()
+        lsock.close()
+    assert set(statuses) <= {200, 504}, statuses
+    assert 504 in statuses, statuses
 
 
 # ---------------------------------------------------------------- retries
