@@ -594,3 +594,20 @@ def test_least_conn_forgets_the_streams_of_an_http2_connection_that_went_away(qa
     seq = [qa.served(f"/lc/after?i={i}") for i in range(10)]
     # Nothing in flight: least-conn's ties go in turn.
     assert seq.count("a") >= 4, seq
+
+    # The same over HTTP/1.1: a client that hangs up while a stalls.
+    socks = []
+    try:
+        for i in range(6):
+            sock = socket.create_connection(("127.0.0.1", qa.ports["gw"]), timeout=5)
+            socks.append(sock)
+            sock.sendall(f"GET /lc/hold1?stall=a&i={i} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+            if a.wait_for(lambda: client_requests(a, "/lc/hold1"), timeout=0.5):
+                break
+        assert client_requests(a, "/lc/hold1"), "no request reached a"
+    finally:
+        for sock in socks:
+            sock.close()
+    time.sleep(2.5)
+    seq = [qa.served(f"/lc/after1?i={i}") for i in range(10)]
+    assert seq.count("a") >= 4, seq
