@@ -512,6 +512,14 @@ def test_retry_attempts_are_bounded_and_go_to_another_server(qa):
         target = f"/retry1/f?fail=a,b,c&i={i}"
         got = [n for n, o in qa.origins.items() for r in client_requests(o, "/retry1/f") if r.target == target]
         assert len(got) == 2 and got[0] != got[1], (target, got)
+    # Other idempotent methods without a body are retried alike; a POST
+    # without a body is not (not idempotent).
+    for method in ("HEAD", "DELETE", "OPTIONS", "POST"):
+        target = f"/retry1/m?fail=a,b,c&m={method}"
+        status, _ = qa.request(target, method=method)
+        assert status == 503, (method, status)
+        got = [r.method for o in qa.origins.values() for r in client_requests(o, "/retry1/m") if r.target == target]
+        assert got == [method] * (1 if method == "POST" else 2), (method, got)
 
 
 # ---------------------------------------------------------------- pools
