@@ -192,9 +192,13 @@ fn exchange(
     status_of(&buf[..len]).is_some_and(|s| hc.expect.contains(&s))
 }
 
-/// The status of a response starting with `head`, if its status line is valid.
+/// The status of a response starting with `head`, if its status line is
+/// valid. The reason phrase may be missing, with or without the space
+/// before it (`HTTP/1.1 200`): the proxy's parser (httparse) relays such a
+/// response, so the checker must not call that server down.
 fn status_of(head: &[u8]) -> Option<u16> {
     let line = head.split(|&b| b == b'\n').next()?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.split(|&b| b == b' ');
     if !parts.next().is_some_and(|v| v.starts_with(b"HTTP/1.")) {
         return None;
@@ -216,7 +220,15 @@ mod tests {
         assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n"), Some(200));
         assert_eq!(status_of(b"HTTP/1.0 302 Found\r\n"), Some(302));
         assert_eq!(status_of(b"HTTP/1.1 503 Unavailable\r\n"), Some(503));
+        assert_eq!(
+            status_of(b"HTTP/1.1 204\r\n"),
+            Some(204),
+            "no reason phrase"
+        );
+        assert_eq!(status_of(b"HTTP/1.1 204 \r\n"), Some(204));
+        assert_eq!(status_of(b"HTTP/1.1 204\n"), Some(204));
         assert_eq!(status_of(b"HTTP/1.1 2000\r\n"), None);
+        assert_eq!(status_of(b"HTTP/1.1 20\r\n"), None);
         assert_eq!(status_of(b"garbage"), None);
         assert_eq!(status_of(b""), None);
     }

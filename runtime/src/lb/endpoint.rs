@@ -142,9 +142,8 @@ impl Endpoint {
         }
     }
 
-    /// Keeps `conn` for reuse, unless DNS retired this endpoint. Stamped
-    /// with `since`, the start of the exchange: it may expire a little
-    /// early, never late.
+    /// Keeps `conn` for reuse, unless DNS retired this endpoint; it is idle
+    /// `since` then (the end of its last exchange).
     pub fn give_back(&self, conn: UpstreamStream, since: Instant) {
         if self.is_retired() {
             return;

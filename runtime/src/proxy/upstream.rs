@@ -46,7 +46,9 @@ fn failed(kind: ErrorKind) -> Exchange {
 /// one `avoid` rejects, `tried` ones only if nothing else is left), then a
 /// pooled connection to it is reused or a new one opened. A failed connect
 /// fails over to the next endpoint the balancer gives (nothing was sent, so
-/// this is always safe), each endpoint at most once per call. Returns the
+/// this is always safe), each endpoint at most once per call, and never
+/// past `deadline` (`retry total`): each connect is cut to what it leaves,
+/// and once it has passed no other endpoint is tried (504). Returns the
 /// endpoint, the connection, and whether it came from the pool.
 async fn connect(
     set: &UpstreamSet,
@@ -54,11 +56,22 @@ async fn connect(
     tried: &[SocketAddr],
     fresh_only: bool,
     connect_timeout: Duration,
+    deadline: Option<Instant>,
     now: Instant,
 ) -> Result<(Rc<Endpoint>, UpstreamStream, bool), ProxyError> {
     let mut refused: Vec<SocketAddr> = Vec::new();
     let mut last = ProxyError::new(ErrorKind::NoHealthyUpstream);
     loop {
+        let connect_timeout = match deadline {
+            Some(d) if !refused.is_empty() => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ProxyError::new(ErrorKind::UpstreamTimeout));
+                }
+                connect_timeout.min(left)
+            }
+            _ => connect_timeout,
+        };
         let Some(ep) = set.pick(key, now, |a| refused.contains(&a), |a| tried.contains(&a)) else {
             return Err(last);
         };
@@ -180,6 +193,22 @@ pub(crate) struct Tries<'a> {
     armed: bool,
     tried: Vec<SocketAddr>,
     fresh_only: bool,
+    /// The endpoint of the try under way, from its connect until
+    /// [`Tries::done`] or [`Tries::missed`]: if the request is cancelled in
+    /// between (an HTTP/2 stream whose connection went away is dropped),
+    /// its in-flight count is given back on drop.
+    current: Option<Rc<Endpoint>>,
+}
+
+impl Drop for Tries<'_> {
+    fn drop(&mut self) {
+        // Cancelled mid-try: the caller's `Endpoint::end` never ran, and a
+        // count left up would make least-conn and p2c shun the endpoint on
+        // this worker for good.
+        if let Some(ep) = self.current.take() {
+            ep.end();
+        }
+    }
 }
 
 /// One try: where it goes and how long it may take.
@@ -209,6 +238,7 @@ impl<'a> Tries<'a> {
             armed: false,
             tried: Vec::new(),
             fresh_only: false,
+            current: None,
         }
     }
 
@@ -229,11 +259,20 @@ impl<'a> Tries<'a> {
             &self.tried,
             self.fresh_only,
             timeouts.connect,
+            self.deadline,
             now,
         )
         .await?;
         let now = if reused { now } else { coarse_now() };
+        // The response timeout is cut to what the connect (and any connect
+        // failover) left of the total deadline.
+        let timeouts = UpstreamTimeouts {
+            connect: timeouts.connect,
+            response: self.timeouts(now).response,
+        };
         self.arm(now);
+        // The caller begins the try on `ep` at once (no await in between).
+        self.current = Some(Rc::clone(&ep));
         Ok(Try {
             ep,
             conn,
@@ -295,11 +334,21 @@ impl<'a> Tries<'a> {
     }
 
     /// A try relayed a complete response with `status`: passive health
-    /// hears of it, and the connection is pooled if `reusable`.
-    pub(crate) fn done(&self, ep: &Endpoint, conn: UpstreamStream, status: u16, reusable: bool) {
-        ep.answered(status, coarse_now());
+    /// hears of it, and the connection is pooled if `reusable`, idle from
+    /// now (not from the start of the exchange: a response that took longer
+    /// than `idle-timeout` leaves a connection that was never idle).
+    pub(crate) fn done(
+        &mut self,
+        ep: &Endpoint,
+        conn: UpstreamStream,
+        status: u16,
+        reusable: bool,
+    ) {
+        self.current = None;
+        let now = coarse_now();
+        ep.answered(status, now);
         if reusable {
-            ep.give_back(conn, self.started);
+            ep.give_back(conn, now);
         }
     }
 
@@ -317,6 +366,7 @@ impl<'a> Tries<'a> {
         reused: bool,
         miss: Miss,
     ) -> Option<(ProxyError, bool)> {
+        self.current = None;
         let (error, answered, failure) = match miss {
             Miss::Stale if self.replay_stale(reused) => return None,
             Miss::Stale => (ProxyError::new(ErrorKind::UpstreamClosed), false, None),
