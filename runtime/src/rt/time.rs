@@ -112,10 +112,11 @@ pub async fn write_paced(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn run<F: Future>(f: F) -> F::Output {
+    /// Runs `f` to its end on a fresh runtime (also used by `timer`'s tests).
+    pub(in crate::rt) fn run<F: Future>(f: F) -> F::Output {
         compio::runtime::Runtime::new()
             .expect("runtime")
             .block_on(f)

@@ -398,12 +398,7 @@ impl Drop for Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn run<F: Future>(f: F) -> F::Output {
-        compio::runtime::Runtime::new()
-            .expect("runtime")
-            .block_on(f)
-    }
+    use crate::rt::time::tests::run;
 
     /// Polls once, as the runtime would (arming the timer).
     fn poll_once(t: Pin<&mut Timer>) -> Poll<()> {
