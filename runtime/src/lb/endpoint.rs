@@ -66,6 +66,17 @@ pub struct Endpoint {
     retired: Cell<bool>,
 }
 
+/// A try in flight to an endpoint ([`Endpoint::begin`]); dropping it ends
+/// the try.
+pub struct InFlight<'a>(&'a Endpoint);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let c = &self.0.counters;
+        c.in_flight.set(c.in_flight.get().saturating_sub(1));
+    }
+}
+
 impl Endpoint {
     fn new(state: Arc<EndpointState>, pool: PoolConfig, tls: &ServerTlsStates) -> Self {
         #[cfg(not(feature = "tls"))]
@@ -97,20 +108,20 @@ impl Endpoint {
         self.retired.get()
     }
 
-    /// A try starts; `retry` when it is not the request's first.
-    pub fn begin(&self, retry: bool) {
+    /// A try starts; `retry` when it is not the request's first. It is in
+    /// flight until the returned guard is dropped: when the try ends, or
+    /// when the request is cancelled mid-try (an HTTP/2 stream whose
+    /// connection went away), so a count is never left up (least-conn and
+    /// p2c would shun the endpoint on this worker for good).
+    #[must_use = "the try is in flight until this is dropped"]
+    pub fn begin(&self, retry: bool) -> InFlight<'_> {
         let c = &self.counters;
         c.requests.set(c.requests.get() + 1);
         c.in_flight.set(c.in_flight.get() + 1);
         if retry {
             c.retries.set(c.retries.get() + 1);
         }
-    }
-
-    /// A try ended.
-    pub fn end(&self) {
-        let c = &self.counters;
-        c.in_flight.set(c.in_flight.get().saturating_sub(1));
+        InFlight(self)
     }
 
     /// Requests in flight to it on this worker.
@@ -424,10 +435,10 @@ mod tests {
         let a = s
             .pick(0, t0, |_| false, |_| false)
             .unwrap_or_else(|| panic!("a pick"));
-        a.begin(false);
-        a.begin(true);
+        let first = a.begin(false);
+        let _retry = a.begin(true);
         assert_eq!(a.in_flight(), 2);
-        a.end();
+        drop(first);
         for _ in 0..CONSECUTIVE_FAILURES {
             a.failed(t0);
         }

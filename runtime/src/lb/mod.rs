@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use balance::{Balancer, Candidate, hash_bytes};
-pub use endpoint::{Endpoint, ServerCounters, UpstreamSet};
+pub use endpoint::{Endpoint, InFlight, ServerCounters, UpstreamSet};
 pub use pool::{ConnPool, PoolConfig};
 pub use retry::RetryBudget;
 

@@ -193,22 +193,6 @@ pub(crate) struct Tries<'a> {
     armed: bool,
     tried: Vec<SocketAddr>,
     fresh_only: bool,
-    /// The endpoint of the try under way, from its connect until
-    /// [`Tries::done`] or [`Tries::missed`]: if the request is cancelled in
-    /// between (an HTTP/2 stream whose connection went away is dropped),
-    /// its in-flight count is given back on drop.
-    current: Option<Rc<Endpoint>>,
-}
-
-impl Drop for Tries<'_> {
-    fn drop(&mut self) {
-        // Cancelled mid-try: the caller's `Endpoint::end` never ran, and a
-        // count left up would make least-conn and p2c shun the endpoint on
-        // this worker for good.
-        if let Some(ep) = self.current.take() {
-            ep.end();
-        }
-    }
 }
 
 /// One try: where it goes and how long it may take.
@@ -238,7 +222,6 @@ impl<'a> Tries<'a> {
             armed: false,
             tried: Vec::new(),
             fresh_only: false,
-            current: None,
         }
     }
 
@@ -271,8 +254,6 @@ impl<'a> Tries<'a> {
             response: self.timeouts(now).response,
         };
         self.arm(now);
-        // The caller begins the try on `ep` at once (no await in between).
-        self.current = Some(Rc::clone(&ep));
         Ok(Try {
             ep,
             conn,
@@ -337,14 +318,7 @@ impl<'a> Tries<'a> {
     /// hears of it, and the connection is pooled if `reusable`, idle from
     /// now (not from the start of the exchange: a response that took longer
     /// than `idle-timeout` leaves a connection that was never idle).
-    pub(crate) fn done(
-        &mut self,
-        ep: &Endpoint,
-        conn: UpstreamStream,
-        status: u16,
-        reusable: bool,
-    ) {
-        self.current = None;
+    pub(crate) fn done(&self, ep: &Endpoint, conn: UpstreamStream, status: u16, reusable: bool) {
         let now = coarse_now();
         ep.answered(status, now);
         if reusable {
@@ -366,7 +340,6 @@ impl<'a> Tries<'a> {
         reused: bool,
         miss: Miss,
     ) -> Option<(ProxyError, bool)> {
-        self.current = None;
         let (error, answered, failure) = match miss {
             Miss::Stale if self.replay_stale(reused) => return None,
             Miss::Stale => (ProxyError::new(ErrorKind::UpstreamClosed), false, None),
@@ -477,7 +450,7 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
                 };
             }
         };
-        ep.begin(tries.is_retry());
+        let in_flight = ep.begin(tries.is_retry());
         let attempt = exchange(
             w,
             c,
@@ -492,7 +465,7 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
             now,
         )
         .await;
-        ep.end();
+        drop(in_flight);
         match attempt {
             Attempt::Done {
                 keep_alive,

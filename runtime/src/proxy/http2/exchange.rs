@@ -123,9 +123,10 @@ pub(crate) async fn proxy_stream<G: Gateway>(
             response_timeout: timeouts.response,
             retry_statuses: tries.retry_statuses(),
         };
-        ep.begin(tries.is_retry());
+        // Dropped when the try ends, or with the stream if it is cancelled.
+        let in_flight = ep.begin(tries.is_retry());
         let result = attempt(w, req, body, respond, route, ctx, &target).await;
-        ep.end();
+        drop(in_flight);
         match result {
             Attempt::Done { reusable, status } => {
                 tries.done(&ep, conn, status, reusable && !w.drain.is_draining());
