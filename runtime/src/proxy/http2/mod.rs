@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 mod exchange;
+mod hpack_check;
 pub(crate) mod io;
 mod stream;
 mod translate;

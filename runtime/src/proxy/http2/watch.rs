@@ -27,9 +27,12 @@
 //! - STREAM_CLOSED for DATA or HEADERS on a stream the client itself
 //!   closed, with END_STREAM or RST_STREAM (§5.1).
 //!
-//! Not HPACK's COMPRESSION_ERROR: the crate reports a bad header block like
-//! any other PROTOCOL_ERROR, and telling one apart here would mean
-//! decoding every header block twice (see tests/runtime/H2SPEC.md).
+//! - COMPRESSION_ERROR (§4.3) for a header block HPACK cannot decode, and
+//!   PROTOCOL_ERROR for a pseudo-header in trailers (§8.1), both found by
+//!   [`HpackCheck`], a validate-only mirror of the client's HPACK state
+//!   fed each block's fragments (the crate reports a bad block like any
+//!   other PROTOCOL_ERROR, and does not look for pseudo-headers in
+//!   trailers).
 //!
 //! Some of these the RFC makes stream errors (PRIORITY's size; DATA or
 //! HEADERS while half-closed (remote), or after RST_STREAM): they are
@@ -55,11 +58,15 @@
 //! STREAM_CLOSED or PROTOCOL_ERROR).
 //!
 //! Cost: a few branches per frame header, nothing per payload byte
-//! outside SETTINGS frames, fixed-size state (no allocation).
+//! outside SETTINGS frames and header blocks, fixed-size state but for the
+//! HPACK mirror's table (at most 128 entries of a few words).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use h2::Reason;
+
+use super::HEADER_TABLE_SIZE;
+use super::hpack_check::HpackCheck;
 
 /// Control frames (SETTINGS and PING without ACK, RST_STREAM, PRIORITY,
 /// unknown types) a client may send per tick (one second) of the
@@ -107,9 +114,19 @@ const MAX_WINDOW_SIZE: u32 = (1 << 31) - 1;
 /// What the connection loop learns from the client's frames, sans-IO:
 /// fed the raw bytes read, in order. Shared by the byte stream (which
 /// feeds it) and the connection loop (which reads it), hence the `Cell`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FrameWatch {
     state: Cell<State>,
+    hpack: RefCell<HpackCheck>,
+}
+
+impl Default for FrameWatch {
+    fn default() -> Self {
+        FrameWatch {
+            state: Cell::default(),
+            hpack: RefCell::new(HpackCheck::new(HEADER_TABLE_SIZE as usize)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -119,8 +136,22 @@ struct State {
     /// Frame header bytes collected so far (9 make a header).
     head: [u8; 9],
     head_len: usize,
-    /// Payload bytes of the current frame still to skip.
+    /// Payload bytes of the current frame still to skip, of its length.
     payload_left: usize,
+    frame_len: usize,
+    /// The current payload carries a header block fragment, after
+    /// `block_front` bytes (pad length, priority) and before `block_pad`
+    /// bytes of padding (read from the first byte when `block_padded`);
+    /// `block_ends` if the frame has END_HEADERS.
+    in_block: bool,
+    block_front: usize,
+    block_padded: bool,
+    block_pad: usize,
+    block_ends: bool,
+    /// The open header block is a HEADERS frame's (checked), not a
+    /// PUSH_PROMISE's (which a client must not send: the crate ends the
+    /// connection).
+    checking_block: bool,
     /// The current payload is a SETTINGS frame's: its entries are read.
     in_settings: bool,
     /// SETTINGS entry bytes collected so far (6 make an entry).
@@ -165,6 +196,13 @@ impl Default for State {
             head: [0; 9],
             head_len: 0,
             payload_left: 0,
+            frame_len: 0,
+            in_block: false,
+            block_front: 0,
+            block_padded: false,
+            block_pad: 0,
+            block_ends: false,
+            checking_block: false,
             in_settings: false,
             entry: [0; 6],
             entry_len: 0,
@@ -191,7 +229,7 @@ impl FrameWatch {
     /// before that frame (none once stopped).
     pub(crate) fn inspect(&self, bytes: &[u8]) -> usize {
         let mut s = self.state.get();
-        let n = s.inspect(bytes);
+        let n = s.inspect(bytes, &mut self.hpack.borrow_mut());
         self.state.set(s);
         n
     }
@@ -240,7 +278,7 @@ impl FrameWatch {
 }
 
 impl State {
-    fn inspect(&mut self, bytes: &[u8]) -> usize {
+    fn inspect(&mut self, bytes: &[u8], hpack: &mut HpackCheck) -> usize {
         if self.stop.is_some() || bytes.is_empty() {
             return 0;
         }
@@ -254,15 +292,21 @@ impl State {
                 if self.in_settings {
                     self.settings_entries(&bytes[pos..pos + n]);
                 }
+                if self.in_block {
+                    self.fragment(&bytes[pos..pos + n], hpack);
+                }
                 self.payload_left -= n;
                 pos += n;
+                if self.payload_left == 0 {
+                    self.frame_end(hpack);
+                }
             } else if self.head_len == 0
                 && let Some(head) = bytes[pos..].first_chunk::<9>()
             {
                 // The usual case: a whole header in this read.
                 frame_start = pos;
                 pos += 9;
-                self.frame(head);
+                self.frame(head, hpack);
             } else {
                 if self.head_len == 0 {
                     frame_start = pos;
@@ -275,7 +319,7 @@ impl State {
                 if self.head_len == 9 {
                     self.head_len = 0;
                     let head = self.head;
-                    self.frame(&head);
+                    self.frame(&head, hpack);
                 }
             }
             if self.stop.is_some() {
@@ -286,12 +330,14 @@ impl State {
     }
 
     /// A whole frame header arrived.
-    fn frame(&mut self, h: &[u8; 9]) {
+    fn frame(&mut self, h: &[u8; 9], hpack: &mut HpackCheck) {
         let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
         let (kind, flags) = (h[3], h[4]);
         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
         self.payload_left = len;
+        self.frame_len = len;
         self.in_settings = false;
+        self.in_block = false;
         self.first_frame = true;
         match kind {
             DATA => {
@@ -307,6 +353,14 @@ impl State {
                 let priority = if flags & FLAG_PRIORITY != 0 { 5 } else { 0 };
                 self.size_at_least(len, pad + priority);
                 self.not_closed(stream);
+                // Inside an open block a HEADERS frame is the crate's
+                // PROTOCOL_ERROR (§6.10): not a block of its own to check.
+                if !self.header_block_open {
+                    let trailers = stream & 1 == 1 && stream <= self.newest_stream;
+                    hpack.begin_block(trailers);
+                    self.begin_fragment(pad + priority, pad == 1, flags);
+                }
+                self.checking_block = !self.header_block_open;
                 self.open(stream);
                 self.requested = true;
                 if flags & FLAG_END_STREAM != 0 {
@@ -341,8 +395,14 @@ impl State {
                 self.size(len == 4);
                 self.window_update();
             }
-            PUSH_PROMISE => self.header_block_open = flags & FLAG_END_HEADERS == 0,
+            PUSH_PROMISE => {
+                self.checking_block = false;
+                self.header_block_open = flags & FLAG_END_HEADERS == 0;
+            }
             CONTINUATION => {
+                if self.header_block_open && self.checking_block {
+                    self.begin_fragment(0, false, flags);
+                }
                 if flags & FLAG_END_HEADERS != 0 {
                     self.header_block_open = false;
                 }
@@ -350,6 +410,51 @@ impl State {
             // Unknown types are ignored by the h2 crate: they cost a
             // parse each and carry nothing.
             _ => self.control(),
+        }
+        if len == 0 {
+            self.frame_end(hpack);
+        }
+    }
+
+    /// A HEADERS or CONTINUATION frame whose payload is a fragment of the
+    /// block being checked, after `front` bytes.
+    fn begin_fragment(&mut self, front: usize, padded: bool, flags: u8) {
+        self.in_block = true;
+        self.block_front = front;
+        self.block_padded = padded;
+        self.block_pad = 0;
+        self.block_ends = flags & FLAG_END_HEADERS != 0;
+    }
+
+    /// Payload bytes of a fragment-carrying frame (`bytes` starts at
+    /// payload offset `frame_len - payload_left`): the fragment's part goes
+    /// to the HPACK mirror.
+    fn fragment(&mut self, bytes: &[u8], hpack: &mut HpackCheck) {
+        let start = self.frame_len - self.payload_left;
+        if self.block_padded && start == 0 {
+            self.block_pad = usize::from(bytes[0]);
+        }
+        // Padding longer than the payload is the crate's PROTOCOL_ERROR;
+        // then nothing is checked.
+        let Some(end) = self.frame_len.checked_sub(self.block_pad) else {
+            return;
+        };
+        let from = self.block_front.max(start) - start;
+        let to = end.min(start + bytes.len()).saturating_sub(start);
+        if from < to
+            && let Err(reason) = hpack.feed(&bytes[from..to])
+        {
+            self.fail(reason);
+        }
+    }
+
+    /// The current frame's payload is complete (or it had none).
+    fn frame_end(&mut self, hpack: &mut HpackCheck) {
+        if self.in_block && self.block_ends {
+            self.in_block = false;
+            if let Err(reason) = hpack.end_block() {
+                self.fail(reason);
+            }
         }
     }
 
@@ -479,11 +584,24 @@ mod tests {
         on(kind, flags, 1, len)
     }
 
-    /// A frame on `stream` with a zeroed payload of `len` bytes.
+    /// A frame on `stream` with a payload of `len` bytes: zeroes, but for a
+    /// header block fragment, which is valid HPACK (indexed fields 15,
+    /// `accept-charset`).
     fn on(kind: u8, flags: u8, stream: u32, len: usize) -> Vec<u8> {
         let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
         f.extend_from_slice(&stream.to_be_bytes());
         f.resize(9 + len, 0);
+        let front = match kind {
+            HEADERS => {
+                usize::from(flags & FLAG_PADDED != 0)
+                    + if flags & FLAG_PRIORITY != 0 { 5 } else { 0 }
+            }
+            CONTINUATION => 0,
+            _ => return f,
+        };
+        for b in f.iter_mut().skip(9 + front) {
+            *b = 0x8f;
+        }
         f
     }
 
@@ -877,6 +995,133 @@ mod tests {
                     bad_at + bad.len()
                 );
             }
+        }
+    }
+
+    /// A HEADERS or CONTINUATION frame on `stream` whose fragment is
+    /// `block`, after `front` (pad length, priority) and before `pad`
+    /// bytes of padding, all 0x80 (index 0: invalid if it were HPACK).
+    fn block_frame(
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        front: &[u8],
+        block: &[u8],
+        pad: usize,
+    ) -> Vec<u8> {
+        let len = front.len() + block.len() + pad;
+        let mut f = on(kind, flags, stream, 0);
+        f[..3].copy_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8]);
+        f.extend_from_slice(front);
+        f.extend_from_slice(block);
+        f.resize(f.len() + pad, 0x80);
+        f
+    }
+
+    #[test]
+    fn header_blocks_hpack_cannot_decode() {
+        let headers = |flags, block: &[u8]| block_frame(HEADERS, flags, 1, &[], block, 0);
+        let continuation = |flags, block: &[u8]| block_frame(CONTINUATION, flags, 1, &[], block, 0);
+        let cases: [(Vec<Vec<u8>>, Option<Reason>); 9] = [
+            (vec![headers(END_HEADERS, b"\x82\x86\x84\x41\x01a")], None),
+            (
+                vec![headers(END_HEADERS, b"\x82\x86\x84\xbe")],
+                Some(Reason::COMPRESSION_ERROR),
+            ),
+            (
+                vec![headers(END_HEADERS, b"\x82\x41")],
+                Some(Reason::COMPRESSION_ERROR),
+            ),
+            // Padding and priority are not HPACK: 0x80 there is no index 0.
+            (
+                vec![block_frame(
+                    HEADERS,
+                    END_HEADERS | FLAG_PADDED | FLAG_PRIORITY,
+                    1,
+                    &[3, 0, 0, 0, 0, 16],
+                    b"\x82",
+                    3,
+                )],
+                None,
+            ),
+            (
+                vec![block_frame(
+                    HEADERS,
+                    END_HEADERS | FLAG_PADDED,
+                    1,
+                    &[2],
+                    b"\x80",
+                    2,
+                )],
+                Some(Reason::COMPRESSION_ERROR),
+            ),
+            // A representation may span frames; the block may not end in one.
+            (
+                vec![
+                    headers(0, b"\x82\x41\x03a"),
+                    continuation(END_HEADERS, b"bc\x84"),
+                ],
+                None,
+            ),
+            (
+                vec![
+                    headers(0, b"\x82\x41\x03a"),
+                    continuation(END_HEADERS, b"b"),
+                ],
+                Some(Reason::COMPRESSION_ERROR),
+            ),
+            // Trailers (HEADERS again on stream 1) with a pseudo-header.
+            (
+                vec![
+                    headers(END_HEADERS, b"\x82\x84"),
+                    headers(END_HEADERS | END_STREAM, b"\x8f"),
+                ],
+                None,
+            ),
+            (
+                vec![
+                    headers(END_HEADERS, b"\x82\x84"),
+                    headers(END_HEADERS | END_STREAM, b"\x84"),
+                ],
+                Some(Reason::PROTOCOL_ERROR),
+            ),
+        ];
+        for (i, (frames, want)) in cases.iter().enumerate() {
+            assert_eq!(verdict(frames), *want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_bad_header_block_is_withheld_from_the_crate_across_split_reads() {
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(settings(&[]));
+        bytes.extend(block_frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &[],
+            b"\x82\x86\x84\x41\x01a",
+            0,
+        ));
+        bytes.extend(block_frame(HEADERS, 0, 3, &[], b"\x82\x86", 0));
+        let bad_at = bytes.len();
+        let bad = block_frame(
+            CONTINUATION,
+            END_HEADERS,
+            3,
+            &[],
+            b"\x84\x00\x81\xfe\x00",
+            0,
+        );
+        bytes.extend(&bad);
+        for size in 1..=bytes.len() {
+            let w = FrameWatch::default();
+            let handed: usize = bytes.chunks(size).map(|c| w.inspect(c)).sum();
+            assert_eq!(w.stop(), Some(Reason::COMPRESSION_ERROR), "reads of {size}");
+            assert!(
+                (bad_at..bad_at + bad.len()).contains(&handed),
+                "reads of {size}: {handed} handed over"
+            );
         }
     }
 }

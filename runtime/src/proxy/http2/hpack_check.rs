@@ -1,0 +1,659 @@
+//! A validate-only mirror of the client's HPACK state (RFC 7541), fed the
+//! header block fragments the [`super::watch::FrameWatch`] sees, so that a
+//! block the client cannot have encoded is answered with the code RFC 9113
+//! §4.3 names: GOAWAY(COMPRESSION_ERROR). The `h2` crate decodes HPACK
+//! itself but reports every decoding failure as PROTOCOL_ERROR, like any
+//! other; its public error cannot tell them apart.
+//!
+//! It decodes nothing into memory: integers, string lengths and Huffman
+//! codes are walked byte by byte, across frames and reads, and the dynamic
+//! table keeps only each entry's name length, size and whether the name is
+//! a pseudo-header (at most 4096 / 32 = 128 entries). Decoding errors, as
+//! RFC 7541 lists them: an index of 0 or past the tables (§2.3.3, §6.1),
+//! an integer longer than the `h2` crate reads (five octets, §5.1), Huffman
+//! padding over 7 bits or not EOS's prefix and a coded EOS (§5.2), a table
+//! size update over our SETTINGS_HEADER_TABLE_SIZE or after a field
+//! (§4.2, §6.3), and a block that ends inside a representation.
+//!
+//! One rule above HPACK, because only a decoder sees it and the `h2` crate
+//! does not check it: a pseudo-header in trailers makes the request
+//! malformed (RFC 9113 §8.1), answered PROTOCOL_ERROR.
+//!
+//! Semantic errors (upper-case names, unknown pseudo-headers, bad values)
+//! are left to the `h2` crate, which decodes the same block after us.
+//! Cost: a few branches per block byte; string bytes are skipped in bulk
+//! unless Huffman-coded, and steady-state requests are mostly indexed.
+
+use std::collections::VecDeque;
+
+use h2::Reason;
+
+/// Name lengths of the static table (RFC 7541 Appendix A), index 1 first.
+const STATIC_NAME_LEN: [u8; 61] = [
+    10, 7, 7, 5, 5, 7, 7, 7, 7, 7, 7, 7, 7, 7, 14, 15, 15, 13, 6, 27, 3, 5, 13, 13, 19, 16, 16, 14,
+    16, 13, 12, 6, 4, 4, 6, 7, 4, 4, 8, 17, 13, 8, 19, 13, 4, 8, 12, 18, 19, 5, 7, 7, 11, 6, 10,
+    25, 17, 10, 4, 3, 16,
+];
+
+/// Static entries 1 to 14 are `:authority`, `:method`, `:path`, `:scheme`
+/// and `:status`.
+const STATIC_PSEUDO_LAST: usize = 14;
+
+/// The Huffman code (RFC 7541 Appendix B) is canonical: the codes of one
+/// length are consecutive, so a code of `len` bits is a whole symbol when
+/// `code - FIRST_CODE[len] < CODES_OF_LEN[len]`. Index: length in bits.
+const CODES_OF_LEN: [u32; 31] = [
+    0, 0, 0, 0, 0, 10, 26, 32, 6, 0, 5, 3, 2, 6, 2, 3, 0, 0, 0, 3, 8, 13, 26, 29, 12, 4, 15, 19,
+    29, 0, 4,
+];
+const FIRST_CODE: [u32; 31] = [
+    0, 0, 0, 0, 0, 0, 20, 92, 248, 508, 1016, 2042, 4090, 8184, 16380, 32764, 65534, 131068,
+    262136, 524272, 1048550, 2097116, 4194258, 8388568, 16777194, 33554412, 67108832, 134217694,
+    268435426, 536870910, 1073741820,
+];
+/// EOS: thirty 1 bits, the last code of length 30.
+const EOS: (u32, u32) = (0x3fff_ffff, 30);
+/// `:` is the 7-bit code 1011100.
+const COLON: (u32, u32) = (0x5c, 7);
+
+/// Bytes the `h2` crate reads of one integer (prefix octet included)
+/// before it calls the integer an overflow.
+const MAX_INT_BYTES: u8 = 5;
+
+/// Per-entry overhead in the table's size (RFC 7541 §4.1).
+const ENTRY_OVERHEAD: usize = 32;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    name_len: usize,
+    size: usize,
+    pseudo: bool,
+}
+
+/// What an integer being read is for.
+#[derive(Debug, Clone, Copy)]
+enum IntFor {
+    /// An indexed field (§6.1).
+    Index,
+    /// A literal field's name index, 0 for a literal name (§6.2).
+    NameIndex,
+    /// A dynamic table size update (§6.3).
+    SizeUpdate,
+    /// A string's length (§5.2).
+    StrLen { huffman: bool },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// The next byte starts a representation.
+    Field,
+    /// Continuation octets of an integer: its value so far, the next
+    /// shift and the octets read.
+    Int {
+        value: usize,
+        shift: u32,
+        octets: u8,
+        what: IntFor,
+    },
+    /// The next byte starts a string (its H bit and length).
+    StrStart,
+    /// String bytes still to come.
+    Str { left: usize, huffman: bool },
+}
+
+/// The string being read: the name (of a literal name) or the value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Part {
+    Name,
+    Value,
+}
+
+#[derive(Debug)]
+pub(crate) struct HpackCheck {
+    /// Dynamic table, newest first.
+    table: VecDeque<Entry>,
+    table_size: usize,
+    table_max: usize,
+    /// SETTINGS_HEADER_TABLE_SIZE we sent: the most a size update may ask.
+    limit: usize,
+    step: Step,
+    /// A field was decoded in the current block: no size update after it.
+    field_seen: bool,
+    /// The current block is trailers.
+    trailers: bool,
+    /// The current literal: which string is being read, whether it enters
+    /// the table, its name's length and whether that name is a pseudo-header.
+    part: Part,
+    indexing: bool,
+    name_len: usize,
+    pseudo: bool,
+    /// The Huffman string being read: symbols decoded, and the bits of the
+    /// symbol under way.
+    decoded: usize,
+    code: u32,
+    code_len: u32,
+}
+
+impl HpackCheck {
+    /// A decoder state for a connection whose SETTINGS_HEADER_TABLE_SIZE
+    /// (ours) is `limit`.
+    pub(crate) fn new(limit: usize) -> Self {
+        HpackCheck {
+            table: VecDeque::new(),
+            table_size: 0,
+            table_max: limit,
+            limit,
+            step: Step::Field,
+            field_seen: false,
+            trailers: false,
+            part: Part::Name,
+            indexing: false,
+            name_len: 0,
+            pseudo: false,
+            decoded: 0,
+            code: 0,
+            code_len: 0,
+        }
+    }
+
+    /// A header block starts (a HEADERS frame): `trailers` if it is sent on
+    /// a stream the client already opened.
+    pub(crate) fn begin_block(&mut self, trailers: bool) {
+        self.step = Step::Field;
+        self.field_seen = false;
+        self.trailers = trailers;
+    }
+
+    /// The block ended (END_HEADERS): it must end between representations.
+    pub(crate) fn end_block(&mut self) -> Result<(), Reason> {
+        match self.step {
+            Step::Field => Ok(()),
+            _ => Err(Reason::COMPRESSION_ERROR),
+        }
+    }
+
+    /// Bytes of the block's fragments, in order, across frames and reads.
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Result<(), Reason> {
+        while let Some((&b, rest)) = bytes.split_first() {
+            match self.step {
+                Step::Str {
+                    left,
+                    huffman: false,
+                } => {
+                    // Raw string bytes: skipped in bulk; a name's first
+                    // byte tells a pseudo-header.
+                    if self.part == Part::Name && self.decoded == 0 {
+                        self.pseudo = b == b':';
+                    }
+                    let n = left.min(bytes.len());
+                    self.decoded += n;
+                    bytes = &bytes[n..];
+                    if n == left {
+                        self.string_done()?;
+                    } else {
+                        self.step = Step::Str {
+                            left: left - n,
+                            huffman: false,
+                        };
+                    }
+                    continue;
+                }
+                Step::Str {
+                    left,
+                    huffman: true,
+                } => {
+                    self.huffman_byte(b)?;
+                    if left == 1 {
+                        self.huffman_end()?;
+                        self.string_done()?;
+                    } else {
+                        self.step = Step::Str {
+                            left: left - 1,
+                            huffman: true,
+                        };
+                    }
+                }
+                Step::Field => self.field_start(b)?,
+                Step::StrStart => self.int_start(
+                    b,
+                    7,
+                    IntFor::StrLen {
+                        huffman: b & 0x80 != 0,
+                    },
+                )?,
+                Step::Int {
+                    value,
+                    shift,
+                    octets,
+                    what,
+                } => {
+                    let value = value + (usize::from(b & 0x7f) << shift);
+                    if b & 0x80 == 0 {
+                        self.int_done(value, what)?;
+                    } else if octets + 1 == MAX_INT_BYTES {
+                        return Err(Reason::COMPRESSION_ERROR);
+                    } else {
+                        self.step = Step::Int {
+                            value,
+                            shift: shift + 7,
+                            octets: octets + 1,
+                            what,
+                        };
+                    }
+                }
+            }
+            bytes = rest;
+        }
+        Ok(())
+    }
+
+    /// The first byte of a representation (§6).
+    fn field_start(&mut self, b: u8) -> Result<(), Reason> {
+        if b & 0x80 != 0 {
+            self.int_start(b, 7, IntFor::Index)
+        } else if b & 0xc0 == 0x40 {
+            self.indexing = true;
+            self.int_start(b, 6, IntFor::NameIndex)
+        } else if b & 0xe0 == 0x20 {
+            self.int_start(b, 5, IntFor::SizeUpdate)
+        } else {
+            // 0000xxxx without indexing, 0001xxxx never indexed.
+            self.indexing = false;
+            self.int_start(b, 4, IntFor::NameIndex)
+        }
+    }
+
+    /// An integer's prefix octet (§5.1).
+    fn int_start(&mut self, b: u8, prefix_bits: u32, what: IntFor) -> Result<(), Reason> {
+        let mask = (1u8 << prefix_bits) - 1;
+        let value = usize::from(b & mask);
+        if value < usize::from(mask) {
+            self.int_done(value, what)
+        } else {
+            self.step = Step::Int {
+                value,
+                shift: 0,
+                octets: 1,
+                what,
+            };
+            Ok(())
+        }
+    }
+
+    fn int_done(&mut self, value: usize, what: IntFor) -> Result<(), Reason> {
+        self.step = Step::Field;
+        match what {
+            IntFor::Index => {
+                let entry = self.entry(value)?;
+                self.field_seen = true;
+                self.field_done(entry.pseudo)
+            }
+            IntFor::SizeUpdate => {
+                if self.field_seen || value > self.limit {
+                    return Err(Reason::COMPRESSION_ERROR);
+                }
+                self.table_max = value;
+                self.evict(0);
+                Ok(())
+            }
+            IntFor::NameIndex => {
+                self.field_seen = true;
+                if value == 0 {
+                    self.part = Part::Name;
+                } else {
+                    let entry = self.entry(value)?;
+                    self.name_len = entry.name_len;
+                    self.pseudo = entry.pseudo;
+                    self.part = Part::Value;
+                }
+                self.step = Step::StrStart;
+                Ok(())
+            }
+            IntFor::StrLen { huffman } => {
+                if self.part == Part::Name {
+                    self.pseudo = false;
+                }
+                self.decoded = 0;
+                self.code = 0;
+                self.code_len = 0;
+                if value == 0 {
+                    self.string_done()
+                } else {
+                    self.step = Step::Str {
+                        left: value,
+                        huffman,
+                    };
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// The entry at `index` (§2.3.3): 0 and indexes past both tables are
+    /// decoding errors.
+    fn entry(&self, index: usize) -> Result<Entry, Reason> {
+        if let Some(&name_len) = index.checked_sub(1).and_then(|i| STATIC_NAME_LEN.get(i)) {
+            return Ok(Entry {
+                name_len: usize::from(name_len),
+                size: 0,
+                pseudo: index <= STATIC_PSEUDO_LAST,
+            });
+        }
+        index
+            .checked_sub(STATIC_NAME_LEN.len() + 1)
+            .and_then(|i| self.table.get(i).copied())
+            .ok_or(Reason::COMPRESSION_ERROR)
+    }
+
+    /// One byte of a Huffman-coded string (§5.2), bit by bit.
+    fn huffman_byte(&mut self, b: u8) -> Result<(), Reason> {
+        for bit in (0..8).rev() {
+            self.code = (self.code << 1) | u32::from(b >> bit & 1);
+            self.code_len += 1;
+            let len = self.code_len as usize;
+            if self.code.wrapping_sub(FIRST_CODE[len]) < CODES_OF_LEN[len] {
+                if (self.code, self.code_len) == EOS {
+                    return Err(Reason::COMPRESSION_ERROR);
+                }
+                if self.part == Part::Name && self.decoded == 0 {
+                    self.pseudo = (self.code, self.code_len) == COLON;
+                }
+                self.decoded += 1;
+                self.code = 0;
+                self.code_len = 0;
+            } else if len == CODES_OF_LEN.len() - 1 {
+                // 30 bits and no symbol: cannot happen in a complete code,
+                // kept so that a bug can never index past the tables.
+                return Err(Reason::COMPRESSION_ERROR);
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of a Huffman string: at most 7 bits of padding, all 1s
+    /// (the most significant bits of EOS).
+    fn huffman_end(&self) -> Result<(), Reason> {
+        let padding_ok = self.code_len <= 7 && self.code == (1 << self.code_len) - 1;
+        if padding_ok {
+            Ok(())
+        } else {
+            Err(Reason::COMPRESSION_ERROR)
+        }
+    }
+
+    /// A string ended: after a name comes the value; after the value the
+    /// field is complete.
+    fn string_done(&mut self) -> Result<(), Reason> {
+        match self.part {
+            Part::Name => {
+                if self.decoded == 0 {
+                    self.pseudo = false;
+                }
+                self.name_len = self.decoded;
+                self.part = Part::Value;
+                self.step = Step::StrStart;
+                Ok(())
+            }
+            Part::Value => {
+                self.step = Step::Field;
+                if self.indexing {
+                    self.insert(self.name_len + self.decoded + ENTRY_OVERHEAD);
+                }
+                self.field_done(self.pseudo)
+            }
+        }
+    }
+
+    /// A whole field was decoded.
+    fn field_done(&mut self, pseudo: bool) -> Result<(), Reason> {
+        if self.trailers && pseudo {
+            // RFC 9113 §8.1: trailers must not include pseudo-headers.
+            return Err(Reason::PROTOCOL_ERROR);
+        }
+        Ok(())
+    }
+
+    /// A literal with incremental indexing enters the table (§4.4): older
+    /// entries are evicted to make room; one larger than the table empties
+    /// it and is not added.
+    fn insert(&mut self, size: usize) {
+        self.evict(size);
+        if self.table_size + size <= self.table_max {
+            self.table_size += size;
+            self.table.push_front(Entry {
+                name_len: self.name_len,
+                size,
+                pseudo: self.pseudo,
+            });
+        }
+    }
+
+    /// Evicts the oldest entries until `room` more bytes fit.
+    fn evict(&mut self, room: usize) {
+        while self.table_size + room > self.table_max {
+            match self.table.pop_back() {
+                Some(e) => self.table_size -= e.size,
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds one whole block to `h`.
+    fn block(h: &mut HpackCheck, trailers: bool, bytes: &[u8]) -> Result<(), Reason> {
+        h.begin_block(trailers);
+        h.feed(bytes)?;
+        h.end_block()
+    }
+
+    fn check(bytes: &[u8]) -> Result<(), Reason> {
+        block(&mut HpackCheck::new(4096), false, bytes)
+    }
+
+    // RFC 7541 Appendix C.3 (raw strings) and C.4 (Huffman): three
+    // requests each, on one connection.
+    const C_3_1: &[u8] = b"\x82\x86\x84\x41\x0fwww.example.com";
+    const C_3_2: &[u8] = b"\x82\x86\x84\xbe\x58\x08no-cache";
+    const C_3_3: &[u8] = b"\x82\x87\x85\xbf\x40\x0acustom-key\x0ccustom-value";
+    const C_4_1: &[u8] = b"\x82\x86\x84\x41\x8c\xf1\xe3\xc2\xe5\xf2\x3a\x6b\xa0\xab\x90\xf4\xff";
+    const C_4_2: &[u8] = b"\x82\x86\x84\xbe\x58\x86\xa8\xeb\x10\x64\x9c\xbf";
+    const C_4_3: &[u8] = b"\x82\x87\x85\xbf\x40\x88\x25\xa8\x49\xe9\x5b\xa9\x7d\x7f\x89\x25\xa8\x49\xe9\x5b\xb8\xe8\xb4\xbf";
+
+    #[test]
+    fn accepts_the_rfc_examples_in_sequence() {
+        // Appendix C.3 (raw) and C.4 (Huffman): each three requests on one
+        // connection, the later ones indexing what the earlier ones added.
+        for requests in [[C_3_1, C_3_2, C_3_3], [C_4_1, C_4_2, C_4_3]] {
+            let mut h = HpackCheck::new(4096);
+            for r in requests {
+                assert_eq!(block(&mut h, false, r), Ok(()));
+            }
+            assert_eq!(h.table.len(), 3);
+            assert_eq!(h.table_size, 164, "Appendix C.3.3/C.4.3: table size 164");
+        }
+    }
+
+    #[test]
+    fn accepts_blocks_split_at_every_byte() {
+        let mut h = HpackCheck::new(4096);
+        for r in [C_4_1, C_4_2, C_4_3] {
+            h.begin_block(false);
+            for b in r.chunks(1) {
+                assert_eq!(h.feed(b), Ok(()));
+            }
+            assert_eq!(h.end_block(), Ok(()));
+        }
+        assert_eq!(h.table_size, 164);
+    }
+
+    #[test]
+    fn the_index_must_be_in_a_table() {
+        assert_eq!(check(b"\x80"), Err(Reason::COMPRESSION_ERROR), "index 0");
+        assert_eq!(
+            check(b"\xbe"),
+            Err(Reason::COMPRESSION_ERROR),
+            "62, empty table"
+        );
+        assert_eq!(
+            check(b"\xff\x00"),
+            Err(Reason::COMPRESSION_ERROR),
+            "62 + 127"
+        );
+        assert_eq!(
+            check(b"\x7f\x00\x01a"),
+            Err(Reason::COMPRESSION_ERROR),
+            "literal, name 63"
+        );
+        assert_eq!(check(b"\xbd"), Ok(()), "61, the last static entry");
+        let mut h = HpackCheck::new(4096);
+        assert_eq!(block(&mut h, false, C_3_1), Ok(()));
+        assert_eq!(
+            block(&mut h, false, b"\xbe"),
+            Ok(()),
+            "62 once an entry exists"
+        );
+        assert_eq!(
+            block(&mut h, false, b"\xbf"),
+            Err(Reason::COMPRESSION_ERROR)
+        );
+    }
+
+    #[test]
+    fn integers_longer_than_five_octets() {
+        // Five octets: a well-formed integer (127), just no such index.
+        assert_eq!(
+            check(b"\xff\x80\x80\x80\x00"),
+            Err(Reason::COMPRESSION_ERROR)
+        );
+        assert_eq!(
+            check(b"\x3f\x80\x80\x80\x00\x82"),
+            Ok(()),
+            "size update 31, five octets"
+        );
+        assert_eq!(
+            check(b"\x3f\x80\x80\x80\x80\x00"),
+            Err(Reason::COMPRESSION_ERROR),
+            "six"
+        );
+        assert_eq!(check(b"\x3f\xe1\x1f"), Ok(()), "size update 4096");
+    }
+
+    #[test]
+    fn huffman_padding_and_eos() {
+        // "a" is 00011: padded with 111 is right.
+        assert_eq!(check(b"\x40\x81\x1f\x00"), Ok(()));
+        assert_eq!(
+            check(b"\x40\x81\x18\x00"),
+            Err(Reason::COMPRESSION_ERROR),
+            "padded with 0s"
+        );
+        assert_eq!(
+            check(b"\x40\x82\x1f\xff\x00"),
+            Err(Reason::COMPRESSION_ERROR),
+            "11 bits"
+        );
+        assert_eq!(
+            check(b"\x40\x84\xff\xff\xff\xff\x00"),
+            Err(Reason::COMPRESSION_ERROR),
+            "EOS"
+        );
+        assert_eq!(
+            check(b"\x00\x81\xfe\x00"),
+            Err(Reason::COMPRESSION_ERROR),
+            "7 1s, 1 0"
+        );
+    }
+
+    #[test]
+    fn size_updates() {
+        assert_eq!(
+            check(b"\x3f\xe2\x1f\x82"),
+            Err(Reason::COMPRESSION_ERROR),
+            "4097 > 4096"
+        );
+        assert_eq!(
+            check(b"\x82\x20"),
+            Err(Reason::COMPRESSION_ERROR),
+            "after a field"
+        );
+        assert_eq!(check(b"\x20\x3f\xe1\x1f\x82"), Ok(()), "two at the start");
+        let mut h = HpackCheck::new(4096);
+        assert_eq!(block(&mut h, false, C_3_1), Ok(()));
+        assert_eq!(block(&mut h, false, b"\x20\x82"), Ok(()), "to 0 evicts all");
+        assert_eq!(
+            block(&mut h, false, b"\xbe"),
+            Err(Reason::COMPRESSION_ERROR)
+        );
+    }
+
+    #[test]
+    fn a_block_must_end_between_representations() {
+        assert_eq!(check(b"\x82\x41"), Err(Reason::COMPRESSION_ERROR));
+        assert_eq!(check(b"\x82\x41\x05ab"), Err(Reason::COMPRESSION_ERROR));
+        assert_eq!(check(b"\xff"), Err(Reason::COMPRESSION_ERROR));
+        assert_eq!(check(b""), Ok(()));
+    }
+
+    #[test]
+    fn eviction_keeps_the_indexes_in_step() {
+        // A 4064-byte value fills the table (32 + 10 + 4054 = 4096 with
+        // ":authority"); the next insert evicts it.
+        let mut h = HpackCheck::new(4096);
+        let mut big = b"\x41\x7f\xd7\x1e".to_vec(); // length 127 + 3927 = 4054
+        big.extend(std::iter::repeat_n(b'x', 4054));
+        assert_eq!(block(&mut h, false, &big), Ok(()));
+        assert_eq!((h.table.len(), h.table_size), (1, 4096));
+        assert_eq!(block(&mut h, false, b"\x41\x01a"), Ok(()));
+        assert_eq!((h.table.len(), h.table_size), (1, 43));
+        assert_eq!(
+            block(&mut h, false, b"\xbf"),
+            Err(Reason::COMPRESSION_ERROR)
+        );
+        // Larger than the table: empties it and is not added.
+        let mut huge = b"\x41\x7f\xd8\x1e".to_vec();
+        huge.extend(std::iter::repeat_n(b'x', 4055));
+        assert_eq!(block(&mut h, false, &huge), Ok(()));
+        assert_eq!((h.table.len(), h.table_size), (0, 0));
+    }
+
+    #[test]
+    fn pseudo_headers_in_trailers() {
+        let mut h = HpackCheck::new(4096);
+        assert_eq!(
+            block(&mut h, true, b"\x82"),
+            Err(Reason::PROTOCOL_ERROR),
+            ":method GET"
+        );
+        let mut h = HpackCheck::new(4096);
+        assert_eq!(
+            block(&mut h, true, b"\x00\x05:path\x01/"),
+            Err(Reason::PROTOCOL_ERROR)
+        );
+        let mut h = HpackCheck::new(4096);
+        // ":" Huffman-coded is 1011100; ":a" = 1011100 00011 + 1111 padding.
+        assert_eq!(
+            block(&mut h, true, b"\x00\x82\xb8\x3f\x00"),
+            Err(Reason::PROTOCOL_ERROR)
+        );
+        let mut h = HpackCheck::new(4096);
+        assert_eq!(
+            block(&mut h, true, b"\x40\x02x-\x01a\xbe"),
+            Ok(()),
+            "indexed regular field"
+        );
+        assert_eq!(
+            block(&mut h, false, b"\x82\x41\x01a"),
+            Ok(()),
+            "a request, not trailers"
+        );
+        assert_eq!(
+            block(&mut h, true, b"\xbe"),
+            Err(Reason::PROTOCOL_ERROR),
+            ":authority, dynamic"
+        );
+    }
+}
