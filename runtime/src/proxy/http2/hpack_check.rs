@@ -656,4 +656,35 @@ mod tests {
             ":authority, dynamic"
         );
     }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_split_reads_agree() {
+        // xorshift: arbitrary blocks, fed whole and byte by byte, must get
+        // the same verdict, with the table's size always within its bound.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut whole, mut split) = (HpackCheck::new(4096), HpackCheck::new(4096));
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let trailers = next() % 4 == 0;
+            let a = block(&mut whole, trailers, &bytes);
+            split.begin_block(trailers);
+            let b = bytes
+                .iter()
+                .try_for_each(|b| split.feed(std::slice::from_ref(b)))
+                .and_then(|()| split.end_block());
+            assert_eq!(a, b, "{bytes:02x?}");
+            assert!(whole.table_size <= whole.table_max && whole.table_max <= 4096);
+            if a.is_err() {
+                // A connection ends at its first error: start a new one.
+                (whole, split) = (HpackCheck::new(4096), HpackCheck::new(4096));
+            }
+        }
+    }
 }
