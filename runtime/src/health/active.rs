@@ -338,7 +338,9 @@ fn status_of(head: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lb::Upstream;
     use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
     fn status_lines() {
@@ -405,5 +407,117 @@ mod tests {
         );
         let _ = server.join();
         assert!(!check(addr, &hc, &Transport::Plain), "refused");
+    }
+
+    fn hc(interval_ms: u64, timeout_ms: u64, unhealthy: u32) -> HealthCheck {
+        HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            healthy: 1,
+            unhealthy,
+            expect: 200..=399,
+        }
+    }
+
+    fn wait(what: &str, until: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !until() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    fn refused_addr() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_silent_server_does_not_hold_other_endpoints_checks() {
+        // Accepts (in the backlog) and never answers: its check takes 30 s.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let silent_addr = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let mut slow = Upstream::new("slow", vec![Server::ip(silent_addr, 1)]);
+        slow.health_check = Some(hc(50, 30_000, 1));
+        let mut dead = Upstream::new("dead", vec![Server::ip(refused_addr(), 1)]);
+        dead.health_check = Some(hc(50, 50, 2));
+        let dir = Directory::new(&[slow, dead]);
+        let d = Arc::clone(&dir);
+        let checker = std::thread::spawn(move || run(&d));
+        let dead_ep = Arc::clone(&dir.upstreams()[1].endpoints()[0]);
+        wait("the dead server is marked down", || !dead_ep.is_up());
+        assert!(dir.upstreams()[0].endpoints()[0].is_up(), "still waiting");
+        dir.stop();
+        let _ = checker.join();
+    }
+
+    /// A server that fails every check (closes without an answer), and
+    /// counts them.
+    fn failing_server() -> (
+        SocketAddr,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<AtomicBool>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        l.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, st) = (Arc::clone(&count), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok(_) => {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        (addr, count, stop)
+    }
+
+    #[test]
+    fn an_address_dns_re_adds_starts_fresh() {
+        let (addr, checks, stop) = failing_server();
+        let other = refused_addr();
+        let mut up = Upstream::new("u", vec![Server::ip(addr, 1)]);
+        up.health_check = Some(hc(20, 200, 3));
+        let dir = Directory::new(&[up]);
+        let u = &dir.upstreams()[0];
+        let find = || {
+            u.endpoints()
+                .iter()
+                .find(|e| e.addr == addr)
+                .cloned()
+                .unwrap_or_else(|| panic!("{addr} not listed"))
+        };
+        let d = Arc::clone(&dir);
+        let checker = std::thread::spawn(move || run(&d));
+        let first = find();
+        wait("marked down", || !first.is_up());
+        // Let its count grow past the threshold, then DNS drops it and
+        // gives it back: a new endpoint, up, that needs 3 failures again.
+        let seen = checks.load(Ordering::Relaxed);
+        wait("more failed checks", || {
+            checks.load(Ordering::Relaxed) >= seen + 3
+        });
+        assert!(u.update_server(0, &[other]));
+        let before = checks.load(Ordering::Relaxed);
+        assert!(u.update_server(0, &[addr, other]));
+        let again = find();
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert!(again.is_up(), "starts up, as at start");
+        wait("marked down again", || !again.is_up());
+        let taken = checks.load(Ordering::Relaxed) - before;
+        assert!(
+            taken >= 3,
+            "down after {taken} checks, not 3: the old count was kept"
+        );
+        dir.stop();
+        stop.store(true, Ordering::Relaxed);
+        let _ = checker.join();
     }
 }
