@@ -7,7 +7,7 @@ spec-built gateway are in tests/blitzc/test_known_gaps.py).
   any other byte is a 400 and nothing reaches the origin, whether the bytes
   are UTF-8 or not, in the path or the query, on HTTP/1.1 and in an HTTP/2
   `:path` alike (there, bytes the `h2` crate does not take as a path — not
-  UTF-8, or DEL — make a malformed request instead: the stream is reset, or
+  UTF-8, a control or DEL — make a malformed request instead: the stream is reset, or
   the connection ended, RFC 9113 §8.1.1, §5.4.1). Percent-encoded, the same
   characters are forwarded as sent.
 """
@@ -32,8 +32,10 @@ RAW_TARGETS = [
     b"/caf\xe9",  # Latin-1
     b"/\xff\xfe",  # not UTF-8
     b"/a\x7fb",  # DEL
+    b"/a\x01b",  # a control character
+    b"/a\tb",  # tab
 ]
-RAW_IDS = ["utf8-path", "utf8-query", "utf8-absolute", "latin1", "invalid-utf8", "del"]
+RAW_IDS = ["utf8-path", "utf8-query", "utf8-absolute", "latin1", "invalid-utf8", "del", "ctl", "tab"]
 
 
 @pytest.mark.parametrize("target", RAW_TARGETS, ids=RAW_IDS)
@@ -66,8 +68,8 @@ def test_a_raw_byte_outside_visible_ascii_in_the_h2_path_is_refused(h2gw, origin
         c.headers(1, block=c.block(path=path))
         s = c.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.resets or 1 in s.ended or s.goaway is not None)
     try:
-        path.decode("utf-8")
-        utf8 = b"\x7f" not in path
+        # Bytes above 0x7F only, as UTF-8: a path to the `http` crate.
+        utf8 = all(0x21 <= b != 0x7F for b in path) and bool(path.decode("utf-8"))
     except UnicodeDecodeError:
         utf8 = False
     if utf8:
@@ -75,8 +77,8 @@ def test_a_raw_byte_outside_visible_ascii_in_the_h2_path_is_refused(h2gw, origin
         assert s.status(1) == 400, (path, s)
     else:
         # Not even a `:path` to the h2 crate: a malformed request, the
-        # stream reset (DEL, refused by the `http` crate) or the connection
-        # ended (bytes that are not UTF-8, refused by its HPACK decoder).
+        # stream reset (controls and DEL, refused by the `http` crate) or the
+        # connection ended (bytes that are not UTF-8, refused as a string).
         assert s.resets.get(1) == PROTOCOL_ERROR or s.goaway == PROTOCOL_ERROR, (path, s)
     time.sleep(0.2)
     assert origin.raw_since_reset() == b"", origin.raw_since_reset()[:300]
