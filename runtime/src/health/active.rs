@@ -1,24 +1,50 @@
-//! The active health checker: one thread for the whole gateway.
+//! The active health checker: one scheduler thread for the whole gateway,
+//! and one short-lived thread per check in flight.
 //!
-//! Every `interval`, each endpoint of an upstream with a `health-check`
-//! gets `GET path HTTP/1.1` (`connection: close`) on a new connection,
-//! within `timeout` for connect (and TLS handshake) + status line. A
-//! server the workers reach over TLS is checked over TLS too, with the
-//! same verification, SNI and CA file: in cleartext a TLS server answers
-//! no HTTP, and every check would fail. A status in `expect`
-//! (default 2xx and 3xx) is a success; anything else (refused, timeout, other status, garbage) a
-//! failure. `unhealthy` failures in a row mark a healthy endpoint down,
-//! `healthy` successes in a row mark a down endpoint up again. Endpoints
-//! start up (a gateway serves at once), and the first round runs at start.
-//! Each change is logged on stderr.
+//! Each endpoint of an upstream with a `health-check` has its own
+//! schedule, as each server has its own check timer in HAProxy and Envoy:
+//! its next check is due `interval` after its last one ended. A check is
+//! `GET path HTTP/1.1` (`connection: close`) on a new connection, within
+//! `timeout` for connect (and TLS handshake) + status line. A server the
+//! workers reach over TLS is checked over TLS too, with the same
+//! verification, SNI and CA file: in cleartext a TLS server answers no
+//! HTTP, and every check would fail. A status in `expect` (default 2xx
+//! and 3xx) is a success; anything else (refused, timeout, other status,
+//! garbage) a failure. `unhealthy` failures in a row mark a healthy
+//! endpoint down, `healthy` successes in a row mark a down endpoint up
+//! again. Endpoints start up (a gateway serves at once), and each is first
+//! checked as soon as it exists. Each change is logged on stderr.
+//!
+//! Why a thread per check rather than one round for all: a check waits up
+//! to its `timeout` (a server that accepts and never answers takes all of
+//! it), and a round waits for its slowest check, so one upstream's long
+//! timeout would hold every other endpoint's checks past their interval
+//! and a dead server elsewhere would be marked down late. The scheduler
+//! never waits on a check: it starts the ones that are due on their own
+//! threads (at most one in flight per endpoint, so the threads are bounded
+//! by the endpoints) and takes their verdicts from a channel. The checks
+//! stay the blocking `std` client (a few lines easy to trust), with no
+//! async runtime of their own; a thread per check costs microseconds,
+//! checks come every `interval` per endpoint.
+//!
+//! Counts belong to an endpoint's state object, not to its address: an
+//! address DNS removes and later re-adds is a new endpoint
+//! ([`super::UpstreamDirectory::update_server`]) and starts fresh, as a
+//! server of a newly started gateway does: up, with no failed or passed
+//! check counted (HAProxy and Envoy forget a removed server too).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::Directory;
+use super::{Directory, EndpointState};
 use crate::lb::{HealthCheck, Server};
+
+/// Longest the scheduler sleeps: how soon it sees a stop or a DNS change.
+const POLL: Duration = Duration::from_millis(100);
 
 /// How the checker talks to one spec server: as the workers do.
 #[derive(Debug)]
@@ -45,85 +71,184 @@ impl Transport {
     }
 }
 
-#[derive(Debug, Default)]
+/// One endpoint's checks: its schedule and its counts.
+#[derive(Debug)]
 struct Track {
+    /// The endpoint; holding it keeps its address (the track's key) from
+    /// being reused by another state object while the track lives.
+    ep: Arc<EndpointState>,
+    upstream: usize,
     successes: u32,
     failures: u32,
-    next: Option<Instant>,
+    /// When the next check is due (once none is in flight).
+    next: Instant,
+    in_flight: bool,
+}
+
+/// A track's key: the identity of its endpoint's state object.
+fn key(ep: &Arc<EndpointState>) -> usize {
+    Arc::as_ptr(ep) as usize
+}
+
+/// What a check thread sends back: the endpoint and whether it passed.
+type Verdict = (Arc<EndpointState>, bool);
+
+/// The checker's state: per upstream, its check and its servers'
+/// transports; per endpoint, a [`Track`].
+struct Checker<'d> {
+    dir: &'d Directory,
+    checks: Vec<Option<Arc<HealthCheck>>>,
+    /// Per upstream, per spec server (endpoints keep their server's index).
+    transports: Vec<Vec<Arc<Transport>>>,
+    /// Per upstream, the endpoint generation the tracks follow.
+    generations: Vec<Option<u64>>,
+    tracks: HashMap<usize, Track>,
+    verdicts: mpsc::Sender<Verdict>,
 }
 
 /// Runs the checks until the directory is stopped.
 pub fn run(dir: &Directory) {
-    let mut tracks: HashMap<(usize, SocketAddr), Track> = HashMap::new();
-    // Per upstream, per spec server (endpoints keep their server's index).
-    let transports: Vec<Vec<Transport>> = dir
-        .upstreams()
-        .iter()
-        .map(|up| up.servers.iter().map(Transport::of).collect())
-        .collect();
-    loop {
-        let now = Instant::now();
-        let mut due = Vec::new();
-        let mut next_wake = now + Duration::from_secs(1);
-        for (u, up) in dir.upstreams().iter().enumerate() {
-            let Some(hc) = &up.health_check else { continue };
-            for ep in up.endpoints().iter() {
-                let track = tracks.entry((u, ep.addr)).or_default();
-                match track.next {
-                    Some(t) if t > now => next_wake = next_wake.min(t),
-                    _ => due.push((u, std::sync::Arc::clone(ep), hc)),
-                }
-            }
-        }
-        let verdicts: Vec<bool> = std::thread::scope(|s| {
-            let handles: Vec<_> = due
-                .iter()
-                .map(|(u, ep, hc)| {
-                    let transport = transports[*u].get(ep.server).unwrap_or(&Transport::Plain);
-                    s.spawn(move || check(ep.addr, hc, transport))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or(false))
-                .collect()
-        });
-        let done = Instant::now();
-        for ((u, ep, hc), ok) in due.iter().zip(verdicts) {
-            let track = tracks.entry((*u, ep.addr)).or_default();
-            track.next = Some(done + hc.interval);
-            next_wake = next_wake.min(done + hc.interval);
-            let name = &dir.upstreams()[*u].name;
-            if ok {
-                track.successes += 1;
-                track.failures = 0;
-                if !ep.is_up() && track.successes >= hc.healthy {
-                    ep.set_up(true);
-                    eprintln!("blitz: upstream {name:?}: {} is healthy again", ep.addr);
-                }
-            } else {
-                track.failures += 1;
-                track.successes = 0;
-                if ep.is_up() && track.failures >= hc.unhealthy {
-                    ep.set_up(false);
-                    eprintln!(
-                        "blitz: upstream {name:?}: {} is unhealthy ({} failed checks)",
-                        ep.addr, track.failures
-                    );
-                }
-            }
-        }
-        // Forget endpoints DNS removed.
-        if tracks.len() > 4 * due.len().max(64) {
-            tracks.retain(|(u, addr), _| {
-                dir.upstreams()[*u]
-                    .endpoints()
+    let (verdicts, received) = mpsc::channel();
+    let mut checker = Checker {
+        dir,
+        checks: dir
+            .upstreams()
+            .iter()
+            .map(|up| up.health_check.clone().map(Arc::new))
+            .collect(),
+        transports: dir
+            .upstreams()
+            .iter()
+            .map(|up| {
+                up.servers
                     .iter()
-                    .any(|e| e.addr == *addr)
-            });
+                    .map(|s| Arc::new(Transport::of(s)))
+                    .collect()
+            })
+            .collect(),
+        generations: vec![None; dir.upstreams().len()],
+        tracks: HashMap::new(),
+        verdicts,
+    };
+    while !dir.is_stopped() {
+        checker.follow_endpoints();
+        let now = Instant::now();
+        let wake = checker.start_due(now);
+        match received.recv_timeout(wake.saturating_duration_since(now).min(POLL)) {
+            Ok(verdict) => {
+                checker.record(verdict);
+                while let Ok(verdict) = received.try_recv() {
+                    checker.record(verdict);
+                }
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
         }
-        if !dir.sleep(next_wake.saturating_duration_since(Instant::now())) {
+    }
+}
+
+impl Checker<'_> {
+    /// One track per current endpoint of each checked upstream: a new
+    /// endpoint gets a fresh track, due at once; a removed one's track
+    /// (and the verdict of a check still in flight for it) is forgotten.
+    fn follow_endpoints(&mut self) {
+        let now = Instant::now();
+        for (u, up) in self.dir.upstreams().iter().enumerate() {
+            if self.checks[u].is_none() {
+                continue;
+            }
+            // The generation first: a change made after it is seen next time.
+            let generation = up.generation();
+            if self.generations[u] == Some(generation) {
+                continue;
+            }
+            self.generations[u] = Some(generation);
+            let current = up.endpoints();
+            self.tracks
+                .retain(|_, t| t.upstream != u || current.iter().any(|e| Arc::ptr_eq(e, &t.ep)));
+            for ep in current.iter() {
+                self.tracks.entry(key(ep)).or_insert_with(|| Track {
+                    ep: Arc::clone(ep),
+                    upstream: u,
+                    successes: 0,
+                    failures: 0,
+                    next: now,
+                    in_flight: false,
+                });
+            }
+        }
+    }
+
+    /// Starts the checks due at `now`, each on its own thread; returns
+    /// when the next one not in flight is due.
+    fn start_due(&mut self, now: Instant) -> Instant {
+        let mut wake = now + POLL;
+        for track in self.tracks.values_mut() {
+            if track.in_flight {
+                continue;
+            }
+            if track.next > now {
+                wake = wake.min(track.next);
+                continue;
+            }
+            let Some(hc) = self.checks[track.upstream].clone() else {
+                continue;
+            };
+            let transport = self.transports[track.upstream]
+                .get(track.ep.server)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Transport::Plain));
+            let interval = hc.interval;
+            let ep = Arc::clone(&track.ep);
+            let verdicts = self.verdicts.clone();
+            let started = std::thread::Builder::new()
+                .name("blitz-check".into())
+                .spawn(move || {
+                    let ok = check(ep.addr, &hc, &transport);
+                    // The scheduler may have stopped: nobody to tell.
+                    let _ = verdicts.send((ep, ok));
+                });
+            match started {
+                Ok(_) => track.in_flight = true,
+                Err(e) => {
+                    // No thread now (a resource limit): try at the next interval.
+                    eprintln!("blitz: health check of {} not started: {e}", track.ep.addr);
+                    track.next = now + interval;
+                    wake = wake.min(track.next);
+                }
+            }
+        }
+        wake
+    }
+
+    /// Counts a check's verdict and, at a threshold, marks the endpoint
+    /// down or up again.
+    fn record(&mut self, (ep, ok): Verdict) {
+        let Some(track) = self.tracks.get_mut(&key(&ep)) else {
+            return; // DNS removed it meanwhile
+        };
+        let Some(hc) = &self.checks[track.upstream] else {
             return;
+        };
+        track.in_flight = false;
+        track.next = Instant::now() + hc.interval;
+        let name = &self.dir.upstreams()[track.upstream].name;
+        if ok {
+            track.successes = track.successes.saturating_add(1);
+            track.failures = 0;
+            if !ep.is_up() && track.successes >= hc.healthy {
+                ep.set_up(true);
+                eprintln!("blitz: upstream {name:?}: {} is healthy again", ep.addr);
+            }
+        } else {
+            track.failures = track.failures.saturating_add(1);
+            track.successes = 0;
+            if ep.is_up() && track.failures >= hc.unhealthy {
+                ep.set_up(false);
+                eprintln!(
+                    "blitz: upstream {name:?}: {} is unhealthy ({} failed checks)",
+                    ep.addr, track.failures
+                );
+            }
         }
     }
 }
@@ -213,7 +338,9 @@ fn status_of(head: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lb::Upstream;
     use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
     fn status_lines() {
@@ -280,5 +407,117 @@ mod tests {
         );
         let _ = server.join();
         assert!(!check(addr, &hc, &Transport::Plain), "refused");
+    }
+
+    fn hc(interval_ms: u64, timeout_ms: u64, unhealthy: u32) -> HealthCheck {
+        HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            healthy: 1,
+            unhealthy,
+            expect: 200..=399,
+        }
+    }
+
+    fn wait(what: &str, until: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !until() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    fn refused_addr() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_silent_server_does_not_hold_other_endpoints_checks() {
+        // Accepts (in the backlog) and never answers: its check takes 30 s.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let silent_addr = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let mut slow = Upstream::new("slow", vec![Server::ip(silent_addr, 1)]);
+        slow.health_check = Some(hc(50, 30_000, 1));
+        let mut dead = Upstream::new("dead", vec![Server::ip(refused_addr(), 1)]);
+        dead.health_check = Some(hc(50, 50, 2));
+        let dir = Directory::new(&[slow, dead]);
+        let d = Arc::clone(&dir);
+        let checker = std::thread::spawn(move || run(&d));
+        let dead_ep = Arc::clone(&dir.upstreams()[1].endpoints()[0]);
+        wait("the dead server is marked down", || !dead_ep.is_up());
+        assert!(dir.upstreams()[0].endpoints()[0].is_up(), "still waiting");
+        dir.stop();
+        let _ = checker.join();
+    }
+
+    /// A server that fails every check (closes without an answer), and
+    /// counts them.
+    fn failing_server() -> (
+        SocketAddr,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<AtomicBool>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        l.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, st) = (Arc::clone(&count), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok(_) => {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        (addr, count, stop)
+    }
+
+    #[test]
+    fn an_address_dns_re_adds_starts_fresh() {
+        let (addr, checks, stop) = failing_server();
+        let other = refused_addr();
+        let mut up = Upstream::new("u", vec![Server::ip(addr, 1)]);
+        up.health_check = Some(hc(20, 200, 3));
+        let dir = Directory::new(&[up]);
+        let u = &dir.upstreams()[0];
+        let find = || {
+            u.endpoints()
+                .iter()
+                .find(|e| e.addr == addr)
+                .cloned()
+                .unwrap_or_else(|| panic!("{addr} not listed"))
+        };
+        let d = Arc::clone(&dir);
+        let checker = std::thread::spawn(move || run(&d));
+        let first = find();
+        wait("marked down", || !first.is_up());
+        // Let its count grow past the threshold, then DNS drops it and
+        // gives it back: a new endpoint, up, that needs 3 failures again.
+        let seen = checks.load(Ordering::Relaxed);
+        wait("more failed checks", || {
+            checks.load(Ordering::Relaxed) >= seen + 3
+        });
+        assert!(u.update_server(0, &[other]));
+        let before = checks.load(Ordering::Relaxed);
+        assert!(u.update_server(0, &[addr, other]));
+        let again = find();
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert!(again.is_up(), "starts up, as at start");
+        wait("marked down again", || !again.is_up());
+        let taken = checks.load(Ordering::Relaxed) - before;
+        assert!(
+            taken >= 3,
+            "down after {taken} checks, not 3: the old count was kept"
+        );
+        dir.stop();
+        stop.store(true, Ordering::Relaxed);
+        let _ = checker.join();
     }
 }

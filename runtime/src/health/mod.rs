@@ -5,16 +5,19 @@
 //!   is one endpoint; a `server` by DNS name is one endpoint per address it
 //!   resolves to) and, per endpoint, its active health state in an atomic.
 //!   Built once per gateway before the workers start.
-//! - [`active`]: one background thread for the whole gateway runs every
-//!   active health check (a blocking `std::net` HTTP/1.1 GET per endpoint,
-//!   off the request path; checks of one round run in parallel on scoped
-//!   threads so a slow endpoint does not delay the others) and stores the
-//!   verdict with a `Release` store. Workers read it with one `Relaxed`
-//!   load per endpoint they consider: no lock, no cross-thread hop.
+//! - [`active`]: one background thread for the whole gateway schedules
+//!   every active health check, each endpoint on its own timer, and runs
+//!   each check (a blocking `std::net` HTTP/1.1 GET, off the request path)
+//!   on a thread of its own, so a slow or silent server delays no other
+//!   endpoint's checks. The verdict is stored with a `Release` store.
+//!   Workers read it with one `Relaxed` load per endpoint they consider:
+//!   no lock, no cross-thread hop.
 //! - [`dns`]: one background thread re-resolves DNS servers and publishes
 //!   a new endpoint list (a new generation) when the addresses changed.
 //!   Endpoints whose address stayed keep their state object, so their
-//!   health and, on each worker, their idle connections carry over.
+//!   health and, on each worker, their idle connections carry over. An
+//!   address that comes back after DNS removed it is a new endpoint: up,
+//!   with fresh check counts and passive health, as at start.
 //!   Workers adopt a new generation from their maintenance tick (once a
 //!   second), never on the request path.
 //! - [`Outlier`]: passive health, per worker and per endpoint: consecutive

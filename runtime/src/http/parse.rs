@@ -77,6 +77,16 @@ pub fn is_token_byte(b: u8) -> bool {
         b'^' | b'_' | b'`' | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
 }
 
+/// A byte a request target may hold as sent: visible ASCII. RFC 3986
+/// (which RFC 9112 §3.2 builds the target from) has no raw byte above
+/// 0x7F, nor a control, space or DEL; a client percent-encodes them.
+/// httparse lets bytes above 0x7F through when they are UTF-8 (and refuses
+/// the others): the parser refuses them all alike, so no upstream gets a
+/// raw non-ASCII target that it and the routes might read differently.
+fn is_target_byte(b: u8) -> bool {
+    (0x21..0x7f).contains(&b)
+}
+
 /// Every LF must be preceded by CR: bare LF line endings are refused
 /// rather than tolerated, so no peer can read the head differently.
 fn has_bare_lf(head: &[u8]) -> bool {
@@ -378,6 +388,9 @@ pub fn parse_request_head(
 
     // Request target (RFC 9112 §3.2).
     let tb = target.as_bytes();
+    if !tb.iter().all(|&b| is_target_byte(b)) {
+        return Err(reject(400, "byte outside visible ASCII in request target"));
+    }
     let mut target_authority = None;
     if tb.contains(&b'#') {
         return Err(reject(400, "fragment in request target"));

@@ -194,6 +194,28 @@ fn transfer_encoding_must_be_exactly_chunked() {
 }
 
 #[test]
+fn request_targets_hold_only_visible_ascii() {
+    for raw in [
+        &b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        b"GET /a?q=\xc3\xa4 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET http://a/\xe2\x82\xac HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /caf\xe9 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /\x80 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        assert_eq!(status(raw), 400, "{:?}", String::from_utf8_lossy(raw));
+    }
+    // Percent-encoded, the same characters are fine.
+    assert_eq!(
+        status(b"GET /caf%C3%A9?q=%E2%82%AC HTTP/1.1\r\nHost: a\r\n\r\n"),
+        200
+    );
+}
+
+#[test]
 fn header_syntax_violations_are_400() {
     for raw in [
         &b"GET / HTTP/1.1\r\nHost : a\r\n\r\n"[..],

@@ -139,9 +139,9 @@ async fn upstream_stream(
                 Err(ProxyError::new(ErrorKind::UpstreamTimeout))
             }
             Err(e) => {
-                // Why, once per server and worker: a certificate that does
-                // not verify is a configuration problem to see.
-                if !state.reported.replace(true) {
+                // Why, once per server and worker, and again after a
+                // SIGHUP reloaded the CA files.
+                if state.first_failure() {
                     eprintln!(
                         "blitz: TLS handshake with upstream server {} failed: {e}",
                         ep.addr

@@ -87,9 +87,16 @@ impl Trust {
     }
 }
 
+/// How many times SIGHUP reloaded the upstream CA files: the epoch of the
+/// "handshake failed" log, which says why once per server, worker and
+/// reload ([`UpstreamTlsState::first_failure`]).
+static RELOADS: AtomicU64 = AtomicU64::new(0);
+
 /// SIGHUP: re-reads every upstream CA file in use. New connections verify
 /// with the new roots; a file that does not load keeps the current ones.
-/// Logs the outcome of each file.
+/// Logs the outcome of each file, and starts a new epoch of handshake
+/// failure logs: a server that still (or now) fails after a reload is
+/// logged again, so the reload's effect can be seen.
 pub fn reload_ca_files() {
     let all: Vec<(TrustKey, Arc<Trust>)> = trusts()
         .lock()
@@ -110,6 +117,9 @@ pub fn reload_ca_files() {
             ),
         }
     }
+    // After the roots moved: a failure logged in the new epoch is one of
+    // the roots of the reload (or later).
+    RELOADS.fetch_add(1, Ordering::Release);
 }
 
 /// What connecting to one TLS server needs: its roots and name, and this
@@ -119,7 +129,7 @@ pub struct UpstreamTls {
     trust: Arc<Trust>,
     /// This holder's configuration and the generation it was built from.
     /// A mutex only because the health checker shares its transports
-    /// between scoped threads; a worker's is never contended.
+    /// between its check threads; a worker's is never contended.
     local: Mutex<Option<(u64, Arc<ClientConfig>)>>,
     pub name: ServerName<'static>,
 }
@@ -191,14 +201,15 @@ fn client_config(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, rustls:
 
 /// One TLS server's client side on one worker: its configuration, or why
 /// it could not be built (an SNI that is not a name; `blitzc check`
-/// reports it first), and whether a failed handshake was logged already.
+/// reports it first), and whether a failed handshake was logged already
+/// since start or the last SIGHUP.
 #[derive(Debug)]
 pub struct UpstreamTlsState {
     /// The client side, or why there is none (connections to the server
     /// then fail with 502, as they do while its CA file does not load).
     pub tls: Result<UpstreamTls, String>,
-    /// A failed handshake was logged (once per server and worker).
-    pub reported: Cell<bool>,
+    /// The reload epoch in which a failed handshake was last logged.
+    reported: Cell<Option<u64>>,
 }
 
 impl UpstreamTlsState {
@@ -217,8 +228,17 @@ impl UpstreamTlsState {
         }
         UpstreamTlsState {
             tls,
-            reported: Cell::new(false),
+            reported: Cell::new(None),
         }
+    }
+
+    /// A handshake with the server failed: whether to log why. Yes for
+    /// the first failure since start and since each SIGHUP (per server and
+    /// worker): a certificate that does not verify is a configuration
+    /// problem to see, not to repeat on every request.
+    pub fn first_failure(&self) -> bool {
+        let epoch = Some(RELOADS.load(Ordering::Acquire));
+        self.reported.replace(epoch) != epoch
     }
 }
 
@@ -285,5 +305,19 @@ mod tests {
         assert!(tls.load_error().is_none());
         assert!(tls.connection().is_ok());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_handshake_is_logged_once_per_reload() {
+        let server = ServerTls {
+            sni: "logged.example.com".into(),
+            ca: None,
+        };
+        let state = UpstreamTlsState::new("u", &server, 1);
+        assert!(state.first_failure());
+        assert!(!state.first_failure(), "once");
+        reload_ca_files();
+        assert!(state.first_failure(), "again after a reload");
+        assert!(!state.first_failure());
     }
 }

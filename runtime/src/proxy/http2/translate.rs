@@ -371,6 +371,21 @@ mod tests {
     }
 
     #[test]
+    fn a_path_with_raw_non_ascii_is_400_as_on_http11() {
+        // The `http` crate takes UTF-8 in `:path` (and refuses other bytes:
+        // the `h2` crate resets such a stream); the parser refuses it.
+        let uri = http::Uri::from_maybe_shared(&b"http://a.test/caf\xc3\xa9"[..])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (r, _, _) = translate(http::Request::builder().uri(uri), true);
+        assert_eq!(r.map_err(|e| e.status), Err(400));
+        let (r, _, _) = translate(
+            http::Request::builder().uri("http://a.test/caf%C3%A9"),
+            true,
+        );
+        assert_eq!(r, Ok(()));
+    }
+
+    #[test]
     fn refuses_whitespace_around_values() {
         for value in [" a", "a ", "\ta", "a\t", " "] {
             for name in ["x-a", "cookie", "content-type"] {
