@@ -458,7 +458,15 @@ async fn relay_response<G: Gateway>(
         ubuf.clear();
         upos = 0;
         let deadline = crate::rt::time::coarse_now() + t.response_timeout;
-        let (outcome, buf) = read_more(t.up, std::mem::take(ubuf), READ_CHUNK, deadline).await;
+        // A quiet upstream (a long poll, a slow origin) must not keep the
+        // upstream connection past the client's reset: nothing else wakes
+        // this stream until the upstream's next bytes or the timeout.
+        let read = pin!(read_more(t.up, std::mem::take(ubuf), READ_CHUNK, deadline));
+        let reset = pin!(poll_fn(|cx| send.poll_reset(cx)));
+        let (outcome, buf) = match select(read, reset).await {
+            Either::Left((read, _)) => read,
+            Either::Right(_) => return Err(BodyError::ClientGone),
+        };
         *ubuf = buf;
         match outcome {
             ReadOutcome::Data(_) => {}

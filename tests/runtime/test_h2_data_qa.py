@@ -1,0 +1,726 @@
+"""A black-box QA pass over the HTTP/2 *data path* (issue #5), written from
+RFC 9113 (§5.1 stream states, §5.2 and §6.9 flow control, §8.1 message
+framing, §8.2 fields), RFC 9110 and RELIABILITY.md, against hello_gateway
+with real clients (Python `h2`/`hyperframe` over raw sockets and `ssl`,
+curl, h2load) and origins the tests start.
+
+What test_h2.py, test_h2_flow.py, test_tls_h2_qa.py and test_h2spec.py
+already cover (floods, TLS versions/ALPN/SNI, header translation, 8 MiB and
+24 MiB bodies, 48 streams, a 16-byte window, resets closing the upstream
+connection) is not repeated. This file checks data integrity and flow
+control at the edges:
+
+- bodies of every awkward size both ways (0, 1, a frame, a window, one
+  past them; with and without content-length; content-length or chunked
+  upstream), over h2c and TLS, hashed at the origin and at the client; 16
+  MiB each way; h2load and curl uploading and downloading many bodies;
+- the client's windows: SETTINGS_INITIAL_WINDOW_SIZE 0 then raised, a
+  window made negative mid-download (§6.9.2), a response read one byte per
+  WINDOW_UPDATE (whole, and with the origin held back), a larger
+  SETTINGS_MAX_FRAME_SIZE; padded and one-byte DATA frames up;
+- resets and cuts: a client resetting a download whose upstream is paused
+  (the upstream connection must not wait for the response timeout), a
+  client resetting or dropping a chunked upload (the origin must never see
+  the terminating chunk), upstream answers that break their framing (more
+  bytes than declared, a HEAD/204/304 with a body, a broken chunk, a stall
+  mid-body), each followed by a request that must get its own body;
+- the pool shared by HTTP/1.1 and HTTP/2 clients; Expect: 100-continue
+  with an upstream answering early; request trailers and `te: trailers`;
+  response trailers from a chunked upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import h2.settings
+import pytest
+from hyperframe.frame import DataFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+
+from support.h2client import CANCEL, RawH2
+from support.h2streams import Result, Streams, body_of, sha
+from support.origin import default_handler, pattern, pattern_sha256, respond
+from support.pki import Pki
+
+MiB = 1 << 20
+H2C = {"protocols": "h1,h2c"}
+
+
+# ------------------------------------------------------------------ setup
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    p = Pki(tmp_path_factory.mktemp("h2-data-qa"))
+    p.leaf("edge", "edge.test")
+    return p
+
+
+def tls_socket(port: int, pki: Pki) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(pki.path("ca.crt")))
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s = ctx.wrap_socket(raw, server_hostname="edge.test")
+    assert s.selected_alpn_protocol() == "h2"
+    return s
+
+
+class Gw:
+    """A started gateway and how to open HTTP/2 connections to it (h2c by
+    prior knowledge, or TLS with ALPN h2)."""
+
+    def __init__(self, g, tls: bool, pki: Pki):
+        self.g, self.tls, self.pki = g, tls, pki
+
+    def sock(self) -> socket.socket:
+        if self.tls:
+            return tls_socket(self.g.port, self.pki)
+        s = socket.create_connection(("127.0.0.1", self.g.port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+    def streams(self, **kw) -> "DataStreams":
+        return DataStreams(self.g.addr, sock=self.sock(), scheme="https" if self.tls else "http", **kw)
+
+    def raw(self, settings: dict | None = None) -> RawH2:
+        return RawH2(self.g.addr, sock=self.sock(), settings=settings)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+@pytest.fixture(params=["h2c", "h2-tls"])
+def serve(request, start_gateway, pki):
+    """serve(**hello_gateway flags) -> Gw, over h2c and over TLS."""
+    tls = request.param == "h2-tls"
+
+    def start(**opts) -> Gw:
+        if tls:
+            g = start_gateway(protocols="h1,h2", tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"), **opts)
+        else:
+            g = start_gateway(**H2C, **opts)
+        return Gw(g, tls, pki)
+
+    return start
+
+
+class DataStreams(Streams):
+    """`Streams` that can also send an empty body (`body=b""`): HEADERS
+    without END_STREAM, then an empty DATA frame with END_STREAM."""
+
+    def start(self, path, method="GET", body=None, length=True, headers=(), authority="a.test", end=True):
+        if body != b"":
+            return super().start(path, method, body, length, headers, authority, end)
+        sid = self.conn.get_next_available_stream_id()
+        hdrs = [(":method", method), (":scheme", self.scheme), (":authority", authority), (":path", path)]
+        hdrs += [("content-length", "0")] if length else []
+        self.conn.send_headers(sid, hdrs + list(headers), end_stream=False)
+        self.conn.send_data(sid, b"", end_stream=True)
+        self.results[sid] = Result()
+        self.flush()
+        return sid
+
+
+def sink_answer(body: bytes) -> list[str]:
+    return [str(len(body)), sha(body)]
+
+
+# ------------------------------------------------------------ body sizes
+
+SIZES = [0, 1, 16383, 16384, 16385, 65535, 65536, 65537, 262144, 262145, MiB + 1, 3 * MiB + 7]
+
+
+def test_bodies_of_edge_sizes_both_ways(serve, origin):
+    """Every size around a frame (16 KiB), the default window (65535), the
+    gateway's stream window (256 KiB) and connection window (1 MiB), up with
+    content-length, up without (chunked upstream), down with content-length
+    and down chunked, all at once on one connection: each body arrives whole
+    and in its own stream, at the origin and at the client."""
+    gw = serve(max_body_bytes=64 * MiB)
+    ups, downs = {}, {}
+    with gw.streams() as s:
+        for i, n in enumerate(SIZES):
+            for length in (True, False):
+                body = body_of(n, 1000 + 2 * i + length)
+                sid = s.start(f"/sink?n={n}&cl={int(length)}", method="POST", body=body, length=length)
+                ups[sid] = (n, length, body)
+            downs[s.start(f"/bytes/{n}")] = n
+            downs[s.start(f"/bytes/{n}?chunked=1")] = n
+        rs = s.run(90)
+        assert s.goaway is None and not s.closed
+    for sid, (n, length, body) in ups.items():
+        r = rs[sid]
+        assert r.ended and r.status == 200 and r.reset is None, (n, length, r)
+        assert r.head.decode().split() == sink_answer(body), (n, length)
+    for sid, n in downs.items():
+        r = rs[sid]
+        assert r.ended and r.status == 200 and r.reset is None, (n, r)
+        assert (r.length, r.sha256) == (n, pattern_sha256(n)), (sid, n)
+    got = [q for q in origin.wait_requests(len(ups) + len(downs), complete=True) if q.path == "/sink"]
+    seen = {(q.query["n"], q.query["cl"]): q for q in got}
+    assert len(seen) == len(ups)
+    for n, length, body in ups.values():
+        q = seen[(str(n), str(int(length)))]
+        assert q.complete and (q.body_len, q.body_sha256) == (n, sha(body)), q
+        if length:
+            assert q.header("content-length") == [str(n)], q
+        else:
+            assert q.framing == "chunked" and q.chunks == (1 if n else 0) or q.chunks >= 1, q
+
+
+@pytest.mark.slow
+def test_sixteen_mib_each_way_at_once(serve, origin):
+    """16 MiB up (with and without content-length) and 16 MiB down (both
+    framings) on one connection at the same time."""
+    gw = serve(max_body_bytes=64 * MiB)
+    n = 16 * MiB
+    up = body_of(n, 16)
+    with gw.streams() as s:
+        a = s.start("/sink?k=a", method="POST", body=up)
+        b = s.start("/sink?k=b", method="POST", body=up, length=False)
+        c = s.start(f"/bytes/{n}")
+        d = s.start(f"/bytes/{n}?chunked=1")
+        rs = s.run(100)
+    for sid in (a, b):
+        assert rs[sid].ended and rs[sid].head.decode().split() == sink_answer(up), rs[sid]
+    for sid in (c, d):
+        assert rs[sid].ended and (rs[sid].length, rs[sid].sha256) == (n, pattern_sha256(n)), rs[sid]
+    reqs = [q for q in origin.wait_requests(4, complete=True) if q.path == "/sink"]
+    assert sorted((q.query["k"], q.body_len, q.body_sha256) for q in reqs) == [("a", n, sha(up)), ("b", n, sha(up))]
+
+
+def test_zero_length_bodies_in_every_spelling(serve, origin):
+    """RFC 9113 §8.1: a request without content is HEADERS with END_STREAM
+    (with or without `content-length: 0`), or HEADERS then an empty DATA
+    frame with END_STREAM (with or without it). Each is a complete request
+    at the origin with an empty body, answered whole."""
+    gw = serve()
+    with gw.streams() as s:
+        cases = {
+            s.start("/sink?c=headers-only", method="POST"): "headers-only",
+            s.start("/sink?c=headers-cl0", method="POST", headers=[("content-length", "0")]): "headers-cl0",
+            s.start("/sink?c=get-cl0", method="GET", headers=[("content-length", "0")]): "get-cl0",
+            s.start("/sink?c=empty-data-cl0", method="POST", body=b""): "empty-data-cl0",
+            s.start("/sink?c=empty-data", method="POST", body=b"", length=False): "empty-data",
+        }
+        rs = s.run(20)
+    for sid, name in cases.items():
+        assert rs[sid].ended and rs[sid].status == 200, (name, rs[sid])
+        assert rs[sid].head.decode().split() == sink_answer(b""), (name, rs[sid])
+    got = {q.query["c"]: q for q in origin.wait_requests(len(cases), complete=True)}
+    assert set(got) == set(cases.values())
+    for name, q in got.items():
+        assert q.complete and q.body_len == 0, (name, q)
+        # Never a declared length that disagrees with the (empty) body.
+        assert q.header("content-length") in ([], ["0"]), (name, q)
+
+
+def test_h2load_uploads_arrive_whole(start_gateway, origin, tmp_path):
+    """nghttp2's client (its own flow control and DATA sizes): 200 uploads
+    of 300 KiB (more than a stream window) over 4 connections, 10 streams
+    each at a time: every one complete and intact at the origin."""
+    g = start_gateway(**H2C, max_body_bytes=8 * MiB)
+    body = body_of(300 * 1024 + 3, 77)
+    f = tmp_path / "up.bin"
+    f.write_bytes(body)
+    r = subprocess.run(["h2load", "-n", "200", "-c", "4", "-m", "10", "-d", str(f), g.url + "/sink"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "200 succeeded" in r.stdout and "200 2xx" in r.stdout, r.stdout
+    reqs = origin.wait_requests(200, complete=True)
+    assert len(reqs) == 200
+    bad = [q for q in reqs if (q.body_len, q.body_sha256) != (len(body), sha(body))]
+    assert not bad, bad[:3]
+
+
+def test_curl_over_tls_downloads_in_parallel_and_uploads(start_gateway, origin, pki, tmp_path):
+    """curl --http2 over TLS: eight downloads of different sizes multiplexed
+    on one connection (-Z), each file intact; then an upload of 5 MiB
+    answered with its own hash."""
+    g = start_gateway(protocols="h1,h2", tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"),
+                      max_body_bytes=64 * MiB)
+    sizes = [0, 1, 65535, 65536, 1 << 20, 3 * MiB + 5, 77777, 5 * MiB]
+    base = f"https://edge.test:{g.port}"
+    cmd = ["curl", "-sS", "--http2", "--cacert", str(pki.path("ca.crt")), "--resolve", f"edge.test:{g.port}:127.0.0.1",
+           "-Z", "--parallel-max", "8", "-w", "%{http_version} %{num_connects}\\n"]
+    for i, n in enumerate(sizes):
+        cmd += [f"{base}/bytes/{n}" + ("?chunked=1" if i % 2 else ""), "-o", str(tmp_path / f"d{i}")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert all(ln.split()[0] == "2" for ln in r.stdout.split("\n") if ln.strip()), r.stdout
+    for i, n in enumerate(sizes):
+        data = (tmp_path / f"d{i}").read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (n, pattern_sha256(n)), (i, n)
+    up = body_of(5 * MiB, 5)
+    (tmp_path / "up").write_bytes(up)
+    r = subprocess.run(["curl", "-sS", "--http2", "--cacert", str(pki.path("ca.crt")), "--resolve",
+                        f"edge.test:{g.port}:127.0.0.1", "--data-binary", f"@{tmp_path / 'up'}", f"{base}/sink"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == sink_answer(up), (r.stdout, r.stderr)
+
+
+# ------------------------------------------------------------ flow control
+
+
+def _data_since(raw: RawH2, sid: int) -> bytes:
+    return raw.seen.data.pop(sid, b"")
+
+
+def test_initial_window_zero_then_raised(serve, origin):
+    """SETTINGS_INITIAL_WINDOW_SIZE 0 (§6.5.2): the gateway answers the head
+    but sends no DATA; once the client raises the setting to 65535 the
+    window opens (§6.9.2) and the whole body comes (the connection window is
+    widened as data arrives)."""
+    gw = serve()
+    n = 300_000
+    with gw.raw(settings={0x4: 0}) as c:
+        c.headers(1, path=f"/bytes/{n}", scheme=gw.scheme)
+        s = c.read_frames(time.monotonic() + 1.5, stop=lambda s: 1 in s.data)
+        assert s.status(1) == 200 and 1 not in s.data, s.frames
+        c.frame(SettingsFrame(0, settings={0x4: 65535}))
+        got = bytearray()
+
+        def ack(s):
+            fresh = _data_since(c, 1)
+            if fresh:
+                got.extend(fresh)
+                c.send(WindowUpdateFrame(0, window_increment=len(fresh)).serialize()
+                       + WindowUpdateFrame(1, window_increment=len(fresh)).serialize())
+            return 1 in s.ended or 1 in s.resets or s.goaway is not None
+
+        s = c.read_frames(time.monotonic() + 20, stop=ack)
+    assert 1 in s.ended and s.goaway is None and 1 not in s.resets, s.frames[-5:]
+    assert (len(got), hashlib.sha256(got).hexdigest()) == (n, pattern_sha256(n))
+
+
+def test_a_window_made_negative_mid_download(serve, origin):
+    """§6.9.2: a SETTINGS_INITIAL_WINDOW_SIZE lowered mid-stream can make a
+    window negative; the sender must then send no DATA until WINDOW_UPDATEs
+    make it positive. The client takes 65535 bytes unacknowledged, lowers the
+    setting to 0 (window now -65535), checks that nothing more comes once
+    its SETTINGS is acknowledged, then raises it and reads on: the body is
+    whole."""
+    gw = serve()
+    n = 2 * MiB
+    with gw.raw() as c:
+        c.frame(WindowUpdateFrame(0, window_increment=16 * MiB))
+        c.headers(1, path=f"/bytes/{n}", scheme=gw.scheme)
+        got = bytearray()
+        s = c.read_frames(time.monotonic() + 10, stop=lambda s: len(s.data.get(1, b"")) >= 65535)
+        got += _data_since(c, 1)
+        assert len(got) == 65535, (len(got), s.frames[-5:])  # the initial window, not a byte more
+        acks = s.settings_acks
+        c.frame(SettingsFrame(0, settings={0x4: 0}))
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: s.settings_acks > acks)
+        assert s.settings_acks > acks
+        got += _data_since(c, 1)
+        # The window is -65535 + 0: a WINDOW_UPDATE of 65535 only brings it to 0.
+        c.frame(WindowUpdateFrame(1, window_increment=65535))
+        s = c.read_frames(time.monotonic() + 1.5)
+        assert not s.data.get(1), f"{len(s.data.get(1, b''))} bytes sent on a window of 0 or less"
+        c.frame(SettingsFrame(0, settings={0x4: 1 << 20}))
+
+        def ack(s):
+            fresh = _data_since(c, 1)
+            if fresh:
+                got.extend(fresh)
+                c.send(WindowUpdateFrame(1, window_increment=len(fresh)).serialize())
+            return 1 in s.ended or 1 in s.resets or s.goaway is not None
+
+        s = c.read_frames(time.monotonic() + 20, stop=ack)
+    assert 1 in s.ended and 1 not in s.resets and s.goaway is None, s.frames[-5:]
+    assert (len(got), hashlib.sha256(got).hexdigest()) == (n, pattern_sha256(n))
+
+
+def test_a_body_read_one_byte_per_window_update(serve, origin):
+    """A client with a 1-byte stream window that opens it one byte at a time
+    after each byte it gets: every DATA frame carries one byte, the body is
+    whole, and this slow but steady reader is no flood (each WINDOW_UPDATE
+    is answered by DATA)."""
+    gw = serve()
+    n = 3000
+    with gw.raw(settings={0x4: 1}) as c:
+        c.headers(1, path=f"/bytes/{n}", scheme=gw.scheme)
+        got = bytearray()
+        sizes = set()
+
+        def ack(s):
+            fresh = _data_since(c, 1)
+            if fresh:
+                sizes.add(len(fresh)) if len(fresh) > 1 else None
+                got.extend(fresh)
+                c.send(WindowUpdateFrame(1, window_increment=len(fresh)).serialize())
+            return 1 in s.ended or 1 in s.resets or s.goaway is not None
+
+        s = c.read_frames(time.monotonic() + 40, stop=ack)
+    assert 1 in s.ended and 1 not in s.resets and s.goaway is None, (len(got), s.frames[-5:])
+    assert (len(got), hashlib.sha256(got).hexdigest()) == (n, pattern_sha256(n))
+    assert s.frames.count("DataFrame") >= n, "DATA frames larger than the 1-byte window"
+
+
+def test_a_slow_reader_holds_back_the_upstream(serve, origin):
+    """A 256 MiB answer to a client that reads it byte by byte: what the
+    gateway takes from the origin stays bounded (its per-stream send buffer
+    and the socket buffers, not the body), and its memory too; the reset at
+    the end closes the upstream connection."""
+    gw = serve()
+    n = 256 * MiB
+    rss0 = gw.g.rss_kib()
+    with gw.raw(settings={0x4: 1}) as c:
+        c.headers(1, path=f"/bytes/{n}", scheme=gw.scheme)
+        got = bytearray()
+
+        def ack(s):
+            fresh = _data_since(c, 1)
+            if fresh:
+                got.extend(fresh)
+                c.send(WindowUpdateFrame(1, window_increment=len(fresh)).serialize())
+            return len(got) >= 1500 or 1 in s.resets or s.goaway is not None
+
+        s = c.read_frames(time.monotonic() + 30, stop=ack)
+        assert len(got) >= 1500 and 1 not in s.resets, s.frames[-5:]
+        time.sleep(1)  # let the origin push all the socket buffers take
+        [req] = origin.wait_requests(1)
+        up = origin.conn(req.conn_id)
+        pushed, rss = up.sent, gw.g.rss_kib()
+        c.frame(RstStreamFrame(1, error_code=CANCEL))
+        assert origin.wait_for(lambda: up.closed or up.peer_closed, 10), "upstream kept after the reset"
+    print(f"slow reader: origin pushed {pushed >> 10} KiB, rss {rss0} -> {rss} KiB")
+    assert bytes(got) == pattern(n)[: len(got)]
+    assert pushed < 32 * MiB, f"the gateway took {pushed >> 20} MiB from the origin for a reader of 1500 bytes"
+    assert rss - rss0 < 32 * 1024
+
+
+def test_a_larger_max_frame_size_is_honoured_and_never_exceeded(serve, origin):
+    """The client allows frames of up to 2^24-1 bytes: DATA may be larger
+    than 16 KiB but never larger than the setting, and never larger than the
+    window; the body is whole."""
+    gw = serve()
+    n = 5 * MiB + 3
+    with gw.raw(settings={0x5: (1 << 24) - 1, 0x4: 1 << 30}) as c:
+        c.frame(WindowUpdateFrame(0, window_increment=(1 << 30)))
+        c.headers(1, path=f"/bytes/{n}", scheme=gw.scheme)
+        s = c.read_frames(time.monotonic() + 30, stop=lambda s: 1 in s.ended or 1 in s.resets or s.goaway is not None)
+        body = s.data.get(1, b"")
+    assert 1 in s.ended and (len(body), hashlib.sha256(body).hexdigest()) == (n, pattern_sha256(n)), s.frames[-5:]
+
+
+def _padded_data(sid: int, data: bytes, pad: int, end: bool = False) -> bytes:
+    f = DataFrame(sid, data=data, flags=["PADDED"] + (["END_STREAM"] if end else []))
+    f.pad_length = pad
+    return f.serialize()
+
+
+def test_padded_data_frames_up(serve, origin):
+    """§6.1: padding counts against flow control but is no content. 2 MiB
+    sent as 1000-byte DATA frames each padded with 255 bytes (half a MiB of
+    padding, twice the stream window): the gateway must give the padding's
+    window back too, or the upload stalls; the origin gets exactly the
+    content."""
+    gw = serve(max_body_bytes=64 * MiB, body_timeout=5)
+    body = body_of(2 * MiB, 3)
+    with gw.raw() as c:
+        c.headers(1, method="POST", path="/sink", scheme=gw.scheme, end_stream=False,
+                  extra=[("content-length", str(len(body)))])
+        # Send as the windows allow: track them from the server's updates.
+        conn_win, stream_win, pos = 65535, 65535, 0
+        # The gateway's SETTINGS raise the stream window (256 KiB) and it
+        # widens the connection's with a WINDOW_UPDATE: start with what
+        # the RFC guarantees and add every update.
+        from hyperframe.frame import Frame
+
+        deadline = time.monotonic() + 30
+        buf = b""
+        while pos < len(body) and time.monotonic() < deadline:
+            while pos < len(body) and min(conn_win, stream_win) >= 1256:
+                chunk = body[pos:pos + 1000]
+                pos += len(chunk)
+                c.send(_padded_data(1, chunk, 255, end=pos == len(body)))
+                conn_win -= len(chunk) + 256
+                stream_win -= len(chunk) + 256
+            if pos == len(body):
+                break
+            c.sock.settimeout(0.5)
+            try:
+                data = c.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            buf += data
+            while len(buf) >= 9:
+                length = int.from_bytes(buf[:3], "big")
+                if len(buf) < 9 + length:
+                    break
+                f, _ = Frame.parse_frame_header(memoryview(buf[:9]))
+                f.parse_body(memoryview(buf[9:9 + length]))
+                buf = buf[9 + length:]
+                if isinstance(f, WindowUpdateFrame):
+                    if f.stream_id == 0:
+                        conn_win += f.window_increment
+                    elif f.stream_id == 1:
+                        stream_win += f.window_increment
+                elif isinstance(f, SettingsFrame) and "ACK" not in f.flags:
+                    if 0x4 in f.settings:
+                        stream_win += f.settings[0x4] - 65535
+                    c.frame(SettingsFrame(0, flags=["ACK"]))
+        assert pos == len(body), f"upload stalled at {pos} of {len(body)} bytes (windows {conn_win}, {stream_win})"
+        c.buf = buf
+        s = c.read_frames(time.monotonic() + 10, stop=lambda s: 1 in s.ended or 1 in s.resets)
+    assert s.status(1) == 200 and s.data[1].decode().split() == sink_answer(body), s
+    [q] = origin.wait_requests(1, complete=True)
+    assert (q.body_len, q.body_sha256) == (len(body), sha(body))
+
+
+# ---------------------------------------------------- resets and cuts
+
+
+def _head_then_pause(req, conn):
+    """Declares 1 MiB, sends 1000 bytes, then waits for the gateway to go."""
+    if req.path == "/paused":
+        conn.send(f"HTTP/1.1 200 OK\r\nx-origin-conn: {conn.id}\r\ncontent-length: {MiB}\r\n\r\n".encode()
+                  + b"p" * 1000)
+        conn.wait_peer_close(60)
+        return False
+    return default_handler(req, conn)
+
+
+def test_reset_of_a_download_whose_upstream_is_paused_frees_the_upstream(serve, origin):
+    """A stream reset while its upstream is silent mid-body (a slow origin,
+    a long poll): the upstream connection is closed at once, not held until
+    the response timeout (60 s here) or the origin's next bytes. Otherwise
+    each reset stream keeps an upstream connection: a client opening and
+    resetting streams against a slow route pins them by the hundred."""
+    origin.handler = _head_then_pause
+    gw = serve(response_timeout=60)
+    with gw.streams() as s:
+        sid = s.start("/paused")
+        s.run(10, until=lambda: s.results[sid].length >= 1000)
+        assert s.results[sid].length == 1000, s.results[sid]
+        s.reset(sid)
+        [req] = origin.wait_requests(1)
+        up = origin.conn(req.conn_id)
+        freed = origin.wait_for(lambda: up.closed or up.peer_closed, 10)
+        nxt = s.start("/after")
+        rs = s.run(10, until=lambda: s.results[nxt].ended)
+    assert freed, "the upstream connection was still open 10 s after the client reset its stream"
+    assert rs[nxt].status == 200 and rs[nxt].head == b"GET /after\n"
+
+
+@pytest.mark.parametrize("how", ["rst-stream", "tcp-close", "goaway-then-close"])
+def test_a_chunked_upload_cut_by_the_client_is_never_completed_upstream(serve, origin, how):
+    """An upload without content-length goes up chunked; if the client resets
+    the stream, or its connection drops, mid-body, the origin must never get
+    the terminating chunk (it would take the cut body for a whole one)."""
+    gw = serve(max_body_bytes=64 * MiB)
+    part = body_of(300_000, 4)
+    with gw.raw() as c:
+        c.headers(1, method="POST", path="/sink", scheme=gw.scheme, end_stream=False)
+        for i in range(0, len(part), 16384):
+            c.frame(DataFrame(1, data=part[i:i + 16384]))
+            if i > 60000:
+                c.read_frames(time.monotonic() + 0.05)  # SETTINGS, WINDOW_UPDATEs
+        assert origin.wait_for(lambda: origin.requests and origin.requests[0].body_len > 0, 10)
+        if how == "rst-stream":
+            c.frame(RstStreamFrame(1, error_code=CANCEL))
+        elif how == "goaway-then-close":
+            from hyperframe.frame import GoAwayFrame
+
+            c.frame(GoAwayFrame(0, last_stream_id=0, error_code=0))
+            c.sock.shutdown(socket.SHUT_WR)
+        if how != "rst-stream":
+            c.close()
+        [req] = origin.wait_requests(1)
+        up = origin.conn(req.conn_id)
+        assert origin.wait_for(lambda: up.closed or up.peer_closed, 10), "upstream connection kept"
+    assert not req.complete and req.framing == "chunked", req
+    assert b"0\r\n\r\n" not in origin.raw_since_reset()
+
+
+def _bad_framing(req, conn):
+    p = req.path
+    if p == "/more-than-declared":
+        conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged")
+        conn.wait_peer_close(10)
+        return False
+    if p == "/head-with-body":  # a HEAD answered with a body
+        conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged")
+        conn.wait_peer_close(10)
+        return False
+    if p == "/204-with-body":
+        conn.send(b"HTTP/1.1 204 No Content\r\n\r\nforged")
+        conn.wait_peer_close(10)
+        return False
+    if p == "/304-with-length":  # legal: the length of the representation, no body follows
+        return conn.send(b'HTTP/1.1 304 Not Modified\r\netag: "x"\r\ncontent-length: 100\r\n\r\n')
+    if p == "/bad-chunk":
+        conn.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\nforged\r\n0\r\n\r\n")
+        conn.wait_peer_close(10)
+        return False
+    if p == "/stall-mid-body":
+        conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"s" * 10)
+        conn.wait_peer_close(30)
+        return False
+    return default_handler(req, conn)
+
+
+@pytest.mark.parametrize(
+    "method,path,want",
+    [
+        ("GET", "/more-than-declared", "hello"),
+        ("HEAD", "/head-with-body", ""),
+        ("GET", "/204-with-body", ""),
+        ("GET", "/304-with-length", ""),
+        ("GET", "/bad-chunk", "reset"),
+        ("GET", "/stall-mid-body", "reset"),
+    ],
+)
+def test_upstream_answers_that_break_their_framing(serve, origin, method, path, want):
+    """An upstream answer with bytes beyond its framing (more than its
+    content-length, a body on HEAD or 204) is relayed as declared and its
+    connection is never used again, so the extra bytes never become the
+    answer to the next stream; a broken chunk or a stall mid-body resets the
+    stream (never an END_STREAM on a cut body). A 304 may declare a length
+    without a body: the connection stays in sync. Each time the next stream
+    on the connection gets its own answer."""
+    origin.handler = _bad_framing
+    gw = serve(response_timeout=2, workers=1)
+    with gw.streams() as s:
+        sid = s.start(path, method=method)
+        r = s.run(15, until=lambda: s.results[sid].ended or s.results[sid].reset is not None)[sid]
+        nxt = [s.start(f"/next/{i}") for i in range(3)]
+        rs = s.run(15)
+        assert s.goaway is None and not s.closed
+    if want == "reset":
+        assert r.reset is not None and not r.ended, r
+    else:
+        assert r.ended and r.reset is None and r.head == want.encode(), r
+        if path == "/304-with-length":
+            assert r.status == 304 and r.header("content-length") == ["100"], r
+    for i, n in enumerate(nxt):
+        assert rs[n].ended and rs[n].status == 200 and rs[n].head == f"GET /next/{i}\n".encode(), rs[n]
+    first = origin.requests[0]
+    later = [q for q in origin.requests if q.path.startswith("/next/")]
+    assert len(later) == 3
+    if path != "/304-with-length":
+        assert all(q.conn_id != first.conn_id for q in later), "a connection with bytes past its answer was reused"
+
+
+# ------------------------------------------------------ pool, expect, trailers
+
+
+def _h1_get(port: int, path: str, conn: http.client.HTTPConnection | None = None):
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    return conn, r.status, r.getheader("x-origin-conn"), r.read()
+
+
+def test_the_pool_is_shared_by_http1_and_http2_clients(start_gateway, origin):
+    """One worker, one upstream connection at a time: HTTP/2 streams and
+    HTTP/1.1 requests take turns on the same pooled connection, each getting
+    its own body; after an HTTP/2 stream reset mid-download, neither kind of
+    client is ever served on the half-read connection."""
+    g = start_gateway(workers=1, **H2C)
+    h1 = None
+    conns = set()
+    with Streams(g.addr) as s:
+        for i in range(5):
+            sid = s.start(f"/h2/{i}")
+            r = s.run(10)[sid]
+            assert r.status == 200 and r.head == f"GET /h2/{i}\n".encode(), r
+            conns.add(r.header("x-origin-conn")[0])
+            h1, status, oc, body = _h1_get(g.port, f"/h1/{i}", h1)
+            assert (status, body) == (200, f"GET /h1/{i}\n".encode())
+            conns.add(oc)
+        assert len(conns) == 1, f"HTTP/1.1 and HTTP/2 did not share the pooled connection: {conns}"
+        big = s.start(f"/bytes/{64 * MiB}")
+        s.run(10, until=lambda: s.results[big].length >= 100_000)
+        s.reset(big)
+        half_read = s.results[big].header("x-origin-conn")[0]
+        for i in range(3):
+            sid = s.start(f"/h2-after/{i}")
+            r = s.run(10)[sid]
+            assert r.status == 200 and r.head == f"GET /h2-after/{i}\n".encode(), r
+            assert r.header("x-origin-conn")[0] != half_read
+            h1, status, oc, body = _h1_get(g.port, f"/h1-after/{i}", h1)
+            assert (status, body) == (200, f"GET /h1-after/{i}\n".encode()) and oc != half_read
+    h1.close()
+
+
+def test_expect_continue_with_an_upstream_that_answers_early(serve, origin):
+    """Expect: 100-continue over HTTP/2 to an upstream that refuses the body
+    before reading it (417 and close): the client gets at most a 100, then
+    the 417 whole and ended; its body is never completed upstream; the
+    connection goes on."""
+    gw = serve()
+    with gw.raw() as c:
+        c.headers(1, method="POST", path="/upload?early_status=417", scheme=gw.scheme, end_stream=False,
+                  extra=[("expect", "100-continue"), ("content-length", "100000")])
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: s.status(1) is not None)
+        if s.status(1) == 100:
+            c.frame(DataFrame(1, data=b"x" * 16384))
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.ended or 1 in s.resets)
+        statuses = [int(v) for n, v in s.headers.get(1, []) if n in (":status", b":status")]
+        assert statuses[-1] == 417 and 1 in s.ended and s.data.get(1) == b"early\n", s
+        c.headers(3, path="/next", scheme=gw.scheme)
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 3 in s.ended)
+        assert s.status(3) == 200 and s.data[3] == b"GET /next\n", s
+    up = [q for q in origin.requests if q.path == "/upload"]
+    assert up and not any(q.complete and q.body_len == 100000 for q in up)
+
+
+def test_te_trailers_and_request_trailers(serve, origin):
+    """`te: trailers` is the only TE HTTP/2 allows (§8.2.2); it is hop-by-hop
+    (RFC 9110 §10.1.4), so an HTTP/1.1 upstream gets it only if nominated by
+    `connection: te`, or not at all. Request trailers end the body; the
+    body arrives whole either way (whether the trailer fields are forwarded
+    is checked by test_tls_h2_qa.py: they are not)."""
+    gw = serve()
+    with gw.raw() as c:
+        c.headers(1, method="POST", path="/sink", scheme=gw.scheme, end_stream=False, extra=[("te", "trailers")])
+        c.frame(DataFrame(1, data=b"abc"))
+        c.frame(DataFrame(1, data=b"def"))
+        c.headers(1, block=c.enc.encode([("x-checksum", "1234")]), end_stream=True)
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.ended or 1 in s.resets)
+    assert s.status(1) == 200 and s.data[1].decode().split() == sink_answer(b"abcdef"), s
+    [q] = origin.wait_requests(1, complete=True)
+    assert bytes(q.body) == b"abcdef"
+    if q.header("te"):
+        assert "te" in ",".join(q.header("connection")).lower(), q
+
+
+def _chunked_with_trailers(req, conn):
+    if req.path == "/trailers":
+        conn.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-digest\r\n\r\n"
+                  b"4;ext=1\r\nabcd\r\n3\r\nefg\r\n0\r\nx-digest: zzz\r\nx-other: y\r\n\r\n")
+        return True
+    return default_handler(req, conn)
+
+
+def test_response_trailers_from_a_chunked_upstream(serve, origin):
+    """Chunk extensions and a trailer section from the upstream: the body is
+    relayed exactly (no extension, no trailer bytes in DATA); the trailer
+    fields come as a trailing HEADERS frame or not at all, never in the
+    response head; the upstream connection stays usable (the trailer
+    section was read to its end)."""
+    origin.handler = _chunked_with_trailers
+    gw = serve(workers=1)
+    with gw.streams() as s:
+        sid = s.start("/trailers", headers=[("te", "trailers")])
+        r = s.run(10)[sid]
+        nxt = s.start("/next")
+        r2 = s.run(10)[nxt]
+    assert r.ended and r.status == 200 and r.head == b"abcdefg", r
+    assert not r.header("x-digest") and not r.header("trailer") and not r.header("transfer-encoding"), r.headers
+    assert r2.status == 200 and r2.head == b"GET /next\n"
+    first, second = origin.wait_requests(2)
+    assert second.conn_id == first.conn_id, "a connection whose answer ended cleanly was not reused"
