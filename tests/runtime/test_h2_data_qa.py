@@ -480,6 +480,23 @@ def test_padded_data_frames_up(serve, origin):
     assert (q.body_len, q.body_sha256) == (len(body), sha(body))
 
 
+def test_one_byte_data_frames_up(serve, origin):
+    """A client that sends its 4000-byte body one byte per DATA frame (a
+    keyboard-speed or badly buffered client): wasteful but legal; the body
+    arrives whole, chunked upstream."""
+    gw = serve()
+    body = body_of(4000, 9)
+    with gw.raw() as c:
+        c.headers(1, method="POST", path="/sink", scheme=gw.scheme, end_stream=False)
+        frames = b"".join(DataFrame(1, data=body[i:i + 1], flags=["END_STREAM"] if i == len(body) - 1 else [])
+                          .serialize() for i in range(len(body)))
+        c.send(frames)
+        s = c.read_frames(time.monotonic() + 15, stop=lambda s: 1 in s.ended or 1 in s.resets or s.goaway is not None)
+    assert s.goaway is None and s.status(1) == 200 and s.data[1].decode().split() == sink_answer(body), s
+    [q] = origin.wait_requests(1, complete=True)
+    assert (q.body_len, q.body_sha256) == (len(body), sha(body))
+
+
 # ---------------------------------------------------- resets and cuts
 
 
