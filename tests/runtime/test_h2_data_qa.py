@@ -39,6 +39,7 @@ import subprocess
 import threading
 import time
 
+import h2.connection
 import h2.settings
 import pytest
 from hyperframe.frame import DataFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
@@ -741,3 +742,275 @@ def test_response_trailers_from_a_chunked_upstream(serve, origin):
     assert r2.status == 200 and r2.head == b"GET /next\n"
     first, second = origin.wait_requests(2)
     assert second.conn_id == first.conn_id, "a connection whose answer ended cleanly was not reused"
+
+
+def test_a_client_goaway_does_not_cut_its_own_streams(serve, origin):
+    """RFC 9113 §6.8: GOAWAY applies to the streams its *receiver* initiated
+    (the server's pushes, none here); a client that says GOAWAY(NO_ERROR,
+    last stream 0) while its own download and upload are in flight still
+    gets both answers whole, then the connection may close."""
+    gw = serve(max_body_bytes=64 * MiB)
+    n = 3 * MiB
+    up = body_of(MiB, 21)
+    with gw.streams() as s:
+        down = s.start(f"/bytes/{n}")
+        sink = s.start("/sink?pause_body=0.5", method="POST", body=up)
+        s.run(10, until=lambda: s.results[down].length >= 100_000)
+        assert s.results[down].length >= 100_000
+        s.conn.close_connection(error_code=0, last_stream_id=0)
+        s.flush()
+        # The h2 library stops after its own GOAWAY; let it go on reading.
+        s.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        rs = s.run(30)
+    assert rs[down].ended and (rs[down].length, rs[down].sha256) == (n, pattern_sha256(n)), rs[down]
+    assert rs[sink].ended and rs[sink].head.decode().split() == sink_answer(up), rs[sink]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120, func_only=True)
+def test_mixed_load_with_resets_never_mixes_or_truncates_bodies(start_gateway, origin):
+    """Two HTTP/2 connections and an HTTP/1.1 keep-alive client on the same
+    worker pool, for a bounded time: downloads and uploads of random sizes
+    (content-length or chunked each way), every fifth HTTP/2 stream reset
+    mid-flight. Every stream not reset gets exactly its own body; every
+    upload the origin saw *complete* is exactly the body sent under its id
+    (a cut or a body from another request is never taken for whole); the
+    connections end without GOAWAY."""
+    import random
+
+    g = start_gateway(workers=2, max_body_bytes=64 * MiB, **H2C)
+    sent: dict[str, str] = {}  # upload id -> sha of its body
+    errors: list[str] = []
+    stop_at = time.monotonic() + 20
+
+    def h2_client(k: int):
+        rnd = random.Random(k)
+        try:
+            with DataStreams(g.addr) as s:
+                for round_ in range(4):
+                    if time.monotonic() > stop_at:
+                        return
+                    want, to_reset = {}, set()
+                    for i in range(20):
+                        name = f"c{k}r{round_}s{i}"
+                        if rnd.random() < 0.5:
+                            n = rnd.randrange(0, 400_000)
+                            sid = s.start(f"/bytes/{n}?{name}" + ("&chunked=1" if i % 2 else ""))
+                            want[sid] = ("down", n)
+                        else:
+                            body = body_of(rnd.randrange(0, 300_000), hash(name) & 0xFFFF)
+                            sent[name] = sha(body)
+                            sid = s.start(f"/sink?id={name}", method="POST", body=body, length=i % 3 != 0)
+                            want[sid] = ("up", body)
+                        if i % 5 == 4:
+                            to_reset.add(sid)
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline and not s.closed:
+                        for sid in list(to_reset):
+                            r = s.results[sid]
+                            progressed = r.length > 0 or (sid not in s.bodies and want[sid][0] == "up")
+                            if r.ended or r.reset is not None:
+                                to_reset.discard(sid)
+                            elif progressed or rnd.random() < 0.3:
+                                s.reset(sid)
+                                s.results[sid].reset = CANCEL
+                                to_reset.discard(sid)
+                        if all(r.ended or r.reset is not None for r in s.results.values()):
+                            break
+                        s.pump(deadline)
+                    if s.goaway is not None or s.closed:
+                        errors.append(f"client {k}: goaway={s.goaway} closed={s.closed}")
+                        return
+                    for sid, (kind, x) in want.items():
+                        r = s.results[sid]
+                        if r.reset is not None:
+                            continue
+                        if not r.ended or r.status != 200:
+                            errors.append(f"client {k} stream {sid}: {r}")
+                        elif kind == "down" and (r.length, r.sha256) != (x, pattern_sha256(x)):
+                            errors.append(f"client {k} stream {sid}: got {r.length} of {x} bytes, sha differs")
+                        elif kind == "up" and r.head.decode().split() != sink_answer(x):
+                            errors.append(f"client {k} stream {sid}: origin answered {r.head!r}")
+                    s.results.clear()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"client {k}: {e!r}")
+
+    def h1_client():
+        rnd = random.Random(99)
+        conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=10)
+        i = 0
+        try:
+            while time.monotonic() < stop_at:
+                i += 1
+                if i % 2:
+                    n = rnd.randrange(0, 300_000)
+                    conn.request("GET", f"/bytes/{n}?h1={i}")
+                    r = conn.getresponse()
+                    data = r.read()
+                    if (r.status, len(data), hashlib.sha256(data).hexdigest()) != (200, n, pattern_sha256(n)):
+                        errors.append(f"h1 {i}: {r.status} {len(data)} of {n}")
+                else:
+                    name = f"h1-{i}"
+                    body = body_of(rnd.randrange(1, 200_000), i)
+                    sent[name] = sha(body)
+                    conn.request("POST", f"/sink?id={name}", body=body)
+                    r = conn.getresponse()
+                    if r.read().decode().split() != sink_answer(body):
+                        errors.append(f"h1 {i}: wrong sink answer")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"h1: {e!r}")
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=h2_client, args=(k,)) for k in range(2)]
+    threads.append(threading.Thread(target=h1_client))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a client is still running past its bound"
+    assert not errors, errors[:5]
+    origin.wait_for(lambda: False, 1)  # let the last cut requests land
+    complete = [q for q in origin.requests if q.path == "/sink" and q.complete]
+    assert len(complete) > 20, f"only {len(complete)} uploads went through"
+    bad = [q for q in complete if sent.get(q.query["id"]) != q.body_sha256]
+    assert not bad, f"complete uploads that are not the body sent under their id: {bad[:3]}"
+
+
+@pytest.mark.parametrize(
+    "values,ok",
+    [(["5", "5"], True), (["05"], True), (["5", "6"], False), (["+5"], False), (["5,5"], False), (["-5"], False)],
+    ids=["repeated", "leading-zero", "conflicting", "plus-sign", "list", "negative"],
+)
+def test_content_length_spellings(serve, origin, values, ok):
+    """RFC 9110 §8.6 / RFC 9113 §8.1.1: content-length is digits; a
+    repeated field with one value is that value; anything else (two
+    values, a sign, a list) makes the request malformed. Five bytes of DATA
+    follow: a request that is accepted reaches the origin with exactly one
+    content-length of 5 and its body; one that is not never completes
+    upstream with another length."""
+    gw = serve()
+    with gw.raw() as c:
+        c.headers(1, method="POST", path="/sink", scheme=gw.scheme, end_stream=False,
+                  extra=[("content-length", v) for v in values])
+        c.frame(DataFrame(1, data=b"hello", flags=["END_STREAM"]))
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.ended or 1 in s.resets or s.goaway is not None)
+    time.sleep(0.3)
+    reqs = [q for q in origin.requests if q.path == "/sink"]
+    if ok:
+        assert s.status(1) == 200 and s.data[1].decode().split() == sink_answer(b"hello"), s
+        [q] = reqs
+        assert q.complete and q.header("content-length") == ["5"] and bytes(q.body) == b"hello", q
+    else:
+        assert s.status(1) == 400 or 1 in s.resets or s.goaway is not None, s
+        assert not any(q.complete for q in reqs), reqs
+
+
+def test_trailers_after_a_body_with_content_length(serve, origin):
+    """HEADERS (content-length 6), DATA, trailers with END_STREAM: the body
+    that goes up with its length is complete at the origin, answered once."""
+    gw = serve()
+    with gw.raw() as c:
+        c.headers(1, method="POST", path="/sink", scheme=gw.scheme, end_stream=False,
+                  extra=[("content-length", "6")])
+        c.frame(DataFrame(1, data=b"abcdef"))
+        c.headers(1, block=c.enc.encode([("x-checksum", "1")]), end_stream=True)
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.ended or 1 in s.resets)
+    assert s.status(1) == 200 and s.data[1].decode().split() == sink_answer(b"abcdef"), s
+    [q] = origin.wait_requests(1, complete=True)
+    assert q.framing == "content-length" and bytes(q.body) == b"abcdef"
+
+
+def _until_close(req, conn):
+    n = int(req.query.get("n", 0))
+    conn.send(b"HTTP/1.0 200 OK\r\ncontent-type: application/octet-stream\r\n\r\n" + pattern(n))
+    conn.sleep(0.2)
+    if req.query.get("mode") == "reset":
+        conn.reset()
+    else:
+        conn.close()
+    return False
+
+
+def test_a_close_delimited_upstream_body(serve, origin):
+    """An HTTP/1.0 upstream whose body ends at its close: a FIN ends the
+    stream with the whole body; an RST (the body may be cut) resets the
+    stream instead of ending it as if complete."""
+    origin.handler = _until_close
+    gw = serve()
+    n = 700_001
+    with gw.streams() as s:
+        fin = s.start(f"/x?n={n}")
+        rst = s.start(f"/x?n={n}&mode=reset")
+        rs = s.run(20)
+    assert rs[fin].ended and (rs[fin].length, rs[fin].sha256) == (n, pattern_sha256(n)), rs[fin]
+    assert rs[fin].header("content-length") == []
+    assert rs[rst].reset is not None and not rs[rst].ended, rs[rst]
+
+
+def test_curl_upload_answered_early_by_the_upstream(start_gateway, origin, tmp_path):
+    """curl --http2 sends 3 MiB to an upstream that answers 413 at once and
+    closes: curl reports the 413 as a complete transfer (the gateway ends
+    the response, then drops the rest of the upload), and the origin never
+    got the whole body."""
+    g = start_gateway(**H2C, max_body_bytes=64 * MiB)
+    f = tmp_path / "big"
+    f.write_bytes(b"b" * (3 * MiB))
+    r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "--data-binary", f"@{f}", "-w", "\\n%{http_code}",
+                        g.url + "/up?early_status=413"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.split() == ["early", "413"], (r.returncode, r.stdout, r.stderr)
+    assert not any(q.complete for q in origin.requests), origin.requests
+
+
+def test_a_client_that_stops_reading_its_socket(serve, origin):
+    """Windows wide open (2^31-1), a 256 MiB download, and the client stops
+    reading the socket altogether: the gateway's writes back up. What it
+    takes from the origin stays bounded, the stream is given up at
+    body-timeout and the connection closed (the upstream connection with
+    it), while another connection is served all along."""
+    gw = serve(body_timeout=2, idle_timeout=2)
+    n = 256 * MiB
+    c = gw.raw(settings={0x4: (1 << 31) - 1})
+    try:
+        c.frame(WindowUpdateFrame(0, window_increment=(1 << 31) - 1 - 65535))
+        c.headers(1, path=f"/bytes/{n}", scheme=gw.scheme)
+        [req] = origin.wait_requests(1)
+        up = origin.conn(req.conn_id)
+        served = 0
+        deadline = time.monotonic() + 25
+        with gw.streams() as other:
+            while time.monotonic() < deadline and not (up.closed or up.peer_closed):
+                sid = other.start(f"/other/{served}")
+                r = other.run(10)[sid]
+                assert r.ended and r.status == 200 and r.head == f"GET /other/{served}\n".encode(), r
+                served += 1
+                time.sleep(0.1)
+        freed = up.closed or up.peer_closed
+        pushed = up.sent
+    finally:
+        c.close()
+    print(f"non-reader: origin pushed {pushed >> 20} MiB before the upstream connection closed")
+    assert freed, "the upstream connection of a client that stopped reading was kept for 25 s"
+    assert served > 0
+    assert pushed < 64 * MiB, f"the gateway took {pushed >> 20} MiB for a client that reads nothing"
+
+
+def test_an_upload_after_the_origin_closed_the_pooled_connection(serve, origin):
+    """The origin closes the idle pooled connection (its keep-alive timeout)
+    between two streams: the next stream, an upload that cannot be replayed
+    once sent, must not be sent on the dead connection; it gets 200 and its
+    body arrives whole on a new one."""
+    gw = serve(workers=1, max_body_bytes=64 * MiB)
+    body = body_of(600_000, 31)
+    with gw.streams() as s:
+        sid = s.start("/first")
+        r = s.run(10)[sid]
+        assert r.status == 200
+        first = origin.requests[0]
+        origin.conn(first.conn_id).close()
+        time.sleep(0.5)
+        sid = s.start("/sink", method="POST", body=body)
+        r = s.run(20)[sid]
+    assert r.ended and r.status == 200 and r.head.decode().split() == sink_answer(body), r
+    [q] = [q for q in origin.wait_requests(2, complete=True) if q.path == "/sink"]
+    assert q.conn_id != first.conn_id and q.complete
