@@ -1014,3 +1014,96 @@ def test_an_upload_after_the_origin_closed_the_pooled_connection(serve, origin):
     assert r.ended and r.status == 200 and r.head.decode().split() == sink_answer(body), r
     [q] = [q for q in origin.wait_requests(2, complete=True) if q.path == "/sink"]
     assert q.conn_id != first.conn_id and q.complete
+
+
+# --------------------------------------------------------- response fields
+
+
+def _many_fields(req, conn):
+    if req.path == "/fields":
+        lines = [f"x-big-{i}: {str(i) * 1000}"[:1010] for i in range(40)]
+        lines += [f"set-cookie: c{i}=v{i}; Path=/" for i in range(20)]
+        conn.send(("HTTP/1.1 200 OK\r\n" + "\r\n".join(lines) + "\r\ncontent-length: 2\r\n\r\nok").encode())
+        return True
+    return default_handler(req, conn)
+
+
+def test_a_response_head_larger_than_a_frame(serve, origin):
+    """40 KiB of response fields (HEADERS then CONTINUATION frames from the
+    gateway, §6.10) and 20 set-cookie fields: each arrives, the cookies as
+    20 separate fields (never joined, RFC 9110 §5.3), and the body after
+    them; the next request on the connection is served (the HPACK state
+    stayed in sync)."""
+    origin.handler = _many_fields
+    gw = serve()
+    with gw.streams() as s:
+        sid = s.start("/fields")
+        r = s.run(10)[sid]
+        nxt = s.start("/next")
+        r2 = s.run(10)[nxt]
+    if r.status == 502:
+        pytest.skip("response head over the gateway's limit (502): nothing to check")
+    assert r.ended and r.status == 200 and r.head == b"ok", r
+    for i in range(40):
+        assert r.header(f"x-big-{i}") == [f"x-big-{i}: {str(i) * 1000}"[:1010].split(": ", 1)[1]], i
+    assert r.header("set-cookie") == [f"c{i}=v{i}; Path=/" for i in range(20)]
+    assert r2.status == 200 and r2.head == b"GET /next\n"
+
+
+def test_a_client_header_table_of_zero(serve, origin):
+    """SETTINGS_HEADER_TABLE_SIZE 0 (RFC 7541 §4.2): once acknowledged, the
+    gateway's response header blocks must not use a dynamic table; a
+    decoder with no table decodes three responses in a row."""
+    gw = serve()
+    with gw.raw(settings={0x1: 0}) as c:
+        c.dec.max_allowed_table_size = 0
+        c.dec.header_table_size = 0
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: s.settings_acks > 0)
+        assert s.settings_acks > 0
+        for i, sid in enumerate((1, 3, 5)):
+            c.headers(sid, path=f"/t/{i}", scheme=gw.scheme)
+            s = c.read_frames(time.monotonic() + 5, stop=lambda s: sid in s.ended or s.goaway is not None)
+            assert s.status(sid) == 200 and s.data[sid] == f"GET /t/{i}\n".encode(), s
+
+
+# ------------------------------------------------------------------ nghttp
+
+
+def _nghttp(gw: Gw, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    if gw.tls:
+        # nghttp verifies nothing by default; SNI and ALPN h2 come from the URI.
+        uri_host = f"https://127.0.0.1:{gw.g.port}"
+    else:
+        uri_host = f"http://127.0.0.1:{gw.g.port}"
+    argv = ["nghttp", *[a.replace("{base}", uri_host) for a in args]]
+    return subprocess.run(argv, capture_output=True, timeout=timeout)
+
+
+def test_nghttp_with_a_one_byte_window(serve, origin):
+    """nghttp2's own flow control with a stream window of one byte (-w 1,
+    it sends a WINDOW_UPDATE as it consumes each byte), and a 2^16-byte
+    one with 10 streams at once (-m 10): the bodies are whole, and neither
+    is taken for a WINDOW_UPDATE flood."""
+    gw = serve()
+    n = 20_000
+    r = _nghttp(gw, "-w", "1", f"{{base}}/bytes/{n}")
+    assert r.returncode == 0 and r.stdout == pattern(n), (r.returncode, len(r.stdout), r.stderr[-500:])
+    n = 1000 * 1024  # shown as "1000K" in the statistics
+    r = _nghttp(gw, "-w", "16", "-m", "10", "-s", "-n", f"{{base}}/bytes/{n}?chunked=1")
+    assert r.returncode == 0, r.stderr[-500:]
+    # The statistics: one line per stream, "id responseEnd requestStart process code size path".
+    rows = [ln.split() for ln in r.stdout.decode().splitlines() if ln.strip().endswith(f"/bytes/{n}?chunked=1")]
+    assert len(rows) == 10 and all(row[4:6] == ["200", "1000K"] for row in rows), r.stdout[-1500:]
+
+
+def test_nghttp_upload(serve, origin, tmp_path):
+    """nghttp -d: 2 MiB up with nghttp2's DATA framing, the origin's answer
+    is the body's own hash."""
+    gw = serve(max_body_bytes=64 * MiB)
+    body = body_of(2 * MiB + 17, 5)
+    f = tmp_path / "up"
+    f.write_bytes(body)
+    r = _nghttp(gw, "-d", str(f), "{base}/sink")
+    assert r.returncode == 0 and r.stdout.decode().split() == sink_answer(body), (r.stdout[:200], r.stderr[-500:])
+    [q] = origin.wait_requests(1, complete=True)
+    assert (q.body_len, q.body_sha256) == (len(body), sha(body))
