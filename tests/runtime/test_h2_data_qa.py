@@ -1107,3 +1107,129 @@ def test_nghttp_upload(serve, origin, tmp_path):
     assert r.returncode == 0 and r.stdout.decode().split() == sink_answer(body), (r.stdout[:200], r.stderr[-500:])
     [q] = origin.wait_requests(1, complete=True)
     assert (q.body_len, q.body_sha256) == (len(body), sha(body))
+
+
+# -------------------------------------------------------------- streaming
+
+
+def test_bodies_stream_both_ways_without_waiting_for_more(serve, origin):
+    """No buffering until some size: each part of a body goes on as soon as
+    it comes. Down: the origin sends one part of a chunked (and of a
+    content-length) answer and waits until the client has it before the
+    next; up: the client sends one DATA frame and waits until the origin has
+    it before the next. A gateway that held bytes back would deadlock both
+    (each side waits 10 s, then the test fails)."""
+    got_part = threading.Event()
+    waited: list[bool] = []
+
+    def lockstep(req, conn):
+        chunked = req.query.get("chunked") == "1"
+        head = "transfer-encoding: chunked" if chunked else "content-length: 15"
+        conn.send(f"HTTP/1.1 200 OK\r\n{head}\r\n\r\n".encode())
+        for part in (b"part1", b"part2", b"part3"):
+            got_part.clear()
+            conn.send(b"5\r\n" + part + b"\r\n" if chunked else part)
+            waited.append(got_part.wait(10))
+        if chunked:
+            conn.send(b"0\r\n\r\n")
+        return True
+
+    origin.handler = lockstep
+    gw = serve()
+    for chunked in ("1", "0"):
+        waited.clear()
+        with gw.streams() as s:
+            sid = s.start(f"/lockstep?chunked={chunked}")
+            seen = 0
+            deadline = time.monotonic() + 40
+            while not s.results[sid].ended and s.results[sid].reset is None and time.monotonic() < deadline:
+                s.pump(deadline)
+                if s.results[sid].length > seen:
+                    seen = s.results[sid].length
+                    got_part.set()
+            r = s.results[sid]
+        assert r.ended and r.head == b"part1part2part3" and waited == [True] * 3, (chunked, r, waited)
+
+    # Up: an origin of our own that reports each piece of the body it reads.
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    received = bytearray()
+    cond = threading.Condition()
+
+    def upstream():
+        c, _ = lsock.accept()
+        c.settimeout(30)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += c.recv(65536)
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        with cond:
+            received.extend(rest)
+            cond.notify_all()
+        while len(received) < 15:
+            d = c.recv(65536)
+            if not d:
+                return
+            with cond:
+                received.extend(d)
+                cond.notify_all()
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        c.close()
+
+    t = threading.Thread(target=upstream, daemon=True)
+    t.start()
+    g2 = serve(upstream=f"127.0.0.1:{lsock.getsockname()[1]}")
+    try:
+        with g2.raw() as c:
+            c.headers(1, method="POST", path="/up", scheme=g2.scheme, end_stream=False,
+                      extra=[("content-length", "15")])
+            for i, part in enumerate((b"part1", b"part2", b"part3")):
+                c.frame(DataFrame(1, data=part, flags=["END_STREAM"] if i == 2 else []))
+                with cond:
+                    arrived = cond.wait_for(lambda: len(received) >= 5 * (i + 1), 10)
+                assert arrived, f"part {i + 1} of the upload held back by the gateway (origin has {bytes(received)!r})"
+            s = c.read_frames(time.monotonic() + 10, stop=lambda s: 1 in s.ended or 1 in s.resets)
+        assert s.status(1) == 200 and s.data[1] == b"ok"
+        assert bytes(received) == b"part1part2part3"
+    finally:
+        lsock.close()
+        t.join(5)
+
+
+# ------------------------------------------------------- HTTP/1.1 over TLS
+
+
+def test_http1_over_tls_bodies_around_record_sizes(start_gateway, origin, pki):
+    """The same sizes over HTTP/1.1 on one keep-alive TLS connection (ALPN
+    http/1.1): bodies that end exactly on, just before and just after a
+    TLS record (16 KiB of plaintext) go up with content-length and chunked,
+    and come down with content-length and chunked, whole."""
+    g = start_gateway(protocols="h1,h2", tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"),
+                      max_body_bytes=64 * MiB)
+    ctx = ssl.create_default_context(cafile=str(pki.path("ca.crt")))
+    ctx.set_alpn_protocols(["http/1.1"])
+    conn = http.client.HTTPConnection("edge.test", g.port, timeout=20)
+    conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", g.port), timeout=20),
+                                server_hostname="edge.test")
+    sizes = [0, 1, 16383, 16384, 16385, 32767, 32768, 32769, 1 << 20]
+    try:
+        for i, n in enumerate(sizes):
+            body = body_of(n, 500 + i)
+            conn.request("POST", f"/sink?n={n}", body=body)
+            r = conn.getresponse()
+            assert r.read().decode().split() == sink_answer(body), n
+            conn.request("POST", f"/sink?n={n}&chunked=1", body=iter([body[:n // 2], body[n // 2:]]),
+                         encode_chunked=True)
+            r = conn.getresponse()
+            assert r.read().decode().split() == sink_answer(body), ("chunked", n)
+            for q in ("", "?chunked=1"):
+                conn.request("GET", f"/bytes/{n}{q}")
+                r = conn.getresponse()
+                data = r.read()
+                assert (r.status, len(data), hashlib.sha256(data).hexdigest()) == (200, n, pattern_sha256(n)), (n, q)
+    finally:
+        conn.close()
+    conns = {q.conn_id for q in origin.requests}
+    assert len(origin.requests) == 4 * len(sizes) and all(q.complete for q in origin.requests)
+    assert len(conns) == 1, "one keep-alive client, one pooled upstream connection"
