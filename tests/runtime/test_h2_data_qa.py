@@ -38,6 +38,7 @@ import ssl
 import subprocess
 import threading
 import time
+import zlib
 
 import h2.connection
 import h2.settings
@@ -799,7 +800,7 @@ def test_mixed_load_with_resets_never_mixes_or_truncates_bodies(start_gateway, o
                             sid = s.start(f"/bytes/{n}?{name}" + ("&chunked=1" if i % 2 else ""))
                             want[sid] = ("down", n)
                         else:
-                            body = body_of(rnd.randrange(0, 300_000), hash(name) & 0xFFFF)
+                            body = body_of(rnd.randrange(0, 300_000), zlib.crc32(name.encode()))
                             sent[name] = sha(body)
                             sid = s.start(f"/sink?id={name}", method="POST", body=body, length=i % 3 != 0)
                             want[sid] = ("up", body)
@@ -1249,3 +1250,51 @@ def test_a_settings_change_that_overflows_an_open_window(serve, origin):
         c.frame(SettingsFrame(0, settings={0x4: 65536}))
         s = c.ended_by_server(timeout=5)
     assert s.goaway == 0x3, (s.goaway, s.resets, s.frames[-5:])
+
+
+def test_interim_answers_while_the_body_goes_up(serve):
+    """An upstream that sends `100 Continue` and `103 Early Hints` unasked,
+    right after the request head and before reading the body (RFC 9110
+    §15.2: a client must take unexpected 1xx): the upload goes on to its
+    end and the final answer is the one relayed."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    seen: list[tuple[int, str]] = []
+
+    def upstream():
+        while True:
+            try:
+                c, _ = lsock.accept()
+            except OSError:
+                return
+            with c:
+                c.settimeout(20)
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    buf += c.recv(65536)
+                head, body = buf.split(b"\r\n\r\n", 1)
+                length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
+                c.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n")
+                while len(body) < length:
+                    d = c.recv(65536)
+                    if not d:
+                        break
+                    body += d
+                seen.append((len(body), sha(body)))
+                answer = f"{len(body)} {sha(body)}\n".encode()
+                c.sendall(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    t = threading.Thread(target=upstream, daemon=True)
+    t.start()
+    try:
+        gw = serve(upstream=f"127.0.0.1:{lsock.getsockname()[1]}", max_body_bytes=64 * MiB)
+        body = body_of(3 * MiB, 8)
+        with gw.streams() as s:
+            sid = s.start("/up", method="POST", body=body)
+            r = s.run(30)[sid]
+        assert r.ended and r.status == 200 and r.head.decode().split() == sink_answer(body), r
+        assert seen == [(len(body), sha(body))]
+    finally:
+        lsock.close()
+        t.join(5)
