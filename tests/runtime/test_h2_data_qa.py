@@ -43,11 +43,11 @@ import zlib
 import h2.connection
 import h2.settings
 import pytest
-from hyperframe.frame import DataFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 
 from support.h2client import CANCEL, RawH2
 from support.h2streams import Result, Streams, body_of, sha
-from support.origin import default_handler, pattern, pattern_sha256, respond
+from support.origin import default_handler, pattern, pattern_sha256
 from support.pki import Pki
 
 MiB = 1 << 20
@@ -175,7 +175,7 @@ def test_bodies_of_edge_sizes_both_ways(serve, origin):
         if length:
             assert q.header("content-length") == [str(n)], q
         else:
-            assert q.framing == "chunked" and q.chunks == (1 if n else 0) or q.chunks >= 1, q
+            assert q.framing == "chunked" and not q.header("content-length"), q
 
 
 @pytest.mark.slow
@@ -352,12 +352,10 @@ def test_a_body_read_one_byte_per_window_update(serve, origin):
     with gw.raw(settings={0x4: 1}) as c:
         c.headers(1, path=f"/bytes/{n}", scheme=gw.scheme)
         got = bytearray()
-        sizes = set()
 
         def ack(s):
             fresh = _data_since(c, 1)
             if fresh:
-                sizes.add(len(fresh)) if len(fresh) > 1 else None
                 got.extend(fresh)
                 c.send(WindowUpdateFrame(1, window_increment=len(fresh)).serialize())
             return 1 in s.ended or 1 in s.resets or s.goaway is not None
@@ -437,8 +435,6 @@ def test_padded_data_frames_up(serve, origin):
         # The gateway's SETTINGS raise the stream window (256 KiB) and it
         # widens the connection's with a WINDOW_UPDATE: start with what
         # the RFC guarantees and add every update.
-        from hyperframe.frame import Frame
-
         deadline = time.monotonic() + 30
         buf = b""
         while pos < len(body) and time.monotonic() < deadline:
@@ -551,8 +547,6 @@ def test_a_chunked_upload_cut_by_the_client_is_never_completed_upstream(serve, o
         if how == "rst-stream":
             c.frame(RstStreamFrame(1, error_code=CANCEL))
         elif how == "goaway-then-close":
-            from hyperframe.frame import GoAwayFrame
-
             c.frame(GoAwayFrame(0, last_stream_id=0, error_code=0))
             c.sock.shutdown(socket.SHUT_WR)
         if how != "rst-stream":
