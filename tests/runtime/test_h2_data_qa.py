@@ -528,6 +528,8 @@ def test_reset_of_a_download_whose_upstream_is_paused_frees_the_upstream(serve, 
         rs = s.run(10, until=lambda: s.results[nxt].ended)
     assert freed, "the upstream connection was still open 10 s after the client reset its stream"
     assert rs[nxt].status == 200 and rs[nxt].head == b"GET /after\n"
+    # A stream the client gave up is never tried again.
+    assert [q.path for q in origin.requests] == ["/paused", "/after"]
 
 
 @pytest.mark.parametrize("how", ["rst-stream", "tcp-close", "goaway-then-close"])
@@ -1292,3 +1294,19 @@ def test_interim_answers_while_the_body_goes_up(serve):
     finally:
         lsock.close()
         t.join(5)
+
+
+def test_an_http1_upgrade_to_h2c_is_ignored(start_gateway, origin, tmp_path):
+    """RFC 9113 §3.1 deprecates `Upgrade: h2c`: curl --http2 over cleartext
+    offers it (with HTTP2-Settings); the answer comes over HTTP/1.1, the
+    body goes up whole, and neither field reaches the origin."""
+    g = start_gateway(**H2C)
+    f = tmp_path / "up"
+    body = body_of(200_000, 12)
+    f.write_bytes(body)
+    r = subprocess.run(["curl", "-sS", "--http2", "-w", "\\n%{http_version}", "--data-binary", f"@{f}", g.url + "/sink"],
+                       capture_output=True, text=True, timeout=30)
+    lines = r.stdout.split("\n")
+    assert r.returncode == 0 and lines[0].split() == sink_answer(body) and lines[-1] == "1.1", (r.stdout, r.stderr)
+    [q] = origin.wait_requests(1, complete=True)
+    assert not q.header("upgrade") and not q.header("http2-settings") and not q.header("connection"), q
