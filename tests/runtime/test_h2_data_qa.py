@@ -1310,3 +1310,31 @@ def test_an_http1_upgrade_to_h2c_is_ignored(start_gateway, origin, tmp_path):
     assert r.returncode == 0 and lines[0].split() == sink_answer(body) and lines[-1] == "1.1", (r.stdout, r.stderr)
     [q] = origin.wait_requests(1, complete=True)
     assert not q.header("upgrade") and not q.header("http2-settings") and not q.header("connection"), q
+
+
+def test_slow_but_steady_bodies_outlive_the_body_timeout(serve, origin):
+    """body-timeout bounds a *pause*, not a body: a download read one byte
+    every 0.3 s and an upload sent one byte every 0.3 s, each for well over
+    the 1 s body-timeout, go on to their end."""
+    gw = serve(body_timeout=1)
+    n = 12
+    with gw.raw(settings={0x4: 1}) as c:
+        c.headers(1, path=f"/bytes/{n}", scheme=gw.scheme)
+        c.headers(3, method="POST", path="/sink", scheme=gw.scheme, end_stream=False,
+                  extra=[("content-length", str(n))])
+        c.frame(WindowUpdateFrame(3, window_increment=100_000))  # the upload's answer is not the slow part
+        got = bytearray()
+        for i in range(n):
+            c.frame(DataFrame(3, data=b"u", flags=["END_STREAM"] if i == n - 1 else []))
+            s = c.read_frames(time.monotonic() + 0.3)
+            fresh = _data_since(c, 1)
+            got += fresh
+            if fresh:
+                time.sleep(0.05)
+                c.frame(WindowUpdateFrame(1, window_increment=len(fresh)))
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: (3 in s.ended and len(got) + len(s.data.get(1, b"")) >= n)
+                          or s.resets or s.goaway is not None)
+        got += _data_since(c, 1)
+    assert not s.resets and s.goaway is None, (s.resets, s.frames[-5:])
+    assert bytes(got) == pattern(n)
+    assert s.status(3) == 200 and s.data[3].decode().split() == sink_answer(b"u" * n), s
