@@ -478,17 +478,24 @@ def test_padded_data_frames_up(serve, origin):
     assert (q.body_len, q.body_sha256) == (len(body), sha(body))
 
 
-def test_one_byte_data_frames_up(serve, origin):
+@pytest.mark.parametrize("writes", ["one-write", "a-write-per-frame"])
+def test_one_byte_data_frames_up(serve, origin, writes):
     """A client that sends its 4000-byte body one byte per DATA frame (a
-    keyboard-speed or badly buffered client): wasteful but legal; the body
-    arrives whole, chunked upstream."""
+    keyboard-speed or badly buffered client), all in one write or each
+    frame in its own write (its own TCP segment, and over TLS its own
+    record): wasteful but legal; the body arrives whole, chunked
+    upstream."""
     gw = serve()
     body = body_of(4000, 9)
     with gw.raw() as c:
         c.headers(1, method="POST", path="/sink", scheme=gw.scheme, end_stream=False)
-        frames = b"".join(DataFrame(1, data=body[i:i + 1], flags=["END_STREAM"] if i == len(body) - 1 else [])
-                          .serialize() for i in range(len(body)))
-        c.send(frames)
+        frames = [DataFrame(1, data=body[i:i + 1], flags=["END_STREAM"] if i == len(body) - 1 else []).serialize()
+                  for i in range(len(body))]
+        if writes == "one-write":
+            c.send(b"".join(frames))
+        else:
+            for f in frames:
+                c.send(f)
         s = c.read_frames(time.monotonic() + 15, stop=lambda s: 1 in s.ended or 1 in s.resets or s.goaway is not None)
     assert s.goaway is None and s.status(1) == 200 and s.data[1].decode().split() == sink_answer(body), s
     [q] = origin.wait_requests(1, complete=True)
@@ -1370,3 +1377,25 @@ def test_refused_uploads_give_their_window_back(serve, origin):
             assert r.ended and r.status == 200 and r.head.decode().split() == sink_answer(body), (
                 i, r, len(s.bodies.get(sid, b"")))
         assert not s.closed and s.goaway is None
+
+
+def test_trailers_before_the_declared_length_is_reached(serve, origin):
+    """§8.1.1: trailers (END_STREAM) after 5 of 10 declared bytes end a body
+    that does not add up to its content-length: malformed, the stream is
+    reset at once (not left waiting for bytes that cannot come until a
+    timeout), and the upstream request is never completed."""
+    gw = serve(response_timeout=30)
+    with gw.raw() as c:
+        c.headers(1, method="POST", path="/sink", scheme=gw.scheme, end_stream=False,
+                  extra=[("content-length", "10")])
+        c.frame(DataFrame(1, data=b"12345"))
+        assert origin.wait_for(lambda: origin.requests and origin.requests[0].body_len == 5, 5)
+        c.headers(1, block=c.enc.encode([("x-t", "1")]), end_stream=True)
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.resets or 1 in s.ended or s.goaway is not None)
+        assert s.resets.get(1) == 0x1 or s.goaway == 0x1, (s.resets, s.goaway, s.frames[-5:])
+        c.headers(3, path="/after", scheme=gw.scheme)
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 3 in s.ended or s.goaway is not None)
+    if s.goaway is None:
+        assert s.status(3) == 200 and s.data[3] == b"GET /after\n"
+    [post] = [q for q in origin.requests if q.path == "/sink"]
+    assert not post.complete
