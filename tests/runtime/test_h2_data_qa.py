@@ -1160,6 +1160,7 @@ def test_bodies_stream_both_ways_without_waiting_for_more(serve, origin):
                     seen = s.results[sid].length
                     got_part.set()
             r = s.results[sid]
+        origin.wait_for(lambda: len(waited) == 3, 5)  # the origin notes its last wait after sending it
         assert r.ended and r.head == b"part1part2part3" and waited == [True] * 3, (chunked, r, waited)
 
     # Up: an origin of our own that reports each piece of the body it reads.
