@@ -1400,3 +1400,24 @@ def test_trailers_before_the_declared_length_is_reached(serve, origin):
         assert s.status(3) == 200 and s.data[3] == b"GET /after\n"
     [post] = [q for q in origin.requests if q.path == "/sink"]
     assert not post.complete
+
+
+def test_empty_data_frames_inside_a_chunked_upload(serve, origin):
+    """Empty DATA frames between the parts of an upload without
+    content-length (legal, if pointless): an empty frame must never become
+    an empty chunk upstream, which is the chunked body's terminator (the
+    rest would then be read as a second, smuggled request). The origin gets
+    one request with the whole body."""
+    gw = serve()
+    with gw.raw() as c:
+        c.headers(1, method="POST", path="/sink", scheme=gw.scheme, end_stream=False)
+        for part in (b"abc", b"", b"", b"GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n", b"", b"def"):
+            c.frame(DataFrame(1, data=part))
+            c.read_frames(time.monotonic() + 0.05)
+        c.frame(DataFrame(1, data=b"", flags=["END_STREAM"]))
+        s = c.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.ended or 1 in s.resets or s.goaway is not None)
+    body = b"abcGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\ndef"
+    assert s.status(1) == 200 and s.data[1].decode().split() == sink_answer(body), s
+    time.sleep(0.3)
+    assert [q.path for q in origin.requests] == ["/sink"], origin.requests
+    assert origin.requests[0].complete and bytes(origin.requests[0].body) == body
