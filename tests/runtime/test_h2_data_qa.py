@@ -8,25 +8,41 @@ What test_h2.py, test_h2_flow.py, test_tls_h2_qa.py and test_h2spec.py
 already cover (floods, TLS versions/ALPN/SNI, header translation, 8 MiB and
 24 MiB bodies, 48 streams, a 16-byte window, resets closing the upstream
 connection) is not repeated. This file checks data integrity and flow
-control at the edges:
+control at the edges, most tests over h2c and over TLS (`serve`):
 
 - bodies of every awkward size both ways (0, 1, a frame, a window, one
   past them; with and without content-length; content-length or chunked
-  upstream), over h2c and TLS, hashed at the origin and at the client; 16
-  MiB each way; h2load and curl uploading and downloading many bodies;
+  upstream), hashed at the origin and at the client; 16 MiB each way;
+  h2load, curl and nghttp uploading and downloading; empty bodies in every
+  spelling; HTTP/1.1 over TLS around record sizes;
 - the client's windows: SETTINGS_INITIAL_WINDOW_SIZE 0 then raised, a
-  window made negative mid-download (§6.9.2), a response read one byte per
-  WINDOW_UPDATE (whole, and with the origin held back), a larger
-  SETTINGS_MAX_FRAME_SIZE; padded and one-byte DATA frames up;
-- resets and cuts: a client resetting a download whose upstream is paused
+  window made negative mid-download (§6.9.2) or overflowed by a SETTINGS
+  change, a response read one byte per WINDOW_UPDATE (whole, and with the
+  origin held back), a larger SETTINGS_MAX_FRAME_SIZE, a client that stops
+  reading its socket, slow but steady bodies past body-timeout; padded,
+  one-byte and empty DATA frames up; refused uploads giving their window
+  back;
+- resets and cuts: a client resetting a download whose upstream is quiet
   (the upstream connection must not wait for the response timeout), a
   client resetting or dropping a chunked upload (the origin must never see
   the terminating chunk), upstream answers that break their framing (more
-  bytes than declared, a HEAD/204/304 with a body, a broken chunk, a stall
-  mid-body), each followed by a request that must get its own body;
-- the pool shared by HTTP/1.1 and HTTP/2 clients; Expect: 100-continue
-  with an upstream answering early; request trailers and `te: trailers`;
-  response trailers from a chunked upstream.
+  bytes than declared, a HEAD/204 with a body, a 304 with a length or
+  chunked, a broken chunk, a stall mid-body, close-delimited bodies), each
+  followed by requests that must get their own bodies; content-length
+  spellings and trailers that end a body short; a client GOAWAY that must
+  not cut the client's own streams;
+- the pool shared by HTTP/1.1 and HTTP/2 clients (and an origin closing a
+  pooled connection before an upload); Expect: 100-continue with an
+  upstream answering early; unasked 1xx during an upload; request trailers
+  and `te: trailers` (not forwarded); response trailers (not relayed);
+  `Upgrade: h2c` (ignored); bodies streamed without waiting for more; a
+  mixed load with resets that must never mix or truncate bodies.
+
+Found and fixed with these tests: a stream reset while its upstream was
+quiet mid-body kept the upstream connection until the response timeout;
+an upload sent as one-byte DATA frames got GOAWAY(ENHANCE_YOUR_CALM) (the
+`h2` crate's budget for buffered small frames, spent while the gateway
+wrote one frame per upstream write).
 """
 
 from __future__ import annotations
