@@ -57,7 +57,6 @@ import time
 import zlib
 
 import h2.connection
-import h2.settings
 import pytest
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 
