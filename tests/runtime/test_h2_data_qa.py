@@ -36,7 +36,10 @@ control at the edges, most tests over h2c and over TLS (`serve`):
   upstream answering early; unasked 1xx during an upload; request trailers
   and `te: trailers` (not forwarded); response trailers (not relayed);
   `Upgrade: h2c` (ignored); bodies streamed without waiting for more; a
-  mixed load with resets that must never mix or truncate bodies.
+  mixed load with resets that must never mix or truncate bodies;
+- a `blitzc build` gateway with TLS on both sides (HTTP/2 over TLS in
+  front, a TLS upstream behind): bodies both ways, and a reset while the
+  TLS upstream is quiet.
 
 Found and fixed with these tests: a stream reset while its upstream was
 quiet mid-body kept the upstream connection until the response timeout;
@@ -48,6 +51,7 @@ wrote one frame per upstream write).
 from __future__ import annotations
 
 import hashlib
+import os
 import http.client
 import socket
 import ssl
@@ -55,6 +59,7 @@ import subprocess
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import h2.connection
 import pytest
@@ -1436,3 +1441,108 @@ def test_empty_data_frames_inside_a_chunked_upload(serve, origin):
     time.sleep(0.3)
     assert [q.path for q in origin.requests] == ["/sink"], origin.requests
     assert origin.requests[0].complete and bytes(origin.requests[0].body) == body
+
+
+# ------------------------------------- a compiled gateway, TLS both sides
+
+SPEC = """
+version 1
+gateway "h2-data-qa" {{
+    workers 1
+}}
+listener "edge" {{
+    bind "127.0.0.1:{edge}"
+    protocols "h1" "h2"
+    tls {{
+        cert "certs/edge.crt" key="certs/edge.key"
+    }}
+}}
+limits {{
+    max-body-bytes "64MiB"
+}}
+upstream "secure" {{
+    server "127.0.0.1:{origin}" tls=#true sni="origin.test" ca="certs/ca.crt"
+    timeouts connect="1s" response="60s"
+}}
+route "all" {{
+    proxy "secure"
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tls_both_sides(tmp_path_factory):
+    """`blitzc build` of a spec: HTTP/2 over TLS in front, a TLS upstream
+    (the recording origin behind Python's ssl) behind: the data path with
+    rustls on both sides. Yields (port, origin, pki)."""
+    from support.blitzc import BLITZC_BUILD_TIMEOUT, Served, build
+    from support.gateway import REPO, free_port, target_dir
+    from support.pki import TlsOrigin
+
+    root = tmp_path_factory.mktemp("h2-data-compiled")
+    certs = root / "certs"
+    certs.mkdir()
+    p = Pki(certs)
+    p.leaf("edge", "edge.test")
+    p.leaf("origin", "origin.test")
+    origin = TlsOrigin(p.path("origin.crt"), p.path("origin.key"))
+    subprocess.run(["cargo", "build", "--release", "-p", "blitzc"], cwd=REPO, check=True,
+                   timeout=BLITZC_BUILD_TIMEOUT, capture_output=True)
+    blitzc = target_dir() / "release" / "blitzc"
+    port = free_port()
+    spec = root / "h2-data.kdl"
+    spec.write_text(SPEC.format(edge=port, origin=origin.port))
+    cache = os.environ.get("BLITZ_CACHE_DIR") or str(tmp_path_factory.mktemp("blitz-cache"))
+    out = root / "gateway-bin"
+    r = build(blitzc, spec, out, Path(cache))
+    assert r.returncode == 0, r.stderr[-3000:]
+    gw = Served([str(out)], port, dict(os.environ))
+    yield port, origin, p
+    assert gw.stop() == 0, "\n".join(gw.lines[-20:])
+    origin.stop()
+
+
+def _tls_streams(port: int, pki: Pki) -> Streams:
+    return DataStreams(f"127.0.0.1:{port}", sock=tls_socket(port, pki), scheme="https")
+
+
+def test_compiled_gateway_bodies_through_a_tls_upstream(tls_both_sides):
+    """Bodies both ways (content-length and chunked, up to 5 MiB) between
+    an HTTP/2 client over TLS and a TLS upstream, all at once on one
+    connection: whole at both ends."""
+    port, origin, pki = tls_both_sides
+    origin.reset()
+    ups, downs = {}, {}
+    with _tls_streams(port, pki) as s:
+        for i, n in enumerate([0, 1, 16384, 65536, MiB + 1, 5 * MiB]):
+            body = body_of(n, 700 + i)
+            ups[s.start(f"/sink?i={i}", method="POST", body=body, length=i % 2 == 0)] = body
+            downs[s.start(f"/bytes/{n}" + ("?chunked=1" if i % 2 else ""))] = n
+        rs = s.run(60)
+    for sid, body in ups.items():
+        assert rs[sid].ended and rs[sid].head.decode().split() == sink_answer(body), rs[sid]
+    for sid, n in downs.items():
+        assert rs[sid].ended and (rs[sid].length, rs[sid].sha256) == (n, pattern_sha256(n)), rs[sid]
+
+
+def test_compiled_gateway_reset_while_a_tls_upstream_is_quiet(tls_both_sides):
+    """The reset of a download whose TLS upstream is silent mid-body: the
+    upstream TLS connection is closed at once (its read cancelled, never
+    pooled half-read), and the next stream is served whole."""
+    port, origin, pki = tls_both_sides
+    origin.reset()
+    origin.handler = _head_then_pause
+    with _tls_streams(port, pki) as s:
+        sid = s.start("/paused")
+        s.run(10, until=lambda: s.results[sid].length >= 1000)
+        assert s.results[sid].length == 1000, s.results[sid]
+        s.reset(sid)
+        [req] = origin.wait_requests(1)
+        up = origin.conn(req.conn_id)
+        freed = origin.wait_for(lambda: up.closed or up.peer_closed, 10)
+        nxt = s.start(f"/bytes/{MiB}")
+        r = s.run(10)[nxt]
+    assert freed, "the TLS upstream connection was still open 10 s after the client reset its stream"
+    assert r.ended and (r.length, r.sha256) == (MiB, pattern_sha256(MiB)), r
+    assert [q.path for q in origin.requests] == ["/paused", f"/bytes/{MiB}"]
+    assert origin.requests[1].conn_id != req.conn_id
