@@ -18,6 +18,7 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use futures_util::future::{Either, select};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
@@ -381,32 +382,44 @@ async fn send_request_body<G: Gateway>(
         .await
         .map_err(write_up)?;
     let mut total = 0u64;
-    loop {
+    let mut ended = false;
+    while !ended {
         let chunk = match crate::rt::time::within_for(w.limits.body_timeout, body.data()).await {
             Err(_) => return Err(BodyError::ClientTimeout),
             Ok(None) => break,
             Ok(Some(Err(_))) => return Err(BodyError::ClientGone),
             Ok(Some(Ok(b))) => b,
         };
-        let n = chunk.len();
-        total += n as u64;
-        if total > w.limits.max_body_bytes {
-            return Err(BodyError::TooLarge);
+        // The DATA frames already received go up in the same write: a
+        // client sending tiny frames is drained as fast as it sends them,
+        // one write per batch, not one per frame (the `h2` crate ends the
+        // connection when too many small frames wait to be read).
+        let mut batch = 0;
+        let mut next = Some(chunk);
+        while let Some(chunk) = next.take() {
+            total += chunk.len() as u64;
+            if total > w.limits.max_body_bytes {
+                return Err(BodyError::TooLarge);
+            }
+            put_body_part(out, &chunk, chunked);
+            batch += chunk.len();
+            if batch >= READ_CHUNK {
+                break;
+            }
+            match body.data().now_or_never() {
+                Some(Some(Ok(b))) => next = Some(b),
+                Some(Some(Err(_))) => return Err(BodyError::ClientGone),
+                Some(None) => ended = true,
+                None => {}
+            }
         }
-        if n == 0 {
+        if batch == 0 {
             continue;
-        }
-        if chunked {
-            put_chunk_head(out, n);
-            out.extend_from_slice(&chunk);
-            out.extend_from_slice(b"\r\n");
-        } else {
-            out.extend_from_slice(&chunk);
         }
         write_all_within(up, out, write_pause)
             .await
             .map_err(write_up)?;
-        let _ = body.flow_control().release_capacity(n);
+        let _ = body.flow_control().release_capacity(batch);
     }
     if chunked {
         out.extend_from_slice(LAST_CHUNK);
@@ -415,6 +428,21 @@ async fn send_request_body<G: Gateway>(
             .map_err(write_up)?;
     }
     Ok(())
+}
+
+/// Appends one DATA frame's bytes to the upstream request body in `out`,
+/// as a chunk if the body goes up chunked.
+fn put_body_part(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        put_chunk_head(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
 }
 
 /// Relays the response body from `ubuf[upos..]` and the upstream to the
@@ -458,7 +486,15 @@ async fn relay_response<G: Gateway>(
         ubuf.clear();
         upos = 0;
         let deadline = crate::rt::time::coarse_now() + t.response_timeout;
-        let (outcome, buf) = read_more(t.up, std::mem::take(ubuf), READ_CHUNK, deadline).await;
+        // A quiet upstream (a long poll, a slow origin) must not keep the
+        // upstream connection past the client's reset: nothing else wakes
+        // this stream until the upstream's next bytes or the timeout.
+        let read = pin!(read_more(t.up, std::mem::take(ubuf), READ_CHUNK, deadline));
+        let reset = pin!(poll_fn(|cx| send.poll_reset(cx)));
+        let (outcome, buf) = match select(read, reset).await {
+            Either::Left((read, _)) => read,
+            Either::Right(_) => return Err(BodyError::ClientGone),
+        };
         *ubuf = buf;
         match outcome {
             ReadOutcome::Data(_) => {}
