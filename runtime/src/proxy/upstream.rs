@@ -142,8 +142,13 @@ async fn upstream_stream(
                 // Why, once per server and worker: a certificate that does
                 // not verify is a configuration problem to see.
                 if !state.reported.replace(true) {
+                    let hint = if stream.sent_plain_http() {
+                        " (it answered in plain HTTP: is it a TLS server?)"
+                    } else {
+                        ""
+                    };
                     eprintln!(
-                        "blitz: TLS handshake with upstream server {} failed: {e}",
+                        "blitz: TLS handshake with upstream server {} failed: {e}{hint}",
                         ep.addr
                     );
                 }

@@ -60,8 +60,9 @@ struct State {
     busy: bool,
     /// Some ciphertext arrived (the peer started the handshake).
     received: bool,
-    /// The first bytes that arrived were a plain HTTP request line, not a
-    /// TLS record: a client speaking `http://` to an `https://` port.
+    /// The first bytes that arrived were plain HTTP, not a TLS record: a
+    /// request line (a client speaking `http://` to an `https://` port) or
+    /// a status line (an upstream server that does not speak TLS).
     plain_http: bool,
     /// Buffer for ciphertext on its way out (kept while small).
     outgoing: Vec<u8>,
@@ -152,12 +153,13 @@ impl State {
     }
 }
 
-/// An HTTP/1.x request line's start: a method token of capital letters
-/// and a space. A TLS record starts with its content type (20-24), never
-/// a letter.
-fn looks_like_http_request(bytes: &[u8]) -> bool {
+/// An HTTP/1.x request line's start (a method token of capital letters
+/// and a space) or a status line's (`HTTP/`: a cleartext server answering
+/// a ClientHello, often with a 400). A TLS record starts with its content
+/// type (20-24), never a letter.
+fn looks_like_plain_http(bytes: &[u8]) -> bool {
     let method = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
-    (1..=16).contains(&method) && bytes.get(method) == Some(&b' ')
+    ((1..=16).contains(&method) && bytes.get(method) == Some(&b' ')) || bytes.starts_with(b"HTTP/")
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -206,10 +208,12 @@ impl TlsStream {
         self.state.borrow().received
     }
 
-    /// Whether the peer opened with a plain HTTP request line instead of
-    /// a TLS record (`http://` to an `https://` port): its handshake fails,
-    /// without a TLS alert, and it can be told so in plain HTTP (nginx: 400
-    /// "The plain HTTP request was sent to HTTPS port").
+    /// Whether the peer opened with plain HTTP instead of a TLS record: a
+    /// client's request line (`http://` to an `https://` port), whose
+    /// handshake fails without a TLS alert and which can be told so in
+    /// plain HTTP (nginx: 400 "The plain HTTP request was sent to HTTPS
+    /// port"); or an upstream server's status line (a cleartext server
+    /// where the spec says `tls`), which the failed handshake's log names.
     pub fn sent_plain_http(&self) -> bool {
         self.state.borrow().plain_http
     }
@@ -269,7 +273,7 @@ impl TlsStream {
         st.busy = matches!(res, Ok(n) if n >= room);
         if !st.received && matches!(res, Ok(n) if n > 0) {
             st.received = true;
-            st.plain_http = looks_like_http_request(&st.incoming);
+            st.plain_http = looks_like_plain_http(&st.incoming);
         }
         match res {
             Ok(0) => st.eof().map_err(tls_error),
@@ -398,17 +402,19 @@ impl TlsStream {
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_http_request;
+    use super::looks_like_plain_http;
 
     #[test]
-    fn a_request_line_is_plain_http_and_a_tls_record_is_not() {
-        assert!(looks_like_http_request(b"GET / HTTP/1.1\r\n"));
-        assert!(looks_like_http_request(b"OPTIONS * HTTP/1.1\r\n"));
-        assert!(looks_like_http_request(b"PRI * HTTP/2.0\r\n"));
+    fn a_request_or_status_line_is_plain_http_and_a_tls_record_is_not() {
+        assert!(looks_like_plain_http(b"HTTP/1.1 400 Bad Request\r\n"));
+        assert!(looks_like_plain_http(b"HTTP/1.0 400 Bad request\r\n"));
+        assert!(looks_like_plain_http(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_plain_http(b"OPTIONS * HTTP/1.1\r\n"));
+        assert!(looks_like_plain_http(b"PRI * HTTP/2.0\r\n"));
         // a ClientHello record
-        assert!(!looks_like_http_request(&[0x16, 0x03, 0x01, 0x02, 0x00]));
-        assert!(!looks_like_http_request(b"get / HTTP/1.1\r\n"));
-        assert!(!looks_like_http_request(b"GET"));
-        assert!(!looks_like_http_request(b""));
+        assert!(!looks_like_plain_http(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(!looks_like_plain_http(b"get / HTTP/1.1\r\n"));
+        assert!(!looks_like_plain_http(b"GET"));
+        assert!(!looks_like_plain_http(b""));
     }
 }
