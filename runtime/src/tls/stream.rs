@@ -389,6 +389,16 @@ impl TlsStream {
         self.tcp.close().await
     }
 
+    /// Whether nothing came from the peer since the last read: no data
+    /// decrypted or received and not yet read, and no end of the stream.
+    /// A close_notify that arrived with a response's last bytes was
+    /// consumed with them and leaves nothing on the socket to see: a
+    /// pooled connection asks this before the socket is peeked.
+    pub fn quiet(&self) -> bool {
+        let st = self.state.borrow();
+        !st.closed && st.plaintext == 0 && st.pos >= st.incoming.len()
+    }
+
     /// The TCP connection under the TLS layer.
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
