@@ -351,6 +351,34 @@ def test_new_upstream_connections_resume_the_session(s, name):
     assert len({r.conn_id for r in origin.requests}) == 4
 
 
+def test_large_bodies_both_ways_through_a_pooled_tls_connection(s):
+    """Many TLS records each way on the upstream side: an 8 MiB download
+    and a 3 MiB upload, then a small request on the same pooled
+    connection, every byte accounted for."""
+    import hashlib
+
+    from support.origin import default_handler, pattern_sha256
+
+    def unprefixed(req, conn):
+        req.target = req.target.removeprefix("/good")
+        return default_handler(req, conn)
+
+    origin = s.origins["good"]
+    origin.handler = unprefixed
+    c = Client(s.gw.port)
+    try:
+        n = 8 * 1024 * 1024
+        status, body = c.request("GET", f"/good/bytes/{n}")
+        assert status == 200 and len(body) == n and hashlib.sha256(body).hexdigest() == pattern_sha256(n)
+        up = bytes(range(256)) * (3 * 4096)
+        status, body = c.request("POST", "/good/sink", up)
+        assert (status, body) == (200, f"{len(up)} {hashlib.sha256(up).hexdigest()}\n".encode())
+        assert c.request("GET", "/good/after")[0] == 200
+    finally:
+        c.close()
+    assert len({r.conn_id for r in origin.requests}) == 1, "one pooled TLS connection carried all three"
+
+
 # ---------------------------------------------------------------- how the server ends
 
 
