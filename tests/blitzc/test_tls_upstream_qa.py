@@ -60,6 +60,11 @@ upstream "plain-silent" {{
     server "127.0.0.1:{plain_silent}" tls=#true sni="origin.test" ca="certs/ca.crt"
     timeouts connect="1s"
 }}
+upstream "silent-failover" {{
+    server "127.0.0.1:{plain_silent}" tls=#true sni="origin.test" ca="certs/ca.crt"
+    server "127.0.0.1:{good4}" tls=#true sni="origin.test" ca="certs/ca.crt"
+    timeouts connect="1s"
+}}
 upstream "notify" {{
     server "127.0.0.1:{notify}" tls=#true sni="origin.test" ca="certs/ca.crt"
 }}
@@ -75,7 +80,8 @@ upstream "retry" {{
 {routes}
 """
 
-UPSTREAMS = ("good", "by-host", "tls12", "tls13", "notify", "plain-answers", "plain-silent", "failover", "retry")
+UPSTREAMS = ("good", "by-host", "tls12", "tls13", "notify", "plain-answers", "plain-silent", "silent-failover",
+             "failover", "retry")
 
 
 @dataclass
@@ -203,6 +209,7 @@ def setup(blitzc, cache_dir, pki, other_pki):
         "tls12": RecOrigin(pki.path("rsa.crt"), pki.path("rsa.key"), max_version=ssl.TLSVersion.TLSv1_2),
         "tls13": RecOrigin(crt, key, min_version=ssl.TLSVersion.TLSv1_3),
         "notify": RecOrigin(crt, key),
+        "good4": RecOrigin(crt, key),
         "other_ca": RecOrigin(other_pki.path("origin.crt"), other_pki.path("origin.key")),
         "good2": RecOrigin(crt, key),
         "busy": RecOrigin(crt, key),
@@ -495,6 +502,23 @@ def test_connect_failover_past_a_server_whose_certificate_does_not_verify(s):
     assert other.requests == [] and other.handshakes == 0, other.requests
     assert len(good.requests) == 6
     assert log_lines(s, f"TLS handshake with upstream server 127.0.0.1:{other.port} failed"), s.gw.lines
+
+
+def test_connect_failover_past_a_server_that_never_answers_the_client_hello(s):
+    """A handshake that times out is a connect that timed out: the next
+    server is tried (docs/spec.md, "Connect failover"), for a POST too."""
+    silent, good = s.plain["plain_silent"], s.origins["good4"]
+    hellos = len(silent.first_bytes)
+    c = Client(s.gw.port)
+    try:
+        for i in range(4):
+            method, body = ("POST", b"y" * 10) if i % 2 else ("GET", None)
+            assert c.request(method, f"/silent-failover/{i}", body) == (
+                200, f"{method} /silent-failover/{i}\n".encode()), i
+    finally:
+        c.close()
+    assert len(good.requests) == 4
+    assert len(silent.first_bytes) > hellos, "the silent server was tried"
 
 
 def busy(req: RecordedRequest, conn: OriginConn) -> bool:
