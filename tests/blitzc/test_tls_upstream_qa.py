@@ -40,6 +40,7 @@ gateway "tls-up-qa" {{
 }}
 listener "http" {{
     bind "127.0.0.1:{port}"
+    protocols "h1" "h2c"
 }}
 upstream "good" {{
     server "127.0.0.1:{good}" tls=#true sni="origin.test" ca="certs/ca.crt"
@@ -329,6 +330,19 @@ def test_concurrent_clients_share_few_upstream_handshakes(s):
     # (An earlier test may have left a connection in the pool.)
     assert origin.handshakes <= 8, origin.handshakes
     assert len({r.conn_id for r in origin.requests}) <= 8
+
+
+def test_h2_streams_at_once_share_the_pooled_tls_connections(s):
+    """h2load over h2c, 400 requests ten streams at a time on two
+    connections: each stream is an exchange on a pooled TLS connection,
+    so at most as many handshakes as exchanges at once (20)."""
+    origin = s.origins["good"]
+    r = subprocess.run(["h2load", "-n", "400", "-c", "2", "-m", "10", f"http://127.0.0.1:{s.gw.port}/good/h2"],
+                       capture_output=True, text=True, timeout=60)
+    assert "400 succeeded" in r.stdout and "status codes: 400 2xx" in r.stdout, r.stdout + r.stderr
+    assert len(origin.requests) == 400
+    assert origin.handshakes <= 20, origin.handshakes
+    assert len({req.conn_id for req in origin.requests}) <= 20
 
 
 def closing(req: RecordedRequest, conn: OriginConn) -> bool:
