@@ -66,6 +66,9 @@ upstream "silent-failover" {{
     server "127.0.0.1:{good4}" tls=#true sni="origin.test" ca="certs/ca.crt"
     timeouts connect="1s"
 }}
+upstream "mtls" {{
+    server "127.0.0.1:{mtls}" tls=#true sni="origin.test" ca="certs/ca.crt"
+}}
 upstream "notify" {{
     server "127.0.0.1:{notify}" tls=#true sni="origin.test" ca="certs/ca.crt"
 }}
@@ -81,7 +84,7 @@ upstream "retry" {{
 {routes}
 """
 
-UPSTREAMS = ("good", "by-host", "tls12", "tls13", "notify", "plain-answers", "plain-silent", "silent-failover",
+UPSTREAMS = ("good", "by-host", "tls12", "tls13", "notify", "mtls", "plain-answers", "plain-silent", "silent-failover",
              "failover", "retry")
 
 
@@ -210,12 +213,16 @@ def setup(blitzc, cache_dir, pki, other_pki):
         "tls12": RecOrigin(pki.path("rsa.crt"), pki.path("rsa.key"), max_version=ssl.TLSVersion.TLSv1_2),
         "tls13": RecOrigin(crt, key, min_version=ssl.TLSVersion.TLSv1_3),
         "notify": RecOrigin(crt, key),
+        "mtls": RecOrigin(crt, key),
         "good4": RecOrigin(crt, key),
         "other_ca": RecOrigin(other_pki.path("origin.crt"), other_pki.path("origin.key")),
         "good2": RecOrigin(crt, key),
         "busy": RecOrigin(crt, key),
         "good3": RecOrigin(crt, key),
     }
+    # Asks for a client certificate, which the gateway does not have.
+    origins["mtls"].ctx.verify_mode = ssl.CERT_REQUIRED
+    origins["mtls"].ctx.load_verify_locations(pki.path("ca.crt"))
     plain = {"plain_answers": PlainServer(answers=True), "plain_silent": PlainServer(answers=False)}
     ports = {"port": free_port(), **{k: o.port for k, o in origins.items()}, **{k: p.port for k, p in plain.items()}}
     routes = "".join(
@@ -485,6 +492,24 @@ def test_a_plain_http_server_that_answers_the_client_hello_is_a_502_and_a_log(s)
     lines = log_lines(s, f"TLS handshake with upstream server 127.0.0.1:{port} failed")
     assert lines, "\n".join(s.gw.lines)
     assert "plain HTTP" in lines[0], lines
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_server_that_requires_a_client_certificate_is_a_502_and_a_log(s, method):
+    """The gateway has no client certificate. With TLS 1.3 the server
+    refuses it only after the client's last handshake flight (an alert
+    `certificate_required` where the response should be): still a 502,
+    never a hang, and the reason is logged."""
+    c = Client(s.gw.port)
+    try:
+        status, _ = c.request(method, "/mtls/x", b"z" if method == "POST" else None)
+    finally:
+        c.close()
+    assert status == 502
+    assert s.origins["mtls"].requests == []
+    port = s.origins["mtls"].port
+    lines = log_lines(s, f"upstream server 127.0.0.1:{port}")
+    assert lines and any("certificate" in line.lower() for line in lines), "\n".join(s.gw.lines[-20:])
 
 
 def test_a_plain_server_that_says_nothing_times_out_at_the_connect_timeout(s):

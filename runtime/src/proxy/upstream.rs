@@ -160,6 +160,22 @@ async fn upstream_stream(
     Ok(UpstreamStream::Tcp(tcp))
 }
 
+/// A try on a TLS connection that rustls gave up on (an alert from the
+/// server, a record that did not decrypt) is logged once per server and
+/// worker, as a failed handshake is: a TLS 1.3 server that wants a client
+/// certificate says so only after the handshake looked done, and the 502
+/// would otherwise come with no reason anywhere.
+pub(crate) fn log_tls_failure(ep: &Endpoint, conn: &UpstreamStream) {
+    #[cfg(feature = "tls")]
+    if let (UpstreamStream::Tls(stream), Some(state)) = (conn, &ep.tls)
+        && let Some(why) = stream.failure()
+        && !state.reported.replace(true)
+    {
+        eprintln!("blitz: TLS with upstream server {} failed: {why}", ep.addr);
+    }
+    let _ = (ep, conn);
+}
+
 /// Whether a request may be sent again after the upstream may have seen
 /// it: an idempotent method (RFC 9110 §9.2.2) and no body (bodies are
 /// streamed, never kept, so they cannot be replayed).
@@ -482,6 +498,7 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
                 return Exchange::Done { keep_alive, status };
             }
             Attempt::Missed(miss) => {
+                log_tls_failure(&ep, &conn);
                 if let Some((error, answered)) = tries.missed(&ep, reused, miss) {
                     return Exchange::Failed { error, answered };
                 }

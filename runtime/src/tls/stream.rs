@@ -64,6 +64,9 @@ struct State {
     /// request line (a client speaking `http://` to an `https://` port) or
     /// a status line (an upstream server that does not speak TLS).
     plain_http: bool,
+    /// Why rustls gave up on the connection (an alert the peer sent, a
+    /// record that did not decrypt), once it did.
+    failure: Option<String>,
     /// Buffer for ciphertext on its way out (kept while small).
     outgoing: Vec<u8>,
 }
@@ -86,7 +89,10 @@ impl State {
                 Err(_) if self.plaintext > 0 => break,
                 Err(_) => return Err(rustls::Error::General("TLS input buffer full".into())),
             }
-            let io = self.conn.process_new_packets()?;
+            let io = self
+                .conn
+                .process_new_packets()
+                .map_err(|e| self.failed(e))?;
             self.plaintext = io.plaintext_bytes_to_read();
             if io.peer_has_closed() {
                 self.closed = true;
@@ -134,11 +140,20 @@ impl State {
     fn eof(&mut self) -> Result<(), rustls::Error> {
         let mut empty: &[u8] = &[];
         let _ = self.conn.read_tls(&mut empty);
-        let io = self.conn.process_new_packets()?;
+        let io = self
+            .conn
+            .process_new_packets()
+            .map_err(|e| self.failed(e))?;
         self.plaintext = io.plaintext_bytes_to_read();
         self.closed = true;
         self.close_notify |= io.peer_has_closed();
         Ok(())
+    }
+
+    /// Keeps the first reason rustls gave up, for [`TlsStream::failure`].
+    fn failed(&mut self, e: rustls::Error) -> rustls::Error {
+        self.failure.get_or_insert_with(|| e.to_string());
+        e
     }
 
     /// Moves the ciphertext rustls wants to send into `outgoing`.
@@ -185,6 +200,7 @@ impl TlsStream {
                 busy: false,
                 received: false,
                 plain_http: false,
+                failure: None,
                 outgoing: Vec::new(),
             })),
         }
@@ -387,6 +403,14 @@ impl TlsStream {
     /// Closes the socket.
     pub async fn close(self) -> io::Result<()> {
         self.tcp.close().await
+    }
+
+    /// Why rustls gave up on this connection, if it did: an alert from
+    /// the peer (a TLS 1.3 server refuses a client certificate, or the
+    /// lack of one, only after the client's last handshake flight, so
+    /// the handshake looked done), a record that did not decrypt.
+    pub fn failure(&self) -> Option<String> {
+        self.state.borrow().failure.clone()
     }
 
     /// Whether nothing came from the peer since the last read: no data
