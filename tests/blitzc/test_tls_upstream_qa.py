@@ -407,6 +407,32 @@ def test_large_bodies_both_ways_through_a_pooled_tls_connection(s):
     assert len({r.conn_id for r in origin.requests}) == 1, "one pooled TLS connection carried all three"
 
 
+def test_after_a_ca_reload_new_connections_verify_afresh_without_resuming(s):
+    """docs/spec.md: after SIGHUP re-reads the `ca` files, new connections
+    verify with them and "start without resumable sessions": a session
+    verified under the old CA certificates is not resumed, which would skip
+    the new verification."""
+    import signal
+
+    origin = s.origins["tls13"]
+    origin.handler = closing
+    c = Client(s.gw.port)
+    try:
+        for i in range(2):
+            assert c.request("GET", f"/tls13/a{i}")[0] == 200
+        mark = len(s.gw.lines)
+        os.kill(s.gw.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not any("upstream CA file" in line for line in s.gw.lines[mark:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("reloaded" in line for line in s.gw.lines[mark:]), s.gw.lines[mark:]
+        for i in range(2):
+            assert c.request("GET", f"/tls13/b{i}")[0] == 200
+    finally:
+        c.close()
+    assert [x.resumed for x in origin.sessions][-2:] == [False, True], origin.sessions
+
+
 # ---------------------------------------------------------------- how the server ends
 
 
