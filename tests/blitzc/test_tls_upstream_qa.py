@@ -761,3 +761,83 @@ def test_the_chain_is_sent_leaf_first_as_written(files, hello_bin, cert, subject
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------- check and runtime agree on `ca` files
+
+CA_SPEC = """version 1
+gateway "ca-agree" {{
+    workers 1
+}}
+listener "http" {{
+    bind "127.0.0.1:{port}"
+}}
+{upstreams}
+"""
+
+# name: (what the file holds, loads)
+CA_SHAPES = {
+    "pem": ("the CA certificate", True),
+    "with-key": ("the CA certificate and a private key", True),
+    "two": ("another CA's certificate, then the CA's", True),
+    "der": ("the CA certificate in DER", False),
+    "empty": ("nothing", False),
+    "key-only": ("a private key", False),
+    "bad-second": ("the CA certificate, then a broken one", False),
+}
+
+
+def test_check_and_the_runtime_agree_on_ca_files(blitzc, cache_dir, pki, other_pki, tmp_path):
+    """Every `ca` shape: `check` reports B062 exactly for the files the
+    runtime cannot load (it logs why, and answers 502), and the others
+    verify the origin. The spec is built with good files, then the files
+    are replaced (as a deploy might) before check and start."""
+    origin = RecOrigin(pki.path("origin.crt"), pki.path("origin.key"))
+    port = free_port()
+    names = list(CA_SHAPES)
+    upstreams = "".join(
+        f'upstream "{n}" {{\n    server "127.0.0.1:{origin.port}" tls=#true sni="origin.test" ca="ca-{n}.pem"\n}}\n'
+        f'route "{n}" {{\n    match {{ path-prefix "/{n}/" }}\n    proxy "{n}"\n}}\n'
+        for n in names
+    )
+    spec = tmp_path / "ca-agree.kdl"
+    spec.write_text(CA_SPEC.format(port=port, upstreams=upstreams))
+    ca = pki.path("ca.crt").read_text()
+    for n in names:
+        (tmp_path / f"ca-{n}.pem").write_text(ca)
+    out = tmp_path / "gateway-bin"
+    result = build(blitzc, spec, out, cache_dir)
+    assert result.returncode == 0, result.stderr
+    der = ssl.PEM_cert_to_DER_cert(ca)
+    shapes = {
+        "pem": ca.encode(),
+        "with-key": (ca + pki.path("ca.key").read_text()).encode(),
+        "two": (other_pki.path("ca.crt").read_text() + ca).encode(),
+        "der": der,
+        "empty": b"",
+        "key-only": pki.path("ca.key").read_bytes(),
+        "bad-second": (ca + "-----BEGIN CERTIFICATE-----\nnot base64 !!!\n-----END CERTIFICATE-----\n").encode(),
+    }
+    for n, data in shapes.items():
+        (tmp_path / f"ca-{n}.pem").write_bytes(data)
+    import json
+
+    r = subprocess.run([str(blitzc), "check", "--format", "json", str(spec)], capture_output=True, text=True,
+                       timeout=60)
+    lines = spec.read_text().splitlines()
+    refused_by_check = set()
+    for d in json.loads(r.stdout)["diagnostics"]:
+        assert d["code"] == "B062", d
+        refused_by_check.add(next(n for n in names if f"ca-{n}.pem" in lines[d["line"] - 1]))
+    gw = Served([str(out)], port, dict(os.environ))
+    try:
+        statuses = {n: gw.get(f"/{n}/x")[0] for n in names}
+        logged = {n for n in names if any(f'upstream "{n}": TLS:' in line for line in gw.lines)}
+    finally:
+        assert gw.stop() == 0
+        origin.stop()
+    expected_bad = {n for n, (_, loads) in CA_SHAPES.items() if not loads}
+    assert refused_by_check == expected_bad, r.stdout
+    assert logged == expected_bad, gw.lines
+    assert {n for n, st in statuses.items() if st == 502} == expected_bad, statuses
+    assert {n for n, st in statuses.items() if st == 200} == set(names) - expected_bad, statuses
