@@ -487,6 +487,26 @@ def test_close_notify_after_a_complete_response(s, handler):
     assert len({r.conn_id for r in origin.requests}) == 3, "each connection carried one request"
 
 
+def test_an_early_answer_over_tls_reaches_the_client_while_the_body_is_sent(s):
+    """The origin answers 413 right after the head, without reading a
+    4 MiB body, then closes (no close_notify): the client gets the 413,
+    as over cleartext, and nothing hangs."""
+    body = b"u" * (4 * 1024 * 1024)
+    c = http.client.HTTPConnection("127.0.0.1", s.gw.port, timeout=15)
+    try:
+        c.putrequest("POST", "/notify/upload?early_status=413")
+        c.putheader("content-length", str(len(body)))
+        c.endheaders()
+        try:
+            c.send(body)
+        except OSError:
+            pass  # the gateway may stop reading the upload once answered
+        r = c.getresponse()
+        assert (r.status, r.read()) == (413, b"early\n")
+    finally:
+        c.close()
+
+
 def cut_chunked(req: RecordedRequest, conn: OriginConn) -> bool:
     conn.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"8000\r\n" + b"c" * 0x8000 + b"\r\n")
     time.sleep(0.1)
