@@ -269,6 +269,18 @@ fn file_error(cert: &TlsCert, error: &TlsFileError) -> Diagnostic {
             detail.clone(),
             "use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key".to_string(),
         ),
+        TlsFileError::KeyMismatch {
+            belongs_to: Some(n),
+            ..
+        } => (
+            Code::CertKeyMismatch,
+            format!(
+                "certificate `{written}` does not match key `{}`",
+                cert.key.written
+            ),
+            format!("its first certificate is not the key's: certificate {n} in the file is"),
+            "put the server's own certificate first, then its intermediates".to_string(),
+        ),
         TlsFileError::KeyMismatch { .. } => (
             Code::CertKeyMismatch,
             format!(

@@ -118,8 +118,16 @@ impl UpstreamStream {
     /// timeout, often without saying so in the last response; a request
     /// with a body sent on such a connection cannot be replayed (the body
     /// is streamed, not kept), so it would fail with a 502. What is left is
-    /// the race with a close in flight, which every proxy has.
+    /// the race with a close in flight, which every proxy has. Over TLS,
+    /// the TLS layer is asked first: a close_notify read together with the
+    /// last response is no longer on the socket.
     pub fn idle_and_open(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let UpstreamStream::Tls(s) = self
+            && !s.quiet()
+        {
+            return false;
+        }
         let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
         let peek = socket2::SockRef::from(self.tcp())
             .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);

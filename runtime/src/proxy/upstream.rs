@@ -142,8 +142,13 @@ async fn upstream_stream(
                 // Why, once per server and worker, and again after a
                 // SIGHUP reloaded the CA files.
                 if state.first_failure() {
+                    let hint = if stream.sent_plain_http() {
+                        " (it answered in plain HTTP: is it a TLS server?)"
+                    } else {
+                        ""
+                    };
                     eprintln!(
-                        "blitz: TLS handshake with upstream server {} failed: {e}",
+                        "blitz: TLS handshake with upstream server {} failed: {e}{hint}",
                         ep.addr
                     );
                 }
@@ -153,6 +158,22 @@ async fn upstream_stream(
     }
     let _ = (ep, deadline);
     Ok(UpstreamStream::Tcp(tcp))
+}
+
+/// A try on a TLS connection that rustls gave up on (an alert from the
+/// server, a record that did not decrypt) is logged once per server,
+/// worker and reload, as a failed handshake is: a TLS 1.3 server that wants a client
+/// certificate says so only after the handshake looked done, and the 502
+/// would otherwise come with no reason anywhere.
+pub(crate) fn log_tls_failure(ep: &Endpoint, conn: &UpstreamStream) {
+    #[cfg(feature = "tls")]
+    if let (UpstreamStream::Tls(stream), Some(state)) = (conn, &ep.tls)
+        && let Some(why) = stream.failure()
+        && state.first_failure()
+    {
+        eprintln!("blitz: TLS with upstream server {} failed: {why}", ep.addr);
+    }
+    let _ = (ep, conn);
 }
 
 /// Whether a request may be sent again after the upstream may have seen
@@ -477,6 +498,7 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
                 return Exchange::Done { keep_alive, status };
             }
             Attempt::Missed(miss) => {
+                log_tls_failure(&ep, &conn);
                 if let Some((error, answered)) = tries.missed(&ep, reused, miss) {
                     return Exchange::Failed { error, answered };
                 }

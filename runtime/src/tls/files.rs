@@ -61,7 +61,14 @@ pub enum TlsFileError {
     /// (corrupt DER, unsupported algorithm or curve).
     UnsupportedKey { path: PathBuf, detail: String },
     /// The certificate's public key is not the private key's.
-    KeyMismatch { cert: PathBuf, key: PathBuf },
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        /// The key is that of a later certificate in the file (counted
+        /// from 1): the chain is out of order, the server's own
+        /// certificate must come first.
+        belongs_to: Option<usize>,
+    },
     /// The certificate is not valid for the server name it is chosen for.
     NameMismatch { path: PathBuf, name: String },
 }
@@ -114,6 +121,15 @@ impl fmt::Display for TlsFileError {
                 "{} does not hold a valid X.509 certificate: {detail}",
                 path.display()
             ),
+            TlsFileError::NoPrivateKey {
+                path,
+                encrypted: true,
+                ..
+            } => write!(
+                f,
+                "{} holds an encrypted private key: the gateway cannot ask for a passphrase",
+                path.display()
+            ),
             TlsFileError::NoPrivateKey { path, .. } => {
                 write!(f, "{} holds no PEM private key", path.display())
             }
@@ -124,12 +140,25 @@ impl fmt::Display for TlsFileError {
                     path.display()
                 )
             }
-            TlsFileError::KeyMismatch { cert, key } => write!(
-                f,
-                "certificate {} does not match private key {}",
-                cert.display(),
-                key.display()
-            ),
+            TlsFileError::KeyMismatch {
+                cert,
+                key,
+                belongs_to,
+            } => {
+                write!(
+                    f,
+                    "certificate {} does not match private key {}",
+                    cert.display(),
+                    key.display()
+                )?;
+                match belongs_to {
+                    Some(n) => write!(
+                        f,
+                        " (the key is that of certificate {n} in the file: the server's own certificate must come first, then its intermediates)"
+                    ),
+                    None => Ok(()),
+                }
+            }
             TlsFileError::NameMismatch { path, name } => {
                 write!(f, "certificate {} is not valid for {name}", path.display())
             }
@@ -230,9 +259,28 @@ pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsF
     Ok(chain)
 }
 
+/// Whether a key file holds an encrypted key: PKCS#8 `ENCRYPTED PRIVATE
+/// KEY`, or a traditional PEM key with `Proc-Type: 4,ENCRYPTED` headers
+/// (`openssl genrsa -aes256`), whose headers are no base64 and would
+/// otherwise read as a broken PEM file.
+fn holds_encrypted_key(path: &Path) -> bool {
+    let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    std::fs::read(path)
+        .is_ok_and(|b| has(&b, b"ENCRYPTED PRIVATE KEY") || has(&b, b"Proc-Type: 4,ENCRYPTED"))
+}
+
 /// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_private_key_der(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
-    let sections = sections(TlsFileRole::PrivateKey, path)?;
+    let sections = match sections(TlsFileRole::PrivateKey, path) {
+        Err(TlsFileError::BadPem { .. }) if holds_encrypted_key(path) => {
+            return Err(TlsFileError::NoPrivateKey {
+                path: path.to_path_buf(),
+                found: Vec::new(),
+                encrypted: true,
+            });
+        }
+        other => other?,
+    };
     let key = sections.iter().find_map(|(kind, der)| match kind {
         SectionKind::PrivateKey => {
             Some(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.clone())))
@@ -248,9 +296,7 @@ pub fn load_private_key_der(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFi
     key.ok_or_else(|| TlsFileError::NoPrivateKey {
         path: path.to_path_buf(),
         found: section_names(&sections),
-        encrypted: std::fs::read(path)
-            .map(|b| b.windows(21).any(|w| w == b"ENCRYPTED PRIVATE KEY"))
-            .unwrap_or(false),
+        encrypted: holds_encrypted_key(path),
     })
 }
 
@@ -286,12 +332,28 @@ pub fn certified_key(
         Err(rustls::Error::InconsistentKeys(_)) => Err(TlsFileError::KeyMismatch {
             cert: cert.to_path_buf(),
             key: key_path.to_path_buf(),
+            belongs_to: certificate_of_key(&certified),
         }),
         Err(e) => Err(TlsFileError::BadCertificate {
             path: cert.to_path_buf(),
             detail: e.to_string(),
         }),
     }
+}
+
+/// Which certificate of the chain (counted from 1) has the key's public
+/// key, when it is not the first: a chain written out of order.
+fn certificate_of_key(certified: &CertifiedKey) -> Option<usize> {
+    let spki = certified.key.public_key()?;
+    certified
+        .cert
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find_map(|(i, der)| {
+            let parsed = rustls::server::ParsedCertificate::try_from(der).ok()?;
+            (parsed.subject_public_key_info() == spki).then_some(i + 1)
+        })
 }
 
 /// Loads a certificate chain and its key, and checks they match.
@@ -454,6 +516,68 @@ mod tests {
         assert_eq!(utc_date_time(1_609_459_199), "2020-12-31 23:59:59 UTC");
         assert_eq!(utc_date_time(4_102_444_800), "2100-01-01 00:00:00 UTC");
         assert_eq!(utc_date_time(1_795_775_283), "2026-11-27 10:28:03 UTC");
+    }
+
+    #[test]
+    fn a_traditional_encrypted_key_is_an_encrypted_key_not_bad_pem() {
+        let dir = std::env::temp_dir().join(format!("blitz-enc-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("enc.key");
+        std::fs::write(
+            &path,
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+             DEK-Info: AES-256-CBC,A11E19887F887777D5523070C9BB6752\n\nAAAA\n\
+             -----END RSA PRIVATE KEY-----\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let error = load_private_key_der(&path).err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            matches!(
+                error,
+                Some(TlsFileError::NoPrivateKey {
+                    encrypted: true,
+                    ..
+                })
+            ),
+            "{error:?}"
+        );
+        assert!(error.is_some_and(|e| e.to_string().contains("encrypted private key")));
+    }
+
+    #[test]
+    fn a_chain_written_the_wrong_way_round_says_which_certificate_has_the_key() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let dir = std::env::temp_dir().join(format!("blitz-chain-order-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let read =
+            |name: &str| std::fs::read(fixtures.join(name)).unwrap_or_else(|e| panic!("{e}"));
+        let reversed = dir.join("reversed.crt");
+        std::fs::write(&reversed, [read("api.crt"), read("edge.crt")].concat())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let error = load_certified_key(&reversed, &fixtures.join("edge.key")).err();
+        let other = load_certified_key(&fixtures.join("api.crt"), &fixtures.join("edge.key")).err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            matches!(
+                error,
+                Some(TlsFileError::KeyMismatch {
+                    belongs_to: Some(2),
+                    ..
+                })
+            ),
+            "{error:?}"
+        );
+        assert!(
+            matches!(
+                other,
+                Some(TlsFileError::KeyMismatch {
+                    belongs_to: None,
+                    ..
+                })
+            ),
+            "{other:?}"
+        );
     }
 
     #[test]

@@ -60,9 +60,13 @@ struct State {
     busy: bool,
     /// Some ciphertext arrived (the peer started the handshake).
     received: bool,
-    /// The first bytes that arrived were a plain HTTP request line, not a
-    /// TLS record: a client speaking `http://` to an `https://` port.
+    /// The first bytes that arrived were plain HTTP, not a TLS record: a
+    /// request line (a client speaking `http://` to an `https://` port) or
+    /// a status line (an upstream server that does not speak TLS).
     plain_http: bool,
+    /// Why rustls gave up on the connection (an alert the peer sent, a
+    /// record that did not decrypt), once it did.
+    failure: Option<String>,
     /// Buffer for ciphertext on its way out (kept while small).
     outgoing: Vec<u8>,
 }
@@ -85,7 +89,10 @@ impl State {
                 Err(_) if self.plaintext > 0 => break,
                 Err(_) => return Err(rustls::Error::General("TLS input buffer full".into())),
             }
-            let io = self.conn.process_new_packets()?;
+            let io = self
+                .conn
+                .process_new_packets()
+                .map_err(|e| self.failed(e))?;
             self.plaintext = io.plaintext_bytes_to_read();
             if io.peer_has_closed() {
                 self.closed = true;
@@ -133,11 +140,20 @@ impl State {
     fn eof(&mut self) -> Result<(), rustls::Error> {
         let mut empty: &[u8] = &[];
         let _ = self.conn.read_tls(&mut empty);
-        let io = self.conn.process_new_packets()?;
+        let io = self
+            .conn
+            .process_new_packets()
+            .map_err(|e| self.failed(e))?;
         self.plaintext = io.plaintext_bytes_to_read();
         self.closed = true;
         self.close_notify |= io.peer_has_closed();
         Ok(())
+    }
+
+    /// Keeps the first reason rustls gave up, for [`TlsStream::failure`].
+    fn failed(&mut self, e: rustls::Error) -> rustls::Error {
+        self.failure.get_or_insert_with(|| e.to_string());
+        e
     }
 
     /// Moves the ciphertext rustls wants to send into `outgoing`.
@@ -152,12 +168,13 @@ impl State {
     }
 }
 
-/// An HTTP/1.x request line's start: a method token of capital letters
-/// and a space. A TLS record starts with its content type (20-24), never
-/// a letter.
-fn looks_like_http_request(bytes: &[u8]) -> bool {
+/// An HTTP/1.x request line's start (a method token of capital letters
+/// and a space) or a status line's (`HTTP/`: a cleartext server answering
+/// a ClientHello, often with a 400). A TLS record starts with its content
+/// type (20-24), never a letter.
+fn looks_like_plain_http(bytes: &[u8]) -> bool {
     let method = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
-    (1..=16).contains(&method) && bytes.get(method) == Some(&b' ')
+    ((1..=16).contains(&method) && bytes.get(method) == Some(&b' ')) || bytes.starts_with(b"HTTP/")
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -183,6 +200,7 @@ impl TlsStream {
                 busy: false,
                 received: false,
                 plain_http: false,
+                failure: None,
                 outgoing: Vec::new(),
             })),
         }
@@ -206,10 +224,12 @@ impl TlsStream {
         self.state.borrow().received
     }
 
-    /// Whether the peer opened with a plain HTTP request line instead of
-    /// a TLS record (`http://` to an `https://` port): its handshake fails,
-    /// without a TLS alert, and it can be told so in plain HTTP (nginx: 400
-    /// "The plain HTTP request was sent to HTTPS port").
+    /// Whether the peer opened with plain HTTP instead of a TLS record: a
+    /// client's request line (`http://` to an `https://` port), whose
+    /// handshake fails without a TLS alert and which can be told so in
+    /// plain HTTP (nginx: 400 "The plain HTTP request was sent to HTTPS
+    /// port"); or an upstream server's status line (a cleartext server
+    /// where the spec says `tls`), which the failed handshake's log names.
     pub fn sent_plain_http(&self) -> bool {
         self.state.borrow().plain_http
     }
@@ -269,7 +289,7 @@ impl TlsStream {
         st.busy = matches!(res, Ok(n) if n >= room);
         if !st.received && matches!(res, Ok(n) if n > 0) {
             st.received = true;
-            st.plain_http = looks_like_http_request(&st.incoming);
+            st.plain_http = looks_like_plain_http(&st.incoming);
         }
         match res {
             Ok(0) => st.eof().map_err(tls_error),
@@ -385,6 +405,24 @@ impl TlsStream {
         self.tcp.close().await
     }
 
+    /// Why rustls gave up on this connection, if it did: an alert from
+    /// the peer (a TLS 1.3 server refuses a client certificate, or the
+    /// lack of one, only after the client's last handshake flight, so
+    /// the handshake looked done), a record that did not decrypt.
+    pub fn failure(&self) -> Option<String> {
+        self.state.borrow().failure.clone()
+    }
+
+    /// Whether nothing came from the peer since the last read: no data
+    /// decrypted or received and not yet read, and no end of the stream.
+    /// A close_notify that arrived with a response's last bytes was
+    /// consumed with them and leaves nothing on the socket to see: a
+    /// pooled connection asks this before the socket is peeked.
+    pub fn quiet(&self) -> bool {
+        let st = self.state.borrow();
+        !st.closed && st.plaintext == 0 && st.pos >= st.incoming.len()
+    }
+
     /// The TCP connection under the TLS layer.
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
@@ -398,17 +436,19 @@ impl TlsStream {
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_http_request;
+    use super::looks_like_plain_http;
 
     #[test]
-    fn a_request_line_is_plain_http_and_a_tls_record_is_not() {
-        assert!(looks_like_http_request(b"GET / HTTP/1.1\r\n"));
-        assert!(looks_like_http_request(b"OPTIONS * HTTP/1.1\r\n"));
-        assert!(looks_like_http_request(b"PRI * HTTP/2.0\r\n"));
+    fn a_request_or_status_line_is_plain_http_and_a_tls_record_is_not() {
+        assert!(looks_like_plain_http(b"HTTP/1.1 400 Bad Request\r\n"));
+        assert!(looks_like_plain_http(b"HTTP/1.0 400 Bad request\r\n"));
+        assert!(looks_like_plain_http(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_plain_http(b"OPTIONS * HTTP/1.1\r\n"));
+        assert!(looks_like_plain_http(b"PRI * HTTP/2.0\r\n"));
         // a ClientHello record
-        assert!(!looks_like_http_request(&[0x16, 0x03, 0x01, 0x02, 0x00]));
-        assert!(!looks_like_http_request(b"get / HTTP/1.1\r\n"));
-        assert!(!looks_like_http_request(b"GET"));
-        assert!(!looks_like_http_request(b""));
+        assert!(!looks_like_plain_http(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(!looks_like_plain_http(b"get / HTTP/1.1\r\n"));
+        assert!(!looks_like_plain_http(b"GET"));
+        assert!(!looks_like_plain_http(b""));
     }
 }

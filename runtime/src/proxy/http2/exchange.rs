@@ -32,7 +32,7 @@ use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
 use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all_within};
 use crate::proxy::upstream::{
-    HeadFail, Miss, Tries, Try, head_write_failed, read_response_head, replayable,
+    HeadFail, Miss, Tries, Try, head_write_failed, log_tls_failure, read_response_head, replayable,
 };
 use crate::proxy::{UpstreamStream, Worker};
 
@@ -134,6 +134,7 @@ pub(crate) async fn proxy_stream<G: Gateway>(
                 return Outcome::Done { status };
             }
             Attempt::Missed(miss) => {
+                log_tls_failure(&ep, &conn);
                 if let Some((error, answered)) = tries.missed(&ep, reused, miss) {
                     return Outcome::Failed { error, answered };
                 }
