@@ -30,7 +30,7 @@ import pytest
 
 from support.blitzc import Served, build
 from support.gateway import free_port
-from support.origin import Origin, OriginConn, RecordedRequest, respond
+from support.origin import OriginConn, RecordedRequest, respond
 from support.pki import Pki, TlsOrigin
 
 SPEC = """
@@ -119,20 +119,8 @@ class RecOrigin(TlsOrigin):
             self.sni_seen = []
             self.handshake_errors = []
 
-    def _serve(self, c) -> None:
-        try:
-            c.sock.settimeout(5)
-            c.sock = self.ctx.wrap_socket(c.sock, server_side=True)
-        except (OSError, ssl.SSLError) as e:
-            with self._tls_lock:
-                self.handshake_errors.append(str(e))
-            c.sock.close()
-            c.closed = True
-            return
-        with self._tls_lock:
-            self.handshakes += 1
-            self.sessions.append(Session(c.sock.version(), c.sock.selected_alpn_protocol(), c.sock.session_reused))
-        Origin._serve(self, c)
+    def _handshake_done(self, sock) -> None:
+        self.sessions.append(Session(sock.version(), sock.selected_alpn_protocol(), sock.session_reused))
 
 
 class PlainServer:

@@ -148,8 +148,14 @@ class TlsOrigin(Origin):
         except (OSError, ssl.SSLError) as e:
             with self._tls_lock:
                 self.handshake_errors.append(str(e))
+            c.sock.close()
             c.closed = True
             return
         with self._tls_lock:
             self.handshakes += 1
+            self._handshake_done(c.sock)
         super()._serve(c)
+
+    def _handshake_done(self, sock: ssl.SSLSocket) -> None:
+        """Called with the lock held after each handshake that succeeded:
+        for subclasses that record more of it."""
