@@ -296,6 +296,26 @@ def _data_since(raw: RawH2, sid: int) -> bytes:
     return raw.seen.data.pop(sid, b"")
 
 
+def _read_acking(c: RawH2, got: bytearray, seconds: float, enough=None, connection: bool = False):
+    """Reads stream 1, collecting its DATA into `got` and giving each batch
+    back to the stream's window (and the connection's, if `connection`) as
+    it comes; stops when the stream ends or is reset, the connection goes
+    away, or `enough(got)`."""
+
+    def ack(s):
+        fresh = _data_since(c, 1)
+        if fresh:
+            got.extend(fresh)
+            update = WindowUpdateFrame(1, window_increment=len(fresh)).serialize()
+            if connection:
+                update = WindowUpdateFrame(0, window_increment=len(fresh)).serialize() + update
+            c.send(update)
+        done = 1 in s.ended or 1 in s.resets or s.goaway is not None
+        return done or (enough is not None and enough(got))
+
+    return c.read_frames(time.monotonic() + seconds, stop=ack)
+
+
 def test_initial_window_zero_then_raised(serve, origin):
     """SETTINGS_INITIAL_WINDOW_SIZE 0 (§6.5.2): the gateway answers the head
     but sends no DATA; once the client raises the setting to 65535 the
@@ -309,16 +329,7 @@ def test_initial_window_zero_then_raised(serve, origin):
         assert s.status(1) == 200 and 1 not in s.data, s.frames
         c.frame(SettingsFrame(0, settings={0x4: 65535}))
         got = bytearray()
-
-        def ack(s):
-            fresh = _data_since(c, 1)
-            if fresh:
-                got.extend(fresh)
-                c.send(WindowUpdateFrame(0, window_increment=len(fresh)).serialize()
-                       + WindowUpdateFrame(1, window_increment=len(fresh)).serialize())
-            return 1 in s.ended or 1 in s.resets or s.goaway is not None
-
-        s = c.read_frames(time.monotonic() + 20, stop=ack)
+        s = _read_acking(c, got, 20, connection=True)
     assert 1 in s.ended and s.goaway is None and 1 not in s.resets, s.frames[-5:]
     assert (len(got), hashlib.sha256(got).hexdigest()) == (n, pattern_sha256(n))
 
@@ -349,15 +360,7 @@ def test_a_window_made_negative_mid_download(serve, origin):
         s = c.read_frames(time.monotonic() + 1.5)
         assert not s.data.get(1), f"{len(s.data.get(1, b''))} bytes sent on a window of 0 or less"
         c.frame(SettingsFrame(0, settings={0x4: 1 << 20}))
-
-        def ack(s):
-            fresh = _data_since(c, 1)
-            if fresh:
-                got.extend(fresh)
-                c.send(WindowUpdateFrame(1, window_increment=len(fresh)).serialize())
-            return 1 in s.ended or 1 in s.resets or s.goaway is not None
-
-        s = c.read_frames(time.monotonic() + 20, stop=ack)
+        s = _read_acking(c, got, 20)
     assert 1 in s.ended and 1 not in s.resets and s.goaway is None, s.frames[-5:]
     assert (len(got), hashlib.sha256(got).hexdigest()) == (n, pattern_sha256(n))
 
@@ -372,15 +375,7 @@ def test_a_body_read_one_byte_per_window_update(serve, origin):
     with gw.raw(settings={0x4: 1}) as c:
         c.headers(1, path=f"/bytes/{n}", scheme=gw.scheme)
         got = bytearray()
-
-        def ack(s):
-            fresh = _data_since(c, 1)
-            if fresh:
-                got.extend(fresh)
-                c.send(WindowUpdateFrame(1, window_increment=len(fresh)).serialize())
-            return 1 in s.ended or 1 in s.resets or s.goaway is not None
-
-        s = c.read_frames(time.monotonic() + 40, stop=ack)
+        s = _read_acking(c, got, 40)
     assert 1 in s.ended and 1 not in s.resets and s.goaway is None, (len(got), s.frames[-5:])
     assert (len(got), hashlib.sha256(got).hexdigest()) == (n, pattern_sha256(n))
     assert s.frames.count("DataFrame") >= n, "DATA frames larger than the 1-byte window"
@@ -397,15 +392,7 @@ def test_a_slow_reader_holds_back_the_upstream(serve, origin):
     with gw.raw(settings={0x4: 1}) as c:
         c.headers(1, path=f"/bytes/{n}", scheme=gw.scheme)
         got = bytearray()
-
-        def ack(s):
-            fresh = _data_since(c, 1)
-            if fresh:
-                got.extend(fresh)
-                c.send(WindowUpdateFrame(1, window_increment=len(fresh)).serialize())
-            return len(got) >= 1500 or 1 in s.resets or s.goaway is not None
-
-        s = c.read_frames(time.monotonic() + 30, stop=ack)
+        s = _read_acking(c, got, 30, enough=lambda got: len(got) >= 1500)
         assert len(got) >= 1500 and 1 not in s.resets, s.frames[-5:]
         time.sleep(1)  # let the origin push all the socket buffers take
         [req] = origin.wait_requests(1)
