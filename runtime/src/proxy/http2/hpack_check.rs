@@ -5,22 +5,39 @@
 //! itself but reports every decoding failure as PROTOCOL_ERROR, like any
 //! other; its public error cannot tell them apart.
 //!
-//! It decodes nothing into memory: integers, string lengths and Huffman
-//! codes are walked byte by byte, across frames and reads, and the dynamic
-//! table keeps only each entry's name length, size and whether the name is
-//! a pseudo-header (at most 4096 / 32 = 128 entries). Decoding errors, as
+//! It decodes nothing into memory but the first bytes of a literal name:
+//! integers, string lengths and Huffman codes are walked byte by byte,
+//! across frames and reads, and the dynamic table keeps only each entry's
+//! name length, size and what its name is (a pseudo-header, a
+//! connection-specific field, ...; at most 4096 / 32 = 128 entries). Decoding errors, as
 //! RFC 7541 lists them: an index of 0 or past the tables (§2.3.3, §6.1),
 //! an integer longer than the `h2` crate reads (five octets, §5.1), Huffman
 //! padding over 7 bits or not EOS's prefix and a coded EOS (§5.2), a table
 //! size update over our SETTINGS_HEADER_TABLE_SIZE or after a field
 //! (§4.2, §6.3), and a block that ends inside a representation.
 //!
-//! One rule above HPACK, because only a decoder sees it and the `h2` crate
-//! does not check it: a pseudo-header in trailers makes the request
-//! malformed (RFC 9113 §8.1), answered PROTOCOL_ERROR.
+//! Rules above HPACK, because only a decoder sees them:
+//! - a pseudo-header in trailers makes the request malformed (RFC 9113
+//!   §8.1); the `h2` crate does not check it. Answered PROTOCOL_ERROR.
+//! - the fields that make a request malformed in the `h2` crate's own
+//!   decoder (a connection-specific field, `te` other than `trailers`, a
+//!   pseudo-header repeated or after a regular field: RFC 9113 §8.2.2,
+//!   §8.3) are tracked as well, because the crate can lose that verdict:
+//!   it decodes each fragment of a block as it comes, and its verdict for
+//!   a fragment that ends inside a field is dropped with the partial decode
+//!   (h2 0.4.20, `HeaderBlock::load`; hyperium/h2#37), so the request was
+//!   forwarded without the offending field. When such a field completes in
+//!   a fragment that is not the block's last, the connection ends with
+//!   PROTOCOL_ERROR ([`HpackCheck::fragment_end`]; RFC 9113 §5.4 lets a
+//!   stream error be treated as a connection error, and in the other split
+//!   cases the crate itself ends the connection on the next CONTINUATION).
+//!   A block in one fragment, or one whose offending field is in its last
+//!   fragment, is left to the crate: that stream alone is reset.
 //!
-//! Semantic errors (upper-case names, unknown pseudo-headers, bad values)
-//! are left to the `h2` crate, which decodes the same block after us.
+//! Other semantic errors (upper-case names, unknown pseudo-headers, bad
+//! values) are left to the `h2` crate, which decodes the same block after
+//! us. Names are classified from at most their first 17 bytes (the longest
+//! name that matters), and only a `te` field's value is looked at.
 //! Cost: a few branches per block byte; string bytes are skipped in bulk
 //! unless Huffman-coded, and steady-state requests are mostly indexed.
 
@@ -36,8 +53,9 @@ const STATIC_NAME_LEN: [u8; 61] = [
 ];
 
 /// Static entries 1 to 14 are `:authority`, `:method`, `:path`, `:scheme`
-/// and `:status`.
+/// and `:status`; 57 is `transfer-encoding`.
 const STATIC_PSEUDO_LAST: usize = 14;
+const STATIC_TRANSFER_ENCODING: usize = 57;
 
 /// The Huffman code (RFC 7541 Appendix B) is canonical: the codes of one
 /// length are consecutive, so a code of `len` bits is a whole symbol when
@@ -51,10 +69,31 @@ const FIRST_CODE: [u32; 31] = [
     262136, 524272, 1048550, 2097116, 4194258, 8388568, 16777194, 33554412, 67108832, 134217694,
     268435426, 536870910, 1073741820,
 ];
+/// The symbols in the code's canonical order (by length, then code), and
+/// where each length's codes start in it: the symbol of a `len`-bit code is
+/// `SYMBOLS[FIRST_SYMBOL[len] + (code - FIRST_CODE[len])]`. EOS (256) is
+/// last and never decoded.
+const SYMBOLS: [u8; 256] = [
+    48, 49, 50, 97, 99, 101, 105, 111, 115, 116, 32, 37, 45, 46, 47, 51, 52, 53, 54, 55, 56, 57,
+    61, 65, 95, 98, 100, 102, 103, 104, 108, 109, 110, 112, 114, 117, 58, 66, 67, 68, 69, 70, 71,
+    72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 89, 106, 107, 113, 118, 119,
+    120, 121, 122, 38, 42, 44, 59, 88, 90, 33, 34, 40, 41, 63, 39, 43, 124, 35, 62, 0, 36, 64, 91,
+    93, 126, 94, 125, 60, 96, 123, 92, 195, 208, 128, 130, 131, 162, 184, 194, 224, 226, 153, 161,
+    167, 172, 176, 177, 179, 209, 216, 217, 227, 229, 230, 129, 132, 133, 134, 136, 146, 154, 156,
+    160, 163, 164, 169, 170, 173, 178, 181, 185, 186, 187, 189, 190, 196, 198, 228, 232, 233, 1,
+    135, 137, 138, 139, 140, 141, 143, 147, 149, 150, 151, 152, 155, 157, 158, 165, 166, 168, 174,
+    175, 180, 182, 183, 188, 191, 197, 231, 239, 9, 142, 144, 145, 148, 159, 171, 206, 215, 225,
+    236, 237, 199, 207, 234, 235, 192, 193, 200, 201, 202, 205, 210, 213, 218, 219, 238, 240, 242,
+    243, 255, 203, 204, 211, 212, 214, 221, 222, 223, 241, 244, 245, 246, 247, 248, 250, 251, 252,
+    253, 254, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 25, 26, 27, 28,
+    29, 30, 31, 127, 220, 249, 10, 13, 22,
+];
+const FIRST_SYMBOL: [u16; 31] = [
+    0, 0, 0, 0, 0, 0, 10, 36, 68, 0, 74, 79, 82, 84, 90, 92, 0, 0, 0, 95, 98, 106, 119, 145, 174,
+    186, 190, 205, 224, 0, 253,
+];
 /// EOS: thirty 1 bits, the last code of length 30.
 const EOS: (u32, u32) = (0x3fff_ffff, 30);
-/// `:` is the 7-bit code 1011100.
-const COLON: (u32, u32) = (0x5c, 7);
 
 /// Bytes the `h2` crate reads of one integer (prefix octet included)
 /// before it calls the integer an overflow.
@@ -63,11 +102,65 @@ const MAX_INT_BYTES: u8 = 5;
 /// Per-entry overhead in the table's size (RFC 7541 §4.1).
 const ENTRY_OVERHEAD: usize = 32;
 
+/// Bytes of a string kept to classify it: `proxy-connection` and
+/// `transfer-encoding` are the longest names that matter.
+const KEPT: usize = 17;
+
+/// What a field's name is, as far as the rules above HPACK go.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Name {
+    Regular,
+    /// A pseudo-header: its bit in [`HpackCheck::pseudo_seen`], 0 for one
+    /// the `h2` crate does not know (its decoder refuses those itself).
+    Pseudo(u8),
+    /// `connection`, `keep-alive`, `proxy-connection`,
+    /// `transfer-encoding`, `upgrade` (RFC 9113 §8.2.2).
+    ConnectionSpecific,
+    /// `te`: only `trailers` is allowed (§8.2.2).
+    Te,
+}
+
+impl Name {
+    /// The name whose first bytes (at most [`KEPT`]) are `kept`, of
+    /// `len` bytes in all.
+    fn of(kept: &[u8], len: usize) -> Name {
+        let whole = if len == kept.len() { kept } else { &[] };
+        match whole {
+            b":method" => Name::Pseudo(1),
+            b":scheme" => Name::Pseudo(2),
+            b":authority" => Name::Pseudo(4),
+            b":path" => Name::Pseudo(8),
+            b":protocol" => Name::Pseudo(16),
+            b":status" => Name::Pseudo(32),
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
+            | b"upgrade" => Name::ConnectionSpecific,
+            b"te" => Name::Te,
+            _ if kept.first() == Some(&b':') => Name::Pseudo(0),
+            _ => Name::Regular,
+        }
+    }
+
+    /// The name of static entry `index` (1 to 61).
+    fn of_static(index: usize) -> Name {
+        match index {
+            1 => Name::Pseudo(4),
+            2 | 3 => Name::Pseudo(1),
+            4 | 5 => Name::Pseudo(8),
+            6 | 7 => Name::Pseudo(2),
+            8..=STATIC_PSEUDO_LAST => Name::Pseudo(32),
+            STATIC_TRANSFER_ENCODING => Name::ConnectionSpecific,
+            _ => Name::Regular,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     name_len: usize,
     size: usize,
-    pseudo: bool,
+    name: Name,
+    /// For a `te` entry: whether its value is `trailers`.
+    trailers: bool,
 }
 
 /// What an integer being read is for.
@@ -121,15 +214,23 @@ pub(crate) struct HpackCheck {
     field_seen: bool,
     /// The current block is trailers.
     trailers: bool,
+    /// The current block's pseudo-headers so far (bits of [`Name::Pseudo`]),
+    /// whether a regular field came, and whether a field made it malformed
+    /// in the `h2` crate's eyes.
+    pseudo_seen: u8,
+    regular_seen: bool,
+    malformed: bool,
     /// The current literal: which string is being read, whether it enters
-    /// the table, its name's length and whether that name is a pseudo-header.
+    /// the table, its name's length and what that name is.
     part: Part,
     indexing: bool,
     name_len: usize,
-    pseudo: bool,
-    /// The Huffman string being read: symbols decoded, and the bits of the
+    name: Name,
+    /// The string being read: bytes (symbols, if Huffman-coded) so far, the
+    /// first [`KEPT`] of them when they matter, and the bits of the Huffman
     /// symbol under way.
     decoded: usize,
+    kept: [u8; KEPT],
     code: u32,
     code_len: u32,
 }
@@ -146,11 +247,15 @@ impl HpackCheck {
             step: Step::Field,
             field_seen: false,
             trailers: false,
+            pseudo_seen: 0,
+            regular_seen: false,
+            malformed: false,
             part: Part::Name,
             indexing: false,
             name_len: 0,
-            pseudo: false,
+            name: Name::Regular,
             decoded: 0,
+            kept: [0; KEPT],
             code: 0,
             code_len: 0,
         }
@@ -162,6 +267,21 @@ impl HpackCheck {
         self.step = Step::Field;
         self.field_seen = false;
         self.trailers = trailers;
+        self.pseudo_seen = 0;
+        self.regular_seen = false;
+        self.malformed = false;
+    }
+
+    /// A fragment of the block ended and more follow (a HEADERS or
+    /// CONTINUATION frame without END_HEADERS): a field that made the
+    /// request malformed by now is one whose verdict the `h2` crate may
+    /// lose (see the module's docs), and ends the connection.
+    pub(crate) fn fragment_end(&self) -> Result<(), Reason> {
+        if self.malformed {
+            Err(Reason::PROTOCOL_ERROR)
+        } else {
+            Ok(())
+        }
     }
 
     /// The block ended (END_HEADERS): it must end between representations.
@@ -180,12 +300,13 @@ impl HpackCheck {
                     left,
                     huffman: false,
                 } => {
-                    // Raw string bytes: skipped in bulk; a name's first
-                    // byte tells a pseudo-header.
-                    if self.part == Part::Name && self.decoded == 0 {
-                        self.pseudo = b == b':';
-                    }
+                    // Raw string bytes: skipped in bulk, the first ones
+                    // kept when they matter.
                     let n = left.min(bytes.len());
+                    if self.keeping() && self.decoded < KEPT {
+                        let k = n.min(KEPT - self.decoded);
+                        self.kept[self.decoded..self.decoded + k].copy_from_slice(&bytes[..k]);
+                    }
                     self.decoded += n;
                     bytes = &bytes[n..];
                     if n == left {
@@ -286,7 +407,7 @@ impl HpackCheck {
             IntFor::Index => {
                 let entry = self.entry(value)?;
                 self.field_seen = true;
-                self.field_done(entry.pseudo)
+                self.field_done(entry.name, entry.trailers)
             }
             IntFor::SizeUpdate => {
                 if self.field_seen || value > self.limit {
@@ -303,16 +424,13 @@ impl HpackCheck {
                 } else {
                     let entry = self.entry(value)?;
                     self.name_len = entry.name_len;
-                    self.pseudo = entry.pseudo;
+                    self.name = entry.name;
                     self.part = Part::Value;
                 }
                 self.step = Step::StrStart;
                 Ok(())
             }
             IntFor::StrLen { huffman } => {
-                if self.part == Part::Name {
-                    self.pseudo = false;
-                }
                 self.decoded = 0;
                 self.code = 0;
                 self.code_len = 0;
@@ -336,7 +454,8 @@ impl HpackCheck {
             return Ok(Entry {
                 name_len: usize::from(name_len),
                 size: 0,
-                pseudo: index <= STATIC_PSEUDO_LAST,
+                name: Name::of_static(index),
+                trailers: false,
             });
         }
         index
@@ -355,8 +474,10 @@ impl HpackCheck {
                 if (self.code, self.code_len) == EOS {
                     return Err(Reason::COMPRESSION_ERROR);
                 }
-                if self.part == Part::Name && self.decoded == 0 {
-                    self.pseudo = (self.code, self.code_len) == COLON;
+                if self.keeping() && self.decoded < KEPT {
+                    let at =
+                        usize::from(FIRST_SYMBOL[len]) + (self.code - FIRST_CODE[len]) as usize;
+                    self.kept[self.decoded] = SYMBOLS[at];
                 }
                 self.decoded += 1;
                 self.code = 0;
@@ -381,14 +502,23 @@ impl HpackCheck {
         }
     }
 
+    /// Whether the string being read is kept: a literal name, or a `te`
+    /// field's value.
+    fn keeping(&self) -> bool {
+        self.part == Part::Name || self.name == Name::Te
+    }
+
+    /// The kept bytes of the string just read.
+    fn kept(&self) -> &[u8] {
+        &self.kept[..self.decoded.min(KEPT)]
+    }
+
     /// A string ended: after a name comes the value; after the value the
     /// field is complete.
     fn string_done(&mut self) -> Result<(), Reason> {
         match self.part {
             Part::Name => {
-                if self.decoded == 0 {
-                    self.pseudo = false;
-                }
+                self.name = Name::of(self.kept(), self.decoded);
                 self.name_len = self.decoded;
                 self.part = Part::Value;
                 self.step = Step::StrStart;
@@ -396,19 +526,33 @@ impl HpackCheck {
             }
             Part::Value => {
                 self.step = Step::Field;
+                let trailers = self.name == Name::Te && self.kept() == b"trailers";
                 if self.indexing {
-                    self.insert(self.name_len + self.decoded + ENTRY_OVERHEAD);
+                    self.insert(self.name_len + self.decoded + ENTRY_OVERHEAD, trailers);
                 }
-                self.field_done(self.pseudo)
+                self.field_done(self.name, trailers)
             }
         }
     }
 
-    /// A whole field was decoded.
-    fn field_done(&mut self, pseudo: bool) -> Result<(), Reason> {
-        if self.trailers && pseudo {
-            // RFC 9113 §8.1: trailers must not include pseudo-headers.
-            return Err(Reason::PROTOCOL_ERROR);
+    /// A whole field was decoded: its name, and for `te` whether the value
+    /// is `trailers`. The `h2` crate's rules (`HeaderBlock::load`), so
+    /// that `malformed` is its verdict.
+    fn field_done(&mut self, name: Name, trailers: bool) -> Result<(), Reason> {
+        match name {
+            Name::Pseudo(_) if self.trailers => {
+                // RFC 9113 §8.1: trailers must not include pseudo-headers.
+                return Err(Reason::PROTOCOL_ERROR);
+            }
+            Name::Pseudo(bit) => {
+                if self.regular_seen || self.pseudo_seen & bit != 0 {
+                    self.malformed = true;
+                }
+                self.pseudo_seen |= bit;
+            }
+            Name::ConnectionSpecific => self.malformed = true,
+            Name::Te if !trailers => self.malformed = true,
+            Name::Te | Name::Regular => self.regular_seen = true,
         }
         Ok(())
     }
@@ -416,14 +560,15 @@ impl HpackCheck {
     /// A literal with incremental indexing enters the table (§4.4): older
     /// entries are evicted to make room; one larger than the table empties
     /// it and is not added.
-    fn insert(&mut self, size: usize) {
+    fn insert(&mut self, size: usize, trailers: bool) {
         self.evict(size);
         if self.table_size + size <= self.table_max {
             self.table_size += size;
             self.table.push_front(Entry {
                 name_len: self.name_len,
                 size,
-                pseudo: self.pseudo,
+                name: self.name,
+                trailers,
             });
         }
     }
@@ -655,6 +800,111 @@ mod tests {
             Err(Reason::PROTOCOL_ERROR),
             ":authority, dynamic"
         );
+    }
+
+    /// Whether `bytes`, a fragment followed by more, leaves the block
+    /// malformed in the `h2` crate's eyes (the block's end is left to it).
+    fn malformed(bytes: &[u8]) -> bool {
+        let mut h = HpackCheck::new(4096);
+        h.begin_block(false);
+        assert_eq!(h.feed(bytes), Ok(()), "{bytes:02x?}");
+        assert_eq!(
+            h.end_block(),
+            Ok(()),
+            "a whole block is the crate's to refuse"
+        );
+        h.fragment_end().is_err()
+    }
+
+    #[test]
+    fn fields_that_make_a_request_malformed() {
+        // :method GET, :scheme http, :path / (static, indexed).
+        const START: &[u8] = b"\x82\x86\x84";
+        let with = |field: &[u8]| [START, field].concat();
+        assert!(!malformed(C_3_1), "a plain request");
+        assert!(!malformed(&with(b"\x00\x02te\x08trailers")), "te: trailers");
+        assert!(
+            !malformed(&with(b"\x00\x82\x49\x7f\x86\x4d\x83\x35\x05\xb1\x1f")),
+            "te: trailers, Huffman"
+        );
+        assert!(
+            malformed(&with(b"\x00\x02te\x09trailersx")),
+            "te: trailersx"
+        );
+        assert!(malformed(&with(b"\x00\x02te\x04gzip")), "te: gzip");
+        assert!(
+            malformed(&with(b"\x00\x02te\x08Trailers")),
+            "the crate compares te's value to the letter"
+        );
+        assert!(
+            malformed(&with(b"\x00\x0aconnection\x05close")),
+            "connection"
+        );
+        assert!(
+            malformed(&with(b"\x00\x87\x21\xea\xa8\xa4\x49\x8f\x57\x01x")),
+            "connection, Huffman"
+        );
+        assert!(
+            malformed(&with(
+                b"\x00\x8c\xae\xc3\xf9\xf4\xb1\x0f\x55\x45\x22\x4c\x7a\xbf\x01x"
+            )),
+            "proxy-connection, Huffman"
+        );
+        assert!(malformed(&with(b"\x00\x0akeep-alive\x01x")), "keep-alive");
+        assert!(malformed(&with(b"\x00\x07upgrade\x02h2")), "upgrade");
+        assert!(
+            malformed(&with(b"\x0f\x2a\x07chunked")),
+            "transfer-encoding, static name 57"
+        );
+        assert!(
+            !malformed(&with(b"\x00\x87\xf2\xb2\x6c\x19\xa8\x2d\x88\x01x")),
+            "x-trailers is regular"
+        );
+        assert!(
+            !malformed(&with(b"\x00\x0bconnections\x01x")),
+            "a longer name is regular"
+        );
+        assert!(malformed(b"\x82\x86\x84\x84"), ":path twice");
+        assert!(
+            malformed(b"\x82\x86\x84\x00\x05:path\x01/"),
+            ":path twice, literal name"
+        );
+        assert!(
+            malformed(b"\x82\x86\x40\x01a\x01b\x84"),
+            "a pseudo-header after a regular field"
+        );
+        assert!(!malformed(b"\x82\x86\x84\x41\x01a"), ":authority once");
+        // A dynamic entry remembers what its name is, and te its value.
+        let mut h = HpackCheck::new(4096);
+        assert_eq!(
+            block(
+                &mut h,
+                false,
+                b"\x82\x86\x84\x40\x02te\x08trailers\x40\x02te\x04gzip"
+            ),
+            Ok(())
+        );
+        h.begin_block(false);
+        assert_eq!(h.feed(b"\x82\x86\x84\xbf"), Ok(()));
+        assert_eq!(h.fragment_end(), Ok(()), "te: trailers, indexed");
+        h.begin_block(false);
+        assert_eq!(h.feed(b"\x82\x86\x84\xbe"), Ok(()));
+        assert_eq!(
+            h.fragment_end(),
+            Err(Reason::PROTOCOL_ERROR),
+            "te: gzip, indexed"
+        );
+        h.begin_block(false);
+        assert_eq!(h.feed(b"\x82\x86\x84\x7e\x04gzip"), Ok(()));
+        assert_eq!(
+            h.fragment_end(),
+            Err(Reason::PROTOCOL_ERROR),
+            "te's name indexed, value gzip"
+        );
+        // Each block starts clean.
+        h.begin_block(false);
+        assert_eq!(h.feed(C_3_1), Ok(()));
+        assert_eq!(h.fragment_end(), Ok(()));
     }
 
     #[test]

@@ -450,11 +450,17 @@ impl State {
 
     /// The current frame's payload is complete (or it had none).
     fn frame_end(&mut self, hpack: &mut HpackCheck) {
-        if self.in_block && self.block_ends {
+        if !self.in_block {
+            return;
+        }
+        let checked = if self.block_ends {
             self.in_block = false;
-            if let Err(reason) = hpack.end_block() {
-                self.fail(reason);
-            }
+            hpack.end_block()
+        } else {
+            hpack.fragment_end()
+        };
+        if let Err(reason) = checked {
+            self.fail(reason);
         }
     }
 
@@ -1089,6 +1095,61 @@ mod tests {
         for (i, (frames, want)) in cases.iter().enumerate() {
             assert_eq!(verdict(frames), *want, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_malformed_request_split_across_frames_ends_the_connection() {
+        // The `h2` crate can lose its verdict on a field in a fragment that
+        // is not the block's last (hpack_check's docs): that fragment is
+        // withheld and the connection ends. In one fragment, or in the
+        // last, the crate resets the stream itself.
+        let headers = |flags, block: &[u8]| block_frame(HEADERS, flags, 1, &[], block, 0);
+        let continuation = |flags, block: &[u8]| block_frame(CONTINUATION, flags, 1, &[], block, 0);
+        const START: &[u8] = b"\x82\x86\x84";
+        let conn = b"\x00\x0aconnection\x05close";
+        let with = |field: &[u8]| [START, field].concat();
+        let cases: [(Vec<Vec<u8>>, Option<Reason>); 5] = [
+            (vec![headers(END_HEADERS, &with(conn))], None),
+            (
+                vec![headers(0, START), continuation(END_HEADERS, conn)],
+                None,
+            ),
+            (
+                vec![
+                    headers(0, &with(conn)),
+                    continuation(END_HEADERS, b"\x41\x01a"),
+                ],
+                Some(Reason::PROTOCOL_ERROR),
+            ),
+            // Cut inside the field after it, as the random tests found.
+            (
+                vec![
+                    headers(0, &with(b"\x84\x41\x01")),
+                    continuation(END_HEADERS, b"a"),
+                ],
+                Some(Reason::PROTOCOL_ERROR),
+            ),
+            (
+                vec![
+                    headers(0, START),
+                    continuation(0, b"\x00\x02te\x04gzip"),
+                    continuation(END_HEADERS, b""),
+                ],
+                Some(Reason::PROTOCOL_ERROR),
+            ),
+        ];
+        for (i, (frames, want)) in cases.iter().enumerate() {
+            assert_eq!(verdict(frames), *want, "case {i}");
+        }
+        // The fragment with the field never reaches the crate.
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(settings(&[]));
+        let bad_at = bytes.len();
+        bytes.extend(headers(0, &with(conn)));
+        bytes.extend(continuation(END_HEADERS, b"\x41\x01a"));
+        let w = FrameWatch::default();
+        assert_eq!(w.inspect(&bytes), bad_at);
+        assert_eq!(w.stop(), Some(Reason::PROTOCOL_ERROR));
     }
 
     #[test]
