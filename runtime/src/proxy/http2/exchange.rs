@@ -106,14 +106,17 @@ pub(crate) async fn proxy_stream<G: Gateway>(
             reused,
             now,
             timeouts,
-        } = match tries.connect(key).await {
-            Ok(t) => t,
-            Err(error) => {
+        } = match unless_reset(respond, tries.connect(key)).await {
+            Some(Ok(t)) => t,
+            Some(Err(error)) => {
                 return Outcome::Failed {
                     error,
                     answered: false,
                 };
             }
+            // The connect (or its failover) is dropped where it stands: no
+            // socket left half-open until connect-timeout, nothing sent.
+            None => return failed(ErrorKind::ClientClosed, true),
         };
         let target = Target {
             up: &conn,
@@ -140,6 +143,20 @@ pub(crate) async fn proxy_stream<G: Gateway>(
                 }
             }
         }
+    }
+}
+
+/// Runs `phase` unless the client resets the stream first: then `phase`
+/// is dropped where it stands and the answer is `None`. Until the response
+/// head is sent, nothing else wakes a stream's task when its client resets
+/// it, so every phase before it (the connect and its failover, the request
+/// going up, the wait for the response head) runs under this.
+async fn unless_reset<F: Future>(respond: &mut SendResponse<Bytes>, phase: F) -> Option<F::Output> {
+    let phase = pin!(phase);
+    let reset = pin!(poll_fn(|cx| respond.poll_reset(cx)));
+    match select(phase, reset).await {
+        Either::Left((done, _)) => Some(done),
+        Either::Right(_) => None,
     }
 }
 
@@ -176,14 +193,13 @@ async fn attempt<G: Gateway>(
     let mut resp = ResponseHead::default();
     // Until the response head: the request goes up while we watch for the
     // client resetting the stream (then the upstream is dropped at once).
-    let head = {
-        let forward = pin!(forward_request(w, req, body, &mut ubuf, &mut resp, t));
-        let reset = pin!(poll_fn(|cx| respond.poll_reset(cx)));
-        match select(forward, reset).await {
-            Either::Left((r, _)) => r,
-            Either::Right(_) => Err(Attempt::Missed(Miss::failed(ErrorKind::ClientClosed, true))),
-        }
-    };
+    let forward = forward_request(w, req, body, &mut ubuf, &mut resp, t);
+    let head = unless_reset(respond, forward)
+        .await
+        .unwrap_or(Err(Attempt::Missed(Miss::failed(
+            ErrorKind::ClientClosed,
+            true,
+        ))));
     let (upos, body_unfinished) = match head {
         Ok(x) => x,
         Err(a) => {
