@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from support.h2client import CANCEL, PROTOCOL_ERROR, H2Client, RawH2
+from support.h2client import CANCEL, PROTOCOL_ERROR, RawH2
 from support.h2streams import Streams
 
 H2C = {"protocols": "h1,h2c"}
@@ -212,3 +212,86 @@ def test_a_flood_of_streams_reset_while_connecting_holds_nothing(start_gateway, 
         assert not [l for l in lines if l.startswith(b"GET /flood/")], "a reset stream's request went upstream"
         assert len(lines) == 100
     assert g.alive()
+
+
+# The gaps the `h2` crate leaves: strict, so a crate that closes one turns
+# its test into a failure to be promoted (docs/architecture.md).
+GAP_TE = pytest.mark.xfail(
+    strict=True,
+    reason="h2 0.4 compares `te` with \"trailers\" case-sensitively (frame/headers.rs, HeaderBlock::load) "
+    "and resets the stream; not fixable without rewriting the client's HPACK bytes (docs/architecture.md)",
+)
+GAP_PATH = pytest.mark.xfail(
+    strict=True,
+    reason="h2 0.4's HPACK decoder refuses a `:path` that is not UTF-8 mid-block (hpack/header.rs, "
+    "Header::new), a connection error; not fixable without rewriting the client's HPACK bytes "
+    "(docs/architecture.md)",
+)
+
+
+@pytest.fixture
+def h2gw(start_gateway):
+    return start_gateway(**H2C)
+
+
+def _until_done(sid: int):
+    return lambda s: sid in s.ended or sid in s.resets or s.goaway is not None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["trailers", pytest.param("Trailers", marks=GAP_TE), pytest.param("TRAILERS", marks=GAP_TE)],
+)
+def test_te_trailers_in_any_case_is_served(h2gw, origin, value):
+    """RFC 9110 §10.1.4: TE's values are case-insensitive tokens, and
+    RFC 9113 §8.2.2 allows `te` only with "trailers"."""
+    with RawH2(h2gw.addr) as c:
+        c.headers(1, block=c.block(path="/te", extra=[("te", value)]))
+        s = c.read_frames(time.monotonic() + PROMPT, stop=_until_done(1))
+    assert (s.status(1), s.resets.get(1), s.goaway) == (200, None, None), s
+    reqs = origin.wait_requests(1)
+    assert [r.target for r in reqs] == ["/te"] and not reqs[0].header("te"), reqs
+
+
+def test_te_trailers_in_another_case_costs_only_its_stream(h2gw, origin):
+    """What the gap costs today: the crate resets that stream
+    (PROTOCOL_ERROR) before the gateway sees it; nothing goes upstream and
+    the connection goes on."""
+    with RawH2(h2gw.addr) as c:
+        c.headers(1, block=c.block(path="/te-upper", extra=[("te", "Trailers")]))
+        c.headers(3, block=c.block(path="/after-te"))
+        s = c.read_frames(time.monotonic() + PROMPT, stop=_until_done(3))
+    assert s.resets.get(1) == PROTOCOL_ERROR, s
+    assert (s.status(3), s.goaway) == (200, None), s
+    assert [r.target for r in origin.wait_requests(1)] == ["/after-te"]
+
+
+@GAP_PATH
+def test_a_path_that_is_not_utf8_costs_only_its_stream(h2gw, origin):
+    """RFC 9113 §8.1.1: a malformed request is a stream error; the
+    connection's other streams go on."""
+    with RawH2(h2gw.addr) as c:
+        c.headers(1, block=c.block(path=b"/\xff\xfe"))
+        c.headers(3, block=c.block(path="/after-bad-path"))
+        s = c.read_frames(time.monotonic() + PROMPT, stop=_until_done(3))
+    assert s.resets.get(1) == PROTOCOL_ERROR or s.status(1) == 400, s
+    assert (s.status(3), s.goaway) == (200, None), s
+
+
+def test_a_path_that_is_not_utf8_ends_only_its_own_connection(h2gw, origin):
+    """What the gap costs today: GOAWAY(PROTOCOL_ERROR) for the connection
+    that sent it (a stream in flight on it is cut: its upstream request is
+    abandoned), nothing of the bad request upstream, and the gateway's other
+    connections served."""
+    with RawH2(h2gw.addr) as bystander, RawH2(h2gw.addr) as c:
+        c.headers(1, block=c.block(path="/slow?delay=2"))
+        assert [r.target for r in origin.wait_requests(1)] == ["/slow?delay=2"]
+        c.headers(3, block=c.block(path=b"/\xff\xfe"))
+        s = c.ended_by_server(PROMPT)
+        assert s.goaway == PROTOCOL_ERROR, s
+        assert 1 not in s.ended, "the stream in flight was not cut (the gap is closed: update this test)"
+        bystander.headers(1, block=bystander.block(path="/bystander"))
+        b = bystander.read_frames(time.monotonic() + PROMPT, stop=_until_done(1))
+        assert (b.status(1), b.goaway) == (200, None), b
+    targets = [r.target for r in origin.requests]
+    assert targets == ["/slow?delay=2", "/bystander"], targets
