@@ -322,6 +322,66 @@ def test_rapid_reset(h2gw):
     _attack(h2gw, run)
 
 
+def _open_and_reset(raw, sid, path):
+    from hyperframe.frame import HeadersFrame
+
+    h = HeadersFrame(sid)
+    h.data = raw.block(path=path)
+    h.flags.add("END_STREAM")
+    h.flags.add("END_HEADERS")
+    return h.serialize() + RstStreamFrame(sid, error_code=CANCEL).serialize()
+
+
+def test_rapid_reset_paced_under_the_frame_budget_is_ended(h2gw, origin):
+    """CVE-2023-44487 as it comes over a real network: a few streams opened
+    and reset every few milliseconds, 250 a second, well under the 500
+    control frames a tick allows, each starting an upstream request. Streams
+    reset within a second of opening are premature (Envoy's rule): half of
+    the streams, counted over 500, ends the connection with
+    GOAWAY(ENHANCE_YOUR_CALM) while a bystander is served."""
+
+    def run(raw):
+        sid, deadline = 1, time.monotonic() + 15
+        while time.monotonic() < deadline and raw.seen.goaway is None and not raw.seen.closed:
+            batch = b""
+            for _ in range(5):
+                batch += _open_and_reset(raw, sid, f"/slow?delay=1&paced={sid}")
+                sid += 2
+            if not raw.send(batch):
+                return
+            raw.read_frames(time.monotonic() + 0.02)
+
+    _attack(h2gw, run)
+    assert origin.wait_for(lambda: any("paced=" in r.target for r in origin.requests), 5), \
+        "the paced streams never reached the origin: the attack did not test the reset accounting"
+
+
+def test_a_client_that_cancels_some_streams_keeps_its_connection(h2gw, origin):
+    """Clients cancel streams now and then (a navigation, a seek): one
+    stream in three reset, over 600 streams, is no attack."""
+    with RawH2(h2gw.addr) as raw:
+        sid = 1
+        for i in range(200):
+            batch = _open_and_reset(raw, sid, f"/slow?delay=1&cancelled={i}")
+            for _ in range(2):
+                sid += 2
+                h = raw.block(path=f"/kept/{sid}")
+                from hyperframe.frame import HeadersFrame
+
+                f = HeadersFrame(sid)
+                f.data = h
+                f.flags.add("END_STREAM")
+                f.flags.add("END_HEADERS")
+                batch += f.serialize()
+            sid += 2
+            assert raw.send(batch)
+            last = sid - 2
+            s = raw.read_frames(time.monotonic() + 10, stop=lambda s: last in s.ended or s.goaway is not None or s.closed)
+            assert s.goaway is None and not s.closed, f"ended after {i} rounds: goaway {s.goaway}"
+            assert last in s.ended, f"round {i}: stream {last} not answered"
+        assert raw.seen.status(last) == 200
+
+
 def test_continuation_flood(h2gw):
     def run(raw):
         raw.headers(1, block=raw.block(), end_headers=False)

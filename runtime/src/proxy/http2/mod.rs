@@ -39,7 +39,7 @@ mod stream;
 mod translate;
 mod watch;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
@@ -98,6 +98,18 @@ pub(crate) const RESET_STREAM_DURATION: Duration = Duration::from_secs(1);
 /// fast as frames arrive, so a legitimate client never gets near 20.
 pub(crate) const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 
+/// Rapid reset paced under the per-tick control budget (a few streams
+/// opened and reset every few milliseconds, as over a real network): each
+/// reset frees a stream slot at no cost to the client while the work it
+/// started upstream is thrown away. Envoy's rule and defaults: a stream
+/// the client resets within [`PREMATURE_RESET_LIFETIME`] of opening it is
+/// premature; the connection gets GOAWAY(ENHANCE_YOUR_CALM) once half of
+/// its ended streams, counted over at least [`PREMATURE_RESET_STREAMS`],
+/// were (so 250 premature resets end any connection). Clients cancel a
+/// stream now and then, never most of them.
+pub(crate) const PREMATURE_RESET_LIFETIME: Duration = Duration::from_secs(1);
+pub(crate) const PREMATURE_RESET_STREAMS: u64 = 500;
+
 /// Streams we had to reset for the client's protocol errors before the
 /// connection gets GOAWAY(ENHANCE_YOUR_CALM): a correct client makes none.
 pub(crate) const MAX_LOCAL_ERROR_RESETS: usize = 128;
@@ -141,6 +153,27 @@ pub(crate) fn max_header_list_size(limits: &Limits) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
+/// A connection's ended streams and how many of them the client reset
+/// prematurely (see [`PREMATURE_RESET_STREAMS`]).
+#[derive(Debug, Default)]
+pub(crate) struct ResetTally {
+    ended: Cell<u64>,
+    premature: Cell<u64>,
+}
+
+impl ResetTally {
+    pub(crate) fn stream_ended(&self, premature: bool) {
+        self.ended.set(self.ended.get() + 1);
+        self.premature
+            .set(self.premature.get() + u64::from(premature));
+    }
+
+    /// Whether the client's resets call for GOAWAY(ENHANCE_YOUR_CALM).
+    fn too_many(&self) -> bool {
+        self.premature.get() * 2 >= self.ended.get().max(PREMATURE_RESET_STREAMS)
+    }
+}
+
 /// Why the connection loop stopped accepting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closing {
@@ -178,6 +211,7 @@ pub(crate) async fn serve_h2<G: Gateway>(
     };
     let proto = if secure { "https" } else { "http" };
     let mut streams = StreamTasks::default();
+    let resets = Rc::new(ResetTally::default());
     let drain = pin!(w.drain.wait());
     let mut drain = drain;
     let mut tick = pin!(crate::rt::time::sleep(TICK));
@@ -233,7 +267,14 @@ pub(crate) async fn serve_h2<G: Gateway>(
                     respond,
                     peer,
                     proto,
+                    Rc::clone(&resets),
                 ));
+                // Checked as streams come: the tick would let a paced
+                // attack run for up to a second more.
+                if resets.too_many() && closing != Closing::Abrupt {
+                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                    closing = Closing::Abrupt;
+                }
             }
             Event::Closed => break,
             Event::Stop(reason) => {
@@ -364,5 +405,31 @@ impl StreamTasks {
         for key in self.ended.borrow_mut().drain(..) {
             self.handles.try_remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(ended: u64, premature: u64) -> ResetTally {
+        let t = ResetTally::default();
+        for i in 0..ended {
+            t.stream_ended(i < premature);
+        }
+        t
+    }
+
+    #[test]
+    fn premature_resets_end_a_connection_at_half_its_streams() {
+        assert!(!tally(0, 0).too_many());
+        assert!(
+            !tally(249, 249).too_many(),
+            "under 250 resets, however few streams"
+        );
+        assert!(tally(250, 250).too_many());
+        assert!(!tally(600, 200).too_many(), "a third of the streams");
+        assert!(!tally(1000, 499).too_many());
+        assert!(tally(1000, 500).too_many());
     }
 }

@@ -14,13 +14,14 @@ use http::Request;
 
 use super::exchange::{Outcome, proxy_stream};
 use super::translate::{Refused, local_head, request_head};
+use super::{PREMATURE_RESET_LIFETIME, ResetTally};
 use crate::http::{HeaderBlock, RequestHead, status_has_no_body};
 use crate::proxy::Worker;
 use crate::proxy::conn::error_body;
 use crate::proxy::conn::local_response_steps;
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::{Action, Gateway, RequestLog};
-use crate::rt::time::within;
+use crate::rt::time::{coarse_now, within};
 
 /// What of a request body is still read and dropped after its answer went
 /// out (a 413, an upstream's early answer, a local answer), and for how
@@ -29,16 +30,21 @@ use crate::rt::time::within;
 const DISCARD_BYTES: usize = 1024 * 1024;
 const DISCARD_TIME: Duration = Duration::from_secs(1);
 
-/// Serves one stream to its end; errors are answered or reset here.
+/// Serves one stream to its end; errors are answered or reset here. Its
+/// end is told to the connection's `resets` tally.
 pub(crate) async fn serve_stream<G: Gateway>(
     w: Rc<Worker<G>>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
     proto: &'static str,
+    resets: Rc<ResetTally>,
 ) {
+    let opened = coarse_now();
     let (parts, mut body) = request.into_parts();
-    answer(&w, parts, &mut body, &mut respond, peer, proto).await;
+    let reset = answer(&w, parts, &mut body, &mut respond, peer, proto).await;
+    let lived = coarse_now().saturating_duration_since(opened);
+    resets.stream_ended(reset && lived < PREMATURE_RESET_LIFETIME);
     if !body.is_end_stream() {
         discard_rest(&mut body).await;
     }
@@ -63,6 +69,8 @@ async fn discard_rest(body: &mut RecvStream) {
 }
 
 /// Translates, routes and answers one stream (locally or by proxying).
+/// True if the client reset the stream (or left) before its answer was
+/// complete.
 async fn answer<G: Gateway>(
     w: &Rc<Worker<G>>,
     parts: http::request::Parts,
@@ -70,7 +78,7 @@ async fn answer<G: Gateway>(
     respond: &mut SendResponse<Bytes>,
     peer: SocketAddr,
     proto: &'static str,
-) {
+) -> bool {
     let mut req = RequestHead::default();
     let mut scratch = w.buffers.take();
     let translated = request_head(
@@ -99,7 +107,7 @@ async fn answer<G: Gateway>(
             },
             &mut ctx,
         );
-        return;
+        return false;
     }
     req.client = Some(peer);
     let route = w.gateway.route(&req);
@@ -177,6 +185,7 @@ async fn answer<G: Gateway>(
         },
         &mut ctx,
     );
+    error.is_some_and(|e| e.kind == ErrorKind::ClientClosed)
 }
 
 fn local_outcome(ok: bool, status: u16) -> (u16, Option<ProxyError>) {
