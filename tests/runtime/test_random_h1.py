@@ -90,12 +90,18 @@ class Req:
     size_forms: list = field(default_factory=list)  # how each size is spelt
     trailers: list = field(default_factory=list)
     keep_alive_field: bool = False
+    absolute: bool = False  # absolute-form target (the gateway forwards origin-form)
+    listed: bytes = b""  # a field Connection names: sent, never forwarded
 
     def head_lines(self) -> list[bytes]:
-        lines = [f"{self.method} {self.target} HTTP/1.1".encode(), b"Host: " + self.host]
+        target = f"http://{self.host.decode()}{self.target}" if self.absolute else self.target
+        lines = [f"{self.method} {target} HTTP/1.1".encode(), b"Host: " + self.host]
         for (n, v), (a, b) in zip(self.fields, self.ows):
             lines.append(n + b":" + a + v + b)
-        if self.keep_alive_field:
+        if self.listed:
+            lines += [b"Connection: " + (b"keep-alive, " if self.keep_alive_field else b"") + self.listed,
+                      self.listed + b": dropped"]
+        elif self.keep_alive_field:
             lines.append(b"Connection: keep-alive")
         if self.framing == "length":
             lines.append(b"Content-Length: %d" % len(self.body))
@@ -164,6 +170,11 @@ def valid_request(rng: random.Random, tag: str) -> Req:
     ows = [(rng.choice([b"", b" ", b"\t", b"  "]), rng.choice([b"", b"", b" ", b"\t "])) for _ in fields]
     body = b"" if framing == "none" else rand_bytes(rng, bytes(range(256)), 0, rng.choice([10, 300, 3000]))
     req = Req(tag, method, path, host, fields, body, framing, ows, keep_alive_field=rng.random() < 0.2)
+    req.absolute = rng.random() < 0.1
+    if rng.random() < 0.15:
+        req.listed = rand_name(rng)
+        if req.listed.lower() in {n.lower() for n, _ in fields}:
+            req.listed = b""
     if framing == "chunked":
         left = len(body)
         while left:
@@ -434,7 +445,7 @@ def check_open(rec, resp, case: Case) -> None:
     line = f"{rec.method} {rec.target} ".encode("latin-1")
     sent = {
         m + b" " + normalised(t) + b" "
-        for m, t in re.findall(rb"(?m)^([!-~]+) (/[!-~]*) HTTP/1\.[01]$", data)
+        for m, t in re.findall(rb"([!-~]+) (?:[hH][tT][tT][pP][sS]?://[^/ ]*)?(/[!-~]*) HTTP/1\.[01]\n", data)
     }
     assert line in data or line in sent, f"forwarded request line {line!r} was never sent\n{case.describe()}"
     sent_lines = {ln.strip(b" \t\r").lower() for ln in data.split(b"\n")}
