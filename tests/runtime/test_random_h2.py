@@ -422,6 +422,13 @@ def run_case(sock: socket.socket, case: Case) -> RawH2:
     return raw
 
 
+def by_name(fields: list) -> dict:
+    out: dict = {}
+    for name, value in fields:
+        out.setdefault(name.lower(), []).append(value)
+    return out
+
+
 def check_forward(rec, st: Stream, case: Case) -> None:
     what = f"stream {st.sid}: {rec!r}\n{case.describe()}"
     assert rec.head_error is None and rec.head_crlf, f"forwarded head broken: {what}"
@@ -433,7 +440,9 @@ def check_forward(rec, st: Stream, case: Case) -> None:
     assert (rec.method, rec.target) == (st.method, st.path), f"forwarded as {rec.method} {rec.target}: {what}"
     skip = GATEWAY_FIELDS | {"host", "content-length", "transfer-encoding", "connection"}
     got = [(k.lower(), v) for k, v in rec.headers if k.lower().decode() not in skip]
-    assert got == st.fields, f"fields {got} != sent {st.fields}: {what}"
+    # the order of fields of different names carries no meaning (RFC 9110 5.3);
+    # the gateway's header map groups a name's values, in their order
+    assert by_name(got) == by_name(st.fields), f"fields {got} != sent {st.fields}: {what}"
     assert bytes(rec.body) == st.body and rec.body_len == len(st.body), f"body differs ({rec.body_len}): {what}"
 
 
@@ -570,7 +579,9 @@ def test_random_h2_frames(start_gateway, origin, pki, transport):
     bystander.raw.close()
     if rss_base is not None:
         assert rss_max - rss_base < 32 * 1024, f"RSS grew from {rss_base} to {rss_max} KiB (seed={SEED})"
-        assert fds_end <= fds_base + 4, f"fds {fds_base} -> {fds_end} (seed={SEED})"
+        # idle upstream connections stay pooled: up to one per stream a case
+        # had in flight at once (ten at most); a leak grows with the cases
+        assert fds_end <= fds_base + 12, f"fds {fds_base} -> {fds_end} (seed={SEED})"
 
 
 # ------------------------------------------------- regressions found above
