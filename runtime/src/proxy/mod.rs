@@ -34,6 +34,10 @@ pub mod error;
 pub mod gateway;
 #[cfg(feature = "h2")]
 mod http2;
+/// The HPACK check's hook for the `hpack_check` fuzz target.
+#[cfg(feature = "h2")]
+#[doc(hidden)]
+pub use http2::fuzzing as http2_fuzzing;
 mod io;
 mod upstream;
 

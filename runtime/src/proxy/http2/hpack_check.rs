@@ -261,6 +261,12 @@ impl HpackCheck {
         }
     }
 
+    /// The dynamic table: entries, their size and its maximum size (for
+    /// the differential fuzz target, `fuzzing::HpackMirror`).
+    pub(crate) fn table_state(&self) -> (usize, usize, usize) {
+        (self.table.len(), self.table_size, self.table_max)
+    }
+
     /// A header block starts (a HEADERS frame): `trailers` if it is sent on
     /// a stream the client already opened.
     pub(crate) fn begin_block(&mut self, trailers: bool) {

@@ -33,6 +33,8 @@
 #![forbid(unsafe_code)]
 
 mod exchange;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hpack_check;
 pub(crate) mod io;
 mod stream;
