@@ -106,7 +106,7 @@ async fn connect(
 /// if its server speaks it).
 async fn open(ep: &Endpoint, connect_timeout: Duration) -> Result<UpstreamStream, ProxyError> {
     let deadline = Instant::now() + connect_timeout;
-    match crate::rt::time::within(deadline, TcpStream::connect(ep.addr)).await {
+    match crate::rt::time::within(deadline, crate::rt::connect::connect_tcp(ep.addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             upstream_stream(stream, ep, deadline).await

@@ -27,6 +27,7 @@
 //! `SAFETY` note.
 
 mod buffers;
+pub mod connect;
 mod drain;
 mod listen;
 mod process;
