@@ -1846,3 +1846,99 @@ def test_expired_certificate_warned_by_check_and_logged_by_runtime(blitzc, built
             p.kill()
     finally:
         _install_b_certs(pki, d, "main")
+
+
+# ---------------------------------------------------------------- paced attacks, concurrency
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "runtime/src/proxy/http2: a rapid reset paced under the per-tick control-frame budget "
+    "(10 HEADERS+RST_STREAM pairs every ~20 ms) is never ended: every stream still starts an "
+    "upstream request, one new upstream connection each (reported to the lead)"))
+def test_attack_paced_rapid_reset_is_ended(gw_a, origin):
+    """CVE-2023-44487 as attackers run it over a real network: streams opened
+    and reset at once in small bursts, never many frames in one read. Each
+    reset frees a slot of MAX_CONCURRENT_STREAMS at no cost to the client,
+    while the upstream work it started goes on, so the gateway must end the
+    connection (RELIABILITY: GOAWAY), not only bound each burst."""
+    accepted = origin.accepted
+    with Bystander(gw_a.ports["clear"]) as by, _attack_conn(gw_a, False) as raw:
+        sid, deadline = 1, time.monotonic() + 10
+        while time.monotonic() < deadline and not raw.seen.closed and raw.seen.goaway is None:
+            out = b""
+            for _ in range(10):
+                f = HeadersFrame(sid)
+                f.data = raw.block(path=f"/slow?delay=1&paced={sid}")
+                f.flags.add("END_HEADERS")
+                f.flags.add("END_STREAM")
+                out += f.serialize() + RstStreamFrame(sid, error_code=8).serialize()
+                sid += 2
+            if not raw.send(out):
+                break
+            raw.read_frames(time.monotonic() + 0.02)
+        ended = raw.seen.closed or raw.seen.goaway is not None
+        by.assert_served()
+    assert ended, (f"{sid // 2} streams opened and reset in 10 s without the connection ending; "
+                   f"the origin accepted {origin.accepted - accepted} connections meanwhile")
+
+
+def test_zero_window_reader_upstream_connections_closed(gw_a, origin):
+    """docs/architecture.md: at `body-timeout` without window the stream is
+    reset and its upstream connection closed: the origin sees no connection
+    of those downloads left open."""
+    from support.origin import OriginConn  # noqa: F401
+
+    before = {c.id for c in origin.open_conns()}
+    raw = _attack_conn(gw_a, False, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
+    try:
+        for i in range(5):
+            raw.headers(1 + 2 * i, raw.block(path=f"/bytes/20000000?zw={i}"))
+        assert origin.wait_for(lambda: sum("zw=" in r.target for r in origin.requests) >= 5, 10)
+        zw_conns = {r.conn_id for r in origin.requests if "zw=" in r.target} - before
+        seen = raw.read_frames(time.monotonic() + 15, stop=lambda s: len(s.resets) >= 5 or s.closed)
+        assert len(seen.resets) >= 5 or seen.closed, seen.frames[-10:]
+        assert origin.wait_for(lambda: not (zw_conns & {c.id for c in origin.open_conns()}), 10), \
+            "upstream connections of reset downloads still open"
+    finally:
+        raw.close()
+
+
+def test_h2_max_concurrent_streams_enforced(gw_a, origin):
+    """Streams beyond the announced MAX_CONCURRENT_STREAMS are refused
+    (REFUSED_STREAM or PROTOCOL_ERROR), never forwarded."""
+    s = socket.create_connection(("127.0.0.1", gw_a.ports["h2c"]), timeout=10)
+    limit = _server_settings(s).get(SettingsFrame.MAX_CONCURRENT_STREAMS)
+    s.close()
+    assert limit and limit <= 1000
+    raw = RawH2(f"127.0.0.1:{gw_a.ports['h2c']}")
+    try:
+        raw.read_frames(time.monotonic() + 1, stop=lambda s: s.settings_acks > 0)
+        n = limit + 10
+        out = b""
+        for i in range(n):
+            f = HeadersFrame(1 + 2 * i)
+            f.data = raw.block(path=f"/slow?delay=2&mcs={i}")
+            f.flags.add("END_HEADERS")
+            f.flags.add("END_STREAM")
+            out += f.serialize()
+        raw.send(out)
+        seen = raw.read_frames(time.monotonic() + 15, stop=lambda s: s.closed or s.goaway is not None
+                               or len(s.ended) + len(s.resets) >= n)
+        refused = [sid for sid, code in seen.resets.items() if code in (0x7, 0x1)]
+        assert seen.goaway is not None or len(refused) >= 10, (len(seen.resets), seen.goaway, len(seen.ended))
+        forwarded = sum("mcs=" in r.target for r in origin.requests)
+        assert forwarded <= limit, (forwarded, limit)
+    finally:
+        raw.close()
+
+
+def test_emit_from_spec_folder_makes_certificate_paths_absolute(blitzc, built_b, tmp_path):
+    """Paths are resolved against the spec's folder at build time and made
+    absolute: the binary may start from any folder."""
+    out = tmp_path / "crate"
+    r = subprocess.run([blitzc, "emit", "b.toml", "-o", out], cwd=built_b.spec.parent, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = (out / "src" / "gateway.rs").read_text()
+    paths = re.findall(r'"([^"]*live/main\.(?:crt|key))"', text)
+    assert paths and all(p.startswith("/") and Path(p).exists() for p in paths), paths
