@@ -1942,3 +1942,108 @@ def test_emit_from_spec_folder_makes_certificate_paths_absolute(blitzc, built_b,
     text = (out / "src" / "gateway.rs").read_text()
     paths = re.findall(r'"([^"]*live/main\.(?:crt|key))"', text)
     assert paths and all(p.startswith("/") and Path(p).exists() for p in paths), paths
+
+
+# ---------------------------------------------------------------- h1 + h2c on one port: the first bytes decide
+
+
+def _trickle(sock: socket.socket, data: bytes, step: int = 1, pause: float = 0.01) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(0, len(data), step):
+        sock.sendall(data[i:i + step])
+        time.sleep(pause)
+
+
+def test_h2c_preface_trickled_byte_by_byte_is_http2(gw_a):
+    s = socket.create_connection(("127.0.0.1", gw_a.ports["clear"]), timeout=10)
+    _trickle(s, PREFACE)
+    raw = RawH2("", sock=s, preface=False)
+    raw.frame(SettingsFrame(0))
+    raw.headers(1, raw.block(path="/dribbled-preface"))
+    seen = raw.read_frames(time.monotonic() + 10, stop=lambda x: 1 in x.ended or x.closed)
+    raw.close()
+    assert seen.status(1) == 200 and seen.data.get(1) == b"GET /dribbled-preface\n", seen
+
+
+@pytest.mark.parametrize("method", ["PUT", "PRI", "POST", "PATCH"])
+def test_h1_request_starting_like_the_preface_trickled_is_http11(gw_a, origin, method):
+    """`PUT` and `POST` share their first byte with the preface (`PRI * HTTP/2.0`):
+    sent a byte at a time they are still HTTP/1.1 requests."""
+    target = f"/dribbled-{method.lower()}"
+    req = f"{method} {target} HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode()
+    with socket.create_connection(("127.0.0.1", gw_a.ports["clear"]), timeout=10) as s:
+        _trickle(s, req, pause=0.005)
+        s.settimeout(10)
+        got = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                d = s.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not d:
+                break
+            got += d
+    if method == "PRI":
+        # `PRI /x HTTP/1.1` is no preface (that is `PRI * HTTP/2.0`): an
+        # HTTP/1.1 request with an unusual method, answered in HTTP/1.1
+        assert got.startswith(b"HTTP/1.1 "), got[:200]
+        return
+    assert got.startswith(b"HTTP/1.1 200"), got[:300]
+    r = origin_req_for(origin, target)
+    assert r is not None and r.method == method and bytes(r.body) == b"ok"
+
+
+def test_sighup_storm_under_h2_traffic(gw_b, pki):
+    port = gw_b.port
+    errors, ok = [], [0]
+    stop = threading.Event()
+
+    def load():
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                with H2.tls(port, "main.test") as c:
+                    for _ in range(5):
+                        st, *_ = c.request("/storm", authority="main.test")
+                        ok[0] += st == 200
+                        if st != 200:
+                            errors.append(st)
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    for _ in range(30):
+        os.kill(gw_b.pid, signal.SIGHUP)
+        time.sleep(0.02)
+    before = ok[0]
+    deadline = time.monotonic() + 15
+    while ok[0] < before + 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    t.join(20)
+    assert gw_b.proc.poll() is None, gw_b.text()[-2000:]
+    assert not errors, errors[:5]
+    assert ok[0] >= before + 5
+    assert served_der(port, "main.test") == pki.der("main")
+
+
+def test_check_resolves_certificate_files_against_the_spec_folder(blitzc, check_dir, tmp_path):
+    def diags(cwd, spec):
+        r = subprocess.run([blitzc, "check", str(spec), "--format", "json"], cwd=cwd, capture_output=True,
+                           text=True, timeout=60)
+        return sorted((d["code"], d["line"], d["column"]) for d in json.loads(r.stdout)["diagnostics"])
+
+    assert diags(check_dir, "c.kdl") == diags(tmp_path, check_dir / "c.kdl")
+
+
+def test_check_toml_tls_without_certificates(blitzc, tmp_path):
+    (tmp_path / "e.toml").write_text(
+        'version = 1\n\n[[listener]]\nname = "l"\nbind = "127.0.0.1:18020"\nprotocols = ["h1", "h2"]\n'
+        'tls = { certs = [] }\n\n[[route]]\nname = "r"\nrespond = { status = 200 }\n')
+    r = subprocess.run([blitzc, "check", "e.toml", "--format", "json"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    got = [(d["code"], d["line"]) for d in json.loads(r.stdout)["diagnostics"]]
+    assert ("B065", 7) in got, got
