@@ -2047,3 +2047,53 @@ def test_check_toml_tls_without_certificates(blitzc, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     got = [(d["code"], d["line"]) for d in json.loads(r.stdout)["diagnostics"]]
     assert ("B065", 7) in got, got
+
+
+def test_tls_h2_client_that_stops_reading_the_socket_costs_bounded_memory(gw_a):
+    """HTTP/2 over TLS with windows wide open, many large downloads, and a
+    client that never reads its socket: what the gateway buffers (h2 send
+    buffers, TLS records) stays bounded, and other clients are served."""
+    base = rss_kib(gw_a.pid)
+    socks = []
+    with Bystander(gw_a.ports["clear"]) as by:
+        for _ in range(4):
+            s = tls_connect(gw_a.ports["h2"], "default.test", client_ctx(["h2"]))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw = RawH2("", sock=s, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1})
+            raw.frame(WindowUpdateFrame(0, window_increment=2**31 - 1 - 65535))
+            for i in range(20):
+                raw.headers(1 + 2 * i, raw.block(path=f"/bytes/50000000?nr={i}", scheme="https"))
+            socks.append(raw)
+        time.sleep(4)
+        peak = rss_kib(gw_a.pid)
+        by.assert_served()
+    for raw in socks:
+        raw.close()
+    assert peak - base < RSS_GROWTH_KIB, (base, peak)
+    assert gw_a.proc.poll() is None
+
+
+@pytest.mark.parametrize("name, text, expect", [
+    ("kdl-empty-path.kdl",
+     'version 1\nlistener "l" {\n    bind "127.0.0.1:18030"\n    protocols "h1" "h2"\n    tls {\n'
+     '        cert "" key="k.key"\n    }\n}\nroute "r" {\n    respond 200\n}\n',
+     [("B011", 6)]),
+    ("toml-empty-path.toml",
+     'version = 1\n\n[[listener]]\nname = "l"\nbind = "127.0.0.1:18031"\nprotocols = ["h1", "h2"]\n'
+     'tls = { certs = [{ cert = "", key = "k.key" }] }\n\n[[route]]\nname = "r"\nrespond = { status = 200 }\n',
+     [("B011", 7)]),
+    ("toml-tls-not-a-table.toml",
+     'version = 1\n\n[[listener]]\nname = "l"\nbind = "127.0.0.1:18032"\nprotocols = ["h1", "h2"]\n'
+     'tls = "yes"\n\n[[route]]\nname = "r"\nrespond = { status = 200 }\n',
+     [("B011", 7)]),
+])
+def test_check_a_bad_certificate_entry_is_reported_once(blitzc, tmp_path, name, text, expect):
+    """The `tls` block does have a certificate, only a bad one: its error
+    alone, no "`tls` has no certificate" (B065) nor "h2 needs tls" (B060)
+    repeating it wrongly."""
+    (tmp_path / name).write_text(text)
+    r = subprocess.run([blitzc, "check", name, "--format", "json"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    got = [(d["code"], d["line"]) for d in json.loads(r.stdout)["diagnostics"]]
+    assert got == expect, got
