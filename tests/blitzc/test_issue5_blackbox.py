@@ -952,11 +952,16 @@ def test_h2_value_with_edge_whitespace_is_400(gw_a, origin, value):
     assert origin_req_for(origin, marker, timeout=0.5) is None
 
 
-@pytest.mark.parametrize("name", ["X-Upper", "bad name", "x-nul\x00"])
-def test_h2_bad_field_names_never_forwarded(gw_a, origin, name):
-    marker = f"/tr/name-{abs(hash(name))}"
+@pytest.mark.parametrize("name, value", [
+    ("X-Upper", "v"), ("bad name", "v"), ("x-nul\x00", "v"), ("", "empty-name"), ("x-crlf", "a\r\nx-injected: 1"),
+    ("x-lf", "a\nx-injected: 1"), ("x-nulv", "a\x00b"), ("x-colon:", "v"),
+])
+def test_h2_bad_fields_never_forwarded(gw_a, origin, name, value):
+    """RELIABILITY: downgrading to HTTP/1.1 never emits CR, LF or NUL in a
+    header, nor an empty header name: such a request is refused."""
+    marker = f"/tr/name-{abs(hash((name, value)))}"
     with RawH2(f"127.0.0.1:{gw_a.ports['h2c']}") as raw:
-        raw.headers(1, raw.block(path=marker, extra=[(name, "v")]))
+        raw.headers(1, raw.block(path=marker, extra=[(name, value)]))
         seen = raw.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.resets or s.status(1) or s.goaway is not None)
     assert seen.status(1) in (None, 400), seen
     assert origin_req_for(origin, marker, timeout=0.5) is None
@@ -1242,7 +1247,7 @@ def test_kdl_and_toml_forms_emit_the_same_gateway(blitzc, built_a, tmp_path):
 
 
 BREAKAGES = ["garbage-cert", "missing-key", "mismatch", "empty-key", "encrypted-key", "reversed-chain",
-             "sni-not-covered"]
+             "sni-not-covered", "wrong-key-first"]
 
 
 def _break(pki: Pki, live: Path, breakage: str) -> str:
@@ -1264,6 +1269,9 @@ def _break(pki: Pki, live: Path, breakage: str) -> str:
         leaf, inter = text[: text.index(end) + len(end)], text[text.index(end) + len(end):]
         (live / "main.crt").write_text(inter + leaf)
         shutil.copy(pki.path("main-int.key"), live / "main.key")
+        return "B063"
+    elif breakage == "wrong-key-first":  # a key file of several keys uses the first
+        (live / "main.key").write_text(pki.path("main2.key").read_text() + pki.path("main.key").read_text())
         return "B063"
     elif breakage == "sni-not-covered":
         shutil.copy(pki.path("main2.crt"), live / "side.crt")  # names main.test, chosen for side.test
