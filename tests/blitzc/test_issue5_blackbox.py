@@ -2105,3 +2105,28 @@ def test_check_a_bad_certificate_entry_is_reported_once(blitzc, tmp_path, name, 
     assert r.returncode == 1, r.stdout + r.stderr
     got = [(d["code"], d["line"]) for d in json.loads(r.stdout)["diagnostics"]]
     assert got == expect, got
+
+
+@pytest.mark.parametrize("listener, upstream, features", [
+    ('protocols "h1"', '', set()),
+    ('protocols "h1" "h2c"', '', {"h2"}),
+    ('protocols "h2c"', '', {"h2"}),
+    ('protocols "h1"\n    tls {\n        cert "certs/default.crt" key="certs/default.key"\n    }', '', {"tls"}),
+    ('protocols "h2"\n    tls {\n        cert "certs/default.crt" key="certs/default.key"\n    }', '', {"tls", "h2"}),
+    ('protocols "h1"', ' tls=#true ca="certs/ca.crt"', {"tls"}),
+])
+def test_build_enables_only_the_runtime_features_the_spec_uses(blitzc, tmp_path, pki, listener, upstream, features):
+    """DESIGN: lean binaries: `tls` and `h2` are cargo features of the
+    runtime that blitzc enables only when the spec uses them."""
+    _copy_certs(pki, tmp_path / "certs", ["default"])
+    shutil.copy(pki.path("ca.crt"), tmp_path / "certs" / "ca.crt")
+    (tmp_path / "f.kdl").write_text(
+        f'version 1\nlistener "l" {{\n    bind "127.0.0.1:18040"\n    {listener}\n}}\n'
+        f'upstream "u" {{\n    server "127.0.0.1:9001"{upstream}\n}}\nroute "r" {{\n    proxy "u"\n}}\n')
+    out = tmp_path / "crate"
+    r = subprocess.run([blitzc, "emit", "f.kdl", "-o", out], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"blitz-runtime\s*=\s*\{[^}]*features\s*=\s*\[([^\]]*)\]", (out / "Cargo.toml").read_text())
+    assert m, (out / "Cargo.toml").read_text()
+    got = set(re.findall(r'"([^"]+)"', m.group(1))) & {"tls", "h2", "h3", "jwt", "wasm", "ebpf", "metrics"}
+    assert got == features, got
