@@ -589,7 +589,13 @@ impl Lowerer<'_> {
                 .collect(),
             None => vec![Spanned::new(Protocol::H1, Span::default())],
         };
-        let tls = self.single(&kids, "tls").map(|n| self.tls(n));
+        // A `tls` block none of whose certificates could be read leaves the
+        // listener out, as a bad `bind` does: the errors were reported, and
+        // "no certificate" (B065) would only repeat them, wrongly.
+        let tls = match self.single(&kids, "tls").map(|n| self.tls(n)) {
+            Some(None) => return None,
+            tls => tls.flatten(),
+        };
         Some(Listener {
             name: name?,
             bind: bind?,
@@ -599,10 +605,13 @@ impl Lowerer<'_> {
         })
     }
 
-    fn tls(&mut self, node: &KdlNode) -> Tls {
+    /// `None` when the block had `cert` nodes but none lowered (each one's
+    /// error reported).
+    fn tls(&mut self, node: &KdlNode) -> Option<Tls> {
         self.entries(node, 0, &[], true);
         let kids = self.children(node, &["cert"]);
         let mut certs = Vec::new();
+        let had_entries = !kids.is_empty();
         for n in kids {
             let e = self.entries(n, 1, &["key", "sni"], false);
             let cert = match e.args.first() {
@@ -640,10 +649,13 @@ impl Lowerer<'_> {
                 });
             }
         }
-        Tls {
+        if certs.is_empty() && had_entries {
+            return None;
+        }
+        Some(Tls {
             certs,
             span: span_of(node.span()),
-        }
+        })
     }
 
     /// A server's `tls=#true`, `sni=` and `ca=`. `Some(None)`: cleartext;

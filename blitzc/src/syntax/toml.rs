@@ -866,10 +866,16 @@ impl Lowerer {
         if protocols.is_empty() {
             protocols.push(Spanned::new(Protocol::H1, Span::default()));
         }
-        let tls = t
+        // A `tls` that is no table, or none of whose certificates could be
+        // read, leaves the listener out, as a bad `bind` does: the errors were
+        // reported, and B060/B065 would only repeat them, wrongly.
+        let tls = match t
             .get("tls")
-            .and_then(|f| self.table(f, CTX))
-            .map(|t| self.tls(t));
+            .map(|f| self.table(f, CTX).and_then(|t| self.tls(t)))
+        {
+            Some(None) => return None,
+            tls => tls.flatten(),
+        };
         Some(Listener {
             name: name?,
             bind: bind?,
@@ -879,13 +885,16 @@ impl Lowerer {
         })
     }
 
-    fn tls(&mut self, t: Tbl<'_>) -> Tls {
+    /// `None` when `certs` had entries but none lowered (each one's error
+    /// reported).
+    fn tls(&mut self, t: Tbl<'_>) -> Option<Tls> {
         self.unknown_keys(t, TLS_KEYS, "tls");
         let mut certs = Vec::new();
         let tables = match t.get("certs") {
             Some(f) => self.tables(f, "tls"),
             None => Vec::new(),
         };
+        let had_entries = !tables.is_empty();
         for c in tables {
             const CTX: &str = "cert";
             self.unknown_keys(c, CERT_KEYS, CTX);
@@ -908,10 +917,13 @@ impl Lowerer {
                 });
             }
         }
-        Tls {
+        if certs.is_empty() && had_entries {
+            return None;
+        }
+        Some(Tls {
             certs,
             span: t.span,
-        }
+        })
     }
 
     fn limits(&mut self, t: Tbl<'_>) -> Limits {
