@@ -16,9 +16,10 @@ Two binaries are built once for the module:
   folder of their own, started afresh by the tests that change those files
   (SIGHUP reloads, start-up failures, key types, socket handoff).
 
-Known failure, marked `xfail(strict=True)`: a rapid reset paced in small
-bursts (under the per-read control-frame budget) is never ended by the
-gateway (`test_attack_paced_rapid_reset_is_ended`, runtime/src/proxy/http2).
+Found here and fixed: a rapid reset paced in small bursts (under the
+per-read control-frame budget) was never ended by the gateway
+(`test_attack_paced_rapid_reset_is_ended`; now Envoy's premature-reset rule
+in runtime/src/proxy/http2).
 
 Choices the docs leave open, as the project made them: an attacking
 connection may end with a GOAWAY or with a plain close (a server closing
@@ -1870,10 +1871,6 @@ def test_expired_certificate_warned_by_check_and_logged_by_runtime(blitzc, built
 # ---------------------------------------------------------------- paced attacks, concurrency
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/src/proxy/http2: a rapid reset paced under the per-tick control-frame budget "
-    "(10 HEADERS+RST_STREAM pairs every ~20 ms) is never ended: every stream still starts an "
-    "upstream request, one new upstream connection each (reported to the lead)"))
 def test_attack_paced_rapid_reset_is_ended(gw_a, origin):
     """CVE-2023-44487 as attackers run it over a real network: streams opened
     and reset at once in small bursts, never many frames in one read. Each
