@@ -63,7 +63,8 @@ from support.h2client import ENHANCE_YOUR_CALM, PREFACE, RawH2
 from support.origin import Origin
 from support.pki import Pki, TlsOrigin
 
-pytestmark = pytest.mark.timeout(180)
+# The bound is the test body's; building a gateway (a fixture) takes longer on a cold cache.
+pytestmark = pytest.mark.timeout(180, func_only=True)
 
 CURL = shutil.which("curl")
 NGHTTP = shutil.which("nghttp")
