@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from support.client import Closed, RawConn
-from support.gateway import settled_fd_count
+from support.gateway import CaseResources
 
 SEED = int(os.environ.get("BLITZ_RANDOM_SEED", "20261127"))
 MAX_CASES = int(os.environ.get("BLITZ_RANDOM_CASES", "1500"))
@@ -526,10 +526,8 @@ def test_random_h1_requests(start_gateway, origin):
     cases = [int(ONLY_CASE)] if ONLY_CASE else range(MAX_CASES)
     started = time.monotonic()
     print(f"\nseed={SEED} (BLITZ_RANDOM_SEED to change it)")
-    rss_base = fds_base = None
-    rss_max = 0
+    res = CaseResources(gw)
     kinds: dict[str, int] = {}
-    done = 0
     for n in cases:
         if time.monotonic() - started > MAX_SECONDS:
             break
@@ -543,18 +541,11 @@ def test_random_h1_requests(start_gateway, origin):
         check_case(case, responses, closed, recs)
         for p in case.parts:
             kinds[p[0]] = kinds.get(p[0], 0) + 1
-        done += 1
-        if done == 20:
-            rss_base, fds_base = gw.rss_kib(), settled_fd_count(gw.pid)
-        rss_max = max(rss_max, gw.rss_kib())
+        res.case_done()
         if len(origin.requests) > 2000:
             origin.reset()
     elapsed = time.monotonic() - started
-    fds_end = settled_fd_count(gw.pid)
-    print(f"{done} cases in {elapsed:.1f}s; parts by kind: {dict(sorted(kinds.items()))}")
-    print(f"RSS after 20 cases {rss_base} KiB, max {rss_max} KiB; fds after 20 cases {fds_base}, at the end {fds_end}")
+    print(f"{res.done} cases in {elapsed:.1f}s; parts by kind: {dict(sorted(kinds.items()))}")
     bystander.close()
-    if rss_base is not None:
-        assert rss_max - rss_base < 32 * 1024, f"RSS grew from {rss_base} to {rss_max} KiB (seed={SEED})"
-        # the upstream pool may hold a connection or two more or fewer
-        assert fds_end <= fds_base + 4, f"fds {fds_base} -> {fds_end} (seed={SEED})"
+    # the upstream pool may hold a connection or two more or fewer
+    res.check(32 * 1024, 4, f"seed={SEED}")

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import hpack
 import pytest
 
-from support.gateway import settled_fd_count
+from support.gateway import CaseResources
 from support.h2client import PREFACE, RawH2
 from support.pki import Pki
 
@@ -535,8 +535,7 @@ def test_random_h2_frames(start_gateway, origin, pki, transport):
     print(f"\nseed={SEED} {transport} (BLITZ_RANDOM_SEED to change it)")
     cases = [int(ONLY_CASE)] if ONLY_CASE else range(MAX_CASES)
     started = time.monotonic()
-    rss_base = fds_base = None
-    rss_max = done = 0
+    res = CaseResources(gw)
     outcomes: dict[str, int] = {}
     for n in cases:
         if time.monotonic() - started > MAX_SECONDS:
@@ -553,22 +552,15 @@ def test_random_h2_frames(start_gateway, origin, pki, transport):
         key = case.fatal or ("flip" if case.flipped else None) or next(
             (f"malformed:{s.malformed}" for s in case.streams.values() if s.malformed), "valid")
         outcomes[key] = outcomes.get(key, 0) + 1
-        done += 1
-        if done == 20:
-            rss_base, fds_base = gw.rss_kib(), settled_fd_count(gw.pid)
-        rss_max = max(rss_max, gw.rss_kib())
+        res.case_done()
         if len(origin.requests) > 2000:
             origin.reset()
     elapsed = time.monotonic() - started
-    fds_end = settled_fd_count(gw.pid)
-    print(f"{done} cases in {elapsed:.1f}s: {dict(sorted(outcomes.items()))}")
-    print(f"RSS after 20 cases {rss_base} KiB, max {rss_max} KiB; fds after 20 cases {fds_base}, at the end {fds_end}")
+    print(f"{res.done} cases in {elapsed:.1f}s: {dict(sorted(outcomes.items()))}")
     bystander.raw.close()
-    if rss_base is not None:
-        assert rss_max - rss_base < 32 * 1024, f"RSS grew from {rss_base} to {rss_max} KiB (seed={SEED})"
-        # idle upstream connections stay pooled: up to one per stream a case
-        # had in flight at once (ten at most); a leak grows with the cases
-        assert fds_end <= fds_base + 12, f"fds {fds_base} -> {fds_end} (seed={SEED})"
+    # idle upstream connections stay pooled: up to one per stream a case
+    # had in flight at once (ten at most); a leak grows with the cases
+    res.check(32 * 1024, 12, f"seed={SEED}")
 
 
 # ------------------------------------------------- regressions found above

@@ -130,6 +130,37 @@ def settled_fd_count(pid: int, timeout: float = 15) -> int:
     return last
 
 
+class CaseResources:
+    """A gateway's memory and descriptors over a run of test cases: the
+    baseline once `settle` cases ran (pools and buffers warm), the RSS peak
+    after it, and the descriptors once the run ended and closed its
+    connections. A leak grows with the cases; a bounded run does not."""
+
+    def __init__(self, gw, settle: int = 20):
+        self.gw, self.settle = gw, settle
+        self.done = 0
+        self.rss_base = self.fds_base = None
+        self.rss_max = 0
+
+    def case_done(self) -> None:
+        self.done += 1
+        if self.done == self.settle:
+            self.rss_base, self.fds_base = self.gw.rss_kib(), settled_fd_count(self.gw.pid)
+        self.rss_max = max(self.rss_max, self.gw.rss_kib())
+
+    def check(self, rss_growth_kib: int, fd_slack: int, what: str) -> None:
+        """Asserts the RSS grew less than `rss_growth_kib` past the
+        baseline and the descriptors end within `fd_slack` of it."""
+        fds_end = settled_fd_count(self.gw.pid)
+        print(f"RSS after {self.settle} cases {self.rss_base} KiB, max {self.rss_max} KiB; "
+              f"fds after {self.settle} cases {self.fds_base}, at the end {fds_end}")
+        if self.rss_base is None:
+            return
+        assert self.rss_max - self.rss_base < rss_growth_kib, \
+            f"RSS grew from {self.rss_base} to {self.rss_max} KiB ({what})"
+        assert fds_end <= self.fds_base + fd_slack, f"fds {self.fds_base} -> {fds_end} ({what})"
+
+
 def _fmt_duration(v) -> str:
     return f"{v}s" if isinstance(v, (int, float)) else str(v)
 
