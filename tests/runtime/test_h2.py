@@ -492,6 +492,45 @@ def test_zero_window_reader(start_gateway):
     assert_served_through(by, before)
 
 
+def test_a_connection_that_takes_no_data_gets_goaway(start_gateway):
+    """RELIABILITY.md: a zero-window reader's connection is closed with
+    GOAWAY(ENHANCE_YOUR_CALM): its streams are reset at body-timeout, and as
+    no DATA frame went out on the connection meanwhile, the connection goes
+    too (before, only the streams did and the connection stayed)."""
+    g = start_gateway(body_timeout=2, **H2C)
+    with RawH2(g.addr, settings={0x4: 0}) as raw:
+        for i in range(3):
+            raw.headers(1 + 2 * i, path=f"/bytes/{1024 * 1024}")
+        s = raw.read_frames(time.monotonic() + 15, stop=lambda s: s.goaway is not None or s.closed)
+    assert s.goaway == ENHANCE_YOUR_CALM, s
+    assert set(s.resets.values()) <= {CANCEL}, s
+
+
+def test_a_client_holding_back_one_stream_keeps_its_connection(start_gateway):
+    """Flow control is also backpressure: a client may leave one download's
+    window closed while it reads others. That stream is reset at
+    body-timeout; the connection, which kept taking DATA, stays."""
+    from hyperframe.frame import WindowUpdateFrame
+
+    g = start_gateway(body_timeout=2, **H2C)
+    with RawH2(g.addr, settings={0x4: 0}) as raw:
+        raw.headers(1, path=f"/bytes/{1024 * 1024}")
+        sid, end = 3, time.monotonic() + 5
+        while time.monotonic() < end:
+            raw.headers(sid, path="/bytes/100")
+            raw.frame(WindowUpdateFrame(sid, window_increment=1000))
+            s = raw.read_frames(time.monotonic() + 5, stop=lambda s, sid=sid: sid in s.ended or s.goaway is not None)
+            assert sid in s.ended and s.goaway is None, s
+            raw.frame(WindowUpdateFrame(0, window_increment=100))
+            sid += 2
+            time.sleep(0.2)
+        assert raw.seen.resets.get(1) == CANCEL, raw.seen
+        raw.headers(sid, path="/bytes/100")
+        raw.frame(WindowUpdateFrame(sid, window_increment=1000))
+        s = raw.read_frames(time.monotonic() + 5, stop=lambda s: sid in s.ended or s.goaway is not None)
+    assert s.status(sid) == 200 and s.goaway is None, s
+
+
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "streamed"])
 def test_upload_over_the_limit_is_a_clean_413(start_gateway, origin, tmp_path, declared):
     """An upload over max-body-bytes gets 413, and the client sees a

@@ -155,12 +155,15 @@ pub(crate) fn max_header_list_size(limits: &Limits) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
-/// A connection's ended streams and how many of them the client reset
-/// prematurely (see [`PREMATURE_RESET_STREAMS`]).
+/// A connection's ended streams: how many, how many of them the client
+/// reset prematurely (see [`PREMATURE_RESET_STREAMS`]), and whether one was
+/// reset since the last tick because the client kept its window closed
+/// past `body_timeout` (a zero-window reader, see [`serve_h2`]).
 #[derive(Debug, Default)]
 pub(crate) struct ResetTally {
     ended: Cell<u64>,
     premature: Cell<u64>,
+    stalled: Cell<bool>,
 }
 
 impl ResetTally {
@@ -168,6 +171,15 @@ impl ResetTally {
         self.ended.set(self.ended.get() + 1);
         self.premature
             .set(self.premature.get() + u64::from(premature));
+    }
+
+    pub(crate) fn stream_stalled(&self) {
+        self.stalled.set(true);
+    }
+
+    /// Whether a stream was reset for a closed window since the last call.
+    fn take_stalled(&self) -> bool {
+        self.stalled.replace(false)
     }
 
     /// Whether the client's resets call for GOAWAY(ENHANCE_YOUR_CALM).
@@ -222,9 +234,12 @@ pub(crate) async fn serve_h2<G: Gateway>(
     let mut idle_ticks = 0u32;
     let mut header_block_ticks = 0u32;
     let mut preface_ticks = 0u32;
+    // DATA frames written so far, and ticks since that count last moved.
+    let (mut data_sent, mut quiet_ticks) = (0u64, 0u32);
     let ticks_of = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u32;
     let idle_limit = ticks_of(w.limits.idle_timeout);
     let header_limit = ticks_of(w.limits.header_timeout);
+    let body_limit = ticks_of(w.limits.body_timeout);
     let close_limit = ticks_of(CLOSE_GRACE);
 
     enum Event<T> {
@@ -309,6 +324,23 @@ pub(crate) async fn serve_h2<G: Gateway>(
                 if header_block_ticks > header_limit && closing != Closing::Abrupt {
                     // A header block trickled in CONTINUATION frames: the
                     // connection can do nothing else meanwhile.
+                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                    closing = Closing::Abrupt;
+                }
+                let sent = watch.data_frames_sent();
+                quiet_ticks = if sent == data_sent {
+                    quiet_ticks + 1
+                } else {
+                    0
+                };
+                data_sent = sent;
+                if resets.take_stalled() && quiet_ticks >= body_limit && closing != Closing::Abrupt
+                {
+                    // A zero-window reader (RELIABILITY.md): a stream was
+                    // reset for a window kept closed past body_timeout, and
+                    // no other stream took a DATA frame meanwhile. A client
+                    // that holds back one stream while reading others keeps
+                    // its connection; one that reads nothing loses it.
                     conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                     closing = Closing::Abrupt;
                 }

@@ -42,9 +42,12 @@ pub(crate) async fn serve_stream<G: Gateway>(
 ) {
     let opened = coarse_now();
     let (parts, mut body) = request.into_parts();
-    let reset = answer(&w, parts, &mut body, &mut respond, peer, proto).await;
+    let end = answer(&w, parts, &mut body, &mut respond, peer, proto).await;
     let lived = coarse_now().saturating_duration_since(opened);
-    resets.stream_ended(reset && lived < PREMATURE_RESET_LIFETIME);
+    resets.stream_ended(end == StreamEnd::ResetByClient && lived < PREMATURE_RESET_LIFETIME);
+    if end == StreamEnd::Stalled {
+        resets.stream_stalled();
+    }
     if !body.is_end_stream() {
         discard_rest(&mut body).await;
     }
@@ -68,9 +71,19 @@ async fn discard_rest(body: &mut RecvStream) {
     }
 }
 
+/// How a stream's answer ended, for the connection's [`ResetTally`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    /// Answered, or refused (the usual end).
+    Done,
+    /// The client reset the stream (or left) before the answer was complete.
+    ResetByClient,
+    /// The response had started and the client took none of it within
+    /// `body_timeout` (a window kept closed, or a socket not read).
+    Stalled,
+}
+
 /// Translates, routes and answers one stream (locally or by proxying).
-/// True if the client reset the stream (or left) before its answer was
-/// complete.
 async fn answer<G: Gateway>(
     w: &Rc<Worker<G>>,
     parts: http::request::Parts,
@@ -78,7 +91,7 @@ async fn answer<G: Gateway>(
     respond: &mut SendResponse<Bytes>,
     peer: SocketAddr,
     proto: &'static str,
-) -> bool {
+) -> StreamEnd {
     let mut req = RequestHead::default();
     let mut scratch = w.buffers.take();
     let translated = request_head(
@@ -107,13 +120,14 @@ async fn answer<G: Gateway>(
             },
             &mut ctx,
         );
-        return false;
+        return StreamEnd::Done;
     }
     req.client = Some(peer);
     let route = w.gateway.route(&req);
     crate::proxy::before_steps(&mut req);
     let mut ctx = G::Ctx::default();
     let action = w.gateway.request(route, &mut req, &mut ctx);
+    let mut stalled = false;
     let (status, error) = match action {
         Action::Respond {
             status,
@@ -165,6 +179,7 @@ async fn answer<G: Gateway>(
             match outcome {
                 Outcome::Done { status } => (status, None),
                 Outcome::Failed { error, answered } => {
+                    stalled = answered && error.kind == ErrorKind::ClientTimeout;
                     let status = if answered {
                         0
                     } else if send_error(respond, error.status, req.is_head()) {
@@ -185,7 +200,13 @@ async fn answer<G: Gateway>(
         },
         &mut ctx,
     );
-    error.is_some_and(|e| e.kind == ErrorKind::ClientClosed)
+    if stalled {
+        StreamEnd::Stalled
+    } else if error.is_some_and(|e| e.kind == ErrorKind::ClientClosed) {
+        StreamEnd::ResetByClient
+    } else {
+        StreamEnd::Done
+    }
 }
 
 fn local_outcome(ok: bool, status: u16) -> (u16, Option<ProxyError>) {

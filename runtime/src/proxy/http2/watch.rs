@@ -254,6 +254,11 @@ impl FrameWatch {
         requested
     }
 
+    /// DATA frames the gateway has written to the client so far.
+    pub(crate) fn data_frames_sent(&self) -> u64 {
+        self.state.get().data_frames_sent
+    }
+
     /// True once any byte of the client's preface arrived.
     pub(crate) fn received_any(&self) -> bool {
         self.state.get().preface_left < PREFACE.len()
