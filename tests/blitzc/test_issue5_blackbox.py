@@ -59,7 +59,7 @@ from hyperframe.frame import (
 
 from support.blitzc import build
 from support.gateway import WatchedProcess, free_port, rss_kib
-from support.h2client import ENHANCE_YOUR_CALM, PREFACE, RawH2
+from support.h2client import ENHANCE_YOUR_CALM, PREFACE, RawH2, SocketOwner
 from support.origin import Origin
 from support.pki import Pki, TlsOrigin
 
@@ -450,7 +450,7 @@ def h1_tls(port: int, path: str = "/", sni: str | None = "default.test", headers
         conn.close()
 
 
-class H2:
+class H2(SocketOwner):
     """A well-behaved HTTP/2 client (the `h2` library) over any socket."""
 
     def __init__(self, sock: socket.socket, scheme: str = "https"):
@@ -473,18 +473,6 @@ class H2:
     @classmethod
     def clear(cls, port: int) -> "H2":
         return cls(socket.create_connection(("127.0.0.1", port), timeout=10), "http")
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
 
     def request(self, path="/", method="GET", authority="default.test", headers=(), body=None,
                 timeout=10.0, raw_headers=None):
