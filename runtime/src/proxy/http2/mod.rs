@@ -155,26 +155,38 @@ pub(crate) fn max_header_list_size(limits: &Limits) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
+/// How a stream's answer ended, as its connection's [`StreamEnds`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// Answered, or refused (the usual end).
+    Done,
+    /// The client reset the stream (or left) before the answer was complete.
+    ResetByClient,
+    /// The response had started and the client took none of it within
+    /// `body_timeout` (a window kept closed, or a socket not read).
+    Stalled,
+}
+
 /// A connection's ended streams: how many, how many of them the client
-/// reset prematurely (see [`PREMATURE_RESET_STREAMS`]), and whether one was
-/// reset since the last tick because the client kept its window closed
-/// past `body_timeout` (a zero-window reader, see [`serve_h2`]).
+/// reset prematurely (see [`PREMATURE_RESET_STREAMS`]), and whether one
+/// stalled since the last tick (a zero-window reader, see [`serve_h2`]).
 #[derive(Debug, Default)]
-pub(crate) struct ResetTally {
+pub(crate) struct StreamEnds {
     ended: Cell<u64>,
     premature: Cell<u64>,
     stalled: Cell<bool>,
 }
 
-impl ResetTally {
-    pub(crate) fn stream_ended(&self, premature: bool) {
+impl StreamEnds {
+    /// A stream ended as `end`, `lived` after it was opened.
+    pub(crate) fn record(&self, end: StreamEnd, lived: Duration) {
+        let premature = end == StreamEnd::ResetByClient && lived < PREMATURE_RESET_LIFETIME;
         self.ended.set(self.ended.get() + 1);
         self.premature
             .set(self.premature.get() + u64::from(premature));
-    }
-
-    pub(crate) fn stream_stalled(&self) {
-        self.stalled.set(true);
+        if end == StreamEnd::Stalled {
+            self.stalled.set(true);
+        }
     }
 
     /// Whether a stream was reset for a closed window since the last call.
@@ -185,6 +197,19 @@ impl ResetTally {
     /// Whether the client's resets call for GOAWAY(ENHANCE_YOUR_CALM).
     fn too_many(&self) -> bool {
         self.premature.get() * 2 >= self.ended.get().max(PREMATURE_RESET_STREAMS)
+    }
+}
+
+/// Ends the connection with GOAWAY(`reason`), flushed before the close
+/// (the crate's abrupt shutdown), unless that is under way already.
+fn end_abruptly(
+    conn: &mut h2::server::Connection<H2Io, Bytes>,
+    closing: &mut Closing,
+    reason: Reason,
+) {
+    if *closing != Closing::Abrupt {
+        conn.abrupt_shutdown(reason);
+        *closing = Closing::Abrupt;
     }
 }
 
@@ -225,7 +250,7 @@ pub(crate) async fn serve_h2<G: Gateway>(
     };
     let proto = if secure { "https" } else { "http" };
     let mut streams = StreamTasks::default();
-    let resets = Rc::new(ResetTally::default());
+    let ends = Rc::new(StreamEnds::default());
     let drain = pin!(w.drain.wait());
     let mut drain = drain;
     let mut tick = pin!(crate::rt::time::sleep(TICK));
@@ -284,21 +309,19 @@ pub(crate) async fn serve_h2<G: Gateway>(
                     respond,
                     peer,
                     proto,
-                    Rc::clone(&resets),
+                    Rc::clone(&ends),
                 ));
                 // Checked as streams come: the tick would let a paced
                 // attack run for up to a second more.
-                if resets.too_many() && closing != Closing::Abrupt {
-                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
-                    closing = Closing::Abrupt;
+                if ends.too_many() {
+                    end_abruptly(&mut conn, &mut closing, Reason::ENHANCE_YOUR_CALM);
                 }
             }
             Event::Closed => break,
             Event::Stop(reason) => {
                 // The h2 crate never saw the offending frame: this GOAWAY
                 // is the only answer, flushed before the close.
-                conn.abrupt_shutdown(reason);
-                closing = Closing::Abrupt;
+                end_abruptly(&mut conn, &mut closing, reason);
             }
             Event::Drain => {
                 conn.graceful_shutdown();
@@ -321,11 +344,10 @@ pub(crate) async fn serve_h2<G: Gateway>(
                 } else {
                     0
                 };
-                if header_block_ticks > header_limit && closing != Closing::Abrupt {
+                if header_block_ticks > header_limit {
                     // A header block trickled in CONTINUATION frames: the
                     // connection can do nothing else meanwhile.
-                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
-                    closing = Closing::Abrupt;
+                    end_abruptly(&mut conn, &mut closing, Reason::ENHANCE_YOUR_CALM);
                 }
                 let sent = watch.data_frames_sent();
                 quiet_ticks = if sent == data_sent {
@@ -334,15 +356,13 @@ pub(crate) async fn serve_h2<G: Gateway>(
                     0
                 };
                 data_sent = sent;
-                if resets.take_stalled() && quiet_ticks >= body_limit && closing != Closing::Abrupt
-                {
+                if ends.take_stalled() && quiet_ticks >= body_limit {
                     // A zero-window reader (RELIABILITY.md): a stream was
                     // reset for a window kept closed past body_timeout, and
                     // no other stream took a DATA frame meanwhile. A client
                     // that holds back one stream while reading others keeps
                     // its connection; one that reads nothing loses it.
-                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
-                    closing = Closing::Abrupt;
+                    end_abruptly(&mut conn, &mut closing, Reason::ENHANCE_YOUR_CALM);
                 }
                 // Idle: no stream in flight and none opened; frames that
                 // are no request (PINGs...) do not keep a connection.
@@ -367,8 +387,7 @@ pub(crate) async fn serve_h2<G: Gateway>(
                             // processed, RFC 9113 §6.8) waits for the ack
                             // of its shutdown PING, which this client never
                             // sent: send it now, then close once flushed.
-                            conn.abrupt_shutdown(Reason::NO_ERROR);
-                            closing = Closing::Abrupt;
+                            end_abruptly(&mut conn, &mut closing, Reason::NO_ERROR);
                             closing_ticks = 0;
                         }
                     }
@@ -446,10 +465,15 @@ impl StreamTasks {
 mod tests {
     use super::*;
 
-    fn tally(ended: u64, premature: u64) -> ResetTally {
-        let t = ResetTally::default();
+    fn tally(ended: u64, premature: u64) -> StreamEnds {
+        let t = StreamEnds::default();
         for i in 0..ended {
-            t.stream_ended(i < premature);
+            let end = if i < premature {
+                StreamEnd::ResetByClient
+            } else {
+                StreamEnd::Done
+            };
+            t.record(end, Duration::ZERO);
         }
         t
     }

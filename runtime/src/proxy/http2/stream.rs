@@ -14,7 +14,7 @@ use http::Request;
 
 use super::exchange::{Outcome, proxy_stream};
 use super::translate::{Refused, local_head, request_head};
-use super::{PREMATURE_RESET_LIFETIME, ResetTally};
+use super::{StreamEnd, StreamEnds};
 use crate::http::{HeaderBlock, RequestHead, status_has_no_body};
 use crate::proxy::Worker;
 use crate::proxy::conn::error_body;
@@ -31,23 +31,19 @@ const DISCARD_BYTES: usize = 1024 * 1024;
 const DISCARD_TIME: Duration = Duration::from_secs(1);
 
 /// Serves one stream to its end; errors are answered or reset here. Its
-/// end is told to the connection's `resets` tally.
+/// end is told to the connection's `ends`.
 pub(crate) async fn serve_stream<G: Gateway>(
     w: Rc<Worker<G>>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
     proto: &'static str,
-    resets: Rc<ResetTally>,
+    ends: Rc<StreamEnds>,
 ) {
     let opened = coarse_now();
     let (parts, mut body) = request.into_parts();
     let end = answer(&w, parts, &mut body, &mut respond, peer, proto).await;
-    let lived = coarse_now().saturating_duration_since(opened);
-    resets.stream_ended(end == StreamEnd::ResetByClient && lived < PREMATURE_RESET_LIFETIME);
-    if end == StreamEnd::Stalled {
-        resets.stream_stalled();
-    }
+    ends.record(end, coarse_now().saturating_duration_since(opened));
     if !body.is_end_stream() {
         discard_rest(&mut body).await;
     }
@@ -69,18 +65,6 @@ async fn discard_rest(body: &mut RecvStream) {
             _ => return,
         }
     }
-}
-
-/// How a stream's answer ended, for the connection's [`ResetTally`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StreamEnd {
-    /// Answered, or refused (the usual end).
-    Done,
-    /// The client reset the stream (or left) before the answer was complete.
-    ResetByClient,
-    /// The response had started and the client took none of it within
-    /// `body_timeout` (a window kept closed, or a socket not read).
-    Stalled,
 }
 
 /// Translates, routes and answers one stream (locally or by proxying).
