@@ -522,6 +522,20 @@ def _head_then_pause(req, conn):
     return default_handler(req, conn)
 
 
+def _reset_a_paused_download(s, origin):
+    """Starts `/paused` (the origin sends its head and 1000 body bytes, then
+    nothing), resets it once those arrived, and waits up to 10 s for the
+    origin to see its upstream connection closed. Returns the upstream
+    request and whether it was freed."""
+    sid = s.start("/paused")
+    s.run(10, until=lambda: s.results[sid].length >= 1000)
+    assert s.results[sid].length == 1000, s.results[sid]
+    s.reset(sid)
+    [req] = origin.wait_requests(1)
+    up = origin.conn(req.conn_id)
+    return req, origin.wait_for(lambda: up.closed or up.peer_closed, 10)
+
+
 def test_reset_of_a_download_whose_upstream_is_paused_frees_the_upstream(serve, origin):
     """A stream reset while its upstream is silent mid-body (a slow origin,
     a long poll): the upstream connection is closed at once, not held until
@@ -531,13 +545,7 @@ def test_reset_of_a_download_whose_upstream_is_paused_frees_the_upstream(serve, 
     origin.handler = _head_then_pause
     gw = serve(response_timeout=60)
     with gw.streams() as s:
-        sid = s.start("/paused")
-        s.run(10, until=lambda: s.results[sid].length >= 1000)
-        assert s.results[sid].length == 1000, s.results[sid]
-        s.reset(sid)
-        [req] = origin.wait_requests(1)
-        up = origin.conn(req.conn_id)
-        freed = origin.wait_for(lambda: up.closed or up.peer_closed, 10)
+        _, freed = _reset_a_paused_download(s, origin)
         nxt = s.start("/after")
         rs = s.run(10, until=lambda: s.results[nxt].ended)
     assert freed, "the upstream connection was still open 10 s after the client reset its stream"
@@ -1520,13 +1528,7 @@ def test_compiled_gateway_reset_while_a_tls_upstream_is_quiet(tls_both_sides):
     origin.reset()
     origin.handler = _head_then_pause
     with _tls_streams(port, pki) as s:
-        sid = s.start("/paused")
-        s.run(10, until=lambda: s.results[sid].length >= 1000)
-        assert s.results[sid].length == 1000, s.results[sid]
-        s.reset(sid)
-        [req] = origin.wait_requests(1)
-        up = origin.conn(req.conn_id)
-        freed = origin.wait_for(lambda: up.closed or up.peer_closed, 10)
+        req, freed = _reset_a_paused_download(s, origin)
         nxt = s.start(f"/bytes/{MiB}")
         r = s.run(10)[nxt]
     assert freed, "the TLS upstream connection was still open 10 s after the client reset its stream"
