@@ -29,12 +29,11 @@ content-length, and the empty line; `:scheme` and HPACK's 32-byte overhead
 are not counted. So an HTTP/2 request has exactly the size of the same
 request sent over HTTP/1.1 (with `Host:`, and `Transfer-Encoding: chunked`
 for a body without length), and that is what the boundary tests send. The
-`h2` crate checks a looser bound first while decoding (SETTINGS_MAX_HEADER_
-LIST_SIZE = max-header-bytes + 32 x max-headers, RFC 9113's accounting:
-name + value + 32 per field, pseudo-headers and every cookie crumb
-included), meant never to be the tighter one;
-test_head_within_both_limits_is_served_whatever_hpack_counts shows where it
-is (a strict xfail over HTTP/2). Trailers count toward neither limit: not
+`h2` crate checks a looser bound first while decoding (RFC 9113's
+accounting: name + value + 32 per field, pseudo-headers and every cookie
+crumb included), which must never be the tighter one:
+test_head_within_both_limits_is_served_whatever_hpack_counts sends the
+shapes where it was. Trailers count toward neither limit: not
 body bytes, and a trailer section larger than max-header-bytes is taken
 (and dropped) on every way.
 
@@ -385,30 +384,21 @@ def test_cookie_crumbs_are_one_field(way, limited, origin):
     assert_never_forwarded(origin, "/crumbs-over")
 
 
-H2_HPACK_BUG = "bug: the h2 crate's header-list bound (max-header-bytes + 32 x max-headers) refuses heads within both limits"
-
-
 @pytest.mark.parametrize("shape", ["sixty-crumbs", "both-limits-at-once"])
-@pytest.mark.parametrize("way_name", [
-    "h1", "h1-tls",
-    pytest.param("h2c", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=H2_HPACK_BUG)),
-    pytest.param("h2-tls", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=H2_HPACK_BUG)),
-])
+@pytest.mark.parametrize("way_name", WAYS)
 def test_head_within_both_limits_is_served_whatever_hpack_counts(_limit_gateways, pki, origin, way_name, shape):
     """A head within max-header-bytes and max-headers is served over HTTP/2
-    as over HTTP/1.1. docs/architecture.md sets the `h2` crate's
-    SETTINGS_MAX_HEADER_LIST_SIZE to max-header-bytes + 32 x max-headers so
-    that "an HPACK bomb stops at the size an HTTP/1.1 head may have", the
-    head being "checked again exactly after translation". But RFC 9113
-    counts 32 bytes more per field where HTTP/1.1 counts 4 (": " and CRLF),
-    the four pseudo-headers too, and every cookie crumb where HTTP/1.1 has
-    one line joined with "; ":
+    as over HTTP/1.1, however the `h2` crate's HPACK accounting counts it.
+    RFC 9113 counts 32 bytes more per field where HTTP/1.1 counts 4 (": "
+    and CRLF), the four pseudo-headers too, and every cookie crumb where
+    HTTP/1.1 has one line joined with "; ":
     - 60 cookie crumbs (one field once joined, a 541-byte head): 3056
-      bytes to HPACK, over its 1344;
+      bytes to HPACK;
     - a head of exactly 1024 bytes with 10 fields: 1415 to HPACK.
-    The crate answers 431 itself before the exact check runs (with the
-    default 16 KiB / 100 fields, 300 crumbs of 30 bytes, a 9.6 KiB head,
-    do the same)."""
+    Both were over the crate's first bound (max-header-bytes + 32 x
+    max-headers = 1344), which answered 431 itself before the exact check
+    ran; the bound is now the worst case of a head that passes
+    (`http2::max_header_list_size`)."""
     w = Way(way_name, pki)
     g = _limit_gateways(w)
     if shape == "sixty-crumbs":

@@ -146,12 +146,38 @@ pub(crate) fn builder(limits: &Limits) -> h2::server::Builder {
     b
 }
 
-/// The spec's `max-header-bytes` in HPACK's accounting (name + value + 32
-/// per field): the decoded header list, hence an HPACK bomb, stays within
-/// what an HTTP/1.1 head may be. The head is checked again, exactly, once
-/// translated (431).
+/// The `h2` crate's bound on a decoded header list: the largest list, in
+/// HPACK's accounting, of a request whose HTTP/1.1 head passes the spec's
+/// `max-header-bytes` and `max-headers`, so the crate never refuses (with
+/// its own 431) a request the exact check after translation would take.
+/// It is a memory bound, not the policy: a block past four times this
+/// ends the connection (the crate's HPACK-bomb rule), and fields over it
+/// are decoded without being kept.
+///
+/// HPACK counts name + value + 32 per field (RFC 9113 §6.5.2), pseudo-
+/// headers included; the HTTP/1.1 head counts name + value + 4 per line and
+/// joins cookie crumbs into one line with `"; "` (translate.rs). Beyond the
+/// head's own bytes, a list may therefore carry:
+/// - 28 bytes per field line (32 against `": "` and CRLF);
+/// - 36 bytes per cookie crumb (32 and `cookie` against `"; "`), and a
+///   crumb adds at least those 2 bytes to the head, so at most
+///   `max-header-bytes / 2` + 1 crumbs (browsers send a crumb per cookie:
+///   a few hundred short cookies are a real head, within an HTTP/1.1 limit);
+/// - the pseudo-headers' names and overhead against the request line and
+///   `host` line (under 256).
+///
+/// A `host` field beside `:authority` costs the head nothing (it is
+/// dropped); only such requests can meet this bound within the limits.
 pub(crate) fn max_header_list_size(limits: &Limits) -> u32 {
-    let bytes = limits.max_header_bytes + 32 * limits.max_headers;
+    const PER_FIELD: usize = 32 - 4;
+    const PER_CRUMB: usize = 32 + "cookie".len() - "; ".len();
+    const PSEUDO_HEADERS: usize = 256;
+    let head = limits.max_header_bytes;
+    let crumbs = head / 2 + 1;
+    let bytes = head
+        .saturating_add(PER_FIELD.saturating_mul(limits.max_headers))
+        .saturating_add(PER_CRUMB.saturating_mul(crumbs))
+        .saturating_add(PSEUDO_HEADERS);
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 

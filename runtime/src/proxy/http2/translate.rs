@@ -420,6 +420,56 @@ mod tests {
         assert_eq!(r.map_err(|e| e.status), Err(431));
     }
 
+    /// The `h2` crate refuses a header list of `max_header_list_size` or
+    /// more in HPACK's accounting before this translation runs: for the
+    /// largest requests of several shapes that pass the exact check, the
+    /// list must stay under that bound.
+    #[test]
+    fn the_crate_never_refuses_a_head_the_exact_check_takes() {
+        let bound = super::super::max_header_list_size(&crate::proxy::Limits {
+            max_header_bytes: limits().max_header_bytes,
+            max_headers: limits().max_headers,
+            ..Default::default()
+        });
+        let request = |crumbs: usize, crumb: &str, fields: usize| {
+            let mut b = http::Request::builder().uri("https://a.test/");
+            let mut hpack = [":method", ":scheme", ":authority", ":path"].len() * 32
+                + ":methodGET:schemehttps:authoritya.test:path/".len();
+            for _ in 0..crumbs {
+                b = b.header("cookie", crumb);
+                hpack += "cookie".len() + crumb.len() + 32;
+            }
+            for i in 0..fields {
+                let name = format!("x{}", i % 10);
+                hpack += name.len() + 32;
+                b = b.header(name, "");
+            }
+            (b, hpack)
+        };
+        // Each shape: the most crumbs (or fields) the exact check takes.
+        let shapes: [(&str, usize); 4] = [("", 0), ("a", 0), ("a=1", 0), ("", 98)];
+        for (crumb, fields) in shapes {
+            let passes = |n: usize| translate(request(n, crumb, fields).0, true).0.is_ok();
+            let (mut lo, mut hi) = (1, limits().max_header_bytes);
+            assert!(passes(lo) && !passes(hi), "{crumb:?}");
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                if passes(mid) { lo = mid } else { hi = mid }
+            }
+            let (_, hpack) = request(lo, crumb, fields);
+            assert!(
+                hpack < bound as usize,
+                "{lo} crumbs {crumb:?} and {fields} fields: {hpack} in HPACK, bound {bound}"
+            );
+        }
+        // The bound grows with the limits it stands for, and saturates.
+        let huge = crate::proxy::Limits {
+            max_header_bytes: usize::MAX,
+            ..Default::default()
+        };
+        assert_eq!(super::super::max_header_list_size(&huge), u32::MAX);
+    }
+
     #[test]
     fn response_drops_hop_by_hop() {
         let mut resp = ResponseHead::default();
