@@ -255,7 +255,8 @@ def valid_draft(rng: random.Random, method: str, tag: str, bodied: bool = False)
     expected = [(n.lower(), v) for n, v in fields]
 
     if bodiless:
-        framing = rng.choice(["none", "none", "length"] + (["chunked"] if method == "HEAD" and not v10 else []))
+        # a HEAD or 304 answer may carry the framing fields of the body it does not send
+        framing = rng.choice(["none", "none", "length"] + ([] if v10 else ["chunked"]))
         if status == 204:
             framing = "none"  # RFC 9110 8.6: never a length on 204
     elif v10:
@@ -311,7 +312,8 @@ def valid_answer(rng: random.Random, method: str, has_body: bool, tag: str) -> A
     kind, extra, early = "valid", b"", False
     r = rng.random()
     if r < 0.12 and (d.bodiless or d.framing in ("length", "chunked")):
-        kind = "bytes-after"
+        kind = "body-after-bodiless" if d.bodiless else "more-than-declared" if d.framing == "length" \
+            else "bytes-after-last-chunk"
         extra = rng.choice([b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged", b"forged",
                             rand_bytes(rng, bytes(range(33, 256)), 1, 50)])
         if d.bodiless and d.framing == "length" and rng.random() < 0.5:
@@ -539,7 +541,7 @@ class Got:
 
     def __repr__(self) -> str:
         return (f"<got {self.status} complete={self.complete} ended={self.ended!r} interims={self.interims} "
-                f"length={self.length!r} fields={self.fields[:60]!r} body[{len(self.body)}]={self.body[:200]!r}"
+                f"length={self.length!r} fields={self.fields!r:.2000} body[{len(self.body)}]={self.body[:200]!r}"
                 f"{' HUNG' if self.hung else ''}{' lost' if self.conn_lost else ''} {self.bad_framing}>")
 
 
@@ -716,16 +718,21 @@ def h2_frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", sid) + payload
 
 
-def h2_exchange(conn: H2Conn, sid: int, ex: Exchange, tls: bool, deadline: float) -> Got:
+def h2_exchange(conn: H2Conn, sid: int, ex: Exchange, tls: bool, deadline: float, pause: float = 0.0) -> Got:
+    """One request on stream `sid`; `pause` seconds before its last DATA frame."""
     fields = [(b":method", ex.method.encode()), (b":scheme", b"https" if tls else b"http"),
               (b":authority", b"a.test"), (b":path", ex.target.encode())]
     if ex.body and not ex.chunked:
         fields.append((b"content-length", b"%d" % len(ex.body)))
-    out = h2_frame(1, 0x4 | (0 if ex.body else 0x1), sid, conn.enc.encode(fields))
-    for pos in range(0, len(ex.body), 16384):
-        last = pos + 16384 >= len(ex.body)
-        out += h2_frame(0, 0x1 if last else 0, sid, ex.body[pos : pos + 16384])
-    conn.send(out)
+    frames = [h2_frame(1, 0x4 | (0 if ex.body else 0x1), sid, conn.enc.encode(fields))]
+    size = 16384 if len(ex.body) > 16384 else max(1, len(ex.body) // 2)
+    for pos in range(0, len(ex.body), size):
+        last = pos + size >= len(ex.body)
+        frames.append(h2_frame(0, 0x1 if last else 0, sid, ex.body[pos : pos + size]))
+    conn.send(b"".join(frames[:-1]))
+    if pause and len(frames) > 1:
+        time.sleep(pause)
+    conn.send(frames[-1])
     seen = conn.read_frames(deadline, stop=lambda s: sid in s.ended or sid in s.resets or s.closed)
     got = Got(body=seen.data.get(sid, b""))
     for block in conn.blocks.get(sid, []):
@@ -893,7 +900,7 @@ def run_case(case: Case, client: Client, rng: random.Random) -> list:
                     if h2 is not None:
                         h2.close()
                     h2, sid = H2Conn(client.sock()), 1
-                results.append(h2_exchange(h2, sid, ex, client.tls, deadline))
+                results.append(h2_exchange(h2, sid, ex, client.tls, deadline, rng.choice([0, 0, 0.02])))
                 sid += 2
                 continue
             if h1 is None or h1.eof:
@@ -905,7 +912,8 @@ def run_case(case: Case, client: Client, rng: random.Random) -> list:
             for a, b in zip([0] + cuts, cuts + [len(data)]):
                 if not h1.send(data[a:b]):
                     break
-                time.sleep(0.001 if b < len(data) else 0)
+                # a pause lets an early answer come while the body is still on its way
+                time.sleep(rng.choice([0.001, 0.001, 0.02]) if b < len(data) else 0)
             got = h1.read(ex.method, deadline)
             results.append(got)
             if not got.complete or got.ended:
@@ -962,6 +970,7 @@ def test_random_origin_answers(start_gateway, rogue, pki):
     poisoned: dict[int, tuple[int, str]] = {}
     checked = rogue.next_index
     tally: dict[str, int] = {}
+    tally_kinds: dict[str, int] = {}
     cases = [int(ONLY_CASE)] if ONLY_CASE else range(MAX_CASES)
     started = time.monotonic()
     print(f"\nseed={SEED} (BLITZ_RANDOM_SEED to change it)")
@@ -981,6 +990,8 @@ def test_random_origin_answers(start_gateway, rogue, pki):
         for ex, got in zip(case.exchanges, results):
             outcome = check_exchange(ex, got, client.h2, arrivals, case)
             key = f"{ex.answer.verdict}:{outcome}"
+            tally_kinds[f"{ex.answer.kind.split(':')[0]}:{outcome}"] = tally_kinds.get(
+                f"{ex.answer.kind.split(':')[0]}:{outcome}", 0) + 1
             if outcome not in ("answered", "local", "cut"):
                 print(f"known bug {outcome}: {ex.answer.kind}, replay with BLITZ_RANDOM_SEED={SEED} "
                       f"BLITZ_RANDOM_CASE={n}")
@@ -1002,7 +1013,7 @@ def test_random_origin_answers(start_gateway, rogue, pki):
             r.case_done()
     elapsed = time.monotonic() - started
     done = resources[0].done
-    print(f"{done} cases in {elapsed:.1f}s: {dict(sorted(tally.items()))}")
+    print(f"{done} cases in {elapsed:.1f}s: {dict(sorted(tally.items()))}\nby kind: {dict(sorted(tally_kinds.items()))}")
     # every poisoned connection is closed by the gateway (not merely left idle)
     left = lambda: [cid for cid in poisoned if not (rogue.conn(cid).closed or rogue.conn(cid).peer_closed)]  # noqa: E731
     assert rogue.wait_for(lambda: not left(), 5), f"upstream connections kept open after a fault: {left()}"
@@ -1013,3 +1024,78 @@ def test_random_origin_answers(start_gateway, rogue, pki):
         b.conn.close()
     for r, name in zip(resources, ["cleartext", "tls"]):
         r.check(32 * 1024, 6, f"{name} gateway, seed={SEED}")
+
+
+# ------------------------------------------------- regressions found above
+
+
+@pytest.mark.xfail(strict=True, reason="bug: HTTP/2 gets a bare RST_STREAM, not the 502 HTTP/1.1 gets, for an "
+                                       "upstream body broken in the bytes that came with its head")
+@pytest.mark.parametrize("client", ["h2c", "h2-tls"])
+@pytest.mark.parametrize("first_bytes", [b"zz\r\nhello\r\n0\r\n\r\n", b"5 x\r\nhello\r\n0\r\n\r\n",
+                                         b"fffffffffffffffffff\r\nhello\r\n0\r\n\r\n"],
+                         ids=["not-hex", "junk", "overflow"])
+def test_h2_body_broken_from_its_first_bytes_is_502_not_a_bare_reset(start_gateway, rogue, pki, client, first_bytes):
+    """Found by test_random_origin_answers (seed 20261127, cases 7, 73, 137).
+    The upstream's head and a first chunk that is not valid chunked framing
+    arrive in one write: nothing can have reached the client, so, as an
+    HTTP/1.1 client does (test_upstream_faults.py,
+    test_bad_first_chunk_with_the_head_is_502), it must get a 502
+    (RELIABILITY.md: "a 502/504, or a cut connection if the response had
+    started"). An HTTP/2 client gets RST_STREAM(INTERNAL_ERROR) and no
+    response at all: the h2 exchange hands the response head to the h2
+    crate before the first body bytes are decoded, and the reset that
+    follows discards the HEADERS still queued."""
+    if client == "h2c":
+        gw = start_gateway(upstream=rogue.addr, protocols="h1,h2c", **OPTS)
+    else:
+        gw = start_gateway(upstream=rogue.addr, protocols="h1,h2", tls_cert=pki.path("edge.crt"),
+                           tls_key=pki.path("edge.key"), **OPTS)
+    answer = b"HTTP/1.1 200 OK\r\nx-rogue-answer: first\r\ntransfer-encoding: chunked\r\n\r\n" + first_bytes
+    target = f"/first-chunk/{client}/{first_bytes[:2].hex()}"
+    rogue.scripts[target] = Script([answer], [0.0], end="wait")
+    ex = Exchange("first", "GET", target, b"", False, None)
+    conn = H2Conn(Client(gw.port, client, pki).sock())
+    try:
+        got = h2_exchange(conn, 1, ex, client == "h2-tls", time.monotonic() + READ_BOUND)
+    finally:
+        conn.close()
+    assert not got.hung and not got.conn_lost, got
+    assert got.status == 502 and got.complete, f"not a 502: {got!r}"
+
+
+@pytest.mark.xfail(strict=True, reason="bug: interim 1xx answers (103 Early Hints) from the upstream are dropped; "
+                                       "RFC 9110 15.2: a proxy MUST forward them")
+@pytest.mark.parametrize("client", ["h1", "h2c"])
+def test_103_early_hints_from_the_upstream_reach_the_client(start_gateway, rogue, pki, client):
+    """Seen in test_random_origin_answers, which accepts either so that it
+    stays green: no interim answer ever reaches a client. RFC 9110 15.2: "A
+    proxy MUST forward 1xx responses unless the proxy itself requested the
+    generation of the 1xx response" (an HTTP/1.0 client excepted, which must
+    get none). The gateway did not ask for this 103 (the request carried no
+    Expect), yet it is skipped by `proxy::upstream::read_response_head`
+    ("Interim answers (100, 103) are not relayed") for HTTP/1.1 and HTTP/2
+    clients alike; neither runtime/README.md nor docs/ give it as a choice.
+    The final answer itself arrives intact."""
+    gw = start_gateway(upstream=rogue.addr, protocols="h1,h2c", **OPTS)
+    target = f"/early-hints/{client}"
+    rogue.scripts[target] = Script([b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n",
+                                    b"HTTP/1.1 200 OK\r\nx-rogue-answer: hints\r\ncontent-length: 5\r\n\r\nfinal"],
+                                   [0.0, 0.05], end="keep")
+    ex = Exchange("hints", "GET", target, b"", False, None)
+    sock = Client(gw.port, client, pki).sock()
+    if client == "h2c":
+        conn = H2Conn(sock)
+        try:
+            got = h2_exchange(conn, 1, ex, False, time.monotonic() + READ_BOUND)
+        finally:
+            conn.close()
+    else:
+        conn = H1Conn(sock)
+        try:
+            conn.send(h1_request(ex))
+            got = conn.read("GET", time.monotonic() + READ_BOUND)
+        finally:
+            conn.close()
+    assert got.status == 200 and got.body == b"final" and got.complete, got
+    assert got.interims == [103], f"the upstream's 103 did not reach the client: {got!r}"
