@@ -70,6 +70,10 @@ Checked after every case, besides the above:
   RSS stays bounded and the fd count returns to its baseline; and pooled
   connections were reused at all during the run (else the reuse check
   above proved nothing).
+
+Two bugs the run found are pinned below as strict xfails; `known_bug`
+lets the random run pass over the first one's exact signature (and prints
+the replay command), and the run accepts the second (no 1xx relayed).
 """
 
 from __future__ import annotations
