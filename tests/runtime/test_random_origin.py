@@ -103,7 +103,8 @@ ONLY_CASE = os.environ.get("BLITZ_RANDOM_CASE")
 
 RESPONSE_TIMEOUT = 1
 READ_BOUND = 6.0
-OPTS = dict(workers=1, response_timeout=RESPONSE_TIMEOUT, connect_timeout=1, header_timeout=3, body_timeout=3)
+OPTS = {"workers": 1, "response_timeout": RESPONSE_TIMEOUT, "connect_timeout": 1, "header_timeout": 3,
+        "body_timeout": 3}
 CLIENTS = ["h1", "h1-tls", "h2c", "h2-tls"]
 
 TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -385,7 +386,7 @@ def open_answer(rng: random.Random, method: str, tag: str) -> Answer:
             pos = rng.randint(1, len(value)) if len(value) > 1 else 1
             first, rest = value[:pos].rstrip(b" \t"), value[pos:].lstrip(b" \t") or b"folded"
             d.lines[at] = d.lines[at][: len(name)] + b": " + first + b"\r\n" + rng.choice([b" ", b"\t", b"  "]) + rest
-            d.expected[i] = (name, re.compile(re.escape(first) + rb"[ \t]+" + re.escape(rest), re.S))
+            d.expected[i] = (name, re.compile(re.escape(first) + rb"[ \t]+" + re.escape(rest), re.DOTALL))
     if kind == "bare-lf":
         d.sep = b"\n"
         d.interim = d.interim.replace(b"\r\n", b"\n")
@@ -493,10 +494,11 @@ class Case:
     exchanges: list
 
     def describe(self) -> str:
-        lines = [f"seed={SEED} case={self.n} client={self.client} (replay: BLITZ_RANDOM_SEED={SEED} "
-                 f"BLITZ_RANDOM_CASE={self.n})"]
+        lines = [(f"seed={SEED} case={self.n} client={self.client} (replay: BLITZ_RANDOM_SEED={SEED} "
+                  f"BLITZ_RANDOM_CASE={self.n})")]
         for ex in self.exchanges:
-            lines.append(f"  {ex.method} {ex.target} body={len(ex.body)} chunked={ex.chunked}: {ex.answer.describe()}")
+            lines.append(f"  {ex.method} {ex.target} body={len(ex.body)} chunked={ex.chunked}: "
+                         f"{ex.answer.describe()}")
         return "\n".join(lines)
 
 
@@ -577,7 +579,7 @@ class H1Conn:
         try:
             self.sock.settimeout(left)
             d = self.sock.recv(262144)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
         except OSError:
             d = b""
@@ -1017,9 +1019,13 @@ def test_random_origin_answers(start_gateway, rogue, pki):
             r.case_done()
     elapsed = time.monotonic() - started
     done = resources[0].done
-    print(f"{done} cases in {elapsed:.1f}s: {dict(sorted(tally.items()))}\nby kind: {dict(sorted(tally_kinds.items()))}")
-    # every poisoned connection is closed by the gateway (not merely left idle)
-    left = lambda: [cid for cid in poisoned if not (rogue.conn(cid).closed or rogue.conn(cid).peer_closed)]  # noqa: E731
+    print(f"{done} cases in {elapsed:.1f}s: {dict(sorted(tally.items()))}\n"
+          f"by kind: {dict(sorted(tally_kinds.items()))}")
+
+    def left() -> list:
+        """Poisoned connections the gateway has not closed yet."""
+        return [cid for cid in poisoned if not (rogue.conn(cid).closed or rogue.conn(cid).peer_closed)]
+
     assert rogue.wait_for(lambda: not left(), 5), f"upstream connections kept open after a fault: {left()}"
     reused = sum(1 for x in rogue.arrivals if x.seq > 0)
     if done >= 50:

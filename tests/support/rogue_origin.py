@@ -32,7 +32,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from support.origin import Origin, OriginConn, RecordedRequest, _Closed, _LINE_END
+from support.origin import _LINE_END, Origin, OriginConn, RecordedRequest, _Closed
 
 # Bound on how long a connection thread waits for the gateway to close after
 # an answer that ended it (the gateway's timeouts are far shorter).
@@ -146,7 +146,7 @@ class RogueOrigin(Origin):
                 return
         except _Closed:
             pass
-        except Exception:  # a bug here must not hang a test: it shows in the test's own checks
+        except Exception:  # noqa: BLE001 -- a bug here must not hang a test: it shows in the test's checks
             import traceback
 
             traceback.print_exc()
@@ -192,7 +192,7 @@ class RogueOrigin(Origin):
             try:
                 c.sock.settimeout(0.2)
                 d = c.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 ended = True
