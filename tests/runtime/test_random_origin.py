@@ -441,8 +441,14 @@ def fault_answer(rng: random.Random, method: str, has_body: bool, tag: str) -> A
                 i = rng.randrange(len(d.chunks))
                 chunk = d.chunks[i]
                 size_line, _, rest = chunk.partition(b"\r\n")
-                how = rng.choice(["not-hex", "bare-lf", "overflow", "junk", "no-crlf-after-data"])
-                if how == "no-crlf-after-data" and i < len(d.chunks) - 1:
+                how = rng.choice(["not-hex", "bare-lf", "overflow", "junk", "no-crlf-after-data", "bad-trailer"])
+                if how == "bad-trailer":
+                    # every byte of data sent, then a trailer section no decoder may take
+                    i = len(d.chunks) - 1
+                    bad = b"0\r\n" + rng.choice([b"X-T: a\r\n folded\r\n", b"X-T: a\nX-U: b\r\n",
+                                                   b"X-T: a\x00b\r\n", b" X-T: a\r\n"]) + b"\r\n"
+                    good = d.body
+                elif how == "no-crlf-after-data" and i < len(d.chunks) - 1:
                     bad = size_line + b"\r\n" + rest[:-2] + b"XX"
                     good = chunked_payload(b"".join(d.chunks[: i + 1]))
                 else:
@@ -998,6 +1004,8 @@ def test_random_origin_answers(start_gateway, rogue, pki):
             key = f"{ex.answer.verdict}:{outcome}"
             tally_kinds[f"{ex.answer.kind.split(':')[0]}:{outcome}"] = tally_kinds.get(
                 f"{ex.answer.kind.split(':')[0]}:{outcome}", 0) + 1
+            if sum(1 for x in arrivals if x.req.target == ex.target) == 2:
+                tally["replayed on a fresh connection"] = tally.get("replayed on a fresh connection", 0) + 1
             if outcome not in ("answered", "local", "cut"):
                 print(f"known bug {outcome}: {ex.answer.kind}, replay with BLITZ_RANDOM_SEED={SEED} "
                       f"BLITZ_RANDOM_CASE={n}")
