@@ -22,7 +22,8 @@ valid -- the client gets the same status, the same end-to-end fields (on
   HTTP/1.1 in the same order; on HTTP/2 the same values per name, in order,
   as RFC 9110 5.3 allows regrouping) and the exact body bytes (none for
   HEAD, 204, 304), ended properly: statuses 200-503, 1xx interim answers
-  first (relayed or not: the gateway drops them), content-length, chunked
+  first (relayed or not here; RFC 9110 15.2 wants them relayed, pinned
+  below), content-length, chunked
   with extensions and trailers (dropped), close-delimited, HTTP/1.0 with and
   without keep-alive, `connection: close`, HEAD answers declaring a length,
   304 with a length, repeated names, obs-text in values, heads of tens of
@@ -41,10 +42,11 @@ fault -- one right answer: the client gets a 502 (504 for a stall longer
   on HTTP/1.1 no terminating chunk or fewer bytes than the content-length,
   then a closed connection; on HTTP/2 RST_STREAM and never END_STREAM (and
   the connection lives on). Faults: a garbage status line, a line without a
-  colon or with an empty name, conflicting or invalid Content-Length (RFC
-  9112 6.3: 502), a 101 nobody asked for, a close, reset or stall inside the
-  head or the body, invalid chunk framing (size not hex, bare LF, overflow,
-  junk, no CRLF after the data).
+  colon or with an empty name (not field lines at all), conflicting or
+  invalid Content-Length (RFC 9112 6.3: 502), a 101 nobody asked for (9110
+  15.2.2), a close, reset or stall inside the head or the body, invalid
+  chunk framing (size not hex, bare LF, overflow, junk, no CRLF after the
+  data, a trailer section with obs-fold, bare LF or NUL).
 
 open -- RFC 9110/9112 leave the recipient a choice, and either is
   accepted, nothing else: a 502, or the answer forwarded as the RFC says it
