@@ -18,6 +18,15 @@ Bugs (strict xfails, the RFC's or RELIABILITY.md's behaviour asserted):
   split `cookie`, browsers do; translation joins them into one field): the
   `h2` crate answers 431 to heads that are well within both limits once
   translated, and that HTTP/1.1 takes.
+- header-timeout on HTTP/2: `watch.rs` holds a header block open (and the
+  connection loop ends it at header-timeout) only from a HEADERS frame
+  without END_HEADERS to its last CONTINUATION. One HEADERS frame with
+  END_HEADERS whose payload is trickled is never "open": the `h2` crate
+  waits for the whole frame, nothing else runs the clock, and the request
+  is served seconds past header-timeout (only idle-timeout bounds it),
+  where the same head trickled in CONTINUATION frames or over HTTP/1.1 is
+  cut (tests/runtime/test_h2.py::test_slow_continuation_is_ended,
+  test_limits.py::test_slowloris_trickled_head_cut).
 
 Subtle behaviours pinned (no other test covers them):
 
@@ -37,7 +46,9 @@ import time
 import pytest
 
 from support.client import RawConn
-from support.h2client import H2Client
+from hyperframe.frame import HeadersFrame
+
+from support.h2client import H2Client, RawH2
 from support.pki import Pki
 
 H1_H2C = "h1,h2c"
@@ -92,6 +103,42 @@ def test_header_timeout_counts_from_accept_on_every_listener(start_gateway, orig
         got = _statuses(bytes(c.buf))
     assert got in ([], [408]), f"a head completed 2.6 s after accept with header-timeout 2 s got {got}"
     assert not [q for q in origin.requests if q.path == "/late-head"], "the late head was forwarded"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: a single HEADERS frame (END_HEADERS) trickled byte by byte is not timed by header-timeout "
+    "(watch.rs header_block_open covers only blocks continued in CONTINUATION frames)",
+)
+def test_http2_head_trickled_in_one_headers_frame_is_cut_at_header_timeout(start_gateway, origin):
+    """header-timeout 1 s, idle-timeout 30 s: after the preface and
+    SETTINGS, one HEADERS frame (END_HEADERS, END_STREAM) of about 70 bytes
+    goes out one byte every 0.1 s. The head is still incomplete long after
+    header-timeout: the connection must end (GOAWAY or close) or the stream
+    be refused before its last byte, and nothing reach the origin."""
+    g = start_gateway(header_timeout=1, idle_timeout=30, protocols=H1_H2C)
+    with RawH2(g.addr) as h:
+        h.read_frames(time.monotonic() + 0.5, stop=lambda s: s.settings >= 1 and s.settings_acks >= 1)
+        f = HeadersFrame(1)
+        f.data = h.block(path="/trickled-headers", extra=[("x-slow", "v" * 40)])
+        f.flags.add("END_HEADERS")
+        f.flags.add("END_STREAM")
+        wire = f.serialize()
+        ended_after = None
+        for i in range(len(wire)):
+            if not h.send(wire[i : i + 1]):
+                ended_after = i
+                break
+            seen = h.read_frames(time.monotonic() + 0.1, stop=lambda s: s.goaway is not None or s.closed)
+            if seen.goaway is not None or seen.closed or 1 in seen.resets:
+                ended_after = i + 1
+                break
+        seen = h.read_frames(time.monotonic() + 3, stop=lambda s: 1 in s.ended or s.closed)
+    assert ended_after is not None, (
+        f"a HEADERS frame trickled over {len(wire) * 0.1:.0f} s with header-timeout 1 s was never cut "
+        f"(stream 1 answered {seen.status(1)})")
+    assert not [q for q in origin.requests if q.path == "/trickled-headers"], "the trickled head was forwarded"
 
 
 # ---------------------------------------- HTTP/2 head limit vs HTTP/1.1's
