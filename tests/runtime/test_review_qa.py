@@ -35,10 +35,15 @@ Subtle behaviours pinned (no other test covers them):
   with close_notify; cut by the upstream, it ends without one, so the
   client can tell the cut from the end (the upstream side is in
   tests/blitzc/test_tls_specs.py).
+- TLS, HTTP/2: a connection the gateway ends (idle-timeout, drain), for a
+  client that never acknowledges the shutdown PING (so the loop's own
+  abrupt_shutdown sends the final GOAWAY), ends with close_notify after
+  the GOAWAY, not a bare FIN (test_tls_runtime.py checks HTTP/1.1 only).
 """
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import time
@@ -232,10 +237,10 @@ def pki(tmp_path_factory) -> Pki:
     return p
 
 
-def _tls_client(port: int, pki: Pki) -> ssl.SSLSocket:
+def _tls_client(port: int, pki: Pki, alpn: str = "http/1.1") -> ssl.SSLSocket:
     """A TLS client that tells close_notify from a bare end (no ragged EOFs)."""
     ctx = ssl.create_default_context(cafile=str(pki.path("ca.crt")))
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols([alpn])
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     return ctx.wrap_socket(raw, server_hostname="edge.test", suppress_ragged_eofs=False)
 
@@ -250,6 +255,8 @@ def _read_to_end(s: ssl.SSLSocket) -> tuple[bytes, str]:
             chunk = s.recv(65536)
         except (ssl.SSLEOFError, ConnectionResetError):
             return data, "cut"
+        except socket.timeout:
+            continue
         if not chunk:
             return data, "close_notify"
         data += chunk
@@ -275,3 +282,44 @@ def test_tls_close_delimited_answer_ends_with_close_notify_only_when_complete(st
     assert head.startswith(b"HTTP/1.1 200 "), data[:200]
     assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower(), head
     assert how == end, f"{path}: the body ended by {how}, expected {end}; body {body!r}"
+
+
+GOAWAY = 0x7
+
+
+def _frame_types(data: bytes) -> list[int]:
+    """The types of the whole HTTP/2 frames in `data`, in order."""
+    types, pos = [], 0
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        if pos + 9 + length > len(data):
+            break
+        types.append(data[pos + 3])
+        pos += 9 + length
+    return types
+
+
+@pytest.mark.parametrize("how", ["idle-timeout", "drain"])
+def test_tls_http2_connection_the_gateway_ends_closes_with_close_notify(start_gateway, origin, pki, how):
+    """One request answered, then the gateway ends the connection: GOAWAY,
+    then close_notify (RFC 8446 §6.1), so the client can tell the end from
+    a cut. The client reads raw TLS and never answers the shutdown PING."""
+    g = start_gateway(tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"), protocols="h1,h2",
+                      idle_timeout=1, grace=5)
+    s = _tls_client(g.port, pki, alpn="h2")
+    try:
+        if s.selected_alpn_protocol() != "h2":
+            raise Precondition(f"ALPN chose {s.selected_alpn_protocol()!r}")
+        h = RawH2("", sock=s)
+        h.headers(1, path="/h2-tls-end")
+        seen = h.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.ended or s.closed)
+        assert seen.status(1) == 200, seen
+        if how == "drain":
+            g.signal(signal.SIGTERM)
+        s.settimeout(1)
+        rest, end = _read_to_end(s)
+    finally:
+        s.close()
+    goaway = h.seen.goaway is not None or GOAWAY in _frame_types(h.buf + rest)
+    assert goaway, "no GOAWAY before the close"
+    assert end == "close_notify", f"the HTTP/2 connection ({how}) ended by {end}"
