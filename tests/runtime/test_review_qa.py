@@ -27,6 +27,13 @@ Bugs (strict xfails, the RFC's or RELIABILITY.md's behaviour asserted):
   where the same head trickled in CONTINUATION frames or over HTTP/1.1 is
   cut (tests/runtime/test_h2.py::test_slow_continuation_is_ended,
   test_limits.py::test_slowloris_trickled_head_cut).
+- a `:path` with a fragment (`/a#b`): RFC 9113 §8.3.1 makes `:path` the
+  path and query only, so the request is malformed (§8.1.1: a stream
+  error), and the gateway's own HTTP/1.1 parser refuses such a target
+  with 400 (`parse.rs`: "fragment in request target"). Over HTTP/2 the
+  `http` crate's URI parser, which the `h2` crate builds `:path` with,
+  silently cuts the target at `#` (query included, if it came after), so
+  translate.rs never sees the fragment and the cut request is proxied.
 
 Subtle behaviours pinned (no other test covers them):
 
@@ -144,6 +151,44 @@ def test_http2_head_trickled_in_one_headers_frame_is_cut_at_header_timeout(start
         f"a HEADERS frame trickled over {len(wire) * 0.1:.0f} s with header-timeout 1 s was never cut "
         f"(stream 1 answered {seen.status(1)})")
     assert not [q for q in origin.requests if q.path == "/trickled-headers"], "the trickled head was forwarded"
+
+
+# --------------------------------------------------- fragments in targets
+
+FRAGMENT_TARGETS = ["/frag#b", "/frag?q=1#b", "/frag#b?q=1"]
+
+
+@pytest.mark.parametrize("target", FRAGMENT_TARGETS)
+def test_http11_refuses_a_fragment_in_the_target(start_gateway, origin, target):
+    """The control for the xfail below: the gateway's decision on HTTP/1.1."""
+    g = start_gateway(protocols=H1_H2C)
+    with RawConn(g.port, timeout=10) as c:
+        c.send(f"GET {target} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+        assert c.read_response(timeout=10).status == 400
+    assert not [q for q in origin.requests if q.path.startswith("/frag")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: an HTTP/2 :path with a fragment is malformed (RFC 9113 §8.3.1, and 400 on HTTP/1.1) but the http "
+    "crate's URI parser drops '#' and all after it, and the cut request is proxied",
+)
+@pytest.mark.parametrize("target", FRAGMENT_TARGETS)
+def test_http2_refuses_a_fragment_in_path(start_gateway, origin, target):
+    """Expected: a 400, RST_STREAM(PROTOCOL_ERROR) or GOAWAY(PROTOCOL_ERROR),
+    and nothing forwarded. The `h2` crate's known gaps (test_h2_edges.py)
+    end the connection for bytes it cannot decode; this one it passes."""
+    g = start_gateway(protocols=H1_H2C)
+    with RawH2(g.addr) as h:
+        h.headers(1, path=target)
+        seen = h.read_frames(time.monotonic() + 5,
+                             stop=lambda s: 1 in s.ended or 1 in s.resets or s.goaway is not None or s.closed)
+    status = seen.status(1)
+    if status is None and 1 not in seen.resets and seen.goaway is None and not seen.closed:
+        raise Precondition(f"no answer to stream 1 in 5 s: {seen.frames}")
+    forwarded = [q.target for q in origin.requests if q.path.startswith("/frag")]
+    assert status in (None, 400) and not forwarded, f"{target!r}: answered {status}, the origin got {forwarded}"
 
 
 # ---------------------------------------- HTTP/2 head limit vs HTTP/1.1's
