@@ -99,21 +99,22 @@ def _statuses(raw: bytes) -> list[int]:
     ],
 )
 def test_header_timeout_counts_from_accept_on_every_listener(start_gateway, origin, protocols):
-    """header-timeout 2 s. The client connects, is silent for 1.2 s, sends
-    its request line, and the rest of the head 1.4 s later (2.6 s after
-    accept). The head was not complete within header-timeout of accept, so
-    it is answered 408 (or the connection closed) and never forwarded: on
-    `h1` it is; on `h1,h2c` the silence before the first byte (spent in the
-    h2c sniff) is not counted and the request is proxied."""
-    g = start_gateway(header_timeout=2, protocols=protocols)
-    with RawConn(g.port, timeout=10) as c:
-        time.sleep(1.2)
+    """header-timeout 4 s. The client connects, is silent for 2 s, sends
+    its request line, and the rest of the head 3 s later (5 s after
+    accept; a second's margin either side of both deadlines). The head was
+    not complete within header-timeout of accept, so it is answered 408 (or
+    the connection closed) and never forwarded: on `h1` it is; on `h1,h2c`
+    the silence before the first byte (spent in the h2c sniff) is not
+    counted and the request is proxied."""
+    g = start_gateway(header_timeout=4, protocols=protocols)
+    with RawConn(g.port, timeout=15) as c:
+        time.sleep(2)
         c.send(b"POST /late-head HTTP/1.1\r\n")
-        time.sleep(1.4)
+        time.sleep(3)
         c.send(b"Host: a.test\r\nContent-Length: 0\r\n\r\n")
         c.wait_closed(3)
         got = _statuses(bytes(c.buf))
-    assert got in ([], [408]), f"a head completed 2.6 s after accept with header-timeout 2 s got {got}"
+    assert got in ([], [408]), f"a head completed 5 s after accept with header-timeout 4 s got {got}"
     assert not [q for q in origin.requests if q.path == "/late-head"], "the late head was forwarded"
 
 
