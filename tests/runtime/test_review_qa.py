@@ -34,6 +34,14 @@ Bugs (strict xfails, the RFC's or RELIABILITY.md's behaviour asserted):
   `http` crate's URI parser, which the `h2` crate builds `:path` with,
   silently cuts the target at `#` (query included, if it came after), so
   translate.rs never sees the fragment and the cut request is proxied.
+- content in the runtime's own error answers to HEAD (RFC 9110 §9.3.2:
+  the server MUST NOT send content in a response to HEAD). HTTP/2: a HEAD
+  whose head translate.rs refuses (400, 431) gets a DATA frame
+  (`stream.rs::answer` calls `send_error(.., head_only: false)`), which
+  curl reports as "stream was not closed cleanly: PROTOCOL_ERROR" and
+  nghttp answers with RST_STREAM. HTTP/1.1: a proxied HEAD that fails
+  (502, 504) gets `bad gateway\n` after its head (`conn.rs::write_error`
+  always writes the body), where the HTTP/2 path sends the head alone.
 
 Subtle behaviours pinned (no other test covers them):
 
@@ -190,6 +198,63 @@ def test_http2_refuses_a_fragment_in_path(start_gateway, origin, target):
         raise Precondition(f"no answer to stream 1 in 5 s: {seen.frames}")
     forwarded = [q.target for q in origin.requests if q.path.startswith("/frag")]
     assert status in (None, 400) and not forwarded, f"{target!r}: answered {status}, the origin got {forwarded}"
+
+
+# ------------------------------------------------ error answers to HEAD
+
+HEAD_BUG_H2 = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: a HEAD refused at translation gets a DATA frame (stream.rs answer: send_error head_only=false)",
+)
+HEAD_BUG_H1 = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: HTTP/1.1 error answers to a proxied HEAD carry a body (conn.rs write_error: head_only=false)",
+)
+
+
+def _h1_answer_to_close(port: int, request: bytes) -> bytes:
+    """All the gateway sends for `request`, until it closes (bounded)."""
+    with RawConn(port, timeout=10) as c:
+        c.send(request)
+        if not c.wait_closed(10):
+            raise Precondition(f"the connection stayed open after an error answer: {bytes(c.buf)[:200]!r}")
+        return bytes(c.buf)
+
+
+@pytest.mark.parametrize(
+    "proto, case",
+    [
+        ("h2", "proxied-502"),
+        pytest.param("h2", "refused-400", marks=HEAD_BUG_H2),
+        pytest.param("h2", "refused-431", marks=HEAD_BUG_H2),
+        pytest.param("h1", "proxied-502", marks=HEAD_BUG_H1),
+    ],
+)
+def test_error_answers_to_head_carry_no_content(start_gateway, origin, proto, case):
+    """The runtime's own error answer to a HEAD request: its status and
+    header fields, never content. proxied-502: the origin closes without
+    answering (`/close`); refused-400: a field value with a leading space
+    (RFC 9113 §8.2.1); refused-431: a field over --max-header-bytes 1024.
+    The HTTP/2 proxied case is the control: that path does it right."""
+    g = start_gateway(protocols=H1_H2C, max_header_bytes=1024)
+    path = "/close" if case == "proxied-502" else "/head-refused"
+    extra = {"proxied-502": [], "refused-400": [("x-a", " v")], "refused-431": [("x-big", "v" * 2000)]}[case]
+    expected = {"proxied-502": 502, "refused-400": 400, "refused-431": 431}[case]
+    if proto == "h1":
+        raw = _h1_answer_to_close(g.port, f"HEAD {path} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+        head, _, content = raw.partition(b"\r\n\r\n")
+        if _statuses(head) != [expected]:
+            raise Precondition(f"expected a {expected}: {raw[:300]!r}")
+    else:
+        with RawH2(g.addr) as h:
+            h.headers(1, method="HEAD", path=path, extra=extra)
+            seen = h.read_frames(time.monotonic() + 5, stop=lambda s: 1 in s.ended or 1 in s.resets or s.closed)
+        if seen.status(1) != expected or 1 not in seen.ended:
+            raise Precondition(f"expected a complete {expected}: {seen}")
+        content = seen.data.get(1, b"")
+    assert content == b"", f"{proto} HEAD answered {expected} with content {content!r}"
 
 
 # ---------------------------------------- HTTP/2 head limit vs HTTP/1.1's
