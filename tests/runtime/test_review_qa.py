@@ -50,6 +50,11 @@ Subtle behaviours pinned (no other test covers them):
   with close_notify; cut by the upstream, it ends without one, so the
   client can tell the cut from the end (the upstream side is in
   tests/blitzc/test_tls_specs.py).
+- TLS, the request side of RFC 8446 §6.1: a chunked request body whose
+  TLS stream ends mid-body, by close_notify or by a bare TCP FIN, is cut
+  upstream (no terminating chunk, the upstream connection closed), never
+  completed (`TlsStream::read_some`: `Ok(0)` / `UnexpectedEof`, both
+  `SourceClosed` for the body pump).
 - TLS, HTTP/2: a connection the gateway ends (idle-timeout, drain), for a
   client that never acknowledges the shutdown PING (so the loop's own
   abrupt_shutdown sends the final GOAWAY), ends with close_notify after
@@ -434,3 +439,34 @@ def test_tls_http2_connection_the_gateway_ends_closes_with_close_notify(start_ga
     goaway = h.seen.goaway is not None or GOAWAY in _frame_types(h.buf + rest)
     assert goaway, "no GOAWAY before the close"
     assert end == "close_notify", f"the HTTP/2 connection ({how}) ended by {end}"
+
+
+@pytest.mark.parametrize("how", ["close_notify", "bare-fin"])
+def test_tls_request_body_ended_mid_body_is_cut_upstream(start_gateway, origin, pki, how):
+    """A chunked upload over TLS: two chunks, then the client ends its TLS
+    stream (close_notify, or a TCP FIN without one: a truncation attack's
+    shape) before the last chunk. The origin must never see a complete
+    body, and its connection must be closed."""
+    g = start_gateway(tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"))
+    s = _tls_client(g.port, pki)
+    try:
+        s.sendall(b"POST /tls-cut-upload HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nhello\r\n6\r\n world\r\n")
+        if not origin.wait_for(lambda: any(q.path == "/tls-cut-upload" and q.body_len >= 11
+                                           for q in origin.requests), 5):
+            raise Precondition("the first chunks never reached the origin")
+        s.settimeout(2)
+        if how == "close_notify":
+            try:
+                s.unwrap()  # sends close_notify, then waits for the gateway's: may time out
+            except (OSError, ValueError):
+                pass
+        else:
+            s.shutdown(socket.SHUT_WR)  # the TCP FIN, no close_notify
+        time.sleep(0.5)
+    finally:
+        s.close()
+    [q] = [q for q in origin.requests if q.path == "/tls-cut-upload"]
+    conn = origin.conn(q.conn_id)
+    assert origin.wait_for(lambda: conn.closed or conn.peer_closed, 5), "the upstream connection was kept"
+    assert not q.complete, f"the upload ended by {how} was completed upstream: {bytes(q.body)!r}"
