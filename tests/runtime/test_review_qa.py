@@ -15,8 +15,8 @@ Bugs (strict xfails, the RFC's or RELIABILITY.md's behaviour asserted):
   meant as HPACK's looser view of the HTTP/1.1 limits, with the exact check
   after translation. But HPACK also counts 32 octets for each of the four
   pseudo-headers and for every cookie crumb (RFC 9113 §8.2.3 lets a client
-  split `cookie`, browsers do; translation joins them into one field): the
-  `h2` crate answers 431 to heads that are well within both limits once
+  split `cookie` for better compression; translation joins the crumbs into
+  one field): the `h2` crate answers 431 to heads that are well within both limits once
   translated, and that HTTP/1.1 takes.
 - header-timeout on HTTP/2: `watch.rs` holds a header block open (and the
   connection loop ends it at header-timeout) only from a HEADERS frame
@@ -336,7 +336,7 @@ def test_http2_takes_the_heads_http11_takes(start_gateway, origin, case):
     h1 = _h1_status(g, _h1_head(path, fields))
     if h1 != 200:
         raise Precondition(f"HTTP/1.1 refused the head ({h1}): the case is no longer within the limits")
-    with H2Client(g.addr) as client:  # each crumb its own field, as browsers send them
+    with H2Client(g.addr) as client:  # each crumb its own field (RFC 9113 §8.2.3)
         h2 = client.request(path, headers=fields, timeout=10).status
     assert h2 == 200, f"HTTP/1.1 got 200, HTTP/2 got {h2} for the same head"
     sent = [q for q in origin.requests if q.target == path]
