@@ -2,23 +2,25 @@
 runtime/src/tls/, and where they call into conn.rs and upstream.rs), each
 suspicion from reading the code proven or pinned against hello_gateway.
 
-Bugs (strict xfails, the RFC's or RELIABILITY.md's behaviour asserted):
+Bugs this pass found, the RFC's or RELIABILITY.md's behaviour asserted
+(each test failed on the build before its fix; "open" ones are strict
+xfails):
 
-- header-timeout on a listener that also speaks h2c: `conn.rs::sniff_h2c`
+- (open) header-timeout on a listener that also speaks h2c: `conn.rs::sniff_h2c`
   reads the first bytes under its own header-timeout, then `read_head`
   starts a second, full one for the HTTP/1.1 head. A head whose first byte
   comes late (or that starts with `P`, as POST/PUT/PATCH do, and so stays
   "maybe the h2 preface") gets up to twice header-timeout, where an
   `h1`-only listener times it from accept (`proxy::Limits::header_timeout`:
   "from its first byte, and, on a new connection, from accept").
-- `http2::max_header_list_size` is `max-header-bytes + 32 x max-headers`,
+- (fixed) `http2::max_header_list_size` was `max-header-bytes + 32 x max-headers`,
   meant as HPACK's looser view of the HTTP/1.1 limits, with the exact check
   after translation. But HPACK also counts 32 octets for each of the four
   pseudo-headers and for every cookie crumb (RFC 9113 §8.2.3 lets a client
   split `cookie` for better compression; translation joins the crumbs into
-  one field): the `h2` crate answers 431 to heads that are well within both limits once
-  translated, and that HTTP/1.1 takes.
-- header-timeout on HTTP/2: `watch.rs` holds a header block open (and the
+  one field): the `h2` crate answered 431 to heads well within both limits
+  once translated, and that HTTP/1.1 takes.
+- (open) header-timeout on HTTP/2: `watch.rs` holds a header block open (and the
   connection loop ends it at header-timeout) only from a HEADERS frame
   without END_HEADERS to its last CONTINUATION. One HEADERS frame with
   END_HEADERS whose payload is trickled is never "open": the `h2` crate
@@ -27,21 +29,22 @@ Bugs (strict xfails, the RFC's or RELIABILITY.md's behaviour asserted):
   where the same head trickled in CONTINUATION frames or over HTTP/1.1 is
   cut (tests/runtime/test_h2.py::test_slow_continuation_is_ended,
   test_limits.py::test_slowloris_trickled_head_cut).
-- a `:path` with a fragment (`/a#b`): RFC 9113 §8.3.1 makes `:path` the
+- (open) a `:path` with a fragment (`/a#b`): RFC 9113 §8.3.1 makes `:path` the
   path and query only, so the request is malformed (§8.1.1: a stream
   error), and the gateway's own HTTP/1.1 parser refuses such a target
   with 400 (`parse.rs`: "fragment in request target"). Over HTTP/2 the
   `http` crate's URI parser, which the `h2` crate builds `:path` with,
   silently cuts the target at `#` (query included, if it came after), so
   translate.rs never sees the fragment and the cut request is proxied.
-- content in the runtime's own error answers to HEAD (RFC 9110 §9.3.2:
+- (fixed) content in the runtime's own error answers to HEAD (RFC 9110 §9.3.2:
   the server MUST NOT send content in a response to HEAD). HTTP/2: a HEAD
   whose head translate.rs refuses (400, 431) gets a DATA frame
   (`stream.rs::answer` calls `send_error(.., head_only: false)`), which
   curl reports as "stream was not closed cleanly: PROTOCOL_ERROR" and
   nghttp answers with RST_STREAM. HTTP/1.1: a proxied HEAD that fails
   (502, 504) gets `bad gateway\n` after its head (`conn.rs::write_error`
-  always writes the body), where the HTTP/2 path sends the head alone.
+  always writes the body), where the HTTP/2 path sends the head alone;
+  so did a HEAD refused for its head (431).
 
 Subtle behaviours pinned (no other test covers them):
 
@@ -207,18 +210,6 @@ def test_http2_refuses_a_fragment_in_path(start_gateway, origin, target):
 
 # ------------------------------------------------ error answers to HEAD
 
-HEAD_BUG_H2 = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a HEAD refused at translation gets a DATA frame (stream.rs answer: send_error head_only=false)",
-)
-HEAD_BUG_H1 = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: HTTP/1.1 error answers to a proxied HEAD carry a body (conn.rs write_error: head_only=false)",
-)
-
-
 def _h1_answer_to_close(port: int, request: bytes) -> bytes:
     """All the gateway sends for `request`, until it closes (bounded)."""
     with RawConn(port, timeout=10) as c:
@@ -232,9 +223,10 @@ def _h1_answer_to_close(port: int, request: bytes) -> bytes:
     "proto, case",
     [
         ("h2", "proxied-502"),
-        pytest.param("h2", "refused-400", marks=HEAD_BUG_H2),
-        pytest.param("h2", "refused-431", marks=HEAD_BUG_H2),
-        pytest.param("h1", "proxied-502", marks=HEAD_BUG_H1),
+        ("h2", "refused-400"),
+        ("h2", "refused-431"),
+        ("h1", "proxied-502"),
+        ("h1", "refused-431"),
     ],
 )
 def test_error_answers_to_head_carry_no_content(start_gateway, origin, proto, case):
@@ -242,13 +234,14 @@ def test_error_answers_to_head_carry_no_content(start_gateway, origin, proto, ca
     header fields, never content. proxied-502: the origin closes without
     answering (`/close`); refused-400: a field value with a leading space
     (RFC 9113 §8.2.1); refused-431: a field over --max-header-bytes 1024.
-    The HTTP/2 proxied case is the control: that path does it right."""
+    Before the fix only the HTTP/2 proxied case had no content."""
     g = start_gateway(protocols=H1_H2C, max_header_bytes=1024)
     path = "/close" if case == "proxied-502" else "/head-refused"
     extra = {"proxied-502": [], "refused-400": [("x-a", " v")], "refused-431": [("x-big", "v" * 2000)]}[case]
     expected = {"proxied-502": 502, "refused-400": 400, "refused-431": 431}[case]
     if proto == "h1":
-        raw = _h1_answer_to_close(g.port, f"HEAD {path} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+        fields = "".join(f"{n}: {v}\r\n" for n, v in extra)
+        raw = _h1_answer_to_close(g.port, f"HEAD {path} HTTP/1.1\r\nHost: a.test\r\n{fields}\r\n".encode())
         head, _, content = raw.partition(b"\r\n\r\n")
         if _statuses(head) != [expected]:
             raise Precondition(f"expected a {expected}: {raw[:300]!r}")

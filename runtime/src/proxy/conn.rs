@@ -200,8 +200,11 @@ async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>
             HeadOutcome::Closed => break,
             HeadOutcome::Rejected(err) => {
                 // Answer and close: bytes after a rejected head are never parsed.
+                // A HEAD gets no content (RFC 9110 §9.3.2) when its request
+                // line got as far as the method.
+                let head_only = client.buffered().starts_with(b"HEAD ");
                 let mut out = w.buffers.take();
-                write_error(&mut out, err.status, Version::Http11);
+                write_error(&mut out, err.status, head_only);
                 let _ = write_all_within(&client.stream, &mut out, w.limits.body_timeout).await;
                 w.buffers.give(out);
                 let mut ctx = G::Ctx::default();
@@ -279,7 +282,7 @@ async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>
                             0
                         } else {
                             let mut out = w.buffers.take();
-                            write_error(&mut out, error.status, req.version());
+                            write_error(&mut out, error.status, req.is_head());
                             let _ =
                                 write_all_within(&client.stream, &mut out, w.limits.body_timeout)
                                     .await;
@@ -584,8 +587,9 @@ async fn local_answer<G: Gateway, S: Stream>(
     }
 }
 
-/// A short plain-text error answer with `connection: close`.
-pub(crate) fn write_error(out: &mut Vec<u8>, status: u16, _version: Version) {
+/// A short plain-text error answer with `connection: close`; its head only
+/// for a HEAD request.
+pub(crate) fn write_error(out: &mut Vec<u8>, status: u16, head_only: bool) {
     out.clear();
     write_local_response(
         &LocalResponse {
@@ -594,7 +598,7 @@ pub(crate) fn write_error(out: &mut Vec<u8>, status: u16, _version: Version) {
             location: None,
             body: error_body(status),
             close: true,
-            head_only: false,
+            head_only,
             keep_alive_10: false,
             extra: None,
         },

@@ -86,6 +86,7 @@ async fn answer<G: Gateway>(
         &mut req,
     );
     w.buffers.give(scratch);
+    let head_only = parts.method == http::Method::HEAD;
     drop(parts);
     if let Err(Refused { status, why }) = translated {
         let kind = match status {
@@ -94,7 +95,7 @@ async fn answer<G: Gateway>(
             _ => ErrorKind::BadRequest(why),
         };
         let err = ProxyError::with_status(kind, status);
-        let sent = send_error(respond, status, false);
+        let sent = send_error(respond, status, head_only);
         let mut ctx = G::Ctx::default();
         w.gateway.logging(
             None,
