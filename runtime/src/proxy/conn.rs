@@ -73,6 +73,9 @@ pub(crate) async fn serve_connection<G: Gateway>(
 ) {
     w.active.set(w.active.get() + 1);
     let _guard = ActiveGuard(&w.active);
+    // The first request's head is due `header-timeout` after accept,
+    // however long telling HTTP/2's preface from it took.
+    let head_due = coarse_now() + w.limits.header_timeout;
     let _ = stream.set_nodelay(true);
     #[cfg(feature = "tls")]
     if let Some(tls) = &listener.tls {
@@ -96,7 +99,7 @@ pub(crate) async fn serve_connection<G: Gateway>(
     if listener.config.protocols.h2c {
         // Boxed: neither future weighs on an HTTP/1.1 connection's task.
         let h1 = listener.config.protocols.h1;
-        match Box::pin(sniff_h2c(&w, &mut client, h1)).await {
+        match Box::pin(sniff_h2c(&w, &mut client, h1, head_due)).await {
             Sniffed::Http1 => {}
             Sniffed::Closed => return,
             Sniffed::Http2 => {
@@ -110,7 +113,7 @@ pub(crate) async fn serve_connection<G: Gateway>(
     }
     #[cfg(not(feature = "h2"))]
     let _ = &listener;
-    serve_h1(Rc::clone(&w), client).await;
+    serve_h1(Rc::clone(&w), client, head_due).await;
 }
 
 /// The TLS handshake (bounded by the header timeout), then the protocol
@@ -152,7 +155,10 @@ async fn serve_tls<G: Gateway>(
         rpos: 0,
         cut_until_close: false,
     };
-    serve_h1(w, client).await;
+    // The handshake had its own header-timeout (docs/spec.md): the head's
+    // starts now.
+    let head_due = coarse_now() + w.limits.header_timeout;
+    serve_h1(w, client, head_due).await;
 }
 
 /// The answer to a plain HTTP request sent to a TLS listener.
@@ -190,10 +196,11 @@ fn speaks_h2(alpn: Option<&[u8]>, listener: &Listener) -> bool {
     }
 }
 
-/// The HTTP/1.1 keep-alive loop over `stream`.
-async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>) {
+/// The HTTP/1.1 keep-alive loop over `stream`; the first request's head
+/// is due by `head_due`.
+async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>, head_due: Instant) {
     let mut req = RequestHead::default();
-    let mut first = true;
+    let mut first = Some(head_due);
     loop {
         match read_head(&w, &mut client, &mut req, first).await {
             HeadOutcome::Ready => {}
@@ -220,7 +227,7 @@ async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>
                 return;
             }
         }
-        first = false;
+        first = None;
         req.client = Some(client.peer);
         let route = w.gateway.route(&req);
         super::before_steps(&mut req);
@@ -360,12 +367,16 @@ enum Sniffed {
 /// connection that has sent nothing when the worker drains gets the last
 /// call, as on an HTTP/1.1-only listener.
 #[cfg(feature = "h2")]
-async fn sniff_h2c<G: Gateway>(w: &Worker<G>, c: &mut Client<TcpStream>, h1: bool) -> Sniffed {
+async fn sniff_h2c<G: Gateway>(
+    w: &Worker<G>,
+    c: &mut Client<TcpStream>,
+    h1: bool,
+    deadline: Instant,
+) -> Sniffed {
     use super::http2::PREFACE;
     if !h1 {
         return Sniffed::Http2;
     }
-    let deadline = Instant::now() + w.limits.header_timeout;
     loop {
         let have = c.rbuf.len().min(PREFACE.len());
         if c.rbuf[..have] != PREFACE[..have] {
@@ -397,18 +408,17 @@ async fn sniff_h2c<G: Gateway>(w: &Worker<G>, c: &mut Client<TcpStream>, h1: boo
 }
 
 /// Reads until a whole head is parsed into `req` (consumed from the buffer).
+/// `first_due`: the connection's first request, whose head is due then; a
+/// later one's head is due `header-timeout` after its first byte.
 async fn read_head<G: Gateway, S: Stream>(
     w: &Worker<G>,
     c: &mut Client<S>,
     req: &mut RequestHead,
-    first: bool,
+    first_due: Option<Instant>,
 ) -> HeadOutcome {
     let limits = w.limits.head_limits();
-    let mut head_deadline = if first {
-        Some(coarse_now() + w.limits.header_timeout)
-    } else {
-        None
-    };
+    let first = first_due.is_some();
+    let mut head_deadline = first_due;
     loop {
         if c.rpos < c.rbuf.len() {
             match parse_request_head(c.buffered(), &limits, req) {
