@@ -20,12 +20,12 @@ xfails):
   split `cookie` for better compression; translation joins the crumbs into
   one field): the `h2` crate answered 431 to heads well within both limits
   once translated, and that HTTP/1.1 takes.
-- (open) header-timeout on HTTP/2: `watch.rs` holds a header block open (and the
+- (fixed) header-timeout on HTTP/2: `watch.rs` held a header block open (and the
   connection loop ends it at header-timeout) only from a HEADERS frame
   without END_HEADERS to its last CONTINUATION. One HEADERS frame with
-  END_HEADERS whose payload is trickled is never "open": the `h2` crate
-  waits for the whole frame, nothing else runs the clock, and the request
-  is served seconds past header-timeout (only idle-timeout bounds it),
+  END_HEADERS whose payload is trickled was never "open": the `h2` crate
+  waits for the whole frame, nothing else ran the clock, and the request
+  was served seconds past header-timeout (only idle-timeout bounded it),
   where the same head trickled in CONTINUATION frames or over HTTP/1.1 is
   cut (tests/runtime/test_h2.py::test_slow_continuation_is_ended,
   test_limits.py::test_slowloris_trickled_head_cut).
@@ -121,12 +121,6 @@ def test_header_timeout_counts_from_accept_on_every_listener(start_gateway, orig
     assert not [q for q in origin.requests if q.path == "/late-head"], "the late head was forwarded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a single HEADERS frame (END_HEADERS) trickled byte by byte is not timed by header-timeout "
-    "(watch.rs header_block_open covers only blocks continued in CONTINUATION frames)",
-)
 def test_http2_head_trickled_in_one_headers_frame_is_cut_at_header_timeout(start_gateway, origin):
     """header-timeout 1 s, idle-timeout 30 s: after the preface and
     SETTINGS, one HEADERS frame (END_HEADERS, END_STREAM) of about 70 bytes
@@ -286,7 +280,7 @@ def _path_for(fields: list[tuple[str, str]], head_size: int | None) -> str:
 
 @pytest.mark.parametrize("case", list(HEAD_CASES))
 def test_http11_takes_these_heads(start_gateway, origin, case):
-    """The control for the xfail below: each head is within the limits as
+    """The control for the test below: each head is within the limits as
     HTTP/1.1 (200, forwarded)."""
     flags, fields, head_size = HEAD_CASES[case]
     g = start_gateway(protocols=H1_H2C, **flags)
@@ -298,12 +292,6 @@ def test_http11_takes_these_heads(start_gateway, origin, case):
     assert [q for q in origin.requests if q.target == path]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: http2::max_header_list_size (max-header-bytes + 32 x max-headers) leaves out HPACK's 32 octets "
-    "per pseudo-header and per cookie crumb: the h2 crate answers 431 to heads HTTP/1.1 takes",
-)
 @pytest.mark.parametrize("case", list(HEAD_CASES))
 def test_http2_takes_the_heads_http11_takes(start_gateway, origin, case):
     """RELIABILITY.md: 431 for a head over max-header-bytes or max-headers.

@@ -284,6 +284,7 @@ pub(crate) async fn serve_h2<G: Gateway>(
     let mut closing_ticks = 0u32;
     let mut idle_ticks = 0u32;
     let mut header_block_ticks = 0u32;
+    let mut last_block = None;
     let mut preface_ticks = 0u32;
     // DATA frames written so far, and ticks since that count last moved.
     let (mut data_sent, mut quiet_ticks) = (0u64, 0u32);
@@ -365,14 +366,18 @@ pub(crate) async fn serve_h2<G: Gateway>(
                         break;
                     }
                 }
-                header_block_ticks = if watch.header_block_open() {
-                    header_block_ticks + 1
-                } else {
-                    0
+                let arriving = watch.header_block_arriving();
+                header_block_ticks = match arriving {
+                    Some(_) if arriving == last_block => header_block_ticks + 1,
+                    Some(_) => 1,
+                    None => 0,
                 };
+                last_block = arriving;
                 if header_block_ticks > header_limit {
-                    // A header block trickled in CONTINUATION frames: the
-                    // connection can do nothing else meanwhile.
+                    // One header block trickled (in CONTINUATION frames, or
+                    // inside one frame): its request is not complete in
+                    // time, and in the CONTINUATION case the connection
+                    // can do nothing else meanwhile.
                     end_abruptly(&mut conn, &mut closing, Reason::ENHANCE_YOUR_CALM);
                 }
                 let sent = watch.data_frames_sent();

@@ -270,9 +270,17 @@ impl FrameWatch {
         self.state.get().first_frame
     }
 
-    /// True while a header block waits for its last CONTINUATION.
-    pub(crate) fn header_block_open(&self) -> bool {
-        self.state.get().header_block_open
+    /// The header block being received, if one is: a HEADERS frame
+    /// without END_HEADERS waiting for its last CONTINUATION, or a HEADERS
+    /// or CONTINUATION frame whose payload is still arriving (a head
+    /// trickled inside one frame is as slow as one trickled in
+    /// CONTINUATION frames). Named by the count of HEADERS frames so far,
+    /// so that the connection loop tells one block taking its time from
+    /// several quick ones.
+    pub(crate) fn header_block_arriving(&self) -> Option<u64> {
+        let s = self.state.get();
+        let arriving = s.header_block_open || (s.in_block && s.payload_left > 0);
+        arriving.then_some(s.headers_received)
     }
 
     /// The code to end the connection with, once the client broke a rule
@@ -705,13 +713,32 @@ mod tests {
     fn notes_an_open_header_block() {
         let w = watch();
         w.inspect(&frame(HEADERS, 0, 10));
-        assert!(w.header_block_open());
+        let first = w.header_block_arriving();
+        assert!(first.is_some());
         w.inspect(&frame(CONTINUATION, 0, 10));
-        assert!(w.header_block_open());
+        assert_eq!(w.header_block_arriving(), first, "the same block");
         w.inspect(&frame(CONTINUATION, FLAG_END_HEADERS, 10));
-        assert!(!w.header_block_open());
+        assert_eq!(w.header_block_arriving(), None);
         w.inspect(&frame(HEADERS, FLAG_END_HEADERS, 10));
-        assert!(!w.header_block_open());
+        assert_eq!(w.header_block_arriving(), None);
+    }
+
+    #[test]
+    fn a_headers_frame_still_arriving_is_an_open_block() {
+        let w = watch();
+        // `:method GET`, `:scheme http`, `:path /`, a literal authority.
+        let f = block_frame(HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 1, &[], b"\x82\x86\x84\x41\x01a", 0);
+        w.inspect(&f[..12]);
+        let arriving = w.header_block_arriving();
+        assert!(arriving.is_some(), "the payload is not all here");
+        w.inspect(&f[12..13]);
+        assert_eq!(w.header_block_arriving(), arriving);
+        w.inspect(&f[13..]);
+        assert_eq!(w.header_block_arriving(), None);
+        let g = block_frame(HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 3, &[], b"\x82\x86\x84\x41\x01a", 0);
+        w.inspect(&g[..10]);
+        assert!(w.header_block_arriving() > arriving, "another block");
+        assert_eq!(w.stop(), None);
     }
 
     #[test]
