@@ -198,7 +198,11 @@ fn speaks_h2(alpn: Option<&[u8]>, listener: &Listener) -> bool {
 
 /// The HTTP/1.1 keep-alive loop over `stream`; the first request's head
 /// is due by `head_due`.
-async fn serve_h1<G: Gateway, S: Stream>(w: Rc<Worker<G>>, mut client: Client<S>, head_due: Instant) {
+async fn serve_h1<G: Gateway, S: Stream>(
+    w: Rc<Worker<G>>,
+    mut client: Client<S>,
+    head_due: Instant,
+) {
     let mut req = RequestHead::default();
     let mut first = Some(head_due);
     loop {

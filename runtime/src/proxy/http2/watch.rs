@@ -727,7 +727,14 @@ mod tests {
     fn a_headers_frame_still_arriving_is_an_open_block() {
         let w = watch();
         // `:method GET`, `:scheme http`, `:path /`, a literal authority.
-        let f = block_frame(HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 1, &[], b"\x82\x86\x84\x41\x01a", 0);
+        let f = block_frame(
+            HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            1,
+            &[],
+            b"\x82\x86\x84\x41\x01a",
+            0,
+        );
         w.inspect(&f[..12]);
         let arriving = w.header_block_arriving();
         assert!(arriving.is_some(), "the payload is not all here");
@@ -735,7 +742,14 @@ mod tests {
         assert_eq!(w.header_block_arriving(), arriving);
         w.inspect(&f[13..]);
         assert_eq!(w.header_block_arriving(), None);
-        let g = block_frame(HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 3, &[], b"\x82\x86\x84\x41\x01a", 0);
+        let g = block_frame(
+            HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            3,
+            &[],
+            b"\x82\x86\x84\x41\x01a",
+            0,
+        );
         w.inspect(&g[..10]);
         assert!(w.header_block_arriving() > arriving, "another block");
         assert_eq!(w.stop(), None);
