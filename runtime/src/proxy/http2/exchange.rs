@@ -217,6 +217,13 @@ async fn attempt<G: Gateway>(
     let status = resp.status();
     let framing = resp.framing();
     let has_body = !is_head && framing.has_body();
+    if has_body && let Some(why) = framing_error(framing, &ubuf[upos..]) {
+        // The body is broken in the bytes that came with the head: nothing
+        // went to the client yet, so it gets a 502, as on HTTP/1.1 (whose
+        // head waits for those bytes too). Later bytes can only cut it.
+        w.buffers.give(ubuf);
+        return Attempt::Missed(Miss::failed(ErrorKind::UpstreamProtocol(why), false));
+    }
     let mut send = match respond.send_response(response_head(&resp, is_head), !has_body) {
         Ok(s) => s,
         Err(_) => {
@@ -460,6 +467,20 @@ fn put_body_part(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
     } else {
         out.extend_from_slice(data);
     }
+}
+
+/// The framing error in `bytes`, the start of a body framed by `framing`,
+/// if they hold one (bytes past the body's end are not looked at).
+fn framing_error(framing: BodyFraming, mut bytes: &[u8]) -> Option<&'static str> {
+    let mut reader = BodyReader::new(framing);
+    while !bytes.is_empty() && !reader.is_done() {
+        match reader.decode(bytes) {
+            Err(e) => return Some(e.0),
+            Ok(d) if d.consumed == 0 => break,
+            Ok(d) => bytes = &bytes[d.consumed..],
+        }
+    }
+    None
 }
 
 /// Relays the response body from `ubuf[upos..]` and the upstream to the
