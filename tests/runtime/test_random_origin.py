@@ -75,7 +75,7 @@ Checked after every case, besides the above:
 
 Two bugs the run found have regression tests below: an HTTP/2 client got
 a bare RST_STREAM instead of a 502 for a body broken in the bytes that came
-with its head (fixed), and 1xx interim answers were not relayed.
+with its head, and 1xx interim answers were not relayed (both fixed).
 """
 
 from __future__ import annotations
@@ -1078,30 +1078,32 @@ def test_h2_body_broken_from_its_first_bytes_is_502_not_a_bare_reset(start_gatew
     assert got.status == 502 and got.complete, f"not a 502: {got!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: interim 1xx answers (103 Early Hints) from the upstream are dropped; "
-                                       "RFC 9110 15.2: a proxy MUST forward them")
-@pytest.mark.parametrize("client", ["h1", "h2c"])
+@pytest.mark.parametrize("client", ["h1", "h2c", "h1-tls", "h2-tls"])
 def test_103_early_hints_from_the_upstream_reach_the_client(start_gateway, rogue, pki, client):
-    """Seen in test_random_origin_answers, which accepts either so that it
-    stays green: no interim answer ever reaches a client. RFC 9110 15.2: "A
-    proxy MUST forward 1xx responses unless the proxy itself requested the
-    generation of the 1xx response" (an HTTP/1.0 client excepted, which must
-    get none). The gateway did not ask for this 103 (the request carried no
-    Expect), yet it is skipped by `proxy::upstream::read_response_head`
-    ("Interim answers (100, 103) are not relayed") for HTTP/1.1 and HTTP/2
-    clients alike; neither runtime/README.md nor docs/ give it as a choice.
-    The final answer itself arrives intact."""
-    gw = start_gateway(upstream=rogue.addr, protocols="h1,h2c", **OPTS)
+    """Found by test_random_origin_answers: no interim answer ever reached a
+    client. RFC 9110 15.2: "A proxy MUST forward 1xx responses unless the
+    proxy itself requested the generation of the 1xx response". The
+    upstream sends a 100 (which the gateway does not relay: it answers
+    `Expect: 100-continue` itself and never passes it on), then a 103
+    (relayed, before the final answer), then the final answer, intact."""
+    tls = client.endswith("tls")
+    if tls:
+        gw = start_gateway(upstream=rogue.addr, protocols="h1,h2", tls_cert=pki.path("edge.crt"),
+                           tls_key=pki.path("edge.key"), **OPTS)
+    else:
+        gw = start_gateway(upstream=rogue.addr, protocols="h1,h2c", **OPTS)
     target = f"/early-hints/{client}"
-    rogue.scripts[target] = Script([b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n",
+    rogue.scripts[target] = Script([b"HTTP/1.1 100 Continue\r\n\r\n",
+                                    b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n"
+                                    b"connection: x-hop\r\nx-hop: 1\r\n\r\n",
                                     b"HTTP/1.1 200 OK\r\nx-rogue-answer: hints\r\ncontent-length: 5\r\n\r\nfinal"],
-                                   [0.0, 0.05], end="keep")
+                                   [0.0, 0.0, 0.05], end="keep")
     ex = Exchange("hints", "GET", target, b"", False, None)
     sock = Client(gw.port, client, pki).sock()
-    if client == "h2c":
+    if client.startswith("h2"):
         conn = H2Conn(sock)
         try:
-            got = h2_exchange(conn, 1, ex, False, time.monotonic() + READ_BOUND)
+            got = h2_exchange(conn, 1, ex, tls, time.monotonic() + READ_BOUND)
         finally:
             conn.close()
     else:
@@ -1112,4 +1114,26 @@ def test_103_early_hints_from_the_upstream_reach_the_client(start_gateway, rogue
         finally:
             conn.close()
     assert got.status == 200 and got.body == b"final" and got.complete, got
-    assert got.interims == [103], f"the upstream's 103 did not reach the client: {got!r}"
+    assert got.interims == [103], f"not the upstream's 103 alone: {got!r}"
+
+
+def test_no_interim_answer_reaches_an_http10_client(start_gateway, rogue):
+    """RFC 9110 15.2: "A server MUST NOT send a 1xx response to an HTTP/1.0
+    client". The same upstream answers as above: the HTTP/1.0 client reads
+    the final answer first."""
+    gw = start_gateway(upstream=rogue.addr, protocols="h1", **OPTS)
+    target = "/early-hints/http10"
+    rogue.scripts[target] = Script([b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n",
+                                    b"HTTP/1.1 200 OK\r\nx-rogue-answer: hints\r\ncontent-length: 5\r\n\r\nfinal"],
+                                   [0.0, 0.05], end="keep")
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=READ_BOUND) as s:
+        s.sendall(f"GET {target} HTTP/1.0\r\nhost: a.test\r\n\r\n".encode())
+        got = b""
+        deadline = time.monotonic() + READ_BOUND
+        while time.monotonic() < deadline:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+    assert got.startswith(b"HTTP/1.1 200 "), got
+    assert got.endswith(b"\r\n\r\nfinal") and b" 103 " not in got, got

@@ -573,6 +573,7 @@ async fn exchange<G: Gateway, S: Stream>(
             w,
             c,
             req.expect_continue(),
+            req.version() == Version::Http11,
             up,
             out,
             &mut ubuf,
@@ -599,8 +600,17 @@ async fn exchange<G: Gateway, S: Stream>(
             w.buffers.give(ubuf);
             return Attempt::Missed(head_write_failed(&e));
         }
-        let deadline = now + timeouts.response;
-        read_response_head(up, &mut ubuf, &mut resp, is_head, &head_limits, deadline).await
+        let read = HeadRead {
+            is_head,
+            limits: &head_limits,
+            deadline: now + timeouts.response,
+        };
+        let mut interims = ClientInterims {
+            client: &c.stream,
+            http11: req.version() == Version::Http11,
+            write_timeout: limits.body_timeout,
+        };
+        read_response_head(up, &mut ubuf, &mut resp, read, &mut interims).await
     };
     let mut upos = match head_result {
         Ok(upos) => upos,
@@ -708,6 +718,7 @@ async fn send_body_read_head<G: Gateway, S: Stream>(
     w: &Worker<G>,
     c: &mut Client<S>,
     expect_continue: bool,
+    http11: bool,
     up: &UpstreamStream,
     mut out: Vec<u8>,
     ubuf: &mut Vec<u8>,
@@ -758,16 +769,18 @@ async fn send_body_read_head<G: Gateway, S: Stream>(
             write_timeout: timeouts.response,
             flushed: false,
         };
-        let far = Instant::now() + Duration::from_secs(24 * 3600);
         let pump = pin!(pump.run());
-        let head = pin!(read_response_head(
-            up,
-            ubuf,
-            resp,
+        let read = HeadRead {
             is_head,
-            head_limits,
-            far
-        ));
+            limits: head_limits,
+            deadline: Instant::now() + Duration::from_secs(24 * 3600),
+        };
+        let mut interims = ClientInterims {
+            client: &c.stream,
+            http11,
+            write_timeout: limits.body_timeout,
+        };
+        let head = pin!(read_response_head(up, ubuf, resp, read, &mut interims));
         match select(pump, head).await {
             Either::Left((Ok(_), head)) => {
                 match crate::rt::time::within_for(timeouts.response, head).await {
@@ -819,12 +832,17 @@ pub(crate) async fn read_response_head(
     up: &UpstreamStream,
     ubuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
-    is_head: bool,
-    limits: &HeadLimits,
-    deadline: Instant,
+    read: HeadRead<'_>,
+    interims: &mut impl Interims,
 ) -> Result<usize, HeadFail> {
+    let HeadRead {
+        is_head,
+        limits,
+        deadline,
+    } = read;
     let mut upos = 0usize;
     let mut received_any = false;
+    let mut relayed = 0;
     loop {
         if upos < ubuf.len() {
             match parse_response_head(&ubuf[upos..], limits, is_head, resp) {
@@ -836,7 +854,10 @@ pub(crate) async fn read_response_head(
                         )));
                     }
                     if resp.status() < 200 {
-                        // Interim answers (100, 103) are not relayed.
+                        if relayed_interim(resp.status()) && relayed < MAX_INTERIMS {
+                            relayed += 1;
+                            interims.relay(resp).await;
+                        }
                         continue;
                     }
                     return Ok(upos);
@@ -859,6 +880,57 @@ pub(crate) async fn read_response_head(
             }
             ReadOutcome::Timeout => return Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
         }
+    }
+}
+
+/// How [`read_response_head`] reads: the request was a HEAD, the limits
+/// of a response head, and when the head must be complete.
+#[derive(Clone, Copy)]
+pub(crate) struct HeadRead<'a> {
+    pub is_head: bool,
+    pub limits: &'a HeadLimits,
+    pub deadline: Instant,
+}
+
+/// Where the interim (1xx) answers of an upstream go as they arrive.
+/// RFC 9110 §15.2: a proxy forwards them, unless it asked for them itself
+/// (the gateway answers `Expect: 100-continue` itself and does not pass it
+/// on, so a `100` from the upstream is not relayed), and never to an
+/// HTTP/1.0 client. 103 Early Hints is the one clients act on: the hints
+/// are worth something only before the final answer, so each interim goes
+/// out as it arrives.
+pub(crate) trait Interims {
+    /// Relays `head`, an interim answer (102-199). A client that cannot
+    /// take it is left to fail on the final answer.
+    async fn relay(&mut self, head: &ResponseHead);
+}
+
+/// Interim answers relayed per response at most; more are read and dropped
+/// (an upstream that sends them without end is bounded by `response`).
+const MAX_INTERIMS: u32 = 16;
+
+/// Whether an interim answer of `status` is relayed (see [`Interims`]).
+fn relayed_interim(status: u16) -> bool {
+    (102..200).contains(&status)
+}
+
+/// Interim answers to an HTTP/1.1 client, on its connection.
+struct ClientInterims<'a, S> {
+    client: &'a S,
+    /// The client speaks HTTP/1.1 (an HTTP/1.0 client gets none).
+    http11: bool,
+    /// Longest the client may take to accept one.
+    write_timeout: Duration,
+}
+
+impl<S: Stream> Interims for ClientInterims<'_, S> {
+    async fn relay(&mut self, head: &ResponseHead) {
+        if !self.http11 {
+            return;
+        }
+        let mut out = Vec::with_capacity(128);
+        write_response_head(head, BodyFraming::None, Version::Http11, false, &mut out);
+        let _ = write_all_within(self.client, &mut out, self.write_timeout).await;
     }
 }
 

@@ -12,6 +12,7 @@
 //! `body_timeout`; one that resets its stream ends the exchange and the
 //! upstream connection is closed, not pooled.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -25,14 +26,15 @@ use h2::{Reason, RecvStream, SendStream};
 
 use super::translate::response_head;
 use crate::http::{
-    BodyFraming, BodyReader, ForwardInfo, HeadLimits, LAST_CHUNK, RequestHead, ResponseHead,
-    put_chunk_head, valid_request_id, write_forward_request,
+    BodyFraming, BodyReader, ForwardInfo, LAST_CHUNK, RequestHead, ResponseHead, put_chunk_head,
+    valid_request_id, write_forward_request,
 };
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
 use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all_within};
 use crate::proxy::upstream::{
-    HeadFail, Miss, Tries, Try, head_write_failed, log_tls_failure, read_response_head, replayable,
+    HeadFail, HeadRead, Interims, Miss, Tries, Try, head_write_failed, log_tls_failure,
+    read_response_head, replayable,
 };
 use crate::proxy::{UpstreamStream, Worker};
 
@@ -106,7 +108,7 @@ pub(crate) async fn proxy_stream<G: Gateway>(
             reused,
             now,
             timeouts,
-        } = match unless_reset(respond, tries.connect(key)).await {
+        } = match unless_reset(&RefCell::new(&mut *respond), tries.connect(key)).await {
             Some(Ok(t)) => t,
             Some(Err(error)) => {
                 return Outcome::Failed {
@@ -151,12 +153,33 @@ pub(crate) async fn proxy_stream<G: Gateway>(
 /// head is sent, nothing else wakes a stream's task when its client resets
 /// it, so every phase before it (the connect and its failover, the request
 /// going up, the wait for the response head) runs under this.
-async fn unless_reset<F: Future>(respond: &mut SendResponse<Bytes>, phase: F) -> Option<F::Output> {
+///
+/// `respond` is shared with the phase, which may send interim answers on
+/// it ([`StreamInterims`]): each borrows it only inside a poll.
+async fn unless_reset<F: Future>(
+    respond: &RefCell<&mut SendResponse<Bytes>>,
+    phase: F,
+) -> Option<F::Output> {
     let phase = pin!(phase);
-    let reset = pin!(poll_fn(|cx| respond.poll_reset(cx)));
+    let reset = pin!(poll_fn(|cx| respond.borrow_mut().poll_reset(cx)));
     match select(phase, reset).await {
         Either::Left((done, _)) => Some(done),
         Either::Right(_) => None,
+    }
+}
+
+/// Interim answers to an HTTP/2 client: informational HEADERS on its
+/// stream (see [`Interims`]).
+struct StreamInterims<'a, 'r> {
+    respond: &'a RefCell<&'r mut SendResponse<Bytes>>,
+}
+
+impl Interims for StreamInterims<'_, '_> {
+    async fn relay(&mut self, head: &ResponseHead) {
+        let _ = self
+            .respond
+            .borrow_mut()
+            .send_informational(response_head(head, false));
     }
 }
 
@@ -192,9 +215,14 @@ async fn attempt<G: Gateway>(
     let mut ubuf = w.buffers.take();
     let mut resp = ResponseHead::default();
     // Until the response head: the request goes up while we watch for the
-    // client resetting the stream (then the upstream is dropped at once).
-    let forward = forward_request(w, req, body, &mut ubuf, &mut resp, t);
-    let head = unless_reset(respond, forward)
+    // client resetting the stream (then the upstream is dropped at once),
+    // and interim answers go out as they come.
+    let respond_cell = RefCell::new(&mut *respond);
+    let mut interims = StreamInterims {
+        respond: &respond_cell,
+    };
+    let forward = forward_request(w, req, body, &mut ubuf, &mut resp, t, &mut interims);
+    let head = unless_reset(&respond_cell, forward)
         .await
         .unwrap_or(Err(Attempt::Missed(Miss::failed(
             ErrorKind::ClientClosed,
@@ -272,6 +300,7 @@ async fn forward_request<G: Gateway>(
     ubuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     t: &Target<'_>,
+    interims: &mut StreamInterims<'_, '_>,
 ) -> Result<(usize, bool), Attempt> {
     let limits = &w.limits;
     let mut id_buf = [0u8; 32];
@@ -299,8 +328,12 @@ async fn forward_request<G: Gateway>(
         if let Err(e) = res {
             return Err(Attempt::Missed(head_write_failed(&e)));
         }
-        let deadline = t.now + t.response_timeout;
-        return match read_response_head(t.up, ubuf, resp, is_head, &head_limits, deadline).await {
+        let read = HeadRead {
+            is_head,
+            limits: &head_limits,
+            deadline: t.now + t.response_timeout,
+        };
+        return match read_response_head(t.up, ubuf, resp, read, interims).await {
             Ok(upos) => Ok((upos, false)),
             Err(HeadFail::Stale) => Err(Attempt::Missed(Miss::Stale)),
             Err(HeadFail::Failed(kind)) => Err(Attempt::Missed(Miss::failed(kind, false))),
@@ -317,8 +350,12 @@ async fn forward_request<G: Gateway>(
         t,
         &mut out,
         framing,
-        is_head,
-        &head_limits,
+        HeadRead {
+            is_head,
+            limits: &head_limits,
+            deadline: Instant::now() + Duration::from_secs(24 * 3600),
+        },
+        interims,
     ))
     .await;
     w.buffers.give(out);
@@ -337,8 +374,8 @@ async fn send_body_read_head<G: Gateway>(
     t: &Target<'_>,
     out: &mut Vec<u8>,
     framing: BodyFraming,
-    is_head: bool,
-    head_limits: &HeadLimits,
+    read: HeadRead<'_>,
+    interims: &mut StreamInterims<'_, '_>,
 ) -> Result<(usize, bool), Attempt> {
     let send = pin!(send_request_body(
         w,
@@ -348,15 +385,9 @@ async fn send_body_read_head<G: Gateway>(
         framing,
         t.response_timeout
     ));
-    let far = Instant::now() + Duration::from_secs(24 * 3600);
-    let head = pin!(read_response_head(
-        t.up,
-        ubuf,
-        resp,
-        is_head,
-        head_limits,
-        far
-    ));
+    // No deadline until the body is sent (`read` has a far one): then the
+    // response timeout starts.
+    let head = pin!(read_response_head(t.up, ubuf, resp, read, interims));
     match select(send, head).await {
         Either::Left((Ok(()), head)) => {
             match crate::rt::time::within_for(t.response_timeout, head).await {
