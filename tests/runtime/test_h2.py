@@ -14,6 +14,7 @@ joined cookies, no pseudo-header, no connection-specific header.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,29 @@ def test_local_answers_and_redirect(h2gw):
         assert (r.status, r.body) == (200, b"")
         r = c.request("/redirect")
         assert r.status == 301 and r.header("location") == ["https://example.com/"]
+
+
+def test_answers_are_dated(h2gw, origin):
+    """RFC 9110 §6.6.1 over HTTP/2 as over HTTP/1.1 (test_proxy_basics.py):
+    a forwarded answer without `date` gets one, an origin's own is kept
+    alone, and the gateway's own answers (a route's, a refusal) are dated."""
+    imf_fixdate = re.compile(r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT")
+
+    def dated_or_not(req, conn):
+        if req.path == "/dated":
+            return conn.send(b"HTTP/1.1 200 OK\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 3\r\n\r\nold")
+        return conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew")
+
+    origin.handler = dated_or_not
+    with H2Client(h2gw.addr) as c:
+        undated, dated = c.request("/undated"), c.request("/dated")
+        local, refused = c.request("/redirect"), c.request("/x", headers=[("x-big", "v" * 20000)])
+    assert undated.body == b"new" and len(undated.header("date")) == 1, undated
+    assert imf_fixdate.fullmatch(undated.header("date")[0]), undated
+    assert dated.header("date") == ["Sun, 06 Nov 1994 08:49:37 GMT"], dated
+    for r, status in ((local, 301), (refused, 431)):
+        assert r.status == status and len(r.header("date")) == 1, r
+        assert imf_fixdate.fullmatch(r.header("date")[0]), r
 
 
 def test_translation_to_http1(h2gw, origin):

@@ -5,8 +5,11 @@ Expect: 100-continue and chunked responses."""
 from __future__ import annotations
 
 import http.client
+import re
 import shutil
 import subprocess
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 
 import pytest
 
@@ -341,3 +344,44 @@ def test_304_with_content_length_has_no_body(gateway, origin):
     # and the upstream connection stayed in sync for the gateway too
     origin.handler = None
     assert request(gateway.port, "GET", "/later").body == b"GET /later\n"
+
+
+# ---------------------------------------------------------------- Date
+
+
+def _imf_fixdate(value: str | None) -> datetime:
+    """`value` parsed as an IMF-fixdate (RFC 9110 §5.6.7), or an assertion."""
+    assert value and re.fullmatch(r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT", value), value
+    return parsedate_to_datetime(value)
+
+
+def test_answers_are_dated(gateway, origin):
+    """RFC 9110 §6.6.1: a recipient with a clock adds `Date` to a response
+    it forwards without one; an origin server with a clock dates its own
+    2xx-4xx answers (the gateway's routes, its errors). A `Date` the origin
+    sent is forwarded as it is, alone."""
+
+    def dated_or_not(req, conn):
+        if req.path == "/dated":
+            return conn.send(b"HTTP/1.1 200 OK\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 3\r\n\r\nold")
+        return conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew")
+
+    origin.handler = dated_or_not
+    now = datetime.now(timezone.utc)
+    with RawConn(gateway.port, timeout=10) as c:
+        c.send(b"GET /undated HTTP/1.1\r\nHost: a\r\n\r\nGET /dated HTTP/1.1\r\nHost: a\r\n\r\n"
+               b"GET /redirect HTTP/1.1\r\nHost: a\r\n\r\n")
+        undated, dated, local = c.read_response(), c.read_response(), c.read_response()
+    assert undated.status == 200 and undated.body == b"new", undated
+    [added] = undated.header("date")
+    # The clock is the machine's: a day either way only catches a date not of now.
+    assert abs(_imf_fixdate(added) - now) < timedelta(days=1), added
+    assert dated.header("date") == ["Sun, 06 Nov 1994 08:49:37 GMT"], dated
+    assert local.status == 301 and len(local.header("date")) == 1, local
+    _imf_fixdate(local.header("date")[0])
+    origin.handler = None
+    with RawConn(gateway.port, timeout=10) as c:  # an error answer of the gateway's own
+        c.send(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Bad : v\r\n\r\n")
+        bad = c.read_response()
+    assert bad.status == 400 and len(bad.header("date")) == 1, bad
+    _imf_fixdate(bad.header("date")[0])

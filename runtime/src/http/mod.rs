@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod date;
 pub mod fuzzing;
 mod head;
 pub mod normalize;
@@ -47,6 +48,8 @@ pub use body::{
     BodyReader, ChunkError, ChunkedDecoder, Decoded, LAST_CHUNK, MAX_CHUNK_EXT, MAX_TRAILERS,
     put_chunk_head,
 };
+pub(crate) use date::add_missing_date;
+pub(crate) use date::http_date;
 pub use head::{BodyFraming, HeaderBlock, RequestHead, ResponseHead, Version};
 pub use parse::{
     HeadLimits, Reject, parse_content_length, parse_request_head, parse_response_head,

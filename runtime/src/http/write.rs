@@ -294,6 +294,10 @@ pub fn write_local_response(r: &LocalResponse<'_>, out: &mut Vec<u8>) {
     {
         put_field(out, b"location", loc);
     }
+    // An origin server with a clock dates its answers (RFC 9110 §6.6.1).
+    if !stepped("date") {
+        put_field(out, b"date", &super::http_date());
+    }
     if let Some(extra) = r.extra {
         for (name, value) in extra.iter() {
             if !dropped_from_response(name) {

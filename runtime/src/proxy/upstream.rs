@@ -21,7 +21,8 @@ use super::io::{
 };
 use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, HeadLimits, RequestHead, ResponseHead, Version,
-    parse_response_head, valid_request_id, write_forward_request, write_response_head,
+    add_missing_date, parse_response_head, valid_request_id, write_forward_request,
+    write_response_head,
 };
 use crate::lb::{Endpoint, UpstreamSet, UpstreamTimeouts};
 use crate::rt::time::coarse_now;
@@ -627,6 +628,8 @@ async fn exchange<G: Gateway, S: Stream>(
         return Attempt::Missed(Miss::RetryStatus(resp.status()));
     }
 
+    // Before the response steps, which may replace or remove it.
+    add_missing_date(&mut resp);
     w.gateway.response(route, &mut resp, ctx);
 
     // --- response to the client ---

@@ -26,8 +26,8 @@ use h2::{Reason, RecvStream, SendStream};
 
 use super::translate::response_head;
 use crate::http::{
-    BodyFraming, BodyReader, ForwardInfo, LAST_CHUNK, RequestHead, ResponseHead, put_chunk_head,
-    valid_request_id, write_forward_request,
+    BodyFraming, BodyReader, ForwardInfo, LAST_CHUNK, RequestHead, ResponseHead, add_missing_date,
+    put_chunk_head, valid_request_id, write_forward_request,
 };
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
@@ -240,6 +240,8 @@ async fn attempt<G: Gateway>(
         return Attempt::Missed(Miss::RetryStatus(resp.status()));
     }
 
+    // Before the response steps, which may replace or remove it.
+    add_missing_date(&mut resp);
     w.gateway.response(route, &mut resp, ctx);
     let is_head = req.is_head();
     let status = resp.status();

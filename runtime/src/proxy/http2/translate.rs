@@ -240,9 +240,12 @@ pub(crate) fn local_head(
     {
         headers.insert(http::header::LOCATION, v);
     }
+    if let Ok(date) = http::HeaderValue::from_bytes(&crate::http::http_date()) {
+        headers.insert(http::header::DATE, date);
+    }
     if let Some(extra) = extra {
-        // A `content-type` or `location` the response steps set replaces
-        // the action's own, as on HTTP/1.1 (write_local_response).
+        // A `content-type`, `location` or `date` the response steps set
+        // replaces the action's own, as on HTTP/1.1 (write_local_response).
         let mut replaced = Vec::new();
         for (name, value) in extra.iter_end_to_end() {
             if dropped_from_response(name) {
@@ -252,7 +255,9 @@ pub(crate) fn local_head(
                 http::HeaderName::from_bytes(name),
                 http::HeaderValue::from_bytes(value),
             ) {
-                if (n == http::header::CONTENT_TYPE || n == http::header::LOCATION)
+                if (n == http::header::CONTENT_TYPE
+                    || n == http::header::LOCATION
+                    || n == http::header::DATE)
                     && !replaced.contains(&n)
                 {
                     headers.remove(&n);
