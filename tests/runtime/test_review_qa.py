@@ -36,6 +36,7 @@ xfails):
   `http` crate's URI parser, which the `h2` crate builds `:path` with,
   silently cuts the target at `#` (query included, if it came after), so
   translate.rs never sees the fragment and the cut request is proxied.
+  A known gap (docs/architecture.md, "What the `h2` crate decides").
 - (fixed) content in the runtime's own error answers to HEAD (RFC 9110 §9.3.2:
   the server MUST NOT send content in a response to HEAD). HTTP/2: a HEAD
   whose head translate.rs refuses (400, 431) gets a DATA frame
