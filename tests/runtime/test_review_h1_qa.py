@@ -214,3 +214,57 @@ def test_options_absolute_form_without_path_is_asked_of_the_server(gateway, orig
     origin.wait_for(lambda: any(q.header("x-case") == ["opt-empty"] for q in origin.requests), 5)
     got = [q.target for q in origin.requests if q.header("x-case") == ["opt-empty"]]
     assert got == ["*"], f"OPTIONS {target} went upstream as {got}"
+
+
+# ------------------------------------------- pooled after every clean shape
+
+# Answers that end cleanly without a body to pump, or with one the gateway
+# re-frames: each leaves the upstream connection reusable (`upstream.rs::exchange`:
+# `upstream_reusable` is the upstream's keep-alive, no bytes past the answer, the
+# request body finished). (method, HTTP version of the client, the upstream's answer)
+CLEAN_SHAPES = {
+    "head-answered-chunked": ("HEAD", "1.1", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+    "head-answered-with-length": ("HEAD", "1.1", b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n"),
+    "304-with-length": ("GET", "1.1", b"HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\ncontent-length: 50\r\n\r\n"),
+    "204": ("GET", "1.1", b"HTTP/1.1 204 No Content\r\n\r\n"),
+    "103-then-200": ("GET", "1.1", (b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")),
+    "102-to-http10-client": ("GET", "1.0", (b"HTTP/1.1 102 Processing\r\n\r\n"
+                             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")),
+    "chunked-to-http10-client": ("GET", "1.0", (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                 b"2\r\nok\r\n0\r\n\r\n")),
+    "chunked-with-trailers": ("GET", "1.1", (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-t\r\n\r\n"
+                              b"2;ext=1\r\nok\r\n0\r\nx-t: 1\r\n\r\n")),
+    "http10-upstream-keep-alive-204": ("GET", "1.1", b"HTTP/1.0 204 No Content\r\nconnection: keep-alive\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(CLEAN_SHAPES))
+def test_upstream_connection_is_pooled_after_a_clean_answer_of_every_shape(start_gateway, origin, shape):
+    """Pinned: the pool is not too timid. After each answer shape above (no
+    body to pump: HEAD, 204, 304; interims skipped or relayed; a body
+    re-framed: chunked to an HTTP/1.0 client, chunk extensions and trailers
+    dropped), the next request, from another client connection, rides the same
+    upstream connection (test_reliability_qa.py covers the keep-alive
+    spellings of the answer; test_upstream_faults.py the broken ones, never
+    reused)."""
+    method, version, answer = CLEAN_SHAPES[shape]
+
+    def scripted(req, conn):
+        if req.path == "/shape":
+            return conn.send(answer)
+        return respond(conn, req, 200, b"next\n")
+
+    origin.handler = scripted
+    g = start_gateway()
+    with RawConn(g.port, timeout=10) as c:
+        c.send(f"{method} /shape HTTP/{version}\r\nHost: a.test\r\n\r\n".encode())
+        r = c.read_response(method=method)
+        if r.status < 200:  # the relayed interim
+            r = c.read_response(method=method)
+    if r.status != int(answer.rsplit(b"HTTP/1.", 1)[1][2:5]) or not r.complete:
+        raise Precondition(f"{shape}: not relayed: {r!r}")
+    nxt = _answer(g.port, b"GET /next HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    assert nxt.status == 200 and nxt.body == b"next\n", nxt
+    conns = [(q.path, q.conn_id) for q in origin.requests]
+    assert len({cid for _, cid in conns}) == 1, f"{shape}: a new upstream connection for the next request: {conns}"
