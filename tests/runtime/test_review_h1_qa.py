@@ -36,7 +36,8 @@ request id of a replayed request. Bugs (strict xfails, each with a control):
   `/` for every method, so the upstream is asked `OPTIONS /`, about one
   resource.
 - (open) `x-request-id` per try, not per request: `upstream.rs::exchange`
-  draws a new id from `w.ids` each time it runs, so a request replayed
+  (and `http2/exchange.rs::forward_request` for an HTTP/2 stream) draws a
+  new id from `w.ids` each time it runs, so a request replayed
   after the keep-alive race (a pooled connection the upstream closed on
   receiving it, `Tries::replay_stale`) reaches the upstream twice under two
   ids: the upstream's logs show two requests where the client made one,
@@ -57,6 +58,7 @@ import email.utils
 
 import pytest
 from support.client import RawConn
+from support.h2client import H2Client
 from support.origin import respond
 
 
@@ -296,22 +298,32 @@ def _drop_on_pooled(req, conn):
     return respond(conn, req, 200, f"{req.method} {req.path}\n".encode())
 
 
-def _replayed_ids(start_gateway, origin, extra: bytes = b"") -> list[list[str]]:
+def _get(g, via: str, path: str, extra: list[tuple[str, str]]) -> int:
+    """The status of `GET path` with `extra` fields, over HTTP/1.1 or h2c."""
+    if via == "h2c":
+        with H2Client(g.addr) as client:
+            return client.request(path, headers=extra).status
+    fields = "".join(f"{n}: {v}\r\n" for n, v in extra)
+    return _answer(g.port, f"GET {path} HTTP/1.1\r\nHost: a.test\r\n{fields}\r\n".encode()).status
+
+
+def _replayed_ids(start_gateway, origin, via: str, extra=()) -> list[list[str]]:
     """Warms one pooled upstream connection, then sends `GET /drop` on it (it
     is replayed on a fresh one); the x-request-id values of both arrivals."""
     origin.handler = _drop_on_pooled
-    g = start_gateway()
-    warm = _answer(g.port, b"GET /warm HTTP/1.1\r\nHost: a.test\r\n\r\n")
-    r = _answer(g.port, b"GET /drop HTTP/1.1\r\nHost: a.test\r\n" + extra + b"\r\n")
+    g = start_gateway(protocols="h1,h2c")
+    warm = _get(g, via, "/warm", [])
+    status = _get(g, via, "/drop", list(extra))
     arrivals = [q for q in origin.requests if q.path == "/drop"]
-    if warm.status != 200 or r.status != 200 or len(arrivals) != 2 or arrivals[0].conn_id == arrivals[1].conn_id:
-        raise Precondition(f"no replay on a fresh connection: {warm!r} {r!r} {arrivals}")
+    if warm != 200 or status != 200 or len(arrivals) != 2 or arrivals[0].conn_id == arrivals[1].conn_id:
+        raise Precondition(f"no replay on a fresh connection: {warm} {status} {arrivals}")
     return [q.header("x-request-id") for q in arrivals]
 
 
-def test_a_client_request_id_is_kept_on_a_replayed_request(start_gateway, origin):
+@pytest.mark.parametrize("via", ["http1.1", "h2c"])
+def test_a_client_request_id_is_kept_on_a_replayed_request(start_gateway, origin, via):
     """The control: a valid id the client sent goes up with both tries."""
-    ids = _replayed_ids(start_gateway, origin, b"x-request-id: client-chosen-1\r\n")
+    ids = _replayed_ids(start_gateway, origin, via, [("x-request-id", "client-chosen-1")])
     assert ids == [["client-chosen-1"], ["client-chosen-1"]], ids
 
 
@@ -319,10 +331,11 @@ def test_a_client_request_id_is_kept_on_a_replayed_request(start_gateway, origin
     strict=True,
     raises=AssertionError,
     reason="bug: a request replayed after a stale pooled connection goes upstream with a new generated "
-    "x-request-id (upstream.rs::exchange draws one per try): one client request, two ids",
+    "x-request-id (upstream.rs::exchange, http2/exchange.rs::forward_request draw one per try): one request, two ids",
 )
-def test_a_generated_request_id_is_kept_on_a_replayed_request(start_gateway, origin):
-    ids = _replayed_ids(start_gateway, origin)
+@pytest.mark.parametrize("via", ["http1.1", "h2c"])
+def test_a_generated_request_id_is_kept_on_a_replayed_request(start_gateway, origin, via):
+    ids = _replayed_ids(start_gateway, origin, via)
     if not all(len(i) == 1 for i in ids):
         raise Precondition(f"not one x-request-id per arrival: {ids}")
     assert ids[0] == ids[1], f"the two tries of one request carried {ids}"
