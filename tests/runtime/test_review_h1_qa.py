@@ -7,9 +7,10 @@ The state machines held up under the peers this pass played (pipelines
 around errors, half-closes, upstreams answering early, closing or resetting
 at each phase, stale pooled connections): what did not hold are fields the
 RFCs give an intermediary duties for that the code never looks at, and the
-request id of a replayed request. Bugs (strict xfails, each with a control):
+request id of a replayed request. Bugs (each with a control; the open
+ones strict xfails):
 
-- (open) `Date` (RFC 9110 §6.6.1). The gateway never writes one:
+- (fixed) `Date` (RFC 9110 §6.6.1). The gateway never wrote one:
   `write.rs::write_response_head` relays the upstream's fields and adds
   none, so a response whose upstream sent no `Date` reaches the client
   without one ("A recipient with a clock that receives a response message
@@ -35,7 +36,7 @@ request id of a replayed request. Bugs (strict xfails, each with a control):
   origin server". `parse.rs::parse_request_head` stores an empty path as
   `/` for every method, so the upstream is asked `OPTIONS /`, about one
   resource.
-- (open) `x-request-id` per try, not per request: `upstream.rs::exchange`
+- (fixed) `x-request-id` per try, not per request: `upstream.rs::exchange`
   (and `http2/exchange.rs::forward_request` for an HTTP/2 stream) draws a
   new id from `w.ids` each time it runs, so a request replayed
   after the keep-alive race (a pooled connection the upstream closed on
@@ -95,7 +96,7 @@ ORIGIN_DATE = "Fri, 27 Nov 2026 19:00:00 GMT"
 
 
 def test_the_upstreams_date_is_relayed_as_sent(gateway, origin):
-    """The control for the two xfails below: an upstream's `Date` reaches the
+    """The control for the two tests below: an upstream's `Date` reaches the
     client once, unchanged (the date the origin generated the response)."""
 
     def dated(req, conn):
@@ -107,12 +108,6 @@ def test_the_upstreams_date_is_relayed_as_sent(gateway, origin):
     assert r.header("date") == [ORIGIN_DATE], r
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a proxied response whose upstream sent no Date is forwarded without one (RFC 9110 §6.6.1: a "
-    "recipient with a clock MUST append Date when it forwards such a response)",
-)
 def test_a_proxied_response_without_date_gets_one(gateway, origin):
     """The default origin answers without `Date` (support/origin.py `respond`)."""
     r = _answer(gateway.port, b"GET /undated HTTP/1.1\r\nHost: a.test\r\n\r\n")
@@ -131,12 +126,6 @@ LOCAL_ANSWERS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: the runtime's own 2xx/3xx/4xx answers (respond, redirect, 400) carry no Date (RFC 9110 §6.6.1: "
-    "an origin server with a clock MUST generate one)",
-)
 @pytest.mark.parametrize("case", sorted(LOCAL_ANSWERS))
 def test_local_answers_carry_date(gateway, origin, case):
     request, status = LOCAL_ANSWERS[case]
@@ -327,12 +316,6 @@ def test_a_client_request_id_is_kept_on_a_replayed_request(start_gateway, origin
     assert ids == [["client-chosen-1"], ["client-chosen-1"]], ids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a request replayed after a stale pooled connection goes upstream with a new generated "
-    "x-request-id (upstream.rs::exchange, http2/exchange.rs::forward_request draw one per try): one request, two ids",
-)
 @pytest.mark.parametrize("via", ["http1.1", "h2c"])
 def test_a_generated_request_id_is_kept_on_a_replayed_request(start_gateway, origin, via):
     ids = _replayed_ids(start_gateway, origin, via)

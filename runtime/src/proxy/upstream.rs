@@ -455,6 +455,7 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
         return failed(ErrorKind::Internal("upstream index out of range"));
     };
     let key = set.hash_key(req, c.peer);
+    let id = RequestId::of(w, req);
     let mut tries = Tries::new(set, replayable(req));
     loop {
         let Try {
@@ -485,6 +486,7 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
             tries.retry_statuses(),
             strip_prefix,
             now,
+            &id,
         )
         .await;
         drop(in_flight);
@@ -531,14 +533,11 @@ async fn exchange<G: Gateway, S: Stream>(
     retry_statuses: &[u16],
     strip_prefix: Option<&'static str>,
     now: Instant,
+    id: &RequestId,
 ) -> Attempt {
     let limits = &w.limits;
     // --- request head (+ body) upstream ---
-    let mut id_buf = [0u8; 32];
-    let request_id: &[u8] = match req.headers().get_all_end_to_end("x-request-id").next() {
-        Some(v) if valid_request_id(v) => v,
-        _ => w.ids.next(&mut id_buf),
-    };
+    let request_id = id.get(req);
     let mut out = w.buffers.take();
     let framing = req.framing();
     // HTTP/1.0 requests may come without Host; HTTP/1.1 upstream needs one.
@@ -693,6 +692,38 @@ async fn exchange<G: Gateway, S: Stream>(
                 error: ProxyError::new(kind),
                 answered,
             })
+        }
+    }
+}
+
+/// A request's `x-request-id` upstream, the same on every try (a replay
+/// after the keep-alive race, a retry): the client's own when valid, else
+/// one drawn once for the request.
+pub(crate) enum RequestId {
+    FromClient,
+    Drawn([u8; 32]),
+}
+
+impl RequestId {
+    pub(crate) fn of<G: Gateway>(w: &Worker<G>, req: &RequestHead) -> Self {
+        match req.headers().get_all_end_to_end("x-request-id").next() {
+            Some(v) if valid_request_id(v) => RequestId::FromClient,
+            _ => {
+                let mut id = [0u8; 32];
+                w.ids.next(&mut id);
+                RequestId::Drawn(id)
+            }
+        }
+    }
+
+    pub(crate) fn get<'a>(&'a self, req: &'a RequestHead) -> &'a [u8] {
+        match self {
+            RequestId::FromClient => req
+                .headers()
+                .get_all_end_to_end("x-request-id")
+                .next()
+                .unwrap_or_default(),
+            RequestId::Drawn(id) => id,
         }
     }
 }

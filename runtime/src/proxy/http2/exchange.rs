@@ -27,13 +27,13 @@ use h2::{Reason, RecvStream, SendStream};
 use super::translate::response_head;
 use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, LAST_CHUNK, RequestHead, ResponseHead, add_missing_date,
-    put_chunk_head, valid_request_id, write_forward_request,
+    put_chunk_head, write_forward_request,
 };
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
 use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all_within};
 use crate::proxy::upstream::{
-    HeadFail, HeadRead, Interims, Miss, Tries, Try, head_write_failed, log_tls_failure,
+    HeadFail, HeadRead, Interims, Miss, RequestId, Tries, Try, head_write_failed, log_tls_failure,
     read_response_head, replayable,
 };
 use crate::proxy::{UpstreamStream, Worker};
@@ -100,6 +100,7 @@ pub(crate) async fn proxy_stream<G: Gateway>(
     // budget; one with a body is not, once sent (its DATA frames are
     // streamed up, never kept).
     let key = set.hash_key(req, peer);
+    let id = RequestId::of(w, req);
     let mut tries = Tries::new(set, replayable(req));
     loop {
         let Try {
@@ -128,6 +129,7 @@ pub(crate) async fn proxy_stream<G: Gateway>(
             now,
             response_timeout: timeouts.response,
             retry_statuses: tries.retry_statuses(),
+            id: &id,
         };
         // Dropped when the try ends, or with the stream if it is cancelled.
         let in_flight = ep.begin(tries.is_retry());
@@ -193,6 +195,8 @@ struct Target<'a> {
     response_timeout: Duration,
     /// Statuses set aside for a retry instead of relayed (`Tries`).
     retry_statuses: &'a [u16],
+    /// The request's `x-request-id`, the same on every try.
+    id: &'a RequestId,
 }
 
 async fn attempt<G: Gateway>(
@@ -305,11 +309,7 @@ async fn forward_request<G: Gateway>(
     interims: &mut StreamInterims<'_, '_>,
 ) -> Result<(usize, bool), Attempt> {
     let limits = &w.limits;
-    let mut id_buf = [0u8; 32];
-    let request_id: &[u8] = match req.headers().get_all_end_to_end("x-request-id").next() {
-        Some(v) if valid_request_id(v) => v,
-        _ => w.ids.next(&mut id_buf),
-    };
+    let request_id = t.id.get(req);
     let framing = req.framing();
     let info = ForwardInfo {
         client_ip: t.peer.ip(),
