@@ -23,6 +23,10 @@ tests/runtime/test_tls_*.py). This file adds:
   `ca`, share no pooled connection: a connection verified for one name
   or CA file never carries a request of the other;
 - an upstream `sni` with a trailing dot is sent without it;
+- upstream CA files rotate on SIGHUP end to end: a wrong CA, then the
+  right one, a file that does not load (nothing changes, sessions still
+  resume), the wrong one again (new connections fail); and a CA file
+  missing at start is used once a SIGHUP loads it;
 - (bug) `blitzc check` takes for a DNS name an `sni` the runtime's
   rustls does not (an all-numeric or hex last label, two trailing dots):
   on a server it checks clean and then every request is a 502.
@@ -41,6 +45,7 @@ from pathlib import Path
 import pytest
 from support.blitzc import Served, build
 from support.gateway import free_port
+from support.origin import OriginConn, RecordedRequest, respond
 from support.pki import Pki, TlsOrigin, openssl, served_cert
 
 SPEC = """
@@ -93,13 +98,20 @@ upstream "client-eku" {{
 upstream "no-intermediate" {{
     server "127.0.0.1:{no_intermediate}" tls=#true sni="origin.test" ca="certs/ca.crt"
 }}
+upstream "rotating-ca" {{
+    server "127.0.0.1:{rotating}" tls=#true sni="origin.test" ca="live/rotating-ca.pem"
+}}
+upstream "late-ca" {{
+    server "127.0.0.1:{rotating}" tls=#true sni="origin.test" ca="live/late-ca.pem"
+}}
 upstream "cn-only" {{
     server "127.0.0.1:{cn_only}" tls=#true sni="origin.test" ca="certs/ca.crt"
 }}
 {routes}
 """
 
-UPSTREAMS = ("good", "other-name", "other-ca", "dot", "future", "client-eku", "no-intermediate", "cn-only")
+UPSTREAMS = ("good", "other-name", "other-ca", "dot", "future", "client-eku", "no-intermediate", "cn-only",
+             "rotating-ca", "late-ca")
 
 
 def issue_with_extensions(pki: Pki, name: str, common_name: str, extensions: str, serial: int) -> None:
@@ -144,13 +156,35 @@ def pki(tmp_path_factory) -> Pki:
     return p
 
 
+def closing(req: RecordedRequest, conn: OriginConn) -> bool:
+    """Answers 200 with `connection: close`, and closes."""
+    respond(conn, req, 200, b"ok\n", headers=("connection: close",))
+    return False
+
+
+def install_file(source: Path, dest: Path) -> None:
+    """Replaces `dest` whole with a copy of `source` (a rename), as a
+    deployment tool does."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)
+
+
 def install(pki: Pki, live: Path, name: str, source: str) -> None:
-    """Puts `source.crt` / `source.key` in place as `live/name.*`, each
-    replaced whole (a rename), as a deployment tool does."""
+    """Puts `source.crt` / `source.key` in place as `live/name.*`."""
     for ext in ("crt", "key"):
-        tmp = live / f".{name}.{ext}.tmp"
-        shutil.copyfile(pki.path(f"{source}.{ext}"), tmp)
-        os.replace(tmp, live / f"{name}.{ext}")
+        install_file(pki.path(f"{source}.{ext}"), live / f"{name}.{ext}")
+
+
+class ResumeOrigin(TlsOrigin):
+    """TlsOrigin that records, per handshake, whether the session was resumed."""
+
+    def __init__(self, cert: Path, key: Path):
+        super().__init__(cert, key)
+        self.resumed: list[bool] = []
+
+    def _handshake_done(self, sock) -> None:
+        self.resumed.append(sock.session_reused)
 
 
 class Setup:
@@ -169,15 +203,20 @@ class Setup:
     def sighup_and_wait(self, listener: str) -> str:
         """Sends SIGHUP and returns the log line that says how the reload of
         `listener` went."""
+        return self.sighup_and_find(f'listener "{listener}"')
+
+    def sighup_and_find(self, needle: str) -> str:
+        """Sends SIGHUP and returns the first reload log line (listener or
+        CA file) after it that holds `needle`."""
         seen = len(self.gw.lines)
         os.kill(self.gw.proc.pid, signal.SIGHUP)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             for line in self.gw.lines[seen:]:
-                if f'listener "{listener}"' in line and "reloaded" in line:
+                if needle in line and "reloaded" in line:
                     return line
             time.sleep(0.05)
-        raise AssertionError(f"no reload log for {listener}:\n" + "\n".join(self.gw.lines[seen:]))
+        raise AssertionError(f"no reload log with {needle}:\n" + "\n".join(self.gw.lines[seen:]))
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +235,12 @@ def setup(blitzc, cache_dir, pki):
         "client_eku": TlsOrigin(pki.path("client-eku.crt"), pki.path("client-eku.key")),
         "no_intermediate": TlsOrigin(pki.path("no-int.crt"), pki.path("no-int.key")),
         "cn_only": TlsOrigin(pki.path("cn-only.crt"), pki.path("cn-only.key")),
+        "rotating": ResumeOrigin(pki.path("origin.crt"), pki.path("origin.key")),
     }
+    # The rotating CA file starts as the wrong CA; the late one exists for
+    # `check` and `build` only, and is gone when the gateway starts.
+    shutil.copyfile(pki.path("other-ca.crt"), live / "rotating-ca.pem")
+    shutil.copyfile(pki.path("ca.crt"), live / "late-ca.pem")
     ports = {"http": free_port(), "reload": free_port(), "neighbour": free_port(), "names": free_port(),
              **{k: o.port for k, o in origins.items()}}
     routes = "".join(f'route "{u}" {{\n    match {{ path-prefix "/{u}/" }}\n    proxy "{u}"\n}}\n' for u in UPSTREAMS)
@@ -207,6 +251,7 @@ def setup(blitzc, cache_dir, pki):
     out = root / "gateway-bin"
     result = build(blitzc, spec, out, cache_dir)
     assert result.returncode == 0, result.stderr
+    (live / "late-ca.pem").unlink()
     gw = Served([str(out)], ports["http"], dict(os.environ))
     yield Setup(pki, live, gw, ports, origins)
     assert gw.stop() == 0, "graceful exit"
@@ -249,9 +294,10 @@ def test_a_reload_applies_to_every_sni_name_of_a_listener_or_to_none(s):
     assert served_cert(port, "b.test") == pki.der("b1")
 
 
-@pytest.mark.parametrize("client_sends", ["b.test", "B.TEST"])
+@pytest.mark.parametrize("client_sends", ["b.test", "B.TEST", "b.test."])
 def test_an_sni_written_with_capitals_and_a_trailing_dot_selects_for_the_plain_name(s, client_sends):
     # The spec says sni="B.Test."; `check` accepted it (the fixture ran it).
+    # Clients do send a trailing dot (Python's ssl does), though RFC 6066 says not to.
     assert served_cert(s.ports["names"], client_sends) == s.pki.der("b0")
     assert served_cert(s.ports["names"], "other.test") == s.pki.der("default")
 
@@ -274,6 +320,43 @@ def test_an_upstream_certificate_that_cannot_verify_is_a_502_and_nothing_reaches
     assert s.origins[origin].requests == [], "a request went to a server whose certificate did not verify"
     # The control: the same CA and name with a certificate that verifies.
     assert s.get("/good/x")[0] == 200
+
+
+def test_upstream_ca_files_rotate_on_sighup_and_a_bad_one_changes_nothing(s):
+    live, rotating = s.live, s.origins["rotating"]
+    # Every answer closes its connection: each request is a new handshake,
+    # verified with the CA certificates of that moment (a pooled connection
+    # would keep what it verified, as documented).
+    rotating.handler = closing
+    rotating.resumed.clear()
+    # At start: the rotating file is the wrong CA, the late one is missing.
+    assert s.get("/rotating-ca/1")[0] == 502
+    assert s.get("/late-ca/1")[0] == 502
+    assert rotating.requests == []
+
+    install_file(s.pki.path("ca.crt"), live / "rotating-ca.pem")
+    install_file(s.pki.path("ca.crt"), live / "late-ca.pem")
+    line = s.sighup_and_find("late-ca.pem")
+    assert "not reloaded" not in line, line
+    assert s.get("/rotating-ca/2")[0] == 200
+    assert s.get("/late-ca/2")[0] == 200
+
+    # A file that does not load keeps the current CA certificates.
+    (live / "rotating-ca.pem").write_text("not a certificate\n")
+    line = s.sighup_and_find("rotating-ca.pem")
+    assert "not reloaded" in line, line
+    assert s.get("/rotating-ca/3")[0] == 200
+
+    # Back to the wrong CA: new connections no longer verify.
+    install_file(s.pki.path("other-ca.crt"), live / "rotating-ca.pem")
+    line = s.sighup_and_find("rotating-ca.pem")
+    assert "not reloaded" not in line, line
+    assert s.get("/rotating-ca/4")[0] == 502
+    assert [r.target for r in rotating.requests] == ["/rotating-ca/2", "/late-ca/2", "/rotating-ca/3"]
+    # The failed reload kept the client configuration too: /rotating-ca/3
+    # resumed the session /rotating-ca/2 verified (a successful reload
+    # starts without sessions, test_tls_upstream_qa.py pins that).
+    assert rotating.resumed == [False, False, True]
 
 
 def test_upstreams_at_one_address_with_different_sni_share_no_pooled_connection(s):
