@@ -24,7 +24,9 @@ thing the bug needs):
   cut body for the whole one; the gateway resets such a connection when the
   upstream cuts it, and over TLS the missing close_notify tells the cut.
 
-Pinned (no existing test covers them): an h2c connection of the old process
+Pinned (no existing test covers them): connections queued in the old
+process's backlog at the moment of the handoff (its workers frozen with
+ptrace, its control thread running) served by the new build; an h2c connection of the old process
 through a handoff (streams opened before the drain's final GOAWAY served by
 the old build, one opened after it never forwarded and served on a new
 connection by the new build, a preface half sent at the handoff completed
@@ -39,6 +41,7 @@ time.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -51,7 +54,7 @@ from pathlib import Path
 
 import pytest
 from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
-from support.client import request
+from support.client import RawConn, request
 from support.gateway import WatchedProcess, fd_count, free_port, settled_fd_count
 from support.h2client import PREFACE, RawH2
 from support.handoff import gateway_pids, serves_tag, tag_of
@@ -112,6 +115,95 @@ def answered(port: int) -> bool:
         return request(port, "GET", "/healthz").status == 200
     except OSError:
         return False
+
+
+# ----------------------------------------------- connections queued at the handoff
+
+
+class FrozenThreads:
+    """Stops some threads of a process (not the others) with ptrace
+    (PTRACE_SEIZE + PTRACE_INTERRUPT stop one thread, no group stop), and
+    lets them go on at exit. Skips the test where ptrace is not allowed."""
+
+    SEIZE, INTERRUPT, DETACH = 0x4206, 0x4207, 17
+    WALL = 0x40000000
+
+    def __init__(self, pid: int, name_prefix: str):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        self.tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")
+                     if Path(f"/proc/{pid}/task/{t}/comm").read_text().startswith(name_prefix)]
+        assert self.tids, f"no thread named {name_prefix}*"
+        self.seized: list[int] = []
+
+    def _ptrace(self, request_: int, tid: int) -> None:
+        if self.libc.ptrace(request_, tid, None, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"ptrace({request_:#x}, {tid}): {os.strerror(err)}")
+
+    def __enter__(self):
+        for tid in self.tids:
+            try:
+                self._ptrace(self.SEIZE, tid)
+            except PermissionError as e:
+                self.__exit__()
+                pytest.skip(f"ptrace not allowed here: {e}")
+            self.seized.append(tid)
+            self._ptrace(self.INTERRUPT, tid)
+            os.waitpid(tid, self.WALL)
+        return self
+
+    def __exit__(self, *exc):
+        for tid in self.seized:
+            try:
+                self._ptrace(self.DETACH, tid)
+            except OSError:
+                pass
+        self.seized = []
+
+
+def test_connections_queued_in_the_backlog_at_the_handoff_are_served_by_the_new_build(
+        procs, hello_bin, origin, sock_path):
+    """A's worker threads are frozen (its control thread is not): 20 HTTP/1.1
+    and 10 h2c clients connect and send their request, and wait in the
+    kernel's accept queues of A's sockets, which nobody accepts from. B
+    takes over those very sockets (docs/operations.md: "a connection
+    waiting in a backlog is taken by whichever process asks next"): every
+    client is answered by B, none is reset. A, let go, drains and exits 0."""
+    port = free_port()
+    extra = ("--protocols", "h1,h2c")
+    a = procs(gateway_args(hello_bin, [port], origin, sock_path, "A", workers=2, extra=extra))
+    assert tag_of(port) == "A"
+    h1: list[RawConn] = []
+    h2: list[RawH2] = []
+    try:
+        with FrozenThreads(a.pid, "blitz-worker"):
+            for i in range(20):
+                c = RawConn(port, timeout=10)
+                h1.append(c)
+                c.send(f"GET /queued/{i} HTTP/1.1\r\nHost: q\r\n\r\n".encode())
+            for i in range(10):
+                c = RawH2(f"127.0.0.1:{port}")
+                h2.append(c)
+                c.headers(1, path=f"/queued-h2/{i}")
+            time.sleep(0.3)
+            assert not origin.requests, "a frozen worker accepted a connection"
+            procs(gateway_args(hello_bin, [port], origin, sock_path, "B", workers=2, upgrade=True, extra=extra))
+            answers = []
+            for c in h1:
+                try:
+                    r = c.read_response(timeout=10)
+                    answers.append((r.status, r.h("x-gateway-tag")))
+                except (OSError, ValueError) as e:
+                    answers.append((type(e).__name__, None))
+            for c in h2:
+                s = c.read_frames(time.monotonic() + 10, stop=lambda s: 1 in s.ended or s.closed)
+                answers.append((s.status(1), dict(s.headers.get(1, [])).get("x-gateway-tag")))
+        assert answers == [(200, "B")] * 30, answers
+        assert a.exit_code(GRACE + 10) == 0, a.text()
+    finally:
+        for c in [*h1, *h2]:
+            c.close()
 
 
 # ----------------------------------------------- an h2c connection through a handoff
