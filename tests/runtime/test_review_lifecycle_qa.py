@@ -32,7 +32,10 @@ the old build, one opened after it never forwarded and served on a new
 connection by the new build, a preface half sent at the handoff completed
 and served); what HTTP/2 and TLS clients see when the grace period cuts
 their responses (no END_STREAM; no close_notify); a handoff that an old
-process paused for a moment (SIGSTOP) delays but completes.
+process paused for a moment (SIGSTOP) delays but completes; SIGTERM to the
+old process after it passed its sockets and before the new one is ready
+(the old drains, the new one serves what queued meanwhile and owns the
+control socket).
 
 hello_gateway stands in for two builds (`--tag A` / `--tag B`: every
 response says which one served). Only 127.0.0.1; every loop is bounded in
@@ -303,6 +306,47 @@ def test_a_handoff_delayed_by_a_paused_old_process_completes(procs, hello_bin, o
     # The control socket is B's now: owner-only, and no temporary path left.
     assert [p.name for p in sock_path.parent.iterdir()] == [sock_path.name]
     assert stat.S_IMODE(sock_path.stat().st_mode) == 0o600
+
+
+def test_sigterm_to_the_old_process_mid_handoff_leaves_the_new_one_serving(procs, hello_bin, origin, sock_path):
+    """docs/operations.md, "Failures": SIGTERM during an upgrade — the old
+    instance drains; the new one serves once ready. A passes its sockets to
+    B, whose workers are frozen before they accept (so B is not ready yet);
+    A gets SIGTERM, drains and exits 0. Connections made while nobody
+    accepts wait in the backlog of the sockets B holds, and B answers them
+    once its workers run; B owns the control socket (a next upgrade, C,
+    takes over from it) and no temporary path is left."""
+    port = free_port()
+    a = procs(gateway_args(hello_bin, [port], origin, sock_path, "A", workers=2))
+    assert tag_of(port) == "A"
+    waiting: list[RawConn] = []
+    os.kill(a.pid, signal.SIGSTOP)  # holds the handoff until B's workers are frozen
+    try:
+        b = procs(gateway_args(hello_bin, [port], origin, sock_path, "B", workers=2, upgrade=True), wait_for=None)
+        b.wait_line(r"worker 1 driver=")
+        time.sleep(0.3)  # B's workers wait for their sockets
+        with FrozenThreads(b.pid, "blitz-worker"):
+            os.kill(a.pid, signal.SIGCONT)
+            a.wait_line("passing 2 sockets")
+            time.sleep(0.3)
+            os.kill(a.pid, signal.SIGTERM)
+            assert a.exit_code(GRACE + 10) == 0, a.text()
+            for i in range(5):
+                c = RawConn(port, timeout=10)
+                waiting.append(c)
+                c.send(f"GET /meanwhile/{i} HTTP/1.1\r\nHost: q\r\n\r\n".encode())
+        b.wait_line("listening on", timeout=15)
+        answers = [(r.status, r.h("x-gateway-tag")) for r in (c.read_response(timeout=10) for c in waiting)]
+        assert answers == [(200, "B")] * 5, answers
+    finally:
+        if a.proc.poll() is None:
+            os.kill(a.pid, signal.SIGCONT)
+        for c in waiting:
+            c.close()
+    assert [p.name for p in sock_path.parent.iterdir()] == [sock_path.name]
+    procs(gateway_args(hello_bin, [port], origin, sock_path, "C", workers=2, upgrade=True))
+    assert serves_tag(port, "C", timeout=10)
+    assert b.exit_code(GRACE + 10) == 0, b.text()
 
 
 @pytest.mark.xfail(strict=True, reason="bug: a stop signal sent to an --upgrade process before it took over is held "
