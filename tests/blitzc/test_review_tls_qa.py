@@ -27,11 +27,11 @@ tests/runtime/test_tls_*.py). This file adds:
   right one, a file that does not load (nothing changes, sessions still
   resume), the wrong one again (new connections fail); and a CA file
   missing at start is used once a SIGHUP loads it;
-- (bug) `blitzc check` takes for a DNS name an `sni` the runtime's
+- (fixed) `blitzc check` took for a DNS name an `sni` the runtime's
   rustls does not (an all-numeric or hex last label, two trailing dots):
-  on a server it checks clean and then every request is a 502; on a
-  listener it is reported, but as B066 (certificate not valid for the
-  name) instead of the documented B039.
+  on a server it checked clean and then every request was a 502; on a
+  listener it was reported, but as B066 (certificate not valid for the
+  name) instead of the documented B039. `check` now asks rustls.
 """
 
 from __future__ import annotations
@@ -416,8 +416,6 @@ def check_output(blitzc, tmp_path: Path, spec: str) -> tuple[int, str]:
 NOT_SERVER_NAMES = ["origin.123", "svc.0x1f", "origin.test.."]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: check's is_sni_name (is_dns_name) accepts upstream `sni` values that "
-                                       "rustls' ServerName refuses; the runtime then fails every request with 502")
 @pytest.mark.parametrize("sni", NOT_SERVER_NAMES)
 def test_check_refuses_an_upstream_sni_the_runtime_cannot_use(blitzc, tmp_path, sni):
     rc, out = check_output(blitzc, tmp_path, CHECK_SPEC_UPSTREAM.format(port=free_port(), port2=free_port(), sni=sni))
@@ -426,13 +424,11 @@ def test_check_refuses_an_upstream_sni_the_runtime_cannot_use(blitzc, tmp_path, 
 
 @pytest.mark.parametrize("sni", ["origin.test.", "origin.test", "my_host.test", "a1.b-2.test"])
 def test_check_accepts_an_upstream_sni_the_runtime_can_use(blitzc, tmp_path, sni):
-    """The control of the xfail above: names both agree on."""
+    """The control of the test above: names both agree on."""
     rc, out = check_output(blitzc, tmp_path, CHECK_SPEC_UPSTREAM.format(port=free_port(), port2=free_port(), sni=sni))
     assert rc == 0, out
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a listener `sni` that is no DNS name for rustls is reported as B066 "
-                                       "(the certificate is not valid for it), not as B039 as documented")
 @pytest.mark.parametrize("sni", ["b.123", "b.test.."])
 def test_a_listener_sni_that_is_no_dns_name_is_b039(blitzc, pki, tmp_path, sni):
     rc, out = check_output(blitzc, tmp_path, CHECK_SPEC_LISTENER.format(port=free_port(), certs=pki.dir, sni=sni))
@@ -440,8 +436,6 @@ def test_a_listener_sni_that_is_no_dns_name_is_b039(blitzc, pki, tmp_path, sni):
     assert "B039" in out, out
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an upstream sni=\"origin.123\" checks clean, but the runtime cannot "
-                                       "make it a rustls ServerName: every request is a 502")
 def test_an_upstream_sni_that_checks_clean_is_one_the_runtime_can_connect_with(blitzc, cache_dir, pki, tmp_path):
     origin = TlsOrigin(pki.path("numeric.crt"), pki.path("numeric.key"))
     try:

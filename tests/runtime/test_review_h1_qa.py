@@ -29,7 +29,7 @@ ones strict xfails):
   (§3.7: a gateway is an intermediary.) `write.rs::write_forward_request`
   copies the field as sent: `Max-Forwards: 0` is forwarded, `5` goes up as
   `5`.
-- (open) An OPTIONS with an absolute-form target and an empty path
+- (fixed) An OPTIONS with an absolute-form target and an empty path
   (`OPTIONS http://a.test HTTP/1.1`) asks about the server, as `OPTIONS *`
   does. RFC 9112 §3.2.4: "the last proxy on the request chain MUST send a
   request-target of "*" when it forwards the request to the indicated
@@ -195,7 +195,7 @@ def test_max_forwards_is_decremented(gateway, origin, method):
     ],
 )
 def test_options_targets_forwarded(gateway, origin, target, upstream_target):
-    """The control for the xfail below: `OPTIONS *` goes up as `*`, an
+    """The control for the test below: `OPTIONS *` goes up as `*`, an
     absolute-form target with a path as its origin-form."""
     r = _answer(gateway.port, f"OPTIONS {target} HTTP/1.1\r\nHost: a.test\r\nx-case: opt\r\n\r\n".encode())
     assert r.status == 200, r
@@ -204,12 +204,6 @@ def test_options_targets_forwarded(gateway, origin, target, upstream_target):
     assert got == [upstream_target], got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: OPTIONS with an absolute-form target and an empty path goes upstream as 'OPTIONS /' (RFC 9112 "
-    "§3.2.4: the last proxy MUST send '*')",
-)
 @pytest.mark.parametrize("target", ["http://a.test", "http://a.test:80"])
 def test_options_absolute_form_without_path_is_asked_of_the_server(gateway, origin, target):
     r = _answer(gateway.port, f"OPTIONS {target} HTTP/1.1\r\nHost: a.test\r\nx-case: opt-empty\r\n\r\n".encode())

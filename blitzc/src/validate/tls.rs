@@ -296,6 +296,13 @@ fn file_error(cert: &TlsCert, error: &TlsFileError) -> Diagnostic {
             "the name is not among its subject alternative names".to_string(),
             format!("use a certificate issued for `{name}`, or change `sni`"),
         ),
+        // `sni` values are checked first (B039): never reached from here.
+        TlsFileError::InvalidServerName { name } => (
+            Code::InvalidHost,
+            format!("invalid SNI name `{name}`"),
+            "not a DNS name".to_string(),
+            "write a DNS name such as `api.example.com`".to_string(),
+        ),
     };
     let diagnostic = Diagnostic::error(code, span, message)
         .label(label)
@@ -377,9 +384,11 @@ fn sni(tls: &Tls, diagnostics: &mut Vec<Diagnostic>) {
     }
 }
 
-/// SNI carries DNS names only (RFC 6066 §3): no IP address literals.
+/// SNI carries DNS names only (RFC 6066 §3): no IP address literals, and
+/// only names rustls takes (the runtime's own test, so what checks clean
+/// connects: a last label of digits or `0x1f`, `a..`, are not).
 fn is_sni_name(name: &str) -> bool {
-    is_dns_name(name) && name.parse::<std::net::IpAddr>().is_err()
+    is_dns_name(name) && tls_files::is_server_name(name)
 }
 
 /// B039 for an `sni` that is not a DNS name; `help` says what to write in

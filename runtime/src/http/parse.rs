@@ -395,6 +395,8 @@ pub fn parse_request_head(
     if tb.contains(&b'#') {
         return Err(reject(400, "fragment in request target"));
     }
+    // The target is `*` (or stands for it, below).
+    let mut asterisk = tb == b"*";
     if tb.first() == Some(&b'/') {
         head.path = head.target.clone();
     } else if tb == b"*" {
@@ -424,6 +426,12 @@ pub fn parse_request_head(
         if path.first() == Some(&b'/') {
             let p0 = offset(buf, path);
             head.path = p0..p0 + path.len() as u32;
+        } else if path.is_empty() && method == "OPTIONS" {
+            // OPTIONS of the server itself, not of a resource: the last
+            // proxy asks the origin `OPTIONS *` (RFC 9112 §3.2.4).
+            let p0 = head.headers.store(b"*");
+            head.path = p0..p0 + 1;
+            asterisk = true;
         } else {
             // Empty path or a bare query: the origin-form path is "/".
             let p0 = head.headers.store(b"/");
@@ -440,7 +448,7 @@ pub fn parse_request_head(
         let n0 = block.len_bytes();
         if block.normalize_into_self(&raw) {
             head.norm = n0..head.headers.len_bytes();
-        } else if tb == b"*" {
+        } else if asterisk {
             head.norm = raw;
         } else {
             return Err(reject(400, "malformed percent escape in path"));

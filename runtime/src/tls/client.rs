@@ -151,8 +151,7 @@ impl UpstreamTls {
     /// fail ([`UpstreamTls::load_error`] says why) until a SIGHUP loads it.
     pub fn new(tls: &ServerTls) -> Result<UpstreamTls, TlsFileError> {
         let name =
-            ServerName::try_from(tls.sni.clone()).map_err(|_| TlsFileError::NameMismatch {
-                path: PathBuf::new(),
+            ServerName::try_from(tls.sni.clone()).map_err(|_| TlsFileError::InvalidServerName {
                 name: tls.sni.clone(),
             })?;
         Ok(UpstreamTls {

@@ -71,6 +71,9 @@ pub enum TlsFileError {
     },
     /// The certificate is not valid for the server name it is chosen for.
     NameMismatch { path: PathBuf, name: String },
+    /// A name to ask an upstream for by SNI that is not one (see
+    /// [`is_server_name`]).
+    InvalidServerName { name: String },
 }
 
 impl TlsFileError {
@@ -83,7 +86,8 @@ impl TlsFileError {
             TlsFileError::NoCertificate { .. }
             | TlsFileError::BadCertificate { .. }
             | TlsFileError::KeyMismatch { .. }
-            | TlsFileError::NameMismatch { .. } => TlsFileRole::Certificate,
+            | TlsFileError::NameMismatch { .. }
+            | TlsFileError::InvalidServerName { .. } => TlsFileRole::Certificate,
             TlsFileError::NoPrivateKey { .. } | TlsFileError::UnsupportedKey { .. } => {
                 TlsFileRole::PrivateKey
             }
@@ -161,6 +165,9 @@ impl fmt::Display for TlsFileError {
             }
             TlsFileError::NameMismatch { path, name } => {
                 write!(f, "certificate {} is not valid for {name}", path.display())
+            }
+            TlsFileError::InvalidServerName { name } => {
+                write!(f, "`{name}` is no DNS name to send as SNI")
             }
         }
     }
@@ -361,6 +368,13 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsFi
     let chain = load_cert_chain(cert)?;
     let signing_key = load_private_key(key, &provider())?;
     certified_key(chain, signing_key, cert, key)
+}
+
+/// Whether `name` can be asked for by SNI (RFC 6066 §3: a DNS name, no IP
+/// literal), by rustls' own rules (a last label not all digits, no empty
+/// label): `check` takes an `sni` only if the runtime can use it.
+pub fn is_server_name(name: &str) -> bool {
+    matches!(ServerName::try_from(name), Ok(ServerName::DnsName(_)))
 }
 
 /// Checks that the end-entity certificate is valid for `name` (its subject
