@@ -21,7 +21,7 @@ ones strict xfails):
   (`respond`, `redirect`, 400/408/413/431) without one ("An origin server
   with a clock MUST generate a Date header field in all 2xx (Successful),
   3xx (Redirection), and 4xx (Client Error) responses").
-- (open) `Max-Forwards` (RFC 9110 §7.6.2): "Each intermediary that receives
+- (open, a known gap in runtime/README.md) `Max-Forwards` (RFC 9110 §7.6.2): "Each intermediary that receives
   a TRACE or OPTIONS request containing a Max-Forwards header field MUST
   check and update its value prior to forwarding the request. If the
   received value is zero (0), the intermediary MUST NOT forward the

@@ -6,22 +6,22 @@ against the real binary. What test_upgrade.py, test_upgrade_qa.py,
 test_lifecycle.py and the drain tests of the HTTP/2 files already cover is
 not repeated here.
 
-Bugs (strict xfails, each beside a passing control that differs in the one
-thing the bug needs):
+Bugs, each beside a passing control that differs in the one thing the bug
+needs (each test failed before its fix):
 
-- A stop signal (SIGTERM/SIGINT) sent to a `GATEWAY --upgrade` process before
-  it took over is held (the signals are blocked from the first line of
+- (fixed) A stop signal (SIGTERM/SIGINT) sent to a `GATEWAY --upgrade` process before
+  it took over was held (the signals are blocked from the first line of
   `rt::serve`, and only read once the process serves), so the process takes
   over, tells the old one to drain, and then drains itself: nobody accepts
   any more and the port is refused.
-- An aborted upgrade to a build with more workers resets connections: the
+- (fixed) An aborted upgrade to a build with more workers reset connections: the
   new process joins the listener's `SO_REUSEPORT` group with fresh sockets
   (`listen::assemble`) before it has checked the rest of its listeners;
   connections the kernel queued on those sockets meanwhile are reset when
   the abort closes them, although the old instance "serves on".
-- (Minor.) An `--upgrade` killed after it bound its next control socket and
+- (fixed, minor) An `--upgrade` killed after it bound its next control socket and
   before `ready` leaves `PATH.PID.new` behind.
-- When the grace period ends with a close-delimited response in flight (an
+- (fixed) When the grace period ends with a close-delimited response in flight (an
   HTTP/1.0 client), the connection ends with a FIN, so the client takes the
   cut body for the whole one; the gateway resets such a connection when the
   upstream cuts it, and over TLS the missing close_notify tells the cut.
@@ -376,15 +376,12 @@ def test_sigterm_to_the_old_process_mid_handoff_leaves_the_new_one_serving(procs
     assert b.exit_code(GRACE + 10) == 0, b.text()
 
 
-@pytest.mark.xfail(strict=True, reason="bug (minor): an --upgrade killed after it bound its next control socket and "
-                   "before ready leaves PATH.PID.new behind, one stale socket file per such upgrade")
 def test_a_new_process_killed_before_ready_leaves_no_file_behind(procs, hello_bin, origin, sock_path):
     """B is killed (SIGKILL, an OOM kill) while it waits for its workers,
     after `Takeover::bind_next` bound `PATH.PID.new`. A serves on, as
     documented, and the next upgrade works; but the temporary socket file
-    stays in the control socket's folder (nobody listens on it, and nothing
-    removes it: A, which learns B's pid in the hello and sees the session
-    fail, could). test_upgrade.py kills the new process before that file
+    stayed in the control socket's folder (nobody listens on it); now A,
+    which learns B's pid in the hello and sees the session end, removes it. test_upgrade.py kills the new process before that file
     exists (`BLITZ_TEST_HANDOFF_STALL=after-sockets`)."""
     port = free_port()
     with new_process_held_before_ready(procs, hello_bin, origin, sock_path, port) as (a, b):
@@ -399,8 +396,6 @@ def test_a_new_process_killed_before_ready_leaves_no_file_behind(procs, hello_bi
     assert left == [sock_path.name], f"left in the control socket's folder: {left}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a stop signal sent to an --upgrade process before it took over is held "
-                   "until it serves; it takes over, the old one drains, then it drains too: the port is refused")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_to_an_upgrading_process_leaves_the_gateway_serving(procs, hello_bin, origin, sock_path, sig):
     """An operator stops a `--upgrade` that seems stuck (Ctrl-C in the shell
@@ -533,8 +528,6 @@ def test_aborted_upgrades_with_as_many_workers_refuse_nothing_and_leak_nothing(p
     assert "did not complete, still serving" in a.text()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an aborted upgrade to a build with more workers resets connections the "
-                   "kernel queued on the SO_REUSEPORT sockets it bound before it checked its other listeners")
 @pytest.mark.timeout(90)
 def test_an_aborted_upgrade_with_more_workers_refuses_nothing(procs, hello_bin, origin, sock_path):
     """The new build has 32 workers where the old one had 1: `assemble`
@@ -608,8 +601,6 @@ def plain(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=10)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: when the grace period ends, a close-delimited response in flight ends "
-                   "with a FIN, so the HTTP/1.0 client takes the cut body for the whole one (an upstream cut resets)")
 def test_a_close_delimited_body_cut_by_the_grace_period_ends_in_a_reset(start_gateway):
     """Over cleartext only the way the connection ends tells a cut
     close-delimited body from a complete one; the gateway resets such a

@@ -109,6 +109,11 @@ impl ControlSocket {
 }
 
 impl PathGuard {
+    /// The control socket's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Leaves the path as it is when dropped: a successor took it over.
     pub(crate) fn disarm(mut self) {
         self.armed = false;

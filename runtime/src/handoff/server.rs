@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ enum State {
 
 struct Shared {
     name: String,
+    /// The control socket's path (a new process binds next to it).
+    path: PathBuf,
     /// Emptied by [`ControlServer::withdraw`].
     sockets: Mutex<Vec<(Kind, SocketAddr, OwnedFd)>>,
     state: Mutex<State>,
@@ -107,14 +110,15 @@ pub fn spawn(
     offer: Offer,
     on_handed_off: impl Fn(u32) + Send + Sync + 'static,
 ) -> io::Result<ControlServer> {
+    let ControlSocket { listener, path } = socket;
     let shared = Arc::new(Shared {
         name: offer.name,
+        path: path.path().to_path_buf(),
         sockets: Mutex::new(offer.sockets),
         state: Mutex::new(State::Idle),
         on_handed_off: Box::new(on_handed_off),
     });
     let for_thread = Arc::clone(&shared);
-    let ControlSocket { listener, path } = socket;
     std::thread::Builder::new()
         .name("blitz-control".into())
         .spawn(move || accept_loop(&listener, for_thread))?;
@@ -215,6 +219,15 @@ fn session(stream: UnixStream, shared: &Shared) {
     }
 }
 
+/// Removes the control socket a new process `pid` may have bound next to
+/// `path` (`NAME.PID.new`, see the client's `TempPath`), once it went away
+/// before it was ready (killed): one that aborts removes its own.
+fn remove_left_behind(path: &Path, pid: u32) {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{pid}.new"));
+    let _ = std::fs::remove_file(path.with_file_name(name));
+}
+
 /// Passes the sockets and waits for `ready`; on `ready`, starts the drain.
 fn hand_over(conn: &mut Control, shared: &Shared, pid: u32) -> Result<(), String> {
     {
@@ -249,9 +262,12 @@ fn hand_over(conn: &mut Control, shared: &Shared, pid: u32) -> Result<(), String
         Err(e) if is_timeout(&e) => Err(format!(
             "the new process did not report ready within {READY_TIMEOUT:?}"
         )),
-        Err(e) => Err(format!(
-            "the new process went away before it was ready ({e})"
-        )),
+        Err(e) => {
+            remove_left_behind(&shared.path, pid);
+            Err(format!(
+                "the new process went away before it was ready ({e})"
+            ))
+        }
     }
 }
 

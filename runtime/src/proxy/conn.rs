@@ -49,14 +49,6 @@ impl<S: Stream> Client<S> {
     }
 }
 
-struct ActiveGuard<'a>(&'a std::cell::Cell<usize>);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
-    }
-}
-
 enum HeadOutcome {
     Ready,
     /// Nothing to answer: EOF, idle timeout, drain, read error.
@@ -71,8 +63,7 @@ pub(crate) async fn serve_connection<G: Gateway>(
     peer: SocketAddr,
     listener: Rc<Listener>,
 ) {
-    w.active.set(w.active.get() + 1);
-    let _guard = ActiveGuard(&w.active);
+    let _open = w.active.open(std::os::fd::AsRawFd::as_raw_fd(&stream));
     // The first request's head is due `header-timeout` after accept,
     // however long telling HTTP/2's preface from it took.
     let head_due = coarse_now() + w.limits.header_timeout;

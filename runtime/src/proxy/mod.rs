@@ -41,7 +41,7 @@ pub use http2::fuzzing as http2_fuzzing;
 mod io;
 mod upstream;
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -149,13 +149,52 @@ impl Limits {
 /// view of the upstreams (endpoints, pools, balancers, budgets), buffers,
 /// and the drain state; plus the gateway-wide [`Directory`] it reads
 /// endpoint lists from on its maintenance tick.
+/// The worker's open client connections: counted for the drain, and their
+/// sockets known, so that those still open when the grace period ends are
+/// reset rather than closed ([`OpenConnections::reset_all`]).
+#[derive(Default)]
+pub(crate) struct OpenConnections(RefCell<slab::Slab<std::os::fd::RawFd>>);
+
+impl OpenConnections {
+    pub(crate) fn count(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    /// Counts the connection on socket `fd` until the guard drops.
+    pub(crate) fn open(&self, fd: std::os::fd::RawFd) -> OpenConnection<'_> {
+        let key = self.0.borrow_mut().insert(fd);
+        OpenConnection { set: self, key }
+    }
+
+    /// Makes the close of every connection still open a reset (the grace
+    /// period is over and they are about to be dropped): a FIN would tell
+    /// a client reading a body to the close that it got the whole of it.
+    pub(crate) fn reset_all(&self) {
+        for (_, &fd) in self.0.borrow().iter() {
+            crate::rt::process::reset_on_close(fd);
+        }
+    }
+}
+
+/// One connection of [`OpenConnections`].
+pub(crate) struct OpenConnection<'a> {
+    set: &'a OpenConnections,
+    key: usize,
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.set.0.borrow_mut().try_remove(self.key);
+    }
+}
+
 pub(crate) struct Worker<G: gateway::Gateway> {
     pub gateway: G,
     pub upstreams: Vec<UpstreamSet>,
     pub directory: Arc<Directory>,
     pub limits: Limits,
     pub drain: DrainState,
-    pub active: Cell<usize>,
+    pub active: OpenConnections,
     pub buffers: BufferPool,
     pub ids: RequestIds,
 }
@@ -184,7 +223,7 @@ impl<G: gateway::Gateway> Worker<G> {
             directory,
             limits,
             drain: DrainState::default(),
-            active: Cell::new(0),
+            active: OpenConnections::default(),
             buffers: BufferPool::default(),
             ids: RequestIds::new(id),
         }

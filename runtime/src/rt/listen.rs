@@ -191,18 +191,16 @@ pub(crate) struct Bound {
     pub sockets: Vec<Vec<std::net::TcpListener>>,
 }
 
-/// Gives every listener at least `workers` sockets: first the inherited
-/// ones on its address (from an old process or systemd, all of them, even
-/// past `workers`: a socket nobody accepts on strands its backlog), then
-/// fresh ones bound into the same `SO_REUSEPORT` group (or, when the
-/// inherited socket is not in one, duplicates of it). An inherited
-/// socket no listener claims is an error naming its address (`from`
-/// says where it came from). Dropping inherited descriptors on an error
-/// closes only this process's duplicates: the old process keeps serving.
+/// Gives every listener its sockets: the inherited ones on its address
+/// (from an old process or systemd, all of them: a socket nobody accepts
+/// on strands its backlog), or one freshly bound. An inherited socket no
+/// listener claims is an error naming its address (`from` says where it
+/// came from). Dropping inherited descriptors on an error closes only this
+/// process's duplicates: the old process keeps serving. [`Bound::fill`]
+/// then adds a socket per worker, once nothing else can fail.
 pub(crate) fn assemble(
     listeners: &[ListenerConfig],
     inherited: Vec<(SocketAddr, OwnedFd)>,
-    workers: usize,
     from: &str,
 ) -> Result<Bound, String> {
     let unclaimed: Vec<SocketAddr> = inherited
@@ -239,26 +237,40 @@ pub(crate) fn assemble(
             l.addr = first.local_addr().map_err(|e| e.to_string())?;
             sockets.push(first);
         }
-        let inherited_here = sockets.len();
-        while sockets.len() < workers {
-            let s = match bind_tcp(l.addr) {
-                Ok(s) => s,
-                // An inherited socket without SO_REUSEPORT (systemd's
-                // default): the workers share it instead.
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse && inherited_here > 0 => sockets
-                    [sockets.len() % inherited_here]
-                    .try_clone()
-                    .map_err(|e| format!("listener {:?}: {e}", l.name))?,
-                Err(e) => {
-                    return Err(format!(
-                        "listener {:?}: cannot bind {}: {e}",
-                        l.name, l.addr
-                    ));
-                }
-            };
-            sockets.push(s);
-        }
         bound.sockets.push(sockets);
     }
     Ok(bound)
+}
+
+impl Bound {
+    /// Gives every listener at least `workers` sockets: fresh ones bound
+    /// into the `SO_REUSEPORT` group of its first (or, when an inherited
+    /// socket is not in one, duplicates of it). Called last, once every
+    /// step that can refuse an upgrade is passed: a socket in the group
+    /// takes its share of new connections at once, and closing it on an
+    /// abort would reset the ones queued on it.
+    pub(crate) fn fill(&mut self, workers: usize) -> Result<(), String> {
+        for (l, sockets) in self.listeners.iter().zip(&mut self.sockets) {
+            let first = sockets.len();
+            while sockets.len() < workers {
+                let s = match bind_tcp(l.addr) {
+                    Ok(s) => s,
+                    // An inherited socket without SO_REUSEPORT (systemd's
+                    // default): the workers share it instead.
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse => sockets
+                        [sockets.len() % first]
+                        .try_clone()
+                        .map_err(|e| format!("listener {:?}: {e}", l.name))?,
+                    Err(e) => {
+                        return Err(format!(
+                            "listener {:?}: cannot bind {}: {e}",
+                            l.name, l.addr
+                        ));
+                    }
+                };
+                sockets.push(s);
+            }
+        }
+        Ok(())
+    }
 }

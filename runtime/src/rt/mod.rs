@@ -30,7 +30,7 @@ mod buffers;
 pub mod connect;
 mod drain;
 mod listen;
-mod process;
+pub(crate) mod process;
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod seccomp_test;
 mod systemd;
@@ -527,7 +527,7 @@ where
             .filter_map(|(kind, addr, fd)| (kind == Kind::Tcp).then_some((addr, fd)))
             .collect();
         let from = "the running instance";
-        match listen::assemble(&config.listeners, inherited, n, from) {
+        match listen::assemble(&config.listeners, inherited, from) {
             Ok(b) => {
                 takeover = Some(t);
                 b
@@ -540,7 +540,7 @@ where
         }
     } else {
         let from = "systemd (LISTEN_FDS)";
-        match listen::assemble(&config.listeners, activated, n, from) {
+        match listen::assemble(&config.listeners, activated, from) {
             Ok(b) => b,
             Err(why) => {
                 workers.stop();
@@ -563,6 +563,31 @@ where
         },
         None => None,
     };
+    // A stop signal that came while taking over (the handshake waits for
+    // the old process) cancels the upgrade: the running instance serves
+    // on, as when any step before the takeover fails. One that comes later
+    // stops this instance once it serves, as it would any running one.
+    let stopped = takeover.is_some().then(process::stop_pending).flatten();
+    // Last, the sockets for the other workers: nothing can refuse the
+    // upgrade once they join the listening groups (closing them would
+    // reset the connections queued on them).
+    let mut bound = bound;
+    let filled = match stopped {
+        Some(sig) => Err(format!(
+            "the new process got signal {sig} before it took over"
+        )),
+        None => bound.fill(n),
+    };
+    if let Err(why) = filled {
+        workers.stop();
+        return Err(io::Error::other(match takeover.take() {
+            Some(t) => {
+                t.abort(&why);
+                format!("upgrade aborted: {why}")
+            }
+            None => why,
+        }));
+    }
     let listener_configs = bound.listeners.clone();
     let offer = offer_of(&config.name, &bound.sockets)?;
     if let Err(e) = workers.accept_on(bound.sockets) {
@@ -729,9 +754,11 @@ async fn run_worker<G: Gateway>(
     // Idle upstream connections are not needed any more.
     worker.close_idle();
     let deadline = Instant::now() + grace;
-    while worker.active.get() > 0 && Instant::now() < deadline {
+    while worker.active.count() > 0 && Instant::now() < deadline {
         compio::time::sleep(Duration::from_millis(10)).await;
     }
+    // What is still open is cut: reset, never closed as if complete.
+    worker.active.reset_all();
 }
 
 /// Most connections taken off the queue per readiness event before the

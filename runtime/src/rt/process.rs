@@ -48,6 +48,43 @@ pub fn wait_termination() -> io::Result<i32> {
     }
 }
 
+/// A SIGTERM or SIGINT that arrived and waits, blocked (see
+/// [`block_termination`]), if any; it stays pending.
+pub fn stop_pending() -> Option<i32> {
+    // SAFETY: `set` is a plain C bit set, fully written by sigpending
+    // before sigismember reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut set) != 0 {
+            return None;
+        }
+        [libc::SIGTERM, libc::SIGINT]
+            .into_iter()
+            .find(|&sig| libc::sigismember(&set, sig) == 1)
+    }
+}
+
+/// Sets SO_LINGER to zero on socket `fd`: its close sends a reset. For
+/// connections cut when the grace period ends. Best effort: on a number
+/// no longer open the call fails with EBADF, harmlessly.
+pub fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a valid
+    // `linger`; a bad descriptor is an error return, not undefined.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Raises the soft open-file limit to the hard limit: a gateway holds two
 /// descriptors per proxied connection, and the common soft default (1024)
 /// would refuse connections long before memory runs out. Best effort.
