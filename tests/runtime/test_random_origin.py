@@ -93,6 +93,7 @@ import hpack
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame, WindowUpdateFrame
 
+from support.client import SocketOwner
 from support.gateway import CaseResources
 from support.h2client import RawH2
 from support.pki import Pki
@@ -559,17 +560,11 @@ class Got:
                 f"{' HUNG' if self.hung else ''}{' lost' if self.conn_lost else ''} {self.bad_framing}>")
 
 
-class H1Conn:
+class H1Conn(SocketOwner):
     """An HTTP/1.1 client connection that keeps the exact field bytes."""
 
     def __init__(self, sock: socket.socket):
         self.sock, self.buf, self.eof = sock, bytearray(), False
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
     def send(self, data: bytes) -> bool:
         try:

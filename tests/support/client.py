@@ -44,7 +44,26 @@ class Response:
         return f"<resp {self.status} {self.reason!r} headers={self.headers} body={self.body[:200]!r}{'' if self.complete else ' INCOMPLETE'}>"
 
 
-class RawConn:
+class SocketOwner:
+    """A test client over one socket (`self.sock`): closed on `close()` or
+    at the end of a `with` block."""
+
+    sock: socket.socket
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RawConn(SocketOwner):
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -52,18 +71,6 @@ class RawConn:
         self.buf = bytearray()
         self.eof = False
         self.reset = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
     def send(self, data: bytes) -> bool:
         """Write all of data; False if the peer had already closed/reset."""

@@ -31,6 +31,8 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from support.client import SocketOwner
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # RFC 9113 §7 error codes
@@ -50,25 +52,6 @@ ENHANCE_YOUR_CALM = 0xB
 def _addr(addr: str) -> tuple[str, int]:
     host, port = addr.rsplit(":", 1)
     return host, int(port)
-
-
-class SocketOwner:
-    """A test client over one socket (`self.sock`): closed on `close()` or
-    at the end of a `with` block."""
-
-    sock: socket.socket
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 @dataclass
