@@ -335,65 +335,15 @@ class Origin:
             return d
 
     def _serve(self, c: OriginConn) -> None:
-        buf = bytearray()
+        """Serves connection `c` until it ends; closes it however it ends."""
         try:
-            while not self.stopping.is_set() and not c.closed:
-                m = None
-                while True:
-                    m = _LINE_END.search(buf)
-                    if m:
-                        break
-                    if len(buf) > HEAD_CAP:
-                        raise _Closed()
-                    buf += self._recv(c)
-                head = bytes(buf[: m.end()])
-                del buf[: m.end()]
-                req = RecordedRequest(conn_id=c.id, seq=len(c.requests), head_raw=head)
-                self._parse_head(req)
-                with self.cond:
-                    c.requests.append(req)
-                    self.requests.append(req)
-                    self.cond.notify_all()
-                if req.head_error:
-                    c.close()
-                    return
-                if self.send_100_continue and any(
-                    v.strip().lower() == "100-continue" for v in req.header("expect")
-                ) and req.framing != "none":
-                    c.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-                if "early_status" in req.query:
-                    # answer before reading the body (e.g. an early 413), then close
-                    st = int(req.query["early_status"])
-                    c.send(
-                        f"HTTP/1.1 {st} Early\r\nx-origin-conn: {c.id}\r\ncontent-length: 6\r\n"
-                        "connection: close\r\n\r\nearly\n".encode()
-                    )
-                    c.sleep(0.5)
-                    c.close()
-                    return
-                pause = float(req.query.get("pause_body", 0) or 0)
-                if pause:
-                    c.sleep(pause)
-                self._read_body(c, req, buf)
-                with self.cond:
-                    req.complete = req.body_error is None
-                    self.cond.notify_all()
-                if req.body_error:
-                    c.close()
-                    return
-                handler = self.handler or default_handler
-                keep = handler(req, c)
-                if keep is False or c.closed:
-                    if not c.closed:
-                        c.close()
-                    return
+            self._exchanges(c)
         except _Closed:
             pass
-        except Exception as e:  # a handler bug must not hang a test
+        except Exception:  # noqa: BLE001 - a handler bug must not hang a test: it shows in the test's checks
             import traceback
 
             traceback.print_exc()
-            del e
         finally:
             with self.cond:
                 if not c.closed:
@@ -403,6 +353,60 @@ class Origin:
                         pass
                 c.closed = True
                 self.cond.notify_all()
+
+    def _exchanges(self, c: OriginConn) -> None:
+        """The requests of connection `c` and their answers, in order."""
+        buf = bytearray()
+        while not self.stopping.is_set() and not c.closed:
+            m = None
+            while True:
+                m = _LINE_END.search(buf)
+                if m:
+                    break
+                if len(buf) > HEAD_CAP:
+                    raise _Closed()
+                buf += self._recv(c)
+            head = bytes(buf[: m.end()])
+            del buf[: m.end()]
+            req = RecordedRequest(conn_id=c.id, seq=len(c.requests), head_raw=head)
+            self._parse_head(req)
+            with self.cond:
+                c.requests.append(req)
+                self.requests.append(req)
+                self.cond.notify_all()
+            if req.head_error:
+                c.close()
+                return
+            if self.send_100_continue and any(
+                v.strip().lower() == "100-continue" for v in req.header("expect")
+            ) and req.framing != "none":
+                c.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if "early_status" in req.query:
+                # answer before reading the body (e.g. an early 413), then close
+                st = int(req.query["early_status"])
+                c.send(
+                    f"HTTP/1.1 {st} Early\r\nx-origin-conn: {c.id}\r\ncontent-length: 6\r\n"
+                    "connection: close\r\n\r\nearly\n".encode()
+                )
+                c.sleep(0.5)
+                c.close()
+                return
+            pause = float(req.query.get("pause_body", 0) or 0)
+            if pause:
+                c.sleep(pause)
+            self._read_body(c, req, buf)
+            with self.cond:
+                req.complete = req.body_error is None
+                self.cond.notify_all()
+            if req.body_error:
+                c.close()
+                return
+            handler = self.handler or default_handler
+            keep = handler(req, c)
+            if keep is False or c.closed:
+                if not c.closed:
+                    c.close()
+                return
 
     @staticmethod
     def _parse_head(req: RecordedRequest) -> None:
