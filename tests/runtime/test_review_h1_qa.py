@@ -7,8 +7,8 @@ The state machines held up under the peers this pass played (pipelines
 around errors, half-closes, upstreams answering early, closing or resetting
 at each phase, stale pooled connections): what did not hold are fields the
 RFCs give an intermediary duties for that the code never looks at, and the
-request id of a replayed request. Bugs (each with a control; the open
-ones strict xfails):
+request id of a replayed request. Bugs, each with a control (each test
+failed before its fix):
 
 - (fixed) `Date` (RFC 9110 §6.6.1). The gateway never wrote one:
   `write.rs::write_response_head` relays the upstream's fields and adds
@@ -21,14 +21,14 @@ ones strict xfails):
   (`respond`, `redirect`, 400/408/413/431) without one ("An origin server
   with a clock MUST generate a Date header field in all 2xx (Successful),
   3xx (Redirection), and 4xx (Client Error) responses").
-- (open, a known gap in runtime/README.md) `Max-Forwards` (RFC 9110 §7.6.2): "Each intermediary that receives
+- (fixed) `Max-Forwards` (RFC 9110 §7.6.2): "Each intermediary that receives
   a TRACE or OPTIONS request containing a Max-Forwards header field MUST
   check and update its value prior to forwarding the request. If the
   received value is zero (0), the intermediary MUST NOT forward the
   request; instead, the intermediary MUST respond as the final recipient."
   (§3.7: a gateway is an intermediary.) `write.rs::write_forward_request`
-  copies the field as sent: `Max-Forwards: 0` is forwarded, `5` goes up as
-  `5`.
+  copied the field as sent: `Max-Forwards: 0` was forwarded, `5` went up
+  as `5`.
 - (fixed) An OPTIONS with an absolute-form target and an empty path
   (`OPTIONS http://a.test HTTP/1.1`) asks about the server, as `OPTIONS *`
   does. RFC 9112 §3.2.4: "the last proxy on the request chain MUST send a
@@ -149,12 +149,6 @@ def test_max_forwards_of_other_methods_goes_up_as_sent(gateway, origin):
     assert len(got) == 1 and got[0].header("max-forwards") == ["0"], got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: an OPTIONS/TRACE with Max-Forwards: 0 is forwarded (RFC 9110 §7.6.2: an intermediary MUST NOT "
-    "forward it and MUST respond as the final recipient)",
-)
 @pytest.mark.parametrize("method", ["OPTIONS", "TRACE"])
 def test_max_forwards_zero_is_answered_not_forwarded(gateway, origin, method):
     path = f"/mf-zero-{method.lower()}"
@@ -164,14 +158,22 @@ def test_max_forwards_zero_is_answered_not_forwarded(gateway, origin, method):
     # once the client has its answer there is nothing left to wait for.
     forwarded = [q for q in origin.requests if q.path == path]
     assert not forwarded, f"{method} with Max-Forwards: 0 reached the origin (client got {r.status}): {forwarded}"
+    # The gateway answers as the final recipient: OPTIONS with 200, TRACE
+    # with 501 (it does not reflect requests).
+    assert r.status == {"OPTIONS": 200, "TRACE": 501}[method], r
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: Max-Forwards of an OPTIONS/TRACE is forwarded unchanged (RFC 9110 §7.6.2: an intermediary MUST "
-    "decrement it)",
-)
+def test_max_forwards_over_http2(start_gateway, origin):
+    """The same rule for an HTTP/2 stream: spent, answered; else lowered."""
+    g = start_gateway(protocols="h1,h2c")
+    with H2Client(g.addr) as c:
+        zero = c.request("/mf-h2-zero", method="OPTIONS", headers=[("max-forwards", "0")])
+        two = c.request("/mf-h2-two", method="OPTIONS", headers=[("max-forwards", "2")])
+    assert zero.status == 200 and not [q for q in origin.requests if q.path == "/mf-h2-zero"], zero
+    got = _forwarded(origin, "/mf-h2-two")
+    assert two.status == 200 and len(got) == 1 and got[0].header("max-forwards") == ["1"], (two, got)
+
+
 @pytest.mark.parametrize("method", ["OPTIONS", "TRACE"])
 def test_max_forwards_is_decremented(gateway, origin, method):
     path = f"/mf-five-{method.lower()}"

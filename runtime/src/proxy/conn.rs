@@ -228,6 +228,7 @@ async fn serve_h1<G: Gateway, S: Stream>(
         super::before_steps(&mut req);
         let mut ctx = G::Ctx::default();
         let action = w.gateway.request(route, &mut req, &mut ctx);
+        let action = super::max_forwards(&mut req, action);
         let (keep_alive, status, error) = match action {
             Action::Respond {
                 status,

@@ -64,6 +64,45 @@ pub(crate) fn before_steps(req: &mut RequestHead) {
     req.headers_mut().remove("x-forwarded-proto");
 }
 
+/// RFC 9110 §7.6.2: an intermediary checks and updates `Max-Forwards` on
+/// an OPTIONS or TRACE before forwarding it. Spent (0), the gateway answers
+/// as the final recipient instead of proxying: OPTIONS with 200, TRACE with
+/// 501 (the gateway does not reflect requests: cookies and credentials
+/// would come back in the body); otherwise the count goes up lowered by
+/// one. Other methods, other actions and values that are no count are
+/// left as they are.
+pub(crate) fn max_forwards(req: &mut RequestHead, action: gateway::Action) -> gateway::Action {
+    use gateway::Action;
+    use std::borrow::Cow;
+    let (Action::Proxy { .. }, "OPTIONS" | "TRACE") = (&action, req.method()) else {
+        return action;
+    };
+    let count = req
+        .headers()
+        .get("max-forwards")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+    match count {
+        None => action,
+        Some(0) if req.method() == "OPTIONS" => Action::Respond {
+            status: 200,
+            body: Cow::Borrowed(b""),
+            content_type: "text/plain",
+        },
+        Some(0) => Action::Respond {
+            status: 501,
+            body: Cow::Borrowed(b"TRACE is not reflected\n"),
+            content_type: "text/plain",
+        },
+        Some(n) => {
+            req.headers_mut()
+                .set("max-forwards", (n - 1).to_string().as_bytes());
+            action
+        }
+    }
+}
+
 /// The `x-forwarded-proto` to send upstream: what a step set, else the
 /// scheme the client used (`http` or `https`).
 pub(crate) fn forwarded_proto<'a>(req: &'a RequestHead, scheme: &'a str) -> &'a str {

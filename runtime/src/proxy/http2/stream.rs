@@ -112,6 +112,7 @@ async fn answer<G: Gateway>(
     crate::proxy::before_steps(&mut req);
     let mut ctx = G::Ctx::default();
     let action = w.gateway.request(route, &mut req, &mut ctx);
+    let action = crate::proxy::max_forwards(&mut req, action);
     let mut stalled = false;
     let (status, error) = match action {
         Action::Respond {
