@@ -29,8 +29,12 @@ from __future__ import annotations
 
 import email.utils
 
+import time
+
+import h2.events
 import pytest
 from support.client import RawConn
+from support.h2client import H2Client
 from support.origin import respond
 
 EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
@@ -168,6 +172,111 @@ def test_expect_continue_the_client_gets_one_100_and_the_hints(gateway, origin):
     assert rest[-1].body == b"ok\n", rest[-1]
     got = [q for q in origin.requests if q.path == "/upload"]
     assert len(got) == 1 and got[0].body == b"hello", got
+
+
+def _h2_events_of_stream(client: H2Client, path: str, method: str = "GET", timeout: float = 10.0) -> list:
+    """(kind, status, headers) for each head on the stream of `method path`, in
+    the order they arrived, up to its end: kind is "interim" or "final"."""
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(
+        sid, [(":method", method), (":scheme", "http"), (":authority", "a.test"), (":path", path)], end_stream=True
+    )
+    client.sock.sendall(client.conn.data_to_send())
+    deadline = time.monotonic() + timeout
+    heads = []
+    while time.monotonic() < deadline:
+        # H2Client._pump: one read, its events, and the acks they need.
+        for e in client._pump(deadline):
+            if getattr(e, "stream_id", None) != sid:
+                continue
+            if isinstance(e, (h2.events.InformationalResponseReceived, h2.events.ResponseReceived)):
+                fields = [(bytes(n).decode(), bytes(v).decode()) if isinstance(n, bytes) else (n, v) for n, v in e.headers]
+                kind = "interim" if isinstance(e, h2.events.InformationalResponseReceived) else "final"
+                heads.append((kind, int(dict(fields)[":status"]), fields))
+            elif isinstance(e, h2.events.DataReceived):
+                client.conn.acknowledge_received_data(e.flow_controlled_length, sid)
+            elif isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)):
+                return heads
+    raise TimeoutError(f"stream {sid} did not end: {heads}")
+
+
+def _hints_then(final: bytes):
+    """An upstream answering `/hints-*` with a 100 (unasked) and a 103, then `final`."""
+
+    def handler(req, conn):
+        if req.path.startswith("/hints-"):
+            return conn.send(b"HTTP/1.1 100 Continue\r\n\r\n" + EARLY_HINTS + final)
+        return respond(conn, req, 200, b"next\n")
+
+    return handler
+
+
+FINALS = {
+    "200": (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n", 200),
+    # The upstream breaks after the hints: the gateway's own 502 follows them.
+    "garbage-502": (b"NOT HTTP AT ALL\r\n\r\n", 502),
+}
+
+
+@pytest.mark.parametrize("final", sorted(FINALS))
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_interims_over_http2_come_before_the_final_head(start_gateway, origin, final, method):
+    """On an HTTP/2 stream the upstream's 103 goes out as an informational
+    HEADERS frame before the final one (RFC 9113 §8.1), its 100 does not (the
+    gateway did not pass on an Expect), and the connection serves on."""
+    answer, status = FINALS[final]
+    origin.handler = _hints_then(answer)
+    g = start_gateway(protocols="h1,h2c")
+    with H2Client(g.addr) as c:
+        heads = _h2_events_of_stream(c, f"/hints-{final}", method)
+        assert [(kind, code) for kind, code, _ in heads] == [("interim", 103), ("final", status)], heads
+        assert ("link", "</style.css>; rel=preload") in heads[0][2], heads[0]
+        nxt = c.request("/next")
+    assert (nxt.status, nxt.body) == (200, b"next\n"), nxt
+
+
+# ---------------------------------------------------------- Max-Forwards
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param("GET", id="control-GET"),
+        pytest.param(
+            "OPTIONS",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="bug: a Max-Forwards the client nominated in Connection reaches the upstream "
+                "(proxy::max_forwards re-sets it as an end-to-end field)",
+            ),
+        ),
+        pytest.param(
+            "TRACE",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="bug: a Max-Forwards the client nominated in Connection reaches the upstream "
+                "(proxy::max_forwards re-sets it as an end-to-end field)",
+            ),
+        ),
+    ],
+)
+def test_max_forwards_nominated_in_connection_is_not_forwarded(gateway, origin, method):
+    """RFC 9110 §7.6.1: a proxy removes every field `Connection` names before
+    forwarding (RELIABILITY.md: they never reach the upstream as sent). The
+    GET's, which `max_forwards` leaves alone, is dropped; an OPTIONS' or
+    TRACE's, decremented by `headers_mut().set`, goes up as a new field."""
+    path = f"/mf-hop-{method.lower()}"
+    with RawConn(gateway.port, timeout=10) as c:
+        c.send(f"{method} {path} HTTP/1.1\r\nHost: a.test\r\nConnection: max-forwards\r\n"
+               "Max-Forwards: 3\r\n\r\n".encode())
+        r = c.read_response()
+    if r.status != 200:
+        raise Precondition(f"not proxied: {r!r}")
+    origin.wait_for(lambda: any(q.path == path for q in origin.requests), 5)
+    got = [q for q in origin.requests if q.path == path]
+    if len(got) != 1:
+        raise Precondition(f"forwarded {len(got)} times")
+    assert got[0].header("max-forwards") == [], f"{method}: hop-by-hop Max-Forwards forwarded: {got[0].headers}"
 
 
 # ------------------------------------------------- OPTIONS absolute-form
