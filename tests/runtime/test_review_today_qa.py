@@ -28,13 +28,13 @@ upstream (RFC 9112 §3.2.4 makes only an empty path *and* no query `*`).
 from __future__ import annotations
 
 import email.utils
-
 import time
 
 import h2.events
 import pytest
 from support.client import RawConn
-from support.h2client import H2Client
+from hyperframe.frame import HeadersFrame
+from support.h2client import H2Client, RawH2
 from support.origin import respond
 
 EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
@@ -233,6 +233,68 @@ def test_interims_over_http2_come_before_the_final_head(start_gateway, origin, f
         assert ("link", "</style.css>; rel=preload") in heads[0][2], heads[0]
         nxt = c.request("/next")
     assert (nxt.status, nxt.body) == (200, b"next\n"), nxt
+
+
+# ------------------------------------------------ HTTP/2 header-timeout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "trickled",
+    [
+        pytest.param("payload", id="control-payload"),
+        pytest.param(
+            "frame-header",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="bug: a HEADERS frame whose 9-byte frame header is trickled is not timed by "
+                "header-timeout (watch.rs header_block_arriving only counts a frame whose header is in)",
+            ),
+        ),
+    ],
+)
+def test_http2_head_trickled_before_its_payload_is_cut_at_header_timeout(start_gateway, origin, trickled):
+    """header-timeout 2 s, idle-timeout 30 s, an h2c connection past its
+    preface. Then one HEADERS frame (END_HEADERS, END_STREAM) goes out one
+    byte a second: only its payload (the control: the case fixed today,
+    `header_block_arriving`) or only its 9-byte frame header, the payload
+    then all at once. Either way the head's first byte came 8 s before its
+    last: the connection must end or the stream be refused before the head
+    is complete, and nothing reach the origin (RELIABILITY.md: a client that
+    sends the head slower than header-timeout gets 408 or a close)."""
+    g = start_gateway(header_timeout=2, idle_timeout=30, protocols="h1,h2c")
+    path = f"/trickled-{trickled}"
+    with RawH2(g.addr) as h:
+        h.read_frames(time.monotonic() + 1, stop=lambda s: s.settings >= 1 and s.settings_acks >= 1)
+        f = HeadersFrame(1)
+        f.data = h.block(path=path)
+        f.flags.add("END_HEADERS")
+        f.flags.add("END_STREAM")
+        wire = f.serialize()
+        # Eight pieces a second apart, then the rest at once: bytes 1-8 of
+        # the frame header, or the whole frame header and then the payload's
+        # first 7 bytes.
+        if trickled == "frame-header":
+            slow = [wire[i : i + 1] for i in range(8)]
+        else:
+            slow = [wire[:9]] + [wire[i : i + 1] for i in range(9, 16)]
+        sent = sum(len(p) for p in slow)
+        cut = False
+        for piece in slow:
+            if not h.send(piece):
+                cut = True
+                break
+            seen = h.read_frames(time.monotonic() + 1, stop=lambda s: s.goaway is not None or s.closed)
+            if seen.goaway is not None or seen.closed or 1 in seen.resets:
+                cut = True
+                break
+        if not cut:
+            h.send(wire[sent:])
+        seen = h.read_frames(time.monotonic() + 3, stop=lambda s: 1 in s.ended or s.closed or 1 in s.resets)
+    forwarded = [q for q in origin.requests if q.path == path]
+    assert not forwarded and (cut or seen.status(1) != 200), (
+        f"a head trickled over 8 s with header-timeout 2 s: stream 1 answered {seen.status(1)}, "
+        f"forwarded {len(forwarded)}")
 
 
 # ---------------------------------------------------------- Max-Forwards
