@@ -28,14 +28,18 @@ upstream (RFC 9112 §3.2.4 makes only an empty path *and* no query `*`).
 from __future__ import annotations
 
 import email.utils
+import re
+import socket
+import ssl
 import time
 
 import h2.events
 import pytest
-from support.client import RawConn
 from hyperframe.frame import HeadersFrame
+from support.client import RawConn
 from support.h2client import H2Client, RawH2
 from support.origin import respond
+from support.pki import Pki
 
 EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
 
@@ -172,6 +176,38 @@ def test_expect_continue_the_client_gets_one_100_and_the_hints(gateway, origin):
     assert rest[-1].body == b"ok\n", rest[-1]
     got = [q for q in origin.requests if q.path == "/upload"]
     assert len(got) == 1 and got[0].body == b"hello", got
+
+
+def test_interims_reach_an_http11_client_over_tls(start_gateway, origin, tmp_path):
+    """`ClientInterims` writes on the client's stream: over TLS that is the
+    TLS stream (an interim written on the raw socket would break the
+    record layer). The 103 then the 200 come out of the TLS session intact,
+    and the connection serves on."""
+    pki = Pki(tmp_path)
+    pki.leaf("edge", "edge.test")
+    g = start_gateway(tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"))
+
+    def hinted(req, conn):
+        if req.path == "/hinted-tls":
+            return conn.send(EARLY_HINTS + b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ntls\n")
+        return respond(conn, req, 200, b"next\n")
+
+    origin.handler = hinted
+    ctx = ssl.create_default_context(cafile=str(pki.path("ca.crt")))
+    raw = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="edge.test") as tls:
+        tls.sendall(b"GET /hinted-tls HTTP/1.1\r\nHost: edge.test\r\n\r\n"
+                    b"GET /next HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+        got = b""
+        deadline = time.monotonic() + 10
+        while not got.endswith(b"next\n") and time.monotonic() < deadline:
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", got)]
+    assert statuses == [103, 200, 200], got
+    assert b"\r\n\r\ntls\n" in got and got.endswith(b"\r\n\r\nnext\n"), got
 
 
 def _h2_events_of_stream(client: H2Client, path: str, method: str = "GET", timeout: float = 10.0) -> list:
