@@ -1,26 +1,40 @@
 """A review of the runtime changes made on 2026-11-27 (5ce1c1d..: interims
 relayed, `Date` added, `Max-Forwards`, `OPTIONS` absolute-form with an empty
-path as `*`, HEAD error answers without content), each suspicion from reading
-the diff proven or pinned against hello_gateway.
+path as `*`, HEAD error answers without content, the HTTP/2 header-block
+tick), each suspicion from reading the diff proven or pinned against
+hello_gateway.
 
 Bugs, strict xfails, each beside a passing control:
 
 - An error answer to a HEAD preceded by an empty line carries content.
   RFC 9112 §2.2 has a server ignore at least one CRLF before a request line
-  (httparse does), and clients send one after a POST body; but
-  `conn.rs::serve_h1` decides "no content" from `buffered().starts_with(b"HEAD ")`,
-  the raw bytes, so `\\r\\nHEAD ...` rejected (400) gets the error body
-  RFC 9110 §9.3.2 forbids.
-- A `Date` the upstream nominated in `Connection` (hop-by-hop for the
-  gateway, dropped on the way out) counts as present: `date.rs::add_missing_date`
-  asks `headers().get("date")`, which sees nominated fields, while
-  `write_response_head` drops them, so the client gets no `Date` at all
-  (RFC 9110 §6.6.1: a recipient forwarding a response without one MUST add one).
+  (httparse does; clients send one after a POST body), but
+  `conn.rs::serve_h1` decides "no content" from
+  `client.buffered().starts_with(b"HEAD ")`, the raw bytes: `\r\nHEAD ...`
+  rejected with 400 gets the error body RFC 9110 §9.3.2 forbids.
+- A `Date` the upstream nominated in `Connection` leaves the answer undated
+  (HTTP/1.1 and h2c): `date.rs::add_missing_date` asks `headers().get("date")`,
+  which sees nominated fields, and the response writers then drop them as
+  hop-by-hop (RFC 9110 §6.6.1: a recipient forwarding a response without a
+  Date MUST add one).
+- A `Max-Forwards` the client nominated in `Connection` reaches the
+  upstream on OPTIONS and TRACE: `proxy::max_forwards` decrements it with
+  `headers_mut().set`, and the new field is end-to-end (RFC 9110 §7.6.1;
+  a GET's, left alone, is dropped: the control).
+- A HEADERS frame whose 9-byte frame header is trickled is not timed by
+  header-timeout: `watch.rs::header_block_arriving` counts a block only once
+  its frame header is in (`in_block && payload_left > 0`), so a head whose
+  first byte came 8 s before its last, with header-timeout 2 s, is served;
+  only idle-timeout bounds it (the payload trickle, fixed today, is cut:
+  the control).
 
 Pinned (subtle edges of the changes no other test covers): an interim goes
 out before its own final answer and never leaks into the next answer of a
-pipelined HTTP/1.1 connection; with `Expect: 100-continue` the client sees
-the gateway's one `100`, never the upstream's, and the upstream's `103`;
+pipelined HTTP/1.1 connection; over TLS it goes through the TLS stream; with
+`Expect: 100-continue` the client sees the gateway's one `100`, never the
+upstream's, and the upstream's `103`; on an h2c stream the 103 is an
+informational HEADERS before the final one (also for HEAD and before the
+gateway's own 502), the upstream's unasked 100 is not relayed;
 `OPTIONS http://host?query` (empty path, but a query) stays `/?query`
 upstream (RFC 9112 §3.2.4 makes only an empty path *and* no query `*`).
 """
