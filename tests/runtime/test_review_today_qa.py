@@ -17,6 +17,10 @@ Bugs, strict xfails, each beside a passing control:
   which sees nominated fields, and the response writers then drop them as
   hop-by-hop (RFC 9110 §6.6.1: a recipient forwarding a response without a
   Date MUST add one).
+- The 400 to plain HTTP sent to a TLS listener has no `Date`: it is the
+  fixed byte string `conn.rs::PLAIN_HTTP_TO_TLS`, outside
+  `write_local_response`, which today's change dates (RFC 9110 §6.6.1: an
+  origin server's 4xx; the control is a refused head on a cleartext port).
 - A `Max-Forwards` the client nominated in `Connection` reaches the
   upstream on OPTIONS and TRACE: `proxy::max_forwards` decrements it with
   `headers_mut().set`, and the new field is end-to-end (RFC 9110 §7.6.1;
@@ -149,6 +153,43 @@ def test_the_client_always_gets_a_date(start_gateway, origin, connection, via):
         raise Precondition(f"not proxied: {r!r}")
     dates = r.header("date")
     assert len(dates) == 1 and _valid_http_date(dates[0]), f"Date of a forwarded response: {dates}"
+
+
+@pytest.mark.parametrize(
+    "listener",
+    [
+        pytest.param("cleartext", id="control-cleartext-400"),
+        pytest.param(
+            "tls",
+            id="plain-http-to-tls-400",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="bug: the 400 to plain HTTP on a TLS port is a fixed byte string without Date "
+                "(conn.rs PLAIN_HTTP_TO_TLS), the one answer of the gateway's own left undated",
+            ),
+        ),
+    ],
+)
+def test_the_gateways_own_400_is_dated(start_gateway, origin, tmp_path, listener):
+    """RFC 9110 §6.6.1: an origin server with a clock MUST send `Date` in its
+    4xx answers; today's change dates every answer written by
+    `write_local_response`. The control is a head refused on a cleartext
+    listener; the other, plain HTTP sent to a TLS listener."""
+    if listener == "tls":
+        pki = Pki(tmp_path)
+        pki.leaf("edge", "edge.test")
+        g = start_gateway(tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"))
+        request = b"GET /plain-to-tls HTTP/1.1\r\nHost: edge.test\r\n\r\n"
+    else:
+        g = start_gateway()
+        request = b"GET /refused HTTP/1.1\r\nHost: a.test\r\nno colon here\r\n\r\n"
+    with RawConn(g.port, timeout=10) as c:
+        c.send(request)
+        r = c.read_response()
+    if r.status != 400:
+        raise Precondition(f"not a 400: {r!r}")
+    dates = r.header("date")
+    assert len(dates) == 1 and _valid_http_date(dates[0]), f"Date of the gateway's 400: {dates}"
 
 
 # ------------------------------------------------------------- interims
