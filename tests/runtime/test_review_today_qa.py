@@ -41,7 +41,9 @@ Pinned (subtle edges of the changes no other test covers): an interim goes
 out before its own final answer and never leaks into the next answer of a
 pipelined HTTP/1.1 connection; over TLS it goes through the TLS stream; with
 `Expect: 100-continue` the client sees the gateway's one `100`, never the
-upstream's, and the upstream's `103`; on an h2c stream the 103 is an
+upstream's, and the upstream's `103`; a 103 sent before the upstream
+reads the body reaches an HTTP/1.1 client mid-upload, the body going on
+whole; on an h2c stream the 103 is an
 informational HEADERS before the final one (also for HEAD and before the
 gateway's own 502), the upstream's unasked 100 is not relayed;
 `OPTIONS http://host?query` (empty path, but a query) stays `/?query`
@@ -54,6 +56,7 @@ import email.utils
 import re
 import socket
 import ssl
+import threading
 import time
 
 import h2.events
@@ -294,6 +297,54 @@ def test_interims_reach_an_http11_client_over_tls(start_gateway, origin, tmp_pat
     statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", got)]
     assert statuses == [103, 200, 200], got
     assert b"\r\n\r\ntls\n" in got and got.endswith(b"\r\n\r\nnext\n"), got
+
+
+def test_an_interim_sent_before_the_body_is_read_reaches_an_uploading_client(start_gateway, origin):
+    """An upstream that answers 103 on the request head, before it reads the
+    body (as Early Hints servers do): on HTTP/1.1 the hint is written to the
+    client while the body pump reads from the same connection
+    (`send_body_read_head` selects the two); the upload goes on whole and
+    the final answer follows the hint."""
+    body = bytes(range(256)) * 4096  # 1 MiB
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    got_body: list[bytes] = []
+
+    def upstream():
+        try:
+            conn, _ = lsock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(20)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            _, rest = buf.split(b"\r\n\r\n", 1)
+            conn.sendall(EARLY_HINTS)
+            while len(rest) < len(body):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+            got_body.append(rest)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nsent\n")
+
+    t = threading.Thread(target=upstream, daemon=True)
+    t.start()
+    try:
+        g = start_gateway(upstream=f"127.0.0.1:{lsock.getsockname()[1]}")
+        with RawConn(g.port, timeout=20) as c:
+            c.send(b"POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n\r\n" % len(body))
+            hint = c.read_response()
+            c.send(body)
+            final = c.read_response()
+    finally:
+        lsock.close()
+        t.join(5)
+    assert (hint.status, final.status, final.body) == (103, 200, b"sent\n"), (hint, final)
+    assert got_body == [body], "the upload did not reach the upstream whole"
 
 
 def _h2_events_of_stream(client: H2Client, path: str, method: str = "GET", timeout: float = 10.0) -> list:
