@@ -4,7 +4,8 @@ path as `*`, HEAD error answers without content, the HTTP/2 header-block
 tick), each suspicion from reading the diff proven or pinned against
 hello_gateway.
 
-Bugs, strict xfails, each beside a passing control:
+Bugs this review found in those changes, each beside a passing control
+(all fixed the same day; each test failed before its fix):
 
 - An error answer to a HEAD preceded by an empty line carries content.
   RFC 9112 §2.2 has a server ignore at least one CRLF before a request line
@@ -103,24 +104,9 @@ HEAD_ERRORS = {
         "cleartext", b"\r\nHEAD /refused HTTP/1.1\r\nHost: a.test\r\nno colon here\r\n\r\n", 400),
     "plain-http-to-tls": ("tls", b"HEAD /plain HTTP/1.1\r\nHost: edge.test\r\n\r\n", 400),
 }
-HEAD_ERROR_BUGS = {
-    "timed-out": "bug: the 408 to a HEAD whose head timed out carries content (io.rs read_more hands back an "
-    "empty buffer on a timeout, so serve_h1's 'HEAD ' prefix test sees nothing)",
-    "refused-after-an-empty-line": "bug: a HEAD's error answer carries content when an empty line came before its "
-    "request line (conn.rs serve_h1 looks for a raw 'HEAD ' prefix)",
-    "plain-http-to-tls": "bug: the 400 to a plain HTTP HEAD on a TLS port carries content (conn.rs "
-    "PLAIN_HTTP_TO_TLS is one fixed answer)",
-}
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=HEAD_ERROR_BUGS[case]))
-        if case in HEAD_ERROR_BUGS else case
-        for case in HEAD_ERRORS
-    ],
-)
+@pytest.mark.parametrize("case", list(HEAD_ERRORS))
 def test_an_error_answer_to_head_has_no_content(start_gateway, origin, tmp_path, case):
     """RFC 9110 §9.3.2: the answer to a HEAD has no content (its
     content-length may describe the GET's). Today's change: heads refused
@@ -144,19 +130,12 @@ def test_an_error_answer_to_head_has_no_content(start_gateway, origin, tmp_path,
 # ---------------------------------------------------------------- Date
 
 
-DATE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: an upstream Date nominated in Connection is dropped and none added "
-    "(date.rs add_missing_date looks at hop-by-hop fields too)",
-)
-
-
 @pytest.mark.parametrize("via", ["h1", "h2c"])
 @pytest.mark.parametrize(
     "connection",
     [
         pytest.param("x-other", id="control-other-field-nominated"),
-        pytest.param("date", id="date-nominated", marks=DATE_BUG),
+        pytest.param("date", id="date-nominated"),
     ],
 )
 def test_the_client_always_gets_a_date(start_gateway, origin, connection, via):
@@ -187,15 +166,7 @@ def test_the_client_always_gets_a_date(start_gateway, origin, connection, via):
     "listener",
     [
         pytest.param("cleartext", id="control-cleartext-400"),
-        pytest.param(
-            "tls",
-            id="plain-http-to-tls-400",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: the 400 to plain HTTP on a TLS port is a fixed byte string without Date "
-                "(conn.rs PLAIN_HTTP_TO_TLS), the one answer of the gateway's own left undated",
-            ),
-        ),
+        pytest.param("tls", id="plain-http-to-tls-400"),
     ],
 )
 def test_the_gateways_own_400_is_dated(start_gateway, origin, tmp_path, listener):
@@ -416,14 +387,7 @@ def test_interims_over_http2_come_before_the_final_head(start_gateway, origin, f
     "trickled",
     [
         pytest.param("payload", id="control-payload"),
-        pytest.param(
-            "frame-header",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: a HEADERS frame whose 9-byte frame header is trickled is not timed by "
-                "header-timeout (watch.rs header_block_arriving only counts a frame whose header is in)",
-            ),
-        ),
+        pytest.param("frame-header"),
     ],
 )
 def test_http2_head_trickled_before_its_payload_is_cut_at_header_timeout(start_gateway, origin, trickled):
@@ -477,22 +441,8 @@ def test_http2_head_trickled_before_its_payload_is_cut_at_header_timeout(start_g
     "method",
     [
         pytest.param("GET", id="control-GET"),
-        pytest.param(
-            "OPTIONS",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: a Max-Forwards the client nominated in Connection reaches the upstream "
-                "(proxy::max_forwards re-sets it as an end-to-end field)",
-            ),
-        ),
-        pytest.param(
-            "TRACE",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: a Max-Forwards the client nominated in Connection reaches the upstream "
-                "(proxy::max_forwards re-sets it as an end-to-end field)",
-            ),
-        ),
+        pytest.param("OPTIONS"),
+        pytest.param("TRACE"),
     ],
 )
 def test_max_forwards_nominated_in_connection_is_not_forwarded(gateway, origin, method):

@@ -38,9 +38,10 @@ pub fn http_date() -> [u8; LEN] {
     })
 }
 
-/// Adds `date: <now>` to a forwarded response that has none.
+/// Adds `date: <now>` to a forwarded response that has none (a `Date`
+/// its `Connection` names is not forwarded, so it does not count).
 pub(crate) fn add_missing_date(resp: &mut ResponseHead) {
-    if resp.headers().get("date").is_none() {
+    if resp.headers().get_all_end_to_end("date").next().is_none() {
         resp.headers_mut().append("date", &http_date());
     }
 }

@@ -53,7 +53,22 @@ enum HeadOutcome {
     Ready,
     /// Nothing to answer: EOF, idle timeout, drain, read error.
     Closed,
-    Rejected(ProxyError),
+    /// Answer with `error` and close; `head_request`: the head got as far
+    /// as the HEAD method, so the answer has no content (RFC 9110 §9.3.2).
+    Rejected {
+        error: ProxyError,
+        head_request: bool,
+    },
+}
+
+/// Whether `buffered`, the start of a request head, is a HEAD request's
+/// (after the empty lines RFC 9112 §2.2 lets a server skip).
+fn starts_a_head_request(buffered: &[u8]) -> bool {
+    let start = buffered
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buffered.len());
+    buffered[start..].starts_with(b"HEAD ")
 }
 
 /// Serves one accepted connection until it closes.
@@ -126,7 +141,20 @@ async fn serve_tls<G: Gateway>(
     if !tls_handshake(&w, &stream, deadline).await {
         if stream.sent_plain_http() {
             // As nginx: say what went wrong, in the client's protocol.
-            let answer = PLAIN_HTTP_TO_TLS.to_vec();
+            let mut answer = Vec::with_capacity(256);
+            write_local_response(
+                &LocalResponse {
+                    status: 400,
+                    content_type: Some("text/plain"),
+                    location: None,
+                    body: PLAIN_HTTP_TO_TLS,
+                    close: true,
+                    head_only: stream.sent_plain_head(),
+                    keep_alive_10: false,
+                    extra: None,
+                },
+                &mut answer,
+            );
             let _ = crate::rt::time::write_paced(stream.tcp(), answer, w.limits.body_timeout).await;
         }
         let _ = Stream::close(stream).await;
@@ -152,10 +180,9 @@ async fn serve_tls<G: Gateway>(
     serve_h1(w, client, head_due).await;
 }
 
-/// The answer to a plain HTTP request sent to a TLS listener.
+/// The body of the 400 to a plain HTTP request sent to a TLS listener.
 #[cfg(feature = "tls")]
-const PLAIN_HTTP_TO_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
-content-length: 49\r\nconnection: close\r\n\r\nThe plain HTTP request was sent to an HTTPS port\n";
+const PLAIN_HTTP_TO_TLS: &[u8] = b"The plain HTTP request was sent to an HTTPS port\n";
 
 /// The TLS handshake, by `deadline`; `false`: the connection is to close.
 /// A drain does not cut a handshake under way: the client connected before
@@ -200,13 +227,13 @@ async fn serve_h1<G: Gateway, S: Stream>(
         match read_head(&w, &mut client, &mut req, first).await {
             HeadOutcome::Ready => {}
             HeadOutcome::Closed => break,
-            HeadOutcome::Rejected(err) => {
+            HeadOutcome::Rejected {
+                error: err,
+                head_request,
+            } => {
                 // Answer and close: bytes after a rejected head are never parsed.
-                // A HEAD gets no content (RFC 9110 §9.3.2) when its request
-                // line got as far as the method.
-                let head_only = client.buffered().starts_with(b"HEAD ");
                 let mut out = w.buffers.take();
-                write_error(&mut out, err.status, head_only);
+                write_error(&mut out, err.status, head_request);
                 let _ = write_all_within(&client.stream, &mut out, w.limits.body_timeout).await;
                 w.buffers.give(out);
                 let mut ctx = G::Ctx::default();
@@ -429,7 +456,10 @@ async fn read_head<G: Gateway, S: Stream>(
                         413 => ErrorKind::BodyTooLarge,
                         _ => ErrorKind::BadRequest(rej.why),
                     };
-                    return HeadOutcome::Rejected(ProxyError::with_status(kind, rej.status));
+                    return HeadOutcome::Rejected {
+                        error: ProxyError::with_status(kind, rej.status),
+                        head_request: starts_a_head_request(c.buffered()),
+                    };
                 }
             }
             if head_deadline.is_none() {
@@ -442,6 +472,8 @@ async fn read_head<G: Gateway, S: Stream>(
             c.rpos = 0;
         }
         let partial = !c.rbuf.is_empty();
+        // Known before the read: a read that times out gives no bytes back.
+        let head_request = starts_a_head_request(&c.rbuf);
         let room = if partial {
             HEAD_READ_ROOM
         } else {
@@ -471,7 +503,10 @@ async fn read_head<G: Gateway, S: Stream>(
             ReadOutcome::Data(_) => {}
             ReadOutcome::Eof | ReadOutcome::Error => return HeadOutcome::Closed,
             ReadOutcome::Timeout if partial => {
-                return HeadOutcome::Rejected(ProxyError::new(ErrorKind::ClientTimeout));
+                return HeadOutcome::Rejected {
+                    error: ProxyError::new(ErrorKind::ClientTimeout),
+                    head_request,
+                };
             }
             ReadOutcome::Timeout => return HeadOutcome::Closed,
         }

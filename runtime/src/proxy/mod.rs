@@ -77,9 +77,12 @@ pub(crate) fn max_forwards(req: &mut RequestHead, action: gateway::Action) -> ga
     let (Action::Proxy { .. }, "OPTIONS" | "TRACE") = (&action, req.method()) else {
         return action;
     };
+    // One the client's `Connection` names is hop-by-hop: not ours to
+    // count down, and not forwarded.
     let count = req
         .headers()
-        .get("max-forwards")
+        .get_all_end_to_end("max-forwards")
+        .next()
         .and_then(|v| std::str::from_utf8(v).ok())
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
         .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));

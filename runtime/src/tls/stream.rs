@@ -64,6 +64,8 @@ struct State {
     /// request line (a client speaking `http://` to an `https://` port) or
     /// a status line (an upstream server that does not speak TLS).
     plain_http: bool,
+    /// That plain HTTP request was a HEAD (its answer has no content).
+    plain_head: bool,
     /// Why rustls gave up on the connection (an alert the peer sent, a
     /// record that did not decrypt), once it did.
     failure: Option<String>,
@@ -200,6 +202,7 @@ impl TlsStream {
                 busy: false,
                 received: false,
                 plain_http: false,
+                plain_head: false,
                 failure: None,
                 outgoing: Vec::new(),
             })),
@@ -232,6 +235,11 @@ impl TlsStream {
     /// where the spec says `tls`), which the failed handshake's log names.
     pub fn sent_plain_http(&self) -> bool {
         self.state.borrow().plain_http
+    }
+
+    /// The plain HTTP request of [`TlsStream::sent_plain_http`] was a HEAD.
+    pub fn sent_plain_head(&self) -> bool {
+        self.state.borrow().plain_head
     }
 
     async fn drive_handshake(&self) -> io::Result<()> {
@@ -290,6 +298,7 @@ impl TlsStream {
         if !st.received && matches!(res, Ok(n) if n > 0) {
             st.received = true;
             st.plain_http = looks_like_plain_http(&st.incoming);
+            st.plain_head = st.plain_http && st.incoming.starts_with(b"HEAD ");
         }
         match res {
             Ok(0) => st.eof().map_err(tls_error),

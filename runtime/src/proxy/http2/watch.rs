@@ -272,15 +272,20 @@ impl FrameWatch {
 
     /// The header block being received, if one is: a HEADERS frame
     /// without END_HEADERS waiting for its last CONTINUATION, or a HEADERS
-    /// or CONTINUATION frame whose payload is still arriving (a head
-    /// trickled inside one frame is as slow as one trickled in
-    /// CONTINUATION frames). Named by the count of HEADERS frames so far,
-    /// so that the connection loop tells one block taking its time from
-    /// several quick ones.
+    /// or CONTINUATION frame whose header or payload is still arriving (a
+    /// head trickled inside one frame is as slow as one trickled in
+    /// CONTINUATION frames; a frame header is known to be one from its
+    /// fourth byte, its type). Named by the count of HEADERS frames with
+    /// this one, so that the connection loop tells one block taking its
+    /// time from several quick ones.
     pub(crate) fn header_block_arriving(&self) -> Option<u64> {
         let s = self.state.get();
-        let arriving = s.header_block_open || (s.in_block && s.payload_left > 0);
-        arriving.then_some(s.headers_received)
+        let in_frame_header = s.head_len >= 4 && matches!(s.head[3], HEADERS | CONTINUATION);
+        let arriving = s.header_block_open || (s.in_block && s.payload_left > 0) || in_frame_header;
+        // A HEADERS frame is counted once its header is whole: the same
+        // number names it while its header is still coming.
+        let block = s.headers_received + u64::from(in_frame_header && s.head[3] == HEADERS);
+        arriving.then_some(block)
     }
 
     /// The code to end the connection with, once the client broke a rule
@@ -742,10 +747,29 @@ mod tests {
         assert_eq!(w.header_block_arriving(), arriving);
         w.inspect(&f[13..]);
         assert_eq!(w.header_block_arriving(), None);
-        let g = block_frame(
+        // Its frame header trickled: known from the type byte on, and the
+        // same block once the header is whole.
+        let h = block_frame(
             HEADERS,
             FLAG_END_HEADERS | FLAG_END_STREAM,
             3,
+            &[],
+            b"\x82\x86\x84\x41\x01a",
+            0,
+        );
+        w.inspect(&h[..3]);
+        assert_eq!(w.header_block_arriving(), None, "the type is not known yet");
+        w.inspect(&h[3..4]);
+        let trickled = w.header_block_arriving();
+        assert!(trickled.is_some());
+        w.inspect(&h[4..11]);
+        assert_eq!(w.header_block_arriving(), trickled);
+        w.inspect(&h[11..]);
+        assert_eq!(w.header_block_arriving(), None);
+        let g = block_frame(
+            HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            5,
             &[],
             b"\x82\x86\x84\x41\x01a",
             0,
