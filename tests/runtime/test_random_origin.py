@@ -93,7 +93,7 @@ import hpack
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame, WindowUpdateFrame
 
-from support.client import SocketOwner
+from support.client import RawConn
 from support.gateway import CaseResources
 from support.h2client import RawH2
 from support.pki import Pki
@@ -560,41 +560,15 @@ class Got:
                 f"{' HUNG' if self.hung else ''}{' lost' if self.conn_lost else ''} {self.bad_framing}>")
 
 
-class H1Conn(SocketOwner):
+class H1Conn(RawConn):
     """An HTTP/1.1 client connection that keeps the exact field bytes."""
 
     def __init__(self, sock: socket.socket):
-        self.sock, self.buf, self.eof = sock, bytearray(), False
-
-    def send(self, data: bytes) -> bool:
-        try:
-            self.sock.sendall(data)
-            return True
-        except OSError:
-            return False
-
-    def fill(self, deadline: float) -> bool:
-        if self.eof:
-            return False
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        try:
-            self.sock.settimeout(left)
-            d = self.sock.recv(262144)
-        except TimeoutError:
-            return False
-        except OSError:
-            d = b""
-        if not d:
-            self.eof = True
-            return False
-        self.buf += d
-        return True
+        super().__init__(sock=sock, timeout=READ_BOUND)
 
     def line(self, deadline: float) -> bytes | None:
         while b"\r\n" not in self.buf:
-            if not self.fill(deadline):
+            if not self._fill(deadline):
                 return None
         i = self.buf.index(b"\r\n")
         out = bytes(self.buf[:i])
@@ -602,7 +576,7 @@ class H1Conn(SocketOwner):
         return out
 
     def take(self, n: int, deadline: float) -> bytes:
-        while len(self.buf) < n and self.fill(deadline):
+        while len(self.buf) < n and self._fill(deadline):
             pass
         out = bytes(self.buf[:n])
         del self.buf[:n]
@@ -612,7 +586,7 @@ class H1Conn(SocketOwner):
         got = Got()
         while True:
             while b"\r\n\r\n" not in self.buf:
-                if not self.fill(deadline):
+                if not self._fill(deadline):
                     got.hung, got.ended = not self.eof, "closed before a head" if self.eof else ""
                     return got
             i = self.buf.index(b"\r\n\r\n")
@@ -672,7 +646,7 @@ class H1Conn(SocketOwner):
             got.complete = len(got.body) == n
         else:
             got.bad_framing = "a close-delimited answer to an HTTP/1.1 client"
-            while self.fill(deadline):
+            while self._fill(deadline):
                 pass
             got.body = bytes(self.buf)
         if not got.complete:

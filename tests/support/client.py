@@ -64,9 +64,15 @@ class SocketOwner:
 
 
 class RawConn(SocketOwner):
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    """Raw bytes over one connection: to `host:port`, or over `sock` (one a
+    test made itself, a TLS one say)."""
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", timeout: float = 10.0,
+                 sock: socket.socket | None = None):
+        if sock is None:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
         self.timeout = timeout
         self.buf = bytearray()
         self.eof = False
