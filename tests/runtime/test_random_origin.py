@@ -1062,9 +1062,8 @@ def test_103_early_hints_from_the_upstream_reach_the_client(start_gateway, rogue
     else:
         gw = start_gateway(upstream=rogue.addr, protocols="h1,h2c", **OPTS)
     target = f"/early-hints/{client}"
-    rogue.scripts[target] = Script([b"HTTP/1.1 100 Continue\r\n\r\n",
-                                    b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n"
-                                    b"connection: x-hop\r\nx-hop: 1\r\n\r\n",
+    hints = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\nconnection: x-hop\r\nx-hop: 1\r\n\r\n"
+    rogue.scripts[target] = Script([b"HTTP/1.1 100 Continue\r\n\r\n", hints,
                                     b"HTTP/1.1 200 OK\r\nx-rogue-answer: hints\r\ncontent-length: 5\r\n\r\nfinal"],
                                    [0.0, 0.0, 0.05], end="keep")
     ex = Exchange("hints", "GET", target, b"", False, None)
