@@ -354,22 +354,27 @@ class Origin:
                 c.closed = True
                 self.cond.notify_all()
 
+    def _next_head(self, c: OriginConn, buf: bytearray) -> RecordedRequest:
+        """Reads connection `c`'s next request head (taken from the front of
+        `buf`, which keeps what follows it) and parses it, unrecorded."""
+        while True:
+            m = _LINE_END.search(buf)
+            if m:
+                break
+            if len(buf) > HEAD_CAP:
+                raise _Closed()
+            buf += self._recv(c)
+        head = bytes(buf[: m.end()])
+        del buf[: m.end()]
+        req = RecordedRequest(conn_id=c.id, seq=len(c.requests), head_raw=head)
+        self._parse_head(req)
+        return req
+
     def _exchanges(self, c: OriginConn) -> None:
         """The requests of connection `c` and their answers, in order."""
         buf = bytearray()
         while not self.stopping.is_set() and not c.closed:
-            m = None
-            while True:
-                m = _LINE_END.search(buf)
-                if m:
-                    break
-                if len(buf) > HEAD_CAP:
-                    raise _Closed()
-                buf += self._recv(c)
-            head = bytes(buf[: m.end()])
-            del buf[: m.end()]
-            req = RecordedRequest(conn_id=c.id, seq=len(c.requests), head_raw=head)
-            self._parse_head(req)
+            req = self._next_head(c, buf)
             with self.cond:
                 c.requests.append(req)
                 self.requests.append(req)

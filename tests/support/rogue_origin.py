@@ -32,7 +32,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from support.origin import _LINE_END, Origin, OriginConn, RecordedRequest, _Closed
+from support.origin import Origin, OriginConn, RecordedRequest
 
 # Bound on how long a connection thread waits for the gateway to close after
 # an answer that ended it (the gateway's timeouts are far shorter).
@@ -104,17 +104,7 @@ class RogueOrigin(Origin):
         """Each request's scripted answer (or the default one), in order."""
         buf = bytearray()
         while not self.stopping.is_set() and not c.closed:
-            while True:
-                m = _LINE_END.search(buf)
-                if m:
-                    break
-                if len(buf) > 1 << 20:
-                    raise _Closed()
-                buf += self._recv(c)
-            head = bytes(buf[: m.end()])
-            del buf[: m.end()]
-            req = RecordedRequest(conn_id=c.id, seq=len(c.requests), head_raw=head)
-            self._parse_head(req)
+            req = self._next_head(c, buf)
             script = self.scripts.get(req.target)
             with self.cond:
                 c.requests.append(req)
