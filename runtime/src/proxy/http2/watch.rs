@@ -731,15 +731,19 @@ mod tests {
     #[test]
     fn a_headers_frame_still_arriving_is_an_open_block() {
         let w = watch();
-        // `:method GET`, `:scheme http`, `:path /`, a literal authority.
-        let f = block_frame(
-            HEADERS,
-            FLAG_END_HEADERS | FLAG_END_STREAM,
-            1,
-            &[],
-            b"\x82\x86\x84\x41\x01a",
-            0,
-        );
+        // One whole request on `stream`: `:method GET`, `:scheme http`,
+        // `:path /`, a literal authority.
+        let request = |stream| {
+            block_frame(
+                HEADERS,
+                FLAG_END_HEADERS | FLAG_END_STREAM,
+                stream,
+                &[],
+                b"\x82\x86\x84\x41\x01a",
+                0,
+            )
+        };
+        let f = request(1);
         w.inspect(&f[..12]);
         let arriving = w.header_block_arriving();
         assert!(arriving.is_some(), "the payload is not all here");
@@ -749,14 +753,7 @@ mod tests {
         assert_eq!(w.header_block_arriving(), None);
         // Its frame header trickled: known from the type byte on, and the
         // same block once the header is whole.
-        let h = block_frame(
-            HEADERS,
-            FLAG_END_HEADERS | FLAG_END_STREAM,
-            3,
-            &[],
-            b"\x82\x86\x84\x41\x01a",
-            0,
-        );
+        let h = request(3);
         w.inspect(&h[..3]);
         assert_eq!(w.header_block_arriving(), None, "the type is not known yet");
         w.inspect(&h[3..4]);
@@ -766,14 +763,7 @@ mod tests {
         assert_eq!(w.header_block_arriving(), trickled);
         w.inspect(&h[11..]);
         assert_eq!(w.header_block_arriving(), None);
-        let g = block_frame(
-            HEADERS,
-            FLAG_END_HEADERS | FLAG_END_STREAM,
-            5,
-            &[],
-            b"\x82\x86\x84\x41\x01a",
-            0,
-        );
+        let g = request(5);
         w.inspect(&g[..10]);
         assert!(w.header_block_arriving() > arriving, "another block");
         assert_eq!(w.stop(), None);
