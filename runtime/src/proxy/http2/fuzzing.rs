@@ -19,7 +19,7 @@ impl HpackMirror {
     /// One header block (not trailers), fed in pieces cut at `cuts` (block
     /// offsets, as frame and read boundaries would cut it).
     pub fn block(&mut self, block: &[u8], cuts: &[usize]) -> Result<(), Reason> {
-        self.0.begin_block(false);
+        self.0.begin_block(1, false);
         let mut start = 0;
         for &cut in cuts.iter().chain([&block.len()]) {
             let cut = cut.clamp(start, block.len());

@@ -34,6 +34,14 @@
 //!   A block in one fragment, or one whose offending field is in its last
 //!   fragment, is left to the crate: that stream alone is reset.
 //!
+//! - a `:path` with a fragment (`#`, which RFC 9113 §8.3.1 and RFC 3986
+//!   leave out of a request target) makes the request malformed, but the
+//!   `http` crate's URI parser drops the `#` and all after it, so the `h2`
+//!   crate would hand over the cut path as if it had been sent. The block's
+//!   stream is noted ([`HpackCheck::take_path_fragment`]) and answered 400,
+//!   as the same target is over HTTP/1.1. Only a `:path` value is scanned
+//!   for it (and a table entry made from one remembers the verdict).
+//!
 //! Other semantic errors (upper-case names, unknown pseudo-headers, bad
 //! values) are left to the `h2` crate, which decodes the same block after
 //! us. Names are classified from at most their first 17 bytes (the longest
@@ -102,9 +110,16 @@ const MAX_INT_BYTES: u8 = 5;
 /// Per-entry overhead in the table's size (RFC 7541 §4.1).
 const ENTRY_OVERHEAD: usize = 32;
 
+/// Requests with a fragment in `:path` noted and not yet accepted: a client
+/// with more pending (a correct one sends none) breaks the protocol.
+const MAX_FRAGMENT_STREAMS: usize = 128;
+
 /// Bytes of a string kept to classify it: `proxy-connection` and
 /// `transfer-encoding` are the longest names that matter.
 const KEPT: usize = 17;
+
+/// `:path`'s bit in [`HpackCheck::pseudo_seen`].
+const PATH: u8 = 8;
 
 /// What a field's name is, as far as the rules above HPACK go.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,7 +144,7 @@ impl Name {
             b":method" => Name::Pseudo(1),
             b":scheme" => Name::Pseudo(2),
             b":authority" => Name::Pseudo(4),
-            b":path" => Name::Pseudo(8),
+            b":path" => Name::Pseudo(PATH),
             b":protocol" => Name::Pseudo(16),
             b":status" => Name::Pseudo(32),
             b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
@@ -145,7 +160,7 @@ impl Name {
         match index {
             1 => Name::Pseudo(4),
             2 | 3 => Name::Pseudo(1),
-            4 | 5 => Name::Pseudo(8),
+            4 | 5 => Name::Pseudo(PATH),
             6 | 7 => Name::Pseudo(2),
             8..=STATIC_PSEUDO_LAST => Name::Pseudo(32),
             STATIC_TRANSFER_ENCODING => Name::ConnectionSpecific,
@@ -161,6 +176,8 @@ struct Entry {
     name: Name,
     /// For a `te` entry: whether its value is `trailers`.
     trailers: bool,
+    /// For a `:path` entry: whether its value has a fragment.
+    fragment: bool,
 }
 
 /// What an integer being read is for.
@@ -220,6 +237,12 @@ pub(crate) struct HpackCheck {
     pseudo_seen: u8,
     regular_seen: bool,
     malformed: bool,
+    /// The current block's stream, and whether its `:path` has a fragment.
+    stream: u32,
+    path_fragment: bool,
+    /// Streams whose request `:path` had a fragment, oldest first, until
+    /// the connection accepts them (stream ids only grow).
+    fragment_streams: VecDeque<u32>,
     /// The current literal: which string is being read, whether it enters
     /// the table, its name's length and what that name is.
     part: Part,
@@ -228,9 +251,10 @@ pub(crate) struct HpackCheck {
     name: Name,
     /// The string being read: bytes (symbols, if Huffman-coded) so far, the
     /// first [`KEPT`] of them when they matter, and the bits of the Huffman
-    /// symbol under way.
+    /// symbol under way; whether a `#` was among them.
     decoded: usize,
     kept: [u8; KEPT],
+    hash_seen: bool,
     code: u32,
     code_len: u32,
 }
@@ -250,12 +274,16 @@ impl HpackCheck {
             pseudo_seen: 0,
             regular_seen: false,
             malformed: false,
+            stream: 0,
+            path_fragment: false,
+            fragment_streams: VecDeque::new(),
             part: Part::Name,
             indexing: false,
             name_len: 0,
             name: Name::Regular,
             decoded: 0,
             kept: [0; KEPT],
+            hash_seen: false,
             code: 0,
             code_len: 0,
         }
@@ -267,10 +295,12 @@ impl HpackCheck {
         (self.table.len(), self.table_size, self.table_max)
     }
 
-    /// A header block starts (a HEADERS frame): `trailers` if it is sent on
-    /// a stream the client already opened.
-    pub(crate) fn begin_block(&mut self, trailers: bool) {
+    /// A header block starts (a HEADERS frame on `stream`): `trailers` if
+    /// it is sent on a stream the client already opened.
+    pub(crate) fn begin_block(&mut self, stream: u32, trailers: bool) {
         self.step = Step::Field;
+        self.stream = stream;
+        self.path_fragment = false;
         self.field_seen = false;
         self.trailers = trailers;
         self.pseudo_seen = 0;
@@ -291,11 +321,36 @@ impl HpackCheck {
     }
 
     /// The block ended (END_HEADERS): it must end between representations.
+    /// A request whose `:path` has a fragment is noted for
+    /// [`Self::take_path_fragment`].
     pub(crate) fn end_block(&mut self) -> Result<(), Reason> {
-        match self.step {
-            Step::Field => Ok(()),
-            _ => Err(Reason::COMPRESSION_ERROR),
+        if !matches!(self.step, Step::Field) {
+            return Err(Reason::COMPRESSION_ERROR);
         }
+        if self.path_fragment && !self.trailers {
+            if self.fragment_streams.len() == MAX_FRAGMENT_STREAMS {
+                return Err(Reason::PROTOCOL_ERROR);
+            }
+            self.fragment_streams.push_back(self.stream);
+        }
+        Ok(())
+    }
+
+    /// Whether the request on `stream`, which the connection now accepts,
+    /// had a fragment in its `:path` (cut by the `http` crate). Streams are
+    /// accepted in the order they were opened: older notes are of streams
+    /// the `h2` crate refused, and go.
+    pub(crate) fn take_path_fragment(&mut self, stream: u32) -> bool {
+        while let Some(&oldest) = self.fragment_streams.front() {
+            if oldest > stream {
+                break;
+            }
+            self.fragment_streams.pop_front();
+            if oldest == stream {
+                return true;
+            }
+        }
+        false
     }
 
     /// Bytes of the block's fragments, in order, across frames and reads.
@@ -309,6 +364,9 @@ impl HpackCheck {
                     // Raw string bytes: skipped in bulk, the first ones
                     // kept when they matter.
                     let n = left.min(bytes.len());
+                    if self.scanning_path() && bytes[..n].contains(&b'#') {
+                        self.hash_seen = true;
+                    }
                     if self.keeping() && self.decoded < KEPT {
                         let k = n.min(KEPT - self.decoded);
                         self.kept[self.decoded..self.decoded + k].copy_from_slice(&bytes[..k]);
@@ -413,7 +471,7 @@ impl HpackCheck {
             IntFor::Index => {
                 let entry = self.entry(value)?;
                 self.field_seen = true;
-                self.field_done(entry.name, entry.trailers)
+                self.field_done(entry.name, entry.trailers, entry.fragment)
             }
             IntFor::SizeUpdate => {
                 if self.field_seen || value > self.limit {
@@ -438,6 +496,7 @@ impl HpackCheck {
             }
             IntFor::StrLen { huffman } => {
                 self.decoded = 0;
+                self.hash_seen = false;
                 self.code = 0;
                 self.code_len = 0;
                 if value == 0 {
@@ -462,6 +521,7 @@ impl HpackCheck {
                 size: 0,
                 name: Name::of_static(index),
                 trailers: false,
+                fragment: false,
             });
         }
         index
@@ -480,10 +540,12 @@ impl HpackCheck {
                 if (self.code, self.code_len) == EOS {
                     return Err(Reason::COMPRESSION_ERROR);
                 }
+                let at = usize::from(FIRST_SYMBOL[len]) + (self.code - FIRST_CODE[len]) as usize;
                 if self.keeping() && self.decoded < KEPT {
-                    let at =
-                        usize::from(FIRST_SYMBOL[len]) + (self.code - FIRST_CODE[len]) as usize;
                     self.kept[self.decoded] = SYMBOLS[at];
+                }
+                if SYMBOLS[at] == b'#' && self.scanning_path() {
+                    self.hash_seen = true;
                 }
                 self.decoded += 1;
                 self.code = 0;
@@ -514,6 +576,11 @@ impl HpackCheck {
         self.part == Part::Name || self.name == Name::Te
     }
 
+    /// Whether the string being read is a `:path` value (scanned for `#`).
+    fn scanning_path(&self) -> bool {
+        self.part == Part::Value && self.name == Name::Pseudo(PATH)
+    }
+
     /// The kept bytes of the string just read.
     fn kept(&self) -> &[u8] {
         &self.kept[..self.decoded.min(KEPT)]
@@ -533,18 +600,27 @@ impl HpackCheck {
             Part::Value => {
                 self.step = Step::Field;
                 let trailers = self.name == Name::Te && self.kept() == b"trailers";
+                let fragment = self.scanning_path() && self.hash_seen;
                 if self.indexing {
-                    self.insert(self.name_len + self.decoded + ENTRY_OVERHEAD, trailers);
+                    self.insert(
+                        self.name_len + self.decoded + ENTRY_OVERHEAD,
+                        trailers,
+                        fragment,
+                    );
                 }
-                self.field_done(self.name, trailers)
+                self.field_done(self.name, trailers, fragment)
             }
         }
     }
 
-    /// A whole field was decoded: its name, and for `te` whether the value
-    /// is `trailers`. The `h2` crate's rules (`HeaderBlock::load`), so
-    /// that `malformed` is its verdict.
-    fn field_done(&mut self, name: Name, trailers: bool) -> Result<(), Reason> {
+    /// A whole field was decoded: its name, for `te` whether the value is
+    /// `trailers`, for `:path` whether it has a fragment. The `h2` crate's
+    /// rules (`HeaderBlock::load`), so that `malformed` is its verdict; and
+    /// the fragment, which it does not see.
+    fn field_done(&mut self, name: Name, trailers: bool, fragment: bool) -> Result<(), Reason> {
+        if name == Name::Pseudo(PATH) && fragment {
+            self.path_fragment = true;
+        }
         match name {
             Name::Pseudo(_) if self.trailers => {
                 // RFC 9113 §8.1: trailers must not include pseudo-headers.
@@ -566,7 +642,7 @@ impl HpackCheck {
     /// A literal with incremental indexing enters the table (§4.4): older
     /// entries are evicted to make room; one larger than the table empties
     /// it and is not added.
-    fn insert(&mut self, size: usize, trailers: bool) {
+    fn insert(&mut self, size: usize, trailers: bool, fragment: bool) {
         self.evict(size);
         if self.table_size + size <= self.table_max {
             self.table_size += size;
@@ -575,6 +651,7 @@ impl HpackCheck {
                 size,
                 name: self.name,
                 trailers,
+                fragment,
             });
         }
     }
@@ -596,7 +673,7 @@ mod tests {
 
     /// Feeds one whole block to `h`.
     fn block(h: &mut HpackCheck, trailers: bool, bytes: &[u8]) -> Result<(), Reason> {
-        h.begin_block(trailers);
+        h.begin_block(1, trailers);
         h.feed(bytes)?;
         h.end_block()
     }
@@ -632,7 +709,7 @@ mod tests {
     fn accepts_blocks_split_at_every_byte() {
         let mut h = HpackCheck::new(4096);
         for r in [C_4_1, C_4_2, C_4_3] {
-            h.begin_block(false);
+            h.begin_block(1, false);
             for b in r.chunks(1) {
                 assert_eq!(h.feed(b), Ok(()));
             }
@@ -812,7 +889,7 @@ mod tests {
     /// malformed in the `h2` crate's eyes (the block's end is left to it).
     fn malformed(bytes: &[u8]) -> bool {
         let mut h = HpackCheck::new(4096);
-        h.begin_block(false);
+        h.begin_block(1, false);
         assert_eq!(h.feed(bytes), Ok(()), "{bytes:02x?}");
         assert_eq!(
             h.end_block(),
@@ -890,17 +967,17 @@ mod tests {
             ),
             Ok(())
         );
-        h.begin_block(false);
+        h.begin_block(1, false);
         assert_eq!(h.feed(b"\x82\x86\x84\xbf"), Ok(()));
         assert_eq!(h.fragment_end(), Ok(()), "te: trailers, indexed");
-        h.begin_block(false);
+        h.begin_block(1, false);
         assert_eq!(h.feed(b"\x82\x86\x84\xbe"), Ok(()));
         assert_eq!(
             h.fragment_end(),
             Err(Reason::PROTOCOL_ERROR),
             "te: gzip, indexed"
         );
-        h.begin_block(false);
+        h.begin_block(1, false);
         assert_eq!(h.feed(b"\x82\x86\x84\x7e\x04gzip"), Ok(()));
         assert_eq!(
             h.fragment_end(),
@@ -908,9 +985,48 @@ mod tests {
             "te's name indexed, value gzip"
         );
         // Each block starts clean.
-        h.begin_block(false);
+        h.begin_block(1, false);
         assert_eq!(h.feed(C_3_1), Ok(()));
         assert_eq!(h.fragment_end(), Ok(()));
+    }
+
+    #[test]
+    fn notes_a_fragment_in_path_however_it_is_encoded() {
+        // Each block: :method GET, :scheme http, then its :path.
+        let request = |h: &mut HpackCheck, stream: u32, path: &[u8]| {
+            h.begin_block(stream, false);
+            let mut b = vec![0x82, 0x86];
+            b.extend_from_slice(path);
+            h.feed(&b).and_then(|()| h.end_block())
+        };
+        let mut h = HpackCheck::new(4096);
+        // A raw literal, not indexed (name index 4, `:path`).
+        assert_eq!(request(&mut h, 1, b"\x04\x04/a#b"), Ok(()));
+        // Huffman-coded "/a#b", entered into the table (index 62).
+        assert_eq!(request(&mut h, 3, b"\x44\x84\x60\x7f\xf5\x1f"), Ok(()));
+        // The table's entry, indexed.
+        assert_eq!(request(&mut h, 5, b"\xbe"), Ok(()));
+        // No fragment: `%23`, or a `#` in another field's value.
+        assert_eq!(request(&mut h, 7, b"\x04\x06/a%23b"), Ok(()));
+        assert_eq!(request(&mut h, 9, b"\x84\x0f\x2b\x04/a#b"), Ok(()));
+        // Trailers carry no :path to note (and one there is an error).
+        h.begin_block(5, true);
+        assert_eq!(
+            h.feed(b"\x0f\x2b\x04/a#b").and_then(|()| h.end_block()),
+            Ok(())
+        );
+        // Streams are accepted in order; stream 3 was refused by the crate
+        // (never accepted): its note goes when stream 5 is taken.
+        assert!(h.take_path_fragment(1));
+        assert!(!h.take_path_fragment(1), "taken once");
+        assert!(h.take_path_fragment(5));
+        assert!(!h.take_path_fragment(7) && !h.take_path_fragment(9));
+        assert!(h.fragment_streams.is_empty());
+        // A client that keeps sending them, none accepted, is cut off.
+        for i in 0..MAX_FRAGMENT_STREAMS as u32 {
+            assert_eq!(request(&mut h, 11 + 2 * i, b"\xbe"), Ok(()));
+        }
+        assert_eq!(request(&mut h, 1001, b"\xbe"), Err(Reason::PROTOCOL_ERROR));
     }
 
     #[test]
@@ -930,7 +1046,7 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             let trailers = next() % 4 == 0;
             let a = block(&mut whole, trailers, &bytes);
-            split.begin_block(trailers);
+            split.begin_block(1, trailers);
             let b = bytes
                 .iter()
                 .try_for_each(|b| split.feed(std::slice::from_ref(b)))

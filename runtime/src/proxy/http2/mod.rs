@@ -329,7 +329,10 @@ pub(crate) async fn serve_h2<G: Gateway>(
             .await
         };
         match event {
-            Event::Accepted((req, respond)) => {
+            Event::Accepted((mut req, respond)) => {
+                if watch.take_path_fragment(respond.stream_id().into()) {
+                    req.extensions_mut().insert(translate::PathFragment);
+                }
                 streams.spawn(stream::serve_stream(
                     Rc::clone(&w),
                     req,

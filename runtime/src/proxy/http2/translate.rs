@@ -22,6 +22,10 @@
 //!   malformed too (§8.2.1, a MUST; the crate lets it through): 400, as
 //!   nghttp2 (and so Envoy) refuses it, rather than trimming it as the
 //!   HTTP/1.1 parser would trim OWS.
+//! - A `:path` with a fragment (`#`) is refused with 400, as the same
+//!   target is over HTTP/1.1. The `http` crate's URI parser cuts it at the
+//!   `#`, so the verdict comes from the frame watch's HPACK mirror, which
+//!   saw the bytes sent, as a [`PathFragment`] mark on the request.
 //! - Body framing: `content-length` when the client sent one (the crate
 //!   checks the DATA frames add up to it), none when the HEADERS frame
 //!   ended the stream, else `transfer-encoding: chunked`.
@@ -39,6 +43,11 @@ pub(crate) struct Refused {
     pub status: u16,
     pub why: &'static str,
 }
+
+/// Marks a request whose `:path` had a fragment the `http` crate cut off
+/// (seen by [`super::watch::FrameWatch`] in the HPACK bytes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PathFragment;
 
 fn refused(status: u16, why: &'static str) -> Refused {
     Refused { status, why }
@@ -81,6 +90,9 @@ pub(crate) fn request_head(
         .map(|p| p.as_str())
         .filter(|p| !p.is_empty())
         .ok_or(refused(400, "missing :path"))?;
+    if parts.extensions.get::<PathFragment>().is_some() {
+        return Err(refused(400, "fragment in :path"));
+    }
     if let Some(scheme) = parts.uri.scheme_str()
         && scheme != "http"
         && scheme != "https"

@@ -293,6 +293,12 @@ impl FrameWatch {
     pub(crate) fn stop(&self) -> Option<Reason> {
         self.state.get().stop
     }
+
+    /// Whether the request on `stream`, being accepted, had a fragment in
+    /// its `:path`, which the `http` crate cut (see [`HpackCheck`]).
+    pub(crate) fn take_path_fragment(&self, stream: u32) -> bool {
+        self.hpack.borrow_mut().take_path_fragment(stream)
+    }
 }
 
 impl State {
@@ -375,7 +381,7 @@ impl State {
                 // PROTOCOL_ERROR (§6.10): not a block of its own to check.
                 if !self.header_block_open {
                     let trailers = stream & 1 == 1 && stream <= self.newest_stream;
-                    hpack.begin_block(trailers);
+                    hpack.begin_block(stream, trailers);
                     self.begin_fragment(pad + priority, pad == 1, flags);
                 }
                 self.checking_block = !self.header_block_open;
