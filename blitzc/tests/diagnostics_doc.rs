@@ -351,12 +351,15 @@ const DESCRIPTIONS: &[Description] = &[
     Description {
         code: "B067",
         severity: "warning",
-        meaning: "A listener certificate that is outside its validity period now: expired \
-                  (after its notAfter) or not valid yet (before its notBefore). The gateway \
-                  still serves it, but TLS clients reject it. The period is read with the \
-                  runtime's certificate loader and webpki, as clients check it.",
-        fix: "Renew the certificate and point `cert` at the new file (the gateway re-reads \
-              certificates on SIGHUP); for a certificate not valid yet, check the clock.",
+        meaning: "A listener certificate, or an intermediate certificate in its file, that is \
+                  outside its validity period now: expired (after its notAfter) or not valid \
+                  yet (before its notBefore). The gateway still serves it, but TLS clients \
+                  reject it (for an intermediate: those that build their path through it). \
+                  The period is read with the runtime's certificate loader and webpki, as \
+                  clients check it.",
+        fix: "Renew the certificate and point `cert` at the new file, or put the CA's \
+              current intermediate in it (the gateway re-reads certificates on SIGHUP); for \
+              a certificate not valid yet, check the clock.",
     },
     // ---- auth and limits
     Description {

@@ -380,6 +380,7 @@ def files(pki) -> Pki:
     """Certificate files that load, and files that do not."""
     for key in ("ec", "p384", "p521", "rsa", "ed448", "rsa1024"):
         pki.leaf(f"k-{key}", "k.test", key=key)
+    pki.with_expired_intermediate("old-int-chain", "k.test")
     d = pki.dir
     (d / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64 !!!\n-----END CERTIFICATE-----\n")
     (d / "empty.pem").write_text("")
@@ -407,6 +408,7 @@ CASES = [
     ("k-p521.crt", "k-p521.key", None),
     # loads and is served (expiry is the client's business), but check warns
     ("expired.crt", "expired.key", "B067"),
+    ("old-int-chain.crt", "old-int-chain.key", "B067"),  # valid itself, its intermediate expired
     ("k-ed448.crt", "k-ed448.key", "B062"),
     ("k-rsa1024.crt", "k-rsa1024.key", "B062"),
     ("edge.crt", "api.key", "B063"),

@@ -103,6 +103,30 @@ class Pki:
                 "-startdate", start, "-enddate", end, "-extensions", "ext", cwd=self.dir)
         return name
 
+    def with_expired_intermediate(self, name: str, dns: str) -> str:
+        """A certificate for `dns`, valid now, issued by an intermediate that
+        expired in 2021 (`name-int`); `name.crt` holds the chain, leaf first."""
+        inter = f"{name}-int"
+        db = self.dir / "ca-db"
+        db.mkdir(exist_ok=True)
+        (db / "index.txt").write_text("")
+        (db / "serial").write_text("2000\n")
+        (self.dir / "ca-int.cnf").write_text(
+            "[ca]\ndefault_ca = qa\n[qa]\ndatabase = ca-db/index.txt\nserial = ca-db/serial\n"
+            "new_certs_dir = ca-db\ncertificate = ca.crt\nprivate_key = ca.key\ndefault_md = sha256\n"
+            "policy = any\nunique_subject = no\n[any]\ncommonName = supplied\n"
+            "[ext]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+        )
+        openssl("req", *KEY_ARGS["ec"], "-nodes", "-keyout", f"{inter}.key", "-out", f"{inter}.csr",
+                "-subj", "/CN=Blitz QA Old Intermediate", cwd=self.dir)
+        openssl("ca", "-batch", "-config", "ca-int.cnf", "-in", f"{inter}.csr", "-out", f"{inter}.crt", "-notext",
+                "-startdate", "20200101000000Z", "-enddate", "20210101000000Z", "-extensions", "ext", cwd=self.dir)
+        (self.dir / f"{name}.ext").write_text(f"subjectAltName=DNS:{dns}\n")
+        self._issue(name, f"/CN={dns}", f"{name}.ext", "ec", inter)
+        leaf = (self.dir / f"{name}.crt").read_text()
+        (self.dir / f"{name}.crt").write_text(leaf + (self.dir / f"{inter}.crt").read_text())
+        return name
+
     def der(self, name: str) -> bytes:
         """The DER of the first certificate in `name.crt`."""
         text = (self.dir / f"{name}.crt").read_text()

@@ -1,7 +1,7 @@
 //! Listener protocols and TLS: `h2`/`h3` without TLS (B060), `h2c` with TLS
-//! (B061), certificate and key files (B062, B063, B066), a certificate
-//! outside its validity period now (B067, a warning: the gateway serves it,
-//! clients reject it), `tls` without a certificate (B065), and certificate
+//! (B061), certificate and key files (B062, B063, B066), a certificate or
+//! an intermediate in its file outside its validity period now (B067, a
+//! warning: the gateway serves it, clients reject it), `tls` without a certificate (B065), and certificate
 //! selection by SNI (B064, B039).
 //! Upstream servers with `tls=#true`: the CA file (B062) and the `sni`
 //! name (B039). Files are loaded by the runtime's own loader
@@ -161,8 +161,8 @@ fn certificates(
                     continue;
                 }
             };
-        if let Some(out) = tls_files::validity_at(&certified, UnixTime::now()) {
-            diagnostics.push(out_of_validity(cert, out));
+        if let Some((place, out)) = tls_files::validity_at(&certified, UnixTime::now()) {
+            diagnostics.push(out_of_validity(cert, place, out));
         }
         // An `sni` that is not a server name is reported once, by `sni()`.
         if let Some(sni) = &cert.sni
@@ -175,28 +175,42 @@ fn certificates(
     }
 }
 
-/// B067: the certificate loads, but TLS clients reject it today.
-fn out_of_validity(cert: &TlsCert, out: OutOfValidity) -> Diagnostic {
+/// B067: the certificate loads, but TLS clients reject it today: the
+/// certificate itself, or an intermediate of its chain (`place` in the
+/// file, 0 being the certificate itself).
+fn out_of_validity(cert: &TlsCert, place: usize, out: OutOfValidity) -> Diagnostic {
     let written = &cert.cert.written;
-    let (label, help) = match out {
-        OutOfValidity::Expired { .. } => (
+    let (label, help) = match (place, out) {
+        (0, OutOfValidity::Expired { .. }) => (
             "clients reject an expired certificate",
             "renew the certificate (or issue a new one) and point `cert` at it; \
              the gateway re-reads certificates on SIGHUP",
         ),
-        OutOfValidity::NotYetValid { .. } => (
+        (0, OutOfValidity::NotYetValid { .. }) => (
             "clients reject a certificate before its validity starts",
             "check this machine's clock and the certificate's notBefore \
              (`openssl x509 -noout -dates -in FILE`), or use a certificate valid now",
         ),
+        (_, OutOfValidity::Expired { .. }) => (
+            "clients that build their path through an expired intermediate reject the chain",
+            "replace the intermediate in the file with the current one from your CA \
+             (the certificate itself is still valid); the gateway re-reads certificates on SIGHUP",
+        ),
+        (_, OutOfValidity::NotYetValid { .. }) => (
+            "clients that build their path through this intermediate reject the chain",
+            "check this machine's clock and the intermediate's notBefore \
+             (`openssl crl2pkcs7 -nocrl -certfile FILE | openssl pkcs7 -print_certs -noout`)",
+        ),
     };
-    Diagnostic::warning(
-        Code::CertValidity,
-        cert.cert.span,
-        format!("certificate `{written}` {out}"),
-    )
-    .label(label)
-    .help(help)
+    let message = if place == 0 {
+        format!("certificate `{written}` {out}")
+    } else {
+        let nth = place + 1;
+        format!("certificate `{written}`: the chain's certificate {nth} (an intermediate) {out}")
+    };
+    Diagnostic::warning(Code::CertValidity, cert.cert.span, message)
+        .label(label)
+        .help(help)
 }
 
 /// The diagnostic for a certificate or key that failed to load.

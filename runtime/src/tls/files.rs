@@ -420,16 +420,30 @@ impl fmt::Display for OutOfValidity {
     }
 }
 
-/// Whether the end-entity certificate of `certified` is outside its
-/// validity period at `now`. The period is read by webpki, the verifier
-/// rustls clients use: its path building checks the end-entity's validity
-/// first, before looking for an issuer, so with no trust anchors a
-/// certificate in its period fails later (unknown issuer), never with
-/// `CertExpired` or `CertNotValidYet`. `None` also for a certificate
-/// webpki cannot read (loading reports that).
-pub fn validity_at(certified: &CertifiedKey, now: UnixTime) -> Option<OutOfValidity> {
-    let end_entity = certified.end_entity_cert().ok()?;
-    let parsed = webpki::EndEntityCert::try_from(end_entity).ok()?;
+/// The first certificate of `certified`'s chain outside its validity
+/// period at `now`, with its place in the chain: 0 for the end-entity
+/// certificate, then the intermediates in the file's order. Clients
+/// build their path through the intermediates the server sends, so an
+/// expired intermediate fails them as an expired leaf does (only a client
+/// that finds another path, through a newer copy of that CA it holds,
+/// gets through). `None` also for a certificate webpki cannot read
+/// (loading reports that).
+pub fn validity_at(certified: &CertifiedKey, now: UnixTime) -> Option<(usize, OutOfValidity)> {
+    certified
+        .cert
+        .iter()
+        .enumerate()
+        .find_map(|(place, der)| cert_validity_at(der, now).map(|out| (place, out)))
+}
+
+/// Whether the certificate `der` is outside its validity period at `now`.
+/// The period is read by webpki, the verifier rustls clients use: its
+/// path building checks the certificate's own properties, validity first,
+/// before looking for an issuer, so with no trust anchors a certificate in
+/// its period fails later (unknown issuer, or a CA's basic constraints),
+/// never with `CertExpired` or `CertNotValidYet`.
+fn cert_validity_at(der: &CertificateDer<'_>, now: UnixTime) -> Option<OutOfValidity> {
+    let parsed = webpki::EndEntityCert::try_from(der).ok()?;
     let algorithms = provider().signature_verification_algorithms.all;
     let checked = parsed.verify_for_usage(
         algorithms,
@@ -514,12 +528,12 @@ mod tests {
         assert_eq!(validity_at(&certified, UnixTime::now()), None);
         assert!(matches!(
             validity_at(&certified, at(0)),
-            Some(OutOfValidity::NotYetValid { not_before }) if not_before > 1_700_000_000
+            Some((0, OutOfValidity::NotYetValid { not_before })) if not_before > 1_700_000_000
         ));
         // Year 2400: after the fixture's 100 years.
         assert!(matches!(
             validity_at(&certified, at(13_569_465_600)),
-            Some(OutOfValidity::Expired { not_after }) if not_after < 13_569_465_600
+            Some((0, OutOfValidity::Expired { not_after })) if not_after < 13_569_465_600
         ));
     }
 

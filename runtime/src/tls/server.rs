@@ -79,11 +79,18 @@ impl CertSet {
 /// as nginx does) but says so at start and on reload, as `blitzc check`
 /// does with B067.
 fn warn_if_out_of_validity(certified: &CertifiedKey, path: &std::path::Path) {
-    if let Some(out) = files::validity_at(certified, rustls::pki_types::UnixTime::now()) {
-        eprintln!(
+    match files::validity_at(certified, rustls::pki_types::UnixTime::now()) {
+        Some((0, out)) => eprintln!(
             "blitz: warning: certificate {} {out}: TLS clients will reject it",
             path.display()
-        );
+        ),
+        Some((place, out)) => eprintln!(
+            "blitz: warning: certificate {}: the chain's certificate {} (an intermediate) \
+             {out}: TLS clients that build their path through it will reject it",
+            path.display(),
+            place + 1
+        ),
+        None => {}
     }
 }
 
