@@ -98,14 +98,26 @@ ROUTES = [
     ("api", [("path-prefix", ["/api"])], 'proxy "origin"'),
     ("moved", [("path-prefix", ["/old"])],
      'response-headers { add "x-moved" "1" }\n    redirect "https://example.net/new" status=308'),
+    # Names that collide once made Rust identifiers (`NoRoute` is the generated 404 variant,
+    # `Self` a keyword, `é` and `ü` both `R`, `fn matches` beside `matches!`), and bytes that
+    # must survive as literals in generated code.
+    ("no-route", [("path", ["/n/1"])],
+     'respond 200 body="q\\"b\\\\s\\u{0}nul\\u{7f}\u00e9\\u{fffd}\\n" content-type="text/x; q=\\"\u00e9\\""'),
+    ("self", [("path", ["/n/2"])], 'redirect "/rel?x=\\"y\\"&\u00e9" status=307'),
+    ("Self", [("path", ["/n/3"])], 'respond 200 body="Self"'),
+    ("a.b", [("path", ["/n/4"])], 'respond 200 body="a.b"'),
+    ("a_b", [("path", ["/n/5"])], 'respond 200 body="a_b"'),
+    ("1st", [("path", ["/n/6"])], 'respond 200 body="1st"'),
+    ("\u00e9", [("path", ["/n/7"])], 'respond 200 body="\u00e9"'),
+    ("\u00fc", [("path", ["/n/8"])], 'respond 200 body="\u00fc"'),
     ("root", [("path", ["/"])], 'respond 200 body="root"'),
     ("fallback", [("path-prefix", ["/"]), ("method", ["GET", "HEAD", "POST", "DELETE"])], 'proxy "origin"'),
 ]
 PROXIED = {name for name, _, tail in ROUTES if "proxy " in tail}
 STRIP = {"api-host": "/api", "users": "/v1"}
-LOCATION = {"moved": "https://example.net/new"}
-BODY = {"health": b"ok\n"}
-CONTENT_TYPE = {"health": "text/plain"}
+REDIRECT = {"moved": (308, "https://example.net/new"), "self": (307, '/rel?x="y"&\u00e9')}
+BODY = {"health": b"ok\n", "no-route": 'q"b\\s\0nul\x7f\u00e9\ufffd\n'.encode()}
+CONTENT_TYPE = {"health": "text/plain", "no-route": 'text/x; q="\u00e9"'}
 DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
@@ -212,8 +224,8 @@ class Case:
     @property
     def h2(self) -> bool:
         # HTTP/2 methods are tokens too, but a client library upper-cases nothing: keep h2c to
-        # upper-case methods and leave absolute-form to HTTP/1.1.
-        return self.method.isupper() and not self.absolute_form
+        # upper-case methods, and leave absolute-form and `Connection` (not in HTTP/2) to HTTP/1.1.
+        return self.method.isupper() and not self.absolute_form and "connection" not in dict(self.wire_headers())
 
     def wire_headers(self) -> list:
         """The end-to-end fields as the gateway parses them: values without the spaces around them."""
@@ -268,7 +280,10 @@ def spec_forwarded_target(route: str, case: Case) -> str:
 def spec_forwarded_fields(route: str, case: Case, tag: str) -> list:
     """The end-to-end fields the origin gets, in order: the client's, then the
     route's request-header edits (remove, set, add: docs/spec.md 12.2)."""
-    fields = [("x-case", tag), *case.wire_headers()]
+    client = case.wire_headers()
+    # RFC 9110 7.6.1: `Connection` and the fields it names are the client's hop-by-hop ones.
+    hop = {"connection"} | {n.strip().lower() for k, v in client if k == "connection" for n in v.split(",")}
+    fields = [("x-case", tag), *((n, v) for n, v in client if n not in hop)]
     if route == "v1-write":
         fields = [(n, v) for n, v in fields if n not in ("x-drop", "x-set")] + [("x-set", "s"), ("x-keep", "added")]
     return fields
@@ -423,7 +438,10 @@ PINNED = [
     Case("lower-method", "get", "/healthz", "other.test"),
     Case("write-steps", "POST", "/v1/x", "other.test", body=b"abc",
          headers=[("x-drop", "1"), ("x-keep", "k1"), ("X-Set", "client"), ("x-keep", "k2")]),
+    Case("write-steps-nominated", "PUT", "/v1/c", "other.test", body=b"",
+         headers=[("Connection", "x-set, X-Keep"), ("x-set", "client"), ("x-keep", "k1"), ("x-other", "o")]),
     Case("redirect", "GET", "/old/x?y=1", "other.test"),
+    *(Case(f"names-{i}", "GET", f"/n/{i}", "other.test") for i in range(1, 9)),
     Case("no-route", "PATCH", "/x", "other.test"),
 ]
 
@@ -480,7 +498,9 @@ class Sender:
             if (r.h("connection") or "").lower() == "close":
                 self.h1.close()
                 self.h1 = None
-            return answer(r.status, r.headers, r.body)
+            # Non-ASCII field values (a route's name, a location) are UTF-8 on the wire.
+            fields = [(n, v.encode("latin-1").decode("utf-8", "replace")) for n, v in r.headers]
+            return answer(r.status, fields, r.body)
         raise AssertionError("unreachable")
 
     def send_h2(self, case: Case, tag: str) -> Answer:
@@ -519,7 +539,7 @@ def pair(blitzc, cache_dir, tmp_path_factory):
     specs = {}
     for label, port in ports.items():
         specs[label] = tmp / f"{label}.kdl"
-        specs[label].write_text(spec_text(port, origin.port, f"{label}.sock"))
+        specs[label].write_text(spec_text(port, origin.port, f"{label}.sock"), encoding="utf-8")
     binary = tmp / "gw"
     result = build(blitzc, specs["compiled"], binary, cache_dir)
     assert result.returncode == 0, result.stderr
@@ -630,8 +650,10 @@ def test_every_answer_is_that_of_the_route_spec_md_picks(observed):
                 continue
             if route is None:
                 ok = a.status == 404
-            elif route in LOCATION:
-                ok = a.status == 308 and ("location", LOCATION[route]) in a.fields and ("x-moved", "1") in a.fields
+            elif route in REDIRECT:
+                status, location = REDIRECT[route]
+                ok = a.status == status and ("location", location) in a.fields
+                ok = ok and (("x-moved", "1") in a.fields) == (route == "moved")
             elif route in PROXIED:
                 ok = a.status == 200 and a.body == (b"" if case.method == "HEAD" else b"origin\n")
                 ok = ok and (("x-chain", "tag") in a.fields) == (route == "v1-write")
