@@ -439,7 +439,10 @@ def test_max_idle_is_per_endpoint(review):
     review.start(names=("a", "b"))
     a, b = review.origins["a"], review.origins["b"]
     results: list = []
-    burst = [threading.Thread(target=lambda: results.append(review.request("/pooled/burst?delay=0.3"))) for _ in range(4)]
+    def one() -> None:
+        results.append(review.request("/pooled/burst?delay=0.3"))
+
+    burst = [threading.Thread(target=one) for _ in range(4)]
     for t in burst:
         t.start()
     for t in burst:
@@ -502,4 +505,5 @@ def test_a_second_ejection_without_a_success_lasts_longer_than_the_first_and_end
     assert during, "the loop was too slow to say anything"
     assert set(during) == {(200, "b")}, during
     assert not client_requests(a, "/plain/during")
-    assert wait_until(lambda: review.request("/plain/end?fail=a")[1] == "a", timeout=10), "the second ejection never ended"
+    back = wait_until(lambda: review.request("/plain/end?fail=a")[1] == "a", timeout=10)
+    assert back, "the second ejection never ended"
