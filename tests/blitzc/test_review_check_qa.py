@@ -448,3 +448,57 @@ def test_a_header_timeout_check_accepts_still_lets_the_gateway_answer(blitzc, tm
         assert status_of(raw_get(port, b"/")) == 200
     finally:
         stop(served)
+
+
+# ---------------------------------------------------------------- one server written two ways (B083)
+
+
+def servers_spec(tmp_path: Path, first: str, second: str) -> Path:
+    return write_spec(tmp_path, "kdl", f'upstream "v" {{ server "{first}"; server "{second}" }}\n')
+
+
+@pytest.mark.parametrize("first, second", [
+    ("127.0.0.1:80", "127.0.0.1:80"),
+    ("[::1]:80", "[0:0::1]:80"),
+    ("a.test:80", "A.TEST:80"),
+], ids=["same-text", "ipv6-spellings", "dns-name-case"])
+def test_one_server_written_twice_is_b083(blitzc, tmp_path, first, second):
+    """Controls for the xfail below: B083 already sees through case and IPv6 spelling."""
+    assert verdict(blitzc, servers_spec(tmp_path, first, second)) == [("B083", "error")]
+
+
+@pytest.mark.xfail(strict=True, reason="bug: B083 misses one server written as IPv4 and IPv4-mapped IPv6, or with "
+                                       "a trailing dot")
+@pytest.mark.parametrize("first, second", [
+    ("127.0.0.1:80", "[::ffff:127.0.0.1]:80"),
+    ("a.test:80", "a.test.:80"),
+], ids=["ipv4-mapped", "dns-trailing-dot"])
+def test_one_server_written_two_other_ways_is_b083(blitzc, tmp_path, first, second):
+    """B022 treats `[::ffff:127.0.0.1]` as `127.0.0.1` for binds (test_spec_qa's bind-ipv4-mapped); a connect
+    to either reaches one endpoint, and `a.test.` is the fully qualified `a.test`."""
+    assert verdict(blitzc, servers_spec(tmp_path, first, second)) == [("B083", "error")]
+
+
+# ---------------------------------------------------------------- deep nesting
+
+
+def nested_kdl(tmp_path: Path, depth: int) -> Path:
+    """A valid spec, then an unknown node `a` holding `a` ... `depth` levels deep."""
+    text = 'version 1\nlistener "l" { bind "127.0.0.1:8080" }\nroute "r" { respond 200 }\n'
+    return write_spec(tmp_path, "kdl", text + "a {" * depth + "}" * depth + "\n", base=False)
+
+
+def test_nested_kdl_is_reported_not_crashed_on(blitzc, tmp_path):
+    """Control: 500 levels give one B010 (the unknown top-level node), exit 1."""
+    result = check(blitzc, nested_kdl(tmp_path, 500))
+    assert result.returncode == 1, result.stderr
+    assert [d["code"] for d in json.loads(result.stdout)["diagnostics"]] == ["B010"]
+
+
+@pytest.mark.xfail(strict=True, reason="bug: KDL nested ~1300+ levels overflows the stack in the kdl parser: "
+                                       "check aborts (SIGABRT)")
+def test_deeply_nested_kdl_is_reported_not_crashed_on(blitzc, tmp_path):
+    """Any input gets diagnostics and exit 1 (DESIGN.md's table), never a crash: 2,000 levels."""
+    result = check(blitzc, nested_kdl(tmp_path, 2000))
+    assert result.returncode == 1, (result.returncode, result.stderr[-300:])
+    assert json.loads(result.stdout)["diagnostics"]
