@@ -502,3 +502,27 @@ def test_deeply_nested_kdl_is_reported_not_crashed_on(blitzc, tmp_path):
     result = check(blitzc, nested_kdl(tmp_path, 2000))
     assert result.returncode == 1, (result.returncode, result.stderr[-300:])
     assert json.loads(result.stdout)["diagnostics"]
+
+
+# ---------------------------------------------------------------- a query parameter with an empty name
+
+EMPTY_QUERY_NAME = 'route "e" { match { query "" }; respond 200 }\nroute "fallback" { respond 404 }\n'
+
+
+def test_a_query_with_parameters_has_no_empty_named_one(blitzc, tmp_path):
+    """Control for the xfail below: `check` accepts the name ("query parameter names are taken as written"),
+    and `?a=1` carries no parameter named ""."""
+    spec = write_spec(tmp_path, "kdl", EMPTY_QUERY_NAME)
+    assert verdict(blitzc, spec) == []
+    assert route_of(blitzc, spec, "GET", "/x?a=1").stdout.strip() == "fallback"
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the reference matcher finds a parameter named \"\" in a request without "
+                                       "a query (or with an empty pair); generated code does not")
+@pytest.mark.parametrize("target", ["/x", "/x?", "/x?a=1&&b=2"])
+def test_no_parameter_named_empty_without_one_in_the_query(blitzc, tmp_path, target):
+    """docs/spec.md 15.3: "Without values the parameter must appear". `blitz_ir::matcher::query_values` splits
+    an empty query into one empty pair (name ""), so `blitzc route` and `blitzc dev` send these to `e`;
+    the compiled gateway's `query_pairs` (runtime/src/route.rs) skips empty pairs, so it would not."""
+    spec = write_spec(tmp_path, "kdl", EMPTY_QUERY_NAME)
+    assert route_of(blitzc, spec, "GET", target).stdout.strip() == "fallback"
