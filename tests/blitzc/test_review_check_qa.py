@@ -539,6 +539,11 @@ def kdl_a_then_b(a_match: str) -> str:
     return f'route "a" {{ match {{ {a_match} }}; respond 200 }}\n' + B_FOR_B
 
 
+def toml_a_then_b(a_match: str) -> str:
+    return (f'\n[[route]]\nname = "a"\nmatch = {a_match}\nrespond = 200\n'
+            '\n[[route]]\nname = "b"\nmatch = { path = "/b" }\nrespond = 200\n')
+
+
 BROKEN_CONDITION = {
     "kdl-bad-path": ("kdl", kdl_a_then_b('path "nope"'), "B038"),
     "kdl-bad-host": ("kdl", kdl_a_then_b('host "bad:80"'), "B039"),
@@ -547,26 +552,28 @@ BROKEN_CONDITION = {
     "kdl-bad-header-name-beside-a-path": ("kdl", kdl_a_then_b('header "x y" "1"; path "/b"'), "B035"),
     "kdl-header-without-name": ("kdl", kdl_a_then_b("header"), "B011"),
     "kdl-query-without-name": ("kdl", kdl_a_then_b('query; path "/b"'), "B011"),
-    "toml-bad-header-name": ("toml", ('\n[[route]]\nname = "a"\nmatch = { header = { "bad name" = true } }\n'
-                                     'respond = 200\n\n[[route]]\nname = "b"\nmatch = { path = "/b" }\nrespond = 200\n'),
-                             "B035"),
+    "kdl-host-of-wrong-type": ("kdl", kdl_a_then_b('host 5; path "/b"'), "B011"),
+    "kdl-path-without-value": ("kdl", kdl_a_then_b("path"), "B011"),
+    "toml-bad-header-name": ("toml", toml_a_then_b('{ header = { "bad name" = true } }'), "B035"),
+    "toml-empty-host-array": ("toml", toml_a_then_b('{ host = [], path = "/b" }'), "B011"),
+    "toml-host-of-wrong-type": ("toml", toml_a_then_b('{ host = 5, path = "/b" }'), "B011"),
 }
-DROPS_THE_CONDITION = {"kdl-bad-header-name", "kdl-bad-header-name-beside-a-path", "kdl-header-without-name",
-                       "kdl-query-without-name", "toml-bad-header-name"}
+CONTROLS = {"kdl-bad-path", "kdl-bad-host", "kdl-bad-regex"}
 
 
 DROPPED_CONDITION = pytest.mark.xfail(
-    strict=True, reason="bug: a header/query condition that fails to lower is dropped, so its route looks broader "
-                        "and later routes get a spurious B050")
+    strict=True, reason="bug: a match condition that fails to lower (wrong type, no value, bad header name) is "
+                        "dropped, so its route looks broader and later routes get a spurious B050")
 
 
 @pytest.mark.parametrize("case", [
-    pytest.param(case, marks=DROPPED_CONDITION) if case in DROPS_THE_CONDITION else case for case in BROKEN_CONDITION
+    case if case in CONTROLS else pytest.param(case, marks=DROPPED_CONDITION) for case in BROKEN_CONDITION
 ])
 def test_a_malformed_condition_gives_one_diagnostic_and_no_b050(blitzc, tmp_path, case):
     """docs/spec.md: "one mistake, one diagnostic" (and `validate::error_within` keeps B051 quiet for a
     `match` whose only condition was malformed). Route "a" is meant to be narrower than it lowers to; B050
     on "b" (whose help even says "a" has no `match`) sends the user after a problem the spec does not have.
-    Path, host and regex mistakes keep an empty condition (the controls); header and query ones drop it."""
+    A bad path, host or regex value leaves an empty condition (the controls); a condition of the wrong type,
+    without a value, or with a bad header name is dropped instead."""
     form, body, code = BROKEN_CONDITION[case]
     assert verdict(blitzc, write_spec(tmp_path, form, body)) == [(code, "error")]
