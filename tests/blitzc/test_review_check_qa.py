@@ -24,7 +24,12 @@ test_contract_qa.py) already cover is not repeated here. This file adds:
   carry (raw UTF-8, a space) accepted although it can never match; a `burst`
   the KDL form accepts and the TOML form rejects; a `header-timeout` `check`
   accepts that leaves the gateway answering nothing; a byte-order mark
-  counted as a column.
+  counted as a column; B083 blind to an IPv4-mapped or trailing-dot spelling
+  of one server; KDL nested ~1,300 levels deep aborting `check`; the
+  reference matcher finding a query parameter named "" in requests without
+  one; a match condition that fails to lower (wrong type, no value, bad
+  header name) dropped, so its route looks broader and a later route gets a
+  spurious B050.
 """
 
 from __future__ import annotations
