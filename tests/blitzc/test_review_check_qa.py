@@ -67,9 +67,9 @@ GITHUB_LINE = re.compile(r"^::(?:error|warning) file=[^,]+,line=(\d+),col=(\d+),
 # ---------------------------------------------------------------- helpers
 
 
-def write_spec(tmp_path: Path, form: str, body: str, base: bool = True, name: str = "spec") -> Path:
-    """The spec `body` (after the base listener and upstream unless `base` is false) as NAME.FORM."""
-    spec = tmp_path / f"{name}.{form}"
+def write_spec(tmp_path: Path, form: str, body: str, base: bool = True) -> Path:
+    """The spec `body` (after the base listener and upstream unless `base` is false) as spec.FORM."""
+    spec = tmp_path / f"spec.{form}"
     prefix = (KDL_BASE if form == "kdl" else TOML_BASE) if base else ""
     spec.write_bytes((prefix + body).encode("utf-8"))
     return spec
@@ -161,7 +161,8 @@ def limits_twins(key: str, value: str) -> tuple[str, str]:
 
 def burst_twins(burst: int) -> tuple[str, str]:
     return (
-        f'rate-limit "rl" {{ key "client-ip"; rate "1/s" burst={burst} }}\nroute "r" {{ rate-limit "rl"; proxy "u" }}\n',
+        (f'rate-limit "rl" {{ key "client-ip"; rate "1/s" burst={burst} }}\n'
+         'route "r" { rate-limit "rl"; proxy "u" }\n'),
         (f'\n[[rate-limit]]\nname = "rl"\nkey = "client-ip"\nrate = "1/s"\nburst = {burst}\n'
         '\n[[route]]\nname = "r"\nsteps = [{ rate-limit = "rl" }]\nproxy = "u"\n'),
     )
@@ -188,7 +189,8 @@ BOUNDS = [
     ("duration-empty", limits_twins("idle-timeout", '""'), [("B030", E)]),
     ("duration-full-width-digit", limits_twins("idle-timeout", '"\uff11s"'), [("B030", E)]),
     ("rate-overflowing-u64", (
-        'rate-limit "rl" { key "client-ip"; rate "99999999999999999999/s" }\nroute "r" { rate-limit "rl"; proxy "u" }\n',
+        ('rate-limit "rl" { key "client-ip"; rate "99999999999999999999/s" }\n'
+         'route "r" { rate-limit "rl"; proxy "u" }\n'),
         ('\n[[rate-limit]]\nname = "rl"\nkey = "client-ip"\nrate = "99999999999999999999/s"\n'
         '\n[[route]]\nname = "r"\nsteps = [{ rate-limit = "rl" }]\nproxy = "u"\n')), [("B032", E)]),
     ("burst-0", burst_twins(0), [("B041", E)]),
@@ -197,10 +199,12 @@ BOUNDS = [
     ("retry-attempts-11", upstream_twins("retry attempts=11", "retry = { attempts = 11 }"), [("B041", W)]),
     ("retry-on-500", upstream_twins("retry attempts=1 on=500", "retry = { attempts = 1, on = [500] }"), []),
     ("retry-on-499", upstream_twins("retry attempts=1 on=499", "retry = { attempts = 1, on = [499] }"), [("B037", E)]),
-    ("retry-on-600", upstream_twins('retry attempts=1 on="600"', 'retry = { attempts = 1, on = ["600"] }'), [("B037", E)]),
+    ("retry-on-600", upstream_twins('retry attempts=1 on="600"', 'retry = { attempts = 1, on = ["600"] }'),
+     [("B037", E)]),
     ("expect-100", upstream_twins("health-check expect=100", "health-check = { expect = 100 }"), []),
     ("expect-99", upstream_twins("health-check expect=99", "health-check = { expect = 99 }"), [("B034", E)]),
-    ("expect-one-status-range", upstream_twins('health-check expect="200-200"', 'health-check = { expect = "200-200" }'), []),
+    ("expect-one-status-range",
+     upstream_twins('health-check expect="200-200"', 'health-check = { expect = "200-200" }'), []),
     ("expect-reversed-range", upstream_twins('health-check expect="300-200"', 'health-check = { expect = "300-200" }'),
      [("B034", E)]),
     ("healthy-0", upstream_twins("health-check healthy=0", "health-check = { healthy = 0 }"), [("B041", E)]),
@@ -250,7 +254,8 @@ SHADOW = [
      'route "e" { match { header "x" "" }; respond 200 }\nroute "r" { match { header "x" }; respond 200 }\n',
      False, ("GET", "/", ("x: 1",))),
     ("a-trailing-dot-is-the-same-host",
-     'route "e" { match { host "example.com" }; respond 200 }\nroute "r" { match { host "EXAMPLE.com." }; respond 200 }\n',
+     ('route "e" { match { host "example.com" }; respond 200 }\n'
+      'route "r" { match { host "EXAMPLE.com." }; respond 200 }\n'),
      True, None),
     ("wildcards-sharing-only-a-suffix",
      'route "e" { match { host "*.b.com" }; respond 200 }\nroute "r" { match { host "*.ab.com" }; respond 200 }\n',
@@ -260,19 +265,20 @@ SHADOW = [
      False, ("GET", "/a%2fb", ())),
     ("value-alternatives-covered-by-a-union",
      ('route "e1" { match { header "x" "1" }; respond 200 }\nroute "e2" { match { header "x" "2" }; respond 200 }\n'
-     'route "r" { match { header "X" "1" "2" }; respond 200 }\n'),
+      'route "r" { match { header "X" "1" "2" }; respond 200 }\n'),
      True, None),
     ("a-query-value-plus-is-not-a-space-in-the-spec",
      'route "e" { match { query "q" "a b" }; respond 200 }\nroute "r" { match { query "q" "a+b" }; respond 200 }\n',
      False, ("GET", "/?q=a%2Bb", ())),
     ("a-method-left-open-by-a-header-route",
      ('route "e" { match { path-prefix "/v1"; method "GET" }; respond 200 }\n'
-     'route "e2" { match { path-prefix "/v1"; header "x" }; respond 200 }\n'
-     'route "r" { match { path "/v1/a"; method "GET" "POST" }; respond 200 }\n'),
+      'route "e2" { match { path-prefix "/v1"; header "x" }; respond 200 }\n'
+      'route "r" { match { path "/v1/a"; method "GET" "POST" }; respond 200 }\n'),
      False, ("POST", "/v1/a", ())),
     ("an-apex-among-wildcards",
-     ('route "e" { match { host "*.example.com" }; respond 200 }\nroute "e2" { match { host "example.com" }; respond 200 }\n'
-     'route "r" { match { host "example.com" "x.example.com" "*.a.example.com" }; respond 200 }\n'),
+     ('route "e" { match { host "*.example.com" }; respond 200 }\n'
+      'route "e2" { match { host "example.com" }; respond 200 }\n'
+      'route "r" { match { host "example.com" "x.example.com" "*.a.example.com" }; respond 200 }\n'),
      True, None),
 ]
 
@@ -290,7 +296,8 @@ def test_b050_agrees_with_the_reference_matcher(blitzc, tmp_path, routes, shadow
 
 # ---------------------------------------------------------------- positions
 
-POSITION_KDL = 'version 1\r\nlistener "l" {\tbind "127.0.0.1:8080" }\r\nroute "é日😀" {\tmatch {\tpath "/x" }\t; proxy "nope" }'
+POSITION_KDL = ('version 1\r\nlistener "l" {\tbind "127.0.0.1:8080" }\r\n'
+                'route "é日😀" {\tmatch {\tpath "/x" }\t; proxy "nope" }')
 POSITION_TOML = ('version = 1\r\n[[listener]]\r\nname = "l"\r\nbind = "127.0.0.1:8080"\r\n[[route]]\r\n'
                  'name = "é日😀"\r\nmatch = {\tpath = "/x" }\r\nproxy = {\tupstream = "nope" }')
 
