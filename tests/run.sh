@@ -28,6 +28,10 @@ cargo clippy -p blitz-runtime --features tls --all-targets --quiet -- -D warning
 step "cargo test"
 cargo test --workspace
 cargo test -p blitz-runtime --lib
+# Gateways ship in release, where integer overflow wraps instead of
+# panicking: the runtime's unit tests run there too (a timer tick that
+# wrapped around spun a worker only in release).
+cargo test --release -p blitz-runtime --features h2,tls --lib
 
 step "end-to-end tests (pytest)"
 # The runtime's example gateway is built once, in release, for the e2e tests.

@@ -365,7 +365,12 @@ impl Future for Driver {
                 return Poll::Pending;
             };
             if this.armed_for != Some(tick) {
-                let at = instant_of(tick * TICK_NS);
+                // Saturating: the tick of a timeout too long for u64
+                // nanoseconds (`sleep(Duration::MAX)`, a spec's
+                // `header-timeout "10000000h"`) is past u64::MAX / TICK_NS,
+                // and a product that wrapped around would be a deadline
+                // long past, so this loop would spin on it forever.
+                let at = instant_of(tick.saturating_mul(TICK_NS));
                 this.sleep = Some(Box::pin(compio::time::sleep_until(at)));
                 this.armed_for = Some(tick);
             }
