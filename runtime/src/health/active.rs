@@ -5,7 +5,9 @@
 //! schedule, as each server has its own check timer in HAProxy and Envoy:
 //! its next check is due `interval` after its last one ended. A check is
 //! `GET path HTTP/1.1` (`connection: close`) on a new connection, within
-//! `timeout` for connect (and TLS handshake) + status line. A server the
+//! `timeout` for connect (and TLS handshake) + the response head, read as
+//! the proxy reads one (interim 1xx heads skipped; a head cut short or
+//! one the proxy refuses is a failure). A server the
 //! workers reach over TLS is checked over TLS too, with the same
 //! verification, SNI and CA file: in cleartext a TLS server answers no
 //! HTTP, and every check would fail. A status in `expect` (default 2xx
@@ -299,40 +301,53 @@ fn exchange(
     {
         return false;
     }
-    let mut buf = [0u8; 512];
-    let mut len = 0;
-    while len < buf.len() {
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    loop {
+        match final_status(&mut buf) {
+            Ok(Some(status)) => return hc.expect.contains(&status),
+            Ok(None) => {}
+            Err(()) => return false,
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || tcp.set_read_timeout(Some(left)).is_err() {
             return false;
         }
-        match stream.read(&mut buf[len..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => len += n,
-        }
-        if buf[..len].windows(2).any(|w| w == b"\r\n") {
-            break;
+        let mut chunk = [0u8; READ_CHUNK];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    status_of(&buf[..len]).is_some_and(|s| hc.expect.contains(&s))
 }
 
-/// The status of a response starting with `head`, if its status line is
-/// valid. The reason phrase may be missing, with or without the space
-/// before it (`HTTP/1.1 200`): the proxy's parser (httparse) relays such a
-/// response, so the checker must not call that server down.
-fn status_of(head: &[u8]) -> Option<u16> {
-    let line = head.split(|&b| b == b'\n').next()?;
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut parts = line.split(|&b| b == b' ');
-    if !parts.next().is_some_and(|v| v.starts_with(b"HTTP/1.")) {
-        return None;
+/// Bytes read from a checked server at a time.
+const READ_CHUNK: usize = 1024;
+
+/// The status of the final answer at the start of `buf`, read as the
+/// proxy reads an upstream's answer (the same parser and the same floors
+/// of its response-head limits), so that the checker never calls a server
+/// down that serves clients, nor up one whose answers end in a 502 or
+/// 504: interim (1xx) heads are skipped (dropped from `buf`), a 101 or a
+/// head the proxy refuses is `Err`, a head not complete yet `Ok(None)`
+/// (the caller reads more, until `timeout`: a head cut by a close or a
+/// stall fails, as it is a 502 or 504 for a client).
+fn final_status(buf: &mut Vec<u8>) -> Result<Option<u16>, ()> {
+    let limits = crate::proxy::Limits::default().response_head_limits();
+    let mut head = crate::http::ResponseHead::default();
+    loop {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        match crate::http::parse_response_head(buf, &limits, false, &mut head) {
+            Ok(Some(_)) if head.status() == 101 => return Err(()),
+            Ok(Some(n)) if head.status() < 200 => {
+                buf.drain(..n);
+            }
+            Ok(Some(_)) => return Ok(Some(head.status())),
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(()),
+        }
     }
-    let status = parts.next().unwrap_or_default();
-    if status.len() != 3 || !status.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(status).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -343,21 +358,38 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
-    fn status_lines() {
-        assert_eq!(status_of(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(status_of(b"HTTP/1.0 302 Found\r\n"), Some(302));
-        assert_eq!(status_of(b"HTTP/1.1 503 Unavailable\r\n"), Some(503));
+    fn final_statuses() {
+        let status = |bytes: &[u8]| final_status(&mut bytes.to_vec());
+        assert_eq!(status(b"HTTP/1.1 200 OK\r\n\r\n"), Ok(Some(200)));
         assert_eq!(
-            status_of(b"HTTP/1.1 204\r\n"),
-            Some(204),
-            "no reason phrase"
+            status(b"HTTP/1.0 302 Found\r\nlocation: /\r\n\r\n"),
+            Ok(Some(302))
         );
-        assert_eq!(status_of(b"HTTP/1.1 204 \r\n"), Some(204));
-        assert_eq!(status_of(b"HTTP/1.1 204\n"), Some(204));
-        assert_eq!(status_of(b"HTTP/1.1 2000\r\n"), None);
-        assert_eq!(status_of(b"HTTP/1.1 20\r\n"), None);
-        assert_eq!(status_of(b"garbage"), None);
-        assert_eq!(status_of(b""), None);
+        assert_eq!(status(b"HTTP/1.1 503 Unavailable\r\n\r\n"), Ok(Some(503)));
+        // No reason phrase: the proxy's parser relays such an answer.
+        assert_eq!(status(b"HTTP/1.1 204\r\n\r\n"), Ok(Some(204)));
+        assert_eq!(status(b"HTTP/1.1 204 \r\n\r\n"), Ok(Some(204)));
+        // Bare LF line ends: the proxy refuses such an answer (502).
+        assert_eq!(status(b"HTTP/1.1 204\n\n"), Err(()));
+        // Interim answers are skipped, as the proxy skips them.
+        assert_eq!(
+            status(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"),
+            Ok(Some(200))
+        );
+        assert_eq!(status(b"HTTP/1.1 100 Continue\r\n\r\n"), Ok(None));
+        assert_eq!(status(b"HTTP/1.1 101 Switching\r\n\r\n"), Err(()));
+        // Not complete yet: a status line cut, or a head without its end.
+        assert_eq!(status(b"HTTP/1.1 200 OK"), Ok(None));
+        assert_eq!(status(b"HTTP/1.1 200 OK\r\nserver: x\r\n"), Ok(None));
+        assert_eq!(status(b""), Ok(None));
+        assert_eq!(status(b"HTTP/1.1 2000\r\n\r\n"), Err(()));
+        assert_eq!(status(b"HTTP/1.1 20\r\n\r\n"), Err(()));
+        assert_eq!(status(b"SSH-2.0-OpenSSH_9.6\r\n"), Err(()));
+        assert_eq!(
+            status(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"),
+            Err(()),
+            "framing the proxy refuses (502)"
+        );
     }
 
     #[test]
