@@ -136,12 +136,16 @@ impl Balancer {
                 Some(b)
             }
             Kind::LeastConn => {
+                // Ties go in turn: the search starts past the last pick (not
+                // one step on from the last start, which would hand an
+                // unusable endpoint's turns to the one after it).
                 let start = self.cursor.get();
-                self.cursor.set((start + 1) % self.n);
-                (0..self.n)
+                let picked = (0..self.n)
                     .map(|k| (start + k) % self.n)
                     .filter(|&i| usable(i))
-                    .min_by_key(|&i| load(i))
+                    .min_by_key(|&i| load(i))?;
+                self.cursor.set((picked + 1) % self.n);
+                Some(picked)
             }
             Kind::P2c => {
                 if self.n == 1 {
@@ -279,6 +283,14 @@ mod tests {
             }
         }
         assert_eq!(seen, [10, 10, 10]);
+        // One endpoint out: ties alternate between the other two.
+        let mut seen = [0; 3];
+        for _ in 0..30 {
+            if let Some(i) = b.pick(0, |i| i != 1, |_| 0) {
+                seen[i] += 1;
+            }
+        }
+        assert_eq!(seen, [15, 0, 15]);
     }
 
     #[test]
