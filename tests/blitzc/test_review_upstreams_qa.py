@@ -8,21 +8,21 @@ and pools, which are per worker, are exact) and real origins and a real DNS
 server (`support/dns_server.py`). What test_upstreams.py,
 test_upstreams_qa.py and test_known_gaps.py already cover is not repeated.
 
-- Active checks (`active.rs`, `exchange`/`status_of`): a check that gets no
+- Active checks (`active.rs`, `exchange`/`final_status`): a check that gets no
   status line (a silent server, garbage, a reset) marks the server down; a
   status line cut before its CRLF, then a stall or a close, must too (the
   data path answers 504/502 to it), and a 103 Early Hints before a 200 must
   not (the data path relays the 200; RFC 9110 §15.2: a client must parse
-  1xx answers before the final one). The last two are bugs (strict xfails),
-  each next to its passing control.
+  1xx answers before the final one). The last two were bugs, fixed: the
+  checker now reads the answer with the proxy's own parser (`final_status`).
 - DNS (`dns.rs`, `UpstreamSet::refresh`): an address DNS removes loses its
   idle connections at the workers' next tick, and a request in flight to
   it finishes but its connection is not pooled; an empty or NXDOMAIN answer
   keeps the last addresses; a name that resolves to nothing at start is
   503 until it resolves, then served without a restart.
 - Balancers (`balance.rs`): with one server down, least-conn's ties must
-  still go in turn among the others, as round-robin's turns do (a bug:
-  strict xfail, next to round-robin as its control).
+  still go in turn among the others, as round-robin's turns do (a bug,
+  fixed: the tie-break cursor now moves past the endpoint picked).
 - Pools (`pool.rs`): `max-idle` is per endpoint, not per upstream.
 - Passive health (`outlier.rs`): a second ejection without a success in
   between lasts longer than the first (2 s, then 4 s), and still ends.
@@ -241,10 +241,6 @@ def review(review_binary, cache_dir, dns):
 
 # ---------------------------------------------------------------- active checks
 
-CUT_LINE_BUG = (
-    "bug: the health checker (active.rs exchange/status_of) takes a status line cut before its CRLF, "
-    "then a stall or a close, as a 200: a server the data path answers 504/502 for stays up"
-)
 
 
 @pytest.mark.parametrize(
@@ -253,8 +249,8 @@ CUT_LINE_BUG = (
         "hang",
         "garbage",
         "reset",
-        pytest.param("cut-hang", marks=pytest.mark.xfail(strict=True, reason=CUT_LINE_BUG)),
-        pytest.param("cut-close", marks=pytest.mark.xfail(strict=True, reason=CUT_LINE_BUG)),
+        "cut-hang",
+        "cut-close",
     ],
 )
 def test_a_check_that_gets_no_complete_status_line_marks_the_server_down(review, mode):
@@ -276,14 +272,7 @@ def test_a_check_that_gets_no_complete_status_line_marks_the_server_down(review,
     "mode",
     [
         "ok",
-        pytest.param(
-            "early-hints",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: the health checker (active.rs status_of) reads the first status line, so a 103 Early "
-                "Hints before the 200 fails the check and a server the data path serves is marked down",
-            ),
-        ),
+        "early-hints",
     ],
 )
 def test_a_server_whose_checks_end_in_a_200_stays_up(review, mode):
@@ -303,7 +292,7 @@ def test_a_server_whose_checks_end_in_a_200_stays_up(review, mode):
 
 
 def test_the_data_path_relays_a_200_after_early_hints_and_takes_no_cut_status_line(review):
-    """The controls of the two xfails above: the same answers through the
+    """The controls of the two cases above: the same answers through the
     proxy. A 103 then a 200 is a 200 (the checker must agree); a status
     line cut before its CRLF is no answer: 504 when the server then stalls
     past `timeouts response` (1 s), 502 when it closes."""
@@ -323,14 +312,7 @@ def test_the_data_path_relays_a_200_after_early_hints_and_takes_no_cut_status_li
     "balance",
     [
         "rr",
-        pytest.param(
-            "lc",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: least-conn (balance.rs Kind::LeastConn) moves its tie-break cursor one step per pick, "
-                "not past the endpoint it picked: the endpoint after a down one takes that one's turns (2:1)",
-            ),
-        ),
+        "lc",
     ],
 )
 def test_ties_go_in_turn_among_the_servers_left_when_one_is_down(review, balance):
