@@ -220,7 +220,7 @@ fn route(spec_path: &Path, method: &str, url: &str, headers: &[String]) -> ExitC
     for header in headers {
         match header.split_once(':') {
             Some((name, value)) if !name.is_empty() && name.bytes().all(is_token_byte) => {
-                parsed_headers.push((name, value.trim()))
+                parsed_headers.push((name, value.trim().as_bytes()))
             }
             _ => {
                 eprintln!("error: header `{header}` is not `name: value`");
@@ -236,8 +236,8 @@ fn route(spec_path: &Path, method: &str, url: &str, headers: &[String]) -> ExitC
             let host = parsed_headers
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case("host"))
-                .map(|(_, v)| *v);
-            (host.unwrap_or("").to_string(), target)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+            (host.unwrap_or_default(), target)
         }
         None => {
             eprintln!(

@@ -53,8 +53,11 @@ pub struct RequestHead<'a> {
     pub host: &'a str,
     /// The request target's path and query (`/a/b?x=1`), not normalised.
     pub target: &'a str,
-    /// Every header field line, in order; names in any case.
-    pub headers: &'a [(&'a str, &'a str)],
+    /// Every header field line, in order; names in any case. Values are
+    /// bytes: a value with obs-text (RFC 9110 §5.5) is a field line that
+    /// `header NAME` finds, and equals no spec value (which is UTF-8 text),
+    /// as in generated code.
+    pub headers: &'a [(&'a str, &'a [u8])],
 }
 
 /// Normalises a request path for matching and forwarding:
@@ -187,15 +190,20 @@ pub fn host_matches(host: &str, pattern: &HostPattern) -> bool {
 }
 
 /// Every value of the query parameter `name`, decoded as HTML forms encode
-/// them (`+` and `%XX`).
-fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
-    query.split('&').filter_map(move |pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode_query(k) == name).then(|| decode_query(v))
-    })
+/// them (`+` and `%XX`), as bytes: `%FF` is the byte 0xFF, which no spec
+/// value (UTF-8 text) holds alone. Empty pairs (`a=1&&b=2`, an empty
+/// query) are no parameter.
+fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = Vec<u8>> + 'a {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode_query(k) == name.as_bytes()).then(|| decode_query(v))
+        })
 }
 
-fn decode_query(text: &str) -> String {
+fn decode_query(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -220,7 +228,15 @@ fn decode_query(text: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// A `path-regex` as every consumer compiles it: anchored to match the
+/// whole path. Validation compiles this very string, so a pattern that only
+/// compiles bare (a `(?x)` comment that swallows the closing `)$`) is
+/// refused by `check`, not met by a panic in a generated gateway.
+pub fn anchored_regex(pattern: &str) -> String {
+    format!("^(?:{pattern})$")
 }
 
 /// The reference matcher over a spec, with its regexes compiled once.
@@ -250,7 +266,7 @@ pub struct PreparedRequest<'a> {
     pub path: String,
     /// The raw query, without `?` and fragment; empty when there is none.
     pub query: &'a str,
-    pub headers: &'a [(&'a str, &'a str)],
+    pub headers: &'a [(&'a str, &'a [u8])],
 }
 
 impl<'a> PreparedRequest<'a> {
@@ -272,8 +288,12 @@ impl<'a> PreparedRequest<'a> {
     fn header_matches(&self, name: &str, values: &[crate::Spanned<String>]) -> bool {
         self.headers.iter().any(|(n, v)| {
             n.eq_ignore_ascii_case(name) && {
-                let v = v.trim_matches([' ', '\t']);
-                values.is_empty() || values.iter().any(|x| x.value == v)
+                // Optional whitespace around a field value (RFC 9110 §5.5).
+                let ows = |b: &u8| *b == b' ' || *b == b'\t';
+                let start = v.iter().position(|b| !ows(b)).unwrap_or(v.len());
+                let end = v.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+                let v = &v[start..end];
+                values.is_empty() || values.iter().any(|x| x.value.as_bytes() == v)
             }
         })
     }
@@ -285,7 +305,7 @@ impl<'a> PreparedRequest<'a> {
         if values.is_empty() {
             found.next().is_some()
         } else {
-            found.any(|v| values.iter().any(|x| x.value == v))
+            found.any(|v| values.iter().any(|x| x.value.as_bytes() == v))
         }
     }
 }
@@ -301,7 +321,7 @@ impl<'s> Router<'s> {
                 let mut compiled = Vec::new();
                 if let Test::PathRegex(patterns) = &condition.test {
                     for pattern in patterns {
-                        compiled.push(Regex::new(&format!("^(?:{})$", pattern.value))?);
+                        compiled.push(Regex::new(&anchored_regex(&pattern.value))?);
                     }
                 }
                 per_condition.push(compiled);

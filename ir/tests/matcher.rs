@@ -109,11 +109,16 @@ impl Req {
 /// The name of the route serving `req`, or `None` for a 404.
 fn serve(spec: &Spec, req: &Req) -> Option<String> {
     let router = Router::new(spec).expect("regexes compile");
+    let headers: Vec<(&str, &[u8])> = req
+        .headers
+        .iter()
+        .map(|&(n, v)| (n, v.as_bytes()))
+        .collect();
     let head = RequestHead {
         method: req.method,
         host: req.host,
         target: req.target,
-        headers: &req.headers,
+        headers: &headers,
     };
     router
         .route(&head)

@@ -26,9 +26,11 @@ hundred seeded-random ones (bounded in time). For each request:
   stripped on a segment boundary, the query as sent, and the steps' edits.
 
 Then targeted requests for what the code review found: the reference
-matcher behind `blitzc dev` reads header values and decoded query values as
-lossy UTF-8, the generated code compares bytes, so the two decide apart on a
-spec value holding U+FFFD (bugs, strict xfails, each with a passing control).
+matcher behind `blitzc dev` read header values and decoded query values as
+lossy UTF-8 where the generated code compares bytes, so the two decided
+apart on a spec value holding U+FFFD; and a `response-headers` `remove` of
+`content-type` left a `respond`'s own in place (bugs, fixed; each test next
+to its control).
 
 `BLITZ_RANDOM_SEED`, `BLITZ_RANDOM_CASES` and `BLITZ_RANDOM_SECONDS` steer the
 random part (defaults: a fixed seed, 600 cases, 25 s per gateway).
@@ -741,7 +743,6 @@ def test_control_query_value_spelled_in_utf8_matches_a_replacement_character(bli
     assert set(decided.values()) == {"query-replacement"}, decided
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the reference matcher decodes a query value as lossy UTF-8 (%FF == U+FFFD)")
 def test_query_byte_that_is_not_utf8_is_not_a_replacement_character(blitzc, pair):
     # SPEC.md: `%XX` is a byte. 0xFF is not the three bytes of U+FFFD, so `query "v" "\ufffd"`
     # does not hold and the request falls through, as the generated code decides; `blitzc dev`
@@ -756,7 +757,6 @@ def test_control_header_value_in_utf8_matches_a_replacement_character(pair):
     assert decisions(pair, "/hr", extra) == {"compiled": "header-replacement", "interpreted": "header-replacement"}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: blitzc dev reads header values as lossy UTF-8 (obs-text 0xFF == U+FFFD)")
 def test_header_obs_text_is_not_a_replacement_character(pair):
     # SPEC.md: `header NAME VALUE` is an exact value. The obs-text byte 0xFF is not U+FFFD.
     assert decisions(pair, "/hr", b"x-r: \xff\r\n") == {"compiled": "fallback", "interpreted": "fallback"}
@@ -793,7 +793,6 @@ def test_control_a_response_step_removes_an_origins_content_type(pair):
         assert got == (200, "proxy-remove", None, None), label
 
 
-@pytest.mark.xfail(strict=True, reason="bug: response-headers `remove` does not remove a respond's own content-type")
 def test_a_response_step_removes_the_content_type_of_a_respond(pair):
     # docs/spec.md 12.2: `remove` drops every value of the header from the response sent to the
     # client; a `set` of `content-type` does replace the action's own (test_header_steps.py).

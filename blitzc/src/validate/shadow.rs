@@ -1564,10 +1564,10 @@ mod tests {
     }
 
     fn serve(router: &Router<'_>, request: &Request) -> Option<usize> {
-        let headers: Vec<(&str, &str)> = request
+        let headers: Vec<(&str, &[u8])> = request
             .headers
             .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
             .collect();
         let head = RequestHead {
             method: &request.method,
@@ -1595,10 +1595,10 @@ mod tests {
             PathBase::Prefix(q) => path_has_prefix(path, q),
             PathBase::Exact(p) => &**p == path,
         };
-        base && atom
-            .regexes
-            .iter()
-            .all(|r| regex::Regex::new(&format!("^(?:{r})$")).is_ok_and(|re| re.is_match(path)))
+        base && atom.regexes.iter().all(|r| {
+            regex::Regex::new(&blitz_ir::matcher::anchored_regex(r))
+                .is_ok_and(|re| re.is_match(path))
+        })
     }
 
     fn values(set: &ValueSet) -> Option<Vec<String>> {

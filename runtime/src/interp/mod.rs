@@ -52,14 +52,15 @@ impl Interpreter {
 
     /// The index of the route that serves `req`, or `None` (a 404).
     pub fn route_index(&self, req: &RequestHead) -> Option<usize> {
-        // Lossy, not filtered: a value with obs-text (RFC 9110 §5.5) is
-        // still a field line that `header NAME` finds, as in generated code.
-        let owned: Vec<(Cow<'_, str>, Cow<'_, str>)> = req
+        // Values as bytes: a value with obs-text (RFC 9110 §5.5) is still a
+        // field line that `header NAME` finds, and equals no spec value, as
+        // in generated code. Names are tokens (the parser refused others).
+        let owned: Vec<(Cow<'_, str>, &[u8])> = req
             .headers()
             .iter()
-            .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v)))
+            .map(|(n, v)| (String::from_utf8_lossy(n), v))
             .collect();
-        let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (&**n, &**v)).collect();
+        let headers: Vec<(&str, &[u8])> = owned.iter().map(|(n, v)| (&**n, *v)).collect();
         let host = String::from_utf8_lossy(req.host());
         // Origin-form path and query, also for an absolute-form target.
         let target = String::from_utf8_lossy(req.path());
