@@ -211,6 +211,22 @@ impl HeaderBlock {
         self.remove(name);
         self.append(name, value);
     }
+
+    /// Removes each of the first `first` fields that a later live field of
+    /// the same name follows: a local answer's own `content-type`,
+    /// `location` or `date` gives way to one a response step added.
+    pub(crate) fn give_way(&mut self, first: usize) {
+        for i in 0..first.min(self.entries.len()) {
+            let name = span(&self.entries[i].name);
+            let superseded = self.entries[i + 1..].iter().any(|later| {
+                !later.removed
+                    && self.bytes[span(&later.name)].eq_ignore_ascii_case(&self.bytes[name.clone()])
+            });
+            if superseded {
+                self.entries[i].removed = true;
+            }
+        }
+    }
 }
 
 /// A parsed, validated request head.

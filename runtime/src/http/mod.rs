@@ -55,6 +55,8 @@ pub use parse::{
     HeadLimits, Reject, parse_content_length, parse_request_head, parse_response_head,
     valid_authority,
 };
+pub use write::LocalFields;
+pub(crate) use write::own_local_fields;
 pub use write::{
     ForwardInfo, LocalResponse, reason_phrase, status_has_no_body, strip_path_prefix,
     valid_request_id, write_forward_request, write_local_response, write_response_head,

@@ -784,13 +784,14 @@ fn local_responses() {
     write_local_response(
         &LocalResponse {
             status: 301,
-            content_type: None,
-            location: Some(b"https://example.com/"),
+            fields: LocalFields::Own {
+                content_type: None,
+                location: Some(b"https://example.com/"),
+            },
             body: b"",
             close: false,
             head_only: false,
             keep_alive_10: false,
-            extra: None,
         },
         &mut out,
     );
@@ -799,13 +800,14 @@ fn local_responses() {
     write_local_response(
         &LocalResponse {
             status: 200,
-            content_type: Some("text/plain"),
-            location: None,
+            fields: LocalFields::Own {
+                content_type: Some("text/plain"),
+                location: None,
+            },
             body: b"ok\n",
             close: true,
             head_only: true,
             keep_alive_10: false,
-            extra: None,
         },
         &mut out,
     );
@@ -819,13 +821,14 @@ fn local_204_and_304_have_neither_body_nor_length() {
         write_local_response(
             &LocalResponse {
                 status,
-                content_type: None,
-                location: None,
+                fields: LocalFields::Own {
+                    content_type: None,
+                    location: None,
+                },
                 body: b"xyz",
                 close: false,
                 head_only: false,
                 keep_alive_10: false,
-                extra: None,
             },
             &mut out,
         );

@@ -256,10 +256,8 @@ fn dropped_from_response(name: &[u8]) -> bool {
 pub struct LocalResponse<'a> {
     /// Status code.
     pub status: u16,
-    /// `content-type`, if any.
-    pub content_type: Option<&'a str>,
-    /// `location`, if any (redirects).
-    pub location: Option<&'a [u8]>,
+    /// Its fields (framing and connection fields are added here).
+    pub fields: LocalFields<'a>,
     /// Body bytes.
     pub body: &'a [u8],
     /// Add `connection: close`.
@@ -268,9 +266,60 @@ pub struct LocalResponse<'a> {
     pub head_only: bool,
     /// HTTP/1.0 client that asked for keep-alive.
     pub keep_alive_10: bool,
-    /// Headers the route's response steps set (`response-headers`); framing
-    /// and hop-by-hop names among them are dropped, as from an upstream.
-    pub extra: Option<&'a HeaderBlock>,
+}
+
+/// The fields of an answer the gateway writes itself.
+#[derive(Clone, Copy, Debug)]
+pub enum LocalFields<'a> {
+    /// Its own: a `content-type`, a `location` (redirects), and a `date`
+    /// added when written ([`own_local_fields`]).
+    Own {
+        content_type: Option<&'a str>,
+        location: Option<&'a [u8]>,
+    },
+    /// Its own after the route's response steps (`response-headers`) ran
+    /// over them, which may have replaced or removed them. Framing and
+    /// hop-by-hop names among them are dropped when written, as from an
+    /// upstream.
+    Stepped(&'a HeaderBlock),
+}
+
+impl LocalFields<'_> {
+    /// Each field to write, given to `put`.
+    pub(crate) fn each(&self, mut put: impl FnMut(&[u8], &[u8])) {
+        match *self {
+            LocalFields::Own {
+                content_type,
+                location,
+            } => own_local_fields(content_type, location, |n, v| put(n.as_bytes(), v)),
+            LocalFields::Stepped(block) => {
+                for (name, value) in block.iter() {
+                    if !dropped_from_response(name) {
+                        put(name, value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A local answer's own fields, each given to `put`: its `content-type`,
+/// its `location` (unless it holds CR, LF or NUL) and a `date` (an origin
+/// server with a clock dates its answers, RFC 9110 §6.6.1).
+pub(crate) fn own_local_fields(
+    content_type: Option<&str>,
+    location: Option<&[u8]>,
+    mut put: impl FnMut(&str, &[u8]),
+) {
+    if let Some(ct) = content_type {
+        put("content-type", ct.as_bytes());
+    }
+    if let Some(loc) = location
+        && !loc.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+    {
+        put("location", loc);
+    }
+    put("date", &super::http_date());
 }
 
 /// Writes a whole local response (head and body) into `out`.
@@ -280,31 +329,7 @@ pub fn write_local_response(r: &LocalResponse<'_>, out: &mut Vec<u8>) {
     out.push(b' ');
     out.extend_from_slice(reason_phrase(r.status).as_bytes());
     out.extend_from_slice(b"\r\n");
-    // A `content-type` or `location` the response steps set replaces the
-    // action's own (`set` replaces every value), instead of adding a second.
-    let stepped = |name: &str| r.extra.is_some_and(|e| e.get(name).is_some());
-    if let Some(ct) = r.content_type
-        && !stepped("content-type")
-    {
-        put_field(out, b"content-type", ct.as_bytes());
-    }
-    if let Some(loc) = r.location
-        && !loc.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
-        && !stepped("location")
-    {
-        put_field(out, b"location", loc);
-    }
-    // An origin server with a clock dates its answers (RFC 9110 §6.6.1).
-    if !stepped("date") {
-        put_field(out, b"date", &super::http_date());
-    }
-    if let Some(extra) = r.extra {
-        for (name, value) in extra.iter() {
-            if !dropped_from_response(name) {
-                put_field(out, name, value);
-            }
-        }
-    }
+    r.fields.each(|name, value| put_field(out, name, value));
     // 204 and 304 carry no body, and a 204 no length (RFC 9110 §8.6,
     // §15.3.5, §15.4.5): a body written after them would be read as the
     // start of the next response.

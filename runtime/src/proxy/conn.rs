@@ -15,8 +15,8 @@ use super::gateway::{Action, Gateway, RequestLog};
 use super::io::{ReadOutcome, Stream, read_more, write_all_within};
 use super::upstream::{Exchange, proxy_request};
 use crate::http::{
-    HeaderBlock, LocalResponse, RequestHead, ResponseHead, Version, parse_request_head,
-    write_local_response,
+    HeaderBlock, LocalFields, LocalResponse, RequestHead, ResponseHead, Version,
+    parse_request_head, write_local_response,
 };
 use crate::rt::Listener;
 use crate::rt::time::coarse_now;
@@ -145,13 +145,14 @@ async fn serve_tls<G: Gateway>(
             write_local_response(
                 &LocalResponse {
                     status: 400,
-                    content_type: Some("text/plain"),
-                    location: None,
+                    fields: LocalFields::Own {
+                        content_type: Some("text/plain"),
+                        location: None,
+                    },
                     body: PLAIN_HTTP_TO_TLS,
                     close: true,
                     head_only: stream.sent_plain_head(),
                     keep_alive_10: false,
-                    extra: None,
                 },
                 &mut answer,
             );
@@ -262,32 +263,14 @@ async fn serve_h1<G: Gateway, S: Stream>(
                 body,
                 content_type,
             } => {
-                let extra = local_response_steps(&w, route, status, &mut ctx);
-                local_answer(
-                    &w,
-                    &mut client,
-                    &req,
-                    status,
-                    &body,
-                    Some(content_type),
-                    None,
-                    extra.as_ref(),
-                )
-                .await
+                let fields =
+                    local_response_steps(&w, route, status, (Some(content_type), None), &mut ctx);
+                local_answer(&w, &mut client, &req, status, &body, &fields).await
             }
             Action::Redirect { location, status } => {
-                let extra = local_response_steps(&w, route, status, &mut ctx);
-                local_answer(
-                    &w,
-                    &mut client,
-                    &req,
-                    status,
-                    b"",
-                    None,
-                    Some(location.as_bytes()),
-                    extra.as_ref(),
-                )
-                .await
+                let own = (None, Some(location.as_bytes()));
+                let fields = local_response_steps(&w, route, status, own, &mut ctx);
+                local_answer(&w, &mut client, &req, status, b"", &fields).await
             }
             Action::Proxy {
                 upstream,
@@ -571,47 +554,53 @@ async fn last_call<F: Future>(read: std::pin::Pin<&mut F>) -> Option<F::Output> 
 }
 
 /// Runs the route's response steps for a response the gateway writes
-/// itself (`respond`, `redirect`), so `response-headers` apply there as on
-/// proxied responses. `None` when the steps set nothing (no allocation).
+/// itself (`respond`, `redirect`) over its own fields (`content-type`,
+/// `location`, `date`), so `response-headers` set, add and remove there as
+/// on proxied responses; returns the answer's fields.
 pub(super) fn local_response_steps<G: Gateway>(
     w: &Worker<G>,
     route: G::Route,
     status: u16,
+    (content_type, location): (Option<&str>, Option<&[u8]>),
     ctx: &mut G::Ctx,
-) -> Option<HeaderBlock> {
+) -> HeaderBlock {
     let mut resp = ResponseHead {
         status,
         ..ResponseHead::default()
     };
+    let mut own = 0;
+    crate::http::own_local_fields(content_type, location, |name, value| {
+        resp.headers.append(name, value);
+        own += 1;
+    });
     w.gateway.response(route, &mut resp, ctx);
-    (!resp.headers.is_empty()).then_some(resp.headers)
+    // A step's `add` of one of them replaces it rather than adding a
+    // second (docs/spec.md 12.2); `set` and `remove` act as on any answer.
+    resp.headers.give_way(own);
+    resp.headers
 }
 
-/// Answers locally. The request body, if any, is not read: the connection
-/// closes after the answer so its bytes are never parsed as a request.
-#[allow(clippy::too_many_arguments)]
+/// Answers locally with `fields` (from [`local_response_steps`]). The
+/// request body, if any, is not read: the connection closes after the
+/// answer so its bytes are never parsed as a request.
 async fn local_answer<G: Gateway, S: Stream>(
     w: &Worker<G>,
     c: &mut Client<S>,
     req: &RequestHead,
     status: u16,
     body: &[u8],
-    content_type: Option<&str>,
-    location: Option<&[u8]>,
-    extra: Option<&HeaderBlock>,
+    fields: &HeaderBlock,
 ) -> (bool, u16, Option<ProxyError>) {
     let keep_alive = req.keep_alive() && !req.framing().has_body() && !w.drain.is_draining();
     let mut out = w.buffers.take();
     write_local_response(
         &LocalResponse {
             status,
-            content_type,
-            location,
+            fields: LocalFields::Stepped(fields),
             body,
             close: !keep_alive,
             head_only: req.is_head(),
             keep_alive_10: keep_alive && req.version() == Version::Http10,
-            extra,
         },
         &mut out,
     );
@@ -635,13 +624,14 @@ pub(crate) fn write_error(out: &mut Vec<u8>, status: u16, head_only: bool) {
     write_local_response(
         &LocalResponse {
             status,
-            content_type: Some("text/plain"),
-            location: None,
+            fields: LocalFields::Own {
+                content_type: Some("text/plain"),
+                location: None,
+            },
             body: error_body(status),
             close: true,
             head_only,
             keep_alive_10: false,
-            extra: None,
         },
         out,
     );

@@ -15,7 +15,7 @@ use http::Request;
 use super::exchange::{Outcome, proxy_stream};
 use super::translate::{Refused, local_head, request_head};
 use super::{StreamEnd, StreamEnds};
-use crate::http::{HeaderBlock, RequestHead, status_has_no_body};
+use crate::http::{LocalFields, RequestHead, status_has_no_body};
 use crate::proxy::Worker;
 use crate::proxy::conn::error_body;
 use crate::proxy::conn::local_response_steps;
@@ -120,28 +120,27 @@ async fn answer<G: Gateway>(
             body: content,
             content_type,
         } => {
-            let extra = local_response_steps(w, route, status, &mut ctx);
+            let own = (Some(content_type), None);
+            let fields = local_response_steps(w, route, status, own, &mut ctx);
             let ok = send_local(
                 respond,
                 status,
-                Some(content_type),
-                None,
+                LocalFields::Stepped(&fields),
                 content,
                 req.is_head(),
-                extra.as_ref(),
             );
             local_outcome(ok, status)
         }
         Action::Redirect { location, status } => {
-            let extra = local_response_steps(w, route, status, &mut ctx);
+            let own = (None, Some(location.as_bytes()));
+            let fields = local_response_steps(w, route, status, own, &mut ctx);
+            let empty = std::borrow::Cow::Borrowed(&b""[..]);
             let ok = send_local(
                 respond,
                 status,
-                None,
-                Some(location.as_bytes()),
-                std::borrow::Cow::Borrowed(b""),
+                LocalFields::Stepped(&fields),
+                empty,
                 req.is_head(),
-                extra.as_ref(),
             );
             local_outcome(ok, status)
         }
@@ -208,13 +207,11 @@ fn local_outcome(ok: bool, status: u16) -> (u16, Option<ProxyError>) {
 fn send_local(
     respond: &mut SendResponse<Bytes>,
     status: u16,
-    content_type: Option<&str>,
-    location: Option<&[u8]>,
+    fields: LocalFields<'_>,
     body: std::borrow::Cow<'static, [u8]>,
     head_only: bool,
-    extra: Option<&HeaderBlock>,
 ) -> bool {
-    let head = local_head(status, content_type, location, body.len(), extra);
+    let head = local_head(status, fields, body.len());
     let empty = head_only || body.is_empty() || status_has_no_body(status);
     let Ok(mut send) = respond.send_response(head, empty) else {
         return false;
@@ -233,15 +230,12 @@ fn send_local(
 
 /// The runtime's short error answer (400, 502, 504...).
 fn send_error(respond: &mut SendResponse<Bytes>, status: u16, head_only: bool) -> bool {
-    let sent = send_local(
-        respond,
-        status,
-        Some("text/plain"),
-        None,
-        std::borrow::Cow::Borrowed(error_body(status)),
-        head_only,
-        None,
-    );
+    let own = LocalFields::Own {
+        content_type: Some("text/plain"),
+        location: None,
+    };
+    let body = std::borrow::Cow::Borrowed(error_body(status));
+    let sent = send_local(respond, status, own, body, head_only);
     if !sent {
         respond.send_reset(Reason::INTERNAL_ERROR);
     }

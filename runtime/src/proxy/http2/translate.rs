@@ -34,7 +34,8 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use crate::http::{
-    BodyFraming, HeadLimits, RequestHead, ResponseHead, parse_request_head, status_has_no_body,
+    BodyFraming, HeadLimits, LocalFields, RequestHead, ResponseHead, parse_request_head,
+    status_has_no_body,
 };
 
 /// A request refused before routing: the status to answer and why.
@@ -231,54 +232,21 @@ pub(crate) fn response_head(resp: &ResponseHead, is_head: bool) -> Response<()> 
     out
 }
 
-/// A response the gateway writes itself (local answers and errors).
-pub(crate) fn local_head(
-    status: u16,
-    content_type: Option<&str>,
-    location: Option<&[u8]>,
-    length: usize,
-    extra: Option<&crate::http::HeaderBlock>,
-) -> Response<()> {
+/// The HTTP/2 head of an answer the gateway writes itself, as
+/// `write_local_response` writes it for HTTP/1.1: its fields, then the
+/// length of its `length`-byte body (none for 204 and 304).
+pub(crate) fn local_head(status: u16, fields: LocalFields<'_>, length: usize) -> Response<()> {
     let mut out = Response::new(());
     *out.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = out.headers_mut();
-    if let Some(ct) = content_type
-        && let Ok(v) = http::HeaderValue::from_str(ct)
-    {
-        headers.insert(http::header::CONTENT_TYPE, v);
-    }
-    if let Some(loc) = location
-        && let Ok(v) = http::HeaderValue::from_bytes(loc)
-    {
-        headers.insert(http::header::LOCATION, v);
-    }
-    if let Ok(date) = http::HeaderValue::from_bytes(&crate::http::http_date()) {
-        headers.insert(http::header::DATE, date);
-    }
-    if let Some(extra) = extra {
-        // A `content-type`, `location` or `date` the response steps set
-        // replaces the action's own, as on HTTP/1.1 (write_local_response).
-        let mut replaced = Vec::new();
-        for (name, value) in extra.iter_end_to_end() {
-            if dropped_from_response(name) {
-                continue;
-            }
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name),
-                http::HeaderValue::from_bytes(value),
-            ) {
-                if (n == http::header::CONTENT_TYPE
-                    || n == http::header::LOCATION
-                    || n == http::header::DATE)
-                    && !replaced.contains(&n)
-                {
-                    headers.remove(&n);
-                    replaced.push(n.clone());
-                }
-                headers.append(n, v);
-            }
+    fields.each(|name, value| {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            headers.append(n, v);
         }
-    }
+    });
     // A 204 has no length (RFC 9110 §8.6), and neither it nor a 304 a body.
     if !status_has_no_body(status) {
         headers.insert(
