@@ -206,7 +206,9 @@ const DESCRIPTIONS: &[Description] = &[
     Description {
         code: "B036",
         severity: "error",
-        meaning: "A `path-regex` that does not compile with Rust `regex` syntax.",
+        meaning: "A `path-regex` that does not compile with Rust `regex` syntax, as it is \
+                  applied: anchored to the whole path, as `^(?:REGEX)$` (a `#` comment of \
+                  `(?x)` mode that runs to the end of the pattern swallows the anchoring).",
         fix: "Fix the expression at the place the label names; it must match the whole path.",
     },
     Description {
@@ -220,12 +222,16 @@ const DESCRIPTIONS: &[Description] = &[
     Description {
         code: "B038",
         severity: "error or warning",
-        meaning: "A path that is not absolute or not normalised (`path`, `path-prefix`, a \
-                  health-check path, `strip-prefix`): requests are normalised before matching, \
-                  so such a path could never match. A warning when a `strip-prefix` does not \
-                  fit the paths the route matches, so nothing would be stripped.",
-        fix: "Start paths with `/` and write them normalised (the help gives the normalised \
-              form); use a `strip-prefix` that every matched path starts with.",
+        meaning: "A path that is not absolute, not normalised, or holds a character a \
+                  request target cannot carry unencoded (a space, a control or non-ASCII \
+                  character) (`path`, `path-prefix`, a health-check path, `strip-prefix`): \
+                  requests are normalised before matching, and a raw such byte is refused \
+                  with 400, so such a path could never match. A warning when a \
+                  `strip-prefix` does not fit the paths the route matches, so nothing would \
+                  be stripped.",
+        fix: "Start paths with `/` and write them normalised and percent-encoded as clients \
+              send them (the help gives that form); use a `strip-prefix` that every matched \
+              path starts with.",
     },
     Description {
         code: "B039",
@@ -431,7 +437,9 @@ const DESCRIPTIONS: &[Description] = &[
     Description {
         code: "B083",
         severity: "error",
-        meaning: "The same server address twice in one upstream.",
+        meaning: "The same server address twice in one upstream, however it is spelt (an \
+                  IPv4 address and its IPv4-mapped IPv6 form, a name with and without its \
+                  trailing dot, any letter case).",
         fix: "List each server once; to send it more requests, give it a higher weight.",
     },
     Description {

@@ -162,7 +162,7 @@ pub fn generate(spec: &Spec, names: &Names) -> RouteCode {
                 Test::PathRegex(regexes) => {
                     let tests = regexes.iter().map(|re| {
                         let name = format_ident!("REGEX_{}", regex_names.len());
-                        let anchored = format!("^(?:{})$", re.value);
+                        let anchored = blitz_ir::matcher::anchored_regex(&re.value);
                         regex_statics.extend(quote! {
                             static #name: LazyLock<Regex> =
                                 LazyLock::new(|| Regex::new(#anchored).expect("regex validated by blitzc"));

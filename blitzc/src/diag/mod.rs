@@ -183,10 +183,11 @@ impl SourceFile {
             .partition_point(|&start| start <= offset)
             .saturating_sub(1);
         let start = self.line_starts[line];
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count());
+        // A byte-order mark opening the file is no column (editors and
+        // rustc do not count it).
+        let column = self.text.get(start..offset).map_or(offset - start, |s| {
+            s.strip_prefix('\u{feff}').unwrap_or(s).chars().count()
+        });
         (line + 1, column + 1)
     }
 

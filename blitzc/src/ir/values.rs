@@ -305,6 +305,23 @@ impl Lowering {
                 "contains a query or fragment",
                 "match on the path alone; use `query` for parameters".to_string(),
             ))
+        } else if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            // The runtime refuses a target with raw bytes outside visible
+            // ASCII (400): such a path could never be matched.
+            let encoded: String = text
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_graphic() {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            Some((
+                "holds a character a request target cannot carry unencoded",
+                format!("clients send it percent-encoded: write `{encoded}`"),
+            ))
         } else if blitz_ir::matcher::normalize_path(text).as_deref() != Some(text) {
             let fixed = blitz_ir::matcher::normalize_path(text).unwrap_or_else(|| "/".into());
             Some((
@@ -333,10 +350,25 @@ impl Lowering {
         ))
     }
 
-    /// A `path-regex`, checked to compile (it is anchored when used).
+    /// A `path-regex`, checked to compile as it is used: anchored
+    /// ([`blitz_ir::matcher::anchored_regex`]).
     pub fn regex(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
-        match regex::Regex::new(text) {
+        let anchored = blitz_ir::matcher::anchored_regex(text);
+        match regex::Regex::new(&anchored) {
             Ok(_) => Some(Spanned::new(text.to_string(), span)),
+            Err(_) if regex::Regex::new(text).is_ok() => {
+                // Only the anchoring breaks it: a `#` comment of `(?x)`
+                // mode runs to the end of the line, over the `)$`.
+                self.push(
+                    Diagnostic::error(Code::InvalidRegex, span, format!("invalid regex `{text}`"))
+                        .label("compiles alone, but not anchored to the whole path as `^(?:…)$`")
+                        .help(
+                            "end a `#` comment of `(?x)` mode with a newline (`\\n`), or drop it; \
+                             path-regex must match the whole path",
+                        ),
+                );
+                None
+            }
             Err(e) => {
                 let detail = e.to_string();
                 let last = detail

@@ -3,7 +3,7 @@
 //! retry counts (B041).
 
 use crate::diag::{Code, Diagnostic};
-use blitz_ir::{BalanceAlgorithm, Spec, Upstream};
+use blitz_ir::{BalanceAlgorithm, ServerAddress, Spec, Upstream};
 
 /// More retries than this multiply the load on a failing upstream.
 const MAX_SENSIBLE_RETRIES: u32 = 10;
@@ -117,7 +117,7 @@ fn duplicate_servers(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
     for (j, server) in upstream.servers.iter().enumerate() {
         if let Some(first) = upstream.servers[..j]
             .iter()
-            .find(|s| s.address.value == server.address.value)
+            .find(|s| same_server(&s.address.value, &server.address.value))
         {
             diagnostics.push(
                 Diagnostic::error(
@@ -130,6 +130,22 @@ fn duplicate_servers(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
                 .related(first.address.span, "first listed here"),
             );
         }
+    }
+}
+
+/// Whether two addresses name one server: an IPv4 address and its
+/// IPv4-mapped IPv6 form are one address (as B022 holds for binds), and a
+/// DNS name with its trailing dot is the same name (names are lower-case
+/// already).
+fn same_server(a: &ServerAddress, b: &ServerAddress) -> bool {
+    match (a, b) {
+        (ServerAddress::Ip(a), ServerAddress::Ip(b)) => {
+            a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+        }
+        (ServerAddress::Dns { host: ha, port: pa }, ServerAddress::Dns { host: hb, port: pb }) => {
+            pa == pb && ha.trim_end_matches('.') == hb.trim_end_matches('.')
+        }
+        _ => false,
     }
 }
 
