@@ -19,9 +19,8 @@ test_contract_qa.py) already cover is not repeated here. This file adds:
 - positions after tabs and multi-byte characters, with CRLF, on a last line
   without a newline, in both forms and all machine formats;
 - bugs, each a strict xfail next to a passing control: a `(?x)` regex with a
-  comment that `check` accepts and nothing else can compile; a malformed KDL
-  property value reported at line 1, column 1; a match path no request can
-  carry (raw UTF-8, a space) accepted although it can never match; a `burst`
+  comment that `check` accepts and nothing else can compile; a match path no
+  request can carry (raw UTF-8, a space) accepted although it can never match; a `burst`
   the KDL form accepts and the TOML form rejects; a `header-timeout` `check`
   accepts that leaves the gateway answering nothing; a byte-order mark
   counted as a column; B083 blind to an IPv4-mapped or trailing-dot spelling
@@ -29,7 +28,10 @@ test_contract_qa.py) already cover is not repeated here. This file adds:
   reference matcher finding a query parameter named "" in requests without
   one; a match condition that fails to lower (wrong type, no value, bad
   header name) dropped, so its route looks broader and a later route gets a
-  spurious B050.
+  spurious B050;
+- bugs found here and fixed since, kept as regression tests: a malformed KDL
+  property value was reported at line 1, column 1 (the kdl crate spans it
+  from the start of the document).
 """
 
 from __future__ import annotations
@@ -317,7 +319,7 @@ def test_positions_after_tabs_and_wide_characters_on_a_last_line_without_newline
     assert (region["startLine"], region["startColumn"]) == want, region
 
 
-MALFORMED_PROPERTY = ["weight=", "weight=1.2.3", "weight=1x", "weight=0b2"]
+MALFORMED_PROPERTY = ["weight=", "weight=1.2.3", "weight=1x", "weight=0b2", 'body=#"x"', "body=(t)", "b=1e"]
 
 
 def weight_spec(tmp_path: Path, value: str) -> tuple[Path, int]:
@@ -332,12 +334,16 @@ def test_a_malformed_kdl_string_is_reported_on_its_line(blitzc, tmp_path):
     assert found and all(d["code"] == "B001" and d["line"] == line for d in found), found
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a malformed KDL property value is reported at line 1, column 1")
 @pytest.mark.parametrize("value", MALFORMED_PROPERTY)
 def test_a_malformed_kdl_property_value_is_reported_on_its_line(blitzc, tmp_path, value):
+    """The kdl crate spans such an error from the start of the document; `check` points at the value (or
+    at what stands where a value was due), within its line, not at line 1, column 1."""
     spec, line = weight_spec(tmp_path, value)
     found = diagnostics(blitzc, spec)
-    assert found and all(d["code"] == "B001" and d["line"] == line for d in found), found
+    assert found and all(d["code"] == "B001" and d["line"] == d["end_line"] == line for d in found), found
+    text = spec.read_text().splitlines()[line - 1]
+    value_column = text.index(value) + value.index("=") + 2
+    assert all(d["column"] >= value_column for d in found), (found, value_column)
 
 
 BOM_SPECS = {

@@ -36,7 +36,10 @@ fn syntax_diagnostics(file: &SourceFile, error: kdl::KdlError) -> Vec<Diagnostic
         .into_iter()
         .map(|d| {
             let start = d.span.offset().min(end);
-            let span = Span::new(start, (start + d.span.len()).min(end));
+            let mut span = Span::new(start, (start + d.span.len()).min(end));
+            if start == 0 && d.label.as_deref() == Some("not property value") {
+                span = token_at(&file.text, span.end);
+            }
             let message = d.message.unwrap_or_else(|| "invalid KDL".into());
             let help = d.help.unwrap_or_else(|| {
                 "see docs/spec.md for the syntax; strings are quoted, blocks are closed with `}`".into()
@@ -46,6 +49,40 @@ fn syntax_diagnostics(file: &SourceFile, error: kdl::KdlError) -> Vec<Diagnostic
                 .help(help)
         })
         .collect()
+}
+
+/// The span of the token where the parser stopped at `stop`, for a kdl
+/// diagnostic whose own span is no use: the kdl crate (6.x) gives a
+/// malformed property value (`weight=1.2.3`, `weight=`, `body=#"x"`) no
+/// recovery point of its own, so its span runs from the start of the
+/// document (line 1, column 1) to where parsing stopped, which is inside
+/// the bad value or just after it. The token is the run of text around
+/// `stop` up to whitespace, `=` or a `{`, `}`, `;` (`1.2.3`, `1x`, `#"x"`);
+/// when `stop` is at whitespace or a delimiter, the run just before it
+/// (`1e` in `b=1e }`), else the character at `stop` (the `}` where a value
+/// was due), or an empty span at a line end.
+fn token_at(text: &str, stop: usize) -> Span {
+    let bytes = text.as_bytes();
+    let stop = stop.min(bytes.len());
+    let in_token = |b: u8| !b.is_ascii_whitespace() && !matches!(b, b'=' | b'{' | b'}' | b';');
+    let mut start = stop;
+    while start > 0 && in_token(bytes[start - 1]) {
+        start -= 1;
+    }
+    let mut end = stop;
+    while end < bytes.len() && in_token(bytes[end]) {
+        end += 1;
+    }
+    if start == end {
+        // Nothing of a token around `stop`: point at what stands there
+        // instead of a value (a `}` or `;`), or at the line's end.
+        if let Some(&b) = bytes.get(stop)
+            && !b.is_ascii_whitespace()
+        {
+            end = stop + 1;
+        }
+    }
+    Span::new(start, end)
 }
 
 fn span_of(s: miette::SourceSpan) -> Span {
