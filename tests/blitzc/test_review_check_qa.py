@@ -26,12 +26,12 @@ test_contract_qa.py) already cover is not repeated here. This file adds:
   counted as a column; B083 blind to an IPv4-mapped or trailing-dot spelling
   of one server; KDL nested ~1,300 levels deep aborting `check`; the
   reference matcher finding a query parameter named "" in requests without
-  one; a match condition that fails to lower (wrong type, no value, bad
-  header name) dropped, so its route looks broader and a later route gets a
-  spurious B050;
+  one;
 - bugs found here and fixed since, kept as regression tests: a malformed KDL
   property value was reported at line 1, column 1 (the kdl crate spans it
-  from the start of the document).
+  from the start of the document); a match condition that failed to lower
+  (wrong type, no value, bad header name) was dropped, so its route looked
+  broader and a later route got a spurious B050.
 """
 
 from __future__ import annotations
@@ -576,23 +576,17 @@ BROKEN_CONDITION = {
     "toml-bad-header-name": ("toml", toml_a_then_b('{ header = { "bad name" = true } }'), "B035"),
     "toml-empty-host-array": ("toml", toml_a_then_b('{ host = [], path = "/b" }'), "B011"),
     "toml-host-of-wrong-type": ("toml", toml_a_then_b('{ host = 5, path = "/b" }'), "B011"),
+    "toml-match-of-wrong-type": ("toml", toml_a_then_b("5"), "B011"),
+    "kdl-match-with-an-argument": ("kdl", 'route "a" { match 5 { path "/b" }; respond 200 }\n' + B_FOR_B, "B011"),
 }
-CONTROLS = {"kdl-bad-path", "kdl-bad-host", "kdl-bad-regex"}
 
 
-DROPPED_CONDITION = pytest.mark.xfail(
-    strict=True, reason="bug: a match condition that fails to lower (wrong type, no value, bad header name) is "
-                        "dropped, so its route looks broader and later routes get a spurious B050")
-
-
-@pytest.mark.parametrize("case", [
-    case if case in CONTROLS else pytest.param(case, marks=DROPPED_CONDITION) for case in BROKEN_CONDITION
-])
+@pytest.mark.parametrize("case", BROKEN_CONDITION)
 def test_a_malformed_condition_gives_one_diagnostic_and_no_b050(blitzc, tmp_path, case):
     """docs/spec.md: "one mistake, one diagnostic" (and `validate::error_within` keeps B051 quiet for a
     `match` whose only condition was malformed). Route "a" is meant to be narrower than it lowers to; B050
     on "b" (whose help even says "a" has no `match`) sends the user after a problem the spec does not have.
-    A bad path, host or regex value leaves an empty condition (the controls); a condition of the wrong type,
-    without a value, or with a bad header name is dropped instead."""
+    A bad path, host or regex value leaves an empty condition; a condition of the wrong type, without a
+    value, or with a bad header name used to be dropped instead, and a TOML `match` that is no table too."""
     form, body, code = BROKEN_CONDITION[case]
     assert verdict(blitzc, write_spec(tmp_path, form, body)) == [(code, "error")]
