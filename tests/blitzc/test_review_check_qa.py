@@ -20,18 +20,18 @@ test_contract_qa.py) already cover is not repeated here. This file adds:
   without a newline, in both forms and all machine formats;
 - bugs, each a strict xfail next to a passing control: a `(?x)` regex with a
   comment that `check` accepts and nothing else can compile; a match path no
-  request can carry (raw UTF-8, a space) accepted although it can never match; a `burst`
-  the KDL form accepts and the TOML form rejects; a `header-timeout` `check`
-  accepts that leaves the gateway answering nothing; a byte-order mark
-  counted as a column; B083 blind to an IPv4-mapped or trailing-dot spelling
-  of one server; KDL nested ~1,300 levels deep aborting `check`; the
-  reference matcher finding a query parameter named "" in requests without
-  one;
+  request can carry (raw UTF-8, a space) accepted although it can never
+  match; a `burst` the KDL form accepts and the TOML form rejects; a
+  `header-timeout` `check` accepts that leaves the gateway answering nothing;
+  a byte-order mark counted as a column; B083 blind to an IPv4-mapped or
+  trailing-dot spelling of one server; the reference matcher finding a query
+  parameter named "" in requests without one;
 - bugs found here and fixed since, kept as regression tests: a malformed KDL
   property value was reported at line 1, column 1 (the kdl crate spans it
   from the start of the document); a match condition that failed to lower
   (wrong type, no value, bad header name) was dropped, so its route looked
-  broader and a later route got a spurious B050.
+  broader and a later route got a spurious B050; KDL nested ~1,300 levels
+  deep aborted `check` with a stack overflow in the kdl crate's parser.
 """
 
 from __future__ import annotations
@@ -502,25 +502,39 @@ def test_one_server_written_two_other_ways_is_b083(blitzc, tmp_path, first, seco
 
 
 def nested_kdl(tmp_path: Path, depth: int) -> Path:
-    """A valid spec, then an unknown node `a` holding `a` ... `depth` levels deep."""
+    """A valid spec, then an unknown node `a` holding `a` ... `depth` levels deep (on line 4)."""
     text = 'version 1\nlistener "l" { bind "127.0.0.1:8080" }\nroute "r" { respond 200 }\n'
     return write_spec(tmp_path, "kdl", text + "a {" * depth + "}" * depth + "\n", base=False)
 
 
+# How deep `check` lets KDL blocks nest (blitzc/src/syntax/kdl.rs MAX_NESTING): far above any spec, far below the
+# ~1,240 levels where the kdl crate's recursive parser overflows an 8 MiB stack in a release build.
+KDL_NESTING_LIMIT = 128
+
+
 def test_nested_kdl_is_reported_not_crashed_on(blitzc, tmp_path):
-    """Control: 500 levels give one B010 (the unknown top-level node), exit 1."""
-    result = check(blitzc, nested_kdl(tmp_path, 500))
+    """Control: at the limit, one B010 (the unknown top-level node), exit 1."""
+    result = check(blitzc, nested_kdl(tmp_path, KDL_NESTING_LIMIT))
     assert result.returncode == 1, result.stderr
     assert [d["code"] for d in json.loads(result.stdout)["diagnostics"]] == ["B010"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: KDL nested ~1300+ levels overflows the stack in the kdl parser: "
-                                       "check aborts (SIGABRT)")
-def test_deeply_nested_kdl_is_reported_not_crashed_on(blitzc, tmp_path):
-    """Any input gets diagnostics and exit 1 (DESIGN.md's table), never a crash: 2,000 levels."""
-    result = check(blitzc, nested_kdl(tmp_path, 2000))
+@pytest.mark.parametrize("depth", [KDL_NESTING_LIMIT + 1, 2000, 100_000])
+def test_deeply_nested_kdl_is_reported_not_crashed_on(blitzc, tmp_path, depth):
+    """Any input gets diagnostics and exit 1 (DESIGN.md's table), never a crash: past the limit one B001 at the
+    first `{` too deep (2,000 levels used to abort `check` with a stack overflow)."""
+    result = check(blitzc, nested_kdl(tmp_path, depth))
     assert result.returncode == 1, (result.returncode, result.stderr[-300:])
-    assert json.loads(result.stdout)["diagnostics"]
+    found = [(d["code"], d["line"], d["column"]) for d in json.loads(result.stdout)["diagnostics"]]
+    assert found == [("B001", 4, len("a {") * KDL_NESTING_LIMIT + len("a {"))], found
+
+
+@pytest.mark.parametrize("value", ["[" * 100_000 + "]" * 100_000, "{ a = " * 100_000 + "1" + " }" * 100_000])
+def test_deeply_nested_toml_is_reported_not_crashed_on(blitzc, tmp_path, value):
+    """The TOML twin: the toml crate has its own recursion limit, so deep arrays and inline tables are a B002."""
+    result = check(blitzc, write_spec(tmp_path, "toml", f"x = {value}\n"))
+    assert result.returncode == 1, (result.returncode, result.stderr[-300:])
+    assert [d["code"] for d in json.loads(result.stdout)["diagnostics"]] == ["B002"]
 
 
 # ---------------------------------------------------------------- a query parameter with an empty name
