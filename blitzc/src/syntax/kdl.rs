@@ -17,6 +17,9 @@ use std::time::Duration;
 
 /// Lowers one KDL spec file. `None` when the text is not valid KDL.
 pub fn lower(file: &SourceFile) -> (Option<Spec>, Vec<Diagnostic>) {
+    if let Some(at) = too_deep(&file.text) {
+        return (None, vec![too_deep_diagnostic(at)]);
+    }
     let doc = match file.text.parse::<KdlDocument>() {
         Ok(doc) => doc,
         Err(error) => return (None, syntax_diagnostics(file, error)),
@@ -29,6 +32,128 @@ pub fn lower(file: &SourceFile) -> (Option<Spec>, Vec<Diagnostic>) {
     (Some(spec), lowerer.lw.diagnostics)
 }
 
+/// How deep `{` blocks may nest. The kdl crate parses children blocks by
+/// recursion and overflows the stack (an abort, not an error) a little past
+/// 1,200 levels in a release build and past 250 in a debug build on an
+/// 8 MiB main thread; a spec nests a handful of levels (`route { match {
+/// ... } }`). So a text nested deeper is reported instead of parsed.
+const MAX_NESTING: usize = 128;
+
+/// The offset of the first `{` that opens a block nested deeper than
+/// [`MAX_NESTING`], counting every `{` and `}` outside strings and comments
+/// as the kdl crate reads them (KDL v2: `"..."` with escapes, `"""..."""`,
+/// raw `#"..."#` and `#"""..."""#` with any number of `#`, `// ...` and
+/// nested `/* ... */`). A `/-` comments out a node, but the crate still
+/// parses it, so its blocks count. A single-line string ends at a line
+/// break here (it is an error there), so an unclosed quote cannot hide the
+/// braces after it: erring on the side of counting.
+fn too_deep(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        i = match bytes[i] {
+            b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(i);
+                }
+                i + 1
+            }
+            b'}' => {
+                depth = depth.saturating_sub(1);
+                i + 1
+            }
+            b'/' if rest.starts_with(b"//") => {
+                i + rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len())
+            }
+            b'/' if rest.starts_with(b"/*") => i + block_comment_len(rest),
+            b'"' => i + quoted_len(rest),
+            b'#' => i + raw_len(rest),
+            _ => i + 1,
+        };
+    }
+    None
+}
+
+/// The length of the nested block comment `rest` starts with (to the end
+/// of the text when it is not closed).
+fn block_comment_len(rest: &[u8]) -> usize {
+    let mut open = 0usize;
+    let mut j = 0;
+    while j < rest.len() {
+        if rest[j..].starts_with(b"/*") {
+            open += 1;
+            j += 2;
+        } else if rest[j..].starts_with(b"*/") {
+            open -= 1;
+            j += 2;
+            if open == 0 {
+                return j;
+            }
+        } else {
+            j += 1;
+        }
+    }
+    rest.len()
+}
+
+/// The length of the quoted string `rest` starts with: `"""` to `"""`, or
+/// `"` to `"` or the line's end; a backslash escapes the next byte.
+fn quoted_len(rest: &[u8]) -> usize {
+    let multi_line = rest.starts_with(b"\"\"\"");
+    let mut j = if multi_line { 3 } else { 1 };
+    while j < rest.len() {
+        match rest[j] {
+            b'\\' => j += 2,
+            b'"' if !multi_line => return j + 1,
+            b'"' if rest[j..].starts_with(b"\"\"\"") => return j + 3,
+            b'\n' | b'\r' if !multi_line => return j,
+            _ => j += 1,
+        }
+    }
+    rest.len()
+}
+
+/// The length of the raw string `rest` starts with (`#"..."#`,
+/// `##"""..."""##`: no escapes, closed by the quote and as many `#`), or
+/// of its `#`s when no quote follows (`#true`, `#null`).
+fn raw_len(rest: &[u8]) -> usize {
+    let hashes = rest.iter().take_while(|&&b| b == b'#').count();
+    if rest.get(hashes) != Some(&b'"') {
+        return hashes;
+    }
+    let multi_line = rest[hashes..].starts_with(b"\"\"\"");
+    let quotes = if multi_line { 3 } else { 1 };
+    let mut j = hashes + quotes;
+    while j < rest.len() {
+        if rest[j..].starts_with(&rest[hashes..hashes + quotes])
+            && rest[j + quotes..].starts_with(&rest[..hashes])
+        {
+            return j + quotes + hashes;
+        }
+        if !multi_line && matches!(rest[j], b'\n' | b'\r') {
+            return j;
+        }
+        j += 1;
+    }
+    rest.len()
+}
+
+fn too_deep_diagnostic(at: usize) -> Diagnostic {
+    Diagnostic::error(
+        Code::KdlSyntax,
+        Span::new(at, at + 1),
+        format!("KDL syntax error: blocks nested more than {MAX_NESTING} levels deep"),
+    )
+    .label(format!("block {} levels deep", MAX_NESTING + 1))
+    .help(
+        "a spec nests only a few levels (`route \"r\" { match { ... } }`): look for blocks opened with `{` \
+         and never closed with `}`",
+    )
+}
+
 fn syntax_diagnostics(file: &SourceFile, error: kdl::KdlError) -> Vec<Diagnostic> {
     let end = file.text.len();
     error
@@ -36,7 +161,10 @@ fn syntax_diagnostics(file: &SourceFile, error: kdl::KdlError) -> Vec<Diagnostic
         .into_iter()
         .map(|d| {
             let start = d.span.offset().min(end);
-            let span = Span::new(start, (start + d.span.len()).min(end));
+            let mut span = Span::new(start, (start + d.span.len()).min(end));
+            if start == 0 && d.label.as_deref() == Some("not property value") {
+                span = token_at(&file.text, span.end);
+            }
             let message = d.message.unwrap_or_else(|| "invalid KDL".into());
             let help = d.help.unwrap_or_else(|| {
                 "see docs/spec.md for the syntax; strings are quoted, blocks are closed with `}`".into()
@@ -46,6 +174,40 @@ fn syntax_diagnostics(file: &SourceFile, error: kdl::KdlError) -> Vec<Diagnostic
                 .help(help)
         })
         .collect()
+}
+
+/// The span of the token where the parser stopped at `stop`, for a kdl
+/// diagnostic whose own span is no use: the kdl crate (6.x) gives a
+/// malformed property value (`weight=1.2.3`, `weight=`, `body=#"x"`) no
+/// recovery point of its own, so its span runs from the start of the
+/// document (line 1, column 1) to where parsing stopped, which is inside
+/// the bad value or just after it. The token is the run of text around
+/// `stop` up to whitespace, `=` or a `{`, `}`, `;` (`1.2.3`, `1x`, `#"x"`);
+/// when `stop` is at whitespace or a delimiter, the run just before it
+/// (`1e` in `b=1e }`), else the character at `stop` (the `}` where a value
+/// was due), or an empty span at a line end.
+fn token_at(text: &str, stop: usize) -> Span {
+    let bytes = text.as_bytes();
+    let stop = stop.min(bytes.len());
+    let in_token = |b: u8| !b.is_ascii_whitespace() && !matches!(b, b'=' | b'{' | b'}' | b';');
+    let mut start = stop;
+    while start > 0 && in_token(bytes[start - 1]) {
+        start -= 1;
+    }
+    let mut end = stop;
+    while end < bytes.len() && in_token(bytes[end]) {
+        end += 1;
+    }
+    if start == end {
+        // Nothing of a token around `stop`: point at what stands there
+        // instead of a value (a `}` or `;`), or at the line's end.
+        if let Some(&b) = bytes.get(stop)
+            && !b.is_ascii_whitespace()
+        {
+            end = stop + 1;
+        }
+    }
+    Span::new(start, end)
 }
 
 fn span_of(s: miette::SourceSpan) -> Span {
@@ -1578,3 +1740,97 @@ const STEP_NODES: &[&str] = &[
 
 /// Nodes that are a route's action.
 const ACTION_NODES: &[&str] = &["proxy", "respond", "redirect"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `depth` nested blocks `a { a { ... } }` after a valid head.
+    fn nested(depth: usize) -> String {
+        format!(
+            "version 1\nroute \"r\" {{ respond 200 }}\n{}{}\n",
+            "a {".repeat(depth),
+            "}".repeat(depth)
+        )
+    }
+
+    fn check(text: &str) -> (bool, Vec<Diagnostic>) {
+        let (spec, diagnostics) = lower(&SourceFile::new("spec.kdl", text));
+        (spec.is_some(), diagnostics)
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_reported_at_the_first_brace_too_deep() {
+        let text = nested(MAX_NESTING + 1);
+        let last = text.match_indices('{').nth(MAX_NESTING + 1).map(|(i, _)| i);
+        let (parsed, diagnostics) = check(&text);
+        assert!(!parsed);
+        assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+        assert_eq!(diagnostics[0].code, Code::KdlSyntax);
+        assert_eq!(Some(diagnostics[0].span.start), last);
+        assert_eq!(diagnostics[0].span.len(), 1);
+        // Far past where the kdl crate would overflow the stack.
+        let (parsed, diagnostics) = check(&nested(100_000));
+        assert!(!parsed && diagnostics.len() == 1, "{diagnostics:?}");
+    }
+
+    /// The limit stays clear of the kdl crate's stack overflow on the 8 MiB
+    /// main thread `blitzc` runs on, in this (debug) build too.
+    #[test]
+    fn nesting_at_the_limit_parses_on_a_main_thread_stack() {
+        let (parsed, _) = std::thread::Builder::new()
+            .stack_size(8 << 20)
+            .spawn(|| check(&nested(MAX_NESTING)))
+            .expect("a thread")
+            .join()
+            .expect("no overflow");
+        assert!(parsed);
+    }
+
+    #[test]
+    fn braces_in_strings_and_comments_do_not_nest() {
+        let deep = "{".repeat(MAX_NESTING + 1);
+        for hidden in [
+            format!("\"{deep}\""),
+            format!("\"\\\"{deep}\""),
+            format!("\"\"\"\n\"{deep}\"\n\"\"\""),
+            format!("#\"{deep}\"#"),
+            format!("##\"\"#{deep}\"##"),
+            format!("#\"\"\"\n\"\"\"{deep}\n\"\"\"#"),
+            format!("/* /* */ {deep} */"),
+            format!("#true // {deep}\n"),
+        ] {
+            let text = format!("node {hidden}\n");
+            assert_eq!(too_deep(&text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_unclosed_quote_does_not_hide_the_braces_after_its_line() {
+        let deep = "a {".repeat(MAX_NESTING + 1);
+        assert!(too_deep(&format!("node \"open\n{deep}")).is_some());
+        assert!(too_deep(&format!("node #\"open\n{deep}")).is_some());
+        // Slashdashed nodes are parsed all the same.
+        assert!(too_deep(&format!("/-node {deep}")).is_some());
+    }
+
+    #[test]
+    fn a_malformed_property_value_is_spanned_where_it_stands() {
+        for (line, bad) in [
+            ("server \"x\" weight=1.2.3 }", "1.2.3"),
+            ("server \"x\" weight=1x }", "1x"),
+            ("server \"x\" body=#\"x\" }", "#\"x\""),
+            ("server \"x\" b=1e }", "1e"),
+            ("server \"x\" weight= }", "}"),
+        ] {
+            let text = format!("version 1\nupstream \"u\" {{\n    {line}\n");
+            let (parsed, diagnostics) = check(&text);
+            assert!(!parsed);
+            let spans: Vec<&str> = diagnostics
+                .iter()
+                .map(|d| &text[d.span.start..d.span.end])
+                .collect();
+            assert_eq!(spans, [bad], "{line}: {diagnostics:?}");
+        }
+    }
+}

@@ -1448,7 +1448,7 @@ impl Lowerer {
     fn route(&mut self, t: Tbl<'_>) -> Option<Route> {
         const CTX: &str = "route";
         let name = self.name(t, CTX);
-        let matcher = t.get("match").and_then(|f| self.matcher(f));
+        let matcher = t.get("match").map(|f| self.matcher(f));
         let steps = match t.get("steps") {
             Some(f) => self.steps(f, CTX),
             None => Vec::new(),
@@ -1501,9 +1501,17 @@ impl Lowerer {
 
     // ------------------------------------------------------------ match
 
-    fn matcher(&mut self, f: Field<'_>) -> Option<Match> {
+    fn matcher(&mut self, f: Field<'_>) -> Match {
         const CTX: &str = "match";
-        let t = self.table(f, "route")?;
+        let Some(t) = self.table(f, "route") else {
+            // Reported; an empty `match` over the bad value (as KDL keeps a
+            // `match` node whatever its errors) rather than none: no `match`
+            // would read as a catch-all route that shadows every later one.
+            return Match {
+                conditions: Vec::new(),
+                span: f.span,
+            };
+        };
         let mut conditions = Vec::new();
         for c in t.fields() {
             let test = match c.name {
@@ -1556,10 +1564,10 @@ impl Lowerer {
                 span: c.whole(),
             });
         }
-        Some(Match {
+        Match {
             conditions,
             span: t.span,
-        })
+        }
     }
 
     /// `header = { NAME = VALUE, ... }` and `query = { ... }`: one condition

@@ -75,7 +75,12 @@
 //! something) as related spans. Every route after a reachable route without
 //! `match` is reported against that route alone. A route whose own
 //! conditions exclude each other (`path "/a"` with `path-prefix "/b"`)
-//! matches nothing and is not reported here. The tests check soundness
+//! matches nothing and is not reported here. Neither is a route whose
+//! `match` holds an error the front end reported (a condition of the wrong
+//! type, without a value, with a bad header name or value): what lowered is
+//! not what was meant (a dropped condition makes it broader, an emptied one
+//! narrower), so it is neither reported nor taken to cover later routes —
+//! one mistake, one diagnostic. The tests check soundness
 //! against the reference matcher: no request reaches a reported route, and
 //! a witness request built from what is left of an unreported route does.
 
@@ -94,7 +99,7 @@ const WORK_BUDGET: usize = 20_000;
 
 /// Reports every route that earlier routes shadow.
 pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
-    for (index, verdict) in analyse(spec).into_iter().enumerate() {
+    for (index, verdict) in analyse(spec, diagnostics).into_iter().enumerate() {
         if let Verdict::Shadowed { by, catch_all } = verdict {
             diagnostics.push(diagnostic(spec, index, &by, catch_all));
         }
@@ -173,12 +178,16 @@ enum Verdict {
     /// Its own conditions exclude each other: it matches nothing, which is
     /// not this check's business.
     Empty,
+    /// Its `match` holds an error already reported: what it matches is not
+    /// known, so it is not judged and covers nothing.
+    Malformed,
     /// Too many regions or too much work: not decided, not reported.
     GaveUp,
 }
 
-/// The verdict for every route, in spec order.
-fn analyse(spec: &Spec) -> Vec<Verdict> {
+/// The verdict for every route, in spec order, given the diagnostics so
+/// far (the front end's among them).
+fn analyse(spec: &Spec, diagnostics: &[Diagnostic]) -> Vec<Verdict> {
     let mut verdicts = Vec::with_capacity(spec.routes.len());
     let mut index = RouteIndex::default();
     let mut lowered: Vec<Option<Vec<Cond>>> = Vec::with_capacity(spec.routes.len());
@@ -190,6 +199,18 @@ fn analyse(spec: &Spec) -> Vec<Verdict> {
                 by: vec![all],
                 catch_all: true,
             });
+            lowered.push(conds);
+            continue;
+        }
+        if route
+            .matcher
+            .as_ref()
+            .is_some_and(|m| super::error_within(diagnostics, m.span))
+        {
+            // Not in the index, so never a candidate cover, and never the
+            // catch-all (a `match` whose every condition was dropped would
+            // lower like no `match`).
+            verdicts.push(Verdict::Malformed);
             lowered.push(conds);
             continue;
         }
@@ -1190,7 +1211,7 @@ mod tests {
 
     /// For each route, `Some(covering routes)` when it is reported.
     fn shadowed(routes: &[Option<&str>]) -> Vec<Option<Vec<usize>>> {
-        analyse(&spec(routes))
+        analyse(&spec(routes), &[])
             .into_iter()
             .map(|v| match v {
                 Verdict::Shadowed { by, .. } => Some(by),
@@ -1436,7 +1457,7 @@ mod tests {
 
     #[test]
     fn a_route_without_match_shadows_every_later_route() {
-        let verdicts = analyse(&spec(&[Some("path /a"), None, Some("path /b"), None]));
+        let verdicts = analyse(&spec(&[Some("path /a"), None, Some("path /b"), None]), &[]);
         assert!(matches!(verdicts[0], Verdict::Reachable(_)));
         assert!(matches!(verdicts[1], Verdict::Reachable(_)));
         for v in &verdicts[2..] {
@@ -1446,7 +1467,7 @@ mod tests {
             );
         }
         // An empty match block matches everything too.
-        let verdicts = analyse(&spec(&[Some(""), Some("path /b")]));
+        let verdicts = analyse(&spec(&[Some(""), Some("path /b")]), &[]);
         assert!(matches!(&verdicts[1], Verdict::Shadowed { by, catch_all: true } if by == &[0]));
     }
 
@@ -1460,14 +1481,48 @@ mod tests {
 
     #[test]
     fn contradictory_routes_are_not_reported() {
-        let verdicts = analyse(&spec(&[Some("path /a"), Some("path /a; prefix /b")]));
+        let verdicts = analyse(&spec(&[Some("path /a"), Some("path /a; prefix /b")]), &[]);
         assert!(matches!(verdicts[1], Verdict::Empty));
-        let verdicts = analyse(&spec(&[
-            Some("path /a"),
-            Some("header x; header x 1"),
-            Some("header x 1"),
-        ]));
+        let verdicts = analyse(
+            &spec(&[
+                Some("path /a"),
+                Some("header x; header x 1"),
+                Some("header x 1"),
+            ]),
+            &[],
+        );
         assert!(matches!(&verdicts[2], Verdict::Shadowed { by, .. } if by == &[1]));
+    }
+
+    /// A `match` with an error inside (here a condition the front end
+    /// dropped, leaving `path /b` or nothing) is not what the user meant:
+    /// it neither covers later routes nor is the catch-all, nor is judged.
+    #[test]
+    fn a_match_with_an_error_inside_covers_nothing() {
+        let error_in = |span: Span| {
+            vec![Diagnostic::error(
+                Code::MissingField,
+                span,
+                "a condition without its value",
+            )]
+        };
+        let mut broken = spec(&[Some("path /b"), Some(""), Some("path /b"), Some("path /b")]);
+        broken.routes[0].matcher.as_mut().unwrap().span = Span::new(100, 200);
+        broken.routes[1].matcher.as_mut().unwrap().span = Span::new(300, 400);
+        let first = error_in(Span::new(150, 155));
+        let verdicts = analyse(&broken, &first);
+        assert!(matches!(verdicts[0], Verdict::Malformed), "{verdicts:?}");
+        // Route 1 (an empty `match`, no error in it) shadows the rest alone.
+        assert!(matches!(&verdicts[2], Verdict::Shadowed { by, catch_all: true } if by == &[1]));
+        let both = [first, error_in(Span::new(350, 351))].concat();
+        let verdicts = analyse(&broken, &both);
+        assert!(matches!(verdicts[1], Verdict::Malformed), "{verdicts:?}");
+        assert!(matches!(verdicts[2], Verdict::Reachable(_)), "{verdicts:?}");
+        assert!(matches!(&verdicts[3], Verdict::Shadowed { by, .. } if by == &[2]));
+        // An error outside every `match` (in a step, say) changes nothing.
+        let verdicts = analyse(&broken, &error_in(Span::new(250, 260)));
+        assert!(matches!(verdicts[0], Verdict::Reachable(_)), "{verdicts:?}");
+        assert!(matches!(&verdicts[2], Verdict::Shadowed { by, catch_all: true } if by == &[1]));
     }
 
     #[test]
@@ -1521,7 +1576,7 @@ mod tests {
         let mut routes: Vec<String> = (0..12).map(|i| format!("header h{i} 1")).collect();
         routes.push("prefix /".into());
         let refs: Vec<Option<&str>> = routes.iter().map(|r| Some(r.as_str())).collect();
-        let verdicts = analyse(&spec(&refs));
+        let verdicts = analyse(&spec(&refs), &[]);
         assert!(
             matches!(
                 verdicts.last(),
@@ -1764,7 +1819,7 @@ mod tests {
             let spec = spec(&refs);
             let router = Router::new(&spec).expect("regexes");
             let last = spec.routes.len() - 1;
-            let Some(Verdict::Reachable(open)) = analyse(&spec).pop() else {
+            let Some(Verdict::Reachable(open)) = analyse(&spec, &[]).pop() else {
                 panic!("{routes:?} should be reachable");
             };
             let request = witness(&open).unwrap_or_else(|| panic!("{routes:?}: no witness"));
@@ -1886,7 +1941,7 @@ mod tests {
                 let refs: Vec<Option<&str>> = routes.iter().map(|r| r.as_deref()).collect();
                 let spec = spec(&refs);
                 let router = Router::new(&spec).expect("regexes");
-                let verdicts = analyse(&spec);
+                let verdicts = analyse(&spec, &[]);
                 for request in &requests {
                     if let Some(i) = serve(&router, request) {
                         prop_assert!(
@@ -1908,7 +1963,7 @@ mod tests {
                         // The named routes alone cover it, too.
                         let mut kept: Vec<Option<&str>> = by.iter().map(|&j| refs[j]).collect();
                         kept.push(refs[i]);
-                        let again = analyse(&self::spec(&kept));
+                        let again = analyse(&self::spec(&kept), &[]);
                         prop_assert!(
                             matches!(again.last(), Some(Verdict::Shadowed { .. })),
                             "r{i} of {routes:?} not covered by {by:?} alone"
