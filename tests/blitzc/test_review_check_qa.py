@@ -18,15 +18,16 @@ test_contract_qa.py) already cover is not repeated here. This file adds:
   given to `blitzc route`;
 - positions after tabs and multi-byte characters, with CRLF, on a last line
   without a newline, in both forms and all machine formats;
-- bugs, each a strict xfail next to a passing control: a `(?x)` regex with a
-  comment that `check` accepts and nothing else can compile; a match path no
-  request can carry (raw UTF-8, a space) accepted although it can never
-  match; a `burst` the KDL form accepts and the TOML form rejects; a
-  `header-timeout` `check` accepts that leaves the gateway answering nothing;
+- bugs found here and fixed since, kept as regression tests, each next to a
+  passing control: a `(?x)` regex with a comment that `check` accepted and
+  nothing else could compile (now B036, `check` compiles the anchored form);
+  a match path no request can carry (raw UTF-8, a space) accepted although
+  it could never match (now B038); a `burst` the KDL form accepted and the
+  TOML form rejected; a `header-timeout` `check` accepts that left the
+  gateway answering nothing (a timer tick that wrapped in release builds);
   a byte-order mark counted as a column; B083 blind to an IPv4-mapped or
   trailing-dot spelling of one server; the reference matcher finding a query
-  parameter named "" in requests without one;
-- bugs found here and fixed since, kept as regression tests: a malformed KDL
+  parameter named "" in requests without one; a malformed KDL
   property value was reported at line 1, column 1 (the kdl crate spans it
   from the start of the document); a match condition that failed to lower
   (wrong type, no value, bad header name) was dropped, so its route looked
@@ -232,7 +233,6 @@ def test_kdl_and_toml_twins_agree_at_each_bound(blitzc, tmp_path, kdl, toml, wan
     assert (got_kdl, got_toml) == (want, want)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: KDL takes any burst up to u64, TOML only up to u32: twins disagree")
 def test_kdl_and_toml_twins_agree_one_past_the_u32_burst(blitzc, tmp_path):
     """docs/spec.md section 9 admits it ("the TOML front end takes 1 to 4294967295; the KDL front end takes
     any non-negative integer"), but SPEC.md wants one gateway from both forms: the KDL spec below has no
@@ -328,7 +328,7 @@ def weight_spec(tmp_path: Path, value: str) -> tuple[Path, int]:
 
 
 def test_a_malformed_kdl_string_is_reported_on_its_line(blitzc, tmp_path):
-    """Control for the xfail below: an unterminated string on line 4 is reported there."""
+    """Control for the test below: an unterminated string on line 4 is reported there."""
     spec, line = weight_spec(tmp_path, 'weight="1')
     found = diagnostics(blitzc, spec)
     assert found and all(d["code"] == "B001" and d["line"] == line for d in found), found

@@ -1296,8 +1296,10 @@ impl Lowerer<'_> {
             }
         };
         let burst = match burst {
-            Some(b) => match u64::try_from(b.value) {
-                Ok(v) => Some(Spanned::new(v, b.span)),
+            // 0 is left to validation (B041); the range is TOML's, so
+            // both forms accept the same specs.
+            Some(b) => match u32::try_from(b.value) {
+                Ok(v) => Some(Spanned::new(u64::from(v), b.span)),
                 Err(_) => {
                     self.push(
                         Diagnostic::error(
