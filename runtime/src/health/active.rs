@@ -43,6 +43,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::{Directory, EndpointState};
+use crate::http::HeadLimits;
 use crate::lb::{HealthCheck, Server};
 
 /// Longest the scheduler sleeps: how soon it sees a stop or a DNS change.
@@ -106,13 +107,18 @@ struct Checker<'d> {
     generations: Vec<Option<u64>>,
     tracks: HashMap<usize, Track>,
     verdicts: mpsc::Sender<Verdict>,
+    /// The gateway's bounds on an upstream's response head: a check reads
+    /// the answer within them, as the proxy does.
+    head_limits: HeadLimits,
 }
 
-/// Runs the checks until the directory is stopped.
-pub fn run(dir: &Directory) {
+/// Runs the checks until the directory is stopped; answers are read within
+/// `head_limits` (the gateway's `Limits::response_head_limits`).
+pub fn run(dir: &Directory, head_limits: HeadLimits) {
     let (verdicts, received) = mpsc::channel();
     let mut checker = Checker {
         dir,
+        head_limits,
         checks: dir
             .upstreams()
             .iter()
@@ -202,10 +208,11 @@ impl Checker<'_> {
             let interval = hc.interval;
             let ep = Arc::clone(&track.ep);
             let verdicts = self.verdicts.clone();
+            let limits = self.head_limits;
             let started = std::thread::Builder::new()
                 .name("blitz-check".into())
                 .spawn(move || {
-                    let ok = check(ep.addr, &hc, &transport);
+                    let ok = check(ep.addr, &hc, &transport, &limits);
                     // The scheduler may have stopped: nobody to tell.
                     let _ = verdicts.send((ep, ok));
                 });
@@ -257,13 +264,18 @@ impl Checker<'_> {
 
 /// One check: whether `addr` answers `GET path` with a status of
 /// `expect` in time, over `transport`.
-pub fn check(addr: SocketAddr, hc: &HealthCheck, transport: &Transport) -> bool {
+pub fn check(
+    addr: SocketAddr,
+    hc: &HealthCheck,
+    transport: &Transport,
+    limits: &HeadLimits,
+) -> bool {
     let deadline = Instant::now() + hc.timeout;
     let Ok(tcp) = TcpStream::connect_timeout(&addr, hc.timeout) else {
         return false;
     };
     match transport {
-        Transport::Plain => exchange(&mut &tcp, &tcp, addr, hc, deadline),
+        Transport::Plain => exchange(&mut &tcp, &tcp, addr, hc, deadline, limits),
         #[cfg(feature = "tls")]
         Transport::Tls(tls) => {
             let Ok(mut conn) = tls.connection() else {
@@ -273,7 +285,7 @@ pub fn check(addr: SocketAddr, hc: &HealthCheck, transport: &Transport) -> bool 
             // socket's timeouts.
             let mut sock = &tcp;
             let mut stream = rustls::Stream::new(&mut conn, &mut sock);
-            exchange(&mut stream, &tcp, addr, hc, deadline)
+            exchange(&mut stream, &tcp, addr, hc, deadline, limits)
         }
         #[cfg(feature = "tls")]
         Transport::Unusable => false,
@@ -288,6 +300,7 @@ fn exchange(
     addr: SocketAddr,
     hc: &HealthCheck,
     deadline: Instant,
+    limits: &HeadLimits,
 ) -> bool {
     let request = format!(
         "GET {} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: blitz-health-check\r\nconnection: close\r\n\r\n",
@@ -303,7 +316,7 @@ fn exchange(
     }
     let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
-        match final_status(&mut buf) {
+        match final_status(&mut buf, limits) {
             Ok(Some(status)) => return hc.expect.contains(&status),
             Ok(None) => {}
             Err(()) => return false,
@@ -324,21 +337,20 @@ fn exchange(
 const READ_CHUNK: usize = 1024;
 
 /// The status of the final answer at the start of `buf`, read as the
-/// proxy reads an upstream's answer (the same parser and the same floors
-/// of its response-head limits), so that the checker never calls a server
+/// proxy reads an upstream's answer (the same parser, within the gateway's
+/// response-head `limits`), so that the checker never calls a server
 /// down that serves clients, nor up one whose answers end in a 502 or
 /// 504: interim (1xx) heads are skipped (dropped from `buf`), a 101 or a
 /// head the proxy refuses is `Err`, a head not complete yet `Ok(None)`
 /// (the caller reads more, until `timeout`: a head cut by a close or a
 /// stall fails, as it is a 502 or 504 for a client).
-fn final_status(buf: &mut Vec<u8>) -> Result<Option<u16>, ()> {
-    let limits = crate::proxy::Limits::default().response_head_limits();
+fn final_status(buf: &mut Vec<u8>, limits: &HeadLimits) -> Result<Option<u16>, ()> {
     let mut head = crate::http::ResponseHead::default();
     loop {
         if buf.is_empty() {
             return Ok(None);
         }
-        match crate::http::parse_response_head(buf, &limits, false, &mut head) {
+        match crate::http::parse_response_head(buf, limits, false, &mut head) {
             Ok(Some(_)) if head.status() == 101 => return Err(()),
             Ok(Some(n)) if head.status() < 200 => {
                 buf.drain(..n);
@@ -359,7 +371,8 @@ mod tests {
 
     #[test]
     fn final_statuses() {
-        let status = |bytes: &[u8]| final_status(&mut bytes.to_vec());
+        let limits = crate::proxy::Limits::default().response_head_limits();
+        let status = |bytes: &[u8]| final_status(&mut bytes.to_vec(), &limits);
         assert_eq!(status(b"HTTP/1.1 200 OK\r\n\r\n"), Ok(Some(200)));
         assert_eq!(
             status(b"HTTP/1.0 302 Found\r\nlocation: /\r\n\r\n"),
@@ -394,6 +407,7 @@ mod tests {
 
     #[test]
     fn checks_a_real_server() {
+        let limits = crate::proxy::Limits::default().response_head_limits();
         let hc = HealthCheck {
             path: "/healthz".into(),
             interval: Duration::from_secs(1),
@@ -421,24 +435,24 @@ mod tests {
                 let _ = s.write_all(answer);
             }
         });
-        assert!(check(addr, &hc, &Transport::Plain));
-        assert!(!check(addr, &hc, &Transport::Plain));
+        assert!(check(addr, &hc, &Transport::Plain, &limits));
+        assert!(!check(addr, &hc, &Transport::Plain, &limits));
         let only_204 = HealthCheck {
             expect: 204..=204,
             ..hc.clone()
         };
         assert!(
-            !check(addr, &only_204, &Transport::Plain),
+            !check(addr, &only_204, &Transport::Plain, &limits),
             "200 is not in expect"
         );
         let t = Instant::now();
-        assert!(!check(addr, &hc, &Transport::Plain));
+        assert!(!check(addr, &hc, &Transport::Plain, &limits));
         assert!(
             t.elapsed() < Duration::from_millis(790),
             "bounded by the timeout"
         );
         let _ = server.join();
-        assert!(!check(addr, &hc, &Transport::Plain), "refused");
+        assert!(!check(addr, &hc, &Transport::Plain, &limits), "refused");
     }
 
     fn hc(interval_ms: u64, timeout_ms: u64, unhealthy: u32) -> HealthCheck {
@@ -477,7 +491,8 @@ mod tests {
         dead.health_check = Some(hc(50, 50, 2));
         let dir = Directory::new(&[slow, dead]);
         let d = Arc::clone(&dir);
-        let checker = std::thread::spawn(move || run(&d));
+        let limits = crate::proxy::Limits::default().response_head_limits();
+        let checker = std::thread::spawn(move || run(&d, limits));
         let dead_ep = Arc::clone(&dir.upstreams()[1].endpoints()[0]);
         wait("the dead server is marked down", || !dead_ep.is_up());
         assert!(dir.upstreams()[0].endpoints()[0].is_up(), "still waiting");
@@ -527,7 +542,8 @@ mod tests {
                 .unwrap_or_else(|| panic!("{addr} not listed"))
         };
         let d = Arc::clone(&dir);
-        let checker = std::thread::spawn(move || run(&d));
+        let limits = crate::proxy::Limits::default().response_head_limits();
+        let checker = std::thread::spawn(move || run(&d, limits));
         let first = find();
         wait("marked down", || !first.is_up());
         // Let its count grow past the threshold, then DNS drops it and

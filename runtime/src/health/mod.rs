@@ -210,13 +210,18 @@ impl Directory {
     /// [`Directory::new`], then starts the background threads the
     /// upstreams need: the health checker if any has a `health-check`, the
     /// resolver if any server is a DNS name. They stop on [`Directory::stop`].
-    pub fn start(upstreams: &[Upstream]) -> std::io::Result<Arc<Self>> {
+    /// Health checks read answers within `head_limits` (the gateway's
+    /// response-head bounds).
+    pub fn start(
+        upstreams: &[Upstream],
+        head_limits: crate::http::HeadLimits,
+    ) -> std::io::Result<Arc<Self>> {
         let dir = Self::new(upstreams);
         if dir.upstreams.iter().any(|u| u.health_check.is_some()) {
             let d = Arc::clone(&dir);
             std::thread::Builder::new()
                 .name("blitz-health".into())
-                .spawn(move || active::run(&d))?;
+                .spawn(move || active::run(&d, head_limits))?;
         }
         let has_dns = dir.upstreams.iter().any(|u| {
             u.servers

@@ -496,7 +496,7 @@ where
             u.name
         )));
     }
-    let directory = Directory::start(&upstreams)?;
+    let directory = Directory::start(&upstreams, config.limits.response_head_limits())?;
     let _directory_threads = StopOnDrop(Arc::clone(&directory));
     // Workers take their listeners before ports are known (a port 0
     // listener is only ever logged with its actual port below), with their
