@@ -100,13 +100,19 @@ fn block_comment_len(rest: &[u8]) -> usize {
 }
 
 /// The length of the quoted string `rest` starts with: `"""` to `"""`, or
-/// `"` to `"` or the line's end; a backslash escapes the next byte.
+/// `"` to `"` or the line's end; a backslash escapes the next byte, or a
+/// run of whitespace, newlines included (KDL v2's whitespace escape, which
+/// carries a single-line string onto the next line).
 fn quoted_len(rest: &[u8]) -> usize {
     let multi_line = rest.starts_with(b"\"\"\"");
     let mut j = if multi_line { 3 } else { 1 };
     while j < rest.len() {
         match rest[j] {
-            b'\\' => j += 2,
+            b'\\' => {
+                j += 1;
+                let run = whitespace_run(&rest[j..]);
+                j += if run > 0 { run } else { 1 };
+            }
             b'"' if !multi_line => return j + 1,
             b'"' if rest[j..].starts_with(b"\"\"\"") => return j + 3,
             b'\n' | b'\r' if !multi_line => return j,
@@ -114,6 +120,29 @@ fn quoted_len(rest: &[u8]) -> usize {
         }
     }
     rest.len()
+}
+
+/// The bytes of the KDL whitespace and newlines `rest` starts with
+/// (ASCII, and the Unicode spaces and line ends KDL v2 counts).
+fn whitespace_run(rest: &[u8]) -> usize {
+    let mut j = 0;
+    loop {
+        let len = match &rest[j..] {
+            [b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c, ..] => 1,
+            // U+0085, U+00A0
+            [0xc2, 0x85 | 0xa0, ..] => 2,
+            // U+1680
+            [0xe1, 0x9a, 0x80, ..] => 3,
+            // U+2000..U+200A, U+2028, U+2029, U+202F
+            [0xe2, 0x80, 0x80..=0x8a | 0xa8 | 0xa9 | 0xaf, ..] => 3,
+            // U+205F
+            [0xe2, 0x81, 0x9f, ..] => 3,
+            // U+3000
+            [0xe3, 0x80, 0x80, ..] => 3,
+            _ => return j,
+        };
+        j += len;
+    }
 }
 
 /// The length of the raw string `rest` starts with (`#"..."#`,
@@ -1801,6 +1830,10 @@ mod tests {
             format!("#\"\"\"\n\"\"\"{deep}\n\"\"\"#"),
             format!("/* /* */ {deep} */"),
             format!("#true // {deep}\n"),
+            // A whitespace escape carries a string over its line end.
+            format!("\"a\\   \n{deep}\""),
+            format!("\"a\\\r\n{deep}\""),
+            format!("\"a\\\u{3000}\n {deep}\""),
         ] {
             let text = format!("node {hidden}\n");
             assert_eq!(too_deep(&text), None, "{text}");
@@ -1814,6 +1847,9 @@ mod tests {
         assert!(too_deep(&format!("node #\"open\n{deep}")).is_some());
         // Slashdashed nodes are parsed all the same.
         assert!(too_deep(&format!("/-node {deep}")).is_some());
+        // A `}` inside an escaped-over line end is string, not a close.
+        let hidden_closes = "n \"a\\  \n}\" {".repeat(MAX_NESTING + 1);
+        assert!(too_deep(&hidden_closes).is_some());
     }
 
     #[test]
