@@ -244,8 +244,10 @@ const DESCRIPTIONS: &[Description] = &[
     Description {
         code: "B040",
         severity: "error",
-        meaning: "A header value (in `set`/`add`, `content-type` or a redirect location) with \
-                  CR, LF or NUL, which would split or corrupt the response.",
+        meaning: "A header value (in `set`/`add`, `content-type` or a redirect location) \
+                  with CR, LF or NUL, which would split or corrupt the \
+                  response, or another control character or DEL, which RFC 9110 leaves out of \
+                  field values (HTTP/2 cannot carry it, and no request holds one).",
         fix: "Keep header values on one line, without control characters.",
     },
     Description {

@@ -237,12 +237,19 @@ impl Lowering {
         }
     }
 
-    /// A header value: any visible text, no CR, LF or NUL.
+    /// A header value: text without control characters but the tab (RFC
+    /// 9110 §5.5: no CTL or DEL). HTTP/1.1 would write one raw, outside the
+    /// field-value grammar, and HTTP/2 cannot carry it at all.
     pub fn header_value(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
-        if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        if text.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            let label = if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                "contains CR, LF or NUL"
+            } else {
+                "contains a control character (other than tab) or DEL"
+            };
             self.push(
                 Diagnostic::error(Code::InvalidHeaderValue, span, "invalid header value")
-                    .label("contains CR, LF or NUL")
+                    .label(label)
                     .help("a header value must be a single line without control characters"),
             );
             None
@@ -305,19 +312,7 @@ impl Lowering {
                 "contains a query or fragment",
                 "match on the path alone; use `query` for parameters".to_string(),
             ))
-        } else if !text.bytes().all(|b| b.is_ascii_graphic()) {
-            // The runtime refuses a target with raw bytes outside visible
-            // ASCII (400): such a path could never be matched.
-            let encoded: String = text
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_graphic() {
-                        char::from(b).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
+        } else if let Some(encoded) = encoded_if_raw(text) {
             Some((
                 "holds a character a request target cannot carry unencoded",
                 format!("clients send it percent-encoded: write `{encoded}`"),
@@ -612,4 +607,23 @@ pub fn is_dns_name(name: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
+}
+
+/// `text` with every byte outside visible ASCII percent-encoded, when it
+/// has one: the spelling a client sends. The runtime refuses a request
+/// target holding such a raw byte (400), so a path written with one could
+/// never match or be stripped.
+pub(crate) fn encoded_if_raw(text: &str) -> Option<String> {
+    if text.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_graphic() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Some(out)
 }

@@ -198,6 +198,11 @@ fn strip_prefix(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
             "contains a query or fragment".to_string(),
             "strip-prefix removes a leading part of the path only".to_string(),
         ))
+    } else if let Some(encoded) = crate::ir::values::encoded_if_raw(text) {
+        Some((
+            "holds a character a request target cannot carry unencoded".to_string(),
+            format!("clients send it percent-encoded: write `{encoded}`"),
+        ))
     } else {
         match blitz_ir::matcher::normalize_path(text) {
             Some(normal) if normal == text => None,
