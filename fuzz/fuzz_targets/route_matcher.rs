@@ -19,17 +19,14 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 
 /// The gateways blitzc generates for the specs (see `build.rs`), with the
-/// lints of their dropped `#![allow(..)]` silenced, and `unused_parens`: a
-/// route whose only condition has several `path-prefix` or `path-regex`
-/// values is emitted as `(a || b)`, which rustc flags.
+/// lints of their dropped `#![allow(..)]` silenced.
 macro_rules! generated_module {
     ($module:ident, $file:literal) => {
         #[allow(
             clippy::all,
             dead_code,
             unused_imports,
-            unused_variables,
-            unused_parens
+            unused_variables
         )]
         mod $module {
             include!(concat!(env!("OUT_DIR"), "/", $file));

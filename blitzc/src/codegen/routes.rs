@@ -142,15 +142,15 @@ pub fn generate(spec: &Spec, names: &Names) -> RouteCode {
     for (index, route) in spec.routes.iter().enumerate() {
         let fn_name = &names.route_fns[index];
         let doc = format!(" {}", names.route_origin[index]);
-        let mut checks = Vec::new();
+        let mut checks: Vec<Check> = Vec::new();
         for condition in route.matcher.iter().flat_map(|m| &m.conditions) {
-            let check = match &condition.test {
+            let check: Check = match &condition.test {
                 Test::Host(_) => continue, // decided by the host class
                 Test::Path(paths) => {
                     let lits = paths
                         .iter()
                         .map(|p| Literal::byte_string(p.value.as_bytes()));
-                    quote! { matches!(path, #(#lits)|*) }
+                    quote! { matches!(path, #(#lits)|*) }.into()
                 }
                 Test::PathPrefix(prefixes) => {
                     let tests = prefixes.iter().map(|p| {
@@ -174,37 +174,43 @@ pub fn generate(spec: &Spec, names: &Names) -> RouteCode {
                 }
                 Test::Method(methods) => {
                     let lits = methods.iter().map(|m| m.value.as_str());
-                    quote! { matches!(req.method(), #(#lits)|*) }
+                    quote! { matches!(req.method(), #(#lits)|*) }.into()
                 }
                 Test::Header { name, values } => {
                     let name = name.value.as_str();
                     if values.is_empty() {
-                        quote! { header_present(req, #name) }
+                        quote! { header_present(req, #name) }.into()
                     } else {
                         let lits = values
                             .iter()
                             .map(|v| Literal::byte_string(v.value.as_bytes()));
-                        quote! { header_is(req, #name, &[#(#lits),*]) }
+                        quote! { header_is(req, #name, &[#(#lits),*]) }.into()
                     }
                 }
                 Test::Query { name, values } => {
                     let name = Literal::byte_string(name.value.as_bytes());
                     if values.is_empty() {
-                        quote! { query_present(req, #name) }
+                        quote! { query_present(req, #name) }.into()
                     } else {
                         let lits = values
                             .iter()
                             .map(|v| Literal::byte_string(v.value.as_bytes()));
-                        quote! { query_is(req, #name, &[#(#lits),*]) }
+                        quote! { query_is(req, #name, &[#(#lits),*]) }.into()
                     }
                 }
             };
             checks.push(check);
         }
-        let body = if checks.is_empty() {
-            quote! { true }
-        } else {
-            quote! { #(#checks)&&* }
+        // A lone condition of several values is the whole body, bare;
+        // joined with others by `&&`, its alternatives are parenthesised
+        // (`any_of`). Either way rustc sees no `unused_parens`.
+        let body = match checks.len() {
+            0 => quote! { true },
+            1 => checks.remove(0).bare,
+            _ => {
+                let joined = checks.iter().map(|c| &c.joined);
+                quote! { #(#joined)&&* }
+            }
         };
         // Name unused parameters `_x`, so the generated code is warning-free.
         let text = body.to_string();
@@ -312,13 +318,34 @@ pub fn generate(spec: &Spec, names: &Names) -> RouteCode {
     }
 }
 
-/// `a || b || ...`, parenthesised only when there are several (so a single
-/// test does not draw rustc's `unused_parens` in generated code).
-fn any_of(tests: Vec<TokenStream>) -> TokenStream {
+/// One condition's test, as generated code: `bare` when it is a route's
+/// only condition (the function's whole body), `joined` when `&&` joins it
+/// with others.
+struct Check {
+    bare: TokenStream,
+    joined: TokenStream,
+}
+
+impl From<TokenStream> for Check {
+    /// A test that is one expression either way.
+    fn from(test: TokenStream) -> Self {
+        Check {
+            bare: test.clone(),
+            joined: test,
+        }
+    }
+}
+
+/// `a || b || ...`: parenthesised only where `&&` joins it with other
+/// conditions, so generated code never draws rustc's `unused_parens`.
+fn any_of(tests: Vec<TokenStream>) -> Check {
     if tests.len() == 1 {
-        tests.into_iter().collect()
+        Check::from(tests.into_iter().collect::<TokenStream>())
     } else {
-        quote! { (#(#tests)||*) }
+        Check {
+            bare: quote! { #(#tests)||* },
+            joined: quote! { (#(#tests)||*) },
+        }
     }
 }
 
