@@ -98,7 +98,17 @@ pub fn write_crate(
     spec_file: &Path,
     source: &GatewaySource,
 ) -> io::Result<()> {
-    let runtime = std::fs::canonicalize(runtime_path())?;
+    // A missing runtime is said as such: the caller reports the error
+    // under the output path it was writing.
+    let runtime = std::fs::canonicalize(runtime_path()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "the Blitz runtime sources at `{}` (set BLITZ_RUNTIME to their folder): {e}",
+                runtime_path().display()
+            ),
+        )
+    })?;
     let bin = binary_name(gateway);
     let features = source
         .features
