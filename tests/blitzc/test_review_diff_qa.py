@@ -54,6 +54,7 @@ from support.blitzc import Served, build
 from support.gateway import free_port
 from support.h2client import REFUSED_STREAM, H2Client, RawH2
 from support.origin import Origin, respond
+from support.waits import wait_until
 
 HUGE = "10000000h"  # past u64 nanoseconds: a "never" a spec may write
 
@@ -191,14 +192,6 @@ def get(port: int, path: str, method: str = "GET", headers: dict | None = None):
 def checks(origin: Origin) -> int:
     return sum(r.target == "/healthz" for r in origin.requests)
 
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture(scope="module")

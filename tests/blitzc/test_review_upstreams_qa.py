@@ -42,9 +42,9 @@ from urllib.parse import parse_qs
 import pytest
 from support.blitzc import Served, build
 from support.client import exchange
-from support.dns_server import DnsServer
 from support.gateway import free_port
 from support.origin import Origin, OriginConn, RecordedRequest, respond
+from support.waits import wait_until
 from test_upstreams import Setup, client_requests
 
 SPEC = """
@@ -177,14 +177,6 @@ def answer_check(mode: str, req: RecordedRequest, conn: OriginConn) -> bool:
     raise AssertionError(f"unknown answer {mode!r}")
 
 
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
 
 class ReviewSetup(Setup):
     """One gateway process and the origins a test starts (its own, by name)."""
@@ -217,14 +209,6 @@ def review_binary(blitzc, cache_dir, tmp_path_factory):
     result = build(blitzc, spec, out, cache_dir)
     assert result.returncode == 0, result.stderr
     return out, ports
-
-
-@pytest.fixture(scope="module")
-def dns():
-    """The gateway's DNS server (BLITZ_DNS_SERVER): svc.test, TTL 1 s."""
-    server = DnsServer({"svc.test": ["127.0.0.1"]}, ttl=1)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

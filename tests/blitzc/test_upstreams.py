@@ -26,7 +26,6 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from support.dns_server import DnsServer
 from support.h2client import H2Client
 from support.gateway import free_port
 from support.origin import Origin, respond
@@ -263,14 +262,6 @@ def lb_binary(blitzc, cache_dir, tmp_path_factory):  # noqa: F811
     result = build(blitzc, spec, out, cache_dir)
     assert result.returncode == 0, result.stderr
     return out, ports
-
-
-@pytest.fixture(scope="module")
-def dns():
-    """The gateway's DNS server (BLITZ_DNS_SERVER): svc.test, TTL 1 s."""
-    server = DnsServer({"svc.test": ["127.0.0.1"]}, ttl=1)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

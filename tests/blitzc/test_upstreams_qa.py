@@ -15,7 +15,6 @@ Nothing asserts a timing; waits only bound how long a test blocks.
 
 from __future__ import annotations
 
-import http.client
 import os
 import socket
 import threading
@@ -28,6 +27,7 @@ from support.blitzc import build
 from support.gateway import free_port
 from support.h2client import RawH2
 from support.origin import Origin, respond
+from support.waits import wait_until
 from test_upstreams import Setup, client_requests, lb_origin
 
 NAMES = ("a", "b", "c", "d")
@@ -246,14 +246,6 @@ def qa(qa_binary, cache_dir):
     finally:
         setup.stop()
 
-
-def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 # ---------------------------------------------------------------- weights
