@@ -87,45 +87,40 @@ class Pki:
 
     def dated(self, name: str, dns: str, start: str, end: str) -> str:
         """A certificate for `dns` valid from `start` to `end` (`YYYYMMDDHHMMSSZ`)."""
-        db = self.dir / "ca-db"
-        db.mkdir(exist_ok=True)
-        (db / "index.txt").write_text("")
-        (db / "serial").write_text("1000\n")
-        (self.dir / "ca.cnf").write_text(
-            "[ca]\ndefault_ca = qa\n[qa]\ndatabase = ca-db/index.txt\nserial = ca-db/serial\n"
-            "new_certs_dir = ca-db\ncertificate = ca.crt\nprivate_key = ca.key\ndefault_md = sha256\n"
-            "policy = any\nunique_subject = no\n[any]\ncommonName = supplied\n"
-            f"[ext]\nsubjectAltName = DNS:{dns}\n"
-        )
-        openssl("req", *KEY_ARGS["ec"], "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={dns}", cwd=self.dir)
-        openssl("ca", "-batch", "-config", "ca.cnf", "-in", f"{name}.csr", "-out", f"{name}.crt", "-notext",
-                "-startdate", start, "-enddate", end, "-extensions", "ext", cwd=self.dir)
+        self._ca_sign(name, f"/CN={dns}", start, end, f"subjectAltName = DNS:{dns}")
         return name
 
     def with_expired_intermediate(self, name: str, dns: str) -> str:
         """A certificate for `dns`, valid now, issued by an intermediate that
         expired in 2021 (`name-int`); `name.crt` holds the chain, leaf first."""
         inter = f"{name}-int"
-        db = self.dir / "ca-db"
-        db.mkdir(exist_ok=True)
-        (db / "index.txt").write_text("")
-        (db / "serial").write_text("2000\n")
-        (self.dir / "ca-int.cnf").write_text(
-            "[ca]\ndefault_ca = qa\n[qa]\ndatabase = ca-db/index.txt\nserial = ca-db/serial\n"
-            "new_certs_dir = ca-db\ncertificate = ca.crt\nprivate_key = ca.key\ndefault_md = sha256\n"
-            "policy = any\nunique_subject = no\n[any]\ncommonName = supplied\n"
-            "[ext]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
-        )
-        openssl("req", *KEY_ARGS["ec"], "-nodes", "-keyout", f"{inter}.key", "-out", f"{inter}.csr",
-                "-subj", "/CN=Blitz QA Old Intermediate", cwd=self.dir)
-        openssl("ca", "-batch", "-config", "ca-int.cnf", "-in", f"{inter}.csr", "-out", f"{inter}.crt", "-notext",
-                "-startdate", "20200101000000Z", "-enddate", "20210101000000Z", "-extensions", "ext", cwd=self.dir)
+        self._ca_sign(inter, "/CN=Blitz QA Old Intermediate", "20200101000000Z", "20210101000000Z",
+                      "basicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign")
         (self.dir / f"{name}.ext").write_text(f"subjectAltName=DNS:{dns}\n")
         self._issue(name, f"/CN={dns}", f"{name}.ext", "ec", inter)
         leaf = (self.dir / f"{name}.crt").read_text()
         (self.dir / f"{name}.crt").write_text(leaf + (self.dir / f"{inter}.crt").read_text())
         return name
+
+    def _ca_sign(self, name: str, subject: str, start: str, end: str, extensions: str) -> None:
+        """`name.key` and `name.crt` signed by the root with explicit dates
+        (`openssl ca`, the OpenSSL 3.0 command that takes them) and
+        `extensions` (config lines)."""
+        db = self.dir / "ca-db"
+        db.mkdir(exist_ok=True)
+        (db / "index.txt").write_text("")
+        self.serial += 1
+        (db / "serial").write_text(f"{1000 + self.serial}\n")
+        (self.dir / "ca.cnf").write_text(
+            "[ca]\ndefault_ca = qa\n[qa]\ndatabase = ca-db/index.txt\nserial = ca-db/serial\n"
+            "new_certs_dir = ca-db\ncertificate = ca.crt\nprivate_key = ca.key\ndefault_md = sha256\n"
+            "policy = any\nunique_subject = no\n[any]\ncommonName = supplied\n"
+            f"[ext]\n{extensions}\n"
+        )
+        openssl("req", *KEY_ARGS["ec"], "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", subject, cwd=self.dir)
+        openssl("ca", "-batch", "-config", "ca.cnf", "-in", f"{name}.csr", "-out", f"{name}.crt", "-notext",
+                "-startdate", start, "-enddate", end, "-extensions", "ext", cwd=self.dir)
 
     def der(self, name: str) -> bytes:
         """The DER of the first certificate in `name.crt`."""
