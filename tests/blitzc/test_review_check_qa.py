@@ -48,21 +48,8 @@ import pytest
 from support.blitzc import Served
 from support.gateway import free_port
 
-KDL_BASE = """version 1
-listener "l" { bind "127.0.0.1:8080" }
-upstream "u" { server "127.0.0.1:9000" }
-"""
-
-TOML_BASE = """version = 1
-
-[[listener]]
-name = "l"
-bind = "127.0.0.1:8080"
-
-[[upstream]]
-name = "u"
-servers = [{ address = "127.0.0.1:9000" }]
-"""
+# The same one-listener, one-upstream base as the first check QA pass.
+from test_spec_qa import KDL_BASE, TOML_BASE
 
 GITHUB_LINE = re.compile(r"^::(?:error|warning) file=[^,]+,line=(\d+),col=(\d+),title=(B\d{3})::", re.MULTILINE)
 
