@@ -104,3 +104,28 @@ fn the_kdl_and_toml_forms_generate_the_same_gateway() {
         );
     }
 }
+
+/// A route's test function is warning-free code: a lone condition of
+/// several values is its bare body (rustc flags `{ (a || b) }` with
+/// `unused_parens` on every `blitzc build`), and the same alternatives
+/// joined with another condition keep their parentheses.
+#[test]
+fn alternatives_are_parenthesised_only_when_joined() {
+    let text = r#"version 1
+listener "l" { bind "127.0.0.1:8080" }
+route "lone" { match { path-prefix "/a" "/b" }; respond 200 }
+route "joined" { match { method "GET"; path-prefix "/c" "/d" }; respond 200 }
+"#;
+    let checked = blitzc::check(SourceFile::new(Path::new("parens.kdl"), text.to_string()));
+    assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+    let spec = checked.spec.as_ref().expect("lowered");
+    let code = unwrapped(&blitzc::codegen::generate(spec, &checked.file).code);
+    assert!(
+        code.contains(r#"-> bool { has_prefix (path , b"/a") || has_prefix (path , b"/b") }"#),
+        "{code}"
+    );
+    assert!(
+        code.contains(r#"bool { (has_prefix (path , b"/c") || has_prefix (path , b"/d")) &&"#),
+        "{code}"
+    );
+}
