@@ -40,9 +40,8 @@ import time
 from urllib.parse import parse_qs
 
 import pytest
-from support.blitzc import Served, build
+from support.blitzc import Served, build_with_ports
 from support.client import exchange
-from support.gateway import free_port
 from support.origin import Origin, OriginConn, RecordedRequest, respond
 from support.waits import wait_until
 from test_upstreams import Setup, client_requests
@@ -201,14 +200,8 @@ class ReviewSetup(Setup):
 
 @pytest.fixture(scope="module")
 def review_binary(blitzc, cache_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("revqa")
-    ports = {n: free_port() for n in ("gw", "ca", "cb", "a", "b", "c", "s")}
-    spec = tmp / "revqa.kdl"
-    spec.write_text(SPEC.format(**ports))
-    out = tmp / "revqa-gateway"
-    result = build(blitzc, spec, out, cache_dir)
-    assert result.returncode == 0, result.stderr
-    return out, ports
+    return build_with_ports(blitzc, cache_dir, tmp_path_factory.mktemp("revqa"), "revqa", SPEC,
+                            ("gw", "ca", "cb", "a", "b", "c", "s"))
 
 
 @pytest.fixture

@@ -27,9 +27,8 @@ from urllib.parse import parse_qs
 import pytest
 
 from support.h2client import H2Client
-from support.gateway import free_port
 from support.origin import Origin, respond
-from support.blitzc import Served, build
+from support.blitzc import Served, build_with_ports
 
 NAMES = ("a", "b", "c", "d")
 WORKERS = 2
@@ -254,14 +253,8 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def lb_binary(blitzc, cache_dir, tmp_path_factory):  # noqa: F811
-    tmp = tmp_path_factory.mktemp("lb")
-    ports = {n: free_port() for n in (*NAMES, "dead", "gw", "s")}
-    spec = tmp / "lb.kdl"
-    spec.write_text(SPEC.format(workers=WORKERS, **ports))
-    out = tmp / "lb-gateway"
-    result = build(blitzc, spec, out, cache_dir)
-    assert result.returncode == 0, result.stderr
-    return out, ports
+    return build_with_ports(blitzc, cache_dir, tmp_path_factory.mktemp("lb"), "lb", SPEC,
+                            (*NAMES, "dead", "gw", "s"), workers=WORKERS)
 
 
 @pytest.fixture

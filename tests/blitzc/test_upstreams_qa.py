@@ -23,8 +23,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from support.blitzc import build
-from support.gateway import free_port
+from support.blitzc import build_with_ports
 from support.h2client import RawH2
 from support.origin import Origin, respond
 from support.waits import wait_until
@@ -226,14 +225,8 @@ class QaSetup(Setup):
 
 @pytest.fixture(scope="module")
 def qa_binary(blitzc, cache_dir, tmp_path_factory):  # noqa: F811
-    tmp = tmp_path_factory.mktemp("lbqa")
-    ports = {n: free_port() for n in (*NAMES, "dead1", "dead2", "bh", "gw")}
-    spec = tmp / "lbqa.kdl"
-    spec.write_text(SPEC.format(**ports))
-    out = tmp / "lbqa-gateway"
-    result = build(blitzc, spec, out, cache_dir)
-    assert result.returncode == 0, result.stderr
-    return out, ports
+    return build_with_ports(blitzc, cache_dir, tmp_path_factory.mktemp("lbqa"), "lbqa", SPEC,
+                            (*NAMES, "dead1", "dead2", "bh", "gw"))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from support.gateway import REPO, _register
+from support.gateway import REPO, _register, free_port
 from support.origin import Origin, respond
 
 BLITZC_BUILD_TIMEOUT = 1800
@@ -92,3 +92,17 @@ def build(blitzc: Path, spec: Path, out: Path, cache_dir: Path, cwd: Path | None
         [str(blitzc), "build", str(spec), "-o", str(out)],
         capture_output=True, text=True, env=env, timeout=BLITZC_BUILD_TIMEOUT, cwd=cwd,
     )
+
+
+def build_with_ports(blitzc: Path, cache_dir: Path, folder: Path, name: str, template: str,
+                     port_names, **values) -> tuple[Path, dict[str, int]]:
+    """Formats `template` with a free port per name in `port_names` (and
+    `values`), writes it as `folder/name.kdl`, builds it (the build must
+    succeed) and returns the binary and the ports."""
+    ports = {n: free_port() for n in port_names}
+    spec = folder / f"{name}.kdl"
+    spec.write_text(template.format(**values, **ports))
+    out = folder / f"{name}-gateway"
+    result = build(blitzc, spec, out, cache_dir)
+    assert result.returncode == 0, result.stderr
+    return out, ports
