@@ -540,12 +540,16 @@ impl HpackCheck {
                 if (self.code, self.code_len) == EOS {
                     return Err(Reason::COMPRESSION_ERROR);
                 }
-                let at = usize::from(FIRST_SYMBOL[len]) + (self.code - FIRST_CODE[len]) as usize;
-                if self.keeping() && self.decoded < KEPT {
-                    self.kept[self.decoded] = SYMBOLS[at];
-                }
-                if SYMBOLS[at] == b'#' && self.scanning_path() {
-                    self.hash_seen = true;
+                let keep = self.keeping() && self.decoded < KEPT;
+                if keep || self.scanning_path() {
+                    // The symbol itself only when it is kept or looked at.
+                    let at =
+                        usize::from(FIRST_SYMBOL[len]) + (self.code - FIRST_CODE[len]) as usize;
+                    let symbol = SYMBOLS[at];
+                    if keep {
+                        self.kept[self.decoded] = symbol;
+                    }
+                    self.hash_seen |= symbol == b'#' && self.scanning_path();
                 }
                 self.decoded += 1;
                 self.code = 0;
