@@ -317,7 +317,7 @@ def test_upgrades_under_load_refuse_nothing_and_fail_nothing(procs, hello_bin, o
             current = upgrade(procs, hello_bin, [port], origin, sock_path, tag, workers=workers)
             handed_off = time.monotonic()
             olds.append((old, handed_off))
-            assert serves_tag(port, tag), f"upgrade {i + 1}: new connections were not served by build {tag}"
+            assert tag_of(port) == tag, f"upgrade {i + 1}: a new connection was not served by build {tag}"
             time.sleep(0.4)
         time.sleep(1.0)
     finally:
@@ -641,3 +641,56 @@ def test_systemd_socket_for_no_listener_is_a_clear_error(hello_bin, origin, gate
         assert "systemd (LISTEN_FDS)" in err and f"127.0.0.1:{port}" in err, err
     finally:
         _kill_group(p)
+
+
+def test_after_took_over_every_new_connection_reaches_the_new_process(procs, hello_bin, origin, sock_path):
+    """docs/operations.md: the old process stops accepting *before* it tells the new
+    one `draining`, and the new one prints "took over" only after that. So a connection
+    opened once "took over" is printed must reach the new build, even while the old
+    one's workers are busy with clients. 12 upgrades; after each, connections opened
+    by four client threads from the moment the test sees the line are checked.
+    `BLITZ_TEST_DRAIN_DELAY_MS` makes every worker see the drain 300 ms late (as on a
+    loaded machine, where CI once saw the old build answer right after an upgrade)."""
+    port = free_port()
+    late = {"BLITZ_TEST_DRAIN_DELAY_MS": "300"}
+    current = start_first(procs, hello_bin, [port], origin, sock_path, "A", workers=2, env=late)
+    load = Load(port)
+    load.start()  # keeps the old process's workers busy while it drains
+    seen_after: list[tuple[int, str, str]] = []
+    lock = threading.Lock()
+    took_over = {"at": None, "tag": None, "round": -1}
+    stop = threading.Event()
+
+    def prober():
+        while not stop.is_set():
+            mark = dict(took_over)
+            try:
+                tag = tag_of(port)
+            except (OSError, AssertionError, Closed) as e:
+                tag = f"error {e!r}"
+            if mark["at"] is not None:
+                with lock:
+                    seen_after.append((mark["round"], mark["tag"], tag))
+
+    probers = [threading.Thread(target=prober, daemon=True) for _ in range(4)]
+    try:
+        for t in probers:
+            t.start()
+        for i in range(12):
+            tag = "BA"[i % 2]
+            old, current = current, procs(hello_bin, [port], origin.addr, sock_path, tag, upgrade=True, env=late)
+            assert current.wait_line(r"upgrade: took over from pid \d+"), current.stderr()
+            took_over.update(at=time.monotonic(), tag=tag, round=i)
+            time.sleep(0.3)
+            took_over.update(at=None)
+            assert old.proc.wait(GRACE + 5) == 0, old.stderr()[-2000:]
+    finally:
+        stop.set()
+        for t in probers:
+            t.join(15)
+        load.finish()
+    wrong = [s for s in seen_after if s[1] != s[2]]
+    assert len(seen_after) > 50, seen_after
+    assert not wrong, f"{len(wrong)} of {len(seen_after)} connections opened after 'took over' " \
+                      f"were answered by another build: {wrong[:10]}"
+    assert not load.failures and load.refused == 0, load.failures

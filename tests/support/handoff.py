@@ -18,10 +18,10 @@ def tag_of(port: int) -> str:
 
 
 def serves_tag(port: int, tag: str, timeout: float = 5) -> bool:
-    """Whether new connections reach build `tag` within `timeout`. Right
-    after "took over", the old process may still accept a connection or two
-    (and serve it) until its workers see the drain: both serve, nothing is
-    refused, so the first answer alone proves nothing."""
+    """Whether new connections reach build `tag` within `timeout`: for a test
+    that starts an upgrade without waiting for its "took over" line. Once that
+    line is printed, the old process accepts nothing (it stops accepting before
+    it says `draining`): there `tag_of(port) == tag` holds at once."""
     deadline = time.monotonic() + timeout
     while tag_of(port) != tag:
         if time.monotonic() > deadline:

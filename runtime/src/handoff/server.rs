@@ -104,7 +104,8 @@ impl ControlServer {
 
 /// Serves the control socket on a thread of its own until the process
 /// exits. `on_handed_off(new_pid)` runs once, when a new process is ready:
-/// it must start the drain.
+/// it must start the drain, and return once this process accepts no new
+/// connection (the new process is then told `draining`).
 pub fn spawn(
     socket: ControlSocket,
     offer: Offer,

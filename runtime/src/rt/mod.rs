@@ -247,6 +247,9 @@ enum Ready {
     Initialized(compio::event::EventHandle),
     /// Accepting on every socket it was given.
     Accepting,
+    /// Drain started: every accept loop has returned, so this worker
+    /// takes no new connection from the (shared) listening sockets.
+    StoppedAccepting,
     Failed(io::Error),
 }
 
@@ -257,7 +260,8 @@ pub const REPORT_READY_ENV: &str = "BLITZ_REPORT_READY";
 /// Why the main thread starts the drain.
 enum Stop {
     Signal(i32),
-    HandedOff(u32),
+    /// The new process's pid, and where to say once no worker accepts.
+    HandedOff(u32, mpsc::Sender<()>),
 }
 
 /// A worker's listening sockets: `(listener index, socket)`.
@@ -331,7 +335,7 @@ impl Workers {
                     workers.stop();
                     return Err(e);
                 }
-                Ok(Ready::Accepting) | Err(_) => {
+                Ok(Ready::Accepting | Ready::StoppedAccepting) | Err(_) => {
                     workers.stop();
                     return Err(io::Error::other("a worker exited during start"));
                 }
@@ -359,7 +363,7 @@ impl Workers {
             match self.ready.recv() {
                 Ok(Ready::Accepting) => {}
                 Ok(Ready::Failed(e)) => return Err(e),
-                Ok(Ready::Initialized(_)) | Err(_) => {
+                Ok(Ready::Initialized(_) | Ready::StoppedAccepting) | Err(_) => {
                     return Err(io::Error::other("a worker exited during start"));
                 }
             }
@@ -367,7 +371,34 @@ impl Workers {
         Ok(())
     }
 
-    /// Starts the drain on every worker and waits for them to finish.
+    /// Starts the drain on every worker and returns once none of them
+    /// accepts any more (or `STOP_ACCEPTING_TIMEOUT` passed: a worker
+    /// busy that long is logged, not waited for). Only for workers that
+    /// accept (after [`Workers::accept_on`]).
+    fn stop_accepting(&mut self) {
+        for h in self.drains.drain(..) {
+            h.notify();
+        }
+        let deadline = Instant::now() + STOP_ACCEPTING_TIMEOUT;
+        for _ in 0..self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.ready.recv_timeout(left) {
+                Ok(Ready::StoppedAccepting) => {}
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    eprintln!(
+                        "blitz: a worker did not stop accepting within {STOP_ACCEPTING_TIMEOUT:?}"
+                    );
+                    return;
+                }
+                // Every worker exited: none accepts.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Starts the drain on every worker (if not started) and waits for
+    /// them to finish.
     fn stop(self) {
         // Workers still waiting for sockets see their channel close.
         drop(self.sockets);
@@ -450,7 +481,7 @@ fn worker_thread<G: Gateway>(
         if ready.send(Ready::Accepting).is_err() {
             return;
         }
-        run_worker(worker, accepting, drain_event, config.grace).await;
+        run_worker(worker, accepting, drain_event, config.grace, ready).await;
     });
 }
 
@@ -650,8 +681,13 @@ where
     let server = match control {
         Some(socket) => {
             let handed_off = stop_tx.clone();
+            // Returns once no worker accepts, so that `draining` (sent
+            // after it) means the new process alone takes new connections.
             let on_handed_off = move |pid| {
-                let _ = handed_off.send(Stop::HandedOff(pid));
+                let (done_tx, done_rx) = mpsc::channel();
+                if handed_off.send(Stop::HandedOff(pid, done_tx)).is_ok() {
+                    let _ = done_rx.recv_timeout(STOP_ACCEPTING_TIMEOUT + Duration::from_secs(1));
+                }
             };
             match handoff::server::spawn(socket, offer, on_handed_off) {
                 Ok(s) => Some(s),
@@ -680,11 +716,13 @@ where
                 server.withdraw();
             }
         }
-        Ok(Stop::HandedOff(pid)) => {
+        Ok(Stop::HandedOff(pid, stopped_accepting)) => {
             eprintln!(
                 "blitz: handed off to pid {pid}, draining (grace {:?})",
                 config.grace
             );
+            workers.stop_accepting();
+            let _ = stopped_accepting.send(());
         }
         Err(_) => {}
     }
@@ -731,6 +769,7 @@ async fn run_worker<G: Gateway>(
     accepting: Vec<compio::runtime::JoinHandle<()>>,
     drain_event: compio::event::Event,
     grace: Duration,
+    ready: &mpsc::Sender<Ready>,
 ) {
     // Close idle upstream connections past their idle timeout even when
     // no traffic comes to do it at checkout; adopt new DNS answers.
@@ -746,11 +785,18 @@ async fn run_worker<G: Gateway>(
     reaper.detach();
 
     drain_event.wait().await;
+    if let Some(delay) = test_drain_delay() {
+        // Accepting on meanwhile, as a worker busy elsewhere would.
+        compio::time::sleep(delay).await;
+    }
     worker.drain.start();
     // Each loop returns (dropping its listener) once it sees the drain.
     for task in accepting {
         let _ = task.await;
     }
+    // An upgrade tells the new process the drain began only after this:
+    // from then on, a new connection is the new process's.
+    let _ = ready.send(Ready::StoppedAccepting);
     // Idle upstream connections are not needed any more.
     worker.close_idle();
     let deadline = Instant::now() + grace;
@@ -760,6 +806,20 @@ async fn run_worker<G: Gateway>(
     // What is still open is cut: reset, never closed as if complete.
     worker.active.reset_all();
 }
+
+/// Test hook: `BLITZ_TEST_DRAIN_DELAY_MS=N` makes each worker see the
+/// drain N ms late (a loaded machine's scheduling, made repeatable), for
+/// the test that no new connection reaches the old process once the new
+/// one says it took over.
+fn test_drain_delay() -> Option<Duration> {
+    let ms = std::env::var("BLITZ_TEST_DRAIN_DELAY_MS").ok()?;
+    ms.parse().ok().map(Duration::from_millis)
+}
+
+/// How long the drain waits for every worker to stop accepting before an
+/// upgrade's `draining` goes out anyway. Accept loops return at their
+/// next poll; only a worker stuck in a long computation takes longer.
+const STOP_ACCEPTING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most connections taken off the queue per readiness event before the
 /// loop lets the new connections' tasks run.
