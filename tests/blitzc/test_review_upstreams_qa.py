@@ -72,6 +72,10 @@ upstream "pooled" {{
 upstream "named" {{
     server "svc.test:{s}"
 }}
+upstream "named-checked" {{
+    server "svc.test:{n}"
+    health-check path="/healthz" interval="200ms" timeout="400ms"
+}}
 upstream "rr-checked" {{
     server "127.0.0.1:{a}"
     server "127.0.0.1:{b}"
@@ -100,6 +104,10 @@ route "pooled" {{
 route "named" {{
     match {{ path-prefix "/named" }}
     proxy "named"
+}}
+route "named-checked" {{
+    match {{ path-prefix "/by-name-checked" }}
+    proxy "named-checked"
 }}
 route "rr-checked" {{
     match {{ path-prefix "/rr-checked" }}
@@ -201,7 +209,7 @@ class ReviewSetup(Setup):
 @pytest.fixture(scope="module")
 def review_binary(blitzc, cache_dir, tmp_path_factory):
     return build_with_ports(blitzc, cache_dir, tmp_path_factory.mktemp("revqa"), "revqa", SPEC,
-                            ("gw", "ca", "cb", "a", "b", "c", "s"))
+                            ("gw", "ca", "cb", "a", "b", "c", "s", "n"))
 
 
 @pytest.fixture
@@ -243,6 +251,22 @@ def test_a_check_that_gets_no_complete_status_line_marks_the_server_down(review,
     assert review.wait_log(down, timeout=5), review.log()
     served = {review.request(f"/checked/x?i={i}") for i in range(10)}
     assert served == {(200, "ca")}, served
+
+
+def test_a_check_names_a_dns_server_by_its_name_and_an_ip_server_by_its_address(review):
+    """docs/spec.md 7.1: a check's `host` is the server's name in the spec
+    (`svc.test:PORT`), so an origin that picks its site by name (virtual
+    hosting) answers the check for the site the gateway proxies to; a
+    server given by address gets `IP:port` (the control)."""
+    review.start(names=())
+    named, by_ip = review.origin("n"), review.origin("ca")
+
+    def hosts(origin):
+        return [r.header("host") for r in list(origin.requests) if r.target == "/healthz"]
+
+    assert wait_until(lambda: len(hosts(named)) >= 2 and len(hosts(by_ip)) >= 2, timeout=8), review.log()
+    assert set(map(tuple, hosts(named))) == {(f"svc.test:{review.ports['n']}",)}, hosts(named)
+    assert set(map(tuple, hosts(by_ip))) == {(f"127.0.0.1:{review.ports['ca']}",)}, hosts(by_ip)
 
 
 @pytest.mark.parametrize(

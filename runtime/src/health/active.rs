@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use super::{Directory, EndpointState};
 use crate::http::HeadLimits;
-use crate::lb::{HealthCheck, Server};
+use crate::lb::{HealthCheck, Server, ServerAddress};
 
 /// Longest the scheduler sleeps: how soon it sees a stop or a DNS change.
 const POLL: Duration = Duration::from_millis(100);
@@ -74,6 +74,25 @@ impl Transport {
     }
 }
 
+/// The `Host` a check of `server` sends: the name the spec gives it (a DNS
+/// name, else the `sni` of a TLS server), so a server that picks its site
+/// by name answers the check as it answers the gateway's requests for it;
+/// the port is left out when it is the scheme's default. `None` for a
+/// server given by address alone: each endpoint's `IP:port` then.
+pub fn host_of(server: &Server) -> Option<String> {
+    let sni = server.tls.as_ref().map(|t| t.sni.as_str());
+    let (name, port) = match &server.address {
+        ServerAddress::Dns { host, port } => (host.as_str(), *port),
+        ServerAddress::Ip(addr) => (sni?, addr.port()),
+    };
+    let default_port = if server.tls.is_some() { 443 } else { 80 };
+    Some(if port == default_port {
+        name.to_string()
+    } else {
+        format!("{name}:{port}")
+    })
+}
+
 /// One endpoint's checks: its schedule and its counts.
 #[derive(Debug)]
 struct Track {
@@ -101,8 +120,9 @@ type Verdict = (Arc<EndpointState>, bool);
 struct Checker<'d> {
     dir: &'d Directory,
     checks: Vec<Option<Arc<HealthCheck>>>,
-    /// Per upstream, per spec server (endpoints keep their server's index).
-    transports: Vec<Vec<Arc<Transport>>>,
+    /// Per upstream, per spec server (endpoints keep their server's
+    /// index): how to reach it and the `Host` its checks send.
+    probes: Vec<Vec<Arc<Probe>>>,
     /// Per upstream, the endpoint generation the tracks follow.
     generations: Vec<Option<u64>>,
     tracks: HashMap<usize, Track>,
@@ -124,13 +144,18 @@ pub fn run(dir: &Directory, head_limits: HeadLimits) {
             .iter()
             .map(|up| up.health_check.clone().map(Arc::new))
             .collect(),
-        transports: dir
+        probes: dir
             .upstreams()
             .iter()
             .map(|up| {
                 up.servers
                     .iter()
-                    .map(|s| Arc::new(Transport::of(s)))
+                    .map(|s| {
+                        Arc::new(Probe {
+                            transport: Transport::of(s),
+                            host: host_of(s),
+                        })
+                    })
                     .collect()
             })
             .collect(),
@@ -201,10 +226,10 @@ impl Checker<'_> {
             let Some(hc) = self.checks[track.upstream].clone() else {
                 continue;
             };
-            let transport = self.transports[track.upstream]
+            let probe = self.probes[track.upstream]
                 .get(track.ep.server)
                 .cloned()
-                .unwrap_or_else(|| Arc::new(Transport::Plain));
+                .unwrap_or_else(|| Arc::new(Probe::default()));
             let interval = hc.interval;
             let ep = Arc::clone(&track.ep);
             let verdicts = self.verdicts.clone();
@@ -212,7 +237,7 @@ impl Checker<'_> {
             let started = std::thread::Builder::new()
                 .name("blitz-check".into())
                 .spawn(move || {
-                    let ok = check(ep.addr, &hc, &transport, &limits);
+                    let ok = check(ep.addr, &hc, &probe, &limits);
                     // The scheduler may have stopped: nobody to tell.
                     let _ = verdicts.send((ep, ok));
                 });
@@ -262,20 +287,36 @@ impl Checker<'_> {
     }
 }
 
+/// How the checks of one spec server are made.
+#[derive(Debug)]
+pub struct Probe {
+    pub transport: Transport,
+    /// Its `Host` ([`host_of`]); `None`: the endpoint's address.
+    pub host: Option<String>,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            transport: Transport::Plain,
+            host: None,
+        }
+    }
+}
+
 /// One check: whether `addr` answers `GET path` with a status of
-/// `expect` in time, over `transport`.
-pub fn check(
-    addr: SocketAddr,
-    hc: &HealthCheck,
-    transport: &Transport,
-    limits: &HeadLimits,
-) -> bool {
+/// `expect` in time, as `probe` says.
+pub fn check(addr: SocketAddr, hc: &HealthCheck, probe: &Probe, limits: &HeadLimits) -> bool {
+    let host = match &probe.host {
+        Some(name) => name.clone(),
+        None => addr.to_string(),
+    };
     let deadline = Instant::now() + hc.timeout;
     let Ok(tcp) = TcpStream::connect_timeout(&addr, hc.timeout) else {
         return false;
     };
-    match transport {
-        Transport::Plain => exchange(&mut &tcp, &tcp, addr, hc, deadline, limits),
+    match &probe.transport {
+        Transport::Plain => exchange(&mut &tcp, &tcp, &host, hc, deadline, limits),
         #[cfg(feature = "tls")]
         Transport::Tls(tls) => {
             let Ok(mut conn) = tls.connection() else {
@@ -285,7 +326,7 @@ pub fn check(
             // socket's timeouts.
             let mut sock = &tcp;
             let mut stream = rustls::Stream::new(&mut conn, &mut sock);
-            exchange(&mut stream, &tcp, addr, hc, deadline, limits)
+            exchange(&mut stream, &tcp, &host, hc, deadline, limits)
         }
         #[cfg(feature = "tls")]
         Transport::Unusable => false,
@@ -297,13 +338,13 @@ pub fn check(
 fn exchange(
     stream: &mut (impl Read + Write),
     tcp: &TcpStream,
-    addr: SocketAddr,
+    host: &str,
     hc: &HealthCheck,
     deadline: Instant,
     limits: &HeadLimits,
 ) -> bool {
     let request = format!(
-        "GET {} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: blitz-health-check\r\nconnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: blitz-health-check\r\nconnection: close\r\n\r\n",
         hc.path
     );
     let left = deadline.saturating_duration_since(Instant::now());
@@ -435,24 +476,57 @@ mod tests {
                 let _ = s.write_all(answer);
             }
         });
-        assert!(check(addr, &hc, &Transport::Plain, &limits));
-        assert!(!check(addr, &hc, &Transport::Plain, &limits));
+        assert!(check(addr, &hc, &Probe::default(), &limits));
+        assert!(!check(addr, &hc, &Probe::default(), &limits));
         let only_204 = HealthCheck {
             expect: 204..=204,
             ..hc.clone()
         };
         assert!(
-            !check(addr, &only_204, &Transport::Plain, &limits),
+            !check(addr, &only_204, &Probe::default(), &limits),
             "200 is not in expect"
         );
         let t = Instant::now();
-        assert!(!check(addr, &hc, &Transport::Plain, &limits));
+        assert!(!check(addr, &hc, &Probe::default(), &limits));
         assert!(
             t.elapsed() < Duration::from_millis(790),
             "bounded by the timeout"
         );
         let _ = server.join();
-        assert!(!check(addr, &hc, &Transport::Plain, &limits), "refused");
+        assert!(!check(addr, &hc, &Probe::default(), &limits), "refused");
+    }
+
+    #[test]
+    fn a_check_names_the_server_as_the_spec_does() {
+        use crate::lb::ServerTls;
+        let tls = |sni: &str| ServerTls {
+            sni: sni.into(),
+            ca: None,
+        };
+        let ip: SocketAddr = "10.0.0.7:8080".parse().unwrap_or_else(|e| panic!("{e}"));
+        let ip_443: SocketAddr = "10.0.0.7:443".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(host_of(&Server::ip(ip, 1)), None, "the endpoint's IP:port");
+        assert_eq!(
+            host_of(&Server::dns("users.internal", 8080, 1)).as_deref(),
+            Some("users.internal:8080")
+        );
+        assert_eq!(
+            host_of(&Server::dns("users.internal", 80, 1)).as_deref(),
+            Some("users.internal")
+        );
+        assert_eq!(
+            host_of(&Server::dns("users.internal", 80, 1).with_tls(tls("x.test"))).as_deref(),
+            Some("users.internal:80"),
+            "80 is not TLS's default port; the DNS name, not the SNI"
+        );
+        assert_eq!(
+            host_of(&Server::ip(ip_443, 1).with_tls(tls("api.test"))).as_deref(),
+            Some("api.test")
+        );
+        assert_eq!(
+            host_of(&Server::ip(ip, 1).with_tls(tls("api.test"))).as_deref(),
+            Some("api.test:8080")
+        );
     }
 
     fn hc(interval_ms: u64, timeout_ms: u64, unhealthy: u32) -> HealthCheck {
