@@ -247,8 +247,12 @@ const DESCRIPTIONS: &[Description] = &[
         meaning: "A header value (in `set`/`add`, `content-type` or a redirect location) \
                   with CR, LF or NUL, which would split or corrupt the \
                   response, or another control character or DEL, which RFC 9110 leaves out of \
-                  field values (HTTP/2 cannot carry it, and no request holds one).",
-        fix: "Keep header values on one line, without control characters.",
+                  field values (HTTP/2 cannot carry it, and no request holds one). Also a \
+                  value of a `header` match condition that starts or ends with a space or \
+                  tab: no request's field value keeps that whitespace, so the condition \
+                  could never hold.",
+        fix: "Keep header values on one line, without control characters; write match \
+              values without surrounding whitespace.",
     },
     Description {
         code: "B041",

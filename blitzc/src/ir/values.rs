@@ -258,6 +258,28 @@ impl Lowering {
         }
     }
 
+    /// A value a `header` match condition compares with: a header value
+    /// (above) that a request's field can hold, so not starting or ending
+    /// with a space or tab. A field value never keeps that whitespace
+    /// (RFC 9110 §5.5: HTTP/1.1 parsing drops it; HTTP/2 refuses a field
+    /// that has it, RFC 9113 §8.2.1), so such a condition could never hold.
+    pub fn match_header_value(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
+        let value = self.header_value(text, span)?;
+        let trimmed = text.trim_matches([' ', '\t']);
+        if trimmed.len() == text.len() {
+            return Some(value);
+        }
+        self.push(
+            Diagnostic::error(Code::InvalidHeaderValue, span, "invalid header value")
+                .label("starts or ends with whitespace, which no request's header keeps")
+                .help(format!(
+                    "header values are compared without surrounding spaces and tabs: write `{}`",
+                    trimmed.escape_debug()
+                )),
+        );
+        None
+    }
+
     /// A host pattern: a DNS name or `*.name`, lower-cased, or an IP
     /// address. An IPv6 address (bare or in brackets, as a `Host` header
     /// has it) is stored as its canonical text, which is what a request's

@@ -1492,14 +1492,23 @@ impl Lowerer<'_> {
                 "header" | "query" => {
                     let mut args = self.string_args(n, "a name", 1).into_iter();
                     let Some(name) = args.next() else { continue };
-                    let values: Vec<_> = args.collect();
                     if keyword == "header" {
                         let Some(name) = self.lw.header_name(&name.value, name.span) else {
                             continue;
                         };
+                        let written = args.len();
+                        let values: Vec<_> = args
+                            .filter_map(|v| self.lw.match_header_value(&v.value, v.span))
+                            .collect();
+                        if values.is_empty() && written > 0 {
+                            continue; // no value left: not "present" instead
+                        }
                         Test::Header { name, values }
                     } else {
-                        Test::Query { name, values }
+                        Test::Query {
+                            name,
+                            values: args.collect(),
+                        }
                     }
                 }
                 _ => {

@@ -1607,6 +1607,14 @@ impl Lowerer {
                 let Some(name) = self.lw.header_name(entry.name, entry.key) else {
                     continue;
                 };
+                let written = values.len();
+                let values: Vec<_> = values
+                    .into_iter()
+                    .filter_map(|v: Spanned<String>| self.lw.match_header_value(&v.value, v.span))
+                    .collect();
+                if values.is_empty() && written > 0 {
+                    continue; // no value left: not "present" instead
+                }
                 Test::Header { name, values }
             } else {
                 Test::Query {
