@@ -9,12 +9,12 @@
 //! file order.
 
 pub mod auth;
-pub mod durations;
 pub mod names;
 pub mod plugins;
 pub mod routes;
 pub mod shadow;
 pub mod tls;
+pub mod unworkable;
 pub mod upstreams;
 
 use crate::diag::Diagnostic;
@@ -24,7 +24,7 @@ use blitz_ir::{Route, Spec, Step, StepKind};
 pub fn run(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
     names::check(spec, diagnostics);
     tls::check(spec, diagnostics);
-    durations::check(spec, diagnostics);
+    unworkable::check(spec, diagnostics);
     upstreams::check(spec, diagnostics);
     auth::check(spec, diagnostics);
     plugins::check(spec, diagnostics);

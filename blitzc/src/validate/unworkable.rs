@@ -1,4 +1,7 @@
-//! B041 (warning): timeouts and intervals written as zero where zero makes
+//! B041 (warning): settings written so that the gateway cannot work. A
+//! `max-header-bytes` below the smallest HTTP/1.1 request head answers
+//! every request 431 (a size without a unit is bytes: `16` where `16KiB`
+//! was meant). And timeouts and intervals written as zero where zero makes
 //! the gateway unable to work. `"0s"` is a valid duration, and zero keeps a
 //! meaning where it switches something off (`idle-timeout`: no keep-alive;
 //! a pool's `idle-timeout`: no idle connections kept; a jwt's `leeway`). But
@@ -13,10 +16,29 @@ use crate::diag::{Code, Diagnostic};
 use blitz_ir::{Spanned, Spec};
 use std::time::Duration;
 
-/// Reports each zero duration of the spec's limits and upstreams that would
-/// leave the gateway unable to serve (or flood its upstreams).
+/// The smallest HTTP/1.1 request head: `GET / HTTP/1.1`, `Host: a`, the
+/// empty line (27 bytes; HTTP/1.1 requires `Host`).
+pub const SMALLEST_REQUEST_HEAD: u64 = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".len() as u64;
+
+/// Reports a head limit no request fits in, and each zero duration of the
+/// spec's limits and upstreams that would leave the gateway unable to
+/// serve (or flood its upstreams).
 pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
     let limits = &spec.limits;
+    let head = &limits.max_header_bytes;
+    if head.value < SMALLEST_REQUEST_HEAD && !head.span.is_empty() {
+        diagnostics.push(
+            Diagnostic::warning(
+                Code::OutOfRange,
+                head.span,
+                format!("`max-header-bytes` of {} bytes", head.value),
+            )
+            .label(format!(
+                "no HTTP/1.1 request head fits (the smallest is {SMALLEST_REQUEST_HEAD} bytes): every request gets 431"
+            ))
+            .help("a size without a unit is in bytes: write \"16KiB\" for 16 KiB (the default)"),
+        );
+    }
     let mut zero = |d: &Spanned<Duration>, what: String, effect: &str| {
         if d.value.is_zero() && !d.span.is_empty() {
             diagnostics.push(
