@@ -456,6 +456,17 @@ const DESCRIPTIONS: &[Description] = &[
         meaning: "A `key` on a balance other than `consistent-hash`, which ignores it.",
         fix: "Remove the key, or use `balance \"consistent-hash\"`.",
     },
+    Description {
+        code: "B085",
+        severity: "warning",
+        meaning: "An upstream server at an address one of the gateway's own listeners binds \
+                  (the same address and port, a loopback address or `localhost` on the port \
+                  of a loopback or wildcard listener): a request proxied there comes back to \
+                  the gateway, matches the same route and goes round again until connections \
+                  run out.",
+        fix: "Point the server at the origin's address. To route a second pass on purpose, \
+              match it by a header the first pass adds.",
+    },
     // ---- plugins
     Description {
         code: "B090",

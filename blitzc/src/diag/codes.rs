@@ -141,6 +141,8 @@ codes! {
     DuplicateServer = ("B083", "duplicate-server"),
     /// A `key` on a balance that is not `consistent-hash`.
     KeyIgnored = ("B084", "key-ignored"),
+    /// A server at an address a listener of this gateway binds (warning).
+    ServerIsListener = ("B085", "server-is-listener"),
 
     // ---- plugins
     /// A plugin file that is missing or is not a WebAssembly module.

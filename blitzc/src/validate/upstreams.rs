@@ -1,9 +1,11 @@
 //! Upstream rules: the balance and its key (B080, B084), server weights
-//! (B081, B082), repeated servers (B083), the health-check path (B038) and
-//! retry counts (B041).
+//! (B081, B082), repeated servers (B083), servers that are the gateway's
+//! own listeners (B085), the health-check path (B038) and retry counts
+//! (B041).
 
 use crate::diag::{Code, Diagnostic};
-use blitz_ir::{BalanceAlgorithm, ServerAddress, Spec, Upstream};
+use blitz_ir::{BalanceAlgorithm, Listener, ServerAddress, Spec, Upstream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// More retries than this multiply the load on a failing upstream.
 const MAX_SENSIBLE_RETRIES: u32 = 10;
@@ -13,6 +15,7 @@ pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
         balance(upstream, diagnostics);
         weights(upstream, diagnostics);
         duplicate_servers(upstream, diagnostics);
+        own_listeners(upstream, &spec.listeners, diagnostics);
         health_check(upstream, diagnostics);
         retry(upstream, diagnostics);
     }
@@ -149,6 +152,71 @@ fn same_server(a: &ServerAddress, b: &ServerAddress) -> bool {
     }
 }
 
+/// B085 (warning): a server that is one of the gateway's own listeners.
+/// A request proxied there comes back to the gateway, matches the same
+/// route and goes round again, each turn holding a connection, until the
+/// gateway runs out of them. (Routing a second pass on purpose, by a header
+/// the first pass adds, is possible, hence a warning.)
+fn own_listeners(upstream: &Upstream, listeners: &[Listener], diagnostics: &mut Vec<Diagnostic>) {
+    for server in &upstream.servers {
+        let Some(listener) = listeners
+            .iter()
+            .find(|l| reaches(&server.address.value, l.bind.value))
+        else {
+            continue;
+        };
+        diagnostics.push(
+            Diagnostic::warning(
+                Code::ServerIsListener,
+                server.address.span,
+                format!(
+                    "server `{}` of upstream `{}` is this gateway's listener `{}`",
+                    server.address.value, upstream.name.value, listener.name.value
+                ),
+            )
+            .label("requests proxied here come back to the gateway")
+            .help("point the server at the origin's address; a request sent to the gateway itself loops until connections run out")
+            .related(listener.bind.span, "the gateway listens here"),
+        );
+    }
+}
+
+/// Whether connecting to `server` reaches a socket bound to `bind` on
+/// this machine, as far as the spec tells: the same address and port (an
+/// IPv4-mapped IPv6 address is the IPv4 one), or a loopback address when
+/// `bind` is a wildcard (`0.0.0.0` takes IPv4, `[::]` both families).
+/// Connecting to the unspecified address lands on loopback; `localhost` is
+/// 127.0.0.1 and ::1. Port 0 binds a port chosen at start: unknown.
+fn reaches(server: &ServerAddress, bind: SocketAddr) -> bool {
+    let (targets, port): (Vec<IpAddr>, u16) = match server {
+        ServerAddress::Ip(addr) => {
+            let ip = addr.ip().to_canonical();
+            let ip = match ip {
+                IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            (vec![ip], addr.port())
+        }
+        ServerAddress::Dns { host, port } if host.trim_end_matches('.') == "localhost" => (
+            vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
+            *port,
+        ),
+        ServerAddress::Dns { .. } => return false,
+    };
+    if port != bind.port() || port == 0 {
+        return false;
+    }
+    let bind_ip = bind.ip().to_canonical();
+    targets.into_iter().any(|ip| {
+        ip == bind_ip
+            || (bind_ip.is_unspecified() && ip.is_loopback() && (bind_ip.is_ipv6() || ip.is_ipv4()))
+    })
+}
+
 /// B038: the health-check request path is absolute, and fits in a request
 /// line (no spaces or control characters).
 fn health_check(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
@@ -192,5 +260,56 @@ fn retry(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
             .label(format!("more than {MAX_SENSIBLE_RETRIES}"))
             .help("each retry is another request to a struggling upstream: retries multiply load during an outage; 1 to 3 is usual"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> ServerAddress {
+        ServerAddress::Ip(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
+    }
+
+    fn bind(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn a_server_reaches_a_listener_it_would_connect_to() {
+        let localhost = ServerAddress::Dns {
+            host: "localhost".into(),
+            port: 8080,
+        };
+        for (server, listener) in [
+            (ip("127.0.0.1:8080"), "127.0.0.1:8080"),
+            (ip("[::ffff:127.0.0.1]:8080"), "127.0.0.1:8080"),
+            (ip("127.0.0.1:8080"), "0.0.0.0:8080"),
+            (ip("127.0.0.1:8080"), "[::]:8080"),
+            (ip("[::1]:8080"), "[::]:8080"),
+            (ip("0.0.0.0:8080"), "127.0.0.1:8080"),
+            (ip("10.1.2.3:8080"), "10.1.2.3:8080"),
+            (localhost.clone(), "[::1]:8080"),
+            (localhost.clone(), "0.0.0.0:8080"),
+        ] {
+            assert!(reaches(&server, bind(listener)), "{server} -> {listener}");
+        }
+        for (server, listener) in [
+            (ip("127.0.0.1:8081"), "127.0.0.1:8080"),
+            (ip("127.0.0.2:8080"), "127.0.0.1:8080"),
+            (ip("[::1]:8080"), "0.0.0.0:8080"),
+            (ip("10.1.2.3:8080"), "0.0.0.0:8080"),
+            (ip("127.0.0.1:0"), "127.0.0.1:0"),
+            (localhost.clone(), "10.1.2.3:8080"),
+            (
+                ServerAddress::Dns {
+                    host: "origin.internal".into(),
+                    port: 8080,
+                },
+                "0.0.0.0:8080",
+            ),
+        ] {
+            assert!(!reaches(&server, bind(listener)), "{server} -> {listener}");
+        }
     }
 }
