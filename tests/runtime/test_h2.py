@@ -162,6 +162,25 @@ def test_translation_to_http1(h2gw, origin):
     assert req.header("x-forwarded-for") == ["127.0.0.1"]
 
 
+def test_hop_by_hop_response_fields_never_reach_the_client(h2gw, origin):
+    """The upstream's hop-by-hop fields stay on its hop, over HTTP/2 as over
+    HTTP/1.1 (test_framing.py): `Keep-Alive`, `Proxy-*` (RELIABILITY.md lists
+    them as hop-by-hop), a field `Connection` nominates; end-to-end ones pass."""
+
+    def hop_fields(req, conn):
+        return conn.send(
+            b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=1\r\n"
+            b"Proxy-Authenticate: Basic\r\nProxy-Foo: x\r\nX-Keep: yes\r\ncontent-length: 2\r\n\r\nok"
+        )
+
+    origin.handler = hop_fields
+    with H2Client(h2gw.addr) as c:
+        r = c.request("/hop-fields")
+    assert (r.status, r.body, r.header("x-keep")) == (200, b"ok", ["yes"]), r
+    for hop in ("x-hop", "keep-alive", "proxy-authenticate", "proxy-foo", "connection"):
+        assert r.header(hop) == [], (hop, r)
+
+
 @pytest.mark.parametrize(
     "name,value",
     [

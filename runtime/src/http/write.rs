@@ -235,7 +235,13 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn dropped_from_response(name: &[u8]) -> bool {
+/// Upstream response fields that never reach the client, over HTTP/1.1 or
+/// HTTP/2: hop-by-hop ones (RFC 9110 §7.6.1, `Proxy-*` as RELIABILITY.md
+/// counts them; those `Connection` nominates are dropped by
+/// `iter_end_to_end`), and `content-length`, which is written from the
+/// framing instead. HTTP/2 forbids the connection-specific ones too (RFC
+/// 9113 §8.2.2).
+pub(crate) fn dropped_from_response(name: &[u8]) -> bool {
     const NAMES: &[&[u8]] = &[
         b"connection",
         b"keep-alive",

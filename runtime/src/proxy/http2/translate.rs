@@ -183,24 +183,6 @@ fn put_cookies(headers: &HeaderMap, out: &mut Vec<u8>) -> Result<(), Refused> {
     Ok(())
 }
 
-/// Fields an HTTP/1.1 response may carry that HTTP/2 forbids or that are
-/// hop-by-hop; `content-length` is written from the framing instead.
-fn dropped_from_response(name: &[u8]) -> bool {
-    const NAMES: &[&[u8]] = &[
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"te",
-        b"trailer",
-        b"content-length",
-    ];
-    NAMES
-        .iter()
-        .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
-}
-
 /// The HTTP/2 response head for an upstream's HTTP/1.1 one (after the
 /// response steps ran on it). Fields HTTP/2 cannot carry are dropped,
 /// names are lower-cased, and `content-length` is set from the framing
@@ -210,7 +192,7 @@ pub(crate) fn response_head(resp: &ResponseHead, is_head: bool) -> Response<()> 
     *out.status_mut() = StatusCode::from_u16(resp.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = out.headers_mut();
     for (name, value) in resp.headers.iter_end_to_end() {
-        if dropped_from_response(name) {
+        if crate::http::write::dropped_from_response(name) {
             continue;
         }
         // Invalid names or values cannot be carried: dropped, never mangled.
