@@ -535,3 +535,93 @@ def test_below_the_b041_bound_every_request_gets_431(limited):
     at_26 = limited(26)
     assert at_26.h1_status(b"GET / HTTP/1.1\r\nHost:a\r\n\r\n") == 431
     assert at_26.h1_status(b"GET / HTTP/1.0\r\n\r\n") == 431
+
+
+# ---------------------------------------------------------------- B085: a server that is the gateway
+
+
+OWN_LISTENER = """version 1
+{listeners}
+upstream "app" {{ server "{server}" }}
+route "app" {{ proxy "app" }}
+"""
+
+
+@pytest.mark.parametrize(
+    "binds, server, codes",
+    [
+        (["127.0.0.1:8080"], "127.0.0.1:8080", ["B085"]),
+        (["127.0.0.1:8080"], "[::ffff:127.0.0.1]:8080", ["B085"]),  # IPv4-mapped is the IPv4 address
+        (["[::ffff:127.0.0.1]:8080"], "127.0.0.1:8080", ["B085"]),
+        (["[::]:8080"], "127.0.0.1:8080", ["B085"]),  # a dual-stack wildcard (bindv6only=0)
+        (["[::]:8080"], "[::1]:8080", ["B085"]),
+        (["0.0.0.0:8080"], "127.9.9.9:8080", ["B085"]),  # all of 127/8 is loopback
+        (["0.0.0.0:8080"], "[::ffff:0.0.0.0]:8080", ["B085"]),  # connecting to 0.0.0.0 lands on loopback
+        (["127.0.0.1:8080"], "localhost:8080", ["B085"]),
+        (["127.0.0.1:8080"], "localhost.:8080", ["B085"]),
+        (["127.0.0.1:8080"], "LOCALHOST:8080", ["B085"]),
+        (["[::1]:8080"], "localhost:8080", ["B085"]),
+        (["127.0.0.1:8080", "127.0.0.1:8081"], "127.0.0.1:8081", ["B085"]),  # the second listener
+        # Controls: another port or address, a family the listener does not take, port 0.
+        (["127.0.0.1:8080"], "127.0.0.1:8081", []),
+        (["127.0.0.2:8080"], "localhost:8080", []),
+        (["0.0.0.0:8080"], "[::1]:8080", []),
+        (["0.0.0.0:8080"], "[::]:8080", []),  # :: connects to ::1, which 0.0.0.0 does not take
+        (["[::1]:8080"], "[::ffff:127.0.0.1]:8080", []),
+        (["127.0.0.1:0"], "127.0.0.1:8080", []),  # a port chosen at start: unknown (a server port 0 is B033)
+        (["0.0.0.0:8080"], "origin.internal:8080", []),
+    ],
+)
+def test_b085_reports_servers_the_gateway_would_accept(blitzc, tmp_path, binds, server, codes):
+    """docs/spec.md 7 (B085): a server the gateway's own listener would
+    accept, as far as the spec tells (a DNS name other than `localhost`
+    and the host's own non-loopback addresses cannot be known)."""
+    listeners = "\n".join(f'listener "l{i}" {{ bind "{b}" }}' for i, b in enumerate(binds))
+    assert check_codes(blitzc, tmp_path, "own.kdl", OWN_LISTENER.format(listeners=listeners, server=server)) == codes
+
+
+LOOP_ENDS = {431, 502, 503, 504}  # what a turn of the loop may end with: never a hang, never a 200
+
+
+def loop_answers(port: int, clients: int) -> list[int]:
+    """`clients` concurrent `GET /loop`; each one's status (0: no answer)."""
+    statuses = [0] * clients
+
+    def one(i: int):
+        try:
+            raw = raw_exchange(port, b"GET /loop HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n", timeout=20)
+            statuses[i] = int(raw.split(b" ", 2)[1])
+        except (OSError, IndexError, ValueError):
+            pass
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return statuses
+
+
+def test_a_server_that_is_the_gateway_loops_until_the_head_is_too_large(built, gateway):
+    """B085 is right that such a spec loops: `/loop` proxies to the
+    gateway's own listener. Each turn adds to the request head
+    (`x-forwarded-for`, `via`), so the loop ends once the head passes
+    `max-header-bytes` (16 KiB): the client gets an error status, not a
+    hang; and the gateway serves on."""
+    port = built["ports"]["gw"]
+    assert set(loop_answers(port, 1)) <= LOOP_ENDS
+    assert h1_route(port, b"x-a: v") == (200, b"hdr-v\n")
+
+
+def test_concurrent_loops_past_the_fd_limit_leave_the_gateway_serving(built):
+    """With 400 descriptors, 20 concurrent loops need more than the
+    process has (about 60 turns of two connections each): accepts fail
+    with EMFILE (logged, backed off), every client still gets an error
+    status, and once the loops unwound the gateway serves."""
+    port = built["ports"]["gw"]
+    served = Served(["prlimit", "--nofile=400:400", str(built["binary"])], port, built["env"])
+    try:
+        assert set(loop_answers(port, 20)) <= LOOP_ENDS
+        assert wait_until(lambda: h1_route(port, b"x-a: v") == (200, b"hdr-v\n"), timeout=10), served.lines[-10:]
+    finally:
+        served.stop()
