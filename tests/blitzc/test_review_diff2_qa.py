@@ -36,7 +36,11 @@ tests/runtime/test_review_upgrade2_qa.py.
   gateway's own listener really loops: one request makes the gateway
   connect to itself until the request head outgrows `max-header-bytes`
   (each turn adds to `x-forwarded-for`), the client gets an error status,
-  and the gateway serves on.
+  and the gateway serves on; 20 concurrent loops under a 400-descriptor
+  limit hit EMFILE (logged, accepts backed off), every client still gets
+  an error status, and the gateway serves once they unwound. (nginx and
+  HAProxy have no loop detection either: without a growing header such a
+  loop runs until worker_connections / maxconn or the descriptors run out.)
 
 Nothing asserts a timing: waits only bound how long a test blocks.
 """
