@@ -22,6 +22,8 @@ declare -A APT_CMDS=(
     # HTTP/2 clients of tests/runtime/test_h2.py
     [nghttp]=nghttp2-client
     [h2load]=nghttp2-client
+    # test_review_upgrade2_qa.py holds a handoff message with strace's fault injection
+    [strace]=strace
 )
 if [ -z "${NO_BENCH:-}" ]; then
     APT_CMDS+=([wrk]=wrk [nginx]=nginx [haproxy]=haproxy)

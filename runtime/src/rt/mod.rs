@@ -260,8 +260,7 @@ pub const REPORT_READY_ENV: &str = "BLITZ_REPORT_READY";
 /// Why the main thread starts the drain.
 enum Stop {
     Signal(i32),
-    /// The new process's pid, and where to say once no worker accepts.
-    HandedOff(u32, mpsc::Sender<()>),
+    HandedOff(u32),
 }
 
 /// A worker's listening sockets: `(listener index, socket)`.
@@ -678,16 +677,18 @@ where
                 break;
             }
         })?;
+    let stopped_accepting = Arc::new(Gate::default());
     let server = match control {
         Some(socket) => {
             let handed_off = stop_tx.clone();
             // Returns once no worker accepts, so that `draining` (sent
             // after it) means the new process alone takes new connections.
+            // The main thread may be draining for a signal already: the
+            // gate opens on either path.
+            let stopped = Arc::clone(&stopped_accepting);
             let on_handed_off = move |pid| {
-                let (done_tx, done_rx) = mpsc::channel();
-                if handed_off.send(Stop::HandedOff(pid, done_tx)).is_ok() {
-                    let _ = done_rx.recv_timeout(STOP_ACCEPTING_TIMEOUT + Duration::from_secs(1));
-                }
+                let _ = handed_off.send(Stop::HandedOff(pid));
+                stopped.wait(STOP_ACCEPTING_TIMEOUT + Duration::from_secs(1));
             };
             match handoff::server::spawn(socket, offer, on_handed_off) {
                 Ok(s) => Some(s),
@@ -716,16 +717,16 @@ where
                 server.withdraw();
             }
         }
-        Ok(Stop::HandedOff(pid, stopped_accepting)) => {
+        Ok(Stop::HandedOff(pid)) => {
             eprintln!(
                 "blitz: handed off to pid {pid}, draining (grace {:?})",
                 config.grace
             );
-            workers.stop_accepting();
-            let _ = stopped_accepting.send(());
         }
         Err(_) => {}
     }
+    workers.stop_accepting();
+    stopped_accepting.open();
     workers.stop();
     drop(server);
     eprintln!("blitz: drained, exiting");
@@ -814,6 +815,26 @@ async fn run_worker<G: Gateway>(
 fn test_drain_delay() -> Option<Duration> {
     let ms = std::env::var("BLITZ_TEST_DRAIN_DELAY_MS").ok()?;
     ms.parse().ok().map(Duration::from_millis)
+}
+
+/// A one-way gate between threads: closed until [`Gate::open`].
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    /// Returns once the gate is open, or after `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.opened.wait_timeout_while(open, timeout, |open| !*open);
+    }
 }
 
 /// How long the drain waits for every worker to stop accepting before an
