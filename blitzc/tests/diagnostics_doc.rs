@@ -260,8 +260,9 @@ const DESCRIPTIONS: &[Description] = &[
         meaning: "A number out of its range: `workers 0`, a negative or too large count, a \
                   rate limit with a burst of 0 (errors); more than 10 retry attempts \
                   (warning: retries multiply load during an outage); a `max-header-bytes` \
-                  below the smallest HTTP/1.1 request head, 27 bytes (warning: every \
-                  request would get 431; a size without a unit is bytes); a zero \
+                  below the smallest HTTP/1.1 request head, 26 bytes (warning: every \
+                  HTTP/1.1 and HTTP/2 request would get 431; a size without a unit is \
+                  bytes); a zero \
                   `header-timeout`, `body-timeout`, upstream `connect`/`response` \
                   timeout, retry `total`, or health-check `interval`/`timeout` (warning: \
                   the gateway could serve nothing, or would flood its upstreams with \

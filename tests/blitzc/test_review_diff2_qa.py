@@ -13,7 +13,7 @@ tests/runtime/test_review_upgrade2_qa.py.
   server given by an IPv6 address and no `sni` has, as its `sni`, the bare
   address (`blitz_ir::Server::tls_name`), so its checks went out with
   `host: ::1:PORT`, which is no valid Host (RFC 3986 §3.2.2: an IPv6
-  literal is bracketed) — a bug, strict xfail; controls: the same server
+  literal is bracketed) — a bug, fixed since; controls: the same server
   plain gets `[::1]:PORT`, an IPv4 TLS server `127.0.0.1:PORT`, an `sni`
   `api.test:PORT`. A trailing-dot or upper-case DNS name is sent as written
   (pinned).
@@ -24,12 +24,12 @@ tests/runtime/test_review_upgrade2_qa.py.
   carry only because of non-ASCII whitespace (NBSP) is reachable and passes
   check; KDL and TOML twins agree, and a condition whose values all fail is
   reported once (no B050/B051 from the dropped condition).
-- B041 for `max-header-bytes` below 27 (`validate/unworkable.rs`): 27 is
-  the exact head of `GET / HTTP/1.1` + `Host: a` over HTTP/1.1 and of the
-  smallest HTTP/2 request (measured as that head); the diagnostic says
-  "every request gets 431", but at 26 bytes a `Host:a` head (26 bytes) and
-  an HTTP/1.0 head without Host (18 bytes) are served — a wrong claim,
-  strict xfail.
+- B041 for `max-header-bytes` (`validate/unworkable.rs`): the diagnostic
+  said "every request gets 431" below 27 bytes, but at 26 a `Host:a` head
+  (26 bytes) and an HTTP/1.0 head without Host (18 bytes) are served — a
+  wrong claim, fixed since: the bound is 26 (`GET / HTTP/1.1` + `Host:a`),
+  and the label says every HTTP/1.1 and HTTP/2 request (the smallest
+  HTTP/2 one is measured as `Host: a`, 27 bytes).
 - B085 (`validate/upstreams.rs`, `reaches`): the cases of the brief
   (IPv4-mapped, `[::]`, `localhost.`, `LOCALHOST`, port 0, several
   listeners) are pinned against `blitzc check`; a server that is the
@@ -282,14 +282,12 @@ def test_an_upper_case_dns_name_is_sent_as_a_valid_host(built, gateway):
     assert {h.lower() for h in hosts_seen(built, gateway, "upper")} == {f"svc.test:{port}"}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a TLS server given by an IPv6 address (no sni) is checked with "
-                                       "`host: ::1:PORT`, an unbracketed IPv6 literal")
 def test_a_tls_server_by_ipv6_address_gets_a_bracketed_host(built, gateway):
     """docs/spec.md 7.1: a server given by address alone gets the endpoint's
     `IP:port`; for IPv6 that is `[::1]:PORT` (RFC 3986 §3.2.2, RFC 9110
     §7.2), as the plain IPv6 server gets (control above). The TLS one's
-    `sni` is its address (`Server::tls_name`), which `host_of` takes as a
-    name and writes unbracketed."""
+    `sni` is its address (`Server::tls_name`), which `host_of` took as a
+    name and wrote unbracketed (fixed: an `sni` that is an IP is no name)."""
     port = built["ports"]["v6_tls"]
     assert hosts_seen(built, gateway, "v6_tls") == {f"[::1]:{port}"}
 
@@ -433,7 +431,8 @@ def test_header_match_values_kdl_and_toml_agree(blitzc, tmp_path, values, codes)
 
 # ---------------------------------------------------------------- B041: max-header-bytes
 
-SMALLEST_H1 = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"  # 27 bytes, B041's bound
+SMALLEST_H1 = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"  # 27 bytes: what an HTTP/2 `:authority a` stands for
+TIGHTEST_H1 = b"GET / HTTP/1.1\r\nHost:a\r\n\r\n"  # 26 bytes, B041's bound
 
 
 @pytest.fixture(scope="module")
@@ -509,36 +508,38 @@ def limited(hello_bin):
         g.stop()
 
 
-def test_27_bytes_is_the_smallest_head_of_a_request_with_host_a(limited):
-    """At `max-header-bytes 27` the 27-byte head is served over HTTP/1.1,
-    and the smallest HTTP/2 request (`:authority a`, measured as the
-    HTTP/1.1 head it stands for) too; one byte less is 431 for both."""
-    at_27, at_26 = limited(27), limited(26)
+def test_26_bytes_is_the_smallest_http1_head_and_27_the_smallest_http2_one(limited):
+    """OWS after the colon is optional (RFC 9112 §5.1): `Host:a` makes the
+    smallest HTTP/1.1 head, 26 bytes, served at `max-header-bytes 26` and
+    431 at 25. The smallest HTTP/2 request (`:authority a`) is measured as
+    the HTTP/1.1 head it stands for, which writes `Host: a`: 27 bytes."""
+    at_27, at_26, at_25 = limited(27), limited(26), limited(25)
     assert at_27.h1_status(SMALLEST_H1) == 200
     assert at_27.h2_status("a") == 200
     assert at_27.h2_status("ab") == 431  # one byte over
     assert at_26.h1_status(SMALLEST_H1) == 431
+    assert at_26.h1_status(TIGHTEST_H1) == 200
     assert at_26.h2_status("a") == 431
+    assert at_25.h1_status(TIGHTEST_H1) == 431
 
 
-def test_b041_warns_below_27_bytes_only(blitzc, tmp_path):
-    """Control of the check side: 26 warns, 27 does not."""
+def test_b041_warns_below_26_bytes_only(blitzc, tmp_path):
+    """Control of the check side: 25 warns, 26 does not."""
     spec = ('version 1\nlistener "web" {{ bind "127.0.0.1:8080" }}\nlimits {{ max-header-bytes {n} }}\n'
             'route "r" {{ respond 200 }}\n')
-    assert check_codes(blitzc, tmp_path, "l26.kdl", spec.format(n=26)) == ["B041"]
-    assert check_codes(blitzc, tmp_path, "l27.kdl", spec.format(n=27)) == []
+    assert check_codes(blitzc, tmp_path, "l25.kdl", spec.format(n=25)) == ["B041"]
+    assert check_codes(blitzc, tmp_path, "l26.kdl", spec.format(n=26)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: B041 says every request gets 431 below 27 bytes, but at 26 a "
-                                       "`Host:a` head (26 B) and an HTTP/1.0 head (18 B) are served")
-def test_below_the_b041_bound_every_request_gets_431(limited):
-    """docs/spec.md 4 and B041's label: below 27 bytes "every request
-    gets 431". The runtime counts the bytes of the head as sent: OWS after
-    the colon is optional (RFC 9112 §5.1) and HTTP/1.0 needs no Host, so
-    smaller heads exist and are served."""
-    at_26 = limited(26)
-    assert at_26.h1_status(b"GET / HTTP/1.1\r\nHost:a\r\n\r\n") == 431
-    assert at_26.h1_status(b"GET / HTTP/1.0\r\n\r\n") == 431
+def test_below_the_b041_bound_every_http1_and_http2_request_gets_431(limited):
+    """docs/spec.md 4 and B041's label: below 26 bytes "every HTTP/1.1 and
+    HTTP/2 request gets 431" (an HTTP/1.0 request needs no Host: its 18-byte
+    head is served, and the label does not claim otherwise). Found by this
+    review: the label said "every request" below 27."""
+    at_25 = limited(25)
+    assert at_25.h1_status(TIGHTEST_H1) == 431
+    assert at_25.h2_status("a") == 431
+    assert at_25.h1_status(b"GET / HTTP/1.0\r\n\r\n") == 200
 
 
 # ---------------------------------------------------------------- B085: a server that is the gateway

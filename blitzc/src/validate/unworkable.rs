@@ -1,6 +1,6 @@
 //! B041 (warning): settings written so that the gateway cannot work. A
 //! `max-header-bytes` below the smallest HTTP/1.1 request head answers
-//! every request 431 (a size without a unit is bytes: `16` where `16KiB`
+//! every HTTP/1.1 and HTTP/2 request 431 (a size without a unit is bytes: `16` where `16KiB`
 //! was meant). And timeouts and intervals written as zero where zero makes
 //! the gateway unable to work. `"0s"` is a valid duration, and zero keeps a
 //! meaning where it switches something off (`idle-timeout`: no keep-alive;
@@ -16,9 +16,10 @@ use crate::diag::{Code, Diagnostic};
 use blitz_ir::{Spanned, Spec};
 use std::time::Duration;
 
-/// The smallest HTTP/1.1 request head: `GET / HTTP/1.1`, `Host: a`, the
-/// empty line (27 bytes; HTTP/1.1 requires `Host`).
-pub const SMALLEST_REQUEST_HEAD: u64 = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".len() as u64;
+/// The smallest HTTP/1.1 request head: `GET / HTTP/1.1`, `Host:a`, the
+/// empty line (26 bytes; HTTP/1.1 requires `Host`). An HTTP/2 head is
+/// measured as the HTTP/1.1 head it stands for, which writes `Host: a`: 27.
+pub const SMALLEST_REQUEST_HEAD: u64 = b"GET / HTTP/1.1\r\nHost:a\r\n\r\n".len() as u64;
 
 /// Reports a head limit no request fits in, and each zero duration of the
 /// spec's limits and upstreams that would leave the gateway unable to
@@ -34,7 +35,7 @@ pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
                 format!("`max-header-bytes` of {} bytes", head.value),
             )
             .label(format!(
-                "no HTTP/1.1 request head fits (the smallest is {SMALLEST_REQUEST_HEAD} bytes): every request gets 431"
+                "no HTTP/1.1 request head fits (the smallest is {SMALLEST_REQUEST_HEAD} bytes): every HTTP/1.1 and HTTP/2 request gets 431"
             ))
             .help("a size without a unit is in bytes: write \"16KiB\" for 16 KiB (the default)"),
         );

@@ -78,9 +78,15 @@ impl Transport {
 /// name, else the `sni` of a TLS server), so a server that picks its site
 /// by name answers the check as it answers the gateway's requests for it;
 /// the port is left out when it is the scheme's default. `None` for a
-/// server given by address alone: each endpoint's `IP:port` then.
+/// server given by address alone (with TLS, one whose `sni` is its IP):
+/// each endpoint's `IP:port` then, an IPv6 address in brackets.
 pub fn host_of(server: &Server) -> Option<String> {
-    let sni = server.tls.as_ref().map(|t| t.sni.as_str());
+    // A TLS server given by address without `sni=` verifies its IP: no name.
+    let sni = server
+        .tls
+        .as_ref()
+        .map(|t| t.sni.as_str())
+        .filter(|sni| sni.parse::<std::net::IpAddr>().is_err());
     let (name, port) = match &server.address {
         ServerAddress::Dns { host, port } => (host.as_str(), *port),
         ServerAddress::Ip(addr) => (sni?, addr.port()),
@@ -526,6 +532,12 @@ mod tests {
         assert_eq!(
             host_of(&Server::ip(ip, 1).with_tls(tls("api.test"))).as_deref(),
             Some("api.test:8080")
+        );
+        let v6: SocketAddr = "[::1]:8443".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            host_of(&Server::ip(v6, 1).with_tls(tls("::1"))),
+            None,
+            "an sni that is the server's IP (the default): the bracketed endpoint address"
         );
     }
 
