@@ -41,12 +41,18 @@ pub fn lower(file: &SourceFile) -> (Option<Spec>, Vec<Diagnostic>) {
 
 fn syntax_diagnostic(file: &SourceFile, error: &toml_edit::TomlError) -> Diagnostic {
     let end = file.text.len();
-    let span = error.span().map_or(Span::new(end, end), |r| {
-        Span::new(r.start.min(end), r.end.min(end))
-    });
     let message = error.message().trim();
+    let too_deep = message.contains("recursion limit");
+    let span = match error.span() {
+        Some(r) => Span::new(r.start.min(end), r.end.min(end)),
+        // toml_edit reports its limit on dotted keys without a position.
+        None if too_deep => deep_dotted_key(&file.text).unwrap_or(Span::new(end, end)),
+        None => Span::new(end, end),
+    };
     let label = message.lines().next().unwrap_or("invalid TOML").to_string();
-    let help = if message.contains("duplicate key") {
+    let help = if too_deep {
+        "a key may have at most 80 dotted parts (`a.b.c = 1` has 3): nest with tables instead"
+    } else if message.contains("duplicate key") {
         "a key may appear once per table: give several named items as `[[KIND]]` tables, \
          and merge repeated `[TABLE]`s into one"
     } else if message.contains("must be quoted") {
@@ -65,6 +71,71 @@ fn syntax_diagnostic(file: &SourceFile, error: &toml_edit::TomlError) -> Diagnos
     )
     .label(label)
     .help(help)
+}
+
+/// The first key with more dotted parts than toml_edit takes (80), as a
+/// span: where its "recursion limit" error, which has no position, comes
+/// from. A scan of the text: strings and comments are skipped; a run of
+/// key characters, dots and spaces that ends at `=` (a key) or `]` (a
+/// table header) is a key. Only called once the parser has refused the
+/// text for that reason.
+fn deep_dotted_key(text: &str) -> Option<Span> {
+    const MOST_PARTS: usize = 80;
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    // The run being read: where it started, and its dots so far.
+    let mut run: Option<(usize, usize)> = None;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'"' | b'\'' => {
+                let triple = bytes[i..].starts_with(&[b; 3]);
+                let close_len = if triple { 3 } else { 1 };
+                let mut j = i + close_len;
+                loop {
+                    match bytes.get(j) {
+                        None => return None,
+                        Some(b'\\') if b == b'"' => j += 2,
+                        Some(b'\n') if !triple => break,
+                        Some(&c) if c == b && (!triple || bytes[j..].starts_with(&[b; 3])) => {
+                            j += close_len;
+                            break;
+                        }
+                        Some(_) => j += 1,
+                    }
+                }
+                run.get_or_insert((i, 0));
+                i = j;
+                continue;
+            }
+            b'#' => {
+                run = None;
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'.' => {
+                if let Some((_, dots)) = run.as_mut() {
+                    *dots += 1;
+                }
+            }
+            b'=' | b']' => {
+                if let Some((start, dots)) = run.take()
+                    && dots + 1 > MOST_PARTS
+                {
+                    return Some(Span::new(start, i));
+                }
+            }
+            b' ' | b'\t' => {}
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' => {
+                run.get_or_insert((i, 0));
+            }
+            _ => run = None,
+        }
+        i += 1;
+    }
+    None
 }
 
 // ---------------------------------------------------------------- the view
