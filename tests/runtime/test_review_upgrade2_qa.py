@@ -49,6 +49,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 
@@ -263,7 +264,18 @@ def slow_ready_binary(hello_bin, folder) -> str:
     return str(wrapper)
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def strace_can_inject() -> bool:
+    """Whether strace runs here with fault injection (ptrace may be denied in a container)."""
+    if shutil.which("strace") is None:
+        return False
+    probe = ["strace", "-f", "-o", "/dev/null", "-e", "trace=sendmsg", "-e", "inject=sendmsg:delay_enter=1:when=2", "true"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not strace_can_inject(), reason="needs strace with fault injection (ptrace)")
 def test_sigterm_to_the_old_process_before_ready_does_not_hold_the_new_one(procs, hello_bin, origin, sock_path,
                                                                            tmp_path):
     """docs/operations.md, "SIGTERM during an upgrade, to the old instance":
