@@ -37,8 +37,9 @@ from hyperframe.frame import (
 )
 
 from support.blitzc import build, named_origin
-from support.gateway import _kill_group, _register, free_port
+from support.gateway import _kill_group, _register, accept_queue_length, free_port
 from support.origin import Origin, default_handler, pattern_sha256, respond
+from support.waits import wait_until
 
 SPEC = """version 1
 gateway "contract" {{ workers 2 }}
@@ -263,7 +264,9 @@ def test_drain_gives_silent_connections_the_last_call_on_h2c_listeners_too(built
     conns = {name: socket.create_connection(("127.0.0.1", built.ports[name]), timeout=10) for name in ("both", "h1only")}
     new = None
     try:
-        time.sleep(0.3)  # accepted by the old instance, nothing sent yet
+        # accepted by the old instance (one still on the kernel's queue would go to the new one), nothing sent yet
+        assert wait_until(lambda: all(accept_queue_length(built.ports[name]) == 0 for name in conns), 10), \
+            "the old instance never accepted the connections"
         new = _upgrade(built, "B")
         old.wait_line("handed off to pid")
         time.sleep(0.2)  # well inside the 1 s last call

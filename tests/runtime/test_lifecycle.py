@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from support.client import RawConn, request
+from support.gateway import accept_queue_length
 from support.h2client import RawH2
+from support.waits import wait_until
 
 
 def _drivers(gw) -> list[str]:
@@ -264,7 +266,8 @@ def test_tls_connection_accepted_before_the_drain_is_served(start_gateway, origi
                       tls_cert=FIXTURES / "edge.crt", tls_key=FIXTURES / "edge.key")
     raw = socket.create_connection(("127.0.0.1", g.port), timeout=10)
     try:
-        time.sleep(0.3)  # accepted by the worker; no ClientHello yet
+        # accepted by the worker (off the kernel's queue, which the drain resets); no ClientHello yet
+        assert wait_until(lambda: accept_queue_length(g.port) == 0, 10), "the worker never accepted the connection"
         g.signal(signal.SIGTERM)
         time.sleep(0.5)
         ctx = _tls_client()
@@ -310,7 +313,8 @@ def test_h2c_connection_without_preface_gets_the_last_call(start_gateway, origin
     started = socket.create_connection(("127.0.0.1", g.port), timeout=30)
     try:
         started.sendall(PREFACE[:10])
-        time.sleep(0.3)  # both accepted by the worker
+        # both accepted by the worker (off the kernel's queue, which the drain resets)
+        assert wait_until(lambda: accept_queue_length(g.port) == 0, 10), "the worker never accepted the connections"
         g.signal(signal.SIGTERM)
         time.sleep(1.5)  # past the last call
         c = RawH2("", preface=False, sock=started)

@@ -116,6 +116,24 @@ def fd_count(pid: int) -> int:
         return -1
 
 
+def accept_queue_length(port: int) -> int:
+    """Connections waiting to be accepted on 127.0.0.1:`port`, summed over
+    every socket listening there (a `SO_REUSEPORT` group): for a listening
+    socket /proc/net/tcp shows its accept queue's length as rx_queue. 0
+    once the gateway took every connection made to it off the queue, which
+    is what a test means by "accepted by the worker" (a fixed sleep only
+    guesses it, and a busy machine can run past the guess)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for row in f:
+            cols = row.split()
+            local, state, queues = cols[1], cols[3], cols[4]
+            if state == "0A" and local == f"0100007F:{port:04X}":
+                n += int(queues.split(":")[1], 16)
+    return n
+
+
 def settled_fd_count(pid: int, timeout: float = 15) -> int:
     """The fd count once it stopped changing for a second (the connections
     of a previous step closed), or as it is after `timeout`."""
