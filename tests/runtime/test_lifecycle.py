@@ -167,6 +167,9 @@ def test_new_connections_are_refused_once_the_drain_starts(start_gateway, origin
     t.start()
     assert origin.wait_for(lambda: any(q.path == "/slow" for q in origin.requests), 10)
     g.signal(signal.SIGTERM)
+    # The 2 s count from when the gateway took the signal (a loaded machine may be slow to run
+    # its signal thread; that is not the backlog this test is about).
+    assert g.line_with("draining", timeout=10), g.tail()
     deadline = time.monotonic() + 2
     refused = False
     while time.monotonic() < deadline and not refused:
