@@ -37,8 +37,9 @@ from hyperframe.frame import (
 )
 
 from support.blitzc import build, named_origin
-from support.gateway import _kill_group, _register, free_port
+from support.gateway import _kill_group, _register, accept_queue_length, free_port
 from support.origin import Origin, default_handler, pattern_sha256, respond
+from support.waits import wait_until
 
 SPEC = """version 1
 gateway "contract" {{ workers 2 }}
@@ -158,7 +159,8 @@ class Gw:
         )
         _register(self.proc)
         self.seen = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         self.wait_line(wait_for)
 
     def _read(self):
@@ -173,18 +175,26 @@ class Gw:
         """Waits for a stderr line containing `text` (fails if the process ends first)."""
         deadline = time.monotonic() + timeout
         with self.seen:
-            while not any(text in line for line in self.lines):
-                if time.monotonic() > deadline or self.proc.poll() is not None:
+            while True:
+                # Read before looking: a process that printed the line and exited at once may have
+                # it still in the pipe; it is given up on only once the reader reached the end.
+                all_read = self.proc.poll() is not None and not self.reader.is_alive()
+                if any(text in line for line in self.lines):
+                    return
+                if time.monotonic() > deadline or all_read:
                     raise AssertionError(f"no {text!r} (exit {self.proc.poll()}):\n" + "\n".join(self.lines))
                 self.seen.wait(0.2)
 
     def stop(self, sig=signal.SIGTERM) -> int:
+        """Signals the process, waits for its exit and for its stderr read to the end (its last
+        lines, such as `drained, exiting`, may still be in the pipe when it has exited)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=20)
         finally:
             _kill_group(self.proc)
+            self.reader.join(5)
 
 
 def curl(*args, timeout=30) -> subprocess.CompletedProcess:
@@ -263,7 +273,9 @@ def test_drain_gives_silent_connections_the_last_call_on_h2c_listeners_too(built
     conns = {name: socket.create_connection(("127.0.0.1", built.ports[name]), timeout=10) for name in ("both", "h1only")}
     new = None
     try:
-        time.sleep(0.3)  # accepted by the old instance, nothing sent yet
+        # accepted by the old instance (one left on the kernel's queue would go to the new one), nothing sent
+        assert wait_until(lambda: all(accept_queue_length(built.ports[name]) == 0 for name in conns), 10), \
+            "the old instance never accepted the connections"
         new = _upgrade(built, "B")
         old.wait_line("handed off to pid")
         time.sleep(0.2)  # well inside the 1 s last call

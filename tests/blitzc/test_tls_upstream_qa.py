@@ -795,6 +795,7 @@ CA_SHAPES = {
 }
 
 
+@pytest.mark.timeout(180, func_only=True)  # builds a gateway of its own in the test: 11-19 s on one busy core
 def test_check_and_the_runtime_agree_on_ca_files(blitzc, cache_dir, pki, other_pki, tmp_path):
     """Every `ca` shape: `check` reports B062 exactly for the files the
     runtime cannot load (it logs why, and answers 502), and the others

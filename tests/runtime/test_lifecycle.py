@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from support.client import RawConn, request
+from support.gateway import accept_queue_length
 from support.h2client import RawH2
+from support.waits import wait_until
 
 
 def _drivers(gw) -> list[str]:
@@ -165,6 +167,9 @@ def test_new_connections_are_refused_once_the_drain_starts(start_gateway, origin
     t.start()
     assert origin.wait_for(lambda: any(q.path == "/slow" for q in origin.requests), 10)
     g.signal(signal.SIGTERM)
+    # The 2 s count from when the gateway took the signal (a loaded machine may be slow to run
+    # its signal thread; that is not the backlog this test is about).
+    assert g.line_with("draining", timeout=10), g.tail()
     deadline = time.monotonic() + 2
     refused = False
     while time.monotonic() < deadline and not refused:
@@ -264,7 +269,8 @@ def test_tls_connection_accepted_before_the_drain_is_served(start_gateway, origi
                       tls_cert=FIXTURES / "edge.crt", tls_key=FIXTURES / "edge.key")
     raw = socket.create_connection(("127.0.0.1", g.port), timeout=10)
     try:
-        time.sleep(0.3)  # accepted by the worker; no ClientHello yet
+        # accepted by the worker (off the kernel's queue, which the drain resets); no ClientHello yet
+        assert wait_until(lambda: accept_queue_length(g.port) == 0, 10), "the worker never accepted the connection"
         g.signal(signal.SIGTERM)
         time.sleep(0.5)
         ctx = _tls_client()
@@ -310,7 +316,8 @@ def test_h2c_connection_without_preface_gets_the_last_call(start_gateway, origin
     started = socket.create_connection(("127.0.0.1", g.port), timeout=30)
     try:
         started.sendall(PREFACE[:10])
-        time.sleep(0.3)  # both accepted by the worker
+        # both accepted by the worker (off the kernel's queue, which the drain resets)
+        assert wait_until(lambda: accept_queue_length(g.port) == 0, 10), "the worker never accepted the connections"
         g.signal(signal.SIGTERM)
         time.sleep(1.5)  # past the last call
         c = RawH2("", preface=False, sock=started)

@@ -65,6 +65,7 @@ from support.gateway import WatchedProcess, fd_count, free_port, settled_fd_coun
 from support.h2client import PREFACE, RawH2
 from support.handoff import gateway_pids, serves_tag, tag_of
 from support.pki import Pki
+from support.waits import wait_until
 
 GRACE = 5
 
@@ -339,7 +340,10 @@ def new_process_held_before_ready(procs, hello_bin, origin, sock_path, port):
         with FrozenThreads(b.pid, "blitz-worker"):
             os.kill(a.pid, signal.SIGCONT)
             a.wait_line("passing 2 sockets")
-            time.sleep(0.3)  # B took them, bound its next control socket, and waits for its workers
+            # B took them and bound its next control socket (then waits for its workers): a sleep
+            # here only guessed it, and a loaded machine ran past the guess.
+            next_control = sock_path.parent / f"{sock_path.name}.{b.pid}.new"
+            assert wait_until(next_control.exists, 10), f"B never bound {next_control.name}:\n{b.text()}"
             yield a, b
     finally:
         if a.proc.poll() is None:

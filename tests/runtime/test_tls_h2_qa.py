@@ -58,10 +58,11 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from support.gateway import rss_kib, settled_fd_count
+from support.gateway import accept_queue_length, rss_kib, settled_fd_count
 from support.h2client import ENHANCE_YOUR_CALM, PROTOCOL_ERROR, H2Client, RawH2
 from support.origin import default_handler, pattern_sha256, respond
 from support.pki import Pki, served_cert
+from support.waits import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +252,9 @@ def test_a_drain_lets_a_handshake_under_way_finish_and_bounds_a_stalled_one(star
             socket.create_connection(("127.0.0.1", g.port), timeout=10) as stalled:
         going.sendall(hello[:100])
         stalled.sendall(stalled_hello[:100])
-        time.sleep(0.3)
+        # Both accepted by the worker (a connection still on the kernel's queue is reset by the drain).
+        assert wait_until(lambda: accept_queue_length(g.port) == 0, 10), "the worker never accepted the connections"
+        time.sleep(0.3)  # and, likely, their first 100 bytes read (if not, the rest still comes in the last call)
         g.signal(signal.SIGTERM)
         time.sleep(0.5)
         going.sendall(hello[100:])

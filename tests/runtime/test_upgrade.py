@@ -69,6 +69,10 @@ class Proc:
         return self.proc.pid
 
     def stderr(self) -> str:
+        """stderr so far; once the process ended, all of it (its last lines may
+        still be in the pipe when `wait()` returns)."""
+        if self.proc.poll() is not None and self._reader is not threading.current_thread():
+            self._reader.join(5)
         with self._lock:
             return "\n".join(self.lines)
 

@@ -116,6 +116,24 @@ def fd_count(pid: int) -> int:
         return -1
 
 
+def accept_queue_length(port: int) -> int:
+    """Connections waiting to be accepted on 127.0.0.1:`port`, summed over
+    every socket listening there (a `SO_REUSEPORT` group): for a listening
+    socket /proc/net/tcp shows its accept queue's length as rx_queue. 0
+    once the gateway took every connection made to it off the queue, which
+    is what a test means by "accepted by the worker" (a fixed sleep only
+    guesses it, and a busy machine can run past the guess)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for row in f:
+            cols = row.split()
+            local, state, queues = cols[1], cols[3], cols[4]
+            if state == "0A" and local == f"0100007F:{port:04X}":
+                n += int(queues.split(":")[1], 16)
+    return n
+
+
 def settled_fd_count(pid: int, timeout: float = 15) -> int:
     """The fd count once it stopped changing for a second (the connections
     of a previous step closed), or as it is after `timeout`."""
@@ -165,6 +183,15 @@ def _fmt_duration(v) -> str:
     return f"{v}s" if isinstance(v, (int, float)) else str(v)
 
 
+def _finish_reading(proc: subprocess.Popen | None, reader: threading.Thread | None, timeout: float = 5) -> None:
+    """Once `proc` ended, waits (bounded) for the thread reading its stderr
+    to reach the end of the pipe: `wait()` returns as soon as the process
+    exits, when its last lines (`drained, exiting`, an error) may not have
+    been read yet, on a busy machine for a long while."""
+    if proc is not None and reader is not None and proc.poll() is not None and reader is not threading.current_thread():
+        reader.join(timeout)
+
+
 class WatchedProcess:
     """A process started in its own session (killed with its group at exit
     if still running), its stderr read line by line on a thread and kept,
@@ -196,6 +223,8 @@ class WatchedProcess:
         return self.proc.pid
 
     def text(self) -> str:
+        """stderr so far; once the process ended, all of it (read to the end of the pipe)."""
+        _finish_reading(self.proc, self.reader)
         with self.cond:
             return "\n".join(self.lines)
 
@@ -205,10 +234,13 @@ class WatchedProcess:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
+                # Checked before looking: a process that printed the line and exited at once may
+                # have it still in the pipe; it is given up on once the reader reached the end.
+                all_read = self.proc.poll() is not None and not self.reader.is_alive()
                 m = re.search(pattern, "\n".join(self.lines))
                 if m:
                     return m
-                if time.monotonic() > deadline or self.proc.poll() is not None:
+                if time.monotonic() > deadline or all_read:
                     raise AssertionError(f"no {pattern!r} (exit {self.proc.poll()}):\n" + "\n".join(self.lines))
                 self.cond.wait(0.2)
 
@@ -246,6 +278,7 @@ class Gateway:
         self.lines: list[str] = []
         self._listening = threading.Event()
         self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
         self.log_dir = log_dir
         self.stopped_on_purpose = False
 
@@ -275,7 +308,7 @@ class Gateway:
                 start_new_session=True,  # a signal to the test runner does not hit it, and vice versa
             )
             _register(self.proc)
-            t = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True)
+            t = self._reader = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True)
             t.start()
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -317,6 +350,8 @@ class Gateway:
         return self.proc is not None and self.proc.poll() is None
 
     def stderr(self) -> str:
+        """stderr so far; once the process ended, all of it (read to the end of the pipe)."""
+        _finish_reading(self.proc, self._reader)
         with self._lock:
             return "\n".join(self.lines)
 
@@ -335,6 +370,7 @@ class Gateway:
             time.sleep(0.05)
 
     def tail(self, n: int = 30) -> str:
+        _finish_reading(self.proc, self._reader)
         with self._lock:
             return "\n".join(self.lines[-n:])
 
