@@ -57,28 +57,9 @@ import pytest
 from support.gateway import free_port
 from support.h2client import H2Client
 from support.handoff import tag_of
-from test_upgrade import FIXTURES, GRACE, Proc, start_first, upgrade
+from test_upgrade import FIXTURES, GRACE, procs, sock_path, start_first, upgrade  # noqa: F401 (fixtures)
 
 TLS_FILES = ["--tls-cert", str(FIXTURES / "edge.crt"), "--tls-key", str(FIXTURES / "edge.key")]
-
-
-@pytest.fixture
-def procs(gateway_logs):
-    """Starts hello_gateway processes (test_upgrade.Proc); killed at teardown."""
-    started: list[Proc] = []
-
-    def start(*a, **kw) -> Proc:
-        started.append(Proc(*a, log_dir=gateway_logs, **kw))
-        return started[-1]
-
-    yield start
-    for p in started:
-        p.kill()
-
-
-@pytest.fixture
-def sock_path(tmp_path):
-    return tmp_path / "gw.sock"
 
 
 def late(ms: int) -> dict:
