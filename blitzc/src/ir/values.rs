@@ -280,6 +280,23 @@ impl Lowering {
         None
     }
 
+    /// The values of a `header` match condition, each through
+    /// [`Lowering::match_header_value`]. `None` when values were written
+    /// but none is usable: the condition is dropped (its error reported)
+    /// rather than read as "the header is present".
+    pub fn match_header_values(
+        &mut self,
+        values: impl IntoIterator<Item = Spanned<String>>,
+    ) -> Option<Vec<Spanned<String>>> {
+        let mut written = 0;
+        let mut kept = Vec::new();
+        for v in values {
+            written += 1;
+            kept.extend(self.match_header_value(&v.value, v.span));
+        }
+        (!kept.is_empty() || written == 0).then_some(kept)
+    }
+
     /// A host pattern: a DNS name or `*.name`, lower-cased, or an IP
     /// address. An IPv6 address (bare or in brackets, as a `Host` header
     /// has it) is stored as its canonical text, which is what a request's

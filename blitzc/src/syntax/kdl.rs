@@ -1496,13 +1496,9 @@ impl Lowerer<'_> {
                         let Some(name) = self.lw.header_name(&name.value, name.span) else {
                             continue;
                         };
-                        let written = args.len();
-                        let values: Vec<_> = args
-                            .filter_map(|v| self.lw.match_header_value(&v.value, v.span))
-                            .collect();
-                        if values.is_empty() && written > 0 {
-                            continue; // no value left: not "present" instead
-                        }
+                        let Some(values) = self.lw.match_header_values(args) else {
+                            continue;
+                        };
                         Test::Header { name, values }
                     } else {
                         Test::Query {

@@ -1678,14 +1678,9 @@ impl Lowerer {
                 let Some(name) = self.lw.header_name(entry.name, entry.key) else {
                     continue;
                 };
-                let written = values.len();
-                let values: Vec<_> = values
-                    .into_iter()
-                    .filter_map(|v: Spanned<String>| self.lw.match_header_value(&v.value, v.span))
-                    .collect();
-                if values.is_empty() && written > 0 {
-                    continue; // no value left: not "present" instead
-                }
+                let Some(values) = self.lw.match_header_values(values) else {
+                    continue;
+                };
                 Test::Header { name, values }
             } else {
                 Test::Query {

@@ -76,7 +76,8 @@ impl Transport {
 
 /// The `Host` a check of `server` sends: the name the spec gives it (a DNS
 /// name, else the `sni` of a TLS server), so a server that picks its site
-/// by name answers the check as it answers the gateway's requests for it;
+/// by name answers the check for the name the spec knows it by (requests
+/// themselves carry the client's `Host`);
 /// the port is left out when it is the scheme's default. `None` for a
 /// server given by address alone (with TLS, one whose `sni` is its IP):
 /// each endpoint's `IP:port` then, an IPv6 address in brackets.
