@@ -58,8 +58,9 @@ from pathlib import Path
 
 import pytest
 from support.blitzc import Served, build
-from support.gateway import build_hello_gateway, free_port
+from support.gateway import Gateway, build_hello_gateway, free_port
 from support.h2client import H2Client, RawH2
+from support.origin import Origin
 from support.pki import Pki
 from support.waits import wait_until
 
@@ -441,41 +442,13 @@ def hello_bin() -> Path:
 
 
 class HelloGateway:
-    """hello_gateway on h1+h2c with `--max-header-bytes N`, in front of a
-    minimal origin that answers 200."""
+    """hello_gateway on h1+h2c with `--max-header-bytes N`, in front of the
+    recording origin (which answers 200 to `/`)."""
 
-    def __init__(self, binary: Path, max_header_bytes: int):
-        self.origin = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._origin, daemon=True).start()
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [str(binary), "--listen", f"127.0.0.1:{self.port}",
-             "--upstream", f"127.0.0.1:{self.origin.getsockname()[1]}", "--workers", "1",
-             "--protocols", "h1,h2c", "--max-header-bytes", str(max_header_bytes)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        assert wait_until(self._up, timeout=10), "hello_gateway did not start"
-
-    def _origin(self):
-        while True:
-            try:
-                conn, _ = self.origin.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    conn.recv(65536)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
-                except OSError:
-                    pass
-
-    def _up(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
+    def __init__(self, binary: Path, origin: Origin, max_header_bytes: int):
+        self.gw = Gateway(binary, origin.addr, workers=1, protocols="h1,h2c",
+                          max_header_bytes=max_header_bytes).start()
+        self.port = self.gw.port
 
     def h1_status(self, head: bytes) -> int:
         raw = raw_exchange(self.port, head)
@@ -489,23 +462,20 @@ class HelloGateway:
         finally:
             conn.close()
 
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait(5)
-        self.origin.close()
-
 
 @pytest.fixture
 def limited(hello_bin):
+    origin = Origin()
     started = []
 
     def start(n: int) -> HelloGateway:
-        started.append(HelloGateway(hello_bin, n))
+        started.append(HelloGateway(hello_bin, origin, n))
         return started[-1]
 
     yield start
     for g in started:
-        g.stop()
+        g.gw.kill()
+    origin.stop()
 
 
 def test_26_bytes_is_the_smallest_http1_head_and_27_the_smallest_http2_one(limited):
