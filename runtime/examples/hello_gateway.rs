@@ -22,18 +22,24 @@
 //! `--admin-socket` serves the control socket (no default here: tests run
 //! many gateways side by side); `--upgrade` takes over from the instance
 //! serving it.
+//!
+//! Test hooks, from the environment (the upgrade tests'; a generated
+//! gateway has none): `BLITZ_TEST_DRAIN_DELAY_MS=N` makes each worker see
+//! a drain N ms late; `BLITZ_TEST_HANDOFF_STALL=after-sockets` stops an
+//! `--upgrade` right after it received the sockets.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use blitz_runtime::http::{RequestHead, ResponseHead};
 use blitz_runtime::lb::Upstream;
 use blitz_runtime::rt::parse_duration;
 use blitz_runtime::{
-    Action, CertConfig, DriverChoice, Gateway, ListenerConfig, Protocols, ServerConfig, TlsConfig,
-    serve,
+    Action, CertConfig, DriverChoice, Gateway, ListenerConfig, Protocols, ServerConfig, TestHooks,
+    TlsConfig, serve,
 };
 
 /// `h1`, `h2` (over TLS, by ALPN), `h2c`, comma-separated.
@@ -227,7 +233,20 @@ fn parse_args() -> Result<(ServerConfig, SocketAddr, Option<&'static str>), Stri
         Some(d) => d,
         None => DriverChoice::from_env()?,
     };
+    config.test_hooks = test_hooks_from_env();
     Ok((config, upstream, tag))
+}
+
+/// The upgrade tests' fault injection (see the module docs).
+fn test_hooks_from_env() -> TestHooks {
+    TestHooks {
+        drain_delay: std::env::var("BLITZ_TEST_DRAIN_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis),
+        stall_after_sockets: std::env::var("BLITZ_TEST_HANDOFF_STALL")
+            .is_ok_and(|v| v == "after-sockets"),
+    }
 }
 
 fn main() -> ExitCode {

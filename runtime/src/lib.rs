@@ -30,7 +30,9 @@ pub mod tls;
 
 pub use proxy::gateway::{Action, Gateway};
 pub use proxy::{Limits, ProxyError};
-pub use rt::{CertConfig, DriverChoice, ListenerConfig, Protocols, ServerConfig, TlsConfig, serve};
+pub use rt::{
+    CertConfig, DriverChoice, ListenerConfig, Protocols, ServerConfig, TestHooks, TlsConfig, serve,
+};
 
 /// The process allocator when the `mimalloc` feature is on (generated
 /// gateways turn it on; see the feature's note in Cargo.toml).

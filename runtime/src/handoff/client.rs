@@ -16,11 +16,6 @@ use super::wire::{Control, Kind, Message};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Test hook: with `BLITZ_TEST_HANDOFF_STALL=after-sockets` the new
-/// process stops right after it received the sockets (so a test can kill
-/// it mid-handoff).
-const STALL_ENV: &str = "BLITZ_TEST_HANDOFF_STALL";
-
 /// A handoff in progress: the old process's sockets are ours to use, the
 /// old process still serves until [`Takeover::complete`].
 #[derive(Debug)]
@@ -36,7 +31,9 @@ pub struct Takeover {
 
 /// Connects to the running instance of gateway `name` at `path` and
 /// receives its listening sockets. Errors are messages for the operator.
-pub fn take_over(path: &Path, name: &str) -> Result<Takeover, String> {
+/// `stall_after_sockets` is a test hook ([`crate::rt::TestHooks`]): the
+/// process stops once it holds the sockets, for a test to kill it there.
+pub fn take_over(path: &Path, name: &str, stall_after_sockets: bool) -> Result<Takeover, String> {
     let stream = UnixStream::connect(path).map_err(|e| {
         format!(
             "no running instance to upgrade at {} ({e}); start the gateway without --upgrade",
@@ -84,13 +81,13 @@ pub fn take_over(path: &Path, name: &str) -> Result<Takeover, String> {
             ));
         }
     }
-    if std::env::var(STALL_ENV).is_ok_and(|v| v == "after-sockets") {
+    if stall_after_sockets {
         eprintln!(
-            "blitz: upgrade: received {} sockets; stalling ({STALL_ENV})",
+            "blitz: upgrade: received {} sockets; stalling (test hook)",
             sockets.len()
         );
         std::thread::sleep(Duration::from_secs(120));
-        return Err(format!("stalled by {STALL_ENV}"));
+        return Err("stalled by the test hook".to_string());
     }
     let temp = TempPath::next_to(path).map_err(|e| {
         format!(

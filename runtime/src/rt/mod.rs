@@ -174,6 +174,22 @@ pub struct ServerConfig {
     /// Take the listening sockets over from the running instance
     /// (`GATEWAY --upgrade`) instead of binding them.
     pub upgrade: bool,
+    /// Faults the upgrade tests inject; none in a generated gateway.
+    pub test_hooks: TestHooks,
+}
+
+/// Faults injected by the upgrade tests, set only by the test binary
+/// (`hello_gateway`, from its environment): a generated gateway never
+/// builds them, so no production binary reads a test variable.
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks {
+    /// Each worker sees the drain this late (a loaded machine's
+    /// scheduling, made repeatable), for the test that no new connection
+    /// reaches the old process once the new one says it took over.
+    pub drain_delay: Option<Duration>,
+    /// With `--upgrade`, stop right after the sockets were received, so a
+    /// test can kill the new process mid-handoff.
+    pub stall_after_sockets: bool,
 }
 
 impl Default for ServerConfig {
@@ -192,6 +208,7 @@ impl Default for ServerConfig {
             name: "blitz".to_string(),
             admin_socket: None,
             upgrade: false,
+            test_hooks: TestHooks::default(),
         }
     }
 }
@@ -480,7 +497,11 @@ fn worker_thread<G: Gateway>(
         if ready.send(Ready::Accepting).is_err() {
             return;
         }
-        run_worker(worker, accepting, drain_event, config.grace, ready).await;
+        let drain = DrainTiming {
+            grace: config.grace,
+            delay: config.test_hooks.drain_delay,
+        };
+        run_worker(worker, accepting, drain_event, drain, ready).await;
     });
 }
 
@@ -544,7 +565,9 @@ where
     let mut takeover = None;
     let bound = if config.upgrade {
         let path = control_path(&config);
-        let t = handoff::client::take_over(&path, &config.name).map_err(io::Error::other);
+        let t =
+            handoff::client::take_over(&path, &config.name, config.test_hooks.stall_after_sockets)
+                .map_err(io::Error::other);
         let mut t = match t {
             Ok(t) => t,
             Err(e) => {
@@ -769,7 +792,7 @@ async fn run_worker<G: Gateway>(
     worker: Rc<Worker<G>>,
     accepting: Vec<compio::runtime::JoinHandle<()>>,
     drain_event: compio::event::Event,
-    grace: Duration,
+    drain: DrainTiming,
     ready: &mpsc::Sender<Ready>,
 ) {
     // Close idle upstream connections past their idle timeout even when
@@ -786,7 +809,7 @@ async fn run_worker<G: Gateway>(
     reaper.detach();
 
     drain_event.wait().await;
-    if let Some(delay) = test_drain_delay() {
+    if let Some(delay) = drain.delay {
         // Accepting on meanwhile, as a worker busy elsewhere would.
         compio::time::sleep(delay).await;
     }
@@ -800,7 +823,7 @@ async fn run_worker<G: Gateway>(
     let _ = ready.send(Ready::StoppedAccepting);
     // Idle upstream connections are not needed any more.
     worker.close_idle();
-    let deadline = Instant::now() + grace;
+    let deadline = Instant::now() + drain.grace;
     while worker.active.count() > 0 && Instant::now() < deadline {
         compio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -808,13 +831,12 @@ async fn run_worker<G: Gateway>(
     worker.active.reset_all();
 }
 
-/// Test hook: `BLITZ_TEST_DRAIN_DELAY_MS=N` makes each worker see the
-/// drain N ms late (a loaded machine's scheduling, made repeatable), for
-/// the test that no new connection reaches the old process once the new
-/// one says it took over.
-fn test_drain_delay() -> Option<Duration> {
-    let ms = std::env::var("BLITZ_TEST_DRAIN_DELAY_MS").ok()?;
-    ms.parse().ok().map(Duration::from_millis)
+/// When a worker drains: [`ServerConfig::grace`] and the test hook
+/// [`TestHooks::drain_delay`].
+#[derive(Clone, Copy)]
+struct DrainTiming {
+    grace: Duration,
+    delay: Option<Duration>,
 }
 
 /// A one-way gate between threads: closed until [`Gate::open`].
