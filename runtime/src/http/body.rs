@@ -5,7 +5,9 @@
 //! optionally SP/HTAB and `;` extensions, then CRLF; data is followed by
 //! CRLF; bare CR or LF, non-hex sizes, overflow and junk are errors.
 //! Chunk extensions are skipped (bounded). Trailer fields are parsed as
-//! lines, bounded, and dropped: they are never forwarded (a trailer cannot
+//! field lines as strict as the head's (`token ":" field-value`: no
+//! whitespace before the colon, no obs-fold, no control bytes but HTAB),
+//! bounded, and dropped: they are never forwarded (a trailer cannot
 //! smuggle a header the gateway did not check).
 
 use std::ops::Range;
@@ -54,8 +56,10 @@ enum ChunkState {
     DataLf,
     /// Start of a trailer line (or the final empty line).
     TrailerStart,
-    /// Inside a trailer field line.
-    Trailer,
+    /// In a trailer field's name (token), up to its colon.
+    TrailerName,
+    /// In a trailer field's value, up to CR.
+    TrailerValue,
     /// Saw CR in a trailer line.
     TrailerLf,
     /// Saw CR on the final empty line.
@@ -182,23 +186,29 @@ impl ChunkedDecoder {
                     }
                     self.state = SizeStart;
                 }
-                TrailerStart | Trailer => {
+                TrailerStart | TrailerName | TrailerValue => {
                     self.trailer_len += 1;
                     if self.trailer_len > MAX_TRAILERS {
                         return Err(ChunkError("trailer section too long"));
                     }
-                    match (self.state, b) {
-                        (TrailerStart, b'\r') => self.state = EndLf,
+                    let is_token = super::parse::is_token_byte(b);
+                    self.state = match (self.state, b) {
+                        (TrailerStart, b'\r') => EndLf,
                         (TrailerStart, b' ' | b'\t') => {
                             return Err(ChunkError("obs-fold in trailer"));
                         }
-                        (TrailerStart, b) if !super::parse::is_token_byte(b) => {
+                        (TrailerStart | TrailerName, _) if is_token => TrailerName,
+                        (TrailerName, b':') => TrailerValue,
+                        (TrailerStart | TrailerName, _) => {
                             return Err(ChunkError("invalid trailer field name"));
                         }
-                        (_, b'\r') => self.state = TrailerLf,
+                        (_, b'\r') => TrailerLf,
                         (_, b'\n') => return Err(ChunkError("bare LF in trailer")),
-                        (_, 0) => return Err(ChunkError("NUL in trailer")),
-                        _ => self.state = Trailer,
+                        (_, b'\t') => TrailerValue,
+                        (_, 0..0x20 | 0x7f) => {
+                            return Err(ChunkError("control byte in trailer value"));
+                        }
+                        _ => TrailerValue,
                     }
                 }
                 TrailerLf => {

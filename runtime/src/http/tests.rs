@@ -568,6 +568,23 @@ fn chunked_decoding_at_every_split() {
 }
 
 #[test]
+fn valid_trailer_fields_are_taken() {
+    let good: &[&[u8]] = &[
+        b"0\r\nX-T: 1\r\n\r\n",
+        b"0\r\nX-T:\r\n\r\n",
+        b"0\r\nX-T:\tv\t\r\n\r\n",
+        b"0\r\nX-T: \x80\xff\r\n\r\n",
+        b"0\r\nx_t!#$%&'*+.^`|~: 1\r\nY: a:b c\r\n\r\n",
+    ];
+    for raw in good {
+        for step in [1, 3, 64] {
+            let (data, _, done) = decode_all(raw, step).unwrap_or_else(|e| panic!("{e:?} {raw:?}"));
+            assert!(data.is_empty() && done, "{raw:?} (step {step})");
+        }
+    }
+}
+
+#[test]
 fn invalid_chunk_framing_is_an_error() {
     let bad: &[&[u8]] = &[
         b"zz\r\nhello\r\n0\r\n\r\n",
@@ -595,6 +612,16 @@ fn invalid_chunk_framing_is_an_error() {
         b"0\r\n X: 1\r\n\r\n",
         b"0\r\n: 1\r\n\r\n",
         b"0\r\n\r\r",
+        // Trailer field lines are as strict as the head's (RFC 9112 §5.1).
+        b"0\r\nX : 1\r\n\r\n",
+        b"0\r\nX\t: 1\r\n\r\n",
+        b"0\r\nno-colon\r\n\r\n",
+        b"0\r\nX(y): 1\r\n\r\n",
+        b"0\r\nGET / HTTP/1.1\r\n\r\n",
+        b"0\r\nX: a\x00b\r\n\r\n",
+        b"0\r\nX: a\x7fb\r\n\r\n",
+        b"0\r\nX: a\x0bb\r\n\r\n",
+        b"0\r\nX: a\rb\r\n\r\n",
     ];
     for raw in bad {
         for step in [1, 3, 64] {
