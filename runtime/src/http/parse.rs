@@ -484,10 +484,14 @@ pub fn parse_request_head(
                 }
             }
         } else if h.name.eq_ignore_ascii_case("expect") && version == Version::Http11 {
-            if h.value.eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
-            } else {
-                return Err(reject(417, "unsupported expectation"));
+            // A list (RFC 9110 §10.1.1): its empty elements are skipped
+            // (§5.6.1.2), and several lines mean one joined list (§5.3).
+            for expectation in h.value.split(|&b| b == b',').map(trim_ows) {
+                if expectation.eq_ignore_ascii_case(b"100-continue") {
+                    expect_continue = true;
+                } else if !expectation.is_empty() {
+                    return Err(reject(417, "unsupported expectation"));
+                }
             }
         }
     }

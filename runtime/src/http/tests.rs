@@ -402,6 +402,24 @@ fn expect_continue() {
         status(&with_headers("Content-Length: 5\r\nExpect: something\r\n")),
         417
     );
+    // The list forms of RFC 9110 §5.6.1.2 ask for 100-continue alone.
+    for list in [
+        "Expect: 100-continue,\r\n",
+        "Expect: , 100-Continue\r\n",
+        "Expect: 100-continue, 100-continue\r\n",
+        "Expect: 100-continue\r\nExpect:\r\n",
+    ] {
+        let h = ok(&with_headers(&format!("Content-Length: 5\r\n{list}")));
+        assert!(h.expect_continue(), "{list:?}");
+    }
+    let empty = ok(&with_headers("Content-Length: 5\r\nExpect:\r\n"));
+    assert!(!empty.expect_continue(), "an empty list expects nothing");
+    assert_eq!(
+        status(&with_headers(
+            "Content-Length: 5\r\nExpect: 100-continue, x\r\n"
+        )),
+        417
+    );
 }
 
 fn forward(h: &RequestHead, strip: Option<&str>) -> String {
