@@ -316,6 +316,19 @@ fn framing_fields(
     Ok((length, te_seen))
 }
 
+/// A head past `max_header_bytes`: 414 when its request line alone does
+/// not end within the limit (RFC 9112 §3: a request-target longer than the
+/// server parses MUST get 414, as nginx answers it), else 431 (RFC 6585
+/// §5: the fields made it too large).
+fn too_large(buf: &[u8], max_header_bytes: usize) -> Reject {
+    let within = &buf[..buf.len().min(max_header_bytes)];
+    if !within.contains(&b'\n') && within.contains(&b' ') {
+        reject(414, "request target too long")
+    } else {
+        reject(431, "request head too large")
+    }
+}
+
 /// Parses and validates a request head at the start of `buf`.
 ///
 /// `Ok(None)`: incomplete, read more (unless `buf` already holds
@@ -336,7 +349,7 @@ pub fn parse_request_head(
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= limits.max_header_bytes {
-                return Err(reject(431, "request head too large"));
+                return Err(too_large(buf, limits.max_header_bytes));
             }
             // A bare LF would only be caught once complete; refuse early so
             // a slow client cannot hold the connection with garbage.
@@ -357,7 +370,7 @@ pub fn parse_request_head(
         Err(e) => return Err(httparse_reject(e)),
     };
     if n > limits.max_header_bytes {
-        return Err(reject(431, "request head too large"));
+        return Err(too_large(buf, limits.max_header_bytes));
     }
     if has_bare_lf(&buf[..n]) {
         return Err(reject(400, "bare LF in head"));

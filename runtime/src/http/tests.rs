@@ -389,6 +389,18 @@ fn head_size_limits_are_431() {
 }
 
 #[test]
+fn a_request_line_past_the_head_limit_is_414() {
+    let long = "a".repeat(1100);
+    let whole = format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(status(whole.as_bytes()), 414);
+    let partial = format!("GET /{long}");
+    assert_eq!(status(partial.as_bytes()), 414, "before the line ends");
+    // A line that ends within the limit: the fields made the head too large.
+    let short_line = format!("GET /{} HTTP/1.1\r\nHost: {long}\r\n\r\n", &long[..900]);
+    assert_eq!(status(short_line.as_bytes()), 431);
+}
+
+#[test]
 fn expect_continue() {
     let h = ok(&with_headers(
         "Content-Length: 5\r\nExpect: 100-continue\r\n",

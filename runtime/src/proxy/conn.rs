@@ -435,7 +435,7 @@ async fn read_head<G: Gateway, S: Stream>(
                 Ok(None) => {}
                 Err(rej) => {
                     let kind = match rej.status {
-                        431 => ErrorKind::HeadTooLarge,
+                        431 | 414 => ErrorKind::HeadTooLarge,
                         413 => ErrorKind::BodyTooLarge,
                         _ => ErrorKind::BadRequest(rej.why),
                     };
@@ -643,6 +643,7 @@ pub(crate) fn error_body(status: u16) -> &'static [u8] {
         400 => b"bad request\n",
         408 => b"request timeout\n",
         413 => b"content too large\n",
+        414 => b"uri too long\n",
         417 => b"expectation failed\n",
         431 => b"request header fields too large\n",
         500 => b"internal error\n",

@@ -90,7 +90,7 @@ async fn answer<G: Gateway>(
     drop(parts);
     if let Err(Refused { status, why }) = translated {
         let kind = match status {
-            431 => ErrorKind::HeadTooLarge,
+            431 | 414 => ErrorKind::HeadTooLarge,
             413 => ErrorKind::BodyTooLarge,
             _ => ErrorKind::BadRequest(why),
         };

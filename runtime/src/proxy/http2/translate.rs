@@ -385,6 +385,11 @@ mod tests {
             true,
         );
         assert_eq!(r.map_err(|e| e.status), Err(431));
+        let (r, _, _) = translate(
+            http::Request::builder().uri(format!("http://a.test/{}", "a".repeat(20000))),
+            true,
+        );
+        assert_eq!(r.map_err(|e| e.status), Err(414), "a :path past the limit");
     }
 
     /// The `h2` crate refuses a header list of `max_header_list_size` or
