@@ -37,7 +37,8 @@ fn header_slots<'s, 'b>(
 /// Size limits the parser enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
-    /// Largest head (request line and fields) accepted; over it: 431.
+    /// Largest head (request line and fields) accepted; over it: 431 (414
+    /// when the request-target alone runs past it).
     pub max_header_bytes: usize,
     /// Most header fields accepted; over it: 431.
     pub max_headers: usize,
@@ -316,13 +317,15 @@ fn framing_fields(
     Ok((length, te_seen))
 }
 
-/// A head past `max_header_bytes`: 414 when its request line alone does
-/// not end within the limit (RFC 9112 §3: a request-target longer than the
+/// A head past `max_header_bytes`: 414 when its request-target alone runs
+/// past the limit (the line holds the space after the method but not the
+/// one after the target: RFC 9112 §3, a request-target longer than the
 /// server parses MUST get 414, as nginx answers it), else 431 (RFC 6585
-/// §5: the fields made it too large).
+/// §5: the fields, or a limit too small for any head, made it too large).
 fn too_large(buf: &[u8], max_header_bytes: usize) -> Reject {
     let within = &buf[..buf.len().min(max_header_bytes)];
-    if !within.contains(&b'\n') && within.contains(&b' ') {
+    let line = within.split(|&b| b == b'\n').next().unwrap_or_default();
+    if line.len() == within.len() && line.iter().filter(|&&b| b == b' ').count() == 1 {
         reject(414, "request target too long")
     } else {
         reject(431, "request head too large")

@@ -398,6 +398,14 @@ fn a_request_line_past_the_head_limit_is_414() {
     // A line that ends within the limit: the fields made the head too large.
     let short_line = format!("GET /{} HTTP/1.1\r\nHost: {long}\r\n\r\n", &long[..900]);
     assert_eq!(status(short_line.as_bytes()), 431);
+    // A limit too small for any head: the target did not cause it.
+    let limits = HeadLimits {
+        max_header_bytes: 10,
+        ..limits()
+    };
+    let mut head = RequestHead::default();
+    let r = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &limits, &mut head);
+    assert_eq!(r.map_err(|e| e.status), Err(431));
 }
 
 #[test]
