@@ -274,6 +274,8 @@ fn host_rules() {
         "",
         "a:",
         "a:123456",
+        "a%20b",
+        "admin%2etest",
     ] {
         let raw = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
         assert_eq!(status(raw.as_bytes()), 400, "Host {bad:?}");
@@ -285,7 +287,6 @@ fn host_rules() {
         "[::1]:443",
         "[::1]",
         "xn--d1acufc.xn--p1ai",
-        "a%20b",
     ] {
         let raw = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
         assert_eq!(ok(raw.as_bytes()).host(), good.as_bytes());
