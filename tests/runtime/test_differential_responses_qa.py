@@ -8,7 +8,8 @@ each proxy to an HTTP/1.1 and an h2c client, then asked whether the upstream
 connection was reused. Where the three disagreed, the RFC decided; what the
 existing files (`test_random_origin.py`, `test_upstream_faults.py`,
 `test_review_h1_qa.py`, `test_review_today_qa.py`, `test_h2_data_qa.py`) do
-not already pin is here, each case over both client protocols:
+not already pin is here, each case over HTTP/1.1, h2c and HTTP/2 over TLS
+(ALPN `h2`, a second gateway), the reuse checked through the same gateway:
 
 - `Connection: close` from the upstream ends that upstream connection, in any
   spelling (`CLOSE`, a second `Connection` line, HTTP/1.0 without
@@ -60,6 +61,7 @@ Bug found, a strict xfail beside its control:
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -69,6 +71,7 @@ import h2.events
 import pytest
 from support.client import Closed, RawConn
 from support.gateway import Gateway
+from support.pki import Pki
 from support.rogue_origin import RogueOrigin, Script
 
 # Short, so a request sent on a connection the origin will never answer ends
@@ -76,7 +79,9 @@ from support.rogue_origin import RogueOrigin, Script
 RESPONSE_TIMEOUT = 2
 # Bound on any one read: past RESPONSE_TIMEOUT, so a 504 arrives first.
 READ_BOUND = 8.0
-PROTOCOLS = ["h1", "h2c"]
+# How the client reaches the gateway: HTTP/1.1 and h2c (prior knowledge) on a
+# cleartext listener, HTTP/2 over TLS (ALPN `h2`) on a second gateway.
+PROTOCOLS = ["h1", "h2c", "h2-tls"]
 
 # Fields RFC 9110 §7.6.1 calls hop-by-hop (RELIABILITY.md counts `Proxy-*`
 # too), and the ones RFC 9113 §8.2.2 forbids in HTTP/2.
@@ -179,11 +184,21 @@ def _h2_note(ans: Answer, sid: int, e) -> bool:
     return False
 
 
-def fetch_h2(port: int, path: str, method: str = "GET") -> Answer:
-    """One request on a fresh h2c (prior knowledge) connection."""
+def open_h2(port: int, tls: ssl.SSLContext | None) -> socket.socket:
+    """A socket for HTTP/2: h2c with prior knowledge, or TLS with ALPN `h2`."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=READ_BOUND)
+    if tls is None:
+        return sock
+    sock = tls.wrap_socket(sock, server_hostname="edge.test")
+    assert sock.selected_alpn_protocol() == "h2"
+    return sock
+
+
+def fetch_h2(port: int, path: str, method: str = "GET", tls: ssl.SSLContext | None = None) -> Answer:
+    """One request on a fresh HTTP/2 connection."""
     ans = Answer()
     conn = _h2_connection()
-    with socket.create_connection(("127.0.0.1", port), timeout=READ_BOUND) as sock:
+    with open_h2(port, tls) as sock:
         conn.send_headers(1, [(":method", method), (":scheme", "http"), (":authority", "a.test"),
                               (":path", path)], end_stream=True)
         sock.sendall(conn.data_to_send())
@@ -198,8 +213,23 @@ def fetch_h2(port: int, path: str, method: str = "GET") -> Answer:
     return ans
 
 
-def fetch(gw: Gateway, proto: str, path: str, method: str = "GET") -> Answer:
-    return (fetch_h1 if proto == "h1" else fetch_h2)(gw.port, path, method)
+@dataclass
+class Via:
+    """A gateway and the protocol a test's client speaks to it."""
+
+    gw: Gateway
+    proto: str
+    tls: ssl.SSLContext | None = None
+
+    def fetch(self, path: str, method: str = "GET") -> Answer:
+        if self.proto == "h1":
+            return fetch_h1(self.gw.port, path, method)
+        return fetch_h2(self.gw.port, path, method, self.tls)
+
+    def probe(self, path: str) -> Answer:
+        """A plain GET through the same gateway (so the same upstream pool):
+        HTTP/1.1 on the cleartext one, HTTP/2 on the TLS one."""
+        return fetch_h1(self.gw.port, path) if self.tls is None else fetch_h2(self.gw.port, path, tls=self.tls)
 
 
 # ------------------------------------------------------------------ origin side
@@ -215,23 +245,23 @@ def upstream_conn(origin: RogueOrigin, path: str) -> int:
     return got[0]
 
 
-def assert_not_reused(gw: Gateway, origin: RogueOrigin, path: str) -> None:
+def assert_not_reused(via: Via, origin: RogueOrigin, path: str) -> None:
     """The upstream connection that carried `path` carries nothing more: the
     next request goes to another connection and is answered by the origin."""
     conn = upstream_conn(origin, path)
     probe = f"/probe-after{path}"
-    got = fetch_h1(gw.port, probe)
+    got = via.probe(probe)
     assert got.status == 200 and got.body == f"GET {probe}\n".encode(), \
         f"the request after {path} was not answered by the origin: {got}"
     assert upstream_conn(origin, probe) != conn and not origin.late_bytes.get(conn), \
         f"the connection that carried {path} (origin conn {conn}) was reused: late bytes {origin.late_bytes}"
 
 
-def assert_reused(gw: Gateway, origin: RogueOrigin, path: str) -> None:
+def assert_reused(via: Via, origin: RogueOrigin, path: str) -> None:
     """The connection is pooled (a clean answer): the next request rides it."""
     conn = upstream_conn(origin, path)
     probe = f"/probe-after{path}"
-    got = fetch_h1(gw.port, probe)
+    got = via.probe(probe)
     assert got.status == 200 and upstream_conn(origin, probe) == conn, (got, origin.arrivals[-2:])
 
 
@@ -256,11 +286,36 @@ def gw(hello_bin, rogue, gateway_logs):
     g.kill()
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    p = Pki(tmp_path_factory.mktemp("differential-responses"))
+    p.leaf("edge", "edge.test")
+    return p
+
+
+@pytest.fixture(scope="module")
+def tls_gw(hello_bin, rogue, gateway_logs, pki):
+    g = Gateway(hello_bin, rogue.addr, log_dir=gateway_logs, protocols="h1,h2", workers=1,
+                response_timeout=RESPONSE_TIMEOUT, tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key")).start()
+    yield g
+    g.kill()
+
+
 @pytest.fixture
-def origin(rogue, gw):
+def origin(rogue, gw, tls_gw):
     rogue.reset()
     yield rogue
-    assert gw.alive(), f"the gateway died: {gw.crashed() or gw.tail()}"
+    for g in (gw, tls_gw):
+        assert g.alive(), f"a gateway died: {g.crashed() or g.tail()}"
+
+
+@pytest.fixture(params=PROTOCOLS)
+def via(request, gw, tls_gw, pki) -> Via:
+    if request.param != "h2-tls":
+        return Via(gw, request.param)
+    ctx = ssl.create_default_context(cafile=str(pki.path("ca.crt")))
+    ctx.set_alpn_protocols(["h2"])
+    return Via(tls_gw, request.param, ctx)
 
 
 # ------------------------------------------------------------------ Connection: close
@@ -274,46 +329,43 @@ CLOSE_SPELLINGS = {
 }
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
 @pytest.mark.parametrize("spelling", CLOSE_SPELLINGS)
-def test_connection_close_in_the_final_answer_ends_the_upstream_connection(gw, origin, proto, spelling):
+def test_connection_close_in_the_final_answer_ends_the_upstream_connection(via, origin, spelling):
     """RFC 9112 §9.6 (and §9.3 for HTTP/1.0): after `close` no request is sent
     on that connection. The origin leaves the socket open, so a reuse would
     show as a request it never answers."""
-    path = f"/close/{spelling}/{proto}"
+    path = f"/close/{spelling}/{via.proto}"
     play(origin, path, (CLOSE_SPELLINGS[spelling] + "Content-Length: 5\r\n\r\nhello").encode(), end="wait")
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == 200 and got.body == b"hello" and got.complete, got
     assert not set(got.names()) & HOP_BY_HOP, got.headers
-    assert_not_reused(gw, origin, path)
+    assert_not_reused(via, origin, path)
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
 @pytest.mark.xfail(strict=True, reason="bug: Connection: close in an upstream 1xx is ignored, the connection pooled")
-def test_connection_close_in_an_interim_ends_the_upstream_connection(gw, origin, proto):
+def test_connection_close_in_an_interim_ends_the_upstream_connection(via, origin):
     """The same `close` in a 103 before the final answer: RFC 9112 §9.6 speaks
     of the response message that carries it, and a 1xx is one (RFC 9110
     §15.2). The gateway pools the connection and the next request waits out
     the response timeout (504)."""
-    path = f"/interim-close/{proto}"
+    path = f"/interim-close/{via.proto}"
     play(origin, path, b"HTTP/1.1 103 Early Hints\r\nConnection: close\r\nLink: </a.css>\r\n\r\n" + ok(),
          end="wait")
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == 200 and got.body == b"hello", got
     assert [s for s, _ in got.interims] == [103], got.interims
-    assert_not_reused(gw, origin, path)
+    assert_not_reused(via, origin, path)
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_an_interim_without_close_leaves_the_connection_pooled(gw, origin, proto):
+def test_an_interim_without_close_leaves_the_connection_pooled(via, origin):
     """The control of the xfail above: the same 103 without `close` (and a
     nominated field in it) is relayed and the connection pooled."""
-    path = f"/interim-keep/{proto}"
+    path = f"/interim-keep/{via.proto}"
     play(origin, path, b"HTTP/1.1 103 Early Hints\r\nConnection: x-h\r\nx-h: 1\r\nLink: </a.css>\r\n\r\n" + ok())
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == 200 and got.body == b"hello", got
     assert [s for s, _ in got.interims] == [103], got.interims
-    assert_reused(gw, origin, path)
+    assert_reused(via, origin, path)
 
 
 # ------------------------------------------------------------------ fields of 1xx and 204
@@ -326,46 +378,44 @@ INTERIM_EXTRAS = {
 }
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
 @pytest.mark.parametrize("extra", INTERIM_EXTRAS)
-def test_an_interim_carries_no_hop_by_hop_field_nor_a_length(gw, origin, proto, extra):
+def test_an_interim_carries_no_hop_by_hop_field_nor_a_length(via, origin, extra):
     """RFC 9110 §7.6.1 (hop-by-hop, and the names `Connection` lists), §8.6
     (no Content-Length in a 1xx); over HTTP/2 such a field would make the
     informational HEADERS malformed (RFC 9113 §8.2.2). (Both framing fields
     at once in a 103 are a 502, as on any head.)"""
-    path = f"/interim-fields/{extra}/{proto}"
+    path = f"/interim-fields/{extra}/{via.proto}"
     hint = (b"HTTP/1.1 103 Early Hints\r\n" + INTERIM_EXTRAS[extra]
             + b"Link: </a.css>; rel=preload\r\nLink: </b.js>; rel=preload\r\n\r\n")
     play(origin, path, hint + ok())
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == 200 and got.body == b"hello", got
     assert len(got.interims) == 1, got.interims
     status, fields = got.interims[0]
     assert status == 103
     assert [(n.lower(), v) for n, v in fields] == [("link", "</a.css>; rel=preload"), ("link", "</b.js>; rel=preload")]
-    assert_reused(gw, origin, path)
+    assert_reused(via, origin, path)
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
 @pytest.mark.parametrize("shape", ["length", "length-and-body", "chunked-and-body"])
-def test_a_204_reaches_the_client_without_content_length(gw, origin, proto, shape):
+def test_a_204_reaches_the_client_without_content_length(via, origin, shape):
     """RFC 9110 §8.6: a server MUST NOT send Content-Length in a 204 (HAProxy
     relays it over HTTP/2). A body after a 204 is none: the connection that
     carried it is not reused (RFC 9112 §6.3: a 204 ends at its head)."""
-    path = f"/204/{shape}/{proto}"
+    path = f"/204/{shape}/{via.proto}"
     wire = {
         "length": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
         "length-and-body": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
         "chunked-and-body": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     }[shape]
     play(origin, path, wire)
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == 204 and got.body == b"" and got.complete, got
     assert not {"content-length", "transfer-encoding"} & set(got.names()), got.headers
     if shape == "length":
-        assert_reused(gw, origin, path)
+        assert_reused(via, origin, path)
     else:
-        assert_not_reused(gw, origin, path)
+        assert_not_reused(via, origin, path)
 
 
 # ------------------------------------------------------------------ transfer codings
@@ -380,37 +430,35 @@ CODINGS = {
 }
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
 @pytest.mark.parametrize("coding", CODINGS)
-def test_a_transfer_coding_the_gateway_cannot_undo_is_a_502(gw, origin, proto, coding):
+def test_a_transfer_coding_the_gateway_cannot_undo_is_a_502(via, origin, coding):
     """A transfer coding belongs to the hop (RFC 9112 §6.1); the gateway
     decodes only `chunked`, so it cannot re-frame the others (and HTTP/2 has
     no transfer codings at all, RFC 9113 §8.2.2). Relaying the coded bytes
     as the content, as nginx does, gives the client a body the origin never
     meant: 502, and the connection is not reused."""
-    path = f"/coding/{coding}/{proto}"
+    path = f"/coding/{coding}/{via.proto}"
     rest, end = CODINGS[coding]
     play(origin, path, b"HTTP/1.1 200 OK\r\n" + rest, end=end)
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == 502, got
     assert b"rawgzipbytes" not in got.body and b"hello" not in got.body, got
-    assert_not_reused(gw, origin, path)
+    assert_not_reused(via, origin, path)
 
 
 # ------------------------------------------------------------------ status lines
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
 @pytest.mark.parametrize("code", ["000", "099", "20", "1000", "+200"])
-def test_a_status_code_that_is_not_three_digits_from_100_is_a_502(gw, origin, proto, code):
+def test_a_status_code_that_is_not_three_digits_from_100_is_a_502(via, origin, code):
     """RFC 9112 §4: `status-code = 3DIGIT`; RFC 9110 §15: the first digit is
     1 to 5 for HTTP, 100 the lowest. nginx relays every one of these (over
     HTTP/2 as `:status 000` with the whole upstream answer as DATA)."""
-    path = f"/status/{code}/{proto}"
+    path = f"/status/{code}/{via.proto}"
     play(origin, path, f"HTTP/1.1 {code} X\r\nContent-Length: 5\r\n\r\nhello".encode())
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == 502 and b"hello" not in got.body, got
-    assert_not_reused(gw, origin, path)
+    assert_not_reused(via, origin, path)
 
 
 REASONS = {
@@ -421,19 +469,18 @@ REASONS = {
 }
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
 @pytest.mark.parametrize("reason", REASONS)
-def test_an_odd_reason_phrase_is_no_reason_to_refuse_the_answer(gw, origin, proto, reason):
+def test_an_odd_reason_phrase_is_no_reason_to_refuse_the_answer(via, origin, reason):
     """RFC 9112 §4: the reason phrase may be empty and may hold obs-text, and a
     client SHOULD ignore it; the status, fields and body are relayed and the
     connection stays pooled. (A missing SP before an empty reason is
     invalid, but every peer and the gateway read it.)"""
-    path = f"/reason/{reason}/{proto}"
+    path = f"/reason/{reason}/{via.proto}"
     line, status = REASONS[reason]
     play(origin, path, line + b"x-kept: 1\r\nContent-Length: 5\r\n\r\nhello")
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == status and got.body == b"hello" and got.values("x-kept") == ["1"], got
-    assert_reused(gw, origin, path)
+    assert_reused(via, origin, path)
 
 
 # ------------------------------------------------------------------ interim, then failure
@@ -446,49 +493,46 @@ AFTER_INTERIM = {
 }
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
 @pytest.mark.parametrize("failure", AFTER_INTERIM)
-def test_an_upstream_failing_after_an_interim_still_gets_the_client_a_final_answer(gw, origin, proto, failure):
+def test_an_upstream_failing_after_an_interim_still_gets_the_client_a_final_answer(via, origin, failure):
     """An interim is not an answer (RFC 9110 §15.2): after a relayed 103 the
     upstream closes, resets, sends garbage or stalls, and the client gets a
     final 502/504, its stream ended cleanly, not reset (RELIABILITY.md:
     502/504 unless the response had started; HAProxy resets the HTTP/2
     stream with REFUSED_STREAM here)."""
-    path = f"/interim-then/{failure}/{proto}"
+    path = f"/interim-then/{failure}/{via.proto}"
     tail, end, status = AFTER_INTERIM[failure]
     play(origin, path, b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + tail, end=end)
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert [s for s, _ in got.interims] == [103], got
     assert got.status == status and got.complete and got.reset is None, got
-    assert_not_reused(gw, origin, path)
+    assert_not_reused(via, origin, path)
 
 
 # ------------------------------------------------------------------ field values
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_field_values_reach_the_client_without_surrounding_whitespace(gw, origin, proto):
+def test_field_values_reach_the_client_without_surrounding_whitespace(via, origin):
     """RFC 9110 §5.5: OWS around a value is not part of it; RFC 9113 §8.2.1:
     an HTTP/2 field value starting or ending with whitespace is malformed."""
-    path = f"/ows/{proto}"
+    path = f"/ows/{via.proto}"
     play(origin, path, b"HTTP/1.1 200 OK\r\nx-trail: b \t \r\nx-blank:    \r\nx-lead:\t lead\r\n"
                        b"x-inner: a \t b\r\nContent-Length: 5\r\n\r\nhello")
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == 200 and got.body == b"hello", got
     values = {n: v for n, v in got.headers if n.startswith("x-")}
     assert values == {"x-trail": "b", "x-blank": "", "x-lead": "lead", "x-inner": "a \t b"}, got.headers
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
-def test_set_cookie_fields_stay_separate_and_in_order(gw, origin, proto):
+def test_set_cookie_fields_stay_separate_and_in_order(via, origin):
     """RFC 9110 §5.3: Set-Cookie is the field that cannot be joined with
     commas (its `Expires` holds one); RFC 9113 §8.2.3 allows splitting only
     `cookie`. Thirty on a final answer and two on a 103, each its own field."""
-    path = f"/cookies/{proto}"
+    path = f"/cookies/{via.proto}"
     cookies = [f"c{i}=v{i}; Path=/; Expires=Wed, 21 Oct 2037 07:28:{i:02d} GMT" for i in range(30)]
     hint = b"HTTP/1.1 103 Early Hints\r\nSet-Cookie: h1=a, b\r\nSet-Cookie: h2=c\r\n\r\n"
     play(origin, path, hint + ok("".join(f"Set-Cookie: {c}\r\n" for c in cookies)))
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == 200 and got.values("set-cookie") == cookies, got.headers
     assert [(n.lower(), v) for n, v in got.interims[0][1]] == [("set-cookie", "h1=a, b"), ("set-cookie", "h2=c")]
 
@@ -519,17 +563,16 @@ HEAD_SIZES = {
 }
 
 
-@pytest.mark.parametrize("proto", PROTOCOLS)
 @pytest.mark.parametrize("size", HEAD_SIZES)
-def test_response_heads_at_the_documented_bounds(gw, origin, proto, size):
+def test_response_heads_at_the_documented_bounds(via, origin, size):
     """At the bound the answer is relayed whole (over HTTP/2 in HEADERS plus
     CONTINUATION frames); one past it, a 502 and the connection closed.
     HAProxy (16 KiB buffers) answers 502 to all four, nginx (4 KiB) to the
     64 KiB ones."""
-    path = f"/head/{size}/{proto}"
+    path = f"/head/{size}/{via.proto}"
     wire, status = HEAD_SIZES[size]
     play(origin, path, wire)
-    got = fetch(gw, proto, path)
+    got = via.fetch(path)
     assert got.status == status and got.complete, got
     if status == 200:
         assert got.body == b"hello"
@@ -537,15 +580,16 @@ def test_response_heads_at_the_documented_bounds(gw, origin, proto, size):
         expected = [ln.split(": ", 1)[1] for ln in sent if ln.startswith("x-pad")]
         assert got.values("x-pad") == expected
         assert len(got.values("set-cookie")) == sum(ln.startswith("Set-Cookie") for ln in sent)
-        assert_reused(gw, origin, path)
+        assert_reused(via, origin, path)
     else:
-        assert_not_reused(gw, origin, path)
+        assert_not_reused(via, origin, path)
 
 
 # ------------------------------------------------------------------ early answer over HTTP/2
 
 
-def test_an_early_answer_to_an_http2_upload_ends_the_upload_with_no_error(gw, origin):
+@pytest.mark.parametrize("via", ["h2c", "h2-tls"], indirect=True)
+def test_an_early_answer_to_an_http2_upload_ends_the_upload_with_no_error(via, origin):
     """The origin answers 413 with `Connection: close` before reading a 4 MiB
     upload. RFC 9113 §8.1: a server that answers before the request is
     complete MAY ask the client to stop with RST_STREAM(NO_ERROR) after the
@@ -558,7 +602,7 @@ def test_an_early_answer_to_an_http2_upload_ends_the_upload_with_no_error(gw, or
     size = 4 * 1024 * 1024
     conn = _h2_connection()
     ans, sent = Answer(), 0
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=READ_BOUND) as sock:
+    with open_h2(via.gw.port, via.tls) as sock:
         sock.sendall(conn.data_to_send())
         conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "a.test"), (":path", path),
                               ("content-length", str(size))])
@@ -586,4 +630,4 @@ def test_an_early_answer_to_an_http2_upload_ends_the_upload_with_no_error(gw, or
         while time.monotonic() < deadline and not any(_h2_note(after, 3, e) for e in _h2_pump(sock, conn, deadline)):
             pass
     assert after.status == 200 and after.body == b"GET /after-early\n", after
-    assert_not_reused(gw, origin, path)
+    assert_not_reused(via, origin, path)
