@@ -16,6 +16,11 @@ not already pin is here, each case over HTTP/1.1, h2c and HTTP/2 over TLS
   `keep-alive`, `keep-alive, close`), checked with an origin that keeps the
   socket open, so a reuse shows as a request the origin never answers
   (RFC 9112 §9.6, §9.3). The same token in a 1xx is ignored: a bug, below.
+- The final answer's hop-by-hop fields and every name `Connection` lists
+  (even `Set-Cookie` and `Date`, which nginx and HAProxy relay) never reach
+  the client; over HTTP/2 nginx sends `proxy-connection`, `upgrade`, `te`.
+- At most sixteen interims per answer are relayed (runtime/README.md), the
+  rest dropped, the final answer whole.
 - Interims carry no hop-by-hop field (RFC 9110 §7.6.1; over HTTP/2 they would
   make the HEADERS malformed, RFC 9113 §8.2.2), and neither a 1xx nor a 204
   carries `Content-Length` (RFC 9110 §8.6). HAProxy relays a nominated field
@@ -365,6 +370,49 @@ def test_an_interim_without_close_leaves_the_connection_pooled(via, origin):
     got = via.fetch(path)
     assert got.status == 200 and got.body == b"hello", got
     assert [s for s, _ in got.interims] == [103], got.interims
+    assert_reused(via, origin, path)
+
+
+# ------------------------------------------------------------------ hop-by-hop fields of the final answer
+
+
+def test_hop_by_hop_fields_and_the_names_connection_lists_never_reach_the_client(via, origin):
+    """RFC 9110 §7.6.1: a proxy MUST remove the fields `Connection` names, even
+    end-to-end ones (`Set-Cookie`, `Date` here; nginx and HAProxy relay the
+    nominated `Set-Cookie`), and the hop-by-hop fields themselves; over
+    HTTP/2 they are connection-specific and would make the response
+    malformed (RFC 9113 §8.2.2; nginx sends `proxy-connection`, `upgrade`,
+    `te` and `trailer` over HTTP/2, HAProxy `te` and `trailer`). The `Date`
+    dropped is replaced by the gateway's own (RFC 9110 §6.6.1)."""
+    path = f"/hop/{via.proto}"
+    play(origin, path, b"HTTP/1.1 200 OK\r\nConnection: x-hop, date, set-cookie, keep-alive\r\nx-hop: secret\r\n"
+                       b"Date: Mon, 01 Jan 2001 00:00:00 GMT\r\nSet-Cookie: nominated=1\r\nKeep-Alive: timeout=5\r\n"
+                       b"Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nTE: trailers\r\nTrailer: x-t\r\n"
+                       b"x-end-to-end: kept\r\nContent-Length: 5\r\n\r\nhello")
+    got = via.fetch(path)
+    assert got.status == 200 and got.body == b"hello", got
+    names = set(got.names())
+    assert not names & (HOP_BY_HOP | {"x-hop", "set-cookie"}), got.headers
+    assert got.values("x-end-to-end") == ["kept"]
+    assert len(got.values("date")) == 1 and "2001" not in got.values("date")[0], got.headers
+    assert_reused(via, origin, path)
+
+
+# The gateway relays at most this many interims per answer (runtime/README.md,
+# "Interim answers of the upstream"); more are read and dropped.
+MAX_INTERIMS = 16
+
+
+def test_at_most_sixteen_interims_are_relayed_then_the_final_answer(via, origin):
+    """Twenty 103s before the answer: sixteen relayed (the documented bound),
+    the rest read and dropped, the final answer whole and the connection
+    pooled (HAProxy relays all twenty)."""
+    path = f"/many-interims/{via.proto}"
+    hints = b"".join(f"HTTP/1.1 103 Early Hints\r\nLink: </{i}.css>\r\n\r\n".encode() for i in range(20))
+    play(origin, path, hints + ok())
+    got = via.fetch(path)
+    assert got.status == 200 and got.body == b"hello" and got.complete, got
+    assert [(s, f) for s, f in got.interims] == [(103, [("link", f"</{i}.css>")]) for i in range(MAX_INTERIMS)]
     assert_reused(via, origin, path)
 
 
