@@ -1,4 +1,4 @@
-"""Odd upstream answers relayed to HTTP/1.1 and to HTTP/2 (h2c) clients: what
+"""Odd upstream answers relayed to HTTP/1.1 and to HTTP/2 (h2c and TLS) clients: what
 a differential pass against nginx 1.22 and HAProxy 2.6 found, pinned from the
 RFCs so the suite needs neither peer.
 
