@@ -50,20 +50,19 @@ not already pin is here, each case over HTTP/1.1, h2c and HTTP/2 over TLS
   upload is over with RST_STREAM(NO_ERROR) (RFC 9113 §8.1), and its next
   stream on the connection is served.
 
-Bug and gap found, each a strict xfail beside its control:
+Found by this pass:
 
-- `Connection: close` in an upstream 1xx is ignored, and the connection is
-  pooled after the final answer. RFC 9112 §9.6: a client that receives
+- `Connection: close` in an upstream 1xx was ignored, and the connection
+  pooled after the final answer (fixed: `read_response_head` keeps the
+  interims' keep-alive verdict). RFC 9112 §9.6: a client that receives
   `close` "MUST cease sending requests on that connection"; a 1xx is a
-  response message (RFC 9110 §15.2). HAProxy closes it. The interim's
-  fields are read in `proxy/upstream.rs` only to relay them (hop-by-hop
-  ones dropped); the keep-alive decision (`parse_response_head`'s
-  `keep_alive`) is taken from the final head alone. With an origin that
-  says `close` in its 103 and then leaves the socket open, the next request
-  waits out the response timeout: 504. (An `HTTP/1.0` 103 without
-  `keep-alive` before an HTTP/1.1 final answer is pooled the same way; both
-  peers close it.)
-- A 2xx answer that starts before the upload is read stops the upload: the
+  response message (RFC 9110 §15.2). HAProxy closes it. With an origin
+  that said `close` in its 103 and then left the socket open, the next
+  request waited out the response timeout: 504. (An `HTTP/1.0` 103 without
+  `keep-alive` before an HTTP/1.1 final answer was pooled the same way;
+  both peers close it; now closed too.)
+- A gap, a strict xfail beside its control: a 2xx answer that starts
+  before the upload is read stops the upload: the
   gateway sends no more of the body once any response head arrives
   (runtime/README.md, "Request bodies go up while the response head is
   awaited", written for early 401/413), so an origin that answers at once
@@ -360,12 +359,11 @@ def test_connection_close_in_the_final_answer_ends_the_upstream_connection(via, 
     assert_not_reused(via, origin, path)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Connection: close in an upstream 1xx is ignored, the connection pooled")
 def test_connection_close_in_an_interim_ends_the_upstream_connection(via, origin):
     """The same `close` in a 103 before the final answer: RFC 9112 §9.6 speaks
     of the response message that carries it, and a 1xx is one (RFC 9110
-    §15.2). The gateway pools the connection and the next request waits out
-    the response timeout (504)."""
+    §15.2). Found by this pass: the gateway pooled the connection and the
+    next request waited out the response timeout (504)."""
     path = f"/interim-close/{via.proto}"
     play(origin, path, b"HTTP/1.1 103 Early Hints\r\nConnection: close\r\nLink: </a.css>\r\n\r\n" + ok(),
          end="wait")

@@ -877,6 +877,10 @@ pub(crate) async fn read_response_head(
     let mut upos = 0usize;
     let mut received_any = false;
     let mut relayed = 0;
+    // An interim is a response too: its `Connection: close` (or an
+    // HTTP/1.0 interim without keep-alive) ends the connection after this
+    // exchange, as the final answer's would (RFC 9112 §9.6).
+    let mut interims_keep_alive = true;
     loop {
         if upos < ubuf.len() {
             match parse_response_head(&ubuf[upos..], limits, is_head, resp) {
@@ -888,12 +892,14 @@ pub(crate) async fn read_response_head(
                         )));
                     }
                     if resp.status() < 200 {
+                        interims_keep_alive &= resp.keep_alive;
                         if relayed_interim(resp.status()) && relayed < MAX_INTERIMS {
                             relayed += 1;
                             interims.relay(resp).await;
                         }
                         continue;
                     }
+                    resp.keep_alive &= interims_keep_alive;
                     return Ok(upos);
                 }
                 Ok(None) => {}
