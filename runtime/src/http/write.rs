@@ -29,7 +29,9 @@ fn dropped_when_forwarding(name: &[u8]) -> bool {
         b"x-forwarded-proto",
         b"x-request-id",
     ];
-    (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+    (name.len() >= 6
+        && name[..6].eq_ignore_ascii_case(b"proxy-")
+        && !name.eq_ignore_ascii_case(b"proxy-status"))
         || NAMES
             .iter()
             .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
@@ -240,7 +242,8 @@ pub fn write_response_head(
 /// counts them; those `Connection` nominates are dropped by
 /// `iter_end_to_end`), and `content-length`, which is written from the
 /// framing instead. HTTP/2 forbids the connection-specific ones too (RFC
-/// 9113 §8.2.2).
+/// 9113 §8.2.2). `Proxy-Status` is the exception: each intermediary on the
+/// response's way adds itself to it for the client (RFC 9209 §2).
 pub(crate) fn dropped_from_response(name: &[u8]) -> bool {
     const NAMES: &[&[u8]] = &[
         b"connection",
@@ -251,7 +254,9 @@ pub(crate) fn dropped_from_response(name: &[u8]) -> bool {
         b"upgrade",
         b"content-length",
     ];
-    (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+    (name.len() >= 6
+        && name[..6].eq_ignore_ascii_case(b"proxy-")
+        && !name.eq_ignore_ascii_case(b"proxy-status"))
         || NAMES
             .iter()
             .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
