@@ -61,9 +61,9 @@ Found by this pass:
   request waited out the response timeout: 504. (An `HTTP/1.0` 103 without
   `keep-alive` before an HTTP/1.1 final answer was pooled the same way;
   both peers close it; now closed too.)
-- A gap, a strict xfail beside its control: a 2xx answer that starts
-  before the upload is read stops the upload: the
-  gateway sends no more of the body once any response head arrives
+- A 2xx answer that started before the upload was read stopped the
+  upload (fixed: the body goes on up beside the answer): the gateway
+  sent no more of the body once any response head arrived
   (runtime/README.md, "Request bodies go up while the response head is
   awaited", written for early 401/413), so an origin that answers at once
   and then reads the body (full duplex) never gets it and the client's
@@ -71,7 +71,7 @@ Found by this pass:
   its last chunk; HTTP/2: RST_STREAM(INTERNAL_ERROR)). RFC 9112 §9.5 has a
   client stop only when the answer says the server does not want the body
   and is closing; HAProxy streams both ways and the origin gets all of it.
-  The control: an early 413 with `close` is relayed.
+  The control: an early 413 with `close` is relayed and ends the upload.
 """
 
 from __future__ import annotations
@@ -374,7 +374,7 @@ def test_connection_close_in_an_interim_ends_the_upstream_connection(via, origin
 
 
 def test_an_interim_without_close_leaves_the_connection_pooled(via, origin):
-    """The control of the xfail above: the same 103 without `close` (and a
+    """The control of the test above: the same 103 without `close` (and a
     nominated field in it) is relayed and the connection pooled."""
     path = f"/interim-keep/{via.proto}"
     play(origin, path, b"HTTP/1.1 103 Early Hints\r\nConnection: x-h\r\nx-h: 1\r\nLink: </a.css>\r\n\r\n" + ok())
@@ -784,15 +784,14 @@ UPLOAD = b"u" * 100_000
 
 
 @pytest.mark.parametrize("proto", ["h1", "h2c"])
-@pytest.mark.xfail(strict=True, reason="gap: the upload stops at the first byte of any early answer, a 2xx too")
 def test_a_2xx_answer_started_before_the_upload_is_read_gets_the_whole_upload(duplex_gw, duplex, proto):
     """RFC 9112 §9.5: a client stops sending the body when the response says
-    the server does not want it and is closing; otherwise it goes on. The
-    gateway stops at the head of any early answer (runtime/README.md:
-    "the rest of the body is not sent", written for 401/413), so an origin
-    that answers 200 at once and then reads the upload (full duplex, which
-    HAProxy relays) never gets it, and the client's answer is cut at the
-    response timeout. The client sends its body once the head is relayed,
+    the server does not want it and is closing; otherwise it goes on. Found
+    by this pass: the gateway stopped at the head of any early answer, so an
+    origin that answers 200 at once and then reads the upload (full duplex,
+    which HAProxy relays) never got it, and the client's answer was cut at
+    the response timeout (fixed; tests/runtime/test_full_duplex.py goes
+    further). The client sends its body once the head is relayed,
     as a full-duplex client does (a body sent at once reaches the origin
     before its head comes back, and goes through)."""
     got = _upload_through(duplex_gw, proto, "/duplex", UPLOAD, after_head=True)

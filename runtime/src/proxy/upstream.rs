@@ -3,7 +3,8 @@
 //! response head, stream the response, and pool the connection only if
 //! the exchange ended cleanly.
 
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::time::{Duration, Instant};
 
 use compio::net::TcpStream;
@@ -565,33 +566,77 @@ async fn exchange<G: Gateway, S: Stream>(
     let is_head = req.is_head();
     // Whether the client's body was left unread (early upstream answer).
     let mut body_unfinished = false;
+    // The rest of the body, still going up beside the response: an
+    // upstream that accepted the request (2xx) before reading all of it
+    // (full duplex).
+    let mut upload: Option<Upload<'_>> = None;
     let head_result = if framing.has_body() {
-        // Boxed: the body pump and the head reader running beside it are
-        // most of this future's size, and every request (most have no
-        // body) would carry and move that room.
-        let sent = Box::pin(send_body_read_head(
+        if req.expect_continue() && c.buffered().is_empty() {
+            let mut cont = w.buffers.take();
+            cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            let ok = write_all_within(&c.stream, &mut cont, limits.body_timeout)
+                .await
+                .is_ok();
+            w.buffers.give(cont);
+            if !ok {
+                w.buffers.give(out);
+                w.buffers.give(ubuf);
+                return Attempt::Missed(Miss::Failed {
+                    error: ProxyError::new(ErrorKind::ClientWrite),
+                    answered: true,
+                });
+            }
+        }
+        // Boxed: a body pump is large, and every request (most have no
+        // body) would carry and move its room in this future.
+        let mut sending: Upload<'_> = Box::pin(upload_body(
             w,
-            c,
-            req.expect_continue(),
-            req.version() == Version::Http11,
+            // Borrowed apart: the stream is written to (interims, the
+            // response) while the body is read from it.
+            (&c.stream, &mut c.rbuf, &mut c.rpos),
             up,
             out,
+            framing,
+            timeouts.response,
+        ));
+        let mut interims = ClientInterims {
+            client: &c.stream,
+            http11: req.version() == Version::Http11,
+            write_timeout: limits.body_timeout,
+        };
+        let read = ResponseRead {
+            is_head,
+            head_limits: &head_limits,
+            timeouts,
+        };
+        // Boxed for the same reason.
+        let sent = Box::pin(send_body_read_head(
+            sending.as_mut(),
+            up,
             &mut ubuf,
             &mut resp,
-            ResponseRead {
-                framing,
-                is_head,
-                head_limits: &head_limits,
-                timeouts,
-            },
+            read,
+            &mut interims,
         ))
         .await;
         match sent {
-            Ok((head, unfinished)) => {
-                body_unfinished = unfinished;
+            Ok(BodySent::Whole(head)) => head,
+            Ok(BodySent::Unfinished(head)) => {
+                body_unfinished = true;
+                // RFC 9112 §9.5: a client stops sending only when the
+                // answer says the server does not want the body and is
+                // closing. An upstream that accepted the request goes on
+                // reading it; any other early answer (401, 413...) ends
+                // it here, as the upstream is unlikely to read the rest.
+                if head.is_ok() && (200..300).contains(&resp.status()) && resp.keep_alive() {
+                    upload = Some(sending);
+                }
                 head
             }
-            Err(attempt) => return attempt,
+            Err(attempt) => {
+                w.buffers.give(ubuf);
+                return attempt;
+            }
         }
     } else {
         let res = write_all_within(up, &mut out, timeouts.response).await;
@@ -639,9 +684,11 @@ async fn exchange<G: Gateway, S: Stream>(
         BodyFraming::Chunked | BodyFraming::UntilClose if client_10 => BodyFraming::UntilClose,
         BodyFraming::Chunked | BodyFraming::UntilClose => BodyFraming::Chunked,
     };
+    // With the body still going up, the answer is written as keep-alive;
+    // the connection closes after it if the body does not end well.
     let keep_alive = req.keep_alive()
         && client_framing != BodyFraming::UntilClose
-        && !body_unfinished
+        && (!body_unfinished || upload.is_some())
         && !w.drain.is_draining();
     let mut out = w.buffers.take();
     write_response_head(&resp, client_framing, req.version(), !keep_alive, &mut out);
@@ -662,7 +709,14 @@ async fn exchange<G: Gateway, S: Stream>(
         write_timeout: limits.body_timeout,
         flushed: false,
     };
-    let res = pump.run().await;
+    let res = match upload {
+        None => pump.run().await,
+        Some(upload) => {
+            let (res, uploaded) = relay_beside_upload(&mut pump, upload).await;
+            body_unfinished = !uploaded;
+            res
+        }
+    };
     // Nothing reached the client yet (the body was bad from its first
     // bytes, which came with the head): it can still get a 502.
     let answered = pump.flushed;
@@ -676,7 +730,7 @@ async fn exchange<G: Gateway, S: Stream>(
     w.buffers.give(ubuf);
     match res {
         Ok(_) => Attempt::Done {
-            keep_alive,
+            keep_alive: keep_alive && !body_unfinished,
             upstream_reusable: resp.keep_alive() && !leftover && !body_unfinished,
             status,
         },
@@ -736,128 +790,131 @@ pub(crate) enum HeadFail {
 
 /// How [`send_body_read_head`] reads the response.
 struct ResponseRead<'a> {
-    framing: BodyFraming,
     is_head: bool,
     head_limits: &'a HeadLimits,
     timeouts: UpstreamTimeouts,
 }
 
-/// [`exchange`]'s path for a request with a body: `100 Continue` if the
-/// client asked, then the body goes up (after the head already in `out`)
-/// while the response head is awaited. Returns the head's result and
-/// whether the body was left unfinished (an early answer), or the
-/// attempt's end if the body failed.
-#[allow(clippy::too_many_arguments)]
-async fn send_body_read_head<G: Gateway, S: Stream>(
+/// A request body on its way up: its pump, with the buffer that held the
+/// request head (given back to the pool once the body is sent).
+type Upload<'a> = Pin<Box<dyn Future<Output = Result<(), PumpError>> + 'a>>;
+
+/// Sends `out` (the request head), then the client's body as `framing`
+/// reads it.
+async fn upload_body<G: Gateway, S: Stream>(
     w: &Worker<G>,
-    c: &mut Client<S>,
-    expect_continue: bool,
-    http11: bool,
+    (src, src_buf, src_pos): (&S, &mut Vec<u8>, &mut usize),
     up: &UpstreamStream,
     mut out: Vec<u8>,
+    framing: BodyFraming,
+    write_timeout: Duration,
+) -> Result<(), PumpError> {
+    let mut pump = Pump {
+        src,
+        src_buf,
+        src_pos,
+        reader: BodyReader::new(framing),
+        sink: up,
+        out: &mut out,
+        chunked_out: framing == BodyFraming::Chunked,
+        max_bytes: w.limits.max_body_bytes,
+        read_timeout: w.limits.body_timeout,
+        read_room: READ_CHUNK,
+        // An upstream that stops taking the body (and does not answer)
+        // is bounded like one that does not answer.
+        write_timeout,
+        flushed: false,
+    };
+    let res = pump.run().await.map(drop);
+    w.buffers.give(out);
+    res
+}
+
+/// What [`send_body_read_head`] got: the response head's result after the
+/// whole body went up, or before it did (an early answer: the upload is
+/// left where it stopped, for the caller to go on with or drop).
+enum BodySent {
+    Whole(Result<usize, HeadFail>),
+    Unfinished(Result<usize, HeadFail>),
+}
+
+/// [`exchange`]'s path for a request with a body: the body goes up while
+/// the response head is awaited. Returns the head's result, or the
+/// attempt's end if the body failed.
+async fn send_body_read_head(
+    mut upload: Pin<&mut (dyn Future<Output = Result<(), PumpError>> + '_)>,
+    up: &UpstreamStream,
     ubuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     read: ResponseRead<'_>,
-) -> Result<(Result<usize, HeadFail>, bool), Attempt> {
-    let limits = &w.limits;
+    interims: &mut ClientInterims<'_, impl Stream>,
+) -> Result<BodySent, Attempt> {
     let ResponseRead {
-        framing,
         is_head,
         head_limits,
         timeouts,
     } = read;
-    if expect_continue && c.buffered().is_empty() {
-        let mut cont = w.buffers.take();
-        cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        let ok = write_all_within(&c.stream, &mut cont, limits.body_timeout)
-            .await
-            .is_ok();
-        w.buffers.give(cont);
-        if !ok {
-            w.buffers.give(out);
-            w.buffers.give(std::mem::take(ubuf));
-            return Err(Attempt::Missed(Miss::Failed {
-                error: ProxyError::new(ErrorKind::ClientWrite),
-                answered: true,
-            }));
-        }
-    }
     // The body goes up while the response head is awaited: an upstream
     // may answer (401, 413...) without reading the whole body, and must
     // not deadlock us. The response timeout starts once the body is sent.
-    let mut body_unfinished = false;
-    let outcome = {
-        let mut pump = Pump {
-            src: &c.stream,
-            src_buf: &mut c.rbuf,
-            src_pos: &mut c.rpos,
-            reader: BodyReader::new(framing),
-            sink: up,
-            out: &mut out,
-            chunked_out: framing == BodyFraming::Chunked,
-            max_bytes: limits.max_body_bytes,
-            read_timeout: limits.body_timeout,
-            read_room: READ_CHUNK,
-            // An upstream that stops taking the body (and does not
-            // answer) is bounded like one that does not answer.
-            write_timeout: timeouts.response,
-            flushed: false,
-        };
-        let pump = pin!(pump.run());
-        let read = HeadRead {
-            is_head,
-            limits: head_limits,
-            deadline: Instant::now() + Duration::from_secs(24 * 3600),
-        };
-        let mut interims = ClientInterims {
-            client: &c.stream,
-            http11,
-            write_timeout: limits.body_timeout,
-        };
-        let head = pin!(read_response_head(up, ubuf, resp, read, &mut interims));
-        match select(pump, head).await {
-            Either::Left((Ok(_), head)) => {
-                match crate::rt::time::within_for(timeouts.response, head).await {
-                    Ok(r) => r,
-                    Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
-                }
-                .map_err(BodyOrHead::Head)
-            }
-            Either::Left((Err(e), _)) => Err(BodyOrHead::Body(e)),
-            Either::Right((r, _)) => {
-                body_unfinished = true;
-                r.map_err(BodyOrHead::Head)
-            }
-        }
+    let read = HeadRead {
+        is_head,
+        limits: head_limits,
+        deadline: Instant::now() + Duration::from_secs(24 * 3600),
     };
-    w.buffers.give(out);
-    match outcome {
-        Ok(upos) => Ok((Ok(upos), body_unfinished)),
-        Err(BodyOrHead::Head(f)) => Ok((Err(f), body_unfinished)),
-        Err(BodyOrHead::Body(e)) => {
-            w.buffers.give(std::mem::take(ubuf));
+    let head = pin!(read_response_head(up, ubuf, resp, read, interims));
+    match select(upload.as_mut(), head).await {
+        Either::Left((Ok(()), head)) => {
+            let head = match crate::rt::time::within_for(timeouts.response, head).await {
+                Ok(r) => r,
+                Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
+            };
+            Ok(BodySent::Whole(head))
+        }
+        Either::Left((Err(e), _)) => {
             // The upstream connection is dropped here, mid-request: it
             // never sees a terminating chunk and is never reused.
-            let kind = match e {
-                PumpError::Framing(why) => ErrorKind::BadRequestBody(why),
-                PumpError::TooLarge => ErrorKind::BodyTooLarge,
-                PumpError::SourceTimeout => ErrorKind::ClientTimeout,
-                PumpError::SourceClosed => ErrorKind::ClientClosed,
-                PumpError::SinkFailed => ErrorKind::UpstreamClosed,
-                PumpError::SinkTimeout => ErrorKind::UpstreamTimeout,
-            };
+            let kind = body_error_kind(e);
             let answered = matches!(kind, ErrorKind::ClientClosed);
             Err(Attempt::Missed(Miss::Failed {
                 error: ProxyError::new(kind),
                 answered,
             }))
         }
+        Either::Right((r, _)) => Ok(BodySent::Unfinished(r)),
     }
 }
 
-enum BodyOrHead {
-    Body(PumpError),
-    Head(HeadFail),
+/// Why a request body's pump failed, as the exchange's error.
+fn body_error_kind(e: PumpError) -> ErrorKind {
+    match e {
+        PumpError::Framing(why) => ErrorKind::BadRequestBody(why),
+        PumpError::TooLarge => ErrorKind::BodyTooLarge,
+        PumpError::SourceTimeout => ErrorKind::ClientTimeout,
+        PumpError::SourceClosed => ErrorKind::ClientClosed,
+        PumpError::SinkFailed => ErrorKind::UpstreamClosed,
+        PumpError::SinkTimeout => ErrorKind::UpstreamTimeout,
+    }
+}
+
+/// Relays the response through `pump` while the rest of the request body
+/// goes up (full duplex). Returns the relay's result and whether the body
+/// went up whole. A failed relay drops the upload (the upstream connection
+/// is closed mid-request); a failed upload cuts a response still in
+/// flight, since an upstream missing the rest of the body may never end
+/// it; after a complete response it only closes the connections.
+async fn relay_beside_upload<S: Stream>(
+    pump: &mut Pump<'_, UpstreamStream, S>,
+    upload: Upload<'_>,
+) -> (Result<u64, PumpError>, bool) {
+    let relay = pin!(pump.run());
+    match select(relay, upload).await {
+        Either::Left((Ok(n), upload)) => (Ok(n), upload.await.is_ok()),
+        Either::Left((Err(e), _)) => (Err(e), false),
+        Either::Right((Ok(()), relay)) => (relay.await, true),
+        // Reported as the response's failure: it is cut either way.
+        Either::Right((Err(_), _)) => (Err(PumpError::SourceClosed), false),
+    }
 }
 
 /// Reads and parses the response head into `resp`, skipping interim (1xx)

@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -232,8 +232,16 @@ async fn attempt<G: Gateway>(
             ErrorKind::ClientClosed,
             true,
         ))));
-    let (upos, body_unfinished) = match head {
-        Ok(x) => x,
+    let (upos, mut body_unfinished, mut upload) = match head {
+        Ok(Forwarded::Whole(upos)) => (upos, false, None),
+        // RFC 9112 §9.5: a client stops sending only when the answer says
+        // the server does not want the body and is closing. An upstream
+        // that accepted the request (2xx) goes on reading it (full
+        // duplex); any other early answer (401, 413...) ends it here.
+        Ok(Forwarded::Early(upos, upload)) => {
+            let goes_on = (200..300).contains(&resp.status()) && resp.keep_alive();
+            (upos, true, goes_on.then_some(upload))
+        }
         Err(a) => {
             w.buffers.give(ubuf);
             return a;
@@ -265,10 +273,20 @@ async fn attempt<G: Gateway>(
             return Attempt::Missed(Miss::failed(ErrorKind::ClientClosed, true));
         }
     };
-    let relayed = if has_body {
-        relay_response(w, t, &mut ubuf, upos, framing, &mut send).await
-    } else {
-        Ok(upos < ubuf.len())
+    let relay = async {
+        if has_body {
+            relay_response(w, t, &mut ubuf, upos, framing, &mut send).await
+        } else {
+            Ok(upos < ubuf.len())
+        }
+    };
+    let relayed = match upload.take() {
+        None => relay.await,
+        Some(upload) => {
+            let (relayed, uploaded) = relay_beside_upload(relay, upload).await;
+            body_unfinished = !uploaded;
+            relayed
+        }
     };
     w.buffers.give(ubuf);
     match relayed {
@@ -296,18 +314,30 @@ async fn attempt<G: Gateway>(
     }
 }
 
+/// A request body on its way up (the buffer that held the request head is
+/// given back to the pool once it is sent).
+type Upload<'a> = Pin<Box<dyn Future<Output = Result<(), BodyError>> + 'a>>;
+
+/// What [`forward_request`] got: where the response body starts in `ubuf`,
+/// after the whole request went up, or before its body did (an early
+/// answer: the upload is left where it stopped, for the caller to go on
+/// with or drop).
+enum Forwarded<'a> {
+    Whole(usize),
+    Early(usize, Upload<'a>),
+}
+
 /// Sends the head and body upstream and reads the response head into
-/// `resp`. Returns where the response body starts in `ubuf` and whether
-/// the request body was left unfinished (an early answer).
-async fn forward_request<G: Gateway>(
-    w: &Worker<G>,
+/// `resp`.
+async fn forward_request<'a, G: Gateway>(
+    w: &'a Worker<G>,
     req: &RequestHead,
-    body: &mut RecvStream,
+    body: &'a mut RecvStream,
     ubuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
-    t: &Target<'_>,
+    t: &'a Target<'a>,
     interims: &mut StreamInterims<'_, '_>,
-) -> Result<(usize, bool), Attempt> {
+) -> Result<Forwarded<'a>, Attempt> {
     let limits = &w.limits;
     let request_id = t.id.get(req);
     let framing = req.framing();
@@ -336,7 +366,7 @@ async fn forward_request<G: Gateway>(
             deadline: t.now + t.response_timeout,
         };
         return match read_response_head(t.up, ubuf, resp, read, interims).await {
-            Ok(upos) => Ok((upos, false)),
+            Ok(upos) => Ok(Forwarded::Whole(upos)),
             Err(HeadFail::Stale) => Err(Attempt::Missed(Miss::Stale)),
             Err(HeadFail::Failed(kind)) => Err(Attempt::Missed(Miss::failed(kind, false))),
         };
@@ -344,56 +374,52 @@ async fn forward_request<G: Gateway>(
     // Boxed: the body's sender and the head reader running beside it are
     // most of this future's size, which every stream (most have no body)
     // would carry and move.
-    let result = Box::pin(send_body_read_head(
-        w,
-        body,
+    let mut upload: Upload<'a> = Box::pin(async move {
+        let mut out = out;
+        let sent = send_request_body(w, body, t.up, &mut out, framing, t.response_timeout).await;
+        w.buffers.give(out);
+        sent
+    });
+    let read = HeadRead {
+        is_head,
+        limits: &head_limits,
+        deadline: Instant::now() + Duration::from_secs(24 * 3600),
+    };
+    let head = Box::pin(send_body_read_head(
+        upload.as_mut(),
         ubuf,
         resp,
         t,
-        &mut out,
-        framing,
-        HeadRead {
-            is_head,
-            limits: &head_limits,
-            deadline: Instant::now() + Duration::from_secs(24 * 3600),
-        },
+        read,
         interims,
     ))
-    .await;
-    w.buffers.give(out);
-    result
+    .await?;
+    Ok(match head {
+        (upos, true) => Forwarded::Whole(upos),
+        (upos, false) => Forwarded::Early(upos, upload),
+    })
 }
 
 /// [`forward_request`]'s path for a request with a body: it goes up
-/// (after the head already in `out`) while the response head is awaited,
-/// as an upstream may answer early (401, 413) without reading it all.
-#[allow(clippy::too_many_arguments)]
-async fn send_body_read_head<G: Gateway>(
-    w: &Worker<G>,
-    body: &mut RecvStream,
+/// (after the head already in its buffer) while the response head is
+/// awaited, as an upstream may answer early (401, 413) without reading it
+/// all. Returns where the response body starts in `ubuf` and whether the
+/// request body went up whole before the head came.
+async fn send_body_read_head(
+    mut upload: Pin<&mut (dyn Future<Output = Result<(), BodyError>> + '_)>,
     ubuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     t: &Target<'_>,
-    out: &mut Vec<u8>,
-    framing: BodyFraming,
     read: HeadRead<'_>,
     interims: &mut StreamInterims<'_, '_>,
 ) -> Result<(usize, bool), Attempt> {
-    let send = pin!(send_request_body(
-        w,
-        body,
-        t.up,
-        out,
-        framing,
-        t.response_timeout
-    ));
     // No deadline until the body is sent (`read` has a far one): then the
     // response timeout starts.
     let head = pin!(read_response_head(t.up, ubuf, resp, read, interims));
-    match select(send, head).await {
+    match select(upload.as_mut(), head).await {
         Either::Left((Ok(()), head)) => {
             match crate::rt::time::within_for(t.response_timeout, head).await {
-                Ok(r) => r.map(|upos| (upos, false)),
+                Ok(r) => r.map(|upos| (upos, true)),
                 Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
             }
             .map_err(head_failed)
@@ -405,7 +431,25 @@ async fn send_body_read_head<G: Gateway>(
             BodyError::UpstreamTimeout => Miss::failed(ErrorKind::UpstreamTimeout, false),
             _ => Miss::failed(ErrorKind::ClientClosed, true),
         })),
-        Either::Right((r, _)) => r.map(|upos| (upos, true)).map_err(head_failed),
+        Either::Right((r, _)) => r.map(|upos| (upos, false)).map_err(head_failed),
+    }
+}
+
+/// Relays the response (`relay`) while the rest of the request body goes
+/// up (full duplex). Returns the relay's result and whether the body went
+/// up whole. A failed relay drops the upload (the upstream connection is
+/// closed mid-request); a failed upload cuts a response still in flight,
+/// since an upstream missing the rest of the body may never end it.
+async fn relay_beside_upload(
+    relay: impl Future<Output = Result<bool, BodyError>>,
+    upload: Upload<'_>,
+) -> (Result<bool, BodyError>, bool) {
+    let relay = pin!(relay);
+    match select(relay, upload).await {
+        Either::Left((Ok(leftover), upload)) => (Ok(leftover), upload.await.is_ok()),
+        Either::Left((Err(e), _)) => (Err(e), false),
+        Either::Right((Ok(()), relay)) => (relay.await, true),
+        Either::Right((Err(e), _)) => (Err(e), false),
     }
 }
 
