@@ -88,6 +88,7 @@ import h2.events
 import pytest
 from support.client import Closed, RawConn
 from support.gateway import Gateway
+from support.origin import ThreadPerConnection
 from support.pki import Pki
 from support.rogue_origin import RogueOrigin, Script
 
@@ -699,27 +700,17 @@ def h1_upload(port: int, path: str, body: bytes, after_head: bool = False) -> An
     return ans
 
 
-class DuplexOrigin:
+class DuplexOrigin(ThreadPerConnection):
     """An origin that answers before it reads the request body, as RFC 9110
     lets a server: on `/duplex` a 200 head and a first chunk at once, then it
     reads the whole body and ends the answer with a chunk saying how much it
     got; on `/refuse` a 413 with `Connection: close`, reading nothing."""
 
     def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.received: dict[str, int] = {}
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
+    def serve(self, c: socket.socket) -> None:
         with c:
             c.settimeout(READ_BOUND)
             try:
@@ -751,9 +742,6 @@ class DuplexOrigin:
                 c.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
             except OSError:
                 return
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

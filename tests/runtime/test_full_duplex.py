@@ -19,7 +19,6 @@ that never comes.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import h2.config
@@ -28,12 +27,13 @@ import h2.events
 import pytest
 from support.client import RawConn
 from support.gateway import Gateway
+from support.origin import ThreadPerConnection
 
 PIECES = [bytes([ord("a") + i]) * (3000 + 1000 * i) for i in range(8)]
 READ_BOUND = 10.0
 
 
-class EchoOrigin:
+class EchoOrigin(ThreadPerConnection):
     """HTTP/1.1 origin that answers `200` (chunked) to a request with a body
     as soon as it has its head, then echoes every read of the body as one
     chunk and ends the answer when the body ends; keep-alive. `/early-done`
@@ -41,25 +41,10 @@ class EchoOrigin:
     Counts the connections it accepted."""
 
     def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections = 0
         self.bodies: list[bytes] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def close(self) -> None:
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
+    def serve(self, c: socket.socket) -> None:
         c.settimeout(READ_BOUND)
         buf = b""
         with c:

@@ -622,6 +622,34 @@ def default_handler(req: RecordedRequest, conn: OriginConn) -> bool:
     return respond(conn, req, 200, f"{req.method} {req.target}\n".encode(), ("content-type: text/plain",))
 
 
+class ThreadPerConnection:
+    """A listening socket on 127.0.0.1 (`addr`) whose every accepted
+    connection is handed to `serve` on a thread of its own: the frame of a
+    hand-written origin that plays one scripted part per connection.
+    Counts the connections it accepted."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class UnreadingOrigin:
     """A server that accepts, reads the request head, then neither reads the
     body nor answers (a hung application behind a full receive buffer)."""
