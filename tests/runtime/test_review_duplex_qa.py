@@ -1,0 +1,903 @@
+"""A critical review, as black-box tests, of the runtime changes of one day
+(629f2a0..d7df2d9), above all full duplex (d7df2d9): an upstream that
+answers 2xx with keep-alive before it read the request body gets the rest of
+it while its answer streams down; any other early answer ends the upload.
+
+test_full_duplex.py proves the happy path (a lockstep echo over HTTP/1.1
+and h2c); test_differential_responses_qa.py an early 2xx and an early 413.
+This file probes what can go wrong once both directions are live, over
+HTTP/1.1, h2c and TLS (h1 and h2 by ALPN), against RELIABILITY.md: never a
+hang, never a request the upstream reads differently, never data lost or
+silently truncated (a cut is a reset, a missing last chunk, an
+RST_STREAM), memory bounded. Then, briefly, the other changes of the day:
+Proxy-Status relayed, reason phrases, Expect lists, 414, a percent-encoded
+Host, strict trailer lines.
+
+The origin (`DuplexOrigin`) answers the moment it has a request head and
+then, as the path asks, echoes the body piece by piece, or answers at once
+and goes on reading, and may reset, close or stall after so many body bytes.
+It records, per request, the body it got and whether that body ended as its
+framing says (`complete`), and per connection whether the gateway closed it.
+"""
+
+from __future__ import annotations
+
+import select
+import signal
+import socket
+import ssl
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import pytest
+from support.client import Closed, RawConn
+from support.gateway import Gateway, rss_kib
+from support.h2streams import Streams, body_of, sha
+from support.pki import Pki
+
+# Every wait below only bounds how long a test blocks.
+BOUND = 10.0
+# The gateway's timeouts for these tests: short, so a timeout case ends soon.
+BODY_TIMEOUT = 2
+RESPONSE_TIMEOUT = 2
+MAX_BODY = 200_000
+PIECE = b"p" * 4000
+
+
+# ---------------------------------------------------------------- the origin
+
+
+@dataclass
+class Seen:
+    """One request as the origin read it."""
+
+    path: str
+    cid: int
+    body: bytearray = field(default_factory=bytearray)
+    complete: bool = False  # the body ended as its framing says (last chunk, or all of content-length)
+    chunked: bool = False
+
+
+class DuplexOrigin:
+    """An HTTP/1.1 origin that answers before it reads the body.
+
+    The query of the request-target chooses: `answer=echo` (default) a 200
+    chunked head at once, then every read of the body echoed as a chunk and
+    the last chunk when the body ends; `answer=done` a complete `200`
+    (content-length 4, keep-alive) at once, then it reads the body to its
+    end; `answer=204` the same with a 204. `after=N&then=reset|close|stall`
+    does that once N body bytes were read (`stall`: neither reads nor
+    writes again, until the gateway closes the connection). Keep-alive:
+    the next request on the connection is served the same way."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.seen: list[Seen] = []
+        self.connections = 0
+        self.closed_by_gateway: dict[int, threading.Event] = {}
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.seen.clear()
+
+    def requests(self, path_prefix: str) -> list[Seen]:
+        with self.lock:
+            return [s for s in self.seen if s.path.startswith(path_prefix)]
+
+    def wait_closed(self, cid: int, timeout: float = BOUND) -> bool:
+        return self.closed_by_gateway[cid].wait(timeout)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+                cid = self.connections
+                self.closed_by_gateway[cid] = threading.Event()
+            threading.Thread(target=self._serve, args=(c, cid), daemon=True).start()
+
+    def _serve(self, c: socket.socket, cid: int) -> None:
+        c.settimeout(30)
+        buf = bytearray()
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        raise ConnectionResetError("closed between requests")
+                    buf += d
+                i = buf.index(b"\r\n\r\n")
+                head = bytes(buf[:i])
+                del buf[: i + 4]
+                if not self._exchange(c, cid, head, buf):
+                    return
+        except OSError:
+            self.closed_by_gateway[cid].set()
+        finally:
+            c.close()
+
+    def _exchange(self, c: socket.socket, cid: int, head: bytes, buf: bytearray) -> bool:
+        """Serves one request; False once the connection is done with."""
+        lines = head.split(b"\r\n")
+        target = lines[0].split(b" ")[1].decode()
+        fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in lines[1:])}
+        q = {k: v[0] for k, v in parse_qs(urlsplit(target).query).items()}
+        seen = Seen(target, cid, chunked=fields.get(b"transfer-encoding", b"").lower() == b"chunked")
+        with self.lock:
+            self.seen.append(seen)
+        answer = q.get("answer", "echo")
+        after, then = int(q.get("after", "-1")), q.get("then", "")
+        if answer == "echo":
+            c.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        elif answer == "done":
+            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+        else:
+            c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        done = after == 0
+        if done and not self._then(c, cid, then):
+            return False
+        for piece in self._body(c, fields, buf, seen):
+            if answer == "echo":
+                c.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            if not done and 0 < after <= len(seen.body):
+                done = True
+                if not self._then(c, cid, then):
+                    return False
+        if answer == "echo":
+            c.sendall(b"0\r\n\r\n")
+        return True
+
+    def _then(self, c: socket.socket, cid: int, then: str) -> bool:
+        if then == "reset":
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return False
+        if then == "close":
+            c.shutdown(socket.SHUT_RDWR)
+            return False
+        if then == "stall":
+            # Neither reads nor writes: waits for the gateway to end the connection.
+            p = select.poll()
+            p.register(c, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+            if p.poll(30_000):
+                self.closed_by_gateway[cid].set()
+            return False
+        return True
+
+    def _body(self, c: socket.socket, fields: dict, buf: bytearray, seen: Seen):
+        """Yields the body's pieces as they are read; sets `seen.complete`
+        once it ended as framed. Leaves the bytes after it in `buf`."""
+
+        def more() -> None:
+            d = c.recv(65536)
+            if not d:
+                raise ConnectionResetError("closed mid-body")
+            buf.extend(d)
+
+        if b"content-length" in fields:
+            left = int(fields[b"content-length"])
+            while left:
+                if not buf:
+                    more()
+                piece = bytes(buf[:left])
+                del buf[: len(piece)]
+                left -= len(piece)
+                seen.body += piece
+                yield piece
+            seen.complete = True
+            return
+        if not seen.chunked:
+            seen.complete = True
+            return
+        while True:
+            while b"\r\n" not in buf:
+                more()
+            j = buf.index(b"\r\n")
+            size = int(bytes(buf[:j]).split(b";")[0], 16)
+            del buf[: j + 2]
+            if size == 0:
+                while b"\r\n\r\n" not in b"\r\n" + buf:
+                    more()
+                k = (b"\r\n" + buf).index(b"\r\n\r\n")
+                del buf[:k + 2]
+                seen.complete = True
+                return
+            while len(buf) < size + 2:
+                more()
+            piece = bytes(buf[:size])
+            del buf[: size + 2]
+            seen.body += piece
+            yield piece
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    p = Pki(tmp_path_factory.mktemp("duplex-pki"))
+    p.leaf("edge", "edge.test")
+    return p
+
+
+@pytest.fixture(scope="module")
+def duplex():
+    o = DuplexOrigin()
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def origin_d(duplex):
+    duplex.reset()
+    return duplex
+
+
+class Via:
+    """A gateway and how to reach it: `h1`, `h1-tls` (ALPN http/1.1), `h2c`
+    or `h2-tls` (ALPN h2)."""
+
+    def __init__(self, name: str, gw: Gateway, pki: Pki):
+        self.name, self.gw, self.pki = name, gw, pki
+        self.tls = name.endswith("tls")
+
+    def socket(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.gw.port), timeout=BOUND)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self.tls:
+            return s
+        ctx = ssl.create_default_context(cafile=str(self.pki.path("ca.crt")))
+        ctx.set_alpn_protocols(["h2"] if self.name.startswith("h2") else ["http/1.1"])
+        # A TCP end without close_notify must show (as a cut), not read as the end.
+        return ctx.wrap_socket(s, server_hostname="edge.test", suppress_ragged_eofs=False)
+
+    def h1(self) -> RawConn:
+        return CutAwareConn(sock=self.socket(), timeout=BOUND)
+
+
+class CutAwareConn(RawConn):
+    """A RawConn that counts a TLS connection ended without close_notify
+    as a cut (`reset`), as it counts a TCP reset."""
+
+    def _fill(self, deadline: float) -> bool:
+        if self.eof or deadline <= time.monotonic():
+            return False
+        self.sock.settimeout(deadline - time.monotonic())
+        try:
+            d = self.sock.recv(262144)
+        except (TimeoutError, socket.timeout):
+            return False
+        except (ConnectionResetError, ssl.SSLEOFError):
+            self.eof = self.reset = True
+            return False
+        except OSError:
+            d = b""
+        if not d:
+            self.eof = True
+            return False
+        self.buf += d
+        return True
+
+    def h2(self, window: int | None = None) -> "H2Duplex":
+        return H2Duplex(self.socket(), "https" if self.tls else "http", window)
+
+
+def start_via(name: str, hello_bin, upstream: str, logs, pki: Pki, **opts) -> Via:
+    opts = dict(workers=1, body_timeout=BODY_TIMEOUT, response_timeout=RESPONSE_TIMEOUT,
+                max_body_bytes=MAX_BODY) | opts
+    if name.endswith("tls"):
+        gw = Gateway(hello_bin, upstream, log_dir=logs, protocols="h1,h2",
+                     tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"), **opts)
+    else:
+        gw = Gateway(hello_bin, upstream, log_dir=logs, protocols="h1,h2c", **opts)
+    return Via(name, gw.start(), pki)
+
+
+@pytest.fixture(scope="module")
+def gateways(hello_bin, duplex, gateway_logs, pki):
+    """One cleartext and one TLS gateway in front of the duplex origin,
+    shared by the tests that use the default limits."""
+    started: dict[str, Via] = {}
+
+    def get(name: str) -> Via:
+        kind = "tls" if name.endswith("tls") else "plain"
+        v = started.get(kind)
+        if v is None or not v.gw.alive():
+            v = started[kind] = start_via(name, hello_bin, duplex.addr, gateway_logs, pki)
+        return Via(name, v.gw, pki)
+
+    yield get
+    for v in started.values():
+        v.gw.kill()
+
+
+@pytest.fixture
+def via(request, gateways):
+    v = gateways(request.param)
+    yield v
+    assert v.gw.alive(), v.gw.crashed()
+
+
+H1_WAYS = ["h1", "h1-tls"]
+H2_WAYS = ["h2c", "h2-tls"]
+
+
+# ---------------------------------------------------------------- HTTP/1.1 client side
+
+
+def read_head(conn: RawConn, deadline: float) -> bytes:
+    """The next response head (interims included: the caller skips them)."""
+    while b"\r\n\r\n" not in conn.buf:
+        if not conn._fill(deadline):
+            raise Closed("no response head", bytes(conn.buf)) if conn.eof else TimeoutError(bytes(conn.buf))
+    i = conn.buf.index(b"\r\n\r\n")
+    head = bytes(conn.buf[:i])
+    del conn.buf[: i + 4]
+    return head
+
+
+def next_chunk(conn: RawConn, deadline: float) -> bytes | None:
+    """The next chunk of a chunked answer: its data, `b""` for the last
+    chunk (and the empty trailer section), None when the connection ended
+    first (a cut). TimeoutError when nothing came by `deadline`."""
+    while True:
+        if b"\r\n" in conn.buf:
+            j = conn.buf.index(b"\r\n")
+            size = int(bytes(conn.buf[:j]), 16)
+            rest = conn.buf[j + 2:]
+            if size == 0 and rest.startswith(b"\r\n"):
+                del conn.buf[: j + 4]
+                return b""
+            if size and len(rest) >= size + 2:
+                data = bytes(rest[:size])
+                del conn.buf[: j + 2 + size + 2]
+                return data
+        if not conn._fill(deadline):
+            if conn.eof:
+                return None
+            raise TimeoutError(f"stalled with {bytes(conn.buf[:100])!r}")
+
+
+def echo_of(conn: RawConn, n: int) -> bytes | None:
+    """At least `n` bytes of echo, or None if the answer was cut first."""
+    got = b""
+    deadline = time.monotonic() + BOUND
+    while len(got) < n:
+        c = next_chunk(conn, deadline)
+        if not c:
+            return None
+        got += c
+    return got
+
+
+def rest_of_answer(conn: RawConn) -> tuple[bytes, bool]:
+    """The rest of a chunked answer, and whether it ended with its last
+    chunk (False: the connection ended first)."""
+    got = b""
+    deadline = time.monotonic() + BOUND
+    while True:
+        c = next_chunk(conn, deadline)
+        if c is None:
+            return got, False
+        if c == b"":
+            return got, True
+        got += c
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def open_duplex(conn: RawConn, target: str, framing: str = "chunked", extra: bytes = b"",
+                version: bytes = b"HTTP/1.1") -> bytes:
+    """Sends a POST head (`chunked` or `length=N`) and returns the final
+    answer's head, which the origin sends before it reads any body."""
+    frame = b"transfer-encoding: chunked" if framing == "chunked" else b"content-length: " + framing[7:].encode()
+    conn.send(b"POST %s %s\r\nhost: a.test\r\n%s\r\n%s\r\n" % (target.encode(), version, frame, extra))
+    deadline = time.monotonic() + BOUND
+    head = read_head(conn, deadline)
+    while head.split(b" ")[1].startswith(b"1"):
+        head = read_head(conn, deadline)
+    return head
+
+
+def lockstep(conn: RawConn, pieces: int, wire=chunk) -> bytes:
+    """Sends `pieces` PIECEs, each once the echo of the one before came back."""
+    echoed = b""
+    for _ in range(pieces):
+        assert conn.send(wire(PIECE)), "the gateway closed the connection mid-body"
+        got = echo_of(conn, len(PIECE))
+        assert got is not None, f"the answer was cut after {len(echoed)} bytes"
+        echoed += got
+    return echoed
+
+
+# ---------------------------------------------------------------- HTTP/2 client side
+
+
+@dataclass
+class StreamState:
+    status: str | None = None
+    data: bytearray = field(default_factory=bytearray)
+    ended: bool = False  # END_STREAM from the gateway
+    reset: int | None = None  # its RST_STREAM code
+
+
+class H2Duplex:
+    """One HTTP/2 connection whose streams send and receive in lockstep
+    (the `h2` library keeps the state; received data is acknowledged as it
+    is read)."""
+
+    def __init__(self, sock: socket.socket, scheme: str, window: int | None = None):
+        self.sock, self.scheme = sock, scheme
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        if window is not None:
+            self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.streams: dict[int, StreamState] = {}
+        self.goaway = False
+        self.closed = False
+        self.flush()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self.closed = True
+
+    def start(self, path: str, length: int | None = None) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        hdrs = [(":method", "POST"), (":path", path), (":scheme", self.scheme), (":authority", "a.test")]
+        if length is not None:
+            hdrs.append(("content-length", str(length)))
+        self.conn.send_headers(sid, hdrs)
+        self.streams[sid] = StreamState()
+        self.flush()
+        return sid
+
+    def get(self, sid: int, body: bytes = b"") -> int:
+        self.conn.send_headers(sid, [(":method", "GET"), (":path", "/get?answer=done"), (":scheme", self.scheme),
+                                     (":authority", "a.test")], end_stream=True)
+        self.streams[sid] = StreamState()
+        self.flush()
+        return sid
+
+    def send(self, sid: int, data: bytes, end: bool = False) -> bool:
+        """Sends all of `data` as the windows allow; False once the stream
+        was reset or the connection ended (the client learnt its upload is
+        over). TimeoutError if the window stays shut for BOUND."""
+        deadline = time.monotonic() + BOUND
+        while data:
+            st = self.streams[sid]
+            if st.reset is not None or self.closed:
+                return False
+            try:
+                room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size, len(data))
+            except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+                return False
+            if room <= 0:
+                if not self.pump(deadline, lambda: False, quiet=0.2) and time.monotonic() > deadline:
+                    raise TimeoutError(f"window shut for {BOUND}s on stream {sid}, no reset: {st}")
+                continue
+            try:
+                self.conn.send_data(sid, data[:room])
+            except h2.exceptions.StreamClosedError:
+                return False
+            data = data[room:]
+            self.flush()
+        if end:
+            try:
+                self.conn.end_stream(sid)
+            except h2.exceptions.StreamClosedError:
+                return False
+            self.flush()
+        return True
+
+    def reset(self, sid: int) -> None:
+        self.conn.reset_stream(sid, error_code=8)  # CANCEL
+        self.flush()
+
+    def pump(self, deadline: float, done, quiet: float | None = None) -> bool:
+        """Reads and handles frames until `done()`, the connection ends or
+        `deadline` (or `quiet` seconds without a frame); returns `done()`."""
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                return done()
+            self.sock.settimeout(min(left, quiet) if quiet else left)
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, socket.timeout):
+                return done()
+            except OSError:
+                data = b""
+            if not data:
+                self.closed = True
+                return done()
+            for ev in self.conn.receive_data(data):
+                self._event(ev)
+            self.flush()
+        return True
+
+    def _event(self, ev) -> None:
+        sid = getattr(ev, "stream_id", None)
+        st = self.streams.get(sid) if sid else None
+        if isinstance(ev, h2.events.ResponseReceived) and st:
+            st.status = dict(ev.headers)[":status"]
+        elif isinstance(ev, h2.events.DataReceived):
+            if st:
+                st.data += ev.data
+            self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.StreamEnded) and st:
+            st.ended = True
+        elif isinstance(ev, h2.events.StreamReset) and st:
+            st.reset = ev.error_code
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self.goaway = True
+
+    def wait(self, sid: int, done) -> StreamState:
+        self.pump(time.monotonic() + BOUND, lambda: done(self.streams[sid]))
+        return self.streams[sid]
+
+    def wait_over(self, sid: int) -> StreamState:
+        """Waits until the stream ended or was reset (or the connection ended)."""
+        return self.wait(sid, lambda s: s.ended or s.reset is not None or self.closed)
+
+    def lockstep(self, sid: int, pieces: int) -> None:
+        for _ in range(pieces):
+            want = len(self.streams[sid].data) + len(PIECE)
+            assert self.send(sid, PIECE), f"stream {sid} ended mid-body: {self.streams[sid]}"
+            st = self.wait(sid, lambda s, w=want: len(s.data) >= w or s.reset is not None or s.ended)
+            assert len(st.data) >= want, f"no echo: {st}"
+
+
+# ---------------------------------------------------------------- HTTP/1.1: the control
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_a_duplex_echo_then_a_second_exchange_on_both_connections(via, origin_d):
+    """The control for what follows, over TLS too: a lockstep echo ends
+    with its last chunk, the next request runs on the same client and
+    upstream connections."""
+    with via.h1() as conn:
+        assert open_duplex(conn, "/ok").startswith(b"HTTP/1.1 200")
+        echoed = lockstep(conn, 5)
+        conn.send(b"0\r\n\r\n")
+        assert rest_of_answer(conn) == (b"", True)
+        assert echoed == PIECE * 5
+        conn.send(b"GET /next?answer=done HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        r = conn.read_response()
+        assert r.status == 200 and r.body == b"done"
+    first, second = origin_d.requests("/ok")[0], origin_d.requests("/next")[0]
+    assert first.complete and bytes(first.body) == PIECE * 5
+    assert second.cid == first.cid, "the upstream connection was not reused after a clean duplex exchange"
+
+
+# ---------------------------------------------------------------- HTTP/1.1: the client fails mid-duplex
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.parametrize("framing", ["chunked", "length=100000"])
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_a_client_gone_mid_duplex_leaves_the_upstream_request_incomplete(via, origin_d, how, framing):
+    """The client closes (or resets) after two pieces of a body the echo
+    was answering: the upstream request is never completed (no last chunk,
+    fewer bytes than its content-length) and its connection is closed."""
+    wire = chunk if framing == "chunked" else (lambda d: d)
+    conn = via.h1()
+    assert open_duplex(conn, f"/gone-{how}", framing).startswith(b"HTTP/1.1 200")
+    lockstep(conn, 2, wire)
+    if how == "reset":
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    [seen] = origin_d.requests(f"/gone-{how}")
+    assert origin_d.wait_closed(seen.cid), "the upstream connection outlived the client"
+    assert not seen.complete and bytes(seen.body) == PIECE * 2, seen
+
+
+# ---------------------------------------------------------------- HTTP/1.1: the upstream fails mid-duplex
+
+
+@pytest.mark.parametrize("then", ["reset", "close", "stall"])
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_an_upstream_failing_mid_duplex_cuts_the_answer_visibly(via, origin_d, then):
+    """The echo resets, closes, or stalls (reads and writes nothing) once
+    it had 8000 bytes, its answer still open: the client's answer ends
+    without its last chunk and the connection closes, within the bound
+    (a stall at the response timeout), never a hang."""
+    with via.h1() as conn:
+        open_duplex(conn, f"/fail?after=8000&then={then}")
+        echoed = b""
+        for _ in range(10):
+            if not conn.send(chunk(PIECE)):
+                break
+            got = echo_of(conn, len(PIECE)) if len(echoed) < 8000 else None
+            if got is None:
+                break
+            echoed += got
+        rest, ended = rest_of_answer(conn)
+        assert not ended, "an answer cut by its upstream ended with a last chunk"
+        assert conn.wait_closed(BOUND)
+    [seen] = origin_d.requests("/fail")
+    if then == "stall":
+        assert origin_d.wait_closed(seen.cid), "the stalled upstream connection was not closed"
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_an_upstream_closing_after_its_whole_answer_leaves_the_client_that_answer(via, origin_d):
+    """The upstream answers `200 done` (keep-alive) at once, then closes
+    without reading the body: the client, still sending, gets that answer
+    whole, then the connection ends (its body is one byte short: it never
+    ends well); a new client connection is served on a new upstream
+    connection."""
+    with via.h1() as conn:
+        conn.send(b"POST /done-close?answer=done&after=0&then=close HTTP/1.1\r\nhost: a.test\r\n"
+                  b"content-length: 100001\r\n\r\n")
+        for _ in range(5):
+            conn.send(PIECE)
+        r = conn.read_response("POST")
+        assert r.status == 200 and r.body == b"done" and r.complete, r
+        for _ in range(20):
+            if not conn.send(PIECE):
+                break
+        assert conn.wait_closed(BOUND), "the connection stayed open with the body unfinished"
+    with via.h1() as conn:
+        conn.send(b"GET /after-close?answer=done HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        assert conn.read_response().body == b"done"
+    assert origin_d.requests("/after-close")[0].cid != origin_d.requests("/done-close")[0].cid
+
+
+# ---------------------------------------------------------------- HTTP/1.1: limits and timeouts mid-duplex
+
+
+@pytest.mark.parametrize("answer", ["echo", "done"])
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_a_body_past_max_body_bytes_mid_duplex(via, origin_d, answer):
+    """A chunked body runs past max-body-bytes after the 2xx head went out:
+    413 cannot be sent any more. An answer still streaming (the echo) is
+    cut, without its last chunk; a complete one (`done`) stays whole; either
+    way the connection closes and the upstream request is never completed
+    with a last chunk, its connection closed."""
+    with via.h1() as conn:
+        head = open_duplex(conn, f"/big?answer={answer}")
+        assert head.startswith(b"HTTP/1.1 200")
+        if answer == "done":
+            assert conn.buf.startswith(b"4\r\ndone\r\n0\r\n\r\n") or b"content-length: 4" in head.lower(), head
+        sent = 0
+        while sent <= MAX_BODY + len(PIECE) and conn.send(chunk(PIECE)):
+            sent += len(PIECE)
+            if answer == "echo" and echo_of(conn, len(PIECE)) is None:
+                break
+        if answer == "echo":
+            assert sent > MAX_BODY, f"cut at {sent} bytes, within max-body-bytes"
+            assert rest_of_answer(conn)[1] is False, "the answer ended as if whole"
+        assert conn.wait_closed(BOUND)
+    [seen] = origin_d.requests("/big")
+    assert origin_d.wait_closed(seen.cid)
+    assert not seen.complete and len(seen.body) <= MAX_BODY, (seen.complete, len(seen.body))
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_a_client_pausing_its_body_mid_duplex_is_cut_at_body_timeout(via, origin_d):
+    """Two pieces echoed, then the client pauses past body-timeout: the
+    answer is cut (no last chunk), the connection closed, the upstream
+    request left incomplete and its connection closed."""
+    with via.h1() as conn:
+        open_duplex(conn, "/pause")
+        lockstep(conn, 2)
+        assert rest_of_answer(conn)[1] is False
+        assert conn.wait_closed(BOUND)
+    [seen] = origin_d.requests("/pause")
+    assert origin_d.wait_closed(seen.cid) and not seen.complete
+
+
+@pytest.fixture
+def patient_gw(hello_bin, duplex, gateway_logs, pki, request):
+    """A gateway whose body-timeout (5 s) is longer than its response
+    timeout (1 s), for the `via` of the test."""
+    v = start_via(request.param, hello_bin, duplex.addr, gateway_logs, pki, body_timeout=5, response_timeout=1)
+    yield v
+    v.gw.kill()
+
+
+def pausing_echo(v: Via, origin_d: DuplexOrigin, pause: float) -> tuple[bytes, bool]:
+    """A lockstep echo of 4 pieces with a client pause of `pause` seconds
+    after the second; returns the echo and whether it ended whole."""
+    if v.name.startswith("h2"):
+        c = v.h2()
+        try:
+            sid = c.start(f"/pausing-{pause}")
+            c.lockstep(sid, 2)
+            time.sleep(pause)
+            for _ in range(2):
+                want = len(c.streams[sid].data) + len(PIECE)
+                c.send(sid, PIECE)
+                st = c.wait(sid, lambda s, w=want: len(s.data) >= w or s.reset is not None or s.ended)
+            c.send(sid, b"", end=True)
+            st = c.wait_over(sid)
+            return bytes(st.data), st.ended and st.reset is None
+        finally:
+            c.close()
+    with v.h1() as conn:
+        open_duplex(conn, f"/pausing-{pause}")
+        echoed = lockstep(conn, 2)
+        time.sleep(pause)
+        for _ in range(2):
+            conn.send(chunk(PIECE))
+            got = echo_of(conn, len(PIECE))
+            if got is None:
+                return echoed, False
+            echoed += got
+        conn.send(b"0\r\n\r\n")
+        rest, ended = rest_of_answer(conn)
+        return echoed + rest, ended
+
+
+@pytest.mark.parametrize("patient_gw", ["h1"], indirect=True)
+def test_a_client_pause_within_body_timeout_but_past_response_timeout_control(patient_gw, origin_d):
+    """The control: a pause shorter than both timeouts."""
+    assert pausing_echo(patient_gw, origin_d, 0.3) == (PIECE * 4, True)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a duplex client's pause within body-timeout is cut as an upstream "
+                                       "timeout (response-timeout), the echo waiting on the client")
+@pytest.mark.parametrize("patient_gw", ["h1", "h2c"], indirect=True)
+def test_a_client_pause_within_body_timeout_but_past_response_timeout(patient_gw, origin_d):
+    """The client pauses 2 s (body-timeout 5 s) while the echo upstream
+    waits for its next piece: the upstream is silent because the client
+    is. docs/spec.md: the response timeout runs "from the request sent to
+    the response head received", and before the duplex change it started
+    only once the body was sent; during duplex the gateway times the
+    upstream's answer while the body is still coming, so a pause the
+    client is allowed cuts the answer as an upstream timeout, which
+    `Tries::missed` counts against the upstream (passive health)."""
+    assert pausing_echo(patient_gw, origin_d, 2.0) == (PIECE * 4, True)
+
+
+# ---------------------------------------------------------------- HTTP/1.1: what comes around a duplex exchange
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_a_request_pipelined_behind_a_duplex_body_is_answered_after_it(via, origin_d):
+    """The end of a duplex body and the next request arrive in one write:
+    the echo ends first and whole, then the next request gets its own
+    answer; upstream, the body holds none of the next request's bytes and
+    the next request arrives as its own."""
+    with via.h1() as conn:
+        open_duplex(conn, "/pipe-first")
+        echoed = lockstep(conn, 2)
+        conn.send(chunk(PIECE) + b"0\r\n\r\n" + b"GET /pipe-second?answer=done HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        rest, ended = rest_of_answer(conn)
+        assert ended and echoed + rest == PIECE * 3
+        r = conn.read_response()
+        assert r.status == 200 and r.body == b"done", r
+    [first], [second] = origin_d.requests("/pipe-first"), origin_d.requests("/pipe-second")
+    assert first.complete and bytes(first.body) == PIECE * 3
+    assert second.complete and not second.body
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_expect_100_continue_with_an_early_2xx(via, origin_d):
+    """`Expect: 100-continue` and an upstream that answers 200 at once: the
+    client gets its 100 (from the gateway), then the 200, sends its body
+    beside the echo and gets all of it; the upstream never sees Expect."""
+    with via.h1() as conn:
+        conn.send(b"POST /expect HTTP/1.1\r\nhost: a.test\r\nexpect: 100-continue\r\n"
+                  b"content-length: %d\r\n\r\n" % (len(PIECE) * 3))
+        deadline = time.monotonic() + BOUND
+        assert read_head(conn, deadline).startswith(b"HTTP/1.1 100")
+        assert read_head(conn, deadline).startswith(b"HTTP/1.1 200")
+        echoed = lockstep(conn, 3, lambda d: d)
+        assert rest_of_answer(conn) == (b"", True)
+    assert echoed == PIECE * 3
+    [seen] = origin_d.requests("/expect")
+    assert seen.complete and bytes(seen.body) == PIECE * 3
+
+
+def read_close_delimited(conn: RawConn, n: int) -> bytes:
+    while len(conn.buf) < n and conn._fill(time.monotonic() + BOUND):
+        pass
+    got = bytes(conn.buf[:n])
+    del conn.buf[:n]
+    return got
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_an_http10_client_in_duplex_gets_a_close_delimited_echo(via, origin_d):
+    """An HTTP/1.0 client (content-length body): the chunked echo reaches
+    it close-delimited, piece by piece, and ends with a clean close (FIN,
+    and over TLS close_notify), the upstream request complete."""
+    with via.h1() as conn:
+        head = open_duplex(conn, "/ten", f"length={len(PIECE) * 3}", version=b"HTTP/1.0")
+        assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+        echoed = b""
+        for _ in range(3):
+            conn.send(PIECE)
+            echoed += read_close_delimited(conn, len(PIECE))
+        assert conn.wait_closed(BOUND) and not conn.reset and not conn.buf
+    assert echoed == PIECE * 3
+    [seen] = origin_d.requests("/ten")
+    assert seen.complete
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_an_http10_client_in_duplex_sees_an_upstream_cut_as_a_reset(via, origin_d):
+    """The same, the upstream resetting after 8000 bytes: a close-delimited
+    body cut must not end with a clean close (it would look whole)."""
+    with via.h1() as conn:
+        open_duplex(conn, "/ten-cut?after=8000&then=reset", f"length={len(PIECE) * 5}", version=b"HTTP/1.0")
+        reset_on_send = False
+        for _ in range(5):
+            try:
+                conn.sock.sendall(PIECE)
+            except ConnectionResetError:  # the reset came while sending: the socket reports it once, here
+                reset_on_send = True
+                break
+            except OSError:
+                break
+            time.sleep(0.05)
+        while conn._fill(time.monotonic() + BOUND):
+            pass
+        assert conn.eof, "no end within the bound"
+        assert conn.reset or reset_on_send, f"a cut close-delimited answer ended with a clean close ({len(conn.buf)} bytes)"
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_an_early_204_lets_the_body_go_up_and_the_connections_serve_on(via, origin_d):
+    """An early `204` (2xx, keep-alive, no body): the body still goes up
+    whole, and the next request runs on both connections."""
+    with via.h1() as conn:
+        conn.send(b"POST /early-204?answer=204 HTTP/1.1\r\nhost: a.test\r\ncontent-length: %d\r\n\r\n" % (3 * len(PIECE)))
+        r = conn.read_response("POST")
+        assert r.status == 204, r
+        conn.send(PIECE * 3 + b"GET /after-204?answer=done HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        r = conn.read_response()
+        assert r.status == 200 and r.body == b"done", r
+    [seen], [after] = origin_d.requests("/early-204"), origin_d.requests("/after-204")
+    assert seen.complete and bytes(seen.body) == PIECE * 3
+    assert after.cid == seen.cid
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_sigterm_during_a_duplex_exchange_lets_it_finish(via, hello_bin, duplex, origin_d, gateway_logs, pki):
+    """SIGTERM while an echo is half way: within the grace period the
+    exchange goes on to its last chunk, the connection then closes, and
+    the gateway exits 0."""
+    v = start_via(via.name, hello_bin, duplex.addr, gateway_logs, pki, grace=8)
+    try:
+        with v.h1() as conn:
+            open_duplex(conn, "/drain")
+            echoed = lockstep(conn, 2)
+            v.gw.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            echoed += lockstep(conn, 2)
+            conn.send(b"0\r\n\r\n")
+            assert rest_of_answer(conn) == (b"", True)
+            assert conn.wait_closed(BOUND)
+        assert echoed == PIECE * 4
+        assert v.gw.proc.wait(BOUND) == 0
+    finally:
+        v.gw.kill()
+    [seen] = origin_d.requests("/drain")
+    assert seen.complete
