@@ -270,6 +270,9 @@ class Via:
     def h1(self) -> RawConn:
         return CutAwareConn(sock=self.socket(), timeout=BOUND)
 
+    def h2(self, window: int | None = None) -> "H2Duplex":
+        return H2Duplex(self.socket(), "https" if self.tls else "http", window)
+
 
 class CutAwareConn(RawConn):
     """A RawConn that counts a TLS connection ended without close_notify
@@ -293,9 +296,6 @@ class CutAwareConn(RawConn):
             return False
         self.buf += d
         return True
-
-    def h2(self, window: int | None = None) -> "H2Duplex":
-        return H2Duplex(self.socket(), "https" if self.tls else "http", window)
 
 
 def start_via(name: str, hello_bin, upstream: str, logs, pki: Pki, **opts) -> Via:
@@ -446,6 +446,8 @@ class H2Duplex:
 
     def __init__(self, sock: socket.socket, scheme: str, window: int | None = None):
         self.sock, self.scheme = sock, scheme
+        self.acknowledge = True  # False: received data is never acknowledged (windows stay shut)
+        self.unacknowledged = 0
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.conn.initiate_connection()
         if window is not None:
@@ -548,7 +550,10 @@ class H2Duplex:
         elif isinstance(ev, h2.events.DataReceived):
             if st:
                 st.data += ev.data
-            self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            if self.acknowledge:
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            else:
+                self.unacknowledged += ev.flow_controlled_length
         elif isinstance(ev, h2.events.StreamEnded) and st:
             st.ended = True
         elif isinstance(ev, h2.events.StreamReset) and st:
@@ -754,7 +759,7 @@ def pausing_echo(v: Via, origin_d: DuplexOrigin, pause: float) -> tuple[bytes, b
         return echoed + rest, ended
 
 
-@pytest.mark.parametrize("patient_gw", ["h1"], indirect=True)
+@pytest.mark.parametrize("patient_gw", ["h1", "h2c"], indirect=True)
 def test_a_client_pause_within_body_timeout_but_past_response_timeout_control(patient_gw, origin_d):
     """The control: a pause shorter than both timeouts."""
     assert pausing_echo(patient_gw, origin_d, 0.3) == (PIECE * 4, True)
@@ -901,3 +906,196 @@ def test_sigterm_during_a_duplex_exchange_lets_it_finish(via, hello_bin, duplex,
         v.gw.kill()
     [seen] = origin_d.requests("/drain")
     assert seen.complete
+
+
+# ---------------------------------------------------------------- HTTP/2
+
+
+def served_after(c: H2Duplex) -> None:
+    """A GET on the same connection still gets its answer."""
+    sid = c.get(c.conn.get_next_available_stream_id())
+    st = c.wait_over(sid)
+    assert st.status == "200" and st.data == b"done" and st.ended, st
+
+
+@pytest.mark.parametrize("answer", ["echo", "done"])
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_a_body_past_max_body_bytes_mid_duplex(via, origin_d, answer):
+    """Over HTTP/2 (no content-length): the body runs past max-body-bytes
+    after the 200 went out. The echo still streaming is reset (RST_STREAM,
+    never END_STREAM); after a complete answer (`done`, END_STREAM) the
+    client must still learn its upload is over (RST_STREAM, or every byte
+    taken), not be left with a window that never opens. The upstream
+    request is never completed, the connection serves the next stream."""
+    c = via.h2()
+    try:
+        sid = c.start(f"/h2-big?answer={answer}")
+        st = c.wait(sid, lambda s: s.status is not None)
+        assert st.status == "200", st
+        sent, going = 0, True
+        while going and sent <= MAX_BODY + 4 * len(PIECE):
+            going = c.send(sid, PIECE)
+            sent += len(PIECE)
+            if answer == "echo":
+                c.wait(sid, lambda s, w=sent: len(s.data) >= w or s.reset is not None or s.ended)
+        st = c.wait(sid, lambda s: s.reset is not None)
+        assert st.reset is not None, f"no RST_STREAM after {sent} bytes past max-body-bytes: {st}"
+        if answer == "echo":
+            assert not st.ended, "an echo cut mid-body ended with END_STREAM"
+        else:
+            assert st.ended and st.data == b"done", st
+        served_after(c)
+    finally:
+        c.close()
+    [seen] = origin_d.requests("/h2-big")
+    assert origin_d.wait_closed(seen.cid)
+    assert not seen.complete and len(seen.body) <= MAX_BODY
+
+
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_a_client_reset_mid_duplex_cuts_the_upstream_request(via, origin_d):
+    """RST_STREAM from the client after two echoed pieces: the upstream
+    request is left incomplete and its connection closed; the client
+    connection serves on."""
+    c = via.h2()
+    try:
+        sid = c.start("/h2-reset")
+        c.lockstep(sid, 2)
+        c.reset(sid)
+        [seen] = origin_d.requests("/h2-reset")
+        assert origin_d.wait_closed(seen.cid), "the upstream connection outlived the stream"
+        assert not seen.complete
+        served_after(c)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("then", ["reset", "close", "stall"])
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_an_upstream_failing_mid_duplex_resets_the_stream(via, origin_d, then):
+    """The echo upstream resets, closes or stalls after 8000 bytes: the
+    stream is reset (never END_STREAM), within the bound, and the
+    connection serves the next stream."""
+    c = via.h2()
+    try:
+        sid = c.start(f"/h2-fail?after=8000&then={then}")
+        c.lockstep(sid, 2)
+        for _ in range(5):
+            if not c.send(sid, PIECE):
+                break
+        st = c.wait_over(sid)
+        assert st.reset is not None and not st.ended, st
+        served_after(c)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_a_client_pausing_mid_duplex_is_reset_at_body_timeout(via, origin_d):
+    c = via.h2()
+    try:
+        sid = c.start("/h2-pause")
+        c.lockstep(sid, 2)
+        st = c.wait_over(sid)
+        assert st.reset is not None and not st.ended, st
+        served_after(c)
+    finally:
+        c.close()
+    [seen] = origin_d.requests("/h2-pause")
+    assert origin_d.wait_closed(seen.cid) and not seen.complete
+
+
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_an_upstream_closing_after_its_whole_answer(via, origin_d):
+    """`200 done` (keep-alive) then the upstream closes without reading:
+    the client gets `done` with END_STREAM, then learns the rest of its
+    upload is not wanted (RST_STREAM) rather than being left waiting."""
+    c = via.h2()
+    try:
+        sid = c.start("/h2-done-close?answer=done&after=0&then=close")
+        st = c.wait(sid, lambda s: s.ended or s.reset is not None)
+        assert st.status == "200" and st.data == b"done" and st.ended, st
+        for _ in range(40):
+            if not c.send(sid, PIECE):
+                break
+        st = c.wait(sid, lambda s: s.reset is not None)
+        assert st.reset is not None, f"the stream was neither reset nor its body taken: {st}"
+        served_after(c)
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def roomy(hello_bin, duplex, gateway_logs, pki, request):
+    """A gateway taking bodies up to 64 MiB, for the `via` of the test."""
+    v = start_via(request.param, hello_bin, duplex.addr, gateway_logs, pki, max_body_bytes=64 << 20)
+    yield v
+    v.gw.kill()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("roomy", H2_WAYS, indirect=True)
+def test_http2_concurrent_duplex_streams_under_small_windows(roomy, origin_d):
+    """Four echo streams of 1 MiB each at once on one connection whose
+    client window is 8 KiB: the echo comes down while the bodies go up,
+    flow control holding both ways; no deadlock, every byte echoed in
+    order, the origin gets every body whole, memory bounded."""
+    bodies = {i: body_of(1 << 20, 40 + i) for i in range(4)}
+    s = Streams(roomy.gw.addr, initial_window=8192, sock=roomy.socket(), scheme="https" if roomy.tls else "http")
+    rss_before = roomy.gw.rss_kib()
+    rss_max = rss_before
+    with s:
+        sids = {s.start(f"/many-{i}", method="POST", body=b, length=False): i for i, b in bodies.items()}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(r.ended or r.reset is not None for r in s.results.values()):
+            s.run(1)
+            rss_max = max(rss_max, roomy.gw.rss_kib())
+        results = s.results
+    print(f"RSS {rss_before} KiB before, {rss_max} KiB at most")
+    for sid, i in sids.items():
+        r = results[sid]
+        assert r.status == 200 and r.ended and r.reset is None, (i, r.status, r.length, r.reset)
+        assert (r.length, r.sha256) == (len(bodies[i]), sha(bodies[i])), f"stream {i}: echo differs"
+        [seen] = origin_d.requests(f"/many-{i}")
+        assert seen.complete and bytes(seen.body) == bodies[i]
+    assert rss_max - rss_before < 32 * 1024, "the gateway buffered what flow control should have held back"
+
+
+@pytest.mark.parametrize("roomy", H2_WAYS, indirect=True)
+def test_http2_a_client_that_takes_no_echo_is_held_back_not_buffered(roomy, origin_d):
+    """The client uploads and never opens its window for the echo: the
+    gateway must stop taking the upload once the echo backs up (through
+    the upstream, which stops reading when it cannot write), not buffer
+    the body or the echo. The upload stalls well short of its 64 MiB
+    limit, gateway memory stays bounded, and a reset of the stream frees
+    it while the connection serves on."""
+    c = roomy.h2()
+    c.acknowledge = False
+    rss_before = roomy.gw.rss_kib()
+    try:
+        sid = c.start("/no-ack")
+        sent, block = 0, PIECE * 16
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            room = min(c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size, len(block))
+            if room <= 0:
+                if not c.pump(time.monotonic() + 1.5, lambda: c.conn.local_flow_control_window(sid) > 0):
+                    break  # shut for 1.5 s: held back
+                continue
+            c.conn.send_data(sid, block[:room])
+            c.flush()
+            sent += room
+        rss_growth = roomy.gw.rss_kib() - rss_before
+        print(f"sent {sent >> 10} KiB before the window stayed shut; RSS grew {rss_growth} KiB")
+        assert time.monotonic() < deadline and sent < 40 << 20, f"the upload was never held back ({sent} bytes)"
+        assert rss_growth < 16 * 1024
+        c.reset(sid)
+        # The echo it got took the connection's window too: give that back.
+        c.acknowledge = True
+        c.conn.increment_flow_control_window(c.unacknowledged)
+        c.flush()
+        served_after(c)
+    finally:
+        c.close()
+    [seen] = origin_d.requests("/no-ack")
+    assert origin_d.wait_closed(seen.cid) and not seen.complete
