@@ -76,12 +76,16 @@ class DuplexOrigin:
     end; `answer=204` the same with a 204. `after=N&then=reset|close|stall`
     does that once N body bytes were read (`stall`: neither reads nor
     writes again, until the gateway closes the connection). Keep-alive:
-    the next request on the connection is served the same way."""
+    the next request on the connection is served the same way. A path in
+    `scripts` gets those raw bytes instead."""
 
     def __init__(self):
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.seen: list[Seen] = []
+        # path -> raw answer parts, sent 0.2 s apart, then the connection
+        # closes (for the checks of the other changes; no body is read).
+        self.scripts: dict[str, list[bytes]] = {}
         self.connections = 0
         self.closed_by_gateway: dict[int, threading.Event] = {}
         self.lock = threading.Lock()
@@ -142,6 +146,13 @@ class DuplexOrigin:
         seen = Seen(target, cid, chunked=fields.get(b"transfer-encoding", b"").lower() == b"chunked")
         with self.lock:
             self.seen.append(seen)
+        parts = self.scripts.get(urlsplit(target).path)
+        if parts is not None:
+            for i, part in enumerate(parts):
+                if i:
+                    time.sleep(0.2)  # the parts before went out on their own
+                c.sendall(part)
+            return False
         answer = q.get("answer", "echo")
         after, then = int(q.get("after", "-1")), q.get("then", "")
         if answer == "echo":
@@ -1099,3 +1110,118 @@ def test_http2_a_client_that_takes_no_echo_is_held_back_not_buffered(roomy, orig
         c.close()
     [seen] = origin_d.requests("/no-ack")
     assert origin_d.wait_closed(seen.cid) and not seen.complete
+
+
+# ---------------------------------------------------------------- the other changes of the day, briefly
+
+
+ANY_WAY = ["h1", "h2c"]
+
+
+def get_through(v: Via, path: str, extra: list[tuple[str, str]] = ()) -> tuple[int | None, list, bytes, bool]:
+    """A GET over HTTP/1.1 or HTTP/2: (status, fields, body, whether it
+    ended whole: a last chunk / length reached, or END_STREAM)."""
+    if v.name.startswith("h2"):
+        c = v.h2()
+        try:
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", c.scheme),
+                                      (":authority", "a.test"), *extra], end_stream=True)
+            c.flush()
+            c.streams[sid] = StreamState()
+            fields: list = []
+            orig = c._event
+
+            def keep_fields(ev):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    fields.extend(ev.headers)
+                orig(ev)
+
+            c._event = keep_fields
+            st = c.wait_over(sid)
+            return (int(st.status) if st.status else None), fields, bytes(st.data), st.ended and st.reset is None
+        finally:
+            c.close()
+    with v.h1() as conn:
+        head = "".join(f"{k}: {val}\r\n" for k, val in extra)
+        conn.send(f"GET {path} HTTP/1.1\r\nhost: a.test\r\n{head}\r\n".encode())
+        try:
+            r = conn.read_response()
+        except Closed:
+            return None, [], b"", False
+        return r.status, r.headers, r.body, r.complete
+
+
+@pytest.mark.parametrize("via", ANY_WAY, indirect=True)
+def test_proxy_status_is_relayed_unless_connection_names_it(via, origin_d):
+    """2f179cf: `Proxy-Status` (RFC 9209) reaches the client; the other
+    `Proxy-*` fields do not, nor a `Proxy-Status` that `Connection` names
+    (hop-by-hop then, RFC 9110 §7.6.1)."""
+    origin_d.scripts["/ps"] = [b"HTTP/1.1 200 OK\r\nProxy-Status: origin; error=dns_timeout\r\nProxy-Other: 1\r\n"
+                               b"content-length: 2\r\n\r\nok"]
+    origin_d.scripts["/ps-named"] = [b"HTTP/1.1 200 OK\r\nConnection: Proxy-Status\r\nProxy-Status: origin\r\n"
+                                     b"content-length: 2\r\n\r\nok"]
+    status, fields, body, whole = get_through(via, "/ps")
+    names = {k.lower(): val for k, val in fields}
+    assert status == 200 and whole and names.get("proxy-status") == "origin; error=dns_timeout", fields
+    assert "proxy-other" not in names
+    status, fields, body, whole = get_through(via, "/ps-named")
+    assert status == 200 and whole and "proxy-status" not in {k.lower() for k, _ in fields}, fields
+
+
+@pytest.mark.parametrize("line, want", [(b"HTTP/1.1 299", b"HTTP/1.1 299 \r\n"),
+                                        (b"HTTP/1.1 422 ", b"HTTP/1.1 422 Unprocessable Content\r\n"),
+                                        (b"HTTP/1.1 200 Fine Thanks", b"HTTP/1.1 200 Fine Thanks\r\n")])
+@pytest.mark.parametrize("via", ["h1"], indirect=True)
+def test_reason_phrases(via, origin_d, line, want):
+    """c737835: a relayed answer keeps its own phrase, one without gets the
+    registered phrase of its status, an unregistered status an empty one,
+    the SP before it kept (RFC 9112 §4: `status-code SP [reason-phrase]`)."""
+    origin_d.scripts["/reason"] = [line + b"\r\ncontent-length: 2\r\n\r\nok"]
+    with via.h1() as conn:
+        conn.send(b"GET /reason HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        assert read_head(conn, time.monotonic() + BOUND).startswith(want.rstrip(b"\r\n") + b"\r\n")
+
+
+@pytest.mark.parametrize("via", ANY_WAY, indirect=True)
+def test_a_malformed_response_trailer_after_the_data_is_a_visible_cut(via, origin_d):
+    """8a677bb made trailer lines as strict as head fields, in responses
+    too (a space before the colon: the answer is refused, where RFC 9112
+    §5.1 has a proxy remove the space). Once the data went out, the bad
+    trailer can only cut the answer: it must show as a cut (no last chunk,
+    RST_STREAM), never end as if whole."""
+    origin_d.scripts["/bad-trailer"] = [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                                        b"0\r\nX-Sum : 1\r\n\r\n"]
+    origin_d.scripts["/good-trailer"] = [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                                         b"0\r\nX-Sum: 1\r\n\r\n"]
+    assert get_through(via, "/good-trailer")[2:] == (b"hello", True)
+    status, _, body, whole = get_through(via, "/bad-trailer")
+    assert status == 200 and body == b"hello" and not whole
+
+
+@pytest.mark.parametrize("via", ANY_WAY, indirect=True)
+def test_a_percent_encoded_host_is_refused_on_every_way_in(via, origin_d):
+    """5c8f718: `Host: admin%2etest` is 400 (an HTTP/2 `:authority` so
+    spelt: 400 or a PROTOCOL_ERROR reset), nothing forwarded; the control
+    with a plain host is served."""
+    origin_d.scripts["/pct"] = [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+    if via.name == "h2c":
+        c = via.h2()
+        try:
+            for authority, ok in [("admin.test", True), ("admin%2etest", False)]:
+                sid = c.conn.get_next_available_stream_id()
+                c.conn.send_headers(sid, [(":method", "GET"), (":path", "/pct"), (":scheme", "http"),
+                                          (":authority", authority)], end_stream=True)
+                c.streams[sid] = StreamState()
+                c.flush()
+                st = c.wait_over(sid)
+                # Refused: a 400, or the `h2` crate's reset of a malformed request (RFC 9113 §8.1.1).
+                assert st.status == "200" if ok else (st.status == "400" or st.reset == 1), (authority, st)
+        finally:
+            c.close()
+    else:
+        for host, want in [(b"admin.test", 200), (b"admin%2etest", 400), (b"admin%2Etest:80", 400)]:
+            with via.h1() as conn:
+                conn.send(b"GET /pct HTTP/1.1\r\nhost: %s\r\n\r\n" % host)
+                assert conn.read_response().status == want, host
+    assert len(origin_d.requests("/pct")) == 1
