@@ -73,7 +73,8 @@ class DuplexOrigin:
     chunked head at once, then every read of the body echoed as a chunk and
     the last chunk when the body ends; `answer=done` a complete `200`
     (content-length 4, keep-alive) at once, then it reads the body to its
-    end; `answer=204` the same with a 204. `after=N&then=reset|close|stall`
+    end; `answer=204` the same with a 204; `answer=close` a complete
+    `200` with `Connection: close`, then it closes without reading. `after=N&then=reset|close|stall`
     does that once N body bytes were read (`stall`: neither reads nor
     writes again, until the gateway closes the connection). Keep-alive:
     the next request on the connection is served the same way. A path in
@@ -159,6 +160,10 @@ class DuplexOrigin:
             c.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
         elif answer == "done":
             c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+        elif answer == "close":
+            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone")
+            c.shutdown(socket.SHUT_WR)
+            return False
         else:
             c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
         done = after == 0
@@ -459,6 +464,7 @@ class H2Duplex:
         self.sock, self.scheme = sock, scheme
         self.acknowledge = True  # False: received data is never acknowledged (windows stay shut)
         self.unacknowledged = 0
+        self.rbuf = b""
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.conn.initiate_connection()
         if window is not None:
@@ -548,8 +554,14 @@ class H2Duplex:
             if not data:
                 self.closed = True
                 return done()
-            for ev in self.conn.receive_data(data):
-                self._event(ev)
+            # Frame by frame, so a graceful GOAWAY is handled (see _event)
+            # before the frames that follow it in the same read.
+            self.rbuf += data
+            while len(self.rbuf) >= 9 and len(self.rbuf) >= 9 + int.from_bytes(self.rbuf[:3], "big"):
+                end = 9 + int.from_bytes(self.rbuf[:3], "big")
+                frame, self.rbuf = self.rbuf[:end], self.rbuf[end:]
+                for ev in self.conn.receive_data(frame):
+                    self._event(ev)
             self.flush()
         return True
 
@@ -571,6 +583,10 @@ class H2Duplex:
             st.reset = ev.error_code
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaway = True
+            if ev.error_code == 0:
+                # Streams up to its last-stream-id go on (RFC 9113 §6.8); the
+                # `h2` library closes its whole state on any GOAWAY: reopen it.
+                self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
 
     def wait(self, sid: int, done) -> StreamState:
         self.pump(time.monotonic() + BOUND, lambda: done(self.streams[sid]))
@@ -1225,3 +1241,95 @@ def test_a_percent_encoded_host_is_refused_on_every_way_in(via, origin_d):
                 conn.send(b"GET /pct HTTP/1.1\r\nhost: %s\r\n\r\n" % host)
                 assert conn.read_response().status == want, host
     assert len(origin_d.requests("/pct")) == 1
+
+
+# ---------------------------------------------------------------- more around duplex
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_a_whole_answer_then_a_whole_body_keeps_both_connections(via, origin_d):
+    """`200 done` comes whole before the body; the body then ends well:
+    both sides ended cleanly, so the client connection carries the next
+    request and the upstream connection is reused for it."""
+    with via.h1() as conn:
+        conn.send(b"POST /whole-first?answer=done HTTP/1.1\r\nhost: a.test\r\ncontent-length: %d\r\n\r\n"
+                  % (3 * len(PIECE)))
+        r = conn.read_response("POST")
+        assert r.status == 200 and r.body == b"done" and r.h("connection") is None, r
+        conn.send(PIECE * 3 + b"GET /whole-next?answer=done HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        assert conn.read_response().body == b"done"
+    [first], [second] = origin_d.requests("/whole-first"), origin_d.requests("/whole-next")
+    assert first.complete and bytes(first.body) == PIECE * 3
+    assert second.cid == first.cid, "not reused though both sides ended cleanly"
+
+
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_an_early_2xx_with_close_ends_the_upload_visibly(via, origin_d):
+    """An early `200` with `Connection: close` is no full duplex: the
+    upload ends. The client gets the 200 whole (END_STREAM) and learns its
+    upload is over (RST_STREAM), never a window that stays shut."""
+    c = via.h2()
+    try:
+        sid = c.start("/h2-close?answer=close")
+        st = c.wait(sid, lambda s: s.ended or s.reset is not None)
+        assert st.status == "200" and st.data == b"done" and st.ended, st
+        for _ in range(100):
+            if not c.send(sid, PIECE):
+                break
+        st = c.wait(sid, lambda s: s.reset is not None)
+        assert st.reset is not None, f"neither reset nor taken: {st}"
+        served_after(c)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_sigterm_during_a_duplex_stream_lets_it_finish(via, hello_bin, duplex, origin_d, gateway_logs, pki):
+    """SIGTERM while an HTTP/2 echo is half way: GOAWAY, and the stream
+    goes on to END_STREAM within the grace period; the gateway exits 0."""
+    v = start_via(via.name, hello_bin, duplex.addr, gateway_logs, pki, grace=8)
+    try:
+        c = v.h2()
+        try:
+            sid = c.start("/h2-drain")
+            c.lockstep(sid, 2)
+            v.gw.signal(signal.SIGTERM)
+            assert c.pump(time.monotonic() + BOUND, lambda: c.goaway), "no GOAWAY after SIGTERM"
+            c.lockstep(sid, 2)
+            assert c.send(sid, b"", end=True)
+            st = c.wait_over(sid)
+            assert st.ended and st.reset is None and bytes(st.data) == PIECE * 4, st
+        finally:
+            c.close()
+        assert v.gw.proc.wait(BOUND) == 0
+    finally:
+        v.gw.kill()
+    [seen] = origin_d.requests("/h2-drain")
+    assert seen.complete and bytes(seen.body) == PIECE * 4
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_a_client_that_reads_no_echo_is_cut_with_memory_bounded(via, origin_d):
+    """An HTTP/1.1 client sends its body and never reads the echo (nor
+    ends the body): the exchange is ended within the bound (the client took
+    nothing for body-timeout, or sent nothing for it), memory stays bounded
+    and the upstream request is never completed."""
+    rss_before = via.gw.rss_kib()
+    conn = via.h1()
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    open_duplex(conn, "/no-read")
+    conn.sock.settimeout(1.5)
+    sent = 0
+    try:
+        while sent < MAX_BODY - len(PIECE):
+            conn.sock.sendall(chunk(PIECE))
+            sent += len(PIECE)
+    except OSError:
+        pass  # held back (timed out), or cut
+    rss_growth = via.gw.rss_kib() - rss_before
+    print(f"sent {sent >> 10} KiB; RSS grew {rss_growth} KiB")
+    assert rss_growth < 16 * 1024
+    [seen] = origin_d.requests("/no-read")
+    assert origin_d.wait_closed(seen.cid), "the exchange of a client that reads nothing was never ended"
+    assert not seen.complete
+    conn.close()
