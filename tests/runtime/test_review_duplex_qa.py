@@ -39,7 +39,7 @@ import h2.exceptions
 import h2.settings
 import pytest
 from support.client import Closed, RawConn
-from support.gateway import Gateway, rss_kib
+from support.gateway import Gateway
 from support.h2streams import Streams, body_of, sha
 from support.pki import Pki
 
@@ -286,7 +286,7 @@ class Via:
     def h1(self) -> RawConn:
         return CutAwareConn(sock=self.socket(), timeout=BOUND)
 
-    def h2(self, window: int | None = None) -> "H2Duplex":
+    def h2(self, window: int | None = None) -> H2Duplex:
         return H2Duplex(self.socket(), "https" if self.tls else "http", window)
 
 
@@ -300,7 +300,7 @@ class CutAwareConn(RawConn):
         self.sock.settimeout(deadline - time.monotonic())
         try:
             d = self.sock.recv(262144)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
         except (ConnectionResetError, ssl.SSLEOFError):
             self.eof = self.reset = True
@@ -315,8 +315,8 @@ class CutAwareConn(RawConn):
 
 
 def start_via(name: str, hello_bin, upstream: str, logs, pki: Pki, **opts) -> Via:
-    opts = dict(workers=1, body_timeout=BODY_TIMEOUT, response_timeout=RESPONSE_TIMEOUT,
-                max_body_bytes=MAX_BODY) | opts
+    opts = {"workers": 1, "body_timeout": BODY_TIMEOUT, "response_timeout": RESPONSE_TIMEOUT,
+            "max_body_bytes": MAX_BODY} | opts
     if name.endswith("tls"):
         gw = Gateway(hello_bin, upstream, log_dir=logs, protocols="h1,h2",
                      tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"), **opts)
@@ -547,7 +547,7 @@ class H2Duplex:
             self.sock.settimeout(min(left, quiet) if quiet else left)
             try:
                 data = self.sock.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return done()
             except OSError:
                 data = b""
@@ -668,7 +668,7 @@ def test_an_upstream_failing_mid_duplex_cuts_the_answer_visibly(via, origin_d, t
             if got is None:
                 break
             echoed += got
-        rest, ended = rest_of_answer(conn)
+        _, ended = rest_of_answer(conn)
         assert not ended, "an answer cut by its upstream ended with a last chunk"
         assert conn.wait_closed(BOUND)
     [seen] = origin_d.requests("/fail")
@@ -862,7 +862,7 @@ def test_an_http10_client_in_duplex_gets_a_close_delimited_echo(via, origin_d):
     and over TLS close_notify), the upstream request complete."""
     with via.h1() as conn:
         head = open_duplex(conn, "/ten", f"length={len(PIECE) * 3}", version=b"HTTP/1.0")
-        assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+        assert head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")), head
         echoed = b""
         for _ in range(3):
             conn.send(PIECE)
@@ -1173,15 +1173,15 @@ def test_proxy_status_is_relayed_unless_connection_names_it(via, origin_d):
     """2f179cf: `Proxy-Status` (RFC 9209) reaches the client; the other
     `Proxy-*` fields do not, nor a `Proxy-Status` that `Connection` names
     (hop-by-hop then, RFC 9110 §7.6.1)."""
-    origin_d.scripts["/ps"] = [b"HTTP/1.1 200 OK\r\nProxy-Status: origin; error=dns_timeout\r\nProxy-Other: 1\r\n"
-                               b"content-length: 2\r\n\r\nok"]
-    origin_d.scripts["/ps-named"] = [b"HTTP/1.1 200 OK\r\nConnection: Proxy-Status\r\nProxy-Status: origin\r\n"
-                                     b"content-length: 2\r\n\r\nok"]
-    status, fields, body, whole = get_through(via, "/ps")
+    origin_d.scripts["/ps"] = [(b"HTTP/1.1 200 OK\r\nProxy-Status: origin; error=dns_timeout\r\nProxy-Other: 1\r\n"
+                                b"content-length: 2\r\n\r\nok")]
+    origin_d.scripts["/ps-named"] = [(b"HTTP/1.1 200 OK\r\nConnection: Proxy-Status\r\nProxy-Status: origin\r\n"
+                                      b"content-length: 2\r\n\r\nok")]
+    status, fields, _, whole = get_through(via, "/ps")
     names = {k.lower(): val for k, val in fields}
     assert status == 200 and whole and names.get("proxy-status") == "origin; error=dns_timeout", fields
     assert "proxy-other" not in names
-    status, fields, body, whole = get_through(via, "/ps-named")
+    status, fields, _, whole = get_through(via, "/ps-named")
     assert status == 200 and whole and "proxy-status" not in {k.lower() for k, _ in fields}, fields
 
 
@@ -1333,3 +1333,45 @@ def test_a_client_that_reads_no_echo_is_cut_with_memory_bounded(via, origin_d):
     assert origin_d.wait_closed(seen.cid), "the exchange of a client that reads nothing was never ended"
     assert not seen.complete
     conn.close()
+
+
+@pytest.mark.parametrize("via", H1_WAYS, indirect=True)
+def test_a_bad_chunk_mid_duplex_cuts_both_ways_and_nothing_after_it_is_parsed(via, origin_d):
+    """A chunk-size line that is not hex after two echoed pieces, with a
+    request behind it: the answer is cut (no last chunk), the connection
+    closed; upstream the request is never completed and the request behind
+    the bad chunk never arrives."""
+    with via.h1() as conn:
+        open_duplex(conn, "/bad-chunk")
+        lockstep(conn, 2)
+        conn.send(b"zz\r\nhello\r\n0\r\n\r\nGET /smuggled?answer=done HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        _, ended = rest_of_answer(conn)
+        assert not ended, "an answer whose request body broke ended with a last chunk"
+        assert conn.wait_closed(BOUND)
+    [seen] = origin_d.requests("/bad-chunk")
+    assert origin_d.wait_closed(seen.cid) and not seen.complete
+    assert not origin_d.requests("/smuggled")
+
+
+@pytest.mark.parametrize("answer", ["done", "204"])
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_a_whole_early_answer_then_a_whole_body_reuses_the_upstream(via, origin_d, answer):
+    """An early `200 done` or `204` (END_STREAM) before the body, then the
+    body ends well: the origin gets it whole and the next stream runs on
+    the same upstream connection."""
+    c = via.h2()
+    try:
+        sid = c.start(f"/h2-whole-first?answer={answer}")
+        st = c.wait(sid, lambda s: s.ended or s.reset is not None)
+        assert st.status == ("200" if answer == "done" else "204") and st.ended, st
+        assert c.send(sid, PIECE * 3, end=True)
+        [first] = origin_d.requests("/h2-whole-first")
+        deadline = time.monotonic() + BOUND
+        while not first.complete and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.complete and bytes(first.body) == PIECE * 3
+        served_after(c)
+        assert c.streams[sid].reset is None, "the body, taken whole, was refused"
+    finally:
+        c.close()
+    assert origin_d.requests("/get")[0].cid == first.cid, "not reused though both sides ended cleanly"
