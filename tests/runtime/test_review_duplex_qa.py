@@ -74,7 +74,9 @@ class DuplexOrigin:
     the last chunk when the body ends; `answer=done` a complete `200`
     (content-length 4, keep-alive) at once, then it reads the body to its
     end; `answer=204` the same with a 204; `answer=close` a complete
-    `200` with `Connection: close`, then it closes without reading. `after=N&then=reset|close|stall`
+    `200` with `Connection: close`, then it closes without reading;
+    `answer=later` a 200 chunked head at once, then nothing until the body
+    ended, then `got N` and the last chunk. `after=N&then=reset|close|stall`
     does that once N body bytes were read (`stall`: neither reads nor
     writes again, until the gateway closes the connection). Keep-alive:
     the next request on the connection is served the same way. A path in
@@ -156,7 +158,7 @@ class DuplexOrigin:
             return False
         answer = q.get("answer", "echo")
         after, then = int(q.get("after", "-1")), q.get("then", "")
-        if answer == "echo":
+        if answer in ("echo", "later"):
             c.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
         elif answer == "done":
             c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
@@ -176,7 +178,9 @@ class DuplexOrigin:
                 done = True
                 if not self._then(c, cid, then):
                     return False
-        if answer == "echo":
+        if answer == "later":
+            c.sendall(chunk(b"got %d" % len(seen.body)))
+        if answer in ("echo", "later"):
             c.sendall(b"0\r\n\r\n")
         return True
 
@@ -1375,3 +1379,84 @@ def test_http2_a_whole_early_answer_then_a_whole_body_reuses_the_upstream(via, o
     finally:
         c.close()
     assert origin_d.requests("/get")[0].cid == first.cid, "not reused though both sides ended cleanly"
+
+
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_a_body_shorter_than_its_content_length_mid_duplex(via, origin_d):
+    """`content-length` says three pieces, the stream ends after two, the
+    echo streaming: a malformed request (RFC 9113 §8.1.1). The stream is
+    reset, never ended as if whole, and upstream the request (sent with
+    that length) is never completed; its connection is closed."""
+    c = via.h2()
+    try:
+        sid = c.start("/h2-short", length=3 * len(PIECE))
+        c.lockstep(sid, 2)
+        c.send(sid, b"", end=True)
+        st = c.wait_over(sid)
+        assert st.reset is not None and not st.ended, st
+        served_after(c)
+    finally:
+        c.close()
+    [seen] = origin_d.requests("/h2-short")
+    assert origin_d.wait_closed(seen.cid) and not seen.complete
+
+
+@pytest.mark.parametrize("via", ["h1"], indirect=True)
+def test_a_client_half_closing_after_its_whole_body_gets_the_whole_echo(via, origin_d):
+    """The client sends its whole body (last chunk included) and shuts its
+    sending side while the echo is still coming: the body ended well, so
+    the echo goes on to its last chunk (a half-close is no cut)."""
+    with via.h1() as conn:
+        open_duplex(conn, "/half-close")
+        conn.send(chunk(PIECE) * 4 + b"0\r\n\r\n")
+        conn.sock.shutdown(socket.SHUT_WR)
+        echoed, ended = rest_of_answer(conn)
+    assert ended and echoed == PIECE * 4
+    [seen] = origin_d.requests("/half-close")
+    assert seen.complete
+
+
+@pytest.mark.xfail(strict=True, reason="bug: an answer started early is cut at response-timeout while a steady "
+                                       "upload is still going up (the upstream answers once it has the body)")
+@pytest.mark.parametrize("patient_gw", ["h1", "h2c"], indirect=True)
+def test_a_steady_upload_longer_than_response_timeout_after_an_early_head(patient_gw, origin_d):
+    """The same root as above, with no client pause at all: the upstream
+    sends its 200 head at once and the rest of its answer once it has the
+    whole body (an upload that reports at the end); the client uploads
+    steadily, a piece every 0.25 s for 2.5 s, past the 1 s response timeout.
+    The upstream is silent only because the body is still coming."""
+    assert steady_upload(patient_gw, "/steady?answer=later", 10) == b"got %d" % (10 * len(PIECE))
+
+
+@pytest.mark.parametrize("patient_gw", ["h1", "h2c"], indirect=True)
+def test_a_steady_upload_within_response_timeout_after_an_early_head_control(patient_gw, origin_d):
+    """The control: the same upload over 0.25 s, within the response timeout."""
+    assert steady_upload(patient_gw, "/steady?answer=later", 1) == b"got %d" % len(PIECE)
+
+
+def steady_upload(v: Via, path: str, pieces: int) -> bytes | None:
+    """Uploads `pieces` PIECEs 0.25 s apart after the early head; the
+    answer's body, or None if it was cut."""
+    if v.name.startswith("h2"):
+        c = v.h2()
+        try:
+            sid = c.start(path)
+            c.wait(sid, lambda s: s.status is not None)
+            for _ in range(pieces):
+                if not c.send(sid, PIECE):
+                    return None
+                c.pump(time.monotonic() + 0.25, lambda: c.streams[sid].reset is not None)
+            c.send(sid, b"", end=True)
+            st = c.wait_over(sid)
+            return bytes(st.data) if st.ended and st.reset is None else None
+        finally:
+            c.close()
+    with v.h1() as conn:
+        open_duplex(conn, path)
+        for _ in range(pieces):
+            if not conn.send(chunk(PIECE)):
+                return None
+            time.sleep(0.25)
+        conn.send(b"0\r\n\r\n")
+        body, ended = rest_of_answer(conn)
+        return body if ended else None
