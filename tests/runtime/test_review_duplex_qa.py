@@ -1467,3 +1467,72 @@ def steady_upload(v: Via, path: str, pieces: int) -> bytes | None:
         conn.send(b"0\r\n\r\n")
         body, ended = rest_of_answer(conn)
         return body if ended else None
+
+
+@pytest.mark.parametrize("via", ["h1", "h2c"], indirect=True)
+def test_a_duplex_exchange_cut_by_the_end_of_grace_is_a_visible_cut(via, hello_bin, duplex, origin_d,
+                                                                     gateway_logs, pki):
+    """SIGTERM with a 1 s grace, the echo going on past it: when grace ends
+    the answer is cut visibly (no last chunk / no END_STREAM), never ended
+    as if whole, and the upstream request is left incomplete."""
+    v = start_via(via.name, hello_bin, duplex.addr, gateway_logs, pki, grace=1)
+    try:
+        if via.name == "h2c":
+            c = v.h2()
+            try:
+                sid = c.start("/grace-cut")
+                c.lockstep(sid, 1)
+                v.gw.signal(signal.SIGTERM)
+                deadline = time.monotonic() + 4
+                while time.monotonic() < deadline and c.send(sid, PIECE) and not c.closed:
+                    c.pump(time.monotonic() + 0.2, lambda: c.streams[sid].reset is not None)
+                st = c.wait_over(sid)
+                assert not st.ended, f"an echo cut by the end of grace ended as if whole: {st}"
+            finally:
+                c.close()
+        else:
+            with v.h1() as conn:
+                open_duplex(conn, "/grace-cut")
+                lockstep(conn, 1)
+                v.gw.signal(signal.SIGTERM)
+                deadline = time.monotonic() + 4
+                while time.monotonic() < deadline and conn.send(chunk(PIECE)):
+                    if echo_of(conn, len(PIECE)) is None:
+                        break
+                    time.sleep(0.2)
+                assert rest_of_answer(conn)[1] is False, "an echo cut by the end of grace ended as if whole"
+        assert v.gw.proc.wait(BOUND) is not None
+    finally:
+        v.gw.kill()
+    [seen] = origin_d.requests("/grace-cut")
+    assert origin_d.wait_closed(seen.cid) and not seen.complete
+
+
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_a_paused_duplex_stream_is_reset_alone(via, origin_d):
+    """Three echo streams on one connection; one stops sending after its
+    first piece while the other two go on for longer than body-timeout:
+    only the paused one is reset, the others end whole."""
+    c = via.h2()
+    try:
+        a, b, paused = c.start("/iso-a"), c.start("/iso-b"), c.start("/iso-paused")
+        c.lockstep(paused, 1)
+        deadline = time.monotonic() + BODY_TIMEOUT + 1.5
+        rounds = 0
+        while time.monotonic() < deadline:
+            c.lockstep(a, 1)
+            c.lockstep(b, 1)
+            rounds += 1
+            time.sleep(0.1)
+        for sid in (a, b):
+            assert c.send(sid, b"", end=True)
+        for sid in (a, b):
+            st = c.wait_over(sid)
+            assert st.ended and st.reset is None and bytes(st.data) == PIECE * rounds, (sid, st.reset, len(st.data))
+        st = c.wait_over(paused)
+        assert st.reset is not None and not st.ended, st
+    finally:
+        c.close()
+    for path in ("/iso-a", "/iso-b"):
+        [seen] = origin_d.requests(path)
+        assert completed(seen) and bytes(seen.body) == PIECE * rounds
