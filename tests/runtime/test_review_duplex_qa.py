@@ -22,11 +22,13 @@ framing says (`complete`), and per connection whether the gateway closed it.
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import socket
 import ssl
 import struct
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -1536,3 +1538,53 @@ def test_http2_a_paused_duplex_stream_is_reset_alone(via, origin_d):
     for path in ("/iso-a", "/iso-b"):
         [seen] = origin_d.requests(path)
         assert completed(seen) and bytes(seen.body) == PIECE * rounds
+
+
+def test_tls_key_updates_mid_duplex_keep_both_directions_going(gateways, origin_d):
+    """TLS 1.3 KeyUpdate from the client (one asking for the gateway's own,
+    `K`, then one not asking, `k`) while an echo streams both ways: the
+    gateway reads the body and writes the echo on one TLS connection at
+    once, and the key change on either direction must not stall or garble
+    the other. `openssl s_client` interactively: a line `K`/`k` sends one."""
+    v = gateways("h1-tls")
+    p = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{v.gw.port}", "-servername", "edge.test", "-tls1_3",
+         "-alpn", "http/1.1", "-CAfile", str(v.pki.path("ca.crt"))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    out = b""
+
+    def until(needle: bytes, times: int = 1) -> None:
+        nonlocal out
+        deadline = time.monotonic() + BOUND
+        while out.count(needle) < times and time.monotonic() < deadline:
+            if select.select([p.stdout], [], [], 0.1)[0]:
+                got = os.read(p.stdout.fileno(), 65536)
+                if not got:
+                    return
+                out += got
+        assert out.count(needle) >= times, out[-1500:]
+
+    def write(data: bytes) -> None:
+        p.stdin.write(data)
+        p.stdin.flush()
+
+    try:
+        until(b"Verify return code")
+        write(b"POST /key-update HTTP/1.1\r\nhost: edge.test\r\ntransfer-encoding: chunked\r\n\r\n")
+        until(b"HTTP/1.1 200")
+        for i, command in enumerate([b"K\n", b"k\n", None]):
+            piece = b"<<piece-%d>>" % i
+            write(chunk(piece))
+            until(piece)
+            if command:
+                write(command)
+                until(b"KEYUPDATE", i + 1)
+                time.sleep(0.2)
+        write(b"0\r\n\r\n")
+        until(b"\r\n0\r\n\r\n")
+    finally:
+        p.kill()
+        p.wait(5)
+    [seen] = origin_d.requests("/key-update")
+    assert completed(seen) and bytes(seen.body) == b"<<piece-0>><<piece-1>><<piece-2>>"
