@@ -525,14 +525,16 @@ class Client:
             if body is not None and not length:
                 conn.putheader("transfer-encoding", "chunked")
                 conn.endheaders()
-                for i in range(0, len(body), 65536):
-                    piece = body[i:i + 65536]
-                    try:
+                # Answered early (413): a send fails once the gateway closed
+                # (the last chunk's too, when the kernel took every piece
+                # before): read the answer.
+                try:
+                    for i in range(0, len(body), 65536):
+                        piece = body[i:i + 65536]
                         conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
-                    except OSError:
-                        break  # answered early (413): read the answer
-                else:
                     conn.send(b"0\r\n\r\n")
+                except OSError:
+                    pass
             else:
                 try:
                     conn.endheaders(body)

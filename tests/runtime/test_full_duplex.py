@@ -37,8 +37,10 @@ class EchoOrigin(ThreadPerConnection):
     """HTTP/1.1 origin that answers `200` (chunked) to a request with a body
     as soon as it has its head, then echoes every read of the body as one
     chunk and ends the answer when the body ends; keep-alive. `/early-done`
-    answers a complete `200` at once and closes without reading the body.
-    Counts the connections it accepted."""
+    answers a complete `200` at once and closes without reading the body;
+    `/silent-after-body` answers a `200` head at once, reads the whole body
+    and then says nothing more (a hung application). Counts the connections
+    it accepted."""
 
     def __init__(self):
         self.bodies: list[bytes] = []
@@ -56,12 +58,26 @@ class EchoOrigin(ThreadPerConnection):
                             return
                         buf += d
                     head, buf = buf.split(b"\r\n\r\n", 1)
-                    if b" /early-done " in head.split(b"\r\n")[0]:
+                    line = head.split(b"\r\n")[0]
+                    if b" /early-done " in line:
                         c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone")
+                        return
+                    if b" /silent-after-body " in line:
+                        self._read_then_hang(c, head, buf)
                         return
                     buf = self._echo(c, head, buf)
             except OSError:
                 return
+
+    def _read_then_hang(self, c: socket.socket, head: bytes, buf: bytes) -> None:
+        c.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        length = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")))
+        while len(buf) < length:
+            buf += c.recv(65536)
+        self.bodies.append(buf)
+        c.settimeout(3 * READ_BOUND)
+        while c.recv(65536):  # until the gateway gives up on it
+            pass
 
     def _echo(self, c: socket.socket, head: bytes, buf: bytes) -> bytes:
         """Echoes one request's body (the gateway sends it chunked or with a
@@ -187,6 +203,24 @@ def test_an_early_complete_answer_from_an_upstream_that_stops_reading(gw, echo):
         r = conn.read_response("POST")
         assert r.status == 200 and r.body == b"done", r
         assert conn.wait_closed(READ_BOUND), "the connection stayed open with the body unfinished"
+
+
+def test_an_upstream_silent_after_the_body_is_cut_at_the_response_timeout(gw, echo):
+    """While the body goes up, the upstream's silence is not timed (it may
+    be waiting for the body); once the body is sent, `response-timeout`
+    counts again, for the read already in flight too: the answer that
+    started is cut (no last chunk), never left hanging."""
+    body = b"b" * 50000
+    with RawConn(gw.port, timeout=READ_BOUND) as conn:
+        conn.send(b"POST /silent-after-body HTTP/1.1\r\nhost: a.test\r\ncontent-length: %d\r\n\r\n" % len(body))
+        deadline = time.monotonic() + READ_BOUND
+        while b"\r\n\r\n" not in conn.buf:
+            assert conn._fill(deadline), f"no answer head: {conn.buf!r}"
+        assert conn.buf.startswith(b"HTTP/1.1 200"), conn.buf
+        conn.send(body)
+        assert conn.wait_closed(3 * READ_BOUND), "the answer was left hanging after the body was sent"
+        assert not conn.buf.endswith(b"0\r\n\r\n"), "a cut answer was ended as if complete"
+    assert echo.bodies == [body]
 
 
 # ---------------------------------------------------------------- HTTP/2

@@ -808,8 +808,6 @@ def test_a_client_pause_within_body_timeout_but_past_response_timeout_control(pa
     assert pausing_echo(patient_gw, origin_d, 0.3) == (PIECE * 4, True)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a duplex client's pause within body-timeout is cut as an upstream "
-                                       "timeout (response-timeout), the echo waiting on the client")
 @pytest.mark.parametrize("patient_gw", ["h1", "h2c"], indirect=True)
 def test_a_client_pause_within_body_timeout_but_past_response_timeout(patient_gw, origin_d):
     """The client pauses 2 s (body-timeout 5 s) while the echo upstream
@@ -1425,8 +1423,6 @@ def test_a_client_half_closing_after_its_whole_body_gets_the_whole_echo(via, ori
     assert seen.complete
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an answer started early is cut at response-timeout while a steady "
-                                       "upload is still going up (the upstream answers once it has the body)")
 @pytest.mark.parametrize("patient_gw", ["h1", "h2c"], indirect=True)
 def test_a_steady_upload_longer_than_response_timeout_after_an_early_head(patient_gw, origin_d):
     """The same root as above, with no client pause at all: the upstream

@@ -3,6 +3,8 @@
 //! body pump that moves one body from a source socket to a sink socket
 //! through the sans-IO [`BodyReader`], re-framing it on the way.
 
+use std::cell::Cell;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use compio::BufResult;
@@ -266,6 +268,70 @@ pub struct Pump<'a, R: Stream, W: Stream> {
     /// that failed before its first write can still be answered with an
     /// error instead of a cut connection.
     pub flushed: bool,
+    /// For a response relayed while its request body still goes up: reads
+    /// wait without a deadline until the upload ended ([`DuplexClock`]).
+    pub duplex: Option<&'a DuplexClock>,
+}
+
+/// An upstream's silence during a full-duplex exchange (an answer that came
+/// before the request body was all sent). While the body still goes up, the
+/// upstream may be waiting for it: reads of the answer have no deadline
+/// (the body's own timeouts bound the exchange: `body-timeout` for the
+/// client's pauses, `response-timeout` for an upstream that stops taking
+/// it). Once the body is sent, `response-timeout` of silence counts again,
+/// as docs/spec.md has it run from the request sent.
+pub struct DuplexClock {
+    uploading: Cell<bool>,
+    /// A read started while the body went up is in flight: it has no
+    /// deadline of its own.
+    unbounded_read: Cell<bool>,
+}
+
+impl DuplexClock {
+    /// A clock for an upload still going.
+    pub fn uploading() -> Self {
+        DuplexClock {
+            uploading: Cell::new(true),
+            unbounded_read: Cell::new(false),
+        }
+    }
+
+    /// The deadline of a read of the answer starting now.
+    pub fn read_deadline(&self, timeout: Duration) -> Instant {
+        let now = crate::rt::time::coarse_now();
+        if self.uploading.get() {
+            self.unbounded_read.set(true);
+            now + Duration::from_secs(24 * 3600)
+        } else {
+            now + timeout
+        }
+    }
+
+    /// A read of the answer completed.
+    pub fn read_done(&self) {
+        self.unbounded_read.set(false);
+    }
+
+    /// The upload ended: runs the rest of `relay`, `None` if the read in
+    /// flight then (which has no deadline) waits `timeout` more. Later
+    /// reads have their deadlines, and writes to the client their own
+    /// bound, so a client slow to take the answer is not taken for a
+    /// silent upstream.
+    pub async fn after_upload<F: Future>(
+        &self,
+        mut relay: Pin<&mut F>,
+        timeout: Duration,
+    ) -> Option<F::Output> {
+        self.uploading.set(false);
+        if !self.unbounded_read.get() {
+            return Some(relay.await);
+        }
+        match crate::rt::time::within_for(timeout, relay.as_mut()).await {
+            Ok(out) => Some(out),
+            Err(_) if self.unbounded_read.get() => None,
+            Err(_) => Some(relay.await),
+        }
+    }
 }
 
 impl<R: Stream, W: Stream> Pump<'_, R, W> {
@@ -313,10 +379,16 @@ impl<R: Stream, W: Stream> Pump<'_, R, W> {
             // Everything buffered is consumed: reuse the buffer from the start.
             self.src_buf.clear();
             *self.src_pos = 0;
-            let deadline = crate::rt::time::coarse_now() + self.read_timeout;
+            let deadline = match self.duplex {
+                Some(clock) => clock.read_deadline(self.read_timeout),
+                None => crate::rt::time::coarse_now() + self.read_timeout,
+            };
             let buf = std::mem::take(self.src_buf);
             let (outcome, buf) = read_more(self.src, buf, self.read_room, deadline).await;
             *self.src_buf = buf;
+            if let Some(clock) = self.duplex {
+                clock.read_done();
+            }
             match outcome {
                 ReadOutcome::Data(_) => {}
                 ReadOutcome::Eof if matches!(self.reader, BodyReader::UntilClose) => {

@@ -18,7 +18,8 @@ use super::conn::Client;
 use super::error::{ErrorKind, ProxyError, Side};
 use super::gateway::Gateway;
 use super::io::{
-    Pump, PumpError, READ_CHUNK, ReadOutcome, Stream, UpstreamStream, read_more, write_all_within,
+    DuplexClock, Pump, PumpError, READ_CHUNK, ReadOutcome, Stream, UpstreamStream, read_more,
+    write_all_within,
 };
 use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, HeadLimits, RequestHead, ResponseHead, Version,
@@ -693,6 +694,7 @@ async fn exchange<G: Gateway, S: Stream>(
     let mut out = w.buffers.take();
     write_response_head(&resp, client_framing, req.version(), !keep_alive, &mut out);
     let status = resp.status();
+    let clock = DuplexClock::uploading();
     let mut pump = Pump {
         src: up,
         src_buf: &mut ubuf,
@@ -708,11 +710,13 @@ async fn exchange<G: Gateway, S: Stream>(
         // pauses its request body: body-timeout bounds either gap.
         write_timeout: limits.body_timeout,
         flushed: false,
+        duplex: upload.is_some().then_some(&clock),
     };
     let res = match upload {
         None => pump.run().await,
         Some(upload) => {
-            let (res, uploaded) = relay_beside_upload(&mut pump, upload).await;
+            let (res, uploaded) =
+                relay_beside_upload(&mut pump, upload, &clock, timeouts.response).await;
             body_unfinished = !uploaded;
             res
         }
@@ -824,6 +828,7 @@ async fn upload_body<G: Gateway, S: Stream>(
         // is bounded like one that does not answer.
         write_timeout,
         flushed: false,
+        duplex: None,
     };
     let res = pump.run().await.map(drop);
     w.buffers.give(out);
@@ -898,20 +903,26 @@ fn body_error_kind(e: PumpError) -> ErrorKind {
 }
 
 /// Relays the response through `pump` while the rest of the request body
-/// goes up (full duplex). Returns the relay's result and whether the body
-/// went up whole. A failed relay drops the upload (the upstream connection
-/// is closed mid-request); a failed upload cuts a response still in
-/// flight, since an upstream missing the rest of the body may never end
-/// it; after a complete response it only closes the connections.
+/// goes up (full duplex), its reads timed by `clock`. Returns the relay's
+/// result and whether the body went up whole. A failed relay drops the
+/// upload (the upstream connection is closed mid-request); a failed upload
+/// cuts a response still in flight, since an upstream missing the rest of
+/// the body may never end it; after a complete response it only closes
+/// the connections.
 async fn relay_beside_upload<S: Stream>(
     pump: &mut Pump<'_, UpstreamStream, S>,
     upload: Upload<'_>,
+    clock: &DuplexClock,
+    response_timeout: Duration,
 ) -> (Result<u64, PumpError>, bool) {
     let relay = pin!(pump.run());
     match select(relay, upload).await {
         Either::Left((Ok(n), upload)) => (Ok(n), upload.await.is_ok()),
         Either::Left((Err(e), _)) => (Err(e), false),
-        Either::Right((Ok(()), relay)) => (relay.await, true),
+        Either::Right((Ok(()), relay)) => match clock.after_upload(relay, response_timeout).await {
+            Some(res) => (res, true),
+            None => (Err(PumpError::SourceTimeout), true),
+        },
         // Reported as the response's failure: it is cut either way.
         Either::Right((Err(_), _)) => (Err(PumpError::SourceClosed), false),
     }

@@ -31,7 +31,7 @@ use crate::http::{
 };
 use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
-use crate::proxy::io::{READ_CHUNK, ReadOutcome, read_more, write_all_within};
+use crate::proxy::io::{DuplexClock, READ_CHUNK, ReadOutcome, read_more, write_all_within};
 use crate::proxy::upstream::{
     HeadFail, HeadRead, Interims, Miss, RequestId, Tries, Try, head_write_failed, log_tls_failure,
     read_response_head, replayable,
@@ -273,9 +273,11 @@ async fn attempt<G: Gateway>(
             return Attempt::Missed(Miss::failed(ErrorKind::ClientClosed, true));
         }
     };
+    let clock = DuplexClock::uploading();
+    let duplex = upload.is_some().then_some(&clock);
     let relay = async {
         if has_body {
-            relay_response(w, t, &mut ubuf, upos, framing, &mut send).await
+            relay_response(w, t, &mut ubuf, upos, framing, &mut send, duplex).await
         } else {
             Ok(upos < ubuf.len())
         }
@@ -283,7 +285,8 @@ async fn attempt<G: Gateway>(
     let relayed = match upload.take() {
         None => relay.await,
         Some(upload) => {
-            let (relayed, uploaded) = relay_beside_upload(relay, upload).await;
+            let (relayed, uploaded) =
+                relay_beside_upload(relay, upload, &clock, t.response_timeout).await;
             body_unfinished = !uploaded;
             relayed
         }
@@ -435,20 +438,26 @@ async fn send_body_read_head(
     }
 }
 
-/// Relays the response (`relay`) while the rest of the request body goes
-/// up (full duplex). Returns the relay's result and whether the body went
-/// up whole. A failed relay drops the upload (the upstream connection is
-/// closed mid-request); a failed upload cuts a response still in flight,
-/// since an upstream missing the rest of the body may never end it.
+/// Relays the response (`relay`, its reads timed by `clock`) while the
+/// rest of the request body goes up (full duplex). Returns the relay's
+/// result and whether the body went up whole. A failed relay drops the
+/// upload (the upstream connection is closed mid-request); a failed upload
+/// cuts a response still in flight, since an upstream missing the rest of
+/// the body may never end it.
 async fn relay_beside_upload(
     relay: impl Future<Output = Result<bool, BodyError>>,
     upload: Upload<'_>,
+    clock: &DuplexClock,
+    response_timeout: Duration,
 ) -> (Result<bool, BodyError>, bool) {
     let relay = pin!(relay);
     match select(relay, upload).await {
         Either::Left((Ok(leftover), upload)) => (Ok(leftover), upload.await.is_ok()),
         Either::Left((Err(e), _)) => (Err(e), false),
-        Either::Right((Ok(()), relay)) => (relay.await, true),
+        Either::Right((Ok(()), relay)) => match clock.after_upload(relay, response_timeout).await {
+            Some(relayed) => (relayed, true),
+            None => (Err(BodyError::UpstreamTimeout), true),
+        },
         Either::Right((Err(e), _)) => (Err(e), false),
     }
 }
@@ -563,6 +572,7 @@ fn framing_error(framing: BodyFraming, mut bytes: &[u8]) -> Option<&'static str>
 /// Relays the response body from `ubuf[upos..]` and the upstream to the
 /// stream, decoded from its HTTP/1.1 framing. Returns whether bytes were
 /// left after the body (the upstream connection is then not reused).
+/// `duplex`: the request body still goes up beside it ([`DuplexClock`]).
 async fn relay_response<G: Gateway>(
     w: &Worker<G>,
     t: &Target<'_>,
@@ -570,6 +580,7 @@ async fn relay_response<G: Gateway>(
     mut upos: usize,
     framing: BodyFraming,
     send: &mut SendStream<Bytes>,
+    duplex: Option<&DuplexClock>,
 ) -> Result<bool, BodyError> {
     let mut reader = BodyReader::new(framing);
     loop {
@@ -600,7 +611,10 @@ async fn relay_response<G: Gateway>(
         }
         ubuf.clear();
         upos = 0;
-        let deadline = crate::rt::time::coarse_now() + t.response_timeout;
+        let deadline = match duplex {
+            Some(clock) => clock.read_deadline(t.response_timeout),
+            None => crate::rt::time::coarse_now() + t.response_timeout,
+        };
         // A quiet upstream (a long poll, a slow origin) must not keep the
         // upstream connection past the client's reset: nothing else wakes
         // this stream until the upstream's next bytes or the timeout.
@@ -611,6 +625,9 @@ async fn relay_response<G: Gateway>(
             Either::Right(_) => return Err(BodyError::ClientGone),
         };
         *ubuf = buf;
+        if let Some(clock) = duplex {
+            clock.read_done();
+        }
         match outcome {
             ReadOutcome::Data(_) => {}
             ReadOutcome::Eof if matches!(reader, BodyReader::UntilClose) => {
