@@ -24,6 +24,7 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 from support.client import RawConn
 from support.gateway import Gateway
@@ -273,3 +274,33 @@ def test_an_http2_body_goes_up_while_its_echo_comes_down(gw, echo):
     whole = b"".join(PIECES)
     assert echoed == whole
     assert echo.bodies == [whole]
+
+
+def test_an_http2_upstream_silent_after_the_body_gets_the_stream_reset(gw, echo):
+    """The HTTP/2 side of the silent upstream: once the body is sent, the
+    read in flight is timed again, and the answer that started is cut with
+    RST_STREAM, never ended as if complete nor left hanging."""
+    body = b"b" * 50000
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=3 * READ_BOUND)
+    events = []
+    with sock:
+        sock.sendall(conn.data_to_send())
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "POST"), (":path", "/silent-after-body"), (":scheme", "http"),
+                                (":authority", "a.test"), ("content-length", str(len(body)))])
+        for i in range(0, len(body), 16384):
+            conn.send_data(sid, body[i:i + 16384], end_stream=i + 16384 >= len(body))
+        sock.sendall(conn.data_to_send())
+        deadline = time.monotonic() + 3 * READ_BOUND
+        while not any(isinstance(e, (h2.events.StreamReset, h2.events.StreamEnded)) for e in events):
+            assert time.monotonic() < deadline, f"the answer was left hanging: {events}"
+            data = sock.recv(65536)
+            assert data, f"connection closed without ending the stream: {events}"
+            events += conn.receive_data(data)
+            sock.sendall(conn.data_to_send())
+    assert any(isinstance(e, h2.events.ResponseReceived) for e in events), events
+    assert any(isinstance(e, h2.events.StreamReset) for e in events), f"a cut answer was ended: {events}"
+    assert echo.bodies == [body]
