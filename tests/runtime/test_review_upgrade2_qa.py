@@ -234,13 +234,15 @@ def test_the_new_process_killed_while_the_old_one_stops_accepting(procs, hello_b
     assert old.proc.wait(2 + GRACE + 5) == 0, old.stderr()[-2000:]
 
 
-def slow_ready_binary(hello_bin, folder) -> str:
-    """hello_gateway under strace, which holds its second `sendmsg` (the
-    handoff's `ready`, after `hello`) for 2 s: a new process slow to say
-    ready, repeatably."""
-    wrapper = folder / "hello-slow-ready"
+def second_sendmsg_held(hello_bin, folder, seconds: float) -> str:
+    """hello_gateway under strace, which holds its second `sendmsg` for
+    `seconds`. The control socket's messages are the process's only
+    `sendmsg` calls (its HTTP traffic goes through io_uring): in a new
+    process the second is `ready` (after `hello`), in an old one `draining`
+    (after the sockets)."""
+    wrapper = folder / f"hello-second-sendmsg-held-{seconds}"
     wrapper.write_text("#!/bin/sh\nexec strace -f -o /dev/null -e trace=sendmsg "
-                       f"-e inject=sendmsg:delay_enter=2000000:when=2 {hello_bin} \"$@\"\n")
+                       f"-e inject=sendmsg:delay_enter={int(seconds * 1e6)}:when=2 {hello_bin} \"$@\"\n")
     wrapper.chmod(0o755)
     return str(wrapper)
 
@@ -277,7 +279,7 @@ def test_sigterm_to_the_old_process_before_ready_does_not_hold_the_new_one(procs
     try:
         slow.sendall(b"GET /slow?delay=30 HTTP/1.1\r\nHost: t\r\n\r\n")
         assert origin.wait_for(lambda: any(r.target.startswith("/slow") for r in origin.requests))
-        new = procs(slow_ready_binary(hello_bin, tmp_path), [port], origin.addr, sock_path, "B", upgrade=True)
+        new = procs(second_sendmsg_held(hello_bin, tmp_path, 2), [port], origin.addr, sock_path, "B", upgrade=True)
         assert old.wait_line(r"upgrade: pid \d+ connected, passing"), old.stderr()
         old.proc.send_signal(signal.SIGTERM)
         assert new.wait_line(r"upgrade: took over from pid \d+", timeout=GRACE + 15), new.stderr()
@@ -287,6 +289,26 @@ def test_sigterm_to_the_old_process_before_ready_does_not_hold_the_new_one(procs
     assert tag_of(port) == "B"
     assert "did not confirm the drain" not in new.stderr(), new.stderr()
     assert f"took over from pid {old.pid}" in new.stderr(), new.stderr()
+
+
+@pytest.mark.skipif(not strace_can_inject(), reason="needs strace with fault injection (ptrace)")
+def test_an_old_process_with_nothing_to_drain_tells_draining_before_it_exits(procs, hello_bin, origin, sock_path,
+                                                                               tmp_path):
+    """The old process's main thread, with no connection to drain, is done
+    within milliseconds of the gate opening, while its control thread still
+    has to send `draining`. Found by CI on a loaded machine: the process
+    exited first, the new one read a closed control connection ("the old
+    process did not confirm the drain", "took over from pid 0"). Here that
+    send is held 1 s (strace), repeatably; the old process now waits for it
+    (at most 2 s) before it exits."""
+    port = free_port()
+    old = start_first(procs, second_sendmsg_held(hello_bin, tmp_path, 1), [port], origin, sock_path, "A")
+    new = procs(hello_bin, [port], origin.addr, sock_path, "B", upgrade=True)
+    assert new.wait_line(r"upgrade: took over from pid \d+", timeout=GRACE + 15), new.stderr()
+    assert old.proc.wait(GRACE + 5) == 0, old.stderr()[-2000:]
+    assert "did not confirm the drain" not in new.stderr(), new.stderr()
+    assert "took over from pid 0" not in new.stderr(), new.stderr()
+    assert tag_of(port) == "B"
 
 
 def test_sigterm_drain_with_late_workers_serves_then_refuses(procs, hello_bin, origin, sock_path):

@@ -53,6 +53,9 @@ struct Shared {
     sockets: Mutex<Vec<(Kind, SocketAddr, OwnedFd)>>,
     state: Mutex<State>,
     on_handed_off: Box<dyn Fn(u32) + Send + Sync>,
+    /// Opened once a handoff's new process was told `draining` (or the
+    /// telling failed): the process must not exit before.
+    told: crate::rt::Gate,
 }
 
 /// The running control server. Dropping it unlinks the control socket
@@ -100,6 +103,14 @@ impl ControlServer {
         *lock(&self.shared.state) = State::Withdrawn;
         lock(&self.shared.sockets).clear();
     }
+
+    /// After a handoff, waits (at most `timeout`) until the new process was
+    /// told `draining`; returns at once when no handoff happened.
+    pub fn wait_told(&self, timeout: Duration) {
+        if matches!(*lock(&self.shared.state), State::HandedOff { .. }) {
+            self.shared.told.wait(timeout);
+        }
+    }
 }
 
 /// Serves the control socket on a thread of its own until the process
@@ -118,6 +129,7 @@ pub fn spawn(
         sockets: Mutex::new(offer.sockets),
         state: Mutex::new(State::Idle),
         on_handed_off: Box::new(on_handed_off),
+        told: crate::rt::Gate::default(),
     });
     let for_thread = Arc::clone(&shared);
     std::thread::Builder::new()
@@ -255,6 +267,7 @@ fn hand_over(conn: &mut Control, shared: &Shared, pid: u32) -> Result<(), String
                 },
                 &[],
             );
+            shared.told.open();
             eprintln!("blitz: upgrade: pid {pid} is serving; draining");
             Ok(())
         }

@@ -751,6 +751,12 @@ where
     workers.stop_accepting();
     stopped_accepting.open();
     workers.stop();
+    if let Some(server) = &server {
+        // The control thread tells the new process `draining` once the
+        // gate above opened; exiting first would cut that short, and the
+        // new process would take over without the old one's word.
+        server.wait_told(Duration::from_secs(2));
+    }
     drop(server);
     eprintln!("blitz: drained, exiting");
     Ok(())
@@ -841,19 +847,19 @@ struct DrainTiming {
 
 /// A one-way gate between threads: closed until [`Gate::open`].
 #[derive(Default)]
-struct Gate {
+pub(crate) struct Gate {
     open: std::sync::Mutex<bool>,
     opened: std::sync::Condvar,
 }
 
 impl Gate {
-    fn open(&self) {
+    pub(crate) fn open(&self) {
         *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.opened.notify_all();
     }
 
     /// Returns once the gate is open, or after `timeout`.
-    fn wait(&self, timeout: Duration) {
+    pub(crate) fn wait(&self, timeout: Duration) {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let _ = self.opened.wait_timeout_while(open, timeout, |open| !*open);
     }
