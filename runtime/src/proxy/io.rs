@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use compio::BufResult;
 use compio::io::{AsyncReadExt, AsyncWrite};
 use compio::net::TcpStream;
+use futures_util::future::{Either, select};
 
 use crate::http::{BodyReader, LAST_CHUNK, put_chunk_head};
 
@@ -312,12 +313,41 @@ impl DuplexClock {
         self.unbounded_read.set(false);
     }
 
+    /// Relays an answer (`relay`, whose reads this clock times) while the
+    /// rest of its request body goes up (`upload`). Returns the relay's
+    /// result and whether the body went up whole. A failed relay drops the
+    /// upload (the upstream connection is closed mid-request). A failed
+    /// upload cuts an answer still in flight (`cut` says why), since an
+    /// upstream missing the rest of the body may never end it; after a
+    /// complete answer it only closes the connections. Once the body is
+    /// sent, an upstream silent for `timeout` is `timed_out`.
+    pub async fn relay_beside_upload<T, E, U>(
+        &self,
+        relay: impl Future<Output = Result<T, E>>,
+        upload: impl Future<Output = Result<(), U>>,
+        timeout: Duration,
+        timed_out: E,
+        cut: impl FnOnce(U) -> E,
+    ) -> (Result<T, E>, bool) {
+        let relay = std::pin::pin!(relay);
+        let upload = std::pin::pin!(upload);
+        match select(relay, upload).await {
+            Either::Left((Ok(relayed), upload)) => (Ok(relayed), upload.await.is_ok()),
+            Either::Left((Err(e), _)) => (Err(e), false),
+            Either::Right((Ok(()), relay)) => match self.after_upload(relay, timeout).await {
+                Some(relayed) => (relayed, true),
+                None => (Err(timed_out), true),
+            },
+            Either::Right((Err(e), _)) => (Err(cut(e)), false),
+        }
+    }
+
     /// The upload ended: runs the rest of `relay`, `None` if the read in
     /// flight then (which has no deadline) waits `timeout` more. Later
     /// reads have their deadlines, and writes to the client their own
     /// bound, so a client slow to take the answer is not taken for a
     /// silent upstream.
-    pub async fn after_upload<F: Future>(
+    async fn after_upload<F: Future>(
         &self,
         mut relay: Pin<&mut F>,
         timeout: Duration,

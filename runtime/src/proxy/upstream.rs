@@ -715,8 +715,17 @@ async fn exchange<G: Gateway, S: Stream>(
     let res = match upload {
         None => pump.run().await,
         Some(upload) => {
-            let (res, uploaded) =
-                relay_beside_upload(&mut pump, upload, &clock, timeouts.response).await;
+            // An upload that failed is reported as the answer's failure:
+            // it is cut either way.
+            let (res, uploaded) = clock
+                .relay_beside_upload(
+                    pump.run(),
+                    upload,
+                    timeouts.response,
+                    PumpError::SourceTimeout,
+                    |_| PumpError::SourceClosed,
+                )
+                .await;
             body_unfinished = !uploaded;
             res
         }
@@ -899,32 +908,6 @@ fn body_error_kind(e: PumpError) -> ErrorKind {
         PumpError::SourceClosed => ErrorKind::ClientClosed,
         PumpError::SinkFailed => ErrorKind::UpstreamClosed,
         PumpError::SinkTimeout => ErrorKind::UpstreamTimeout,
-    }
-}
-
-/// Relays the response through `pump` while the rest of the request body
-/// goes up (full duplex), its reads timed by `clock`. Returns the relay's
-/// result and whether the body went up whole. A failed relay drops the
-/// upload (the upstream connection is closed mid-request); a failed upload
-/// cuts a response still in flight, since an upstream missing the rest of
-/// the body may never end it; after a complete response it only closes
-/// the connections.
-async fn relay_beside_upload<S: Stream>(
-    pump: &mut Pump<'_, UpstreamStream, S>,
-    upload: Upload<'_>,
-    clock: &DuplexClock,
-    response_timeout: Duration,
-) -> (Result<u64, PumpError>, bool) {
-    let relay = pin!(pump.run());
-    match select(relay, upload).await {
-        Either::Left((Ok(n), upload)) => (Ok(n), upload.await.is_ok()),
-        Either::Left((Err(e), _)) => (Err(e), false),
-        Either::Right((Ok(()), relay)) => match clock.after_upload(relay, response_timeout).await {
-            Some(res) => (res, true),
-            None => (Err(PumpError::SourceTimeout), true),
-        },
-        // Reported as the response's failure: it is cut either way.
-        Either::Right((Err(_), _)) => (Err(PumpError::SourceClosed), false),
     }
 }
 

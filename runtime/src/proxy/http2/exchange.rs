@@ -285,8 +285,15 @@ async fn attempt<G: Gateway>(
     let relayed = match upload.take() {
         None => relay.await,
         Some(upload) => {
-            let (relayed, uploaded) =
-                relay_beside_upload(relay, upload, &clock, t.response_timeout).await;
+            let (relayed, uploaded) = clock
+                .relay_beside_upload(
+                    relay,
+                    upload,
+                    t.response_timeout,
+                    BodyError::UpstreamTimeout,
+                    |e| e,
+                )
+                .await;
             body_unfinished = !uploaded;
             relayed
         }
@@ -435,30 +442,6 @@ async fn send_body_read_head(
             _ => Miss::failed(ErrorKind::ClientClosed, true),
         })),
         Either::Right((r, _)) => r.map(|upos| (upos, false)).map_err(head_failed),
-    }
-}
-
-/// Relays the response (`relay`, its reads timed by `clock`) while the
-/// rest of the request body goes up (full duplex). Returns the relay's
-/// result and whether the body went up whole. A failed relay drops the
-/// upload (the upstream connection is closed mid-request); a failed upload
-/// cuts a response still in flight, since an upstream missing the rest of
-/// the body may never end it.
-async fn relay_beside_upload(
-    relay: impl Future<Output = Result<bool, BodyError>>,
-    upload: Upload<'_>,
-    clock: &DuplexClock,
-    response_timeout: Duration,
-) -> (Result<bool, BodyError>, bool) {
-    let relay = pin!(relay);
-    match select(relay, upload).await {
-        Either::Left((Ok(leftover), upload)) => (Ok(leftover), upload.await.is_ok()),
-        Either::Left((Err(e), _)) => (Err(e), false),
-        Either::Right((Ok(()), relay)) => match clock.after_upload(relay, response_timeout).await {
-            Some(relayed) => (relayed, true),
-            None => (Err(BodyError::UpstreamTimeout), true),
-        },
-        Either::Right((Err(e), _)) => (Err(e), false),
     }
 }
 
