@@ -624,12 +624,7 @@ async fn exchange<G: Gateway, S: Stream>(
             Ok(BodySent::Whole(head)) => head,
             Ok(BodySent::Unfinished(head)) => {
                 body_unfinished = true;
-                // RFC 9112 §9.5: a client stops sending only when the
-                // answer says the server does not want the body and is
-                // closing. An upstream that accepted the request goes on
-                // reading it; any other early answer (401, 413...) ends
-                // it here, as the upstream is unlikely to read the rest.
-                if head.is_ok() && (200..300).contains(&resp.status()) && resp.keep_alive() {
+                if head.is_ok() && upload_goes_on(&resp) {
                     upload = Some(sending);
                 }
                 head
@@ -811,6 +806,16 @@ struct ResponseRead<'a> {
 /// A request body on its way up: its pump, with the buffer that held the
 /// request head (given back to the pool once the body is sent).
 type Upload<'a> = Pin<Box<dyn Future<Output = Result<(), PumpError>> + 'a>>;
+
+/// Whether the rest of a request body goes up after `resp` came early, as
+/// RFC 9112 §9.5 has a client stop only when the answer says the server
+/// does not want the body and is closing: an upstream that accepted the
+/// request (2xx) and keeps the connection goes on reading it (full
+/// duplex); any other early answer (401, 413...) ends the upload, as that
+/// upstream is unlikely to read the rest.
+pub(crate) fn upload_goes_on(resp: &ResponseHead) -> bool {
+    (200..300).contains(&resp.status()) && resp.keep_alive()
+}
 
 /// Sends `out` (the request head), then the client's body as `framing`
 /// reads it.

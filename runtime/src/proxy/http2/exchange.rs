@@ -34,7 +34,7 @@ use crate::proxy::gateway::Gateway;
 use crate::proxy::io::{DuplexClock, READ_CHUNK, ReadOutcome, read_more, write_all_within};
 use crate::proxy::upstream::{
     HeadFail, HeadRead, Interims, Miss, RequestId, Tries, Try, head_write_failed, log_tls_failure,
-    read_response_head, replayable,
+    read_response_head, replayable, upload_goes_on,
 };
 use crate::proxy::{UpstreamStream, Worker};
 
@@ -234,14 +234,7 @@ async fn attempt<G: Gateway>(
         ))));
     let (upos, mut body_unfinished, mut upload) = match head {
         Ok(Forwarded::Whole(upos)) => (upos, false, None),
-        // RFC 9112 §9.5: a client stops sending only when the answer says
-        // the server does not want the body and is closing. An upstream
-        // that accepted the request (2xx) goes on reading it (full
-        // duplex); any other early answer (401, 413...) ends it here.
-        Ok(Forwarded::Early(upos, upload)) => {
-            let goes_on = (200..300).contains(&resp.status()) && resp.keep_alive();
-            (upos, true, goes_on.then_some(upload))
-        }
+        Ok(Forwarded::Early(upos, upload)) => (upos, true, upload_goes_on(&resp).then_some(upload)),
         Err(a) => {
             w.buffers.give(ubuf);
             return a;
