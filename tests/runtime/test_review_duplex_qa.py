@@ -1046,17 +1046,17 @@ def test_http2_a_client_pausing_mid_duplex_is_reset_at_body_timeout(via, origin_
     assert origin_d.wait_closed(seen.cid) and not seen.complete
 
 
-@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
-def test_http2_an_upstream_closing_after_its_whole_answer(via, origin_d):
-    """`200 done` (keep-alive) then the upstream closes without reading:
-    the client gets `done` with END_STREAM, then learns the rest of its
-    upload is not wanted (RST_STREAM) rather than being left waiting."""
+def done_then_upload_reset(via, path: str, pieces: int) -> None:
+    """An HTTP/2 upload to `path`, whose upstream answers `200 done` early:
+    the client gets that answer whole (END_STREAM), then, still sending up
+    to `pieces` pieces, learns its upload is over (RST_STREAM) rather than
+    being left with a window that stays shut; the connection serves on."""
     c = via.h2()
     try:
-        sid = c.start("/h2-done-close?answer=done&after=0&then=close")
+        sid = c.start(path)
         st = c.wait(sid, lambda s: s.ended or s.reset is not None)
         assert st.status == "200" and st.data == b"done" and st.ended, st
-        for _ in range(40):
+        for _ in range(pieces):
             if not c.send(sid, PIECE):
                 break
         st = c.wait(sid, lambda s: s.reset is not None)
@@ -1064,6 +1064,14 @@ def test_http2_an_upstream_closing_after_its_whole_answer(via, origin_d):
         served_after(c)
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("via", H2_WAYS, indirect=True)
+def test_http2_an_upstream_closing_after_its_whole_answer(via, origin_d):
+    """`200 done` (keep-alive) then the upstream closes without reading:
+    the client gets `done` with END_STREAM, then learns the rest of its
+    upload is not wanted (RST_STREAM) rather than being left waiting."""
+    done_then_upload_reset(via, "/h2-done-close?answer=done&after=0&then=close", pieces=40)
 
 
 @pytest.fixture
@@ -1282,19 +1290,7 @@ def test_http2_an_early_2xx_with_close_ends_the_upload_visibly(via, origin_d):
     """An early `200` with `Connection: close` is no full duplex: the
     upload ends. The client gets the 200 whole (END_STREAM) and learns its
     upload is over (RST_STREAM), never a window that stays shut."""
-    c = via.h2()
-    try:
-        sid = c.start("/h2-close?answer=close")
-        st = c.wait(sid, lambda s: s.ended or s.reset is not None)
-        assert st.status == "200" and st.data == b"done" and st.ended, st
-        for _ in range(100):
-            if not c.send(sid, PIECE):
-                break
-        st = c.wait(sid, lambda s: s.reset is not None)
-        assert st.reset is not None, f"neither reset nor taken: {st}"
-        served_after(c)
-    finally:
-        c.close()
+    done_then_upload_reset(via, "/h2-close?answer=close", pieces=100)
 
 
 @pytest.mark.parametrize("via", H2_WAYS, indirect=True)
