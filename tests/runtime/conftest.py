@@ -7,6 +7,7 @@ in front of the recording origin (tests/support/origin.py).
                    a test after which it is dead fails (a crash is a bug)
 - `start_gateway`  start gateways with custom flags; killed at teardown,
                    and the test fails if one died unasked
+- `pki`            a throwaway CA and its leaf `edge` for edge.test (per module)
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ import pytest
 
 from support.gateway import Gateway, GatewayError, build_hello_gateway
 from support.origin import Origin
+from support.pki import Pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    p = Pki(tmp_path_factory.mktemp("pki"))
+    p.leaf("edge", "edge.test")
+    return p
 
 
 @pytest.fixture(scope="session")

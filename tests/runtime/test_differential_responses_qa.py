@@ -89,7 +89,6 @@ import pytest
 from support.client import Closed, RawConn
 from support.gateway import Gateway
 from support.origin import ThreadPerConnection
-from support.pki import Pki
 from support.rogue_origin import RogueOrigin, Script
 
 # Short, so a request sent on a connection the origin will never answer ends
@@ -302,13 +301,6 @@ def gw(hello_bin, rogue, gateway_logs):
                 response_timeout=RESPONSE_TIMEOUT).start()
     yield g
     g.kill()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Pki:
-    p = Pki(tmp_path_factory.mktemp("differential-responses"))
-    p.leaf("edge", "edge.test")
-    return p
 
 
 @pytest.fixture(scope="module")

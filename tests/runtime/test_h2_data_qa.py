@@ -77,13 +77,6 @@ H2C = {"protocols": "h1,h2c"}
 # ------------------------------------------------------------------ setup
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Pki:
-    p = Pki(tmp_path_factory.mktemp("h2-data-qa"))
-    p.leaf("edge", "edge.test")
-    return p
-
-
 def tls_socket(port: int, pki: Pki) -> ssl.SSLSocket:
     ctx = ssl.create_default_context(cafile=str(pki.path("ca.crt")))
     ctx.set_alpn_protocols(["h2"])

@@ -70,13 +70,6 @@ WAYS = ["h1", "h1-tls", "h2c", "h2-tls"]
 # ------------------------------------------------------------------ the ways in
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Pki:
-    p = Pki(tmp_path_factory.mktemp("limits-protocols-pki"))
-    p.leaf("edge", AUTHORITY)
-    return p
-
-
 @dataclass
 class Way:
     """One way in: the listener a gateway needs for it, and how a client

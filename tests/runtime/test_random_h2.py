@@ -51,7 +51,6 @@ import pytest
 
 from support.gateway import CaseResources
 from support.h2client import PREFACE, RawH2
-from support.pki import Pki
 
 SEED = int(os.environ.get("BLITZ_RANDOM_SEED", "20261127"))
 MAX_CASES = int(os.environ.get("BLITZ_RANDOM_CASES", "600"))
@@ -490,13 +489,6 @@ def check_case(case: Case, raw: RawH2, recs: list) -> None:
 
 
 # ------------------------------------------------------------------- tests
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Pki:
-    p = Pki(tmp_path_factory.mktemp("random-h2"))
-    p.leaf("edge", "edge.test")
-    return p
 
 
 class Bystander:

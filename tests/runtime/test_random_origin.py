@@ -930,13 +930,6 @@ def rogue():
     o.stop()
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Pki:
-    p = Pki(tmp_path_factory.mktemp("random-origin"))
-    p.leaf("edge", "edge.test")
-    return p
-
-
 @pytest.mark.timeout(150)
 def test_random_origin_answers(start_gateway, rogue, pki):
     clear = start_gateway(upstream=rogue.addr, protocols="h1,h2c", **OPTS)

@@ -262,13 +262,6 @@ def completed(seen: Seen) -> bool:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Pki:
-    p = Pki(tmp_path_factory.mktemp("duplex-pki"))
-    p.leaf("edge", "edge.test")
-    return p
-
-
-@pytest.fixture(scope="module")
 def duplex():
     o = DuplexOrigin()
     yield o
