@@ -60,7 +60,7 @@ import pytest
 from support.blitzc import Served, build
 from support.gateway import Gateway, build_hello_gateway, free_port
 from support.h2client import H2Client, RawH2
-from support.origin import Origin
+from support.origin import Origin, ThreadPerConnection
 from support.pki import Pki
 from support.waits import wait_until
 
@@ -134,29 +134,16 @@ CHECKED = [
 ]
 
 
-class HostRecorder:
+class HostRecorder(ThreadPerConnection):
     """A loopback origin (IPv4 or IPv6, plain or TLS) that answers every
     request 200 and keeps the `host` of each health check it gets."""
 
     def __init__(self, family: int, tls: ssl.SSLContext | None):
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
         self.tls = tls
         self.hosts: list[str] = []
-        self.stopping = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__("::1" if family == socket.AF_INET6 else "127.0.0.1")
 
-    def _accept(self):
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket):
+    def serve(self, conn: socket.socket):
         conn.settimeout(5)
         try:
             if self.tls:
@@ -178,8 +165,7 @@ class HostRecorder:
             conn.close()
 
     def stop(self):
-        self.stopping = True
-        self.sock.close()
+        self.close()
 
 
 def get(port: int, path: str, headers: dict | None = None):

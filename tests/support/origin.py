@@ -623,14 +623,16 @@ def default_handler(req: RecordedRequest, conn: OriginConn) -> bool:
 
 
 class ThreadPerConnection:
-    """A listening socket on 127.0.0.1 (`addr`) whose every accepted
+    """A listening socket on `host` (127.0.0.1 unless given; `addr`, `port`) whose every accepted
     connection is handed to `serve` on a thread of its own: the frame of a
     hand-written origin that plays one scripted part per connection.
     Counts the connections it accepted."""
 
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+    def __init__(self, host: str = "127.0.0.1"):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, 0), family=family)
+        self.port = self.sock.getsockname()[1]
+        self.addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
