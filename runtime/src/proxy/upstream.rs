@@ -3,6 +3,7 @@
 //! response head, stream the response, and pool the connection only if
 //! the exchange ended cleanly.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::time::{Duration, Instant};
@@ -230,6 +231,9 @@ pub(crate) struct Try {
     pub(crate) now: Instant,
     /// The try's timeouts, cut to what `retry total` leaves.
     pub(crate) timeouts: UpstreamTimeouts,
+    /// `retry total`'s deadline: interims never move the wait for the
+    /// head past it ([`HeadClock`]).
+    pub(crate) total: Option<Instant>,
 }
 
 impl<'a> Tries<'a> {
@@ -284,6 +288,7 @@ impl<'a> Tries<'a> {
             reused,
             now,
             timeouts,
+            total: self.deadline,
         })
     }
 
@@ -466,6 +471,7 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
             reused,
             now,
             timeouts,
+            total,
         } = match tries.connect(key).await {
             Ok(t) => t,
             Err(error) => {
@@ -488,6 +494,7 @@ pub(crate) async fn proxy_request<G: Gateway, S: Stream>(
             tries.retry_statuses(),
             strip_prefix,
             now,
+            total,
             &id,
         )
         .await;
@@ -535,6 +542,7 @@ async fn exchange<G: Gateway, S: Stream>(
     retry_statuses: &[u16],
     strip_prefix: Option<&'static str>,
     now: Instant,
+    total: Option<Instant>,
     id: &RequestId,
 ) -> Attempt {
     let limits = &w.limits;
@@ -609,6 +617,7 @@ async fn exchange<G: Gateway, S: Stream>(
             is_head,
             head_limits: &head_limits,
             timeouts,
+            total,
         };
         // Boxed for the same reason.
         let sent = Box::pin(send_body_read_head(
@@ -641,10 +650,11 @@ async fn exchange<G: Gateway, S: Stream>(
             w.buffers.give(ubuf);
             return Attempt::Missed(head_write_failed(&e));
         }
+        let clock = HeadClock::sent_at(now, timeouts.response, total);
         let read = HeadRead {
             is_head,
             limits: &head_limits,
-            deadline: now + timeouts.response,
+            clock: &clock,
         };
         let mut interims = ClientInterims {
             client: &c.stream,
@@ -801,6 +811,7 @@ struct ResponseRead<'a> {
     is_head: bool,
     head_limits: &'a HeadLimits,
     timeouts: UpstreamTimeouts,
+    total: Option<Instant>,
 }
 
 /// A request body on its way up: its pump, with the buffer that held the
@@ -872,22 +883,24 @@ async fn send_body_read_head(
         is_head,
         head_limits,
         timeouts,
+        total,
     } = read;
     // The body goes up while the response head is awaited: an upstream
     // may answer (401, 413...) without reading the whole body, and must
     // not deadlock us. The response timeout starts once the body is sent.
+    let clock = HeadClock::uploading(timeouts.response, total);
     let read = HeadRead {
         is_head,
         limits: head_limits,
-        deadline: Instant::now() + Duration::from_secs(24 * 3600),
+        clock: &clock,
     };
     let head = pin!(read_response_head(up, ubuf, resp, read, interims));
     match select(upload.as_mut(), head).await {
         Either::Left((Ok(()), head)) => {
-            let head = match crate::rt::time::within_for(timeouts.response, head).await {
-                Ok(r) => r,
-                Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
-            };
+            let head = clock
+                .bound(head)
+                .await
+                .unwrap_or(Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)));
             Ok(BodySent::Whole(head))
         }
         Either::Left((Err(e), _)) => {
@@ -928,11 +941,12 @@ pub(crate) async fn read_response_head(
     let HeadRead {
         is_head,
         limits,
-        deadline,
+        clock,
     } = read;
     let mut upos = 0usize;
     let mut received_any = false;
     let mut relayed = 0;
+    let mut interims_read = 0;
     // An interim is a response too: its `Connection: close` (or an
     // HTTP/1.0 interim without keep-alive) ends the connection after this
     // exchange, as the final answer's would (RFC 9112 §9.6).
@@ -949,6 +963,10 @@ pub(crate) async fn read_response_head(
                     }
                     if resp.status() < 200 {
                         interims_keep_alive &= resp.keep_alive;
+                        if interims_read < MAX_INTERIMS {
+                            interims_read += 1;
+                            clock.interim();
+                        }
                         if relayed_interim(resp.status()) && relayed < MAX_INTERIMS {
                             relayed += 1;
                             interims.relay(resp).await;
@@ -966,7 +984,8 @@ pub(crate) async fn read_response_head(
             ubuf.drain(..upos);
             upos = 0;
         }
-        let (outcome, buf) = read_more(up, std::mem::take(ubuf), READ_CHUNK, deadline).await;
+        let (outcome, buf) =
+            read_more(up, std::mem::take(ubuf), READ_CHUNK, clock.read_deadline()).await;
         *ubuf = buf;
         match outcome {
             ReadOutcome::Data(_) => received_any = true,
@@ -985,7 +1004,75 @@ pub(crate) async fn read_response_head(
 pub(crate) struct HeadRead<'a> {
     pub is_head: bool,
     pub limits: &'a HeadLimits,
-    pub deadline: Instant,
+    pub clock: &'a HeadClock,
+}
+
+/// When the wait for a response head ends: `response` after the request
+/// was sent (with a body, once the whole body went up; until then the
+/// wait has no deadline, the body's own timeouts bound it). Each interim
+/// answer (the first [`MAX_INTERIMS`]) starts it again: the upstream shows
+/// it is still at work, which is what `102 Processing` is for (nginx's
+/// `proxy_read_timeout` and HAProxy's `timeout server` count from the last
+/// bytes read too), but never past `retry total` (`total`), which bounds
+/// the whole request until its head.
+pub(crate) struct HeadClock {
+    timeout: Duration,
+    total: Option<Instant>,
+    deadline: Cell<Option<Instant>>,
+}
+
+impl HeadClock {
+    /// A clock for a request sent whole at `sent`.
+    pub fn sent_at(sent: Instant, timeout: Duration, total: Option<Instant>) -> Self {
+        HeadClock {
+            timeout,
+            total,
+            deadline: Cell::new(Some(sent + timeout)),
+        }
+    }
+
+    /// A clock for a request whose body is still going up: no deadline
+    /// until [`HeadClock::bound`] starts one.
+    pub fn uploading(timeout: Duration, total: Option<Instant>) -> Self {
+        HeadClock {
+            timeout,
+            total,
+            deadline: Cell::new(None),
+        }
+    }
+
+    /// The deadline of a read of the head starting now.
+    fn read_deadline(&self) -> Instant {
+        self.deadline
+            .get()
+            .unwrap_or_else(|| coarse_now() + Duration::from_secs(24 * 3600))
+    }
+
+    /// An interim answer arrived: the wait starts again (while the body
+    /// goes up there is no deadline to move).
+    fn interim(&self) {
+        if let Some(deadline) = self.deadline.get() {
+            let again = coarse_now() + self.timeout;
+            let again = self.total.map_or(again, |total| again.min(total));
+            self.deadline.set(Some(deadline.max(again)));
+        }
+    }
+
+    /// Finishes `head`, a read started while the body went up (its read in
+    /// flight has no deadline), within `response` from now, and from each
+    /// interim after. `None` once the upstream was silent that long.
+    pub async fn bound<F: Future>(&self, mut head: Pin<&mut F>) -> Option<F::Output> {
+        self.deadline.set(Some(coarse_now() + self.timeout));
+        loop {
+            let deadline = self.deadline.get()?;
+            match crate::rt::time::within(deadline, head.as_mut()).await {
+                Ok(out) => return Some(out),
+                // An interim moved the deadline while this wait ran.
+                Err(_) if self.deadline.get() != Some(deadline) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
 }
 
 /// Where the interim (1xx) answers of an upstream go as they arrive.
@@ -1175,5 +1262,36 @@ mod tests {
         assert!(t.replay_stale(true));
         assert!(!t.replay_stale(true), "once");
         assert!(!started(&s, false).replay_stale(true));
+    }
+
+    #[test]
+    fn an_interim_starts_the_wait_for_the_head_again() {
+        let timeout = Duration::from_secs(30);
+        let clock = HeadClock::sent_at(coarse_now() - Duration::from_secs(20), timeout, None);
+        let before = clock.read_deadline();
+        clock.interim();
+        assert!(clock.read_deadline() >= before + Duration::from_secs(20));
+    }
+
+    #[test]
+    fn an_interim_never_moves_the_wait_past_retry_total() {
+        let timeout = Duration::from_secs(30);
+        let now = coarse_now();
+        let total = now + Duration::from_secs(5);
+        let clock = HeadClock::sent_at(now - Duration::from_secs(28), timeout, Some(total));
+        clock.interim();
+        assert_eq!(clock.read_deadline(), total);
+        // Nor back before where it was.
+        let late = HeadClock::sent_at(now, timeout, Some(total));
+        late.interim();
+        assert_eq!(late.read_deadline(), now + timeout);
+    }
+
+    #[test]
+    fn an_interim_while_the_body_goes_up_sets_no_deadline() {
+        let clock = HeadClock::uploading(Duration::from_secs(1), None);
+        clock.interim();
+        assert!(clock.deadline.get().is_none());
+        assert!(clock.read_deadline() > coarse_now() + Duration::from_secs(3600));
     }
 }

@@ -33,8 +33,8 @@ use crate::proxy::error::{ErrorKind, ProxyError};
 use crate::proxy::gateway::Gateway;
 use crate::proxy::io::{DuplexClock, READ_CHUNK, ReadOutcome, read_more, write_all_within};
 use crate::proxy::upstream::{
-    HeadFail, HeadRead, Interims, Miss, RequestId, Tries, Try, head_write_failed, log_tls_failure,
-    read_response_head, replayable, upload_goes_on,
+    HeadClock, HeadFail, HeadRead, Interims, Miss, RequestId, Tries, Try, head_write_failed,
+    log_tls_failure, read_response_head, replayable, upload_goes_on,
 };
 use crate::proxy::{UpstreamStream, Worker};
 
@@ -109,6 +109,7 @@ pub(crate) async fn proxy_stream<G: Gateway>(
             reused,
             now,
             timeouts,
+            total,
         } = match unless_reset(&RefCell::new(&mut *respond), tries.connect(key)).await {
             Some(Ok(t)) => t,
             Some(Err(error)) => {
@@ -128,6 +129,7 @@ pub(crate) async fn proxy_stream<G: Gateway>(
             proto,
             now,
             response_timeout: timeouts.response,
+            total,
             retry_statuses: tries.retry_statuses(),
             id: &id,
         };
@@ -193,6 +195,8 @@ struct Target<'a> {
     now: Instant,
     /// The upstream's response timeout (head, and pauses in the body).
     response_timeout: Duration,
+    /// `retry total`'s deadline ([`HeadClock`]).
+    total: Option<Instant>,
     /// Statuses set aside for a retry instead of relayed (`Tries`).
     retry_statuses: &'a [u16],
     /// The request's `x-request-id`, the same on every try.
@@ -363,10 +367,11 @@ async fn forward_request<'a, G: Gateway>(
         if let Err(e) = res {
             return Err(Attempt::Missed(head_write_failed(&e)));
         }
+        let clock = HeadClock::sent_at(t.now, t.response_timeout, t.total);
         let read = HeadRead {
             is_head,
             limits: &head_limits,
-            deadline: t.now + t.response_timeout,
+            clock: &clock,
         };
         return match read_response_head(t.up, ubuf, resp, read, interims).await {
             Ok(upos) => Ok(Forwarded::Whole(upos)),
@@ -383,10 +388,11 @@ async fn forward_request<'a, G: Gateway>(
         w.buffers.give(out);
         sent
     });
+    let clock = HeadClock::uploading(t.response_timeout, t.total);
     let read = HeadRead {
         is_head,
         limits: &head_limits,
-        deadline: Instant::now() + Duration::from_secs(24 * 3600),
+        clock: &clock,
     };
     let head = Box::pin(send_body_read_head(
         upload.as_mut(),
@@ -416,17 +422,17 @@ async fn send_body_read_head(
     read: HeadRead<'_>,
     interims: &mut StreamInterims<'_, '_>,
 ) -> Result<(usize, bool), Attempt> {
-    // No deadline until the body is sent (`read` has a far one): then the
-    // response timeout starts.
+    // No deadline until the body is sent (`read.clock` is uploading): then
+    // the response timeout starts.
+    let clock = read.clock;
     let head = pin!(read_response_head(t.up, ubuf, resp, read, interims));
     match select(upload.as_mut(), head).await {
-        Either::Left((Ok(()), head)) => {
-            match crate::rt::time::within_for(t.response_timeout, head).await {
-                Ok(r) => r.map(|upos| (upos, true)),
-                Err(_) => Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)),
-            }
-            .map_err(head_failed)
-        }
+        Either::Left((Ok(()), head)) => clock
+            .bound(head)
+            .await
+            .unwrap_or(Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)))
+            .map(|upos| (upos, true))
+            .map_err(head_failed),
         Either::Left((Err(e), _)) => Err(Attempt::Missed(match e {
             BodyError::TooLarge => Miss::failed(ErrorKind::BodyTooLarge, false),
             BodyError::ClientTimeout => Miss::failed(ErrorKind::ClientTimeout, false),
