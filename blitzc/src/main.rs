@@ -6,7 +6,9 @@
 use blitzc::build::Profile;
 use blitzc::diag::render::{self, Format, Report};
 use clap::{Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -68,9 +70,10 @@ enum Command {
         method: String,
         /// `http://host/path?query`, or `/path?query` (host from -H 'host: ...').
         url: String,
-        /// A request header, `name: value` (repeatable).
+        /// A request header, `name: value` (repeatable). The value is taken
+        /// as bytes: it need not be UTF-8 (obs-text, RFC 9110 §5.5).
         #[arg(short = 'H', long = "header")]
-        headers: Vec<String>,
+        headers: Vec<OsString>,
     },
 }
 
@@ -182,7 +185,7 @@ fn check(specs: &[PathBuf], format: Format, deny_warnings: bool) -> ExitCode {
     }
 }
 
-fn route(spec_path: &Path, method: &str, url: &str, headers: &[String]) -> ExitCode {
+fn route(spec_path: &Path, method: &str, url: &str, headers: &[OsString]) -> ExitCode {
     let checked = match blitzc::check_path(spec_path) {
         Ok(c) => c,
         Err(e) => {
@@ -218,12 +221,13 @@ fn route(spec_path: &Path, method: &str, url: &str, headers: &[String]) -> ExitC
     }
     let mut parsed_headers = Vec::new();
     for header in headers {
-        match header.split_once(':') {
-            Some((name, value)) if !name.is_empty() && name.bytes().all(is_token_byte) => {
-                parsed_headers.push((name, value.trim().as_bytes()))
-            }
-            _ => {
-                eprintln!("error: header `{header}` is not `name: value`");
+        match split_header(header.as_bytes()) {
+            Some(field) => parsed_headers.push(field),
+            None => {
+                eprintln!(
+                    "error: header `{}` is not `name: value`",
+                    header.to_string_lossy()
+                );
                 return ExitCode::from(2);
             }
         }
@@ -273,6 +277,26 @@ fn route(spec_path: &Path, method: &str, url: &str, headers: &[String]) -> ExitC
             ExitCode::from(2)
         }
     }
+}
+
+/// `name: value` as a request would carry it: a token name, the value
+/// without the whitespace around it (RFC 9110 §5.5), any bytes but CR, LF
+/// and NUL.
+fn split_header(header: &[u8]) -> Option<(&str, &[u8])> {
+    let colon = header.iter().position(|&b| b == b':')?;
+    let (name, value) = (&header[..colon], &header[colon + 1..]);
+    if name.is_empty() || !name.iter().copied().all(is_token_byte) {
+        return None;
+    }
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    let value = &value[start..end];
+    if value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return None;
+    }
+    // A token is ASCII.
+    Some((std::str::from_utf8(name).ok()?, value))
 }
 
 /// A `tchar` of RFC 9110 §5.6.2: what methods and header names are made of.

@@ -325,6 +325,42 @@ route "beta" {
     assert r.returncode == 2 and "B021" in r.stderr and r.stdout == "", r
 
 
+def test_route_takes_a_header_value_as_bytes(blitzc, tmp_path):
+    """A field value is bytes (RFC 9110 §5.5: obs-text is allowed), so
+    `-H` takes any but CR, LF and NUL, and trims only SP and HTAB around
+    it, as the runtime does (a no-break space is part of the value)."""
+    spec = tmp_path / "values.kdl"
+    spec.write_text(r"""version 1
+listener "http" { bind "127.0.0.1:18080" }
+route "utf8" {
+    match { header "x-name" "caf\u{e9}" }
+    respond 200
+}
+route "nbsp" {
+    match { header "x-name" "\u{a0}x" }
+    respond 200
+}
+route "other" { respond 404 }
+""")
+
+    def route(value: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([str(blitzc).encode(), b"route", bytes(spec), b"GET", b"http://a.test/",
+                               b"-H", b"x-name:" + value], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    cases = [
+        (b" caf\xc3\xa9\t", 0, b"utf8\n"),
+        (b" caf\xe9", 0, b"other\n"),  # Latin-1 bytes are not the UTF-8 of the spec's value
+        (b" \xc2\xa0x ", 0, b"nbsp\n"),
+        (b" a\rb", 2, b""),
+        (b" a\nb", 2, b""),
+    ]
+    for value, code, out in cases:
+        r = route(value)
+        assert (r.returncode, r.stdout) == (code, out), (value, r)
+        if code == 2:
+            assert b"is not `name: value`" in r.stderr, r
+
+
 def test_emit_writes_the_crate_and_exits_like_check(blitzc, specs, tmp_path):
     out = tmp_path / "crate"
     r = run(blitzc, "emit", specs["clean"], "-o", out)
