@@ -458,6 +458,8 @@ MALFORMED_HEADS = {
     "connect-without-authority": lambda w: [(":method", "CONNECT")],
     "connect-authority-only": lambda w: [(":method", "CONNECT"), (":authority", "b.test:443")],
     "extended-connect": lambda w: w.pseudo(method="CONNECT") + [(":protocol", "websocket")],
+    "no-authority-no-host": lambda w: w.pseudo(authority=None),
+    "two-hosts-no-authority": lambda w: w.pseudo(authority=None) + [("host", "a.test"), ("host", "b.test")],
 }
 
 
@@ -466,7 +468,8 @@ def test_a_malformed_head_costs_its_stream_and_sends_nothing_upstream(way, origi
     """RFC 9113 §8.1.1, §8.2.2, §8.3, §8.5 and RFC 8441 §4 (no `:protocol`
     unless the server sent SETTINGS_ENABLE_CONNECT_PROTOCOL, which the
     gateway does not): each of these is malformed, or a CONNECT, which the
-    gateway refuses (501, runtime/README.md). nginx forwards the first,
+    gateway refuses (501, runtime/README.md), or stands for no one Host
+    (RFC 9112 §3.2: 400; HAProxy forwards both). nginx forwards the first,
     the connection-specific fields and `te` lists (dropping them), HAProxy
     a CONNECT (and an extended one, as a GET): the gateway answers an error
     or resets the stream, sends nothing upstream, and serves the next
