@@ -43,8 +43,9 @@ gap); malformed heads (pseudo-headers after a field, repeated or missing,
 connection-specific fields, `te` other than `trailers`, content-length
 lists, `:protocol` without the setting, CONNECT forms) cost their stream
 only and send nothing upstream (nginx forwards several of them, HAProxy a
-CONNECT and an extended CONNECT); and what the RFCs let through is
-forwarded exactly: cookie crumbs joined with "; " even when empty (§8.2.3),
+CONNECT, and an extended CONNECT as a WebSocket upgrade: it announces
+SETTINGS_ENABLE_CONNECT_PROTOCOL, the gateway does not); and what the
+RFCs let through is forwarded exactly: cookie crumbs joined with "; " even when empty (§8.2.3),
 a lower-case or token-character method, an underscore in a name, an IPv6
 `:authority`, `host` standing for a missing `:authority`, equal
 content-length fields, a priority naming an unknown stream, an empty
@@ -470,8 +471,8 @@ def test_a_malformed_head_costs_its_stream_and_sends_nothing_upstream(way, origi
     gateway does not): each of these is malformed, or a CONNECT, which the
     gateway refuses (501, runtime/README.md), or stands for no one Host
     (RFC 9112 §3.2: 400; HAProxy forwards both). nginx forwards the first,
-    the connection-specific fields and `te` lists (dropping them), HAProxy
-    a CONNECT (and an extended one, as a GET): the gateway answers an error
+    the connection-specific fields and `te` lists (dropping all but
+    `proxy-connection`), HAProxy a CONNECT: the gateway answers an error
     or resets the stream, sends nothing upstream, and serves the next
     stream on the connection."""
     with way.connect() as c:
