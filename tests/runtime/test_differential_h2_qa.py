@@ -15,14 +15,16 @@ architecture.md "What the `h2` crate decides"). The peers are not needed
 here: each test asserts what the RFC (or a documented choice) requires,
 against the real gateway and the recording origin, over both ways in.
 
-Bugs this pass found, each a strict xfail next to a passing control:
+Bugs this pass found, fixed since, each tested next to a passing control:
 
 - a HEADERS frame whose priority makes its stream depend on itself is reset
   by the `h2` crate before its field block is decoded (framed_read.rs,
   `InvalidDependencyId`), so the crate's HPACK table falls out of step with
   the client's: a later request's indexed field is decoded as another entry
   and forwarded with a value from an earlier request (RFC 9113 §4.3: a
-  field block is decompressed even when its frame is discarded);
+  field block is decompressed even when its frame is discarded). Now the
+  frame watch ends the connection with GOAWAY(PROTOCOL_ERROR) on such a
+  frame, as nginx and HAProxy do;
 - request trailers are never checked: a trailer value starting or ending
   with whitespace, or a name the head would refuse, completes the upstream
   request where the same field in the head is a 400 (RFC 9113 §8.2.1,
@@ -33,6 +35,11 @@ Bugs this pass found, each a strict xfail next to a passing control:
   malformed only after the origin took it whole (RFC 9113 §8.1.1);
 - `:scheme` is compared case-sensitively: `HTTP` and `Https` get 400 where
   schemes are case-insensitive (RFC 3986 §3.1) and both peers serve them.
+
+The trailers are checked now as the head is (a 400 before any answer, a
+RST_STREAM(PROTOCOL_ERROR) after one), and the last byte of a body with a
+length (a chunked body's last chunk already did) and a `content-length: 0`
+request's head wait for END_STREAM.
 
 Pinned (divergences judged right): a field the crate's HPACK decoder cannot
 build (an upper-case or non-token name, a control byte in a value, a method
@@ -158,12 +165,6 @@ def completed(origin, path: str) -> list:
 
 
 # ================================================================ HPACK state after a self-dependent HEADERS
-SELF_DEPENDENCY_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: h2 0.4.20 resets a stream whose HEADERS depends on itself before decoding its field block "
-    "(codec/framed_read.rs, header_block!, InvalidDependencyId), so the HPACK table falls out of step and a "
-    "later request's indexed field is forwarded with an earlier request's value",
-)
 
 
 def send_user(c: RawH2, way: Way, sid: int, path: str, user: str, self_dependent: bool = False) -> None:
@@ -193,7 +194,6 @@ def users_forwarded(way: Way, origin, self_dependent: bool) -> dict:
     return {r.target: r.header("x-user") for r in origin.requests}
 
 
-@SELF_DEPENDENCY_BUG
 def test_a_self_dependent_headers_leaves_later_fields_as_the_client_sent_them(way, origin):
     """RFC 9113 §4.3: a receiver decompresses every field block, even one
     whose frame it discards, or its table no longer matches the client's.
@@ -221,11 +221,6 @@ def test_a_priority_on_an_unknown_stream_is_no_error(way, origin):
 
 
 # ================================================================ request trailers
-TRAILER_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: request trailers are never read (http2/exchange.rs, send_request_body stops at data() == None), "
-    "so a trailer field the head would refuse completes the upstream request",
-)
 
 
 def post_with_trailers(c: RawH2, way: Way, trailers: list, path: str = "/sink") -> Seen:
@@ -235,7 +230,6 @@ def post_with_trailers(c: RawH2, way: Way, trailers: list, path: str = "/sink") 
     return outcome(c, 1)
 
 
-@TRAILER_BUG
 @pytest.mark.parametrize(
     "name,value",
     [(b"x-t", b" a"), (b"x-t", b"a "), (b"x-t", b"a\t"), (b"x-t", b" "), (b'x"t', b"1")],
@@ -246,9 +240,9 @@ def test_a_malformed_trailer_field_never_completes_the_request(way, origin, name
     message malformed (§8.1.1: a stream error; an intermediary MUST NOT
     forward it), and a name must be a token (RFC 9110 §5.1). In the head
     the gateway answers both 400 (test_tls_h2_qa.py); in the trailer
-    section it sends the last chunk and the origin takes the request whole.
-    The upstream request is already under way (chunked): it must be
-    aborted, never terminated."""
+    section it did not look (the origin took the request whole). The
+    upstream request is already under way (chunked): it must be aborted,
+    never terminated."""
     with way.connect() as c:
         s = post_with_trailers(c, way, [(name, value)])
     origin.wait_requests(1)
@@ -276,12 +270,6 @@ def test_well_formed_trailers_end_the_body_and_are_dropped(way, origin, trailers
 
 
 # ================================================================ content-length filled before END_STREAM
-LENGTH_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: once the DATA received add up to content-length the upstream request is complete "
-    "(http2/exchange.rs, send_request_body writes every byte at once), though the stream may still turn out "
-    "malformed before its END_STREAM",
-)
 
 
 def send_after_the_length_is_filled(c: RawH2, way: Way, origin, length: int, rest) -> Seen:
@@ -297,7 +285,6 @@ def send_after_the_length_is_filled(c: RawH2, way: Way, origin, length: int, res
     return outcome(c, 1)
 
 
-@LENGTH_BUG
 @pytest.mark.parametrize(
     "length,rest",
     [
@@ -312,9 +299,9 @@ def test_a_stream_malformed_after_its_length_never_completes_upstream(way, origi
     pseudo-header in the trailers (§8.1), make the request malformed, and
     an intermediary MUST NOT forward a malformed request. The gateway
     cannot know a stream is well-formed before its END_STREAM: the last
-    byte has to wait for it. Today the origin takes the request whole (and
-    answers it) before the fault arrives; the same fault in the first DATA
-    frame is caught (test_tls_h2_qa.py)."""
+    byte has to wait for it (before, the origin took the request whole and
+    answered it before the fault arrived; the same fault in the first DATA
+    frame was caught, test_tls_h2_qa.py)."""
     with way.connect() as c:
         s = send_after_the_length_is_filled(c, way, origin, length, rest)
     origin.wait_requests(1)
@@ -351,16 +338,11 @@ def test_a_stream_that_ends_within_its_length_is_forwarded_whole(way, origin, le
 
 
 # ================================================================ :scheme
-SCHEME_CASE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: http2/translate.rs request_head compares :scheme with \"http\"/\"https\" byte for byte "
-    "(the http crate keeps another case as an `Other` scheme), so an upper-case scheme is a 400",
-)
 
 
 @pytest.mark.parametrize(
     "scheme",
-    ["http", "https", pytest.param("HTTP", marks=SCHEME_CASE_BUG), pytest.param("Https", marks=SCHEME_CASE_BUG)],
+    ["http", "https", "HTTP", "Https"],
 )
 def test_http_schemes_in_any_case_are_served(way, origin, scheme):
     """RFC 3986 §3.1: schemes are case-insensitive, and an implementation

@@ -24,7 +24,7 @@ use futures_util::future::{Either, select};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 
-use super::translate::response_head;
+use super::translate::{response_head, trailers_fault};
 use crate::http::{
     BodyFraming, BodyReader, ForwardInfo, LAST_CHUNK, RequestHead, ResponseHead, add_missing_date,
     put_chunk_head, write_forward_request,
@@ -67,6 +67,8 @@ enum Attempt {
 enum BodyError {
     /// The client's body: it reset the stream or broke its framing.
     ClientGone,
+    /// A trailer field the head would be refused for (why).
+    Malformed(&'static str),
     ClientTimeout,
     TooLarge,
     /// The client did not open its window within `body_timeout`.
@@ -304,11 +306,13 @@ async fn attempt<G: Gateway>(
         Err(e) => {
             let reason = match e {
                 BodyError::ClientStalled => Reason::CANCEL,
+                BodyError::Malformed(_) => Reason::PROTOCOL_ERROR,
                 _ => Reason::INTERNAL_ERROR,
             };
             send.send_reset(reason);
             let kind = match e {
                 BodyError::ClientGone => ErrorKind::ClientClosed,
+                BodyError::Malformed(why) => ErrorKind::BadRequestBody(why),
                 BodyError::ClientStalled | BodyError::ClientTimeout => ErrorKind::ClientTimeout,
                 BodyError::UpstreamTimeout => ErrorKind::UpstreamTimeout,
                 BodyError::UpstreamFraming(why) => ErrorKind::UpstreamProtocol(why),
@@ -362,6 +366,15 @@ async fn forward_request<'a, G: Gateway>(
     let head_limits = limits.response_head_limits();
     let is_head = req.is_head();
     if !framing.has_body() {
+        // `content-length: 0` without END_STREAM: the request goes up once
+        // the stream ended well, as the last byte of a longer body waits
+        // ([`send_request_body`]).
+        if !body.is_end_stream()
+            && let Err(e) = empty_body_end(w, body).await
+        {
+            w.buffers.give(out);
+            return Err(Attempt::Missed(body_failed(e)));
+        }
         let res = write_all_within(t.up, &mut out, t.response_timeout).await;
         w.buffers.give(out);
         if let Err(e) = res {
@@ -433,14 +446,20 @@ async fn send_body_read_head(
             .unwrap_or(Err(HeadFail::Failed(ErrorKind::UpstreamTimeout)))
             .map(|upos| (upos, true))
             .map_err(head_failed),
-        Either::Left((Err(e), _)) => Err(Attempt::Missed(match e {
-            BodyError::TooLarge => Miss::failed(ErrorKind::BodyTooLarge, false),
-            BodyError::ClientTimeout => Miss::failed(ErrorKind::ClientTimeout, false),
-            BodyError::UpstreamWrite => Miss::failed(ErrorKind::UpstreamClosed, false),
-            BodyError::UpstreamTimeout => Miss::failed(ErrorKind::UpstreamTimeout, false),
-            _ => Miss::failed(ErrorKind::ClientClosed, true),
-        })),
+        Either::Left((Err(e), _)) => Err(Attempt::Missed(body_failed(e))),
         Either::Right((r, _)) => r.map(|upos| (upos, false)).map_err(head_failed),
+    }
+}
+
+/// A request body that failed before any answer went to the client.
+fn body_failed(e: BodyError) -> Miss {
+    match e {
+        BodyError::TooLarge => Miss::failed(ErrorKind::BodyTooLarge, false),
+        BodyError::ClientTimeout => Miss::failed(ErrorKind::ClientTimeout, false),
+        BodyError::UpstreamWrite => Miss::failed(ErrorKind::UpstreamClosed, false),
+        BodyError::UpstreamTimeout => Miss::failed(ErrorKind::UpstreamTimeout, false),
+        BodyError::Malformed(why) => Miss::failed(ErrorKind::BadRequestBody(why), false),
+        _ => Miss::failed(ErrorKind::ClientClosed, true),
     }
 }
 
@@ -473,6 +492,13 @@ async fn send_request_body<G: Gateway>(
     write_all_within(up, out, write_pause)
         .await
         .map_err(write_up)?;
+    let length = match framing {
+        BodyFraming::Length(n) => Some(n),
+        _ => None,
+    };
+    // The last byte of a body with a length, kept until the stream ended
+    // well (see below).
+    let mut held = None;
     let mut total = 0u64;
     let mut ended = false;
     while !ended {
@@ -508,18 +534,62 @@ async fn send_request_body<G: Gateway>(
         if batch == 0 {
             continue;
         }
+        // Until END_STREAM the request may still turn out malformed (DATA
+        // past its content-length, a bad trailer), and an intermediary
+        // must not forward a malformed request (RFC 9113 §8.1.1): an
+        // upstream holding the whole body would answer it. So the last
+        // byte waits for the end (a chunked body's last chunk does too).
+        if Some(total) == length && !ended && !body.is_end_stream() {
+            held = out.pop();
+        }
         write_all_within(up, out, write_pause)
             .await
             .map_err(write_up)?;
         let _ = body.flow_control().release_capacity(batch);
     }
+    end_of_body(w, body).await?;
+    out.extend(held);
     if chunked {
         out.extend_from_slice(LAST_CHUNK);
+    }
+    if !out.is_empty() {
         write_all_within(up, out, write_pause)
             .await
             .map_err(write_up)?;
     }
     Ok(())
+}
+
+/// The end of a stream whose head declared `content-length: 0` (empty DATA
+/// frames, trailers). The `h2` crate resets a stream whose DATA add up to
+/// more than its content-length.
+async fn empty_body_end<G: Gateway>(w: &Worker<G>, body: &mut RecvStream) -> Result<(), BodyError> {
+    loop {
+        match crate::rt::time::within_for(w.limits.body_timeout, body.data()).await {
+            Err(_) => return Err(BodyError::ClientTimeout),
+            Ok(None) => return end_of_body(w, body).await,
+            Ok(Some(Err(_))) => return Err(BodyError::ClientGone),
+            Ok(Some(Ok(data))) if data.is_empty() => {}
+            Ok(Some(Ok(_))) => return Err(BodyError::Malformed("DATA past content-length")),
+        }
+    }
+}
+
+/// The end of a request body whose DATA frames were all read: the trailer
+/// section, if the stream has one (within `body-timeout`), must be one
+/// the head would not be refused for ([`trailers_fault`]). It is dropped.
+async fn end_of_body<G: Gateway>(w: &Worker<G>, body: &mut RecvStream) -> Result<(), BodyError> {
+    if body.is_end_stream() {
+        return Ok(());
+    }
+    match crate::rt::time::within_for(w.limits.body_timeout, body.trailers()).await {
+        Err(_) => Err(BodyError::ClientTimeout),
+        Ok(Err(_)) => Err(BodyError::ClientGone),
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(trailers))) => {
+            trailers_fault(&trailers).map_or(Ok(()), |why| Err(BodyError::Malformed(why)))
+        }
+    }
 }
 
 /// Appends one DATA frame's bytes to the upstream request body in `out`,

@@ -33,6 +33,7 @@
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 
+use crate::http::parse::is_token_byte;
 use crate::http::{
     BodyFraming, HeadLimits, LocalFields, RequestHead, ResponseHead, parse_request_head,
     status_has_no_body,
@@ -72,6 +73,24 @@ fn padded_value(v: &[u8]) -> bool {
     ws(v.first()) || ws(v.last())
 }
 
+/// Why a request's trailer section (RFC 9113 §8.1) makes it malformed,
+/// held to the rules its head is: a name of token characters (RFC 9110
+/// §5.1; the `http` crate lets some others through), a value without CR,
+/// LF or NUL, nor a space or tab at either end (§8.2.1). The trailers are
+/// not forwarded; a malformed request must not be either.
+pub(crate) fn trailers_fault(trailers: &HeaderMap) -> Option<&'static str> {
+    trailers.iter().find_map(|(name, value)| {
+        let value = value.as_bytes();
+        if !name.as_str().bytes().all(is_token_byte) {
+            Some("a trailer field name that is not a token")
+        } else if bad_value(value) || padded_value(value) {
+            Some("whitespace around a trailer field value")
+        } else {
+            None
+        }
+    })
+}
+
 /// Writes the HTTP/1.1 head `parts` stands for into `out` and parses it
 /// into `req`. `end_stream`: the HEADERS frame carried END_STREAM.
 pub(crate) fn request_head(
@@ -94,9 +113,11 @@ pub(crate) fn request_head(
     if parts.extensions.get::<PathFragment>().is_some() {
         return Err(refused(400, "fragment in :path"));
     }
+    // Schemes are case-insensitive (RFC 3986 §3.1); the `http` crate keeps
+    // any other spelling than lower case as an "other" scheme.
     if let Some(scheme) = parts.uri.scheme_str()
-        && scheme != "http"
-        && scheme != "https"
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
     {
         return Err(refused(400, "unsupported :scheme"));
     }

@@ -26,6 +26,12 @@
 //!   (§6.5.2);
 //! - STREAM_CLOSED for DATA or HEADERS on a stream the client itself
 //!   closed, with END_STREAM or RST_STREAM (§5.1).
+//! - PROTOCOL_ERROR for a HEADERS frame whose priority makes its stream
+//!   depend on itself (§5.3.1). A stream error in the RFC, but the `h2`
+//!   crate resets the stream before it decodes the field block, so its
+//!   HPACK table would fall out of step with the client's (§4.3) and a
+//!   later request's indexed field could be read as an earlier one's.
+//!   Ending the connection is what nginx and HAProxy do.
 //!
 //! - COMPRESSION_ERROR (§4.3) for a header block HPACK cannot decode, and
 //!   PROTOCOL_ERROR for a pseudo-header in trailers (§8.1), both found by
@@ -148,6 +154,12 @@ struct State {
     block_padded: bool,
     block_pad: usize,
     block_ends: bool,
+    /// The stream dependency of the current HEADERS frame (PRIORITY flag)
+    /// is at this payload offset; its bytes collected so far, and the
+    /// frame's stream.
+    dependency_at: Option<usize>,
+    dependency: [u8; 4],
+    frame_stream: u32,
     /// The open header block is a HEADERS frame's (checked), not a
     /// PUSH_PROMISE's (which a client must not send: the crate ends the
     /// connection).
@@ -202,6 +214,9 @@ impl Default for State {
             block_padded: false,
             block_pad: 0,
             block_ends: false,
+            dependency_at: None,
+            dependency: [0; 4],
+            frame_stream: 0,
             checking_block: false,
             in_settings: false,
             entry: [0; 6],
@@ -362,6 +377,8 @@ impl State {
         self.frame_len = len;
         self.in_settings = false;
         self.in_block = false;
+        self.dependency_at = None;
+        self.frame_stream = stream;
         self.first_frame = true;
         match kind {
             DATA => {
@@ -383,6 +400,9 @@ impl State {
                     let trailers = stream & 1 == 1 && stream <= self.newest_stream;
                     hpack.begin_block(stream, trailers);
                     self.begin_fragment(pad + priority, pad == 1, flags);
+                    if priority != 0 {
+                        self.dependency_at = Some(pad);
+                    }
                 }
                 self.checking_block = !self.header_block_open;
                 self.open(stream);
@@ -455,6 +475,12 @@ impl State {
     /// to the HPACK mirror.
     fn fragment(&mut self, bytes: &[u8], hpack: &mut HpackCheck) {
         let start = self.frame_len - self.payload_left;
+        if let Some(at) = self.dependency_at {
+            self.dependency_bytes(at, start, bytes);
+            if self.stop.is_some() {
+                return;
+            }
+        }
         if self.block_padded && start == 0 {
             self.block_pad = usize::from(bytes[0]);
         }
@@ -469,6 +495,22 @@ impl State {
             && let Err(reason) = hpack.feed(&bytes[from..to])
         {
             self.fail(reason);
+        }
+    }
+
+    /// Payload bytes (from offset `start`) of a HEADERS frame whose stream
+    /// dependency is at offset `at`: a stream depending on itself stops.
+    fn dependency_bytes(&mut self, at: usize, start: usize, bytes: &[u8]) {
+        for (offset, &b) in (start..).zip(bytes) {
+            if (at..at + 4).contains(&offset) {
+                self.dependency[offset - at] = b;
+            }
+        }
+        if start + bytes.len() >= at + 4 {
+            self.dependency_at = None;
+            if u32::from_be_bytes(self.dependency) & 0x7fff_ffff == self.frame_stream {
+                self.fail(Reason::PROTOCOL_ERROR);
+            }
         }
     }
 
@@ -773,6 +815,33 @@ mod tests {
         w.inspect(&g[..10]);
         assert!(w.header_block_arriving() > arriving, "another block");
         assert_eq!(w.stop(), None);
+    }
+
+    /// HEADERS on `stream` with the PRIORITY flag (and padding, if
+    /// `padded`), depending on `dependency`.
+    fn headers_depending_on(stream: u32, dependency: u32, padded: bool) -> Vec<u8> {
+        let flags = FLAG_PRIORITY | END_HEADERS | END_STREAM | if padded { FLAG_PADDED } else { 0 };
+        let mut f = on(HEADERS, flags, stream, 8 + usize::from(padded));
+        let at = 9 + usize::from(padded);
+        f[at..at + 4].copy_from_slice(&(dependency | 0x8000_0000).to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn a_stream_depending_on_itself_stops_the_watch() {
+        for padded in [false, true] {
+            let own = headers_depending_on(3, 3, padded);
+            assert_eq!(verdict(&[own.clone()]), Some(Reason::PROTOCOL_ERROR));
+            // Split anywhere: the dependency is collected across reads.
+            let w = watch();
+            for piece in own.chunks(1) {
+                w.inspect(piece);
+            }
+            assert_eq!(w.stop(), Some(Reason::PROTOCOL_ERROR));
+            // Control: on another stream (even one never opened), no rule is broken.
+            assert_eq!(verdict(&[headers_depending_on(3, 1, padded)]), None);
+            assert_eq!(verdict(&[headers_depending_on(3, 7, padded)]), None);
+        }
     }
 
     #[test]
