@@ -20,7 +20,8 @@ This file adds, with real builds that share one module fixture:
   a message that names what failed; where the cache goes by default
   (`BLITZ_CACHE_DIR`, `XDG_CACHE_HOME`, `~/.cache/blitz`);
 - gateway names the manifest or cargo cannot take (the default name is the
-  spec file's stem, so `sites/build.kdl` is a gateway called `build`);
+  spec file's stem, so `sites/build.kdl` is a gateway called `build`), and
+  runtime folders the manifest cannot name;
 - `emit`: deterministic, builds on its own with cargo, what it does to a
   folder that holds someone else's crate; the spec hash (the model, not
   the file) and what it leaves out;
@@ -405,23 +406,45 @@ def test_a_gateway_named_like_a_cargo_folder_builds(blitzc, cache_dir, builds, t
     assert r.returncode == 0, error_lines(r.stderr)
 
 
-def _manifest_of(blitzc: Path, tmp: Path, name: str) -> str:
+def _manifest_of(blitzc: Path, tmp: Path, name: str, env: dict | None = None) -> str:
     """The Cargo.toml `blitzc emit` writes for a gateway called `name` (a KDL string)."""
     spec = tmp / "named.kdl"
     spec.write_text(f'version 1\ngateway "{name}" {{ workers 1 }}\n' + PLAIN.format(port=18998)
                     + '\nroute "r" { respond 200 }\n')
     assert run(blitzc, "check", spec).returncode == 0
-    r = run(blitzc, "emit", spec, "-o", tmp / "crate")
+    r = run(blitzc, "emit", spec, "-o", tmp / "crate", env=env)
     assert r.returncode == 0, r
     return (tmp / "crate" / "Cargo.toml").read_text()
 
 
+def _parsed(text: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        pytest.fail(f"the generated Cargo.toml does not parse ({e}):\n{text}")
+
+
 def test_the_manifest_holds_the_template_tables(blitzc, tmp_path):
-    """Control for the xfail below: an ordinary name."""
-    manifest = tomllib.loads(_manifest_of(blitzc, tmp_path, "bqa-named"))
+    """Control for the two xfails below: an ordinary name, the runtime blitzc
+    was built with (or BLITZ_RUNTIME)."""
+    manifest = _parsed(_manifest_of(blitzc, tmp_path, "bqa-named"))
     assert set(manifest) == MANIFEST_TABLES
     assert manifest["bin"][0]["name"] == "bqa-named"
     assert manifest["package"]["name"] == "blitz-gateway-bqa-named"
+    runtime = Path(os.environ.get("BLITZ_RUNTIME", REPO / "runtime")).resolve()
+    assert manifest["dependencies"]["blitz-runtime"]["path"] == str(runtime)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the runtime folder is pasted raw into a TOML string of the generated "
+                                      "Cargo.toml: a quote in its name breaks the manifest, a backslash names another folder "
+                                      "(`run\\time` read as run<TAB>ime)")
+@pytest.mark.parametrize("folder", ['run"time', "run\\time"], ids=["quote", "backslash"])
+def test_the_manifest_names_any_runtime_folder(blitzc, tmp_path, folder):
+    """BLITZ_RUNTIME (or the folder blitzc was built in) may be any path."""
+    runtime = tmp_path / folder
+    runtime.mkdir()
+    text = _manifest_of(blitzc, tmp_path, "bqa-runtime-path", env=blitz_env(None, BLITZ_RUNTIME=str(runtime)))
+    assert _parsed(text)["dependencies"]["blitz-runtime"]["path"] == str(runtime)
 
 
 @pytest.mark.xfail(strict=True, reason="bug: the gateway name is pasted raw into a comment of the generated Cargo.toml: "
@@ -434,11 +457,7 @@ def test_a_gateway_name_cannot_change_the_manifest(blitzc, tmp_path, name):
     can add any table to the crate blitzc builds — a dependency with a build
     script included."""
     text = _manifest_of(blitzc, tmp_path, name)
-    try:
-        manifest = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        pytest.fail(f"the generated Cargo.toml does not parse ({e}):\n{text}")
-    assert set(manifest) == MANIFEST_TABLES, text
+    assert set(_parsed(text)) == MANIFEST_TABLES, text
 
 
 # ---------------------------------------------------------------- emit
