@@ -38,6 +38,7 @@ for 2 cores): `--profile max` (fat LTO of the whole runtime) and
 from __future__ import annotations
 
 import filecmp
+import http.client
 import os
 import re
 import shutil
@@ -46,7 +47,6 @@ import socket
 import stat
 import subprocess
 import tomllib
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,8 +142,13 @@ def cargo_warnings(stderr: str) -> list[str]:
 
 
 def http_body(port: int) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
-        return resp.read()
+    """The body of GET /healthz (straight to the port: no proxy from the environment)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().read()
+    finally:
+        conn.close()
 
 
 def build_ok(blitzc: Path, spec: Path, out: Path, cache_dir: Path) -> subprocess.CompletedProcess:
