@@ -831,7 +831,10 @@ mod tests {
     fn a_stream_depending_on_itself_stops_the_watch() {
         for padded in [false, true] {
             let own = headers_depending_on(3, 3, padded);
-            assert_eq!(verdict(&[own.clone()]), Some(Reason::PROTOCOL_ERROR));
+            assert_eq!(
+                verdict(std::slice::from_ref(&own)),
+                Some(Reason::PROTOCOL_ERROR)
+            );
             // Split anywhere: the dependency is collected across reads.
             let w = watch();
             for piece in own.chunks(1) {
