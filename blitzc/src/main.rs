@@ -380,10 +380,20 @@ fn build(spec_path: &Path, output: Option<PathBuf>, profile: Profile) -> Result<
     let source = blitzc::codegen::generate(&spec, &checked.file);
     let name = &spec.gateway.name.value;
     let output = output.unwrap_or_else(|| PathBuf::from(blitzc::build::binary_name(name)));
-    if output.is_dir() {
-        // Found before cargo runs, and an IO error (exit 2), not a failed build.
+    // Found before cargo runs, and IO errors (exit 2), not failed builds.
+    let not_a_binary = if output.is_dir() || output.as_os_str().as_bytes().ends_with(b"/") {
+        Some("a directory")
+    } else {
+        // A device node, a socket, a pipe: the binary would be renamed
+        // over it (`-o /dev/null` as root replaced the system's).
+        std::fs::symlink_metadata(&output)
+            .ok()
+            .filter(|m| !m.is_file() && !m.file_type().is_symlink())
+            .map(|_| "not a regular file")
+    };
+    if let Some(what) = not_a_binary {
         eprintln!(
-            "error: `{}` is a directory: -o names the binary to write",
+            "error: `{}` is {what}: -o names the binary to write",
             output.display()
         );
         return Err(ExitCode::from(2));
@@ -404,6 +414,13 @@ fn emit(spec_path: &Path, output: &Path) -> ExitCode {
         Err(code) => return code,
     };
     let source = blitzc::codegen::generate(&spec, &checked.file);
+    if let Some(file) = foreign_crate(output) {
+        eprintln!(
+            "error: `{}` was not written by blitzc: emit into an empty folder, or one blitzc emitted into",
+            file.display()
+        );
+        return ExitCode::from(2);
+    }
     match blitzc::build::write_crate(output, &spec.gateway.name.value, spec_path, &source) {
         Ok(()) => {
             println!("{}", output.display());
@@ -413,6 +430,22 @@ fn emit(spec_path: &Path, output: &Path) -> ExitCode {
             eprintln!("error: cannot write `{}`: {e}", output.display());
             ExitCode::from(2)
         }
+    }
+}
+
+/// A file of `dir` that `emit` would overwrite though blitzc did not
+/// write it: a manifest without blitzc's mark, or sources without a
+/// manifest.
+fn foreign_crate(dir: &Path) -> Option<PathBuf> {
+    let manifest = dir.join("Cargo.toml");
+    match std::fs::read_to_string(&manifest) {
+        Ok(text) if text.starts_with(blitzc::build::MANIFEST_MARK) => None,
+        Ok(_) => Some(manifest),
+        Err(_) if manifest.exists() => Some(manifest),
+        Err(_) => ["src/main.rs", "src/gateway.rs"]
+            .into_iter()
+            .map(|f| dir.join(f))
+            .find(|f| f.exists()),
     }
 }
 

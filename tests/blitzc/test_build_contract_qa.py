@@ -30,8 +30,18 @@ This file adds, with real builds that share one module fixture:
 - `blitzc run` is the gateway (exec): SIGINT drains it, its exit status
   (1 on a port in use) is `run`'s.
 
-Bugs are strict xfails next to a passing control. Not run here (too slow
-for 2 cores): `--profile max` (fat LTO of the whole runtime) and
+Bugs it found, fixed since, each tested next to a passing control: two
+builds at once of specs sharing a gateway name both got one binary (now a
+lock per crate); `-o` naming a device node replaced the node (now exit 2);
+an IO failure around cargo printed the bare OS error (now it names the
+path or program) and could leave a temporary file; an empty
+`XDG_CACHE_HOME` or `BLITZ_CACHE_DIR` put the cache in the working folder;
+a gateway named `build`, `deps`, `examples` or `incremental` failed in
+cargo (now `gw-build`...); a newline in the gateway name, or a quote or
+backslash in the runtime folder, broke or changed the generated manifest;
+`emit -o DIR` overwrote a crate blitzc did not write (now exit 2).
+
+Not run here (too slow for 2 cores): `--profile max` (fat LTO of the whole runtime) and
 `cargo clippy` on a generated crate (clean when tried by hand).
 """
 
@@ -258,7 +268,7 @@ def _build_at_once(blitzc: Path, cache_dir: Path, specs: list[Path], folder: Pat
 
 @pytest.mark.timeout(600)
 def test_two_gateways_built_at_once_on_one_cache_each_get_their_own(blitzc, cache_dir, tmp_path):
-    """Control for the xfail below: two specs with different gateway names
+    """Control for the test below: two specs with different gateway names
     built at once share the cache (cargo's lock serialises them) and each
     binary is its own spec's."""
     specs = [write_spec(tmp_path, f"{n}.kdl", f"bqa-parallel-{n}", PLAIN, n, port=free_port()) for n in ("a", "b")]
@@ -266,8 +276,6 @@ def test_two_gateways_built_at_once_on_one_cache_each_get_their_own(blitzc, cach
         assert got == announced
 
 
-@pytest.mark.xfail(strict=True, reason="bug: two builds at once of specs sharing a gateway name write one crate "
-                                      "folder and copy one target binary: both get the same (one wrong) binary")
 @pytest.mark.timeout(600)
 def test_two_specs_of_one_gateway_name_built_at_once_each_get_their_own(blitzc, cache_dir, tmp_path):
     """Per-site specs that keep one gateway name (or name none and share a
@@ -293,8 +301,6 @@ def test_output_into_a_missing_folder_is_created(blitzc, cache_dir, builds, tmp_
     assert version_hash(out) == builds["plain"].hash
 
 
-@pytest.mark.xfail(strict=True, reason="bug: -o naming a device node (e.g. /dev/null, as root) replaces the node "
-                                      "with the binary by rename instead of writing to it or refusing")
 def test_output_to_a_device_node_leaves_the_node(blitzc, cache_dir, builds, tmp_path):
     """`-o /dev/null` (build only to see that it builds) as root in a CI
     container replaced the system's /dev/null with a 13 MB regular file
@@ -322,15 +328,13 @@ def _failure_cases(tmp: Path) -> dict[str, tuple[list, dict, str]]:
 
 
 def test_a_missing_runtime_exits_3_naming_it(blitzc, cache_dir, builds, tmp_path):
-    """Control for the xfail below: this failure says what it was."""
+    """Control for the test below: this failure says what it was."""
     r = run(blitzc, "build", builds["plain"].spec, "-o", tmp_path / "gw",
             env=blitz_env(cache_dir, BLITZ_RUNTIME="/nonexistent/runtime"))
     assert r.returncode == 3 and r.stdout == "", r
     assert "/nonexistent/runtime" in error_lines(r.stderr) and "BLITZ_RUNTIME" in r.stderr, r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an IO failure around cargo prints the bare OS error ('No such file or "
-                                      "directory (os error 2)') without saying which path or program")
 @pytest.mark.parametrize("case", ["cache folder unwritable", "cargo not found", "output unwritable",
                                   "output under a file", "output with a trailing slash"])
 def test_a_failure_around_cargo_says_what_failed(blitzc, cache_dir, builds, tmp_path, case):
@@ -378,8 +382,6 @@ def test_cache_folder_defaults(blitzc, tmp_path):
         shutil.rmtree(expected)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an empty XDG_CACHE_HOME or BLITZ_CACHE_DIR puts the cache (crates "
-                                      "and a target folder of about 1 GB) in the current folder")
 @pytest.mark.parametrize("variable", ["XDG_CACHE_HOME", "BLITZ_CACHE_DIR"])
 def test_an_empty_cache_variable_counts_as_unset(blitzc, tmp_path, variable):
     """The XDG base directory spec: "If $XDG_CACHE_HOME is either not set or
@@ -394,8 +396,6 @@ def test_an_empty_cache_variable_counts_as_unset(blitzc, tmp_path, variable):
 # ---------------------------------------------------------------- gateway names
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a gateway named build, deps, examples or incremental (e.g. the default "
-                                      "name of sites/build.kdl) passes check, then cargo refuses the binary name: exit 3")
 @pytest.mark.parametrize("how", ["file stem", "gateway name"])
 def test_a_gateway_named_like_a_cargo_folder_builds(blitzc, cache_dir, builds, tmp_path, how):
     """cargo forbids binary names that are its own target folders; blitzc
@@ -430,7 +430,7 @@ def _parsed(text: str) -> dict:
 
 
 def test_the_manifest_holds_the_template_tables(blitzc, tmp_path):
-    """Control for the two xfails below: an ordinary name, the runtime blitzc
+    """Control for the two tests below: an ordinary name, the runtime blitzc
     was built with (or BLITZ_RUNTIME)."""
     manifest = _parsed(_manifest_of(blitzc, tmp_path, "bqa-named"))
     assert set(manifest) == MANIFEST_TABLES
@@ -440,9 +440,6 @@ def test_the_manifest_holds_the_template_tables(blitzc, tmp_path):
     assert manifest["dependencies"]["blitz-runtime"]["path"] == str(runtime)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the runtime folder is pasted raw into a TOML string of the generated "
-                                      "Cargo.toml: a quote in its name breaks the manifest, a backslash names another folder "
-                                      "(`run\\time` read as run<TAB>ime)")
 @pytest.mark.parametrize("folder", ['run"time', "run\\time"], ids=["quote", "backslash"])
 def test_the_manifest_names_any_runtime_folder(blitzc, tmp_path, folder):
     """BLITZ_RUNTIME (or the folder blitzc was built in) may be any path."""
@@ -452,8 +449,6 @@ def test_the_manifest_names_any_runtime_folder(blitzc, tmp_path, folder):
     assert _parsed(text)["dependencies"]["blitz-runtime"]["path"] == str(runtime)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the gateway name is pasted raw into a comment of the generated Cargo.toml: "
-                                      "a newline in it breaks the manifest (build exit 3) or adds tables of its own")
 @pytest.mark.parametrize("name", ["two\\nlines", 'bqa\\n[badges]\\nmaintenance = { status = \\"none\\" }\\n#'],
                          ids=["newline", "added-table"])
 def test_a_gateway_name_cannot_change_the_manifest(blitzc, tmp_path, name):
@@ -496,7 +491,7 @@ def test_emit_is_deterministic_and_builds_on_its_own(blitzc, cache_dir, builds, 
 
 
 def test_emit_over_its_own_crate_updates_it(blitzc, tmp_path):
-    """Control for the xfail below: emitting a changed spec into the folder
+    """Control for the test below: emitting a changed spec into the folder
     of an earlier emit rewrites the crate."""
     out = tmp_path / "crate"
     spec = write_spec(tmp_path, "a.kdl", "bqa-reemit", PLAIN, "one", port=18997)
@@ -507,8 +502,6 @@ def test_emit_over_its_own_crate_updates_it(blitzc, tmp_path):
     assert emitted_hash(out) != first
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `emit -o DIR` overwrites the Cargo.toml and src/main.rs of a crate that "
-                                      "blitzc did not write (e.g. `-o .` in a project) without a word")
 def test_emit_does_not_overwrite_a_crate_it_did_not_write(blitzc, tmp_path):
     project = tmp_path / "project"
     (project / "src").mkdir(parents=True)
