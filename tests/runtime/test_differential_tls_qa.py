@@ -19,8 +19,9 @@ Bugs (strict xfails, each beside a passing control):
 - a TLS 1.2 client-initiated renegotiation is not answered: rustls queues
   its `no_renegotiation` warning while the gateway is reading, and
   tls/stream.rs sends queued output only with the next write, so the client
-  (which waits for the server's hello) hangs until the header or idle
-  timeout; nginx and HAProxy answer at once (RFC 5746 §4.4, RFC 5246 §7.2.2);
+  (which waits for the server's hello) hangs until the header timeout (on
+  a fresh connection) or the idle timeout (after a request); nginx and
+  HAProxy answer at once (RFC 5746 §4.4, RFC 5246 §7.2.2);
 - a TLS 1.2 handshake with no signature scheme the key can use ends with a
   bare TCP close, no alert (rustls 0.23 server/tls12.rs returns
   `Error::General("incompatible signing key")` without one); the peers send
@@ -44,8 +45,11 @@ on without ALPN; RFC 7301 §3.2); a ClientHello without the null compression
 method is illegal_parameter (the peers say decode_error; RFC 8446 §4.1.2
 MUST); an empty host name or ALPN name is decode_error, a server name that is
 no DNS name is refused (nginx takes its default certificate); an SSL 3.0
-hello is protocol_version. Agreements worth keeping: a request followed by
-close_notify is answered and the connection ends with close_notify; a
+hello is protocol_version. Agreements worth keeping: 0-RTT a client really
+sends (with a ticket from another server that allowed it) is rejected and
+never forwarded, however often replayed; a request sent ahead of the
+client's Finished is bad_record_mac and never forwarded; a request followed
+by close_notify is answered and the connection ends with close_notify; a
 client asking max_fragment_length is served (the server may ignore it,
 RFC 6066 §4, which rustls does where the peers echo it).
 """
@@ -61,7 +65,8 @@ import subprocess
 import time
 
 import pytest
-from support.gateway import Gateway
+from support.gateway import Gateway, free_port
+from support.waits import wait_until
 
 REQUEST = "GET /tls-qa HTTP/1.1\r\nhost: edge.test\r\nconnection: close\r\n\r\n"
 # TLS record limits (RFC 8446 §5.1, §5.2).
@@ -199,7 +204,9 @@ class MemoryTls:
     library, then raw records can be written straight on the socket and the
     server's (encrypted) alert still read."""
 
-    def __init__(self, port: int, version: ssl.TLSVersion):
+    def __init__(self, port: int, version: ssl.TLSVersion, before_last_flight: bytes = b""):
+        """`before_last_flight`: raw bytes sent ahead of the client's last
+        handshake flight (in TLS 1.3, ahead of its Finished)."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         ctx.minimum_version = ctx.maximum_version = version
@@ -217,6 +224,8 @@ class MemoryTls:
                 chunk = self.sock.recv(65536)
                 assert chunk, "the server closed during the handshake"
                 self.incoming.write(chunk)
+        if before_last_flight:
+            self.sock.sendall(before_last_flight)
         self.flush()
 
     def flush(self) -> None:
@@ -445,6 +454,59 @@ def test_a_session_made_with_sni_is_not_resumed_without_it(gw, tmp_path, opts):
     assert "Reused," in out and served(out), out[-1500:]
 
 
+@pytest.fixture
+def early_data_session(pki, tmp_path):
+    """A TLS 1.3 session for edge.test whose ticket allows 16 KiB of early
+    data: made with `openssl s_server -early_data` and the same certificate,
+    as a client would hold from another server of the same site (the
+    gateway's own tickets allow none). The gateway cannot decrypt the ticket,
+    so the client's 0-RTT really is sent and must be rejected."""
+    port = free_port()
+    server = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(pki.path("edge.crt")),
+                               "-key", str(pki.path("edge.key")), "-early_data", "-quiet"],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sess = tmp_path / "early.pem"
+    client = None
+    try:
+        assert wait_until(lambda: _accepts(port), timeout=10), "openssl s_server did not start"
+        client = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "edge.test",
+                                   "-tls1_3", "-sess_out", str(sess)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The ticket comes after the handshake; s_client writes it on arrival.
+        assert wait_until(lambda: sess.exists() and sess.stat().st_size > 0, timeout=10), "no session ticket"
+    finally:
+        for p in (client, server):
+            if p is not None:
+                p.kill()
+                p.wait(5)
+    return sess
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_early_data_really_sent_is_rejected_and_never_forwarded(gw, origin, early_data_session, tmp_path):
+    """RFC 8446 §8: 0-RTT data can be replayed, and the spec says the
+    gateway takes none. Here the client does send a POST as early data
+    (test_tls_resume_qa.py covers tickets of the gateway's own, with which
+    openssl sends none): the server must reject it and skip it (§4.2.10),
+    finish the handshake and serve the 1-RTT request; the POST never
+    reaches the origin, however often the client replays it. nginx and
+    HAProxy (early data off by default) answer the same."""
+    early = tmp_path / "early.txt"
+    early.write_text("POST /from-early-data HTTP/1.1\r\nhost: edge.test\r\ncontent-length: 5\r\n\r\nhello")
+    for _ in range(2):
+        out = s_client(gw.port, "-tls1_3", "-sess_in", str(early_data_session), "-early_data", str(early))
+        assert "Early data was rejected" in out and served(out), out[-1500:]
+    origin.wait_requests(2)
+    assert [r.target for r in origin.requests] == ["/tls-qa", "/tls-qa"], origin.requests
+
+
 # ================================================================== renegotiation
 
 
@@ -541,6 +603,20 @@ def test_a_record_at_the_tls13_ciphertext_limit_that_does_not_decrypt_is_bad_rec
     """Control: 2^14+256 bytes is the most a TLS 1.3 record may carry; one
     that does not decrypt is bad_record_mac (RFC 8446 §5.2), as from the peers."""
     assert answer_after_handshake(gw.port, record(23, b"\x00" * MAX_TLS13_CIPHERTEXT, 0x0303)) == "alert:bad_record_mac"
+
+
+def test_application_data_before_the_clients_finished_is_never_served(gw, origin):
+    """A request sent as a plaintext record ahead of the client's Finished
+    (TLS 1.3): the server reads it under the handshake keys, it does not
+    decrypt, bad_record_mac (RFC 8446 §5.2), as from both peers; nothing of
+    it reaches the origin."""
+    c = MemoryTls(gw.port, ssl.TLSVersion.TLSv1_3, before_last_flight=record(23, REQUEST.encode(), 0x0303))
+    try:
+        plain, how = c.read_to_end()
+    finally:
+        c.close()
+    assert how == "alert:bad_record_mac" and not plain, (how, plain[:200])
+    assert not origin.requests, origin.requests
 
 
 @pytest.mark.xfail(strict=True, reason="bug (rustls): a record over the length limit is never record_overflow "
