@@ -13,6 +13,8 @@ the real gateway. What test_tls_runtime.py, test_tls_h2_qa.py,
 test_tls_resume_qa.py and tests/blitzc/test_tls*.py pin already is not
 repeated (TLS 1.0/1.1, odd server names that still resolve, unknown-only
 ALPN, resumption across workers, reloads and names, 0-RTT, KeyUpdate).
+TLS to upstreams, compared the same way, is in
+tests/blitzc/test_differential_tls_upstream_qa.py.
 
 Bugs (strict xfails, each beside a passing control):
 
