@@ -18,12 +18,13 @@ tests/blitzc/test_differential_tls_upstream_qa.py.
 
 Bugs (strict xfails, each beside a passing control):
 
-- a TLS 1.2 client-initiated renegotiation is not answered: rustls queues
-  its `no_renegotiation` warning while the gateway is reading, and
-  tls/stream.rs sends queued output only with the next write, so the client
-  (which waits for the server's hello) hangs until the header timeout (on
-  a fresh connection) or the idle timeout (after a request); nginx and
-  HAProxy answer at once (RFC 5746 §4.4, RFC 5246 §7.2.2);
+- (fixed since) a TLS 1.2 client-initiated renegotiation was not answered:
+  rustls queues its `no_renegotiation` warning while the gateway is
+  reading, and tls/stream.rs sent queued output only with the next write,
+  so the client (which waits for the server's hello) hung until the header
+  timeout (on a fresh connection) or the idle timeout (after a request);
+  nginx and HAProxy answer at once (RFC 5746 §4.4, RFC 5246 §7.2.2). A
+  read now sends what rustls queued in answer (`send_answers`);
 - a TLS 1.2 handshake with no signature scheme the key can use ends with a
   bare TCP close, no alert (rustls 0.23 server/tls12.rs returns
   `Error::General("incompatible signing key")` without one); the peers send
@@ -512,12 +513,13 @@ def test_early_data_really_sent_is_rejected_and_never_forwarded(gw, origin, earl
 # ================================================================== renegotiation
 
 
-def renegotiate(port: int, wait: float) -> tuple[str, float | None]:
-    """A TLS 1.2 connection that asks to renegotiate (s_client's `R`); the
-    output and how many seconds after the request the server's
-    no_renegotiation arrived (None: not within `wait`)."""
+def renegotiate(port: int, wait: float, alpn: str | None = None) -> tuple[str, float | None]:
+    """A TLS 1.2 connection (offering `alpn`, if given) that asks to
+    renegotiate (s_client's `R`); the output and how many seconds after the
+    request the server's no_renegotiation arrived (None: not within `wait`)."""
     p = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "edge.test",
-                          "-tls1_2", "-msg"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                          "-tls1_2", "-msg"] + (["-alpn", alpn] if alpn else []),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, asked = b"", None
 
     def read_until(needle: bytes, deadline: float) -> bool:
@@ -543,23 +545,23 @@ def renegotiate(port: int, wait: float) -> tuple[str, float | None]:
     return out.decode(errors="replace"), took
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a TLS 1.2 renegotiation request is answered only at the next write "
-                                       "(the header or idle timeout): tls/stream.rs does not flush what rustls "
-                                       "queues while reading")
-def test_a_renegotiation_request_is_refused_at_once(start_gateway, origin, pki):
+@pytest.mark.parametrize("alpn", [None, "http/1.1", "h2"])
+def test_a_renegotiation_request_is_refused_at_once(start_gateway, origin, pki, alpn):
     """nginx and HAProxy answer the second ClientHello at once with a
     no_renegotiation warning (RFC 5746 §4.4 lets a server refuse this way);
     the client waits for that answer. The gateway's rustls queues the same
-    warning, but nothing sends it until the connection's header timeout
-    (here 30 s) makes the gateway write."""
-    g = start_gateway(tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"), header_timeout=30)
-    out, took = renegotiate(g.port, wait=4)
+    warning; it was sent only with the next write, at the connection's
+    header timeout (here 30 s). Now a read sends what rustls queued in
+    answer to it, over HTTP/1.1 and HTTP/2 alike."""
+    g = start_gateway(tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"), header_timeout=30,
+                      protocols="h1,h2")
+    out, took = renegotiate(g.port, wait=4, alpn=alpn)
     assert "Secure Renegotiation IS supported" in out, out[-1500:]
     assert took is not None, f"no no_renegotiation within 4 s:\n{out[-1500:]}"
 
 
 def test_a_renegotiation_request_is_refused_by_the_timeout_at_the_latest(start_gateway, origin, pki):
-    """Control for the xfail above: with a 2 s header timeout the refusal
+    """Control for the test above: with a 2 s header timeout the refusal
     (a no_renegotiation warning, then the close) does come, and the gateway
     lives. RFC 5746's renegotiation_info is answered, so a client knows the
     server is not open to the renegotiation attack."""

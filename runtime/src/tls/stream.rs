@@ -36,12 +36,20 @@ const CIPHERTEXT_READ: usize = 17 * 1024;
 /// so a quiet connection does not keep the largest write it ever made.
 const OUTGOING_KEPT: usize = 4 * 1024;
 
+/// How long a connection failing on what it read is given to take the
+/// alert that says why.
+const ALERT_PAUSE: Duration = Duration::from_secs(1);
+
 /// One TLS connection (server or client side).
 pub struct TlsStream {
     tcp: TcpStream,
     // Boxed: a rustls connection is large, and the stream lives in every
     // TLS connection's task.
     state: RefCell<Box<State>>,
+    /// Held by whoever sends ciphertext: a writer, or a reader sending
+    /// what rustls queued in answer to what it read (see
+    /// [`TlsStream::send_answers`]). Records are never interleaved.
+    sending: futures_util::lock::Mutex<()>,
 }
 
 struct State {
@@ -206,6 +214,7 @@ impl TlsStream {
                 failure: None,
                 outgoing: Vec::new(),
             })),
+            sending: futures_util::lock::Mutex::new(()),
         }
     }
 
@@ -314,23 +323,62 @@ impl TlsStream {
 
     /// [`Self::flush`], giving up once the peer takes nothing for `pause`.
     async fn flush_paced(&self, pause: Option<Duration>) -> io::Result<()> {
-        let out = self.state.borrow_mut().take_output();
-        if out.is_empty() {
-            self.state.borrow_mut().outgoing = out;
+        let _turn = self.sending.lock().await;
+        self.send_queued(pause).await
+    }
+
+    /// Sends what rustls queued, and what it queues meanwhile (a reader
+    /// that found the turn taken left its answers to this loop), on the
+    /// turn to send.
+    async fn send_queued(&self, pause: Option<Duration>) -> io::Result<()> {
+        loop {
+            let out = self.state.borrow_mut().take_output();
+            if out.is_empty() {
+                self.state.borrow_mut().outgoing = out;
+                return Ok(());
+            }
+            let BufResult(res, mut out) = match pause {
+                Some(pause) => crate::rt::time::write_paced(&self.tcp, out, pause).await,
+                None => {
+                    let mut tcp = &self.tcp;
+                    tcp.write_all(out).await
+                }
+            };
+            out.clear();
+            if out.capacity() <= OUTGOING_KEPT {
+                self.state.borrow_mut().outgoing = out;
+            }
+            res?;
+        }
+    }
+
+    /// [`Self::receive`], then [`Self::send_answers`]: after the handshake,
+    /// how a connection reads.
+    pub(crate) async fn receive_and_answer(&self) -> io::Result<()> {
+        if let Err(e) = self.receive().await {
+            // The alert rustls queued tells the peer why, if it takes it
+            // soon: the connection ends either way.
+            let _ = self.send_answers(Some(ALERT_PAUSE)).await;
+            return Err(e);
+        }
+        // Bounded by the read's own timeout, as the read is.
+        self.send_answers(None).await
+    }
+
+    /// Sends what rustls queued in answer to records just read, with no
+    /// write of ours to carry it: a `no_renegotiation` alert to a TLS 1.2
+    /// client asking to renegotiate, a KeyUpdate answering the peer's.
+    /// Without this they would wait for the next response, and a client
+    /// waiting for them would wait for the idle timeout. A writer at work
+    /// sends them itself ([`Self::send_queued`] loops).
+    async fn send_answers(&self, pause: Option<Duration>) -> io::Result<()> {
+        if !self.state.borrow().conn.wants_write() {
             return Ok(());
         }
-        let BufResult(res, mut out) = match pause {
-            Some(pause) => crate::rt::time::write_paced(&self.tcp, out, pause).await,
-            None => {
-                let mut tcp = &self.tcp;
-                tcp.write_all(out).await
-            }
-        };
-        out.clear();
-        if out.capacity() <= OUTGOING_KEPT {
-            self.state.borrow_mut().outgoing = out;
+        match self.sending.try_lock() {
+            Some(_turn) => self.send_queued(pause).await,
+            None => Ok(()),
         }
-        res
     }
 
     /// Reads plaintext onto the end of `buf` (into its spare capacity, at
@@ -357,7 +405,7 @@ impl TlsStream {
                     return BufResult(got, buf);
                 }
             }
-            if let Err(e) = self.receive().await {
+            if let Err(e) = self.receive_and_answer().await {
                 return BufResult(Err(e), buf);
             }
         }

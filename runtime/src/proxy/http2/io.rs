@@ -118,7 +118,7 @@ impl H2Io {
                     tcp.read(buf).await
                 }
                 #[cfg(feature = "tls")]
-                Transport::Tls(tls) => BufResult(tls.receive().await.map(|()| 0), buf),
+                Transport::Tls(tls) => BufResult(tls.receive_and_answer().await.map(|()| 0), buf),
             }
         })
     }
