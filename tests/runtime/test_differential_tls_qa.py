@@ -16,7 +16,7 @@ ALPN, resumption across workers, reloads and names, 0-RTT, KeyUpdate).
 TLS to upstreams, compared the same way, is in
 tests/blitzc/test_differential_tls_upstream_qa.py.
 
-Bugs (strict xfails, each beside a passing control):
+Bugs, each beside a passing control (the rustls ones strict xfails):
 
 - (fixed since) a TLS 1.2 client-initiated renegotiation was not answered:
   rustls queues its `no_renegotiation` warning while the gateway is
@@ -25,10 +25,12 @@ Bugs (strict xfails, each beside a passing control):
   timeout (on a fresh connection) or the idle timeout (after a request);
   nginx and HAProxy answer at once (RFC 5746 §4.4, RFC 5246 §7.2.2). A
   read now sends what rustls queued in answer (`send_answers`);
-- a TLS 1.2 handshake with no signature scheme the key can use ends with a
-  bare TCP close, no alert (rustls 0.23 server/tls12.rs returns
-  `Error::General("incompatible signing key")` without one); the peers send
-  handshake_failure, RFC 5246 §7.2.2 says an alert MUST precede the close;
+- (fixed since) a TLS 1.2 handshake with no signature scheme the key can
+  use ended with a bare TCP close, no alert (rustls 0.23 server/tls12.rs
+  returns `Error::General("incompatible signing key")` without one); the
+  peers send handshake_failure, RFC 5246 §7.2.2 says an alert MUST precede
+  the close. A handshake that fails before the gateway sent anything now
+  gets a plaintext handshake_failure (`alert_if_silent`);
 - no `record_overflow` ever (RFC 8446 §5.1/§5.2 MUST): a ClientHello in a
   plaintext record of 2^14+1 bytes is even served, a TLS 1.3 record over
   2^14+256 bytes gets bad_record_mac (rustls allows TLS 1.2's 2^14+2048)
@@ -354,20 +356,21 @@ def test_tls13_without_a_usable_signature_scheme_is_handshake_failure(gw, sigalg
     assert served(s_client(gw.port, "-tls1_3", "-sigalgs", "ECDSA+SHA256"))
 
 
-@pytest.mark.xfail(strict=True, reason="bug (rustls tls12.rs 'incompatible signing key'): a TLS 1.2 handshake with no "
-                                       "signature scheme for the key ends with a bare TCP close, no alert")
 @pytest.mark.parametrize("sigalgs", ["ed25519", "rsa_pss_rsae_sha256:ed25519"])
 def test_tls12_without_a_usable_signature_scheme_is_handshake_failure(gw, sigalgs):
     """RFC 5246 §7.2.2: a fatal condition MUST be told with its alert before
-    the close; nginx and HAProxy send handshake_failure here. The gateway
-    sends nothing at all ("read 0 bytes"): the client sees an unexpected EOF."""
+    the close; nginx and HAProxy send handshake_failure here. rustls gives
+    up without queuing one (`Error::General`), so the gateway sent nothing at
+    all ("read 0 bytes"); now it sends a plaintext handshake_failure itself
+    when a handshake fails before it sent anything (tls/stream.rs,
+    `alert_if_silent`)."""
     out = s_client(gw.port, "-tls1_2", "-sigalgs", sigalgs)
     assert "HTTP/1.1" not in out, out[-1500:]
     assert alert_number(out) == 40, out[-1500:]
 
 
 def test_tls12_with_its_own_signature_scheme_is_served(gw):
-    """Control for the xfail above: the same client offering ECDSA P-256."""
+    """Control for the test above: the same client offering ECDSA P-256."""
     out = s_client(gw.port, "-tls1_2", "-sigalgs", "ed25519:ECDSA+SHA256")
     assert "Peer signature type: ECDSA" in out and served(out), out[-1500:]
 

@@ -79,6 +79,8 @@ struct State {
     failure: Option<String>,
     /// Buffer for ciphertext on its way out (kept while small).
     outgoing: Vec<u8>,
+    /// Some bytes went to the peer.
+    sent_any: bool,
 }
 
 impl State {
@@ -174,7 +176,22 @@ impl State {
                 break;
             }
         }
+        self.sent_any |= !out.is_empty();
         out
+    }
+
+    /// A failed handshake that left the peer without a word: rustls gave
+    /// up on a ClientHello without queuing an alert (TLS 1.2 with no
+    /// signature scheme the key can make: `Error::General`). Nothing was
+    /// sent yet, so no key is in use and a plaintext alert is the one the
+    /// peer can read: `handshake_failure`, as RFC 5246 §7.2.2 and RFC 8446
+    /// §6.2 want before the close (nginx and HAProxy send it here).
+    fn alert_if_silent(&mut self) {
+        if self.received && !self.sent_any && !self.conn.wants_write() {
+            // Alert record, legacy version TLS 1.2, fatal, handshake_failure.
+            self.outgoing
+                .extend_from_slice(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+        }
     }
 }
 
@@ -213,6 +230,7 @@ impl TlsStream {
                 plain_head: false,
                 failure: None,
                 outgoing: Vec::new(),
+                sent_any: false,
             })),
             sending: futures_util::lock::Mutex::new(()),
         }
@@ -270,6 +288,7 @@ impl TlsStream {
                 // (a plain HTTP client gets a plain answer instead, from
                 // the caller: see `sent_plain_http`).
                 if !self.sent_plain_http() {
+                    self.state.borrow_mut().alert_if_silent();
                     let _ = self.flush().await;
                 }
                 return Err(e);
