@@ -381,14 +381,22 @@ fn build(spec_path: &Path, output: Option<PathBuf>, profile: Profile) -> Result<
     let name = &spec.gateway.name.value;
     let output = output.unwrap_or_else(|| PathBuf::from(blitzc::build::binary_name(name)));
     // Found before cargo runs, and IO errors (exit 2), not failed builds.
-    let not_a_binary = if output.is_dir() || output.as_os_str().as_bytes().ends_with(b"/") {
+    let written = output.as_os_str().as_bytes();
+    let names_a_folder = written.ends_with(b"/")
+        || written.ends_with(b"/.")
+        || written.ends_with(b"/..")
+        || written == b"."
+        || written == b"..";
+    let not_a_binary = if output.is_dir() || names_a_folder {
         Some("a directory")
     } else {
-        // A device node, a socket, a pipe: the binary would be renamed
-        // over it (`-o /dev/null` as root replaced the system's).
-        std::fs::symlink_metadata(&output)
+        // A device node, a socket, a pipe, or a link to one (`/dev/stdout`):
+        // the binary would be renamed over it (`-o /dev/null` as root
+        // replaced the system's). A link to a file, or a dangling one, is
+        // replaced by the binary; its target is left alone.
+        std::fs::metadata(&output)
             .ok()
-            .filter(|m| !m.is_file() && !m.file_type().is_symlink())
+            .filter(|m| !m.is_file())
             .map(|_| "not a regular file")
     };
     if let Some(what) = not_a_binary {

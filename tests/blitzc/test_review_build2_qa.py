@@ -17,7 +17,7 @@ compiles (two small gateway crates). Builds that must fail before or
 instead of cargo run with `CARGO=false`: exit 2 then means "refused
 before cargo", exit 3 "cargo ran".
 
-Bugs (strict xfails, each next to a passing control): `-o` a symlink to
+Bugs it found, fixed since, each next to a passing control: `-o` a symlink to
 a device node (what `/dev/stdout` is) replaces the link; `-o DIR/.` or
 `-o DIR/sub/..` for a folder not there yet runs cargo and fails the
 rename (exit 3, not 2), the second leaving `DIR` behind; the lock file is
@@ -263,7 +263,6 @@ def test_cargo_builds_an_up_to_date_crate_in_a_read_only_cache(cache_dir, plain)
 
 
 @pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -m` (CAP_SYS_ADMIN)")
-@pytest.mark.xfail(strict=True, reason="bug: the lock file is opened for writing: a read-only crates folder fails")
 def test_a_read_only_cache_with_an_up_to_date_crate_builds(blitzc, cache_dir, plain, tmp_path):
     """Before the lock, blitzc wrote only changed files, so an up-to-date
     read-only crate built (as cargo does, above). Now `File::create` of
@@ -371,7 +370,6 @@ def test_output_that_is_a_symlink_is_replaced_by_the_binary(blitzc, cache_dir, p
                                                                                else False)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: -o a symlink to a device node (what /dev/stdout is) replaces the link")
 def test_output_that_is_a_symlink_to_a_device_is_refused(blitzc, cache_dir, plain, tmp_path):
     """The fix refuses `-o /dev/null` but lets symlinks through unexamined:
     `/dev/stdout` is a symlink (to /proc/self/fd/1), so `-o /dev/stdout` as
@@ -389,7 +387,6 @@ def test_output_ending_with_a_slash_is_refused_before_cargo(blitzc, plain, tmp_p
     assert r.returncode == 2 and "is a directory" in text(r), text(r)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: -o DIR/. or DIR/sub/.. (a folder by syntax) runs cargo, exits 3")
 @pytest.mark.parametrize("suffix", ["missing/.", "missing/sub/.."])
 def test_output_ending_with_a_dot_segment_is_refused_before_cargo(blitzc, cache_dir, plain, tmp_path, suffix):
     """`dir/.` and `dir/sub/..` can only name a folder, as `dir/` does, but
@@ -482,7 +479,6 @@ def test_controls_and_unicode_in_the_name_stay_on_the_comment_line(blitzc, tmp_p
     assert set(tomllib.loads(manifest)) == MANIFEST_TABLES
 
 
-@pytest.mark.xfail(strict=True, reason="bug: placeholders in a gateway name are filled in the manifest comment")
 def test_the_manifest_comment_quotes_the_name_as_written(blitzc, tmp_path):
     """templates/Cargo.toml is filled by one `.replace` after another, the
     gateway name before `{{package}}`, `{{bin}}`, `{{runtime_path}}` and

@@ -114,6 +114,34 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
+/// `template` with each `{{key}}` replaced by its value, in one pass: a
+/// value is never read for placeholders (a gateway named `{{bin}}` is
+/// written as such).
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let known = after.find("}}").and_then(|close| {
+            let value = values.iter().find(|(key, _)| *key == &after[..close])?.1;
+            Some((value, close))
+        });
+        match known {
+            Some((value, close)) => {
+                out.push_str(value);
+                rest = &after[close + 2..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `text` as a TOML basic string, quotes and escapes included.
 fn toml_string(text: &str) -> String {
     toml_edit::Value::from(text).to_string().trim().to_string()
@@ -172,13 +200,17 @@ pub fn write_crate(
             ),
         ));
     };
-    let manifest = CARGO_TEMPLATE
-        .replace("{{spec_file}}", &one_line(&spec_name))
-        .replace("{{gateway}}", &one_line(gateway))
-        .replace("{{package}}", &format!("blitz-gateway-{bin}"))
-        .replace("{{bin}}", &bin)
-        .replace("{{runtime_path}}", &toml_string(runtime))
-        .replace("{{features}}", &features);
+    let manifest = fill(
+        CARGO_TEMPLATE,
+        &[
+            ("spec_file", &one_line(&spec_name)),
+            ("gateway", &one_line(gateway)),
+            ("package", &format!("blitz-gateway-{bin}")),
+            ("bin", &bin),
+            ("runtime_path", &toml_string(runtime)),
+            ("features", &features),
+        ],
+    );
     debug_assert!(manifest.starts_with(MANIFEST_MARK));
     write_if_changed(&dir.join("Cargo.toml"), &manifest)?;
     write_if_changed(&dir.join("src/main.rs"), MAIN_TEMPLATE)?;
@@ -234,7 +266,13 @@ pub fn build(
     // Held until the binary is copied out: the crate and the binary in the
     // target folder are this build's alone meanwhile.
     let lock_path = crates.join(format!("{bin}.lock"));
+    // Read-only when it cannot be written (a read-only cache whose crate is
+    // up to date still builds): `flock` takes either.
     let lock = std::fs::File::create(&lock_path)
+        .or_else(|e| match std::fs::File::open(&lock_path) {
+            Ok(file) if file.metadata().is_ok_and(|m| m.is_file()) => Ok(file),
+            _ => Err(e),
+        })
         .map_err(doing(|| format!("cannot open `{}`", lock_path.display())))?;
     if lock.try_lock().is_err() {
         eprintln!("blitzc: waiting for another build of gateway `{gateway}` to finish");
@@ -304,6 +342,12 @@ mod tests {
             assert_eq!(binary_name(reserved), format!("gw-{reserved}"));
         }
         assert_eq!(binary_name("builds"), "builds");
+    }
+
+    #[test]
+    fn a_template_is_filled_in_one_pass() {
+        let values = [("a", "{{b}}"), ("b", "B")];
+        assert_eq!(fill("{{a}} {{b}} {{c}} {{", &values), "{{b}} B {{c}} {{");
     }
 
     #[test]
