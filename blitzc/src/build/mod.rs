@@ -311,7 +311,8 @@ pub fn build(
 
 /// Copies the binary `built` to `output`: to a temporary name beside it,
 /// then renamed over it, so a binary running from `output` (an upgrade's
-/// old process) keeps its inode. The temporary file never stays behind.
+/// old process) keeps its inode. A failed copy or rename leaves no
+/// temporary file (a build killed mid-copy can: it is named by its pid).
 fn install(built: &Path, output: &Path) -> Result<(), BuildError> {
     let failed = || format!("cannot write the binary to `{}`", output.display());
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
