@@ -64,16 +64,30 @@ Pinned (behaviour the changes chose or that holds):
 from __future__ import annotations
 
 import email.utils
+import hashlib
+import os
+import select
 import socket
+import subprocess
 import time
 from urllib.parse import parse_qs, urlsplit
 
+import hpack
 import pytest
-from hyperframe.frame import DataFrame, HeadersFrame, PriorityFrame, RstStreamFrame
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 from support.client import RawConn
 from support.gateway import Gateway
-from support.h2client import PROTOCOL_ERROR, RawH2, Seen
-from support.origin import ThreadPerConnection
+from support.h2client import PREFACE, PROTOCOL_ERROR, RawH2, Seen
+from support.origin import ThreadPerConnection, pattern_sha256
 
 RESPONSE = 1.5  # the gateways' response timeout
 BODY_TIMEOUT = 3
@@ -349,17 +363,33 @@ def test_a_priority_frame_depending_on_its_own_stream_is_a_stream_error(gw):
     assert s.goaway is None and s.status(5) == 200, s
 
 
-@pytest.mark.parametrize("part", ["trailers", "exclusive-head"])
+@pytest.mark.parametrize("part", ["trailers", "exclusive-head", "padded-head-in-pieces"])
 def test_a_headers_frame_depending_on_its_own_stream_ends_the_connection(gw, part):
+    """The trailers' field block is HPACK-decoded as the head's is, so the
+    same rule holds; an exclusive flag or padding before the dependency
+    (sent a byte at a time) changes nothing."""
     with h2(gw) as c:
+        flags, pad = ["END_STREAM", "END_HEADERS", "PRIORITY"], 0
         if part == "trailers":
             post(c, 1, "/self-dependent-trailers", None)
             c.frame(DataFrame(1, b"hello"))
             block, exclusive = c.enc.encode([("x-sum", "5")]), False
         else:
-            block, exclusive = c.block(path="/self-dependent"), True
-        c.frame(HeadersFrame(1, block, flags=["END_STREAM", "END_HEADERS", "PRIORITY"], depends_on=1,
-                             stream_weight=16, exclusive=exclusive))
+            block, exclusive = c.block(path="/self-dependent"), part == "exclusive-head"
+            if part == "padded-head-in-pieces":
+                flags, pad = flags + ["PADDED"], 3
+        frame = HeadersFrame(1, block, flags=flags, depends_on=1, stream_weight=16, exclusive=exclusive,
+                             pad_length=pad).serialize()
+        if pad:
+            # Split inside the dependency (9-byte frame header, pad length,
+            # then its 4 bytes): the verdict comes once its last byte is in,
+            # before the field block, which is not sent.
+            dependency_ends = 9 + 1 + 4
+            for piece in (frame[:12], frame[12:dependency_ends]):
+                c.send(piece)
+                time.sleep(0.1)
+        else:
+            c.send(frame)
         s = c.ended_by_server(BOUND)
     assert s.goaway == PROTOCOL_ERROR, s
 
@@ -414,3 +444,100 @@ def test_interims_after_the_upload_start_the_wait_again(gw, pre):
     if statuses[:pre] != [102] * pre:
         raise Precondition(f"the early interims were not relayed: {statuses}")
     assert statuses[-1] == 200, statuses
+
+
+# ---------------------------------------------------------------- TLS: answers to what a read brought
+
+
+DOWNLOAD = 8 << 20
+
+
+def h2_data_of_stream_1(out: bytes) -> tuple[bytes, bool, list[str]]:
+    """The DATA of stream 1 in `out` (HTTP/2 frames as the server sent
+    them), whether it ended, and the types of every frame parsed."""
+    data, ended, kinds, at = bytearray(), False, [], 0
+    while len(out) - at >= 9:
+        length = int.from_bytes(out[at:at + 3], "big")
+        if len(out) - at < 9 + length:
+            break
+        f, _ = Frame.parse_frame_header(memoryview(out[at:at + 9]))
+        f.parse_body(memoryview(out[at + 9:at + 9 + length]))
+        at += 9 + length
+        kinds.append(type(f).__name__)
+        if isinstance(f, DataFrame) and f.stream_id == 1:
+            data += f.data
+            ended = ended or "END_STREAM" in f.flags
+    return bytes(data), ended, kinds
+
+
+@pytest.mark.timeout(60)
+def test_key_updates_during_an_h2_download_over_tls_interleave_no_record(start_gateway, origin, pki, tmp_path):
+    """RFC 8446 §4.6.3: a KeyUpdate asking for one back is answered. Over
+    h2 the gateway reads (and so answers) while it writes an 8 MiB
+    download: the answer goes on the turn to send (`TlsStream::sending`),
+    the writer's or the reader's, never inside another record. The client
+    (`openssl s_client`, HTTP/2 frames written raw on its stdin, each
+    stdin read starting with `K` a KeyUpdate) decrypts every byte: the
+    download arrives whole, its hash the origin's."""
+    g = start_gateway(tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"), protocols="h1,h2", workers=1)
+    p = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{g.port}", "-servername", "edge.test", "-tls1_3",
+         "-alpn", "h2", "-CAfile", str(pki.path("ca.crt")), "-quiet", "-no_ign_eof",
+         "-msg", "-msgfile", str(tmp_path / "msg")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out, updates = b"", 0
+    enc = hpack.Encoder()
+    head = enc.encode([(":method", "GET"), (":scheme", "https"), (":authority", "edge.test"),
+                       (":path", f"/bytes/{DOWNLOAD}")])
+
+    def write(data: bytes) -> None:
+        p.stdin.write(data)
+        p.stdin.flush()
+        time.sleep(0.05)  # one stdin read per write: s_client looks at each read's first byte
+
+    try:
+        write(PREFACE + SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 1 << 24}).serialize()
+              + WindowUpdateFrame(0, window_increment=1 << 24).serialize())
+        write(HeadersFrame(1, head, flags=["END_STREAM", "END_HEADERS"]).serialize())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if select.select([p.stdout], [], [], 0.05)[0]:
+                got = os.read(p.stdout.fileno(), 1 << 16)
+                if not got:
+                    break
+                out += got
+            data, ended, _ = h2_data_of_stream_1(out)
+            if ended:
+                break
+            if len(data) > updates * (DOWNLOAD // 8) and updates < 6:
+                write(b"K\n")
+                updates += 1
+        # The connection quiet: one more, then a PING whose ACK is the next
+        # application data record, which the answer must precede.
+        write(b"K\n")
+        write(PingFrame(0, opaque_data=b"rvr-ping").serialize())
+        deadline = time.monotonic() + BOUND
+        while b"rvr-ping" not in out[-4096:] and time.monotonic() < deadline:
+            if select.select([p.stdout], [], [], 0.05)[0]:
+                out += os.read(p.stdout.fileno(), 1 << 16)
+        pinged = b"rvr-ping" in out[-4096:]
+        p.stdin.close()  # s_client ends (-no_ign_eof) and flushes its message log
+        p.wait(BOUND)
+    finally:
+        p.kill()
+        p.wait(5)
+        errors = p.stderr.read().decode(errors="replace")
+    data, ended, kinds = h2_data_of_stream_1(out)
+    if updates < 3:
+        raise Precondition(f"only {updates} KeyUpdates sent during the download")
+    assert "error" not in errors.lower(), errors[-1500:]
+    assert ended and len(data) == DOWNLOAD, (len(data), kinds[-5:], errors[-1500:])
+    assert hashlib.sha256(data).hexdigest() == pattern_sha256(DOWNLOAD)
+    assert pinged, "the PING after the last KeyUpdate was answered"
+    # s_client's message log, in order: after its last KeyUpdate, the gateway's.
+    log = [ln for ln in (tmp_path / "msg").read_text(errors="replace").splitlines() if "KeyUpdate" in ln]
+    last_sent = max(i for i, ln in enumerate(log) if ln.startswith(">>>"))
+    assert any(ln.startswith("<<<") for ln in log[last_sent:]), log
+    # Requests read together may get one answer (RFC 8446 §4.6.3): at least one for those of the download.
+    assert any(ln.startswith("<<<") for ln in log[:last_sent]), log
