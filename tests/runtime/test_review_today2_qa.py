@@ -102,9 +102,10 @@ class Precondition(Exception):
 class ScriptedOrigin(ThreadPerConnection):
     """One request per connection, its part chosen by the path:
 
-    - `/work?pre=P&n=N&gap=S`: `P` `102 Processing` at once after the head,
-      then reads the body (content-length), then `N` more `S` seconds apart,
-      then `200 done`;
+    - `/work?pre=P&n=N&gap=S[&last_gap=L]`: `P` `102 Processing` at once
+      after the head, then reads the body (content-length), then `N` more
+      `S` seconds apart (the last one `L` after the one before), then
+      `200 done` (`L` after the last);
     - `/duplex`: answers `200` (chunked) at once, then echoes each read of
       the body (content-length) as a chunk, then the last chunk;
     - anything else: reads the body (content-length or chunked), answers 200.
@@ -165,11 +166,12 @@ class ScriptedOrigin(ThreadPerConnection):
                 c.sendall(b"HTTP/1.1 102 Processing\r\n\r\n")
             if not take_body(echo=False):
                 return
-            gap = float(query["gap"][0])
-            for _ in range(int(query["n"][0])):
-                time.sleep(gap)
+            n, gap = int(query["n"][0]), float(query["gap"][0])
+            last_gap = float(query.get("last_gap", [gap])[0])
+            for i in range(n):
+                time.sleep(last_gap if i == n - 1 else gap)
                 c.sendall(b"HTTP/1.1 102 Processing\r\n\r\n")
-            time.sleep(gap)
+            time.sleep(last_gap)
             c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone")
             return
         if fields.get(b"transfer-encoding"):
@@ -404,11 +406,13 @@ def test_scheme_in_upper_case_is_http(gw, scripted):
 # ---------------------------------------------------------------- interims
 
 
-def h1_work(gw: Gateway, version: str, pre: int, n: int, gap: float, body: bytes = b"", body_after: int = 0):
+def h1_work(gw: Gateway, version: str, pre: int, n: int, gap: float, body: bytes = b"", body_after: int = 0,
+            last_gap: float | None = None):
     """A request to `/work` over HTTP/1.x; with `body_after`, the body goes
     only once that many interims came back. Returns every answer read."""
     with RawConn(gw.port, timeout=BOUND) as c:
-        head = f"POST /work?pre={pre}&n={n}&gap={gap} HTTP/{version}\r\nHost: a.test\r\n"
+        last = "" if last_gap is None else f"&last_gap={last_gap}"
+        head = f"POST /work?pre={pre}&n={n}&gap={gap}{last} HTTP/{version}\r\nHost: a.test\r\n"
         c.send(head.encode() + b"content-length: %d\r\n\r\n" % len(body) + (b"" if body_after else body))
         answers = []
         while not answers or answers[-1].status < 200:
@@ -541,3 +545,33 @@ def test_key_updates_during_an_h2_download_over_tls_interleave_no_record(start_g
     assert any(ln.startswith("<<<") for ln in log[last_sent:]), log
     # Requests read together may get one answer (RFC 8446 §4.6.3): at least one for those of the download.
     assert any(ln.startswith("<<<") for ln in log[:last_sent]), log
+
+
+@pytest.mark.parametrize("n", [16, 17])
+def test_the_sixteenth_interim_starts_the_wait_again_the_seventeenth_does_not(gw, n):
+    """Interims 0.1 s apart, the last one 1 s after the one before and the
+    200 1 s after it: 2 s from the one before the last, past `response`
+    (1.5 s), 1 s from the last, within it. Served if the last restarted the
+    wait: the 16th does, the 17th does not (runtime/README.md)."""
+    answers = h1_work(gw, "1.1", 0, n, 0.1, b"x", last_gap=1.0)
+    statuses = [a.status for a in answers]
+    assert statuses == [102] * 16 + ([200] if n == 16 else [504]), statuses
+
+
+@pytest.mark.parametrize("pre", [
+    pytest.param(0, id="control-no-interims-while-uploading"),
+    pytest.param(16, id="16-interims-while-uploading", marks=pytest.mark.xfail(
+        strict=True, reason="bug: interims while the body goes up use up the 16 that restart the wait")),
+])
+def test_interims_after_an_h2_upload_start_the_wait_again(gw, pre):
+    """The h2c twin of the HTTP/1.1 case above (`exchange.rs` reads the head
+    with the same `HeadClock`): informational HEADERS count the early ones."""
+    with h2(gw) as c:
+        post(c, 1, f"/work?pre={pre}&n=6&gap=0.5", 4)
+        if pre:
+            c.read_frames(time.monotonic() + BOUND, stop=lambda s: s.frames.count("HeadersFrame") >= pre)
+            if c.seen.frames.count("HeadersFrame") < pre:
+                raise Precondition(f"the early interims were not relayed: {c.seen}")
+        c.frame(DataFrame(1, b"body", flags=["END_STREAM"]))
+        s = until_stream_ends(c, 1)
+    assert (s.status(1), s.data.get(1)) == (200, b"done"), s
