@@ -11,7 +11,9 @@ real clients (hyperframe frames, raw sockets) and hand-written origins:
   stream's end before it goes up;
 - `http2/watch.rs`: a HEADERS frame depending on its own stream ends the
   connection (GOAWAY(PROTOCOL_ERROR));
-- `http2/translate.rs`: `:scheme` case-insensitive.
+- `http2/translate.rs`: `:scheme` case-insensitive;
+- `tls/stream.rs`: a read sends what rustls queued in answer to it, on the
+  turn to send a writer may hold (`sending`).
 
 Bugs found in those changes, strict xfails, each beside a passing control:
 
@@ -33,8 +35,8 @@ Bugs found in those changes, strict xfails, each beside a passing control:
   deadline while uploading: `HeadClock::interim` does nothing, but
   `read_response_head` counts them): an upstream that sent 16 `103`/`102`
   while it read a slow upload, then `102` every 0.5 s while it works, is cut
-  at `response` after the body (504); without the early interims it is
-  served (the control). A choice runtime/README.md words as "each of those
+  at `response` after the body (504), over HTTP/1.1 and h2c; without the
+  early interims it is served (the control). A choice runtime/README.md words as "each of those
   first 16 ... starts the response timeout again" (these start nothing),
   so held for a gap, not a documented rule.
 
@@ -58,7 +60,15 @@ Pinned (behaviour the changes chose or that holds):
   connection as the head's does;
 - an HTTP/1.0 client, to which no interim is relayed, has its wait started
   again by them all the same; the gateway's 504 after interims is dated;
-- `:scheme` `HTTP` served as `http`.
+  the 16th interim starts the wait again, the 17th does not; 5000 interims
+  at once are read and dropped in bounded memory, the 200 after them relayed;
+- `:scheme` `HTTP` served as `http`;
+- KeyUpdates asking for one back during an 8 MiB h2 download over TLS:
+  every record decrypts, the download is whole, each batch is answered, and
+  one sent on the quiet connection is answered before the next record.
+  (rustls keeps that answer until it next sends a record, which RFC 8446
+  §4.6.3 allows: `send_answers` never sends it on its own, whatever its
+  comment says; a PING after it gets both.)
 """
 
 from __future__ import annotations
@@ -575,3 +585,13 @@ def test_interims_after_an_h2_upload_start_the_wait_again(gw, pre):
         c.frame(DataFrame(1, b"body", flags=["END_STREAM"]))
         s = until_stream_ends(c, 1)
     assert (s.status(1), s.data.get(1)) == (200, b"done"), s
+
+
+def test_thousands_of_interims_are_read_and_dropped_then_the_answer_relayed(gw):
+    """Past the 16 relayed, interims are read and dropped (they neither
+    grow a buffer nor start the wait again): 5000 at once, then the 200."""
+    rss_before = gw.rss_kib()
+    answers = h1_work(gw, "1.1", 0, 5000, 0, b"x")
+    assert [a.status for a in answers] == [102] * 16 + [200]
+    assert answers[-1].body == b"done"
+    assert gw.rss_kib() - rss_before < 4096, "RSS grew by 4 MiB reading 140 KB of interims"
