@@ -15,7 +15,7 @@ real clients (hyperframe frames, raw sockets) and hand-written origins:
 - `tls/stream.rs`: a read sends what rustls queued in answer to it, on the
   turn to send a writer may hold (`sending`).
 
-Bugs found in those changes, strict xfails, each beside a passing control:
+Bugs found in those changes, fixed since, each beside a passing control:
 
 - A `content-length: 0` request whose END_STREAM comes later than
   `response` after the stream opened is answered 504 at once, though the
@@ -36,9 +36,8 @@ Bugs found in those changes, strict xfails, each beside a passing control:
   `read_response_head` counts them): an upstream that sent 16 `103`/`102`
   while it read a slow upload, then `102` every 0.5 s while it works, is cut
   at `response` after the body (504), over HTTP/1.1 and h2c; without the
-  early interims it is served (the control). A choice runtime/README.md words as "each of those
-  first 16 ... starts the response timeout again" (these start nothing),
-  so held for a gap, not a documented rule.
+  early interims it is served (the control). Now only interims that
+  start the wait again count toward the 16.
 
 Pinned (behaviour the changes chose or that holds):
 
@@ -237,8 +236,7 @@ def trailers(c: RawH2, sid: int, fields: list[tuple[str, str]]) -> bytes:
 
 @pytest.mark.parametrize("late", [
     pytest.param(False, id="control-ended-within-response"),
-    pytest.param(True, id="ended-after-response", marks=pytest.mark.xfail(
-        strict=True, reason="bug: a content-length: 0 head's clock starts before the wait for END_STREAM: 504")),
+    pytest.param(True, id="ended-after-response"),
 ])
 def test_content_length_0_is_timed_from_when_it_went_up(gw, scripted, late):
     """The head goes up once END_STREAM came (`empty_body_end`): the wait
@@ -261,8 +259,7 @@ def test_content_length_0_is_timed_from_when_it_went_up(gw, scripted, late):
 
 @pytest.mark.parametrize("together", [
     pytest.param(False, id="control-trailers-later"),
-    pytest.param(True, id="trailers-with-the-last-data", marks=pytest.mark.xfail(
-        strict=True, reason="bug: bad trailers read in the last DATA's batch: the held byte goes up first")),
+    pytest.param(True, id="trailers-with-the-last-data"),
 ])
 def test_a_body_with_bad_trailers_is_never_completed_upstream(gw, scripted, together):
     """RFC 9113 §8.1.1: a malformed request is not forwarded. Its last byte
@@ -446,8 +443,7 @@ def test_interims_not_relayed_to_an_http10_client_start_the_wait_again(gw):
 
 @pytest.mark.parametrize("pre", [
     pytest.param(0, id="control-no-interims-while-uploading"),
-    pytest.param(16, id="16-interims-while-uploading", marks=pytest.mark.xfail(
-        strict=True, reason="bug: interims while the body goes up use up the 16 that restart the wait")),
+    pytest.param(16, id="16-interims-while-uploading"),
 ])
 def test_interims_after_the_upload_start_the_wait_again(gw, pre):
     """The upstream sends `pre` interims as it gets the head (the client
@@ -570,8 +566,7 @@ def test_the_sixteenth_interim_starts_the_wait_again_the_seventeenth_does_not(gw
 
 @pytest.mark.parametrize("pre", [
     pytest.param(0, id="control-no-interims-while-uploading"),
-    pytest.param(16, id="16-interims-while-uploading", marks=pytest.mark.xfail(
-        strict=True, reason="bug: interims while the body goes up use up the 16 that restart the wait")),
+    pytest.param(16, id="16-interims-while-uploading"),
 ])
 def test_interims_after_an_h2_upload_start_the_wait_again(gw, pre):
     """The h2c twin of the HTTP/1.1 case above (`exchange.rs` reads the head

@@ -963,9 +963,8 @@ pub(crate) async fn read_response_head(
                     }
                     if resp.status() < 200 {
                         interims_keep_alive &= resp.keep_alive;
-                        if interims_read < MAX_INTERIMS {
+                        if interims_read < MAX_INTERIMS && clock.interim() {
                             interims_read += 1;
-                            clock.interim();
                         }
                         if relayed_interim(resp.status()) && relayed < MAX_INTERIMS {
                             relayed += 1;
@@ -1010,7 +1009,7 @@ pub(crate) struct HeadRead<'a> {
 /// When the wait for a response head ends: `response` after the request
 /// was sent (with a body, once the whole body went up; until then the
 /// wait has no deadline, the body's own timeouts bound it). Each interim
-/// answer (the first [`MAX_INTERIMS`]) starts it again: the upstream shows
+/// answer after that (the first [`MAX_INTERIMS`]) starts it again: the upstream shows
 /// it is still at work, which is what `102 Processing` is for (nginx's
 /// `proxy_read_timeout` and HAProxy's `timeout server` count from the last
 /// bytes read too), but never past `retry total` (`total`), which bounds
@@ -1048,14 +1047,17 @@ impl HeadClock {
             .unwrap_or_else(|| coarse_now() + Duration::from_secs(24 * 3600))
     }
 
-    /// An interim answer arrived: the wait starts again (while the body
-    /// goes up there is no deadline to move).
-    fn interim(&self) {
-        if let Some(deadline) = self.deadline.get() {
-            let again = coarse_now() + self.timeout;
-            let again = self.total.map_or(again, |total| again.min(total));
-            self.deadline.set(Some(deadline.max(again)));
-        }
+    /// An interim answer arrived: the wait starts again. Returns whether
+    /// there was a wait to start again (while the body goes up there is no
+    /// deadline, and such an interim counts for nothing).
+    fn interim(&self) -> bool {
+        let Some(deadline) = self.deadline.get() else {
+            return false;
+        };
+        let again = coarse_now() + self.timeout;
+        let again = self.total.map_or(again, |total| again.min(total));
+        self.deadline.set(Some(deadline.max(again)));
+        true
     }
 
     /// Finishes `head`, a read started while the body went up (its read in
@@ -1269,7 +1271,7 @@ mod tests {
         let timeout = Duration::from_secs(30);
         let clock = HeadClock::sent_at(coarse_now() - Duration::from_secs(20), timeout, None);
         let before = clock.read_deadline();
-        clock.interim();
+        assert!(clock.interim());
         assert!(clock.read_deadline() >= before + Duration::from_secs(20));
     }
 
@@ -1279,18 +1281,18 @@ mod tests {
         let now = coarse_now();
         let total = now + Duration::from_secs(5);
         let clock = HeadClock::sent_at(now - Duration::from_secs(28), timeout, Some(total));
-        clock.interim();
+        assert!(clock.interim());
         assert_eq!(clock.read_deadline(), total);
         // Nor back before where it was.
         let late = HeadClock::sent_at(now, timeout, Some(total));
-        late.interim();
+        assert!(late.interim());
         assert_eq!(late.read_deadline(), now + timeout);
     }
 
     #[test]
     fn an_interim_while_the_body_goes_up_sets_no_deadline() {
         let clock = HeadClock::uploading(Duration::from_secs(1), None);
-        clock.interim();
+        assert!(!clock.interim());
         assert!(clock.deadline.get().is_none());
         assert!(clock.read_deadline() > coarse_now() + Duration::from_secs(3600));
     }

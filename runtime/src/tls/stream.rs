@@ -386,9 +386,11 @@ impl TlsStream {
 
     /// Sends what rustls queued in answer to records just read, with no
     /// write of ours to carry it: a `no_renegotiation` alert to a TLS 1.2
-    /// client asking to renegotiate, a KeyUpdate answering the peer's.
-    /// Without this they would wait for the next response, and a client
-    /// waiting for them would wait for the idle timeout. A writer at work
+    /// client asking to renegotiate, an alert before a close. Without this
+    /// it would wait for the next response, and a client waiting for it
+    /// would wait for the idle timeout. (rustls keeps its answer to a
+    /// KeyUpdate until it next sends a record, which RFC 8446 §4.6.3
+    /// allows: `wants_write` stays false for it.) A writer at work
     /// sends them itself ([`Self::send_queued`] loops).
     async fn send_answers(&self, pause: Option<Duration>) -> io::Result<()> {
         if !self.state.borrow().conn.wants_write() {

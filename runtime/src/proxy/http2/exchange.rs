@@ -369,18 +369,21 @@ async fn forward_request<'a, G: Gateway>(
         // `content-length: 0` without END_STREAM: the request goes up once
         // the stream ended well, as the last byte of a longer body waits
         // ([`send_request_body`]).
-        if !body.is_end_stream()
-            && let Err(e) = empty_body_end(w, body).await
-        {
-            w.buffers.give(out);
-            return Err(Attempt::Missed(body_failed(e)));
+        let mut sent = t.now;
+        if !body.is_end_stream() {
+            if let Err(e) = empty_body_end(w, body).await {
+                w.buffers.give(out);
+                return Err(Attempt::Missed(body_failed(e)));
+            }
+            // The wait for the head starts once the head went up.
+            sent = crate::rt::time::coarse_now();
         }
         let res = write_all_within(t.up, &mut out, t.response_timeout).await;
         w.buffers.give(out);
         if let Err(e) = res {
             return Err(Attempt::Missed(head_write_failed(&e)));
         }
-        let clock = HeadClock::sent_at(t.now, t.response_timeout, t.total);
+        let clock = HeadClock::sent_at(sent, t.response_timeout, t.total);
         let read = HeadRead {
             is_head,
             limits: &head_limits,
@@ -539,7 +542,7 @@ async fn send_request_body<G: Gateway>(
         // must not forward a malformed request (RFC 9113 §8.1.1): an
         // upstream holding the whole body would answer it. So the last
         // byte waits for the end (a chunked body's last chunk does too).
-        if Some(total) == length && !ended && !body.is_end_stream() {
+        if Some(total) == length && !body.is_end_stream() {
             held = out.pop();
         }
         write_all_within(up, out, write_pause)
