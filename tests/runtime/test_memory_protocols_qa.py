@@ -291,3 +291,109 @@ def test_idle_tls_connections_on_two_workers(start_gateway, pki):
             assert per < IDLE_BOUND_KIB[way], f"{way}: {per:.1f} KiB per idle connection"
     finally:
         close_all(conns)
+
+
+# ------------------------------------------------------- a burst, then quiet
+
+MiB = 1 << 20
+
+
+class RssPeak:
+    """The highest VmRSS of a process while the block runs (sampled on a thread)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, rss_kib(pid)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_kib(self.pid))
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(2)
+
+
+def read_download(sock: socket.socket, timeout: float = 30) -> int:
+    """Reads one HTTP/1.1 response with a content-length off `sock`, dropping
+    the body; the body's length (-1 if cut)."""
+    sock.settimeout(timeout)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            return -1
+        buf += data
+    head, _, got = buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")][0].split(b":")[1])
+    have = len(got)
+    while have < length:
+        data = sock.recv(min(1 << 18, length - have))
+        if not data:
+            return -1
+        have += len(data)
+    return have
+
+
+def rss_settled(g: Gateway, timeout: float = 10) -> int:
+    """RSS once it stopped falling for a second (the allocator gives freed
+    pages back with a delay), or as it is after `timeout`."""
+    last, since, deadline = g.rss_kib(), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = g.rss_kib()
+        if now < last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > 1.0:
+            break
+    return last
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120, func_only=True)
+def test_tls_download_burst_memory_comes_back(start_gateway, pki, origin):
+    """1,000 TLS connections each ask for 1 MiB at once and read their
+    answers one after the other (so most wait with their response in
+    flight), then all close; three such waves. While they are open the
+    gateway holds a bounded amount per connection; once they are gone the
+    memory is reused by the next wave (RSS after each wave stays where the
+    first left it: buffers freed with their connection, not kept per
+    connection, nor grown without bound by a pool)."""
+    n = 1000
+    raise_nofile(n + 600)
+    g = tls_gateway(start_gateway, pki, workers=1, **LONG)
+    client = Client(g, "h1-tls", pki.path("ca.crt"))
+    for _ in range(20):  # warm: the allocator, the upstream pool, the session cache
+        with client.sock() as s:
+            s.sendall(b"GET /bytes/1048576 HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+            assert read_download(s) == MiB
+    base = rss_settled(g)
+    fds_base = settled_fd_count(g.pid)
+    peaks, afters, fds = [], [], []
+    for wave in range(3):
+        socks = []
+        try:
+            with RssPeak(g.pid) as peak:
+                for _ in range(n):
+                    s = client.sock()
+                    s.sendall(b"GET /bytes/1048576 HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+                    socks.append(s)
+                got = [read_download(s) for s in socks]
+        finally:
+            close_all(socks)
+        assert got.count(MiB) == n, f"wave {wave}: {n - got.count(MiB)} downloads cut"
+        peaks.append(peak.peak)
+        afters.append(rss_settled(g))
+        fds.append(settled_fd_count(g.pid))
+    print(f"\n{n} TLS downloads of 1 MiB at once, 3 waves: RSS before {base} KiB, peaks {peaks} KiB "
+          f"(+{(max(peaks) - base) / n:.1f} KiB per connection), after each wave {afters} KiB; "
+          f"fds {fds_base} -> {fds}")
+    assert max(peaks) - base < n * 64, f"{(max(peaks) - base) / n:.1f} KiB per connection in flight"
+    assert max(afters[1:]) - afters[0] < 4 * 1024, f"RSS grows wave after wave: {afters} KiB"
+    assert max(fds) <= fds_base + 64, f"fds {fds_base} -> {fds}"
