@@ -178,10 +178,10 @@ def wait_closed_all(socks, timeout: float) -> int:
                 try:
                     if key.fileobj.recv(65536):
                         continue
-                except BlockingIOError:
-                    continue
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    continue  # a TLS record not whole yet
                 except OSError:
-                    pass
+                    pass  # a reset, or a TLS connection ended without close_notify
                 sel.unregister(key.fileobj)
                 open_.discard(key.data)
     finally:
@@ -397,3 +397,124 @@ def test_tls_download_burst_memory_comes_back(start_gateway, pki, origin):
     assert max(peaks) - base < n * 64, f"{(max(peaks) - base) / n:.1f} KiB per connection in flight"
     assert max(afters[1:]) - afters[0] < 4 * 1024, f"RSS grows wave after wave: {afters} KiB"
     assert max(fds) <= fds_base + 64, f"fds {fds_base} -> {fds}"
+
+
+# ------------------------------------------------------- slow clients over TLS
+
+SLOW_HEAD = b"GET /slow-tls HTTP/1.1\r\nHost: edge.test\r\nX-Slow: " + b"s" * 200 + b"\r\n\r\n"
+
+
+class SlowCrowd:
+    """Thousands of clients that never finish their opening, over TLS:
+    `half_hello` send half a ClientHello; `trickle` finish the handshake and
+    send a request head one byte (one TLS record) per second; `half_block`
+    open h2 and send a HEADERS frame without END_HEADERS. One loop drives
+    them all (a TLS socket is used by one thread only) and notes which the
+    gateway closed."""
+
+    def __init__(self, g: Gateway, pki, half_hello: int, trickle: int, half_block: int):
+        self.kinds: dict[str, list] = {"half_hello": [], "trickle": [], "half_block": []}
+        hello = client_hello(pki)
+        for _ in range(half_hello):
+            s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+            s.sendall(hello[: len(hello) // 2])
+            self.kinds["half_hello"].append(s)
+        h1 = Client(g, "h1-tls", pki.path("ca.crt"))
+        for _ in range(trickle):
+            self.kinds["trickle"].append(h1.sock())
+        h2c = Client(g, "h2-tls", pki.path("ca.crt"))
+        for _ in range(half_block):
+            c = RawH2(g.addr, sock=h2c.sock())
+            c.headers(1, end_headers=False, end_stream=True, path="/slow-tls", authority=AUTHORITY, scheme="https")
+            self.kinds["half_block"].append(c.sock)
+        self.sent = {id(s): 0 for s in self.kinds["trickle"]}
+        self.closed: set[int] = set()
+
+    def all(self) -> list:
+        return [s for socks in self.kinds.values() for s in socks]
+
+    def run(self, timeout: float) -> None:
+        """Trickles and reads until the gateway closed every connection or `timeout` passed."""
+        sel = selectors.DefaultSelector()
+        for s in self.all():
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        try:
+            while len(self.closed) < len(self.all()) and time.monotonic() < deadline:
+                tick = time.monotonic() + 1
+                for s in self.kinds["trickle"]:
+                    i = self.sent[id(s)]
+                    if id(s) in self.closed or i >= len(SLOW_HEAD) - 1:
+                        continue
+                    try:
+                        self.sent[id(s)] += s.send(SLOW_HEAD[i : i + 1])
+                    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+                    except OSError:
+                        self._closed(sel, s)
+                while time.monotonic() < tick:
+                    for key, _ in sel.select(timeout=max(0.0, tick - time.monotonic())):
+                        try:
+                            if key.fileobj.recv(65536):
+                                continue
+                        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                            continue
+                        except OSError:
+                            pass
+                        self._closed(sel, key.fileobj)
+        finally:
+            sel.close()
+
+    def _closed(self, sel, s) -> None:
+        if id(s) not in self.closed:
+            self.closed.add(id(s))
+            sel.unregister(s)
+
+    def open_left(self) -> dict[str, int]:
+        return {k: sum(id(s) not in self.closed for s in socks) for k, socks in self.kinds.items()}
+
+    def close(self) -> None:
+        close_all(self.all())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150, func_only=True)
+def test_thousands_of_slow_tls_clients(start_gateway, pki, origin):
+    """RELIABILITY.md: a client slower than header-timeout is cut at that
+    timeout "with its memory freed; thousands of such clients at once do not
+    slow other clients down", over TLS: 600 clients stalled mid-ClientHello,
+    400 trickling a request head a byte a second after the handshake and 400
+    h2 clients with half a HEADERS block, in two waves. Every one is closed
+    by the gateway, nothing reaches the origin, TLS bystanders (HTTP/1.1 and
+    h2) are answered throughout, memory per slow client is bounded, the
+    second wave reuses the first's memory, and the descriptors come back."""
+    raise_nofile(1400 + 600)
+    g = tls_gateway(start_gateway, pki, workers=1, header_timeout=4, idle_timeout=60, body_timeout=60)
+    for c in [Client(g, w, pki.path("ca.crt")).served() for w in ("h1-tls", "h2-tls") for _ in range(50)]:
+        c.close()  # warm
+    base, fds_base = rss_settled(g, 3), settled_fd_count(g.pid)
+    peaks, afters, fds_after = [], [], []
+    with Bystanders(g, pki) as bystanders:
+        for wave in range(2):
+            crowd = None
+            try:
+                with RssPeak(g.pid) as peak:
+                    crowd = SlowCrowd(g, pki, half_hello=600, trickle=400, half_block=400)
+                    crowd.run(timeout=30)
+                left = crowd.open_left()
+            finally:
+                if crowd:
+                    crowd.close()
+            assert not any(left.values()), f"wave {wave}: still open 30 s past a 4 s header-timeout: {left}"
+            peaks.append(peak.peak)
+            afters.append(rss_settled(g, 5))
+            fds_after.append(settled_fd_count(g.pid))
+    print(f"\n1,400 slow TLS clients a wave: RSS before {base} KiB, peaks {peaks} KiB "
+          f"(+{(max(peaks) - base) / 1400:.1f} KiB per slow client), after {afters} KiB; fds {fds_base} -> "
+          f"{fds_after}; bystanders answered {bystanders.answered}")
+    bystanders.check()
+    assert not [q for q in origin.requests if q.path == "/slow-tls"], "a slow client's request reached the origin"
+    assert max(peaks) - base < 1400 * 40, f"{(max(peaks) - base) / 1400:.1f} KiB per slow client"
+    assert afters[1] - afters[0] < 4 * 1024, f"RSS grows wave after wave: {afters} KiB"
+    assert max(fds_after) <= fds_base + 8, f"fds {fds_base} -> {fds_after}"
