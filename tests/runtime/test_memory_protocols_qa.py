@@ -403,9 +403,11 @@ def test_tls_download_burst_memory_comes_back(start_gateway, pki, origin):
     answers one after the other (so most wait with their response in
     flight), then all close; three such waves. While they are open the
     gateway holds a bounded amount per connection; once they are gone the
-    memory is reused by the next wave (RSS after each wave stays where the
-    first left it: buffers freed with their connection, not kept per
-    connection, nor grown without bound by a pool)."""
+    memory is reused by the next wave (the peaks stay where the first was:
+    buffers freed with their connection, not kept per connection, nor grown
+    without bound by a pool). RSS does not come back to the baseline by
+    itself: mimalloc keeps the freed pages of a worker that went quiet
+    (with MIMALLOC_PURGE_DELAY=0 it came back to within 2.5 MiB)."""
     n = 1000
     raise_nofile(n + 600)
     g = tls_gateway(start_gateway, pki, workers=1, **LONG)
@@ -436,7 +438,11 @@ def test_tls_download_burst_memory_comes_back(start_gateway, pki, origin):
           f"(+{(max(peaks) - base) / n:.1f} KiB per connection), after each wave {afters} KiB; "
           f"fds {fds_base} -> {fds}")
     assert max(peaks) - base < n * 64, f"{(max(peaks) - base) / n:.1f} KiB per connection in flight"
-    assert max(afters[1:]) - afters[0] < 4 * 1024, f"RSS grows wave after wave: {afters} KiB"
+    # A leak per connection raises each wave's peak by the wave's size times
+    # the leak; what the allocator keeps once a wave is gone (it gives pages
+    # back lazily, so "after" varies run to run) is reused by the next one.
+    assert max(peaks[1:]) - peaks[0] < 4 * 1024, f"RSS peaks grow wave after wave: {peaks} KiB"
+    assert max(afters) <= peaks[0] + 4 * 1024, f"RSS after the waves {afters} KiB, above the first peak {peaks[0]} KiB"
     assert max(fds) <= fds_base + 64, f"fds {fds_base} -> {fds}"
 
 
@@ -548,6 +554,7 @@ def test_thousands_of_slow_tls_clients(start_gateway, pki, origin):
                 if crowd:
                     crowd.close()
             assert not any(left.values()), f"wave {wave}: still open 30 s past a 4 s header-timeout: {left}"
+            assert sum(crowd.sent.values()) > 0, "no byte of a head was trickled after a handshake"
             peaks.append(peak.peak)
             afters.append(rss_settled(g, 5))
             fds_after.append(settled_fd_count(g.pid))
@@ -557,7 +564,11 @@ def test_thousands_of_slow_tls_clients(start_gateway, pki, origin):
     bystanders.check()
     assert not [q for q in origin.requests if q.path == "/slow-tls"], "a slow client's request reached the origin"
     assert max(peaks) - base < 1400 * 40, f"{(max(peaks) - base) / 1400:.1f} KiB per slow client"
-    assert afters[1] - afters[0] < 4 * 1024, f"RSS grows wave after wave: {afters} KiB"
+    # A leak per connection raises each wave's peak by the wave's size times
+    # the leak; what the allocator keeps once a wave is gone (it gives pages
+    # back lazily, so "after" varies run to run) is reused by the next one.
+    assert max(peaks[1:]) - peaks[0] < 4 * 1024, f"RSS peaks grow wave after wave: {peaks} KiB"
+    assert max(afters) <= peaks[0] + 4 * 1024, f"RSS after the waves {afters} KiB, above the first peak {peaks[0]} KiB"
     assert max(fds_after) <= fds_base + 8, f"fds {fds_base} -> {fds_after}"
 
 
