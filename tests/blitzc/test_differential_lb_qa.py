@@ -19,12 +19,15 @@ at a time) go in spec order; active checks: `unhealthy` failed checks in a
 row take a running server out, `healthy` passed ones bring it back, any
 2xx/3xx passes by default (399 passes, 400 fails, as HAProxy's httpchk), a
 check past `timeout` fails; consistent hashing over 5 servers moves only
-the keys of the one removed (~1/5), spread over the 4 left; a retry goes to
+the keys of the one removed (~1/5, a server in the middle of the list),
+spread over the 4 left; `client-ip` keeps an address (not a connection) on
+one server; a repeated key header hashes as its first line; a retry goes to
 the other server, alternating while both fail, and the last try's own answer
 is relayed; a one-server upstream retries on that server (HAProxy does, nginx
 cannot); connect failover around a refused heavy server keeps 1:2 among the
 others; sequential requests on new client connections reuse one upstream
-connection per server (as nginx `keepalive`).
+connection per server (as nginx `keepalive`); the retry budget banks at most
+100 retries (HAProxy has none).
 
 Divergences, each judged against docs/spec.md (no bug found):
 
@@ -59,8 +62,10 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import time
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -122,6 +127,13 @@ upstream "hash4" {{
     balance "consistent-hash" key="header:x-user"
     server "127.0.0.1:{a}"
     server "127.0.0.1:{b}"
+    server "127.0.0.1:{d}"
+    server "127.0.0.1:{e}"
+}}
+upstream "haship" {{
+    balance "consistent-hash" key="client-ip"
+    server "127.0.0.1:{a}"
+    server "127.0.0.1:{b}"
     server "127.0.0.1:{c}"
     server "127.0.0.1:{d}"
 }}
@@ -145,6 +157,11 @@ upstream "two" {{
     server "127.0.0.1:{b}"
     retry attempts=3 on="503"
 }}
+upstream "budget" {{
+    server "127.0.0.1:{a}"
+    server "127.0.0.1:{b}"
+    retry attempts=3 on="503"
+}}
 upstream "no503" {{
     server "127.0.0.1:{a}"
     server "127.0.0.1:{b}"
@@ -156,8 +173,8 @@ upstream "closed" {{
     retry attempts=2 on="connect-error" "502" "503" "timeout"
 }}
 """
-UPSTREAMS = ("rr", "lc", "wrr", "wrrhc", "wrrdead", "hash5", "hash4", "checked", "startcheck", "one", "two",
-             "no503", "closed")
+UPSTREAMS = ("rr", "lc", "wrr", "wrrhc", "wrrdead", "hash5", "hash4", "haship", "checked", "startcheck", "one", "two",
+             "budget", "no503", "closed")
 # Appended to the template, so its braces are doubled as the template's are.
 SPEC += "".join(f'route "{u}" {{{{\n    match {{{{ path-prefix "/{u}/" }}}}\n    proxy "{u}"\n}}}}\n' for u in UPSTREAMS)
 
@@ -235,7 +252,7 @@ class Lab:
         self.origins = {n: who_origin(n, ports[n], self.journal, self.seen_keys) for n in NAMES}
         self.gateway: Served | None = None
 
-    def serve(self, binary: Path | None = None) -> "Lab":
+    def serve(self, binary: Path | None = None) -> Lab:
         argv = [str(binary)] if binary else [str(self.blitzc), "dev", str(self.spec)]
         self.gateway = Served(argv, self.ports["gw"], self.env)
         return self
@@ -336,7 +353,7 @@ def test_round_robin_and_idle_least_conn_go_in_spec_order(lab, upstream):
     lab.serve()
     seq = lab.picks(f"/{upstream}/x", 12)
     order = ["a", "b", "c"]
-    for prev, nxt in zip(seq, seq[1:]):
+    for prev, nxt in pairwise(seq):
         assert order[(order.index(prev) + 1) % 3] == nxt, seq
 
 
@@ -371,20 +388,58 @@ def test_connect_failover_around_a_refused_heavy_server_keeps_the_others_ratio(l
 
 
 def test_consistent_hash_removing_one_of_five_moves_only_its_keys_and_spreads_them(lab):
-    """The same 300 keys over a..e and over a..d (e removed): the keys on e
-    (about 1/5) move, spread over the others (the next point on the ring),
-    no other key moves. HAProxy (`hash-type consistent`) and nginx (`hash
-    consistent`) behave alike: 64 and 70 of 300 keys were on the removed
-    server, none of the others moved."""
+    """The same 300 keys over a..e and over a, b, d, e (c, in the middle of
+    the list, removed): the keys on c (about 1/5) move, spread over the
+    others (the next point on the ring), no other key moves: ring points
+    belong to addresses, not to places in the list. HAProxy (`hash-type
+    consistent`) and nginx (`hash consistent`) behave alike: 64 and 70 of 300
+    keys were on the removed server, none of the others moved."""
     lab.serve()
     keys = [f"user-{i}" for i in range(300)]
     five = {k: lab.picks("/hash5/x", 1, headers={"x-user": k})[0] for k in keys}
     four = {k: lab.picks("/hash4/x", 1, headers={"x-user": k})[0] for k in keys}
-    on_e = [k for k in keys if five[k] == "e"]
-    assert 0.10 <= len(on_e) / len(keys) <= 0.30, len(on_e)
-    assert [k for k in keys if five[k] != "e" and four[k] != five[k]] == []
-    assert len({four[k] for k in on_e}) >= 3, Counter(four[k] for k in on_e)
+    on_c = [k for k in keys if five[k] == "c"]
+    assert 0.10 <= len(on_c) / len(keys) <= 0.30, len(on_c)
+    assert [k for k in keys if five[k] != "c" and four[k] != five[k]] == []
+    assert len({four[k] for k in on_c}) >= 3, Counter(four[k] for k in on_c)
     assert set(five.values()) == set(NAMES)
+
+
+def raw_get(port: int, path: str, source: str = "127.0.0.1", fields: bytes = b"") -> str | None:
+    """x-origin of a GET sent from `source` with raw header `fields` (so a field can be repeated)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nhost: lbd.test\r\n".encode() + fields + b"connection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    assert head[0].startswith("HTTP/1.1 200"), head
+    return next((line.split(":", 1)[1].strip() for line in head if line.lower().startswith("x-origin:")), None)
+
+
+def test_consistent_hash_on_client_ip_keeps_an_address_on_one_server_and_spreads_addresses(lab):
+    """`client-ip` is the connection's address without its port (HAProxy's
+    `balance source`): several connections from one loopback address go to
+    one server, 28 addresses spread over the four."""
+    lab.serve()
+    where = {}
+    for i in range(2, 30):
+        source = f"127.0.0.{i}"
+        served = {raw_get(lab.ports["gw"], "/haship/x", source) for _ in range(3)}
+        assert len(served) == 1, (source, served)
+        where[source] = served.pop()
+    assert len(set(where.values())) >= 3, Counter(where.values())
+
+
+def test_consistent_hash_on_a_repeated_header_uses_its_first_line(lab):
+    """Two `x-user` lines hash as the first alone, as nginx's `$http_x_user`
+    and HAProxy's `hdr()` do."""
+    lab.serve()
+    port = lab.ports["gw"]
+    for i in range(30):
+        first = raw_get(port, "/hash5/x", fields=f"x-user: p{i}\r\n".encode())
+        both = raw_get(port, "/hash5/x", fields=f"x-user: p{i}\r\nx-user: q{i}\r\n".encode())
+        assert both == first, i
 
 
 def test_consistent_hash_without_the_key_header_goes_to_one_server(lab):
@@ -466,7 +521,7 @@ def test_retries_alternate_between_two_failing_servers_and_relay_the_last_answer
     status, who, body = lab.request("/two/x?fail=a,b&i=alt")
     tries = [name for name, _ in lab.tries("i=alt")]
     assert len(tries) == 4, tries
-    assert all(x != y for x, y in zip(tries, tries[1:])), tries
+    assert all(x != y for x, y in pairwise(tries)), tries
     assert (status, who, body) == (503, tries[-1], f"{tries[-1]}\n".encode())
 
 
@@ -492,6 +547,23 @@ def test_only_idempotent_requests_without_a_body_are_retried(lab):
         **{case: (200, 2) for case in RETRIED},
         **{case: (503, 1) for case in NOT_RETRIED},
     }, outcome
+
+
+def test_the_retry_budget_banks_at_most_100_retries(lab):
+    """600 good requests deposit 120 fifths-of-a-retry, but at most 100 are
+    banked; then 50 requests that both servers answer 503 (attempts=3, 150
+    retries wanted) get the 100 banked, the 10 their own 50 deposit, and the
+    floor of 3 a second. HAProxy has no budget (it sends every `retries`);
+    Envoy's retry_budget is this idea."""
+    lab.serve()
+    started = time.monotonic()
+    for i in range(600):
+        assert lab.request(f"/budget/ok?i={i}")[0] == 200
+    for i in range(50):
+        assert lab.request(f"/budget/x?fail=a,b&i={i}")[0] == 503
+    seconds = time.monotonic() - started
+    sent = len(lab.tries("/budget/x"))
+    assert 50 + 100 <= sent <= 50 + 100 + 10 + 3 * (int(seconds) + 2), (sent, seconds)
 
 
 def test_a_503_not_listed_is_relayed_without_a_retry(lab):
