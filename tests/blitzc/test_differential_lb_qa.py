@@ -20,7 +20,8 @@ row take a running server out, `healthy` passed ones bring it back, any
 2xx/3xx passes by default (399 passes, 400 fails, as HAProxy's httpchk), a
 check past `timeout` fails; consistent hashing over 5 servers moves only
 the keys of the one removed (~1/5, a server in the middle of the list),
-spread over the 4 left; `client-ip` keeps an address (not a connection) on
+spread over the 4 left, and the keys of a passively ejected server go where
+the ring without it sends them; `client-ip` keeps an address (not a connection) on
 one server; a repeated key header hashes as its first line; a retry goes to
 the other server, alternating while both fail, and the last try's own answer
 is relayed; a one-server upstream retries on that server (HAProxy does, nginx
@@ -208,7 +209,7 @@ def who_origin(name: str, port: int, journal: list, seen_keys: set) -> Origin:
     across origins shows). `/hz/...` are health checks, answered with
     `origin.checks[path]` (a status or "stall"; 200 when unset). The query
     steers the rest: `fail=a,b` answers 503 from those, `drop=a` closes
-    without answering, `failfirst=KEY` answers 503 to the first request with
+    without answering, `stall=a` answers after 2 s, `failfirst=KEY` answers 503 to the first request with
     that KEY whichever origin gets it, 200 after."""
     origin = Origin(port=port)
     origin.checks = {}
@@ -229,6 +230,8 @@ def who_origin(name: str, port: int, journal: list, seen_keys: set) -> Origin:
 
         if listed("drop"):
             conn.close()
+            return False
+        if listed("stall") and not conn.sleep(2.0):
             return False
         first = q.get("failfirst", [None])[0]
         status = 503 if listed("fail") else 200
@@ -405,6 +408,31 @@ def test_consistent_hash_removing_one_of_five_moves_only_its_keys_and_spreads_th
     assert set(five.values()) == set(NAMES)
 
 
+def test_consistent_hash_keys_of_an_ejected_server_go_where_a_ring_without_it_sends_them(lab):
+    """c answers three 5xx in a row and is ejected (passive health, 2 s): its
+    keys go to "the next endpoint on the ring", which is where the ring
+    without c (hash4) puts them; no other key moves. HAProxy's consistent
+    hash skips a down server the same way."""
+    lab.serve()
+    keys = [f"user-{i}" for i in range(200)]
+    five = {k: lab.picks("/hash5/x", 1, headers={"x-user": k})[0] for k in keys}
+    four = {k: lab.picks("/hash4/x", 1, headers={"x-user": k})[0] for k in keys}
+    on_c = [k for k in keys if five[k] == "c"]
+    others = [k for k in keys if five[k] != "c"][:20]
+    for k in on_c[:3]:
+        status, who, _ = lab.request("/hash5/eject?fail=c", headers={"x-user": k})
+        assert (status, who) == (503, "c"), k
+    ejected_at = time.monotonic()
+    during = []
+    for k in on_c + others:
+        started = time.monotonic()
+        during.append((started, k, lab.picks("/hash5/y", 1, headers={"x-user": k})[0]))
+    # Only requests started well inside the 2 s ejection are asserted on.
+    inside = [(k, who) for started, k, who in during if started < ejected_at + 1.5]
+    assert len(inside) > len(on_c) // 2, "the loop was too slow to say anything"
+    assert [(k, who) for k, who in inside if who != four[k]] == [], inside
+
+
 def raw_get(port: int, path: str, source: str = "127.0.0.1", fields: bytes = b"") -> str | None:
     """x-origin of a GET sent from `source` with raw header `fields` (so a field can be repeated)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
@@ -489,15 +517,16 @@ def test_a_server_failing_its_checks_from_start_serves_until_unhealthy_checks_fa
     lab.origins["b"].checks["/hz/start"] = 500
     lab.serve()
     b, hz = lab.origins["b"], "/hz/start"
-    assert b.wait_for(lambda: lab.checks("b", hz) >= 1, timeout=10)
+    # Checks of one endpoint run one after another: once the second has
+    # arrived, the first one's verdict is in (the third is 1 s away).
+    assert b.wait_for(lambda: lab.checks("b", hz) >= 2, timeout=10)
     served = lab.picks("/startcheck/x", 6)
     assert "b" in served, served
     assert lab.wait_log(f'"startcheck": 127.0.0.1:{lab.ports["b"]} is unhealthy (3 failed checks)'), (
         "\n".join(lab.gateway.lines)
     )
     order = ["check" if r.target == hz else "client" for r in b.requests if r.target == hz or "/startcheck/" in r.target]
-    first_check = order.index("check")
-    assert "client" in order[first_check:], order
+    assert order[: order.index("client")].count("check") >= 2, order
     assert lab.picks("/startcheck/y", 6) == ["a"] * 6
 
 
