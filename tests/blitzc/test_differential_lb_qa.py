@@ -21,8 +21,8 @@ row take a running server out, `healthy` passed ones bring it back, any
 check past `timeout` fails; consistent hashing over 5 servers moves only
 the keys of the one removed (~1/5, a server in the middle of the list),
 spread over the 4 left, and the keys of a passively ejected server go where
-the ring without it sends them; `client-ip` keeps an address (not a connection) on
-one server; a repeated key header hashes as its first line; a retry goes to
+the ring without it sends them; `client-ip` keeps an address (not a
+connection) on one server; a repeated key header hashes as its first line; a retry goes to
 the other server, alternating while both fail, and the last try's own answer
 is relayed; a one-server upstream retries on that server (HAProxy does, nginx
 cannot); connect failover around a refused heavy server keeps 1:2 among the
@@ -54,7 +54,13 @@ Divergences, each judged against docs/spec.md (no bug found):
   only `proxy_next_upstream` failures, HAProxy needs `observe`): documented,
   pinned in test_upstreams*.py;
 - HAProxy (`http-reuse safe`) opens a server connection per client
-  connection; Blitz and nginx share the pool across clients.
+  connection; Blitz and nginx share the pool across clients;
+- round-robin starts each worker at a seeded place (balance.rs; the peers
+  start at the first server); least-conn and p2c ignore weights (B082;
+  HAProxy's leastconn and random(2) use them): documented;
+- nginx takes a server out for 10 s at its first connect error
+  (`max_fails=1`); Blitz after 3 failures in a row, for 2 s doubling:
+  documented.
 
 Waits only bound how long a test blocks; nothing asserts a timing.
 """
@@ -338,8 +344,8 @@ def lab(blitzc, cache_dir, lab_spec):
 def test_weighted_round_robin_1_2_5_is_nginx_smooth_sequence(lab):
     """Weights 1:2:5: exactly nginx's sequence (c b c a c c b c ...), so
     each run of 8 picks holds 1, 2 and 5, and the heavy server is never
-    picked more than twice in a row (HAProxy's roundrobin: same counts,
-    another order, also at most 2; static-rr: the same)."""
+    picked more than twice in a row (HAProxy's roundrobin and static-rr give
+    other orders with the same counts, also at most 2 in a row)."""
     lab.serve()
     weights = {"a": 1, "b": 2, "c": 5}
     seq = lab.picks("/wrr/x", 24)
