@@ -507,16 +507,19 @@ pub struct Retry {
 pub enum RetryOn {
     ConnectError,
     Timeout,
+    /// The upstream closed or reset the connection before a response head.
+    Reset,
     /// An upstream response with this status.
     Status(u16),
 }
 
 impl RetryOn {
-    /// Parses `connect-error`, `timeout` or a 5xx status code.
+    /// Parses `connect-error`, `timeout`, `reset` or a 5xx status code.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "connect-error" => Some(RetryOn::ConnectError),
             "timeout" => Some(RetryOn::Timeout),
+            "reset" => Some(RetryOn::Reset),
             _ => {
                 let status: u16 = text.parse().ok().filter(|_| text.len() == 3)?;
                 (500..=599)

@@ -46,8 +46,9 @@ Divergences, each judged against docs/spec.md (no bug found):
 - an upstream that closes without answering is not retried even with
   `"502"` in `on` (only a status the response head had counts); nginx
   (`proxy_next_upstream error`, its default) and HAProxy (`retry-on
-  empty-response`) retry it. Documented: `on` has no such condition (a gap,
-  not a doc mismatch); pinned;
+  empty-response`) retry it. `on` had no such condition (a gap): now
+  `on="reset"` retries it (Envoy's name), for the requests a retry is safe
+  for (an idempotent method, no body); the "502" case stays pinned;
 - every server refused: 502 (nginx 502, HAProxy 503); a listed 503 is
   retried and the retry budget (floor 3/s) caps the tries where HAProxy
   sends all `retries`; passive ejection on three 5xx in a row (nginx counts
@@ -179,9 +180,14 @@ upstream "closed" {{
     server "127.0.0.1:{b}"
     retry attempts=2 on="connect-error" "502" "503" "timeout"
 }}
+upstream "reset" {{
+    server "127.0.0.1:{a}"
+    server "127.0.0.1:{b}"
+    retry attempts=2 on="reset"
+}}
 """
 UPSTREAMS = ("rr", "lc", "wrr", "wrrhc", "wrrdead", "hash5", "hash4", "haship", "checked", "startcheck", "one", "two",
-             "budget", "no503", "closed")
+             "budget", "no503", "closed", "reset")
 # Appended to the template, so its braces are doubled as the template's are.
 SPEC += "".join(f'route "{u}" {{{{\n    match {{{{ path-prefix "/{u}/" }}}}\n    proxy "{u}"\n}}}}\n' for u in UPSTREAMS)
 
@@ -622,6 +628,22 @@ def test_an_upstream_that_closes_without_answering_is_not_retried_even_with_502_
         statuses.append((status, who))
         assert lab.tries(f"drop=a&i={i}") == ([("a", "GET")] if status == 502 else [("b", "GET")]), (i, status)
     assert (502, None) in statuses and (200, "b") in statuses, statuses
+
+
+def test_an_upstream_that_closes_without_answering_is_retried_with_reset_listed(lab):
+    """`on="reset"`: a close (or reset) before any response head is retried
+    on the other server, for a GET; a POST with a body never is (it may
+    have been processed and its body is not kept: 502)."""
+    lab.serve()
+    for i in range(6):
+        status, who, _ = lab.request(f"/reset/x?drop=a&i={i}")
+        assert (status, who) == (200, "b"), (i, status, who)
+        assert lab.tries(f"drop=a&i={i}")[-1] == ("b", "GET"), lab.tries(f"drop=a&i={i}")
+    assert ("a", "GET") in lab.tries("/reset/"), "a was tried and closed"
+    posts = [lab.request(f"/reset/x?drop=a&p={i}", method="POST", body=b"data") for i in range(6)]
+    assert {(s, w) for s, w, _ in posts} <= {(502, None), (200, "b")}, posts
+    for i in range(6):
+        assert len(lab.tries(f"drop=a&p={i}")) == 1, lab.tries(f"drop=a&p={i}")
 
 
 # ---------------------------------------------------------------- the compiled gateway agrees

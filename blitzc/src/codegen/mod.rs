@@ -362,8 +362,9 @@ fn upstream(u: &Upstream) -> TokenStream {
             let t = duration(t.value);
             quote! { .with_total(#t) }
         });
+        let reset = on(RetryOn::Reset).then(|| quote! { .on_reset() });
         chain.extend(quote! {
-            .with_retry(RetryPolicy::new(#attempts, #connect_error, #timeout, &[#(#statuses),*]) #total)
+            .with_retry(RetryPolicy::new(#attempts, #connect_error, #timeout, &[#(#statuses),*]) #total #reset)
         });
     }
     chain

@@ -590,7 +590,10 @@ impl Lowering {
         match RetryOn::parse(text) {
             Some(on) => Some(Spanned::new(on, span)),
             None => {
-                let help = choices_help(text, &["connect-error", "timeout", "502", "503", "504"]);
+                let help = choices_help(
+                    text,
+                    &["connect-error", "timeout", "reset", "502", "503", "504"],
+                );
                 self.push(
                     Diagnostic::error(
                         Code::InvalidValue,

@@ -254,6 +254,9 @@ pub fn upstream_from_ir(u: &blitz_ir::Upstream) -> Upstream {
         if let Some(total) = &r.total {
             policy = policy.with_total(total.value);
         }
+        if on(RetryOn::Reset) {
+            policy = policy.on_reset();
+        }
         up = up.with_retry(policy);
     }
     up

@@ -248,6 +248,10 @@ pub struct RetryPolicy {
     pub on_connect_error: bool,
     /// Retry when the response head did not come in time.
     pub on_timeout: bool,
+    /// Retry when the upstream closed or reset the connection before a
+    /// response head (Envoy's `reset`, HAProxy's `empty-response`, part of
+    /// nginx's default `error`).
+    pub on_reset: bool,
     /// Retry when the response has one of these statuses.
     pub on_status: Vec<u16>,
     /// Deadline of the whole request (until its response head), all tries
@@ -263,9 +267,17 @@ impl RetryPolicy {
             attempts,
             on_connect_error,
             on_timeout,
+            on_reset: false,
             on_status: on_status.to_vec(),
             total: None,
         }
+    }
+
+    /// Retries when the upstream closed or reset the connection before a
+    /// response head, too.
+    pub fn on_reset(mut self) -> Self {
+        self.on_reset = true;
+        self
     }
 
     /// Sets the deadline of the whole request.

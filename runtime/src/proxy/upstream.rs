@@ -197,6 +197,9 @@ pub(crate) fn replayable(req: &RequestHead) -> bool {
 enum Failure {
     /// No response head within the try's response timeout.
     Timeout,
+    /// The upstream closed or reset the connection before a response head
+    /// (`on="reset"`).
+    Reset,
     /// The response head had this status (set aside, not relayed).
     Status(u16),
 }
@@ -371,15 +374,24 @@ impl<'a> Tries<'a> {
     ) -> Option<(ProxyError, bool)> {
         let (error, answered, failure) = match miss {
             Miss::Stale if self.replay_stale(reused) => return None,
-            Miss::Stale => (ProxyError::new(ErrorKind::UpstreamClosed), false, None),
+            Miss::Stale => (
+                ProxyError::new(ErrorKind::UpstreamClosed),
+                false,
+                Some(Failure::Reset),
+            ),
             Miss::RetryStatus(status) => (
                 ProxyError::with_status(ErrorKind::UpstreamStatus, status),
                 false,
                 Some(Failure::Status(status)),
             ),
             Miss::Failed { error, answered } => {
-                let timeout = !answered && error.kind == ErrorKind::UpstreamTimeout;
-                (error, answered, timeout.then_some(Failure::Timeout))
+                let failure = match error.kind {
+                    _ if answered => None,
+                    ErrorKind::UpstreamTimeout => Some(Failure::Timeout),
+                    ErrorKind::UpstreamClosed => Some(Failure::Reset),
+                    _ => None,
+                };
+                (error, answered, failure)
             }
         };
         if error.side == Side::Upstream {
@@ -400,6 +412,7 @@ impl<'a> Tries<'a> {
     fn again(&mut self, addr: SocketAddr, failure: Failure) -> bool {
         let listed = match failure {
             Failure::Timeout => self.set.retry.on_timeout,
+            Failure::Reset => self.set.retry.on_reset,
             Failure::Status(status) => self.set.retry.on_status.contains(&status),
         };
         let now = Instant::now();
@@ -1251,6 +1264,32 @@ mod tests {
         // The keep-alive race costs no failure.
         assert!(t.missed(&ep, true, Miss::Stale).is_none());
         assert_eq!(failures(&ep), 4);
+    }
+
+    #[test]
+    fn a_close_before_the_head_is_retried_only_with_reset_listed() {
+        let closed = || Miss::failed(ErrorKind::UpstreamClosed, false);
+        for (policy, retried) in [
+            (RetryPolicy::new(2, false, false, &[502]), false),
+            (RetryPolicy::new(2, false, false, &[]).on_reset(), true),
+        ] {
+            let s = set(policy);
+            let ep = s
+                .pick(0, Instant::now(), |_| false, |_| false)
+                .unwrap_or_else(|| panic!("an endpoint"));
+            // On a fresh connection: a close before any byte, or mid-head.
+            let mut t = started(&s, true);
+            assert_eq!(t.missed(&ep, false, Miss::Stale).is_none(), retried);
+            let mut t = started(&s, true);
+            assert_eq!(t.missed(&ep, false, closed()).is_none(), retried);
+            // Never once the client got bytes, nor for a request that is
+            // not replayable.
+            let mut t = started(&s, true);
+            let late = Miss::failed(ErrorKind::UpstreamClosed, true);
+            assert!(t.missed(&ep, false, late).is_some());
+            let mut t = started(&s, false);
+            assert!(t.missed(&ep, false, closed()).is_some());
+        }
     }
 
     #[test]
