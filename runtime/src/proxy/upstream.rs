@@ -1022,11 +1022,11 @@ pub(crate) struct HeadRead<'a> {
 /// When the wait for a response head ends: `response` after the request
 /// was sent (with a body, once the whole body went up; until then the
 /// wait has no deadline, the body's own timeouts bound it). Each interim
-/// answer after that (the first [`MAX_INTERIMS`]) starts it again: the upstream shows
-/// it is still at work, which is what `102 Processing` is for (nginx's
-/// `proxy_read_timeout` and HAProxy's `timeout server` count from the last
-/// bytes read too), but never past `retry total` (`total`), which bounds
-/// the whole request until its head.
+/// answer after that (the first [`MAX_INTERIMS`]) starts it again: the
+/// upstream shows it is still at work, which is what `102 Processing` is
+/// for (nginx's `proxy_read_timeout` and HAProxy's `timeout server` count
+/// from the last bytes read too), but never past `retry total` (`total`),
+/// which bounds the whole request until its head.
 pub(crate) struct HeadClock {
     timeout: Duration,
     total: Option<Instant>,

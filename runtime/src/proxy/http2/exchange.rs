@@ -67,7 +67,8 @@ enum Attempt {
 enum BodyError {
     /// The client's body: it reset the stream or broke its framing.
     ClientGone,
-    /// A trailer field the head would be refused for (why).
+    /// The request turned out malformed (why): a trailer field the head
+    /// would be refused for, DATA past its content-length.
     Malformed(&'static str),
     ClientTimeout,
     TooLarge,
