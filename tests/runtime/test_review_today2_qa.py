@@ -131,16 +131,21 @@ class ScriptedOrigin(ThreadPerConnection):
         c.settimeout(BOUND + 5)
         with c:
             try:
-                self._exchange(c)
+                # A keep-alive answer keeps the connection serving: the
+                # gateway pools it, and a close right after the answer could
+                # meet its next request (a body is never replayed: 502).
+                while self._exchange(c):
+                    pass
             except OSError:
                 return
 
-    def _exchange(self, c: socket.socket) -> None:
+    def _exchange(self, c: socket.socket) -> bool:
+        """One request; whether the connection may serve another."""
         buf = b""
         while b"\r\n\r\n" not in buf:
             d = c.recv(65536)
             if not d:
-                return
+                return False
             buf += d
         head, body = buf.split(b"\r\n\r\n", 1)
         lines = head.split(b"\r\n")
@@ -169,12 +174,13 @@ class ScriptedOrigin(ThreadPerConnection):
             c.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
             if take_body(echo=True):
                 c.sendall(b"0\r\n\r\n")
-            return
+                return True
+            return False
         if path == "/work":
             for _ in range(int(query["pre"][0])):
                 c.sendall(b"HTTP/1.1 102 Processing\r\n\r\n")
             if not take_body(echo=False):
-                return
+                return False
             n, gap = int(query["n"][0]), float(query["gap"][0])
             last_gap = float(query.get("last_gap", [gap])[0])
             for i in range(n):
@@ -182,17 +188,18 @@ class ScriptedOrigin(ThreadPerConnection):
                 c.sendall(b"HTTP/1.1 102 Processing\r\n\r\n")
             time.sleep(last_gap)
             c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone")
-            return
+            return False
         if fields.get(b"transfer-encoding"):
             while not self.received[path].endswith(b"0\r\n\r\n"):
                 d = c.recv(65536)
                 if not d:
-                    return
+                    return False
                 self.received[path] += d
             self.done[path] = True
         elif not take_body(echo=False):
-            return
+            return False
         c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+        return False
 
 
 @pytest.fixture(scope="module")
