@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.blitzc import BLITZC_BUILD_TIMEOUT
+from support.blitzc import BLITZC_BUILD_TIMEOUT, blitz_env
 from support.gateway import REPO, WatchedProcess, free_port
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -95,20 +95,6 @@ VERSION = re.compile(r"\(blitzc (\S+), spec (sha256:[0-9a-f]{64})\)\n")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def blitz_env(cache_dir: Path | None, **changes: str | None) -> dict:
-    """os.environ with BLITZ_CACHE_DIR (unless None) and `changes` (None removes a variable)."""
-    env = dict(os.environ)
-    env.pop("BLITZ_CACHE_DIR", None)
-    if cache_dir is not None:
-        env["BLITZ_CACHE_DIR"] = str(cache_dir)
-    for key, value in changes.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
 
 
 def run(*argv, env=None, cwd=None, timeout: float = BLITZC_BUILD_TIMEOUT) -> subprocess.CompletedProcess:

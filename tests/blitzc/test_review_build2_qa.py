@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.blitzc import BLITZC_BUILD_TIMEOUT
+from support.blitzc import BLITZC_BUILD_TIMEOUT, blitz_env
 from support.gateway import WatchedProcess, free_port
 
 SPEC = """version 1
@@ -86,19 +86,6 @@ WAITING = "waiting for another build"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def blitz_env(cache_dir: Path | None, **changes: str | None) -> dict:
-    """os.environ with BLITZ_CACHE_DIR (unless None) and `changes` (None removes a variable)."""
-    env = {k: v for k, v in os.environ.items() if k != "BLITZ_CACHE_DIR"}
-    if cache_dir is not None:
-        env["BLITZ_CACHE_DIR"] = str(cache_dir)
-    for key, value in changes.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
 
 
 def run(*argv, env=None, cwd=None, timeout: float = BLITZC_BUILD_TIMEOUT) -> subprocess.CompletedProcess:

@@ -19,6 +19,19 @@ from support.origin import Origin, respond
 BLITZC_BUILD_TIMEOUT = 1800
 
 
+def blitz_env(cache_dir: Path | None, **changes: str | None) -> dict:
+    """os.environ with BLITZ_CACHE_DIR (unless None) and `changes` (None removes a variable)."""
+    env = {k: v for k, v in os.environ.items() if k != "BLITZ_CACHE_DIR"}
+    if cache_dir is not None:
+        env["BLITZ_CACHE_DIR"] = str(cache_dir)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
 def named_origin(name: str) -> Origin:
     """An origin that answers `<name> <METHOD> <target>` and echoes what it got as JSON headers."""
     origin = Origin()
