@@ -89,11 +89,21 @@ def build_hello_gateway() -> Path:
     return binary
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    """A port free now on 127.0.0.1, and not one this process handed out
+    before: the kernel may give two binds in a row the same port, and a
+    test asking for three listeners got two alike (CI)."""
+    for _ in range(100):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _handed_out:
+            break
+    _handed_out.add(port)
     return port
 
 
