@@ -37,9 +37,10 @@ Divergences, each judged against docs/spec.md (no bug found):
   server at the edge of `rise` and takes it out at its first failed check.
   The spec says "Endpoints start up ... unhealthy failures in a row mark an
   endpoint down": documented, pinned;
-- a request without the hash key header goes always to one server (the
-  empty key); HAProxy's `balance hdr()` and nginx's `hash` fall back to
-  round-robin. Documented ("a missing header is the empty key"), pinned;
+- a request without the hash key header went always to one server (the
+  empty key), where HAProxy's `balance hdr()` and nginx's `hash` fall back
+  to round-robin. Fixed since: such requests go to a random point of the
+  ring (Envoy's fallback), so they are spread;
 - only idempotent methods without a body are retried (PUT with
   `content-length: 0` is, a GET with a body, PATCH or an empty POST are
   not); HAProxy 2.6 retried all of them on a listed 503. Documented, safer;
@@ -482,12 +483,18 @@ def test_consistent_hash_on_a_repeated_header_uses_its_first_line(lab):
         assert both == first, i
 
 
-def test_consistent_hash_without_the_key_header_goes_to_one_server(lab):
-    """A missing header is the empty key (docs/spec.md 7.1): all such
-    requests share one server. HAProxy (`balance hdr()`) and nginx (`hash
-    $http_x_user`) spread them round-robin instead: a documented choice."""
+def test_consistent_hash_without_the_key_header_spreads_the_requests(lab):
+    """A request without the key header, or with it empty, has no key
+    (docs/spec.md 7.1): it goes to a random point of the ring, so such
+    requests are spread, as HAProxy (`balance hdr()`) and nginx (`hash
+    $http_x_user`) spread them (round-robin). They used to all share the
+    server of the empty key. 40 picks over 5 servers all on one by chance:
+    5 x 0.2^40. A request with the header still sticks."""
     lab.serve()
-    assert len(set(lab.picks("/hash5/x", 10))) == 1
+    port = lab.ports["gw"]
+    assert len(set(lab.picks("/hash5/x", 40))) >= 3
+    assert len({raw_get(port, "/hash5/x", fields=b"x-user:\r\n") for _ in range(40)}) >= 3
+    assert len({raw_get(port, "/hash5/x", fields=b"x-user: carol\r\n") for _ in range(10)}) == 1
 
 
 # ---------------------------------------------------------------- active health checks

@@ -99,10 +99,11 @@ impl Balancer {
 
     /// Picks a usable endpoint: `usable(i)` says whether endpoint `i` may be
     /// chosen, `load(i)` is its requests in flight, `key` the request's
-    /// hash key (consistent-hash only). `None` when nothing is usable.
+    /// hash key (consistent-hash only; `None`, a request without one, goes
+    /// to a random point of the ring). `None` when nothing is usable.
     pub fn pick(
         &self,
-        key: u64,
+        key: Option<u64>,
         usable: impl Fn(usize) -> bool,
         load: impl Fn(usize) -> u64,
     ) -> Option<usize> {
@@ -169,6 +170,10 @@ impl Balancer {
                 if points.is_empty() {
                     return None;
                 }
+                // A request without a key is spread, not piled on the
+                // endpoint of the empty key (nginx and HAProxy fall back to
+                // round-robin there): a random point keeps the weights.
+                let key = key.unwrap_or_else(|| self.next_random());
                 let start = points.partition_point(|&(h, _)| h < key);
                 (0..points.len())
                     .map(|k| points[(start + k) % points.len()].1 as usize)
@@ -239,7 +244,7 @@ mod tests {
         let mut c = vec![0; b.len()];
         for k in 0..picks {
             let key = hash_bytes(&k.to_le_bytes());
-            if let Some(i) = b.pick(key, &usable, |_| 0) {
+            if let Some(i) = b.pick(Some(key), &usable, |_| 0) {
                 c[i] += 1;
             }
         }
@@ -251,15 +256,17 @@ mod tests {
         let b = Balancer::new(&Balance::RoundRobin, &cands(&[1, 1, 1]), 0);
         assert_eq!(counts(&b, 300, |_| true), [100, 100, 100]);
         assert_eq!(counts(&b, 300, |i| i != 1), [150, 0, 150]);
-        assert_eq!(b.pick(0, |_| false, |_| 0), None);
+        assert_eq!(b.pick(None, |_| false, |_| 0), None);
         let empty = Balancer::new(&Balance::RoundRobin, &[], 0);
-        assert_eq!(empty.pick(0, |_| true, |_| 0), None);
+        assert_eq!(empty.pick(None, |_| true, |_| 0), None);
     }
 
     #[test]
     fn smooth_wrr_is_exact_over_each_window_and_interleaved() {
         let b = Balancer::new(&Balance::WeightedRoundRobin, &cands(&[5, 1, 1]), 7);
-        let seq: Vec<_> = (0..7).filter_map(|_| b.pick(0, |_| true, |_| 0)).collect();
+        let seq: Vec<_> = (0..7)
+            .filter_map(|_| b.pick(None, |_| true, |_| 0))
+            .collect();
         assert_eq!(seq, [0, 0, 1, 0, 2, 0, 0], "nginx's smooth order");
         // Every window of sum(weights) picks, not just the first.
         for _ in 0..10 {
@@ -274,11 +281,11 @@ mod tests {
     fn least_conn_takes_the_least_loaded_and_rotates_ties() {
         let b = Balancer::new(&Balance::LeastConn, &cands(&[1, 1, 1]), 0);
         let load = [5u64, 2, 9];
-        assert_eq!(b.pick(0, |_| true, |i| load[i]), Some(1));
-        assert_eq!(b.pick(0, |i| i != 1, |i| load[i]), Some(0));
+        assert_eq!(b.pick(None, |_| true, |i| load[i]), Some(1));
+        assert_eq!(b.pick(None, |i| i != 1, |i| load[i]), Some(0));
         let mut seen = [0; 3];
         for _ in 0..30 {
-            if let Some(i) = b.pick(0, |_| true, |_| 0) {
+            if let Some(i) = b.pick(None, |_| true, |_| 0) {
                 seen[i] += 1;
             }
         }
@@ -286,7 +293,7 @@ mod tests {
         // One endpoint out: ties alternate between the other two.
         let mut seen = [0; 3];
         for _ in 0..30 {
-            if let Some(i) = b.pick(0, |i| i != 1, |_| 0) {
+            if let Some(i) = b.pick(None, |i| i != 1, |_| 0) {
                 seen[i] += 1;
             }
         }
@@ -302,7 +309,7 @@ mod tests {
         let c = {
             let mut c = [0; 4];
             for _ in 0..4000 {
-                if let Some(i) = b.pick(0, |_| true, |i| load[i]) {
+                if let Some(i) = b.pick(None, |_| true, |i| load[i]) {
                     c[i] += 1;
                 }
             }
@@ -312,9 +319,27 @@ mod tests {
         for &n in &c[1..] {
             assert!((1100..=1600).contains(&n), "{c:?}");
         }
-        assert_eq!(b.pick(0, |i| i == 2, |_| 0), Some(2));
+        assert_eq!(b.pick(None, |i| i == 2, |_| 0), Some(2));
         let one = Balancer::new(&Balance::P2c, &cands(&[1]), 0);
-        assert_eq!(one.pick(0, |_| true, |_| 0), Some(0));
+        assert_eq!(one.pick(None, |_| true, |_| 0), Some(0));
+    }
+
+    #[test]
+    fn consistent_hash_spreads_requests_without_a_key_by_weight() {
+        let b = Balancer::new(
+            &Balance::ConsistentHash(HashKey::Path),
+            &cands(&[1, 1, 2]),
+            3,
+        );
+        let mut c = [0usize; 3];
+        for _ in 0..4000 {
+            if let Some(i) = b.pick(None, |_| true, |_| 0) {
+                c[i] += 1;
+            }
+        }
+        assert!(c[..2].iter().all(|&n| (700..=1300).contains(&n)), "{c:?}");
+        assert!((1600..=2400).contains(&c[2]), "{c:?}");
+        assert_eq!(b.pick(None, |i| i == 1, |_| 0), Some(1));
     }
 
     #[test]
@@ -337,8 +362,8 @@ mod tests {
         let mut per = [0usize; 5];
         for k in 0..keys {
             let key = hash_bytes(format!("user-{k}").as_bytes());
-            let before = b5.pick(key, |_| true, |_| 0).map(id5);
-            let after = b4.pick(key, |_| true, |_| 0).map(id4);
+            let before = b5.pick(Some(key), |_| true, |_| 0).map(id5);
+            let after = b4.pick(Some(key), |_| true, |_| 0).map(id4);
             per[all.iter().position(|c| Some(c.id) == before).unwrap_or(0)] += 1;
             if before == Some(all[2].id) {
                 on_removed += 1;
@@ -355,8 +380,8 @@ mod tests {
         // A server that is down passes its keys on, the rest stay.
         for k in 0..1000 {
             let key = hash_bytes(format!("user-{k}").as_bytes());
-            let up = b5.pick(key, |_| true, |_| 0);
-            let down = b5.pick(key, |i| i != 2, |_| 0);
+            let up = b5.pick(Some(key), |_| true, |_| 0);
+            let down = b5.pick(Some(key), |i| i != 2, |_| 0);
             if up != Some(2) {
                 assert_eq!(up, down);
             } else {

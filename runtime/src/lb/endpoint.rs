@@ -316,19 +316,25 @@ impl UpstreamSet {
         live.generation = generation;
     }
 
-    /// The consistent-hash key of a request (0 for other algorithms).
-    pub fn hash_key(&self, req: &crate::http::RequestHead, client: SocketAddr) -> u64 {
+    /// The consistent-hash key of a request: `None` for other algorithms,
+    /// and for a `header:` key the request lacks or sends empty (such
+    /// requests are spread over the ring, as nginx and HAProxy spread them,
+    /// instead of all landing on one endpoint).
+    pub fn hash_key(&self, req: &crate::http::RequestHead, client: SocketAddr) -> Option<u64> {
         let Balance::ConsistentHash(key) = &self.balance else {
-            return 0;
+            return None;
         };
-        match key {
+        Some(match key {
             HashKey::ClientIp => match client.ip() {
                 std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
                 std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
             },
-            HashKey::Header(name) => hash_bytes(req.headers().get(name).unwrap_or_default()),
+            HashKey::Header(name) => match req.headers().get(name) {
+                Some(value) if !value.is_empty() => hash_bytes(value),
+                _ => return None,
+            },
             HashKey::Path => hash_bytes(req.path_only()),
-        }
+        })
     }
 
     /// Picks an endpoint for a try. Active-down endpoints and those `avoid`
@@ -337,7 +343,7 @@ impl UpstreamSet {
     /// only when that is all there is. `None`: nothing left (503).
     pub fn pick(
         &self,
-        key: u64,
+        key: Option<u64>,
         now: Instant,
         avoid: impl Fn(SocketAddr) -> bool,
         prefer_not: impl Fn(SocketAddr) -> bool,
@@ -433,7 +439,7 @@ mod tests {
             Balance::RoundRobin,
         );
         let a = s
-            .pick(0, t0, |_| false, |_| false)
+            .pick(None, t0, |_| false, |_| false)
             .unwrap_or_else(|| panic!("a pick"));
         let first = a.begin(false);
         let _retry = a.begin(true);
@@ -474,37 +480,39 @@ mod tests {
         states[0].set_up(false);
         for _ in 0..20 {
             let e = s
-                .pick(0, t0, |_| false, |_| false)
+                .pick(None, t0, |_| false, |_| false)
                 .unwrap_or_else(|| panic!("pick"));
             assert_ne!(e.addr, addr(1), "active-down is never picked");
         }
         // Eject 2 passively: only 3 is left...
         let e2 = s
-            .pick(0, t0, |a| a != addr(2), |_| false)
+            .pick(None, t0, |a| a != addr(2), |_| false)
             .unwrap_or_else(|| panic!("2"));
         for _ in 0..CONSECUTIVE_FAILURES {
             e2.failed(t0);
         }
         for _ in 0..5 {
             assert_eq!(
-                s.pick(0, t0, |_| false, |_| false).map(|e| e.addr),
+                s.pick(None, t0, |_| false, |_| false).map(|e| e.addr),
                 Some(addr(3))
             );
         }
         // ...and when 3 is avoided too, the ejected one is tried anyway.
         assert_eq!(
-            s.pick(0, t0, |a| a == addr(3), |_| false).map(|e| e.addr),
+            s.pick(None, t0, |a| a == addr(3), |_| false)
+                .map(|e| e.addr),
             Some(addr(2))
         );
         // Already-tried endpoints are picked only when nothing else is left.
         assert_eq!(
-            s.pick(0, t0, |_| false, |a| a == addr(3)).map(|e| e.addr),
+            s.pick(None, t0, |_| false, |a| a == addr(3))
+                .map(|e| e.addr),
             Some(addr(2))
         );
         // Every endpoint down: nothing (503).
         states[1].set_up(false);
         states[2].set_up(false);
-        assert!(s.pick(0, t0, |_| false, |_| false).is_none());
+        assert!(s.pick(None, t0, |_| false, |_| false).is_none());
     }
 
     #[test]

@@ -56,7 +56,7 @@ fn failed(kind: ErrorKind) -> Exchange {
 /// endpoint, the connection, and whether it came from the pool.
 async fn connect(
     set: &UpstreamSet,
-    key: u64,
+    key: Option<u64>,
     tried: &[SocketAddr],
     fresh_only: bool,
     connect_timeout: Duration,
@@ -258,7 +258,7 @@ impl<'a> Tries<'a> {
 
     /// Opens the next try's connection ([`connect`], with its failover),
     /// then decides whether this try may be retried.
-    pub(crate) async fn connect(&mut self, key: u64) -> Result<Try, ProxyError> {
+    pub(crate) async fn connect(&mut self, key: Option<u64>) -> Result<Try, ProxyError> {
         // One clock read serves the pool and the response deadline of a
         // pooled connection on the first try (the hot path).
         let now = if self.tried.is_empty() {
@@ -1234,7 +1234,7 @@ mod tests {
     fn a_missed_try_reports_the_upstreams_failures_and_retries_by_the_policy() {
         let s = set(RetryPolicy::new(2, false, true, &[503]));
         let ep = s
-            .pick(0, Instant::now(), |_| false, |_| false)
+            .pick(None, Instant::now(), |_| false, |_| false)
             .unwrap_or_else(|| panic!("an endpoint"));
         let failures = |ep: &Endpoint| ep.counters(Instant::now()).failures;
         let mut t = started(&s, true);
@@ -1275,7 +1275,7 @@ mod tests {
         ] {
             let s = set(policy);
             let ep = s
-                .pick(0, Instant::now(), |_| false, |_| false)
+                .pick(None, Instant::now(), |_| false, |_| false)
                 .unwrap_or_else(|| panic!("an endpoint"));
             // On a fresh connection: a close before any byte, or mid-head.
             let mut t = started(&s, true);
