@@ -11,6 +11,10 @@ the real hello_gateway, a raw-socket client and the recording origin.
   only listener certificates: new upstream connections verify with the new
   CA; a CA file that does not load keeps the current one, and is logged.
   (A `blitzc build` of a spec: hello_gateway has no upstream TLS.)
+- A `[::]:P` listener takes IPv4 clients even where the host's
+  `net.ipv6.bindv6only` is 1 (docs/spec.md section 5 calls it dual-stack,
+  and `check` refuses a `0.0.0.0:P` beside it): run in a network
+  namespace of its own with that sysctl set.
 """
 
 from __future__ import annotations
@@ -23,10 +27,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support.asserts import assert_clean_forward, assert_origin_saw_nothing, assert_rejected
-from support.client import exchange
 from support.blitzc import BLITZC_BUILD_TIMEOUT, Served, build
+from support.client import exchange
 from support.gateway import REPO, free_port
 from support.pki import Pki, TlsOrigin, served_cert
 
@@ -198,3 +201,63 @@ def test_sighup_reloads_upstream_ca_files(blitzc_bin, two_cas, tmp_path):
     finally:
         assert gw.stop() == 0
         origin.stop()
+
+
+# ---------------------------------------------------------------- dual-stack [::] listeners
+
+
+@pytest.fixture
+def v6only_namespace():
+    """A network namespace with `lo` up and `net.ipv6.bindv6only=1`."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and iproute2 for a network namespace")
+    name = f"blitz-v6only-{os.getpid()}"
+    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+    made = subprocess.run(["ip", "netns", "add", name], check=False, capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"no network namespace here: {made.stderr.decode().strip()}")
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.bindv6only=1"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def _status_in(ns: str, url: str) -> str:
+    """The status a GET of `url` gets from inside `ns` ("" when it could not connect)."""
+    client = (
+        "import http.client, sys, urllib.parse as u\n"
+        "p = u.urlsplit(sys.argv[1])\n"
+        "c = http.client.HTTPConnection(p.hostname, p.port, timeout=10)\n"
+        "try:\n"
+        "    c.request('GET', '/dual', headers={'host': 'a.test'}); print(c.getresponse().status)\n"
+        "except OSError:\n"
+        "    print('')\n"
+    )
+    run = subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", client, url],
+                         check=False, capture_output=True, timeout=30, text=True)
+    return run.stdout.strip()
+
+
+def test_an_ipv6_wildcard_listener_takes_ipv4_clients_whatever_bindv6only_says(hello_bin, v6only_namespace):
+    ns = v6only_namespace
+    origin = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-m", "http.server", "9901",
+                               "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gw = subprocess.Popen(["ip", "netns", "exec", ns, str(hello_bin), "--listen", "[::]:9902",
+                           "--upstream", "127.0.0.1:9901", "--workers", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while _status_in(ns, "http://[::1]:9902/") != "404" and time.monotonic() < deadline:
+            time.sleep(0.1)  # the origin (http.server answers 404 for /dual) and the gateway start
+        assert _status_in(ns, "http://[::1]:9902/") == "404", "the gateway did not serve over IPv6"
+        assert _status_in(ns, "http://127.0.0.1:9902/") == "404", "an IPv4 client was not served on [::]"
+    finally:
+        for p in (gw, origin):
+            p.terminate()
+        for p in (gw, origin):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()

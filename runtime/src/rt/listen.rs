@@ -150,7 +150,7 @@ impl Listener {
 /// A non-blocking TCP listening socket in the `SO_REUSEPORT` group of
 /// `addr`.
 pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = new_socket(addr)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_tcp_nodelay(true)?;
@@ -158,6 +158,18 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// A TCP socket for `addr`. An IPv6 one is dual-stack whatever the host's
+/// `net.ipv6.bindv6only` says: docs/spec.md promises that `[::]:P` takes
+/// IPv4 clients too (and `check` refuses a `0.0.0.0:P` beside it, B022),
+/// and an IPv4-mapped address (`[::ffff:127.0.0.1]:P`) binds only so.
+fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    Ok(socket)
 }
 
 /// Fails when some process already listens on `addr`. `SO_REUSEPORT`
@@ -169,7 +181,7 @@ fn ensure_free(addr: SocketAddr) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let probe = new_socket(addr)?;
     probe.set_reuse_address(true)?;
     match probe.bind(&addr.into()) {
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
