@@ -284,6 +284,46 @@ def test_check_of_the_5000_route_bench_spec_reports_exactly_the_planted_shadows(
     assert run(blitzc, "route", spec, "GET", "http://nowhere.test/").stdout == "fallback\n"
 
 
+# Diagnostics whose text holds what a workflow command or a URI must escape.
+ODD_DIAGNOSTICS = r"""version 1
+listener "h" { bind "127.0.0.1:18080" }
+route "x" {
+    proxy "a%0Ab\nc,d::e"
+}
+route "y" {
+    match { }
+    respond 204 body="x"
+}
+"""
+
+
+def test_json_and_sarif_carry_the_same_fields(blitzc, tmp_path):
+    """DESIGN.md: "`json` and `sarif` carry the same fields". Every field of
+    each json diagnostic (code, slug, severity, message, label, help, the
+    span, every related location with its label) is in the sarif result;
+    the github line carries the message with `%`, CR and LF escaped."""
+    spec = tmp_path / "odd.kdl"
+    spec.write_text(ODD_DIAGNOSTICS)
+    diags = json.loads(run(blitzc, "check", "--format", "json", spec).stdout)["diagnostics"]
+    sarif = json.loads(run(blitzc, "check", "--format", "sarif", spec).stdout)["runs"][0]
+    rules = {rule["id"]: rule for rule in sarif["tool"]["driver"]["rules"]}
+    assert len(diags) == len(sarif["results"]) == 4, (diags, sarif["results"])
+    for d, res in zip(diags, sarif["results"]):
+        carried = json.dumps(res) + json.dumps(rules[res["ruleId"]])
+        for field in ("message", "label", "help", "slug"):
+            assert json.dumps(d[field])[1:-1] in carried, (field, d[field], res)
+        assert (res["ruleId"], res["level"]) == (d["code"], d["severity"])
+        region = res["locations"][0]["physicalLocation"]["region"]
+        assert (region["startLine"], region["startColumn"], region["endLine"], region["endColumn"]) == (
+            d["line"], d["column"], d["end_line"], d["end_column"])
+        related = [(r["physicalLocation"]["region"]["startLine"], r["physicalLocation"]["region"]["startColumn"],
+                    r["message"]["text"]) for r in res["relatedLocations"]]
+        assert related == [(r["line"], r["column"], r["label"]) for r in d["related"]], (related, d["related"])
+    first = run(blitzc, "check", "--format", "github", spec).stdout.splitlines()[0]
+    assert first.startswith("::error file=") and ",line=4,col=8,title=B021::" in first, first
+    assert "unknown upstream `a%250Ab%0Ac,d::e`" in first, first
+
+
 # ---------------------------------------------------------------- what `emit` writes
 
 
@@ -470,6 +510,80 @@ def test_default_grace_lets_a_slow_request_finish(audit_gateway):
         assert r.status == 200 and r.body == b"GET /slow?delay=3\n", r
     finally:
         assert stop(gw) == 0, gw.text()
+
+
+def control_sockets(pid: int) -> list[str]:
+    """Paths of the listening Unix sockets the process holds (/proc/net/unix)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
+        except OSError:
+            continue
+        if m:
+            inodes.add(m.group(1))
+    paths = []
+    with open("/proc/net/unix") as f:
+        next(f)
+        for row in f:
+            cols = row.split()
+            # Num RefCount Protocol Flags(__SO_ACCEPTCON=00010000) Type St Inode Path
+            if len(cols) >= 8 and cols[6] in inodes and int(cols[3], 16) & 0x10000:
+                paths.append(cols[7])
+    return paths
+
+
+DEFAULT_SOCKET = Path("/tmp/blitz-qa-design-audit.sock")
+
+
+@pytest.mark.parametrize("xdg", [None, ""], ids=["unset", "empty"])
+def test_default_control_socket_without_a_runtime_dir_is_in_tmp(audit_gateway, xdg, tmp_path):
+    """DESIGN.md: "`admin.socket`, default `$XDG_RUNTIME_DIR/blitz-NAME.sock`
+    or `/tmp/blitz-NAME.sock`". Unset or empty (the XDG Base Directory
+    spec: an empty variable is as if unset): `/tmp/blitz-NAME.sock`."""
+    binary, _, _ = audit_gateway
+    gw = WatchedProcess([binary], wait_for=None, env=blitz_env(None, XDG_RUNTIME_DIR=xdg), cwd=tmp_path)
+    try:
+        gw.wait_line(r'listening on .*listener "second"')
+        assert wait_until(lambda: control_sockets(gw.pid) == [str(DEFAULT_SOCKET)], timeout=10), \
+            (control_sockets(gw.pid), gw.text())
+    finally:
+        assert stop(gw) == 0, gw.text()
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a relative XDG_RUNTIME_DIR is used (control socket relative to the "
+                                       "working folder) where the XDG spec says to ignore it, as blitzc does for "
+                                       "XDG_CACHE_HOME")
+def test_a_relative_runtime_dir_is_ignored(audit_gateway, tmp_path):
+    """The XDG Base Directory spec: "All paths set in these environment
+    variables must be absolute. If an implementation encounters a relative
+    path in any of these variables it should consider the path invalid and
+    ignore it." blitzc already ignores a relative XDG_CACHE_HOME
+    (test_review_build2_qa.py). A relative XDG_RUNTIME_DIR puts the control
+    socket under the gateway's working folder, where an `--upgrade` started
+    from any other folder does not find it. Expected: `/tmp/blitz-NAME.sock`."""
+    binary, _, _ = audit_gateway
+    (tmp_path / "run").mkdir()
+    gw = WatchedProcess([binary], wait_for=None, env=blitz_env(None, XDG_RUNTIME_DIR="run"), cwd=tmp_path)
+    try:
+        gw.wait_line(r'listening on .*listener "second"')
+        wait_until(lambda: control_sockets(gw.pid), timeout=10)
+        assert control_sockets(gw.pid) == [str(DEFAULT_SOCKET)], (control_sockets(gw.pid), gw.text())
+    finally:
+        assert stop(gw) == 0, gw.text()
+
+
+def test_upgrade_with_nothing_running_fails_and_names_the_socket(audit_gateway, tmp_path):
+    """DESIGN.md: "`GATEWAY --upgrade` takes over from the instance running
+    the same spec: it connects to the control socket". With no instance
+    there: exit non-zero, the socket named, nothing left listening."""
+    binary, ports, _ = audit_gateway
+    socket_path = tmp_path / "none.sock"
+    r = run(binary, "--upgrade", "--admin-socket", socket_path, timeout=30)
+    assert r.returncode != 0 and str(socket_path) in r.stderr, r
+    assert "listening on" not in r.stderr and r.stdout == "", r
+    with pytest.raises(OSError):
+        RawConn(ports["first"], timeout=2).close()
 
 
 # ---------------------------------------------------------------- performance method
