@@ -320,7 +320,7 @@ def test_json_and_sarif_carry_the_same_fields(blitzc, tmp_path):
                     r["message"]["text"]) for r in res["relatedLocations"]]
         assert related == [(r["line"], r["column"], r["label"]) for r in d["related"]], (related, d["related"])
     first = run(blitzc, "check", "--format", "github", spec).stdout.splitlines()[0]
-    assert first.startswith("::error file=") and ",line=4,col=8,title=B021::" in first, first
+    assert first.startswith("::error file=") and f",line=4,col={diags[0]['column']},title=B021::" in first, first
     assert "unknown upstream `a%250Ab%0Ac,d::e`" in first, first
 
 
