@@ -182,6 +182,7 @@ def open_folder():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.parametrize("kind", ["unreadable", "folder"])
 @pytest.mark.parametrize(
     "command",
     [["check", "{spec}"], ["check", "--format", "json", "{spec}"], ["emit", "{spec}", "-o", "{folder}/crate"],
@@ -189,20 +190,25 @@ def open_folder():
      ["run", "{spec}"]],
     ids=lambda c: " ".join(c[:3]),
 )
-def test_an_unreadable_spec_is_an_io_error(blitzc, open_folder, command):
+def test_a_spec_that_cannot_be_read_is_an_io_error(blitzc, open_folder, command, kind):
     """DESIGN.md, the compiler's table: exit "2 usage or IO error" (`emit`
     "as check"; `build`, `run`, `dev`, `route` read the spec first). A spec
-    the user may not read: exit 2, the message on stderr naming the file,
-    nothing on stdout, nothing written."""
+    the user may not read, or a folder named as the spec: exit 2, the
+    message on stderr naming it, nothing on stdout, nothing written."""
     spec = open_folder / "private.kdl"
-    spec.write_text(AUDIT_SPEC.format(first=free_port(), second=free_port(), origin=free_port()))
-    spec.chmod(0o600)
+    if kind == "folder":
+        spec.mkdir()
+        prefix, reason = [], "s a directory"
+    else:
+        spec.write_text(AUDIT_SPEC.format(first=free_port(), second=free_port(), origin=free_port()))
+        spec.chmod(0o600)
+        prefix, reason = _as_nobody(), "ermission denied"
     env = blitz_env(open_folder / "cache", CARGO="false", HOME=str(open_folder))
     argv = [a.format(spec=spec, folder=open_folder) for a in command]
-    r = run(*_as_nobody(), blitzc, *argv, env=env, cwd=open_folder, timeout=60)
+    r = run(*prefix, blitzc, *argv, env=env, cwd=open_folder, timeout=60)
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert r.stdout == "", r.stdout
-    assert "private.kdl" in r.stderr and "ermission denied" in r.stderr, r.stderr
+    assert "private.kdl" in r.stderr and reason in r.stderr, r.stderr
     assert sorted(p.name for p in open_folder.iterdir()) == ["private.kdl"], list(open_folder.iterdir())
 
 
