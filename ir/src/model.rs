@@ -839,7 +839,7 @@ pub struct Metrics {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Admin {
     /// The control socket; `None` = `$XDG_RUNTIME_DIR/blitz-NAME.sock`, or
-    /// `/tmp/blitz-NAME.sock` without `XDG_RUNTIME_DIR` (decided at run time).
+    /// `/tmp/blitz-NAME.sock` without an absolute `XDG_RUNTIME_DIR` (decided at run time).
     pub socket: Option<Spanned<FilePath>>,
     pub span: Span,
 }

@@ -485,8 +485,6 @@ def test_io_uring_refused_by_seccomp_falls_back_to_poll_and_says_so(audit_gatewa
         assert stop(gw) == 0, gw.text()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `--driver io-uring` where io_uring is refused exits 1 with only "
-                                       "'Operation not permitted (os error 1)', never naming io_uring")
 def test_forced_io_uring_refused_by_seccomp_fails_naming_io_uring(audit_gateway):
     """`--driver io-uring` asks for io_uring and nothing else: where seccomp
     refuses it, the gateway must not run another driver (control: nothing
@@ -557,9 +555,6 @@ def test_default_control_socket_without_a_runtime_dir_is_in_tmp(audit_gateway, x
         assert stop(gw) == 0, gw.text()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a relative XDG_RUNTIME_DIR is used (control socket relative to the "
-                                       "working folder) where the XDG spec says to ignore it, as blitzc does for "
-                                       "XDG_CACHE_HOME")
 def test_a_relative_runtime_dir_is_ignored(audit_gateway, tmp_path):
     """The XDG Base Directory spec: "All paths set in these environment
     variables must be absolute. If an implementation encounters a relative

@@ -28,11 +28,14 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 /// The control socket path when neither the spec (`admin { socket }`)
-/// nor `--admin-socket` names one: `$XDG_RUNTIME_DIR/blitz-NAME.sock`, or
-/// `/tmp/blitz-NAME.sock`.
+/// nor `--admin-socket` names one: `$XDG_RUNTIME_DIR/blitz-NAME.sock`
+/// (when that is an absolute path), or `/tmp/blitz-NAME.sock`.
 pub fn default_socket_path(gateway_name: &str) -> PathBuf {
+    // An empty or relative value is ignored, as the XDG Base Directory
+    // spec says: a relative one would put the socket where the gateway
+    // happened to start, and an `--upgrade` started elsewhere would miss it.
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|d| !d.is_empty())
+        .filter(|d| Path::new(d).is_absolute())
         .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
     dir.join(format!("blitz-{gateway_name}.sock"))
 }

@@ -120,7 +120,16 @@ pub fn build_with_fallback<R>(
 ) -> io::Result<(R, DriverType, Option<io::Error>)> {
     match choice {
         DriverChoice::Poll => build(DriverType::Poll).map(|r| (r, DriverType::Poll, None)),
-        DriverChoice::IoUring => build(DriverType::IoUring).map(|r| (r, DriverType::IoUring, None)),
+        // Asked for by name, so no fallback; the error says what failed (a
+        // seccomp profile's bare EPERM names nothing).
+        DriverChoice::IoUring => build(DriverType::IoUring)
+            .map(|r| (r, DriverType::IoUring, None))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("io_uring is not available here ({e}); `--driver auto` would fall back to poll"),
+                )
+            }),
         DriverChoice::Auto => match build(DriverType::IoUring) {
             Ok(r) => Ok((r, DriverType::IoUring, None)),
             Err(e) => build(DriverType::Poll).map(|r| (r, DriverType::Poll, Some(e))),
