@@ -26,6 +26,9 @@ routing decision on `blitzc route` too:
   a diagnostic with file, line, column, a stable `Bnnn` code and a help line
   (odd bytes, odd numbers, odd durations, sizes, addresses, regexes, hosts,
   paths and TOML shapes), in KDL and TOML.
+- "Proxying": `strip-prefix` (and `path-prefix`) written with a trailing
+  slash forward the same target from both gateways, stripped from the
+  normalised path with the query kept.
 - "TOML form": the KDL and TOML twins of a spec using the upstream,
   limits and gateway fields the other twin tests leave out (weights, pool,
   health-check, timeouts, retry, consistent-hash key, limits)
@@ -119,6 +122,10 @@ route "query-value" {{
         query "lang" "en"
     }}
     respond 200 body="query-value"
+}}
+route "slash-prefix" {{
+    match {{ path-prefix "/s/" }}
+    proxy "origin" strip-prefix="/s/"
 }}
 route "proxied" {{
     match {{ path-prefix "/up" }}
@@ -228,6 +235,8 @@ MATCH_CASES = [
     ("regex-upper", "GET", "/rx/ABC", [], None),
     ("regex-escaped-letter", "GET", "/rx/a%62c", [], "regex"),
     ("regex-dotdot", "GET", "/x/../rx/abc", [], "regex"),
+    # A `path-prefix` written with a trailing slash is segment-aware (`/s` itself: see STRIP_CASES).
+    ("slash-prefix-longer", "GET", "/sx", [], None),
     # `method` is exact: HEAD is not GET.
     ("method-get", "GET", "/g", [], "get-only"),
     ("method-head-is-not-get", "HEAD", "/g", [], None),
@@ -281,6 +290,35 @@ def test_matchers_pick_the_same_route_on_the_gateways_and_blitzc_route(pair, cas
         assert (cli is None) == (status == 404), (cli, answers)
     else:
         assert cli == picked, (cli, answers)
+
+
+# (request target, the target the origin must get, None for a 404, or EITHER): a
+# prefix written with its trailing slash, as route prefix and as strip-prefix.
+STRIP_CASES = [
+    ("/s/x", "/x"),
+    ("/s/", "/"),
+    ("/s/./x?q=1", "/x?q=1"),  # stripped from the normalised path, the query kept
+    ("/s//x", "/x"),
+    ("/a/../s/x", "/x"),
+    ("/s", EITHER),  # is `/s` under the prefix `/s/`? SPEC.md does not say
+    ("/sx", None),
+]
+
+
+@pytest.mark.parametrize("target,forwarded", STRIP_CASES, ids=[c[0] for c in STRIP_CASES])
+def test_strip_prefix_with_a_trailing_slash_forwards_alike_from_both_gateways(pair, target, forwarded):
+    got = {}
+    for kind in GATEWAYS:
+        pair.origin.reset()
+        status, _ = route_answered(pair, kind, "GET", target, [])
+        seen = pair.origin.wait_requests(1, timeout=2) if status == 200 else []
+        got[kind] = (status, [r.target for r in seen])
+    assert got["interpreted"] == got["compiled"], got
+    assert route_cli(pair, "GET", target, []) == ("slash-prefix" if got["compiled"][0] == 200 else None), got
+    if forwarded is None:
+        assert got["compiled"] == (404, []), got
+    elif forwarded != EITHER:
+        assert got["compiled"] == (200, [forwarded]), got
 
 
 # ---------------------------------------------------------------- limits at their bound and one past it
