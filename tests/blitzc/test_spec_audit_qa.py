@@ -6,7 +6,7 @@ random requests, test_h2_specs.py the limits over HTTP/2, ...).
 
 What is new here, each checked on the `blitzc build` binary and on `blitzc
 dev` (the serving interpreter) with the same requests, and where it is a
-routing decision on `blitzc route` too:
+routing decision on `blitzc route` too and over h2c:
 
 - "Other matchers": `header NAME ""` (an exact empty value) against an absent
   field, an empty one, one of only spaces and a repeated one; `path`,
@@ -49,6 +49,7 @@ import pytest
 from support.blitzc import Served, build
 from support.client import Closed, RawConn
 from support.gateway import free_port
+from support.h2client import H2Client
 from support.origin import Origin
 
 # ---------------------------------------------------------------- one spec, compiled and interpreted
@@ -66,7 +67,10 @@ TIMEOUT_BOUND_S = 5.0
 
 SPEC = """version 1
 gateway "spec-audit" {{ workers 1 }}
-listener "l" {{ bind "127.0.0.1:{port}" }}
+listener "l" {{
+    bind "127.0.0.1:{port}"
+    protocols "h1" "h2c"
+}}
 limits {{
     header-timeout "1s"
     idle-timeout "1s"
@@ -290,6 +294,21 @@ def test_matchers_pick_the_same_route_on_the_gateways_and_blitzc_route(pair, cas
         assert (cli is None) == (status == 404), (cli, answers)
     else:
         assert cli == picked, (cli, answers)
+
+
+# An HTTP/2 field value cannot start or end with a space (RFC 9113 8.2.1: the gateway answers 400).
+H2_MATCH_CASES = [c for c in MATCH_CASES if c[0] != "header-only-spaces"]
+
+
+@pytest.mark.parametrize("case_id,method,target,fields,route", H2_MATCH_CASES, ids=[c[0] for c in H2_MATCH_CASES])
+def test_matchers_decide_alike_over_h2c(pair, case_id, method, target, fields, route):
+    """The same request over h2c (field names lower-cased, as HTTP/2 writes
+    them) gets the answer it gets over HTTP/1.1, from both gateways."""
+    expected = route_answered(pair, "compiled", method, target, fields)
+    for kind in GATEWAYS:
+        with H2Client(f"127.0.0.1:{pair.served[kind].port}") as client:
+            resp = client.request(target, method, authority=HOST, headers=[(n.lower(), v) for n, v in fields])
+        assert (resp.status, resp.body) == expected, (kind, resp)
 
 
 # (request target, the target the origin must get, None for a 404, or EITHER): a
