@@ -21,7 +21,10 @@ routing decision on `blitzc route` too and over h2c:
   the whole head (a head trickled with gaps well under it is still cut),
   `body-timeout` the gap between body bytes (a body trickled over three
   times the timeout is served; one pause past it is not), `idle-timeout` a
-  keep-alive connection with no request.
+  keep-alive connection with no request. Over h2c too: `max-headers` (the
+  `:authority` standing for Host), `max-body-bytes` with and without a
+  content-length, a header block trickled in CONTINUATION frames, and
+  DATA frames trickled or paused.
 - "What `blitzc check` must catch" on odd input: never a panic, every error
   a diagnostic with file, line, column, a stable `Bnnn` code and a help line
   (odd bytes, odd numbers, odd durations, sizes, addresses, regexes, hosts,
@@ -45,11 +48,11 @@ import time
 from pathlib import Path
 
 import pytest
-
+from hyperframe.frame import ContinuationFrame, DataFrame
 from support.blitzc import Served, build
 from support.client import Closed, RawConn
 from support.gateway import free_port
-from support.h2client import H2Client
+from support.h2client import H2Client, RawH2
 from support.origin import Origin
 
 # ---------------------------------------------------------------- one spec, compiled and interpreted
@@ -399,6 +402,35 @@ def test_max_body_bytes_is_the_largest_body_forwarded(pair, kind, framing):
             assert not any(r.complete and r.body_len > MAX_BODY_BYTES for r in pair.origin.requests)
 
 
+def h2_ask(pair: Pair, kind: str, target: str, fields=(), method: str = "GET", body: bytes | None = None):
+    with H2Client(f"127.0.0.1:{pair.served[kind].port}") as client:
+        return client.request(target, method, authority=HOST, headers=list(fields), body=body)
+
+
+@pytest.mark.parametrize("kind", GATEWAYS)
+def test_max_headers_over_h2c_counts_as_over_http1(pair, kind):
+    """`:authority` stands for Host; pseudo-fields are not header lines."""
+    at_bound = h2_ask(pair, kind, "/up/fields", [(f"x-f{i}", "v") for i in range(MAX_HEADERS - 1)])
+    assert at_bound.status == 200, at_bound
+    past = h2_ask(pair, kind, "/up/fields", [(f"x-f{i}", "v") for i in range(MAX_HEADERS)])
+    assert past.status == 431, past
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "no-length"])
+@pytest.mark.parametrize("kind", GATEWAYS)
+def test_max_body_bytes_over_h2c(pair, kind, declared):
+    for size, status in ((MAX_BODY_BYTES, 200), (MAX_BODY_BYTES + 1, 413)):
+        pair.origin.reset()
+        fields = [("content-length", str(size))] if declared else []
+        resp = h2_ask(pair, kind, f"/up/h2body{size}", fields, "POST", b"b" * size)
+        assert resp.status == status, (size, resp)
+        if status == 200:
+            seen = pair.origin.wait_requests(1, complete=True)
+            assert seen[0].complete and seen[0].body_len == size, seen
+        else:
+            assert not any(r.complete and r.body_len > MAX_BODY_BYTES for r in pair.origin.requests)
+
+
 # ---------------------------------------------------------------- what each timeout measures
 
 
@@ -462,6 +494,63 @@ def test_body_timeout_cuts_a_pause_longer_than_it(pair, kind):
         status, waited = answered_or_closed(conn, TIMEOUT_BOUND_S)
     assert status in (408, None), f"{kind}: {status} after {waited:.1f} s (-1: neither answer nor close)"
     assert not any(r.complete for r in pair.origin.requests), pair.origin.requests
+
+
+def cut(seen) -> bool:
+    """Stream 1 reset or answered, or the connection ended."""
+    return seen.closed or seen.goaway is not None or 1 in seen.resets or 1 in seen.headers
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", GATEWAYS)
+def test_header_timeout_bounds_a_header_block_trickled_in_continuations_over_h2c(pair, kind):
+    """HTTP/2's request head is its header block: HEADERS then CONTINUATION
+    frames of a few bytes each 0.2 s must still be cut at the 1 s timeout
+    (a reset of the stream, a GOAWAY or a close; never a response)."""
+    pair.origin.reset()
+    with RawH2(f"127.0.0.1:{pair.served[kind].port}") as conn:
+        block = conn.block("GET", "/up/trickled-h2-head", HOST, [("x-slow", "s" * 200)])
+        conn.headers(1, block[:4], end_stream=True, end_headers=False)
+        start = time.monotonic()
+        sent = 4
+        while sent < len(block) - 4 and time.monotonic() - start < TIMEOUT_BOUND_S:
+            if not conn.frame(ContinuationFrame(1, data=block[sent:sent + 4])):
+                break
+            sent += 4
+            if cut(conn.read_frames(time.monotonic() + 0.2, stop=cut)):
+                break
+        seen = conn.seen
+        assert cut(seen), f"{kind}: a header block trickled for {time.monotonic() - start:.1f} s was not cut"
+        assert seen.status(1) in (None, 408), seen
+    assert not pair.origin.requests
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", GATEWAYS)
+def test_body_timeout_is_the_gap_between_data_frames_over_h2c(pair, kind):
+    """Ten one-byte DATA frames 0.3 s apart are served; then a 2.5 s pause is cut."""
+    pair.origin.reset()
+    with RawH2(f"127.0.0.1:{pair.served[kind].port}") as conn:
+        conn.headers(1, end_stream=False, method="POST", path="/up/trickled-h2-body", authority=HOST,
+                     extra=[("content-length", "10")])
+        for i in range(10):
+            time.sleep(0.3)
+            data = DataFrame(1, data=b"%d" % i)
+            if i == 9:
+                data.flags.add("END_STREAM")
+            assert conn.frame(data), f"{kind}: cut during a body whose gaps were 0.3 s"
+        seen = conn.read_frames(time.monotonic() + 10, stop=lambda s: 1 in s.ended or 1 in s.resets or s.closed)
+        assert seen.status(1) == 200 and 1 in seen.ended, seen
+        # A second stream pauses longer than the timeout after its first bytes.
+        conn.headers(3, end_stream=False, method="POST", path="/up/paused-h2-body", authority=HOST,
+                     extra=[("content-length", "10")])
+        conn.frame(DataFrame(3, data=b"01234"))
+        ended = conn.read_frames(time.monotonic() + TIMEOUT_BOUND_S,
+                                 stop=lambda s: 3 in s.ended or 3 in s.resets or s.closed or s.goaway is not None)
+        assert 3 in ended.resets or ended.closed or ended.goaway is not None or ended.status(3) == 408, ended
+    # The paused body may have reached the origin in part, never whole.
+    assert [r.complete for r in pair.origin.requests][:1] == [True], pair.origin.requests
+    assert not any(r.complete for r in pair.origin.requests[1:]), pair.origin.requests
 
 
 # ---------------------------------------------------------------- check on odd input
