@@ -668,6 +668,21 @@ def test_check_answers_odd_input_with_positioned_diagnostics_never_a_panic(blitz
         assert d["help"].strip() and d["label"].strip(), d
 
 
+@pytest.mark.xfail(strict=True, reason=NOT_UTF8_BUG)
+def test_a_spec_that_is_not_utf8_does_not_hide_the_other_specs_diagnostics(blitzc, tmp_path):
+    """SPEC.md: all problems "are reported in one run": one file's bad byte
+    must not drop what `check` has to say about the files beside it."""
+    wrong = tmp_path / "wrong.kdl"
+    wrong.write_text(kdl_route(action='proxy "nowhere"'))
+    not_utf8 = tmp_path / "not-utf8.kdl"
+    not_utf8.write_bytes(KDL_HEAD.encode() + b'route "\xff" { respond 200 }\n')
+    result = subprocess.run([str(blitzc), "check", "--format", "json", str(wrong), str(not_utf8)], check=False,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result
+    files = {Path(d["file"]).name for d in json.loads(result.stdout)["diagnostics"]}
+    assert files == {"wrong.kdl", "not-utf8.kdl"}, result.stdout
+
+
 # ---------------------------------------------------------------- KDL and TOML twins
 
 TWIN_KDL = """version 1
