@@ -157,15 +157,21 @@ fn use_color() -> bool {
 }
 
 fn check(specs: &[PathBuf], format: Format, deny_warnings: bool) -> ExitCode {
+    // A spec that cannot be read does not hide the others' diagnostics (a
+    // pull request's lint shows them all); it still makes the exit 2.
     let mut checked = Vec::new();
+    let mut unreadable = false;
     for path in specs {
         match blitzc::check_path(path) {
             Ok(c) => checked.push(c),
             Err(e) => {
                 eprintln!("error: cannot read `{}`: {e}", path.display());
-                return ExitCode::from(2);
+                unreadable = true;
             }
         }
+    }
+    if checked.is_empty() {
+        return ExitCode::from(2);
     }
     let reports: Vec<Report<'_>> = checked
         .iter()
@@ -178,7 +184,9 @@ fn check(specs: &[PathBuf], format: Format, deny_warnings: bool) -> ExitCode {
     let _ = std::io::stdout().write_all(out.as_bytes());
     let errors = checked.iter().any(|c| c.has_errors());
     let warnings = checked.iter().any(|c| c.has_warnings());
-    if errors || (deny_warnings && warnings) {
+    if unreadable {
+        ExitCode::from(2)
+    } else if errors || (deny_warnings && warnings) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

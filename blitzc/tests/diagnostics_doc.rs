@@ -37,7 +37,8 @@ const DESCRIPTIONS: &[Description] = &[
         severity: "error",
         meaning: "The KDL text does not parse: a block or string that is not closed, an unknown \
                   escape in a string, an unquoted value that is not a plain word (such as an \
-                  address), or KDL v1 syntax (`true` instead of `#true`, `key = value`).",
+                  address), KDL v1 syntax (`true` instead of `#true`, `key = value`), or a \
+                  byte that is not UTF-8.",
         fix: "Correct the text at the position shown. Specs are KDL v2: strings are quoted, \
               booleans are `#true` and `#false`, properties are written `key=value` without \
               spaces. One mistake can be reported at more than one place (an unclosed block \
@@ -47,8 +48,8 @@ const DESCRIPTIONS: &[Description] = &[
         code: "B002",
         severity: "error",
         meaning: "The TOML text does not parse: an unclosed `[table]` header, a key or table \
-                  given twice, an unknown escape in a string, an unquoted string value, or a key \
-                  without `=`.",
+                  given twice, an unknown escape in a string, an unquoted string value, a key \
+                  without `=`, or a byte that is not UTF-8.",
         fix: "Correct the text at the position shown. Quote strings; write regular \
               expressions in single-quoted literal strings (`'/v1/\\d+'`) so backslashes are \
               kept; give each named item its own `[[kind]]` table and each `[table]` once.",

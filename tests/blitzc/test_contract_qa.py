@@ -145,6 +145,28 @@ def test_check_of_several_specs_reports_them_all(blitzc, specs):
     assert run(blitzc, "check", specs["warnings"], specs["clean"]).returncode == 0
 
 
+def test_a_missing_spec_beside_others_is_exit_2_after_their_results(blitzc, specs, tmp_path):
+    """`check clean missing`: the missing file is named on stderr and makes
+    the exit 2, and the readable specs are still reported on stdout (one
+    unreadable file must not hide a pull request's other diagnostics), as
+    `check` of the readable ones alone reports them."""
+    r = run(blitzc, "check", "--format", "json", specs["clean"], tmp_path / "missing.kdl")
+    assert r.returncode == 2 and "missing.kdl" in r.stderr, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout == run(blitzc, "check", "--format", "json", specs["clean"]).stdout
+
+
+def test_a_spec_that_is_not_utf8_is_a_syntax_error_with_a_position(blitzc, tmp_path):
+    """KDL and TOML documents are UTF-8: a byte that is not is a syntax error
+    of the document (B001), at its line and column, exit 1; not exit 2 as
+    though the file could not be read."""
+    spec = tmp_path / "nonutf8.kdl"
+    spec.write_bytes(b'version 1\n\xff\xfe gateway "x"\n')
+    r = run(blitzc, "check", "--format", "json", spec)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    (d,) = json.loads(r.stdout)["diagnostics"]
+    assert (d["code"], d["line"], d["column"]) == ("B001", 2, 1), d
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -154,8 +176,6 @@ def test_check_of_several_specs_reports_them_all(blitzc, specs):
         ["check", "--format"],
         ["check", "{missing}"],
         ["check", "{dir}"],
-        ["check", "{clean}", "{missing}"],
-        ["check", "{nonutf8}"],
         ["frobnicate", "{clean}"],
         [],
         ["build"],
@@ -177,10 +197,9 @@ def test_check_of_several_specs_reports_them_all(blitzc, specs):
 )
 def test_usage_and_io_errors_exit_2_with_a_message_on_stderr(blitzc, specs, tmp_path, argv):
     (tmp_path / "a-file").write_text("")
-    (tmp_path / "nonutf8.kdl").write_bytes(b'version 1\n\xff\xfe gateway "x"\n')
     names = {
         "clean": specs["clean"], "missing": tmp_path / "missing.kdl", "dir": tmp_path, "out": tmp_path / "crate",
-        "file": tmp_path / "a-file", "nonutf8": tmp_path / "nonutf8.kdl",
+        "file": tmp_path / "a-file",
     }
     r = run(blitzc, *[a.format(**names) for a in argv], env=dict(os.environ, CARGO="false"))
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)

@@ -212,6 +212,27 @@ def test_a_spec_that_cannot_be_read_is_an_io_error(blitzc, open_folder, command,
     assert sorted(p.name for p in open_folder.iterdir()) == ["private.kdl"], list(open_folder.iterdir())
 
 
+@pytest.mark.parametrize("fmt", ["human", "json"])
+def test_check_of_several_specs_shows_every_readable_ones_diagnostics_when_one_is_missing(blitzc, tmp_path, fmt):
+    """DESIGN.md: `check SPEC...` gives "all diagnostics at once" and exits 2
+    on an IO error. One missing file among several used to stop the run
+    before any output: the pull request's other errors stayed hidden. Now
+    the readable specs are reported (examples/bad/gateway.kdl has six
+    errors), the missing one named on stderr, and the exit is still 2."""
+    bad = REPO / "examples" / "bad" / "gateway.kdl"
+    missing = tmp_path / "missing.kdl"
+    r = run(blitzc, "check", "--format", fmt, bad, missing, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "missing.kdl" in r.stderr, r.stderr
+    if fmt == "json":
+        diagnostics = json.loads(r.stdout)["diagnostics"]
+        assert len([d for d in diagnostics if d["severity"] == "error"]) == 6, diagnostics
+    else:
+        assert "B021" in r.stdout, r.stdout
+    alone = run(blitzc, "check", "--format", fmt, bad, timeout=60)
+    assert alone.returncode == 1 and alone.stdout == r.stdout, alone
+
+
 def test_dev_runs_without_cargo(blitzc, tmp_path):
     """DESIGN.md: "`blitzc dev SPEC` | run the reference interpreter, no
     cargo" ("a dev loop that starts instantly"). No cargo on PATH, CARGO

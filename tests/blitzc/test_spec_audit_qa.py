@@ -564,9 +564,6 @@ def kdl_route(match: str = 'path "/r"', steps: str = "", action: str = 'respond 
     return KDL_HEAD + f'route "r" {{\n    match {{ {match} }}\n    {steps}\n    {action}\n}}\n'
 
 
-NOT_UTF8_BUG = ("bug: a spec byte that is not UTF-8 is `cannot read` exit 2 (blitzc/src/lib.rs check_path: "
-                "read_to_string), not a syntax diagnostic with file, line and column")
-
 # (id, form, spec bytes, must it be an error). Each is odd in one way SPEC.md
 # names (syntax, type, duration, size, rate, address, status, header name,
 # regex) or in bytes no rule names; none may panic or pass silently when wrong.
@@ -580,11 +577,10 @@ ODD_INPUTS = [
     ("version-not-first", "kdl", b'listener "l" { bind "127.0.0.1:8080" }\nversion 1\n', True),
     ("nul-in-name", "kdl", KDL_HEAD.encode() + b'route "r\x00" { respond 200 }\n', True),
     # A KDL or TOML document is UTF-8: a byte that is not is a syntax error of the document, which
-    # SPEC.md wants as a diagnostic with its position, not exit 2 as though the file could not be read.
-    pytest.param("invalid-utf8", "kdl", KDL_HEAD.encode() + b'route "\xff\xfe" { respond 200 }\n', True,
-                 marks=pytest.mark.xfail(strict=True, reason=NOT_UTF8_BUG)),
-    pytest.param("invalid-utf8-toml", "toml", TOML_HEAD.encode() + b'\n[[route]]\nname = "\xff"\nrespond = 200\n', True,
-                 marks=pytest.mark.xfail(strict=True, reason=NOT_UTF8_BUG)),
+    # SPEC.md wants as a diagnostic with its position, not exit 2 as though the file could not be read
+    # (it was, until fixed after this audit).
+    ("invalid-utf8", "kdl", KDL_HEAD.encode() + b'route "\xff\xfe" { respond 200 }\n', True),
+    ("invalid-utf8-toml", "toml", TOML_HEAD.encode() + b'\n[[route]]\nname = "\xff"\nrespond = 200\n', True),
     ("lone-brace", "kdl", KDL_HEAD.encode() + b"}\n", True),
     ("unterminated-string", "kdl", KDL_HEAD.encode() + b'route "r { respond 200 }\n', True),
     ("status-huge", "kdl", kdl_route(action="respond 99999999999999999999").encode(), True),
@@ -668,7 +664,6 @@ def test_check_answers_odd_input_with_positioned_diagnostics_never_a_panic(blitz
         assert d["help"].strip() and d["label"].strip(), d
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_UTF8_BUG)
 def test_a_spec_that_is_not_utf8_does_not_hide_the_other_specs_diagnostics(blitzc, tmp_path):
     """SPEC.md: all problems "are reported in one run": one file's bad byte
     must not drop what `check` has to say about the files beside it."""
