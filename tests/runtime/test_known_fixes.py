@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -261,3 +262,30 @@ def test_an_ipv6_wildcard_listener_takes_ipv4_clients_whatever_bindv6only_says(h
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# ---------------------------------------------------------------- lingering close after an early answer
+
+
+def test_a_client_sending_its_whole_body_before_reading_gets_the_early_answer_without_a_reset(start_gateway, origin):
+    """A body declared over `max-body-bytes` is answered 413 at once. A
+    client that sends all of it before it reads (many simple clients do)
+    must then find the 413 and a FIN, not a reset: most TCP stacks drop an
+    unread answer on a reset. The gateway discards what follows the answer
+    (nginx's lingering close); it used to stop after 256 KiB or 500 ms and
+    close with the rest unread, a reset. 6 MiB here, within the 8 MiB and
+    the 1 s gaps it now discards."""
+    g = start_gateway(max_body_bytes=1024 * 1024)
+    body = 6 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", g.port), timeout=20) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n\r\n" % body)
+        chunk = b"x" * 65536
+        for _ in range(body // len(chunk)):
+            s.sendall(chunk)  # a reset here is the bug
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while data := s.recv(65536):  # so is a reset here
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"connection: close" in answer.lower(), answer[:300]
+    assert_origin_saw_nothing(g.port, origin, "an over-long body")

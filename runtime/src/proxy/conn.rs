@@ -235,7 +235,7 @@ async fn serve_h1<G: Gateway, S: Stream>(
                 // Answer and close: bytes after a rejected head are never parsed.
                 let mut out = w.buffers.take();
                 write_error(&mut out, err.status, head_request);
-                let _ = write_all_within(&client.stream, &mut out, w.limits.body_timeout).await;
+                let sent = write_all_within(&client.stream, &mut out, w.limits.body_timeout).await;
                 w.buffers.give(out);
                 let mut ctx = G::Ctx::default();
                 w.gateway.logging(
@@ -246,7 +246,7 @@ async fn serve_h1<G: Gateway, S: Stream>(
                     },
                     &mut ctx,
                 );
-                linger_close(client).await;
+                close_after_answer(client, sent.is_ok()).await;
                 return;
             }
         }
@@ -314,7 +314,7 @@ async fn serve_h1<G: Gateway, S: Stream>(
                         if client.cut_until_close {
                             reset_close(client).await;
                         } else {
-                            linger_close(client).await;
+                            close_after_answer(client, error.kind != ErrorKind::ClientWrite).await;
                         }
                         return;
                     }
@@ -330,7 +330,8 @@ async fn serve_h1<G: Gateway, S: Stream>(
             &mut ctx,
         );
         if !keep_alive {
-            linger_close(client).await;
+            let delivered = error.is_none_or(|e| e.kind != ErrorKind::ClientWrite);
+            close_after_answer(client, delivered).await;
             return;
         }
         // Draining: the next request still gets its answer (with
@@ -663,28 +664,51 @@ async fn reset_close<S: Stream>(c: Client<S>) {
     let _ = c.stream.close().await;
 }
 
+/// Closes after an answer: with a lingering close when the client took
+/// the answer, at once when it did not (a write failed or stalled for
+/// body-timeout): a client that does not read gains nothing from it.
+async fn close_after_answer<S: Stream>(c: Client<S>, delivered: bool) {
+    if delivered {
+        linger_close(c).await;
+    } else {
+        let _ = c.stream.close().await;
+    }
+}
+
+/// How long a lingering close may discard what the client still sends:
+/// in all, and from one read to the next (nginx: `lingering_time` 30 s,
+/// `lingering_timeout` 5 s), and how many bytes at most. A client that
+/// sends its whole body before it reads (many simple clients do) keeps
+/// sending after an early answer (413 over `max-body-bytes`); a close with
+/// its bytes unread is a reset, and most TCP stacks (Windows, BSDs) drop
+/// the unread answer on a reset. A well-behaved client reads the answer,
+/// sees the FIN and closes at once, so this is spent only on the others.
+const LINGER_TOTAL: Duration = Duration::from_secs(5);
+const LINGER_GAP: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
+/// Read size while discarding (16 KiB: a few reads per window, not one
+/// per KiB).
+const LINGER_READ: usize = 16 * 1024;
+
 /// Closes after sending FIN and discarding what the client still sends for
-/// a short while, so an unread request body does not turn the close into a
+/// a while, so an unread request body does not turn the close into a
 /// reset that would destroy the answer in flight (like nginx's
-/// lingering_close). Bounded in time and bytes.
+/// lingering_close). Bounded in time ([`LINGER_TOTAL`], [`LINGER_GAP`])
+/// and bytes ([`LINGER_BYTES`]).
 pub(crate) async fn linger_close<S: Stream>(c: Client<S>) {
     let Client {
         stream, mut rbuf, ..
     } = c;
-    let deadline = Instant::now() + CLOSE_WITHIN;
+    let start = Instant::now();
     // Bounded: over TLS this writes close_notify, which a client that
     // stopped reading would never take.
-    let _ = crate::rt::time::within(deadline, stream.shutdown()).await;
+    let _ = crate::rt::time::within(start + CLOSE_WITHIN, stream.shutdown()).await;
     let mut discarded = 0usize;
     rbuf.clear();
-    while discarded < 256 * 1024 {
-        let (outcome, mut buf) = read_more(
-            &stream,
-            std::mem::take(&mut rbuf),
-            IDLE_READ_CAPACITY,
-            deadline,
-        )
-        .await;
+    while discarded < LINGER_BYTES {
+        let deadline = (Instant::now() + LINGER_GAP).min(start + LINGER_TOTAL);
+        let (outcome, mut buf) =
+            read_more(&stream, std::mem::take(&mut rbuf), LINGER_READ, deadline).await;
         match outcome {
             ReadOutcome::Data(n) => {
                 discarded += n;
