@@ -37,6 +37,11 @@ here:
   runs such waves over TLS only), all ended at header-timeout with nothing
   forwarded, while h2c and HTTP/1.1 bystanders keep being served; memory and
   descriptors come back.
+- "Memory stays bounded under any input" over TLS HTTP/1.1: test_limits.py's
+  never-ending elements (request line, header line(s), empty lines, chunk
+  extension, trailers) cut with 400/414/431 in bounded RSS; a pipeline never
+  read held in bounded memory and ended (a strict xfail for local answers:
+  held past body-timeout and header-timeout).
 
 Waits only bound how long a test blocks; no timing is asserted.
 """
@@ -512,9 +517,11 @@ TLS_FLOOD_BYTES = 4 * 1024 * 1024
 @pytest.fixture(scope="module")
 def one_worker_tls_gateway(hello_bin, origin_server, gateway_logs, pki):
     """One worker (all connections on one heap, so RSS shows what one
-    connection costs), TLS `h1`, body-timeout 2 s for the client that never reads."""
+    connection costs), TLS `h1`, body- and header-timeout short for the client
+    that never reads (see the pipeline test for which of them ends it)."""
     g = Gateway(
-        hello_bin, origin_server.addr, log_dir=gateway_logs, workers=1, body_timeout=2, idle_timeout=120,
+        hello_bin, origin_server.addr, log_dir=gateway_logs, workers=1, body_timeout=2, header_timeout=3,
+        idle_timeout=120,
         protocols="h1", tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"),
     )
     try:
@@ -557,13 +564,28 @@ def test_endless_input_over_tls_is_cut_in_bounded_memory(one_worker_tls_gateway,
         assert c.read_response().status == 200
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/bytes/65536"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(
+            "/healthz",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="bug: a TLS client pipelining requests for local answers and never reading is held past "
+                "body-timeout and header-timeout (cleartext: cut at header-timeout)",
+            ),
+        ),
+        "/bytes/65536",
+    ],
+)
 def test_a_tls_pipeline_never_read_is_held_in_bounded_memory_and_cut(one_worker_tls_gateway, pki, origin, path):
     """A TLS client pipelines requests and never reads the answers (its own
     answers for /healthz, 64 KiB proxied ones otherwise): the gateway stops
     taking requests once its output backs up, instead of encrypting answers
-    into memory nobody reads, and cuts the connection once it could write
-    nothing for body-timeout."""
+    into memory nobody reads, and ends the connection: at body-timeout when it
+    is stuck writing, at header-timeout when its last answer fitted in the
+    socket buffers and the client stopped inside the next head (both seen;
+    which one depends on how far the kernel's buffers grew)."""
     g = one_worker_tls_gateway
     raw = socket.create_connection(("127.0.0.1", g.port), timeout=10)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -582,7 +604,7 @@ def test_a_tls_pipeline_never_read_is_held_in_bounded_memory_and_cut(one_worker_
         except OSError:
             pass
         taken = time.monotonic()
-        # body-timeout is 2 s: the cut must come within a bound of it
+        # body-timeout 2 s, header-timeout 3 s: the end comes within a bound of them
         # The TCP socket under the TLS one, drained (not decrypted) until FIN/RST.
         under = socket.socket(fileno=os.dup(tls.fileno()))
         closed = wait_until(lambda: closed_by_peer(under), timeout=10, step=0.2)
