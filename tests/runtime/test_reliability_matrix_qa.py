@@ -47,7 +47,8 @@ here:
   gateway waits until idle-timeout (a TLS client's first head is timed
   right: test_memory_protocols_qa.py).
 
-Waits only bound how long a test blocks; no timing is asserted.
+Waits only bound how long a test blocks; the header-timeout tests tell which
+of two timers (2 s and 6 s) ended a connection by reading for 4.5 s.
 """
 
 from __future__ import annotations
@@ -355,7 +356,7 @@ def test_hop_by_hop_fields_rfc9113_allows_never_reach_the_upstream(gateways, pki
 
 # ------------------------------------------------------------------ upstream faults, TLS HTTP/1.1 client
 
-# path at the origin -> (what the client must see, whether the answer had started)
+# fault -> (origin path that plays it, the status before a head; None: the answer started, then was cut)
 UPSTREAM_FAULTS = {
     "reset-before-head": ("/reset", 502),
     "garbage-head": ("/garbage", 502),
