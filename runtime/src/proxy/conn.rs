@@ -474,8 +474,16 @@ async fn read_head<G: Gateway, S: Stream>(
                     w.limits.idle_timeout
                 };
                 let deadline = head_deadline.unwrap_or_else(|| coarse_now() + timeout);
+                // Over TLS, a next head in a record not finished yet is no
+                // plaintext byte: hold it to header-timeout all the same.
+                if !first {
+                    c.stream
+                        .limit_unfinished_records(Some(w.limits.header_timeout));
+                }
                 let read = pin!(read_more(&c.stream, buf, room, deadline));
-                match wait_request_start(w, read).await {
+                let read = wait_request_start(w, read).await;
+                c.stream.limit_unfinished_records(None);
+                match read {
                     Some(r) => r,
                     None => return HeadOutcome::Closed,
                 }

@@ -42,6 +42,10 @@ pub trait Stream {
     fn is_tls(&self) -> bool {
         false
     }
+    /// TLS: holds a read that took part of a record to `limit` for the
+    /// rest of it (see [`crate::tls::TlsStream::limit_unfinished_records`]).
+    /// Plain TCP has no records: every byte is seen as it comes.
+    fn limit_unfinished_records(&self, _limit: Option<Duration>) {}
 }
 
 impl Stream for TcpStream {
@@ -83,6 +87,9 @@ impl Stream for crate::tls::TlsStream {
     }
     fn is_tls(&self) -> bool {
         true
+    }
+    fn limit_unfinished_records(&self, limit: Option<Duration>) {
+        crate::tls::TlsStream::limit_unfinished_records(self, limit);
     }
 }
 

@@ -50,6 +50,9 @@ pub struct TlsStream {
     /// what rustls queued in answer to what it read (see
     /// [`TlsStream::send_answers`]). Records are never interleaved.
     sending: futures_util::lock::Mutex<()>,
+    /// While set ([`TlsStream::limit_unfinished_records`]): how long a
+    /// read that took some ciphertext may wait for the rest of its record.
+    record_limit: std::cell::Cell<Option<Duration>>,
 }
 
 struct State {
@@ -233,7 +236,18 @@ impl TlsStream {
                 sent_any: false,
             })),
             sending: futures_util::lock::Mutex::new(()),
+            record_limit: std::cell::Cell::new(None),
         }
+    }
+
+    /// From now on (until `None`), a [`Self::read_some`] that has taken
+    /// part of a record fails with `TimedOut` unless the plaintext comes
+    /// within `limit`. For the wait between two HTTP/1.1 requests: the
+    /// wait itself is idle-timeout, but a next head that has started (in a
+    /// record not finished yet, so no byte of it is plaintext) is held to
+    /// header-timeout, as it is in cleartext.
+    pub(crate) fn limit_unfinished_records(&self, limit: Option<Duration>) {
+        self.record_limit.set(limit);
     }
 
     /// Runs the handshake to its end, or fails (after sending the alert)
@@ -410,6 +424,8 @@ impl TlsStream {
     /// connection (HTTP/1.1 close-delimited) is complete only after a
     /// close_notify (RFC 9110 §9.8), never after a bare EOF.
     pub async fn read_some(&self, mut buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        // When ciphertext first came without plaintext (see `record_limit`).
+        let mut started: Option<Instant> = None;
         loop {
             {
                 let mut st = self.state.borrow_mut();
@@ -426,9 +442,18 @@ impl TlsStream {
                     return BufResult(got, buf);
                 }
             }
-            if let Err(e) = self.receive_and_answer().await {
+            let received = match (self.record_limit.get(), started) {
+                (Some(limit), Some(t)) => {
+                    crate::rt::time::within(t + limit, self.receive_and_answer())
+                        .await
+                        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+                }
+                _ => self.receive_and_answer().await,
+            };
+            if let Err(e) = received {
                 return BufResult(Err(e), buf);
             }
+            started.get_or_insert_with(crate::rt::time::coarse_now);
         }
     }
 
