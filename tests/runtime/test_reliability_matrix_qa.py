@@ -44,10 +44,9 @@ here:
 - header-timeout for the NEXT head of a keep-alive connection sent inside an
   unfinished TLS record (half a record, or trickled a byte at a time), over
   HTTP/1.1 and HTTP/2 on TLS, with cleartext controls. The gateway waited
-  until idle-timeout; fixed for HTTP/1.1 over TLS (a read that took part of
-  a record while waiting for the next head is held to header-timeout), still
-  a strict xfail for HTTP/2 over TLS (a TLS client's first head is timed
-  right: test_memory_protocols_qa.py).
+  until idle-timeout (fixed since: a record begun and not finished while the
+  connection waits for a request is held to header-timeout); a TLS client's
+  first head was timed right (test_memory_protocols_qa.py).
 
 Waits only bound how long a test blocks; the header-timeout tests tell which
 of two timers (2 s and 6 s) ended a connection by reading for 4.5 s.
@@ -722,13 +721,6 @@ def first_exchange(c: RecordClient) -> bytes:
     return head("GET", "/second", ["Host: a.test", "X-Pad: " + "p" * 300])
 
 
-HELD_TO_IDLE_TIMEOUT = pytest.mark.xfail(
-    strict=True,
-    reason="bug: over HTTP/2 on TLS, the next HEADERS on a kept connection arriving in an unfinished TLS record is "
-    "timed by idle-timeout, not header-timeout (h2c: header-timeout; HTTP/1.1 over TLS: fixed)",
-)
-
-
 @pytest.mark.parametrize(
     "way,how",
     [
@@ -737,7 +729,8 @@ HELD_TO_IDLE_TIMEOUT = pytest.mark.xfail(
         ("h1-tls", "half"),
         ("h1-tls", "trickled"),
         ("h2c", "half"),
-        pytest.param("h2-tls", "half", marks=HELD_TO_IDLE_TIMEOUT),
+        ("h2-tls", "half"),
+        ("h2-tls", "trickled"),
     ],
 )
 def test_the_next_head_in_an_unfinished_record_is_timed_by_header_timeout(start_gateway, pki, origin, way, how):

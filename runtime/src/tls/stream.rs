@@ -84,6 +84,54 @@ struct State {
     outgoing: Vec<u8>,
     /// Some bytes went to the peer.
     sent_any: bool,
+    /// The record framing of what came in, followed as it arrives (rustls
+    /// keeps a partial record to itself). See [`Records`].
+    records: Records,
+}
+
+/// Where the incoming ciphertext stands in its records: how much of the
+/// current record's 5-byte header has come, and how much of its body is
+/// still to come. A record begun and not finished is a request on its way
+/// that no byte of plaintext shows yet (timed by header-timeout, not by
+/// idle-timeout, while a connection waits for its next request).
+#[derive(Debug, Default, Clone, Copy)]
+struct Records {
+    /// Records begun so far: names the current one.
+    begun: u64,
+    /// Bytes of the current record's header seen (0 to 4; 0: between records).
+    header_seen: u8,
+    /// The high byte of its length, once seen.
+    length_high: u8,
+    /// Bytes of its body still to come.
+    body_left: usize,
+}
+
+impl Records {
+    fn track(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let k = self.body_left.min(bytes.len());
+                self.body_left -= k;
+                bytes = &bytes[k..];
+                continue;
+            }
+            if self.header_seen == 0 {
+                self.begun += 1;
+            }
+            match self.header_seen {
+                3 => self.length_high = bytes[0],
+                4 => self.body_left = usize::from(u16::from_be_bytes([self.length_high, bytes[0]])),
+                _ => {}
+            }
+            self.header_seen = (self.header_seen + 1) % 5;
+            bytes = &bytes[1..];
+        }
+    }
+
+    /// The current record, if it has begun and not finished.
+    fn unfinished(&self) -> Option<u64> {
+        (self.header_seen > 0 || self.body_left > 0).then_some(self.begun)
+    }
 }
 
 impl State {
@@ -234,6 +282,7 @@ impl TlsStream {
                 failure: None,
                 outgoing: Vec::new(),
                 sent_any: false,
+                records: Records::default(),
             })),
             sending: futures_util::lock::Mutex::new(()),
             record_limit: std::cell::Cell::new(None),
@@ -331,9 +380,13 @@ impl TlsStream {
             let room = buf.capacity() - buf.len();
             (buf, room)
         };
+        let kept = buf.len();
         let mut tcp = &self.tcp;
         let BufResult(res, buf) = tcp.append(buf).await;
         let mut st = self.state.borrow_mut();
+        if let Some(new) = buf.get(kept..) {
+            st.records.track(new);
+        }
         st.incoming = buf;
         st.pos = 0;
         st.busy = matches!(res, Ok(n) if n >= room);
@@ -424,7 +477,7 @@ impl TlsStream {
     /// connection (HTTP/1.1 close-delimited) is complete only after a
     /// close_notify (RFC 9110 §9.8), never after a bare EOF.
     pub async fn read_some(&self, mut buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
-        // When ciphertext first came without plaintext (see `record_limit`).
+        // When a record began that is not finished (see `record_limit`).
         let mut started: Option<Instant> = None;
         loop {
             {
@@ -453,8 +506,17 @@ impl TlsStream {
             if let Err(e) = received {
                 return BufResult(Err(e), buf);
             }
-            started.get_or_insert_with(crate::rt::time::coarse_now);
+            // A whole record without plaintext (a KeyUpdate) starts nothing.
+            if self.unfinished_record().is_some() {
+                started.get_or_insert_with(crate::rt::time::coarse_now);
+            }
         }
+    }
+
+    /// The record that has begun to arrive and not finished, if any (named
+    /// by its count, so that a caller can tell one slow record from several).
+    pub(crate) fn unfinished_record(&self) -> Option<u64> {
+        self.state.borrow().records.unfinished()
     }
 
     /// Plaintext (or the end of the stream) that is already here, copied
@@ -539,7 +601,37 @@ impl TlsStream {
 
 #[cfg(test)]
 mod tests {
+    use super::Records;
     use super::looks_like_plain_http;
+
+    #[test]
+    fn records_are_followed_across_reads_of_any_size() {
+        // A 3-byte record and a 2-byte one, then the header of a third.
+        let wire = [23, 3, 3, 0, 3, 1, 2, 3, 23, 3, 3, 0, 2, 9, 9, 23, 3];
+        for split in 0..=wire.len() {
+            let mut r = Records::default();
+            r.track(&wire[..split]);
+            r.track(&wire[split..]);
+            assert_eq!(r.unfinished(), Some(3), "split at {split}");
+        }
+        let mut r = Records::default();
+        assert_eq!(r.unfinished(), None);
+        r.track(&wire[..8]);
+        assert_eq!(r.unfinished(), None, "the first record is whole");
+        r.track(&wire[8..10]);
+        assert_eq!(r.unfinished(), Some(2));
+        r.track(&wire[10..15]);
+        assert_eq!(r.unfinished(), None);
+        // A record of the largest length, byte by byte.
+        let mut r = Records::default();
+        r.track(&[23, 3, 3, 0xff, 0xff]);
+        for _ in 0..0xffff - 1 {
+            r.track(&[0]);
+        }
+        assert_eq!(r.unfinished(), Some(1));
+        r.track(&[0]);
+        assert_eq!(r.unfinished(), None);
+    }
 
     #[test]
     fn a_request_or_status_line_is_plain_http_and_a_tls_record_is_not() {

@@ -45,6 +45,19 @@ pub(crate) enum Transport {
     Tls(crate::tls::TlsStream),
 }
 
+impl Transport {
+    /// Over TLS, the record that has begun to arrive and not finished
+    /// (see [`crate::tls::TlsStream::unfinished_record`]); in cleartext
+    /// every byte reaches the frame watch as it comes: `None`.
+    pub(crate) fn unfinished_record(&self) -> Option<u64> {
+        match self {
+            Transport::Tcp(_) => None,
+            #[cfg(feature = "tls")]
+            Transport::Tls(tls) => tls.unfinished_record(),
+        }
+    }
+}
+
 /// An operation in flight, with the buffer it owns until it completes.
 type Op<T> = Pin<Box<dyn Future<Output = BufResult<T, Vec<u8>>>>>;
 
@@ -79,9 +92,9 @@ pub(crate) struct H2Io {
 }
 
 impl H2Io {
-    pub(crate) fn new(stream: Transport, prefix: Vec<u8>, watch: Rc<FrameWatch>) -> Self {
+    pub(crate) fn new(stream: Rc<Transport>, prefix: Vec<u8>, watch: Rc<FrameWatch>) -> Self {
         H2Io {
-            stream: Rc::new(stream),
+            stream,
             watch,
             rbuf: prefix,
             rpos: 0,

@@ -263,7 +263,8 @@ pub(crate) async fn serve_h2<G: Gateway>(
 ) {
     let _ = &listener;
     let watch = Rc::new(FrameWatch::default());
-    let io = H2Io::new(io, prefix, Rc::clone(&watch));
+    let transport = Rc::new(io);
+    let io = H2Io::new(Rc::clone(&transport), prefix, Rc::clone(&watch));
     let handshake = builder(&w.limits).handshake::<_, Bytes>(io);
     let handshake = pin!(crate::rt::time::within_for(
         w.limits.header_timeout,
@@ -285,6 +286,8 @@ pub(crate) async fn serve_h2<G: Gateway>(
     let mut idle_ticks = 0u32;
     let mut header_block_ticks = 0u32;
     let mut last_block = None;
+    // A TLS record begun with no stream open, and ticks it has taken.
+    let (mut last_record, mut record_ticks) = (None, 0u32);
     let mut preface_ticks = 0u32;
     // DATA frames written so far, and ticks since that count last moved.
     let (mut data_sent, mut quiet_ticks) = (0u64, 0u32);
@@ -381,6 +384,21 @@ pub(crate) async fn serve_h2<G: Gateway>(
                     // inside one frame): its request is not complete in
                     // time, and in the CONTINUATION case the connection
                     // can do nothing else meanwhile.
+                    end_abruptly(&mut conn, &mut closing, Reason::ENHANCE_YOUR_CALM);
+                }
+                // Over TLS, the frames of a next request can sit in a record
+                // not finished yet, where the frame watch cannot see them:
+                // with no stream open, that record is held to header-timeout
+                // as a header block is (a body's records, with a stream
+                // open, to the body's own timeouts).
+                let record = transport.unfinished_record().filter(|_| streams.is_empty());
+                record_ticks = match record {
+                    Some(_) if record == last_record => record_ticks + 1,
+                    Some(_) => 1,
+                    None => 0,
+                };
+                last_record = record;
+                if record_ticks > header_limit && closing == Closing::No {
                     end_abruptly(&mut conn, &mut closing, Reason::ENHANCE_YOUR_CALM);
                 }
                 let sent = watch.data_frames_sent();
