@@ -314,6 +314,17 @@ const DESCRIPTIONS: &[Description] = &[
                   content (RFC 9110), so the gateway sends the status without the body.",
         fix: "Remove the body, or answer with a status that has content, such as 200.",
     },
+    Description {
+        code: "B056",
+        severity: "warning",
+        meaning: "A `request-headers` or `response-headers` step sets or adds a field the \
+                  gateway drops whatever its value: a hop-by-hop field (`connection`, \
+                  `keep-alive`, `te`, `trailer`, `upgrade`, `proxy-*` but `proxy-status`), a \
+                  framing field (`content-length`, `transfer-encoding`: the gateway frames each \
+                  message it sends), or `expect` on a request (the gateway answers it itself).",
+        fix: "Remove the edit. To close connections or limit bodies, use the gateway's own \
+              settings (`limits`), not header edits.",
+    },
     // ---- listeners and TLS
     Description {
         code: "B060",

@@ -97,6 +97,9 @@ codes! {
     StepAfterAction = ("B054", "step-after-action"),
     /// `respond 204` or `304` with a body, which is never sent (warning).
     BodyNeverSent = ("B055", "body-never-sent"),
+    /// A header step that sets or adds a hop-by-hop or framing field,
+    /// which the gateway drops whatever the step says (warning).
+    IneffectiveHeaderEdit = ("B056", "ineffective-header-edit"),
 
     // ---- listeners and TLS
     /// `h2` or `h3` on a listener without `tls`.

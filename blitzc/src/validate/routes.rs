@@ -122,6 +122,60 @@ fn header_edits<'a>(steps: impl Iterator<Item = &'a StepKind>, diagnostics: &mut
             continue;
         };
         conflicting_edits(rewrite, diagnostics);
+        ineffective_edits(
+            rewrite,
+            matches!(kind, StepKind::RequestHeaders(_)),
+            diagnostics,
+        );
+    }
+}
+
+/// B056: `set` or `add` of a field the gateway drops whatever its value
+/// (hop-by-hop, framing; `expect` on a request). The list is the runtime's
+/// own ([`blitz_runtime::http::step_has_no_effect`]), so what check flags
+/// is exactly what the writer drops.
+fn ineffective_edits(rewrite: &HeaderRewrite, on_request: bool, diagnostics: &mut Vec<Diagnostic>) {
+    let names = rewrite
+        .set
+        .iter()
+        .map(|(n, _)| n)
+        .chain(rewrite.add.iter().map(|(n, _)| n));
+    for name in names {
+        if !blitz_runtime::http::step_has_no_effect(name.value.as_bytes(), on_request) {
+            continue;
+        }
+        let framing = matches!(name.value.as_str(), "content-length" | "transfer-encoding");
+        let (why, help) = if framing {
+            (
+                "the gateway frames every message it sends itself",
+                format!(
+                    "drop this edit: `{}` is written from the body the gateway sends, never copied",
+                    name.value
+                ),
+            )
+        } else if name.value == "expect" {
+            (
+                "the gateway answers `expect` itself and never forwards it",
+                "drop this edit".to_string(),
+            )
+        } else {
+            (
+                "a hop-by-hop field, never forwarded (RFC 9110 section 7.6.1)",
+                format!(
+                    "drop this edit: `{}` concerns one connection, and the gateway runs its own",
+                    name.value
+                ),
+            )
+        };
+        diagnostics.push(
+            Diagnostic::warning(
+                Code::IneffectiveHeaderEdit,
+                name.span,
+                format!("setting header `{}` has no effect", name.value),
+            )
+            .label(why)
+            .help(help),
+        );
     }
 }
 

@@ -262,6 +262,29 @@ pub(crate) fn dropped_from_response(name: &[u8]) -> bool {
             .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
 }
 
+/// Whether a header step that sets or adds `name` can have no effect,
+/// because the writer drops that field whatever its value: hop-by-hop and
+/// framing fields (and, on a request, `expect`, which the gateway answers
+/// itself). `blitzc check` warns about such a step (B056) from this very
+/// list. Fields the gateway writes from the steps' result are not among
+/// them: `host`, `x-forwarded-for`, `x-forwarded-proto`, `x-request-id`.
+pub fn step_has_no_effect(name: &[u8], on_request: bool) -> bool {
+    const FROM_STEPS: &[&[u8]] = &[
+        b"host",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-request-id",
+    ];
+    if on_request {
+        dropped_when_forwarding(name)
+            && !FROM_STEPS
+                .iter()
+                .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+    } else {
+        dropped_from_response(name)
+    }
+}
+
 /// A response the runtime writes itself (errors, `respond`, `redirect`).
 #[derive(Debug, Clone, Copy)]
 pub struct LocalResponse<'a> {
