@@ -430,8 +430,8 @@ def worker_cpus(pid: int) -> list[str]:
     return cpus
 
 
-def listening_sockets_per_port(pid: int, ports) -> dict[int, int]:
-    """How many listening TCP sockets the process holds on each port."""
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets the process holds (to find them in /proc/net/*)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -440,6 +440,12 @@ def listening_sockets_per_port(pid: int, ports) -> dict[int, int]:
             continue
         if m:
             inodes.add(m.group(1))
+    return inodes
+
+
+def listening_sockets_per_port(pid: int, ports) -> dict[int, int]:
+    """How many listening TCP sockets the process holds on each port."""
+    inodes = socket_inodes(pid)
     counts = dict.fromkeys(ports, 0)
     with open("/proc/net/tcp") as f:
         next(f)
@@ -539,14 +545,7 @@ def test_default_grace_lets_a_slow_request_finish(audit_gateway):
 
 def control_sockets(pid: int) -> list[str]:
     """Paths of the listening Unix sockets the process holds (/proc/net/unix)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
-        except OSError:
-            continue
-        if m:
-            inodes.add(m.group(1))
+    inodes = socket_inodes(pid)
     paths = []
     with open("/proc/net/unix") as f:
         next(f)

@@ -76,6 +76,7 @@ from test_framing import (
     BAD_TE,
     CHUNKED_HELLO,
     CL_TE,
+    HOP_REQUEST_FIELDS,
     SMUGGLED,
     head,
 )
@@ -297,18 +298,6 @@ def test_a_body_that_looks_like_requests_stays_a_body_over_tls(gateways, pki, or
 
 
 # ------------------------------------------------------------------ hop-by-hop fields
-
-HOP_REQUEST_FIELDS = [
-    "Connection: keep-alive, X-Private, Keep-Alive",
-    "X-Private: secret",
-    "Keep-Alive: timeout=5",
-    "TE: trailers",
-    "Trailer: X-Checksum",
-    "Upgrade: websocket",
-    "Proxy-Authorization: Basic Zm9vOmJhcg==",
-    "Proxy-Connection: keep-alive",
-    "X-End-To-End: kept",
-]
 
 
 def test_hop_by_hop_fields_over_tls_are_dropped_as_over_cleartext(gateways, pki, origin):
