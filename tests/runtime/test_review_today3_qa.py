@@ -25,9 +25,11 @@ frame layer) and the recording origin:
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
+import subprocess
 import threading
 import time
 
@@ -377,6 +379,128 @@ def test_a_head_and_body_in_one_record_trickled_past_header_timeout_is_cut(start
     got = c.read_until(answers(1), BOUND)
     c.close()
     assert statuses(got) in ([], [408]), f"served after {time.monotonic() - t0:.1f}s: {got[:120]!r}"
+
+
+class SplittingRelay:
+    """A TCP relay between one client and the gateway that cuts every
+    client-to-gateway write in two (its first 3 bytes, then the rest after
+    `pause`), so each record the client sends arrives in two reads: a
+    record begun and not finished, then finished."""
+
+    def __init__(self, port: int, pause: float = 0.2):
+        self.target, self.pause = port, pause
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        client, _ = self.listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", self.target), timeout=BOUND)
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+        self._pipe(client, upstream, True)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, split: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if split and len(data) > 3:
+                    dst.sendall(data[:3])
+                    time.sleep(self.pause)
+                    data = data[3:]
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def s_client_session(port: int, pki, steps: list) -> str:
+    """`openssl s_client` (TLS 1.3, http/1.1) driven by `steps`: bytes to
+    write (a request, waited for by its path echoed in the origin's body;
+    `k\n` sends a KeyUpdate, waited for by s_client's `KEYUPDATE`), or a
+    number of seconds to sleep. Its output, whatever happened."""
+    p = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "edge.test", "-tls1_3",
+         "-alpn", "http/1.1", "-CAfile", str(pki.path("ca.crt"))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    out = b""
+
+    def read_until(needle: bytes, timeout: float) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while needle not in out and time.monotonic() < deadline:
+            if select.select([p.stdout], [], [], 0.1)[0]:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                if not chunk:
+                    return
+                out += chunk
+
+    try:
+        read_until(b"Verify return code", 10)
+        read_until(b"---\n", 2)
+        for step in steps:
+            if isinstance(step, (int, float)):
+                time.sleep(step)
+                continue
+            try:
+                p.stdin.write(step)
+                p.stdin.flush()
+            except OSError:
+                break
+            read_until(step.split(b" ")[1] + b"\n" if step.startswith(b"GET ") else b"KEYUPDATE", 5)
+    finally:
+        p.kill()
+        p.wait(5)
+    return out.decode(errors="replace")
+
+
+def get_path(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nhost: edge.test\r\n\r\n".encode()
+
+
+SPLIT_KEY_UPDATE_BUG = (
+    "bug: tls/stream.rs read_some keeps `started` once a record was seen unfinished; a KeyUpdate record "
+    "arriving in two reads completes with no plaintext and the idle wait is then cut at header-timeout"
+)
+
+
+@pytest.mark.parametrize(
+    "split",
+    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=SPLIT_KEY_UPDATE_BUG))],
+    ids=["whole", "split"],
+)
+def test_a_key_update_between_requests_does_not_shorten_idle_timeout(start_gateway, pki, split):
+    """A KeyUpdate carries no plaintext: the wait for the next request is
+    still idle-timeout, not header-timeout, whether its record came in one
+    read (`whole`) or two (`split`). The control: the same wait with no
+    KeyUpdate (`test_an_idle_keep_alive_tls_connection_waits_past_header_timeout`)."""
+    gw = tls_gateway(start_gateway, pki)
+    relay = SplittingRelay(gw.port) if split else None
+    out = s_client_session(relay.port if relay else gw.port, pki,
+                           [get_path("/before"), b"k\n", HEADER_TIMEOUT * 2.5, get_path("/after")])
+    if relay:
+        relay.close()
+    assert "GET /before\n" in out, out[-1500:]
+    assert "KEYUPDATE" in out, out[-1500:]
+    assert "GET /after\n" in out, f"the request after the KeyUpdate was not served:\n{out[-1500:]}"
+
+
+def test_a_split_request_through_the_relay_after_a_pause_is_served(start_gateway, pki):
+    """The control of the `split` case above: the relay alone (every record
+    in two reads) and the same pause, without the KeyUpdate."""
+    gw = tls_gateway(start_gateway, pki)
+    relay = SplittingRelay(gw.port)
+    out = s_client_session(relay.port, pki, [get_path("/before"), HEADER_TIMEOUT * 2.5, get_path("/after")])
+    relay.close()
+    assert "GET /before\n" in out and "GET /after\n" in out, out[-1500:]
 
 
 # ------------------------------------------------------ TLS records, HTTP/2
