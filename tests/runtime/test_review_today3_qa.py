@@ -37,7 +37,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from support.gateway import free_port
+from support.gateway import WatchedProcess, free_port
 
 HEADER_TIMEOUT = 1
 IDLE_TIMEOUT = 8
@@ -201,6 +201,27 @@ def send_while_reading(sock: socket.socket, chunk: bytes, gap: float, limit: flo
     return got, sent, limit
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def fetch(family: int, addr: tuple) -> bytes:
+    """One GET with `connection: close` to `addr`, all of the answer."""
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(BOUND)
+        s.connect(addr)
+        s.sendall(b"GET /v6 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
 # ------------------------------------------------------- lingering close
 def test_a_client_that_sends_forever_gets_its_413_and_is_cut_within_the_linger_time(start_gateway):
     gw = start_gateway(max_body_bytes=1000, body_timeout=BODY_TIMEOUT)
@@ -299,6 +320,117 @@ def test_tls_early_answer_comes_with_close_notify_then_the_connection_ends(start
     assert statuses(got)[:1] == [413], got[:200]
     assert c.closed, "no close_notify/close after the 413"
     c.close()
+
+
+class KeepSending:
+    """Clients that each send 1 KiB every 0.2 s on a thread until stopped:
+    connections the gateway lingers on for as long as it may."""
+
+    def __init__(self, socks: list[socket.socket]):
+        self.socks, self.stop = socks, threading.Event()
+        for s in socks:
+            threading.Thread(target=self._run, args=(s,), daemon=True).start()
+
+    def _run(self, s: socket.socket) -> None:
+        s.settimeout(0.5)
+        while not self.stop.is_set():
+            try:
+                s.send(b"x" * 1024)
+            except (TimeoutError, BlockingIOError):
+                pass
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.stop.set()
+        for s in self.socks:
+            s.close()
+
+
+def answered_413(port: int, n: int) -> list[socket.socket]:
+    """`n` connections whose POST over max-body-bytes got its 413."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=BOUND)
+        s.sendall(big_post_head(10**9) + b"x" * 2000)
+        socks.append(s)
+    for s in socks:
+        assert s.recv(12) == b"HTTP/1.1 413"
+    return socks
+
+
+def read_status_line(s: socket.socket) -> bytes:
+    got = b""
+    s.settimeout(BOUND)
+    while b"\r\n" not in got:
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+# Each path that answers early then lingers: flags, what the client sends
+# (the head and bytes the gateway will not read), the status.
+EARLY_ANSWERS = {
+    "413": ({"max_body_bytes": 1000}, big_post_head(10**9) + b"x" * 4000, 413),
+    "400": ({}, b"GET / HTTP/1.1\r\nhost: a\r\nno colon here\r\n\r\n" + b"x" * 4000, 400),
+    "431": ({"max_header_bytes": 1024}, b"GET / HTTP/1.1\r\nhost: a\r\nx-big: " + b"y" * 4000 + b"\r\n\r\n", 431),
+    "408": ({"body_timeout": 1}, big_post_head(100) + b"x" * 10, 408),
+    "502": ({}, b"GET /reset HTTP/1.1\r\nhost: a\r\n\r\n" + b"GET /r HTTP/1.1\r\nhost: a\r\n\r\n" * 50, 502),
+    "proxied-close": ({}, b"GET /r HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n" + b"x" * 4000, 200),
+}
+
+
+@pytest.mark.parametrize("case", list(EARLY_ANSWERS))
+def test_every_early_answer_path_lingers_instead_of_resetting(start_gateway, case):
+    """After the answer, the gateway half-closes and keeps reading: a client
+    still sending for 2 s (inside LINGER_TOTAL, 0.2 s gaps inside LINGER_GAP)
+    is not reset. Without lingering its sends would meet a reset at once."""
+    opts, wire, status = EARLY_ANSWERS[case]
+    gw = start_gateway(**opts)
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=BOUND)
+    s.sendall(wire)
+    line = read_status_line(s)
+    assert line.startswith(b"HTTP/1.1 %d" % status), line
+    _, sent, ended = send_while_reading(s, b"z" * 1024, 0.2, 2)
+    s.close()
+    assert ended >= 2, f"reset {ended:.2f}s after the {status} ({sent} bytes taken)"
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_upgrade_while_connections_linger_hands_off_and_the_old_process_exits_within_grace(
+    hello_bin, origin, tmp_path
+):
+    """`--upgrade` with lingering clients on the old process: the handoff
+    does not wait for them, the old process exits within grace, and the new
+    one serves both listeners, the `[::1]` one included."""
+    port, v6 = free_port(), free_port()
+    sock = tmp_path / "admin.sock"
+    argv = [str(hello_bin), "--listen", f"127.0.0.1:{port}", "--listen", f"[::1]:{v6}", "--upstream", origin.addr,
+            "--max-body-bytes", "1000", "--grace", "1s", "--admin-socket", str(sock)]
+    old = WatchedProcess(argv)
+    new = None
+    senders = None
+    try:
+        senders = KeepSending(answered_413(port, 5))
+        t0 = time.monotonic()
+        new = WatchedProcess(argv + ["--upgrade"], wait_for=r"took over from pid")
+        took_over = time.monotonic() - t0
+        old_exit = old.exit_code(BOUND)
+        old_gone = time.monotonic() - t0
+        for family, addr in ((socket.AF_INET, ("127.0.0.1", port)), (socket.AF_INET6, ("::1", v6))):
+            assert fetch(family, addr).startswith(b"HTTP/1.1 200"), addr
+    finally:
+        if senders:
+            senders.close()
+        old.kill()
+        if new:
+            new.kill()
+    assert took_over < 5, f"the handoff took {took_over:.1f}s"
+    assert old_gone < 1 + 4, f"the old process exited {old_gone:.1f}s after the upgrade began"
+    assert old_exit == 0, old.text()[-2000:]
 
 
 # ------------------------------------------- TLS records, HTTP/1.1 keep-alive
@@ -571,33 +703,14 @@ def test_h2_tls_a_slow_steady_upload_in_one_record_with_a_stream_open_is_served(
 
 
 # ------------------------------------------------------------ IPv6 listeners
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 def test_ipv6_loopback_and_ipv4_mapped_listeners_serve(start_gateway):
     v6, mapped = free_port(), free_port()
     gw = start_gateway(extra_args=["--listen", f"[::1]:{v6}", "--listen", f"[::ffff:127.0.0.1]:{mapped}"])
 
-    def get(family, addr) -> bytes:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.settimeout(BOUND)
-            s.connect(addr)
-            s.sendall(b"GET /v6 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
-            out = b""
-            while chunk := s.recv(65536):
-                out += chunk
-            return out
-
-    assert get(socket.AF_INET6, ("::1", v6)).startswith(b"HTTP/1.1 200")
+    assert fetch(socket.AF_INET6, ("::1", v6)).startswith(b"HTTP/1.1 200")
     # An IPv4-mapped listener takes IPv4 clients: it is dual-stack whatever bindv6only says.
-    assert get(socket.AF_INET, ("127.0.0.1", mapped)).startswith(b"HTTP/1.1 200")
+    assert fetch(socket.AF_INET, ("127.0.0.1", mapped)).startswith(b"HTTP/1.1 200")
     assert gw.alive()
 
 
