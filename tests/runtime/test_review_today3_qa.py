@@ -20,7 +20,28 @@ frame layer) and the recording origin:
   stream open and not finished is ended (GOAWAY/close) near header-timeout;
   a slow but steady upload in one big record with a stream open is not;
 - `rt/listen.rs::new_socket`: `[::1]` and IPv4-mapped listeners (the latter
-  takes IPv4 clients).
+  takes IPv4 clients), and `--upgrade` handing off a `[::1]` listener while
+  clients linger on the old process.
+
+Every early-answer path (413, 400, 431, 408, 502, a proxied answer with
+`connection: close`) lingers instead of resetting; KeyUpdates come from
+`openssl s_client` (`k`), whole or cut in two by a relay.
+
+Bugs found, each a strict xfail beside a passing control:
+
+- a KeyUpdate between two requests whose record arrives in two reads cuts
+  the idle wait at header-timeout: `TlsStream::read_some` sets `started`
+  when it sees a record unfinished and never clears it when that record
+  ends with no plaintext (control: the same KeyUpdate whole, and the relay
+  with no KeyUpdate);
+- a next head whose record began in the same segment as the previous
+  request is held to idle-timeout, not header-timeout: `started` is set
+  only after a receive made during the wait (control: the record begun
+  during the wait ends at header-timeout);
+- an answer the client does not take (the write stalled for body-timeout)
+  is still followed by a 5 s lingering close: the stall is
+  `ErrorKind::ClientTimeout` (`PumpError::SinkTimeout`), while conn.rs
+  passes `delivered = false` to `close_after_answer` only for `ClientWrite`.
 """
 
 from __future__ import annotations
