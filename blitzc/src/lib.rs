@@ -85,7 +85,10 @@ fn not_utf8(path: &std::path::Path, e: &std::string::FromUtf8Error) -> Checked {
     };
     let span = blitz_ir::Span::new(at, at + char::REPLACEMENT_CHARACTER.len_utf8());
     let diagnostic = Diagnostic::error(code, span, "the spec is not UTF-8")
-        .label(format!("byte 0x{byte:02X} starts no UTF-8 character"))
+        .label(match e.utf8_error().error_len() {
+            Some(_) => format!("byte 0x{byte:02X} starts no UTF-8 character"),
+            None => format!("byte 0x{byte:02X} starts a UTF-8 character the file ends inside"),
+        })
         .help(
             "KDL and TOML specs are UTF-8 text: save the file as UTF-8 (a Latin-1 or \
              Windows-1252 `é` is one byte, UTF-8 writes it as two)",

@@ -27,7 +27,7 @@ Every early-answer path (413, 400, 431, 408, 502, a proxied answer with
 `connection: close`) lingers instead of resetting; KeyUpdates come from
 `openssl s_client` (`k`), whole or cut in two by a relay.
 
-Bugs found, each a strict xfail beside a passing control:
+Bugs found, each fixed since (the tests pass; each has a passing control):
 
 - a KeyUpdate between two requests whose record arrives in two reads cuts
   the idle wait at header-timeout: `TlsStream::read_some` sets `started`
@@ -434,9 +434,6 @@ def test_every_early_answer_path_lingers_instead_of_resetting(start_gateway, cas
     assert ended >= 2, f"reset {ended:.2f}s after the {status} ({sent} bytes taken)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a response write stalled for body-timeout is ErrorKind::ClientTimeout (PumpError::SinkTimeout); "
-    "conn.rs close_after_answer callers count only ClientWrite as not delivered, so it lingers 5 s"))
 def test_an_answer_the_client_does_not_take_is_not_followed_by_lingering(start_gateway):
     """`close_after_answer(delivered=false)`: a big answer the client never
     reads stalls the write for body-timeout, then the connection is closed
@@ -504,9 +501,6 @@ def test_a_stalled_next_head_in_an_unfinished_record_ends_at_header_timeout(star
     assert statuses(got) in ([], [408]), got[:200]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: tls/stream.rs read_some starts the record clock only on a receive made during the wait, so a record "
-    "whose first bytes came with the previous request is held to idle-timeout"))
 def test_a_next_head_record_begun_behind_the_previous_request_ends_at_header_timeout(start_gateway, pki):
     """The next request's record begins in the same segment as the
     previous request and its last byte never comes: docs/spec.md times
@@ -674,15 +668,10 @@ def get_path(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nhost: edge.test\r\n\r\n".encode()
 
 
-SPLIT_KEY_UPDATE_BUG = (
-    "bug: tls/stream.rs read_some keeps `started` once a record was seen unfinished; a KeyUpdate record "
-    "arriving in two reads completes with no plaintext and the idle wait is then cut at header-timeout"
-)
-
 
 @pytest.mark.parametrize(
     "split",
-    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=SPLIT_KEY_UPDATE_BUG))],
+    [False, True],
     ids=["whole", "split"],
 )
 def test_a_key_update_between_requests_does_not_shorten_idle_timeout(start_gateway, pki, split):

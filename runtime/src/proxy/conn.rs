@@ -291,16 +291,20 @@ async fn serve_h1<G: Gateway, S: Stream>(
                 {
                     Exchange::Done { keep_alive, status } => (keep_alive, status, None),
                     Exchange::Failed { error, answered } => {
-                        let status = if answered {
-                            0
+                        // Delivered: an error answer the client took whole.
+                        // An answer cut short (a stalled or failed write, an
+                        // upstream that broke off) gains nothing from a
+                        // lingering close.
+                        let (status, delivered) = if answered {
+                            (0, false)
                         } else {
                             let mut out = w.buffers.take();
                             write_error(&mut out, error.status, req.is_head());
-                            let _ =
+                            let sent =
                                 write_all_within(&client.stream, &mut out, w.limits.body_timeout)
                                     .await;
                             w.buffers.give(out);
-                            error.status
+                            (error.status, sent.is_ok())
                         };
                         w.gateway.logging(
                             Some(route),
@@ -314,7 +318,7 @@ async fn serve_h1<G: Gateway, S: Stream>(
                         if client.cut_until_close {
                             reset_close(client).await;
                         } else {
-                            close_after_answer(client, error.kind != ErrorKind::ClientWrite).await;
+                            close_after_answer(client, delivered).await;
                         }
                         return;
                     }

@@ -98,6 +98,8 @@ struct State {
 struct Records {
     /// Records begun so far: names the current one.
     begun: u64,
+    /// When the current record's first byte came, while it is unfinished.
+    since: Option<Instant>,
     /// Bytes of the current record's header seen (0 to 4; 0: between records).
     header_seen: u8,
     /// The high byte of its length, once seen.
@@ -107,6 +109,17 @@ struct Records {
 }
 
 impl Records {
+    /// Follows `bytes`, which came at `now`.
+    fn arrived(&mut self, bytes: &[u8], now: Instant) {
+        let before = self.begun;
+        self.track(bytes);
+        if self.unfinished().is_none() {
+            self.since = None;
+        } else if self.begun != before {
+            self.since = Some(now);
+        }
+    }
+
     fn track(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.body_left > 0 {
@@ -384,8 +397,8 @@ impl TlsStream {
         let mut tcp = &self.tcp;
         let BufResult(res, buf) = tcp.append(buf).await;
         let mut st = self.state.borrow_mut();
-        if let Some(new) = buf.get(kept..) {
-            st.records.track(new);
+        if let Some(new) = buf.get(kept..).filter(|new| !new.is_empty()) {
+            st.records.arrived(new, crate::rt::time::coarse_now());
         }
         st.incoming = buf;
         st.pos = 0;
@@ -477,8 +490,6 @@ impl TlsStream {
     /// connection (HTTP/1.1 close-delimited) is complete only after a
     /// close_notify (RFC 9110 §9.8), never after a bare EOF.
     pub async fn read_some(&self, mut buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
-        // When a record began that is not finished (see `record_limit`).
-        let mut started: Option<Instant> = None;
         loop {
             {
                 let mut st = self.state.borrow_mut();
@@ -495,7 +506,10 @@ impl TlsStream {
                     return BufResult(got, buf);
                 }
             }
-            let received = match (self.record_limit.get(), started) {
+            // A record begun and not finished (in this read or before it)
+            // must end within `record_limit` of its first byte.
+            let since = self.state.borrow().records.since;
+            let received = match (self.record_limit.get(), since) {
                 (Some(limit), Some(t)) => {
                     crate::rt::time::within(t + limit, self.receive_and_answer())
                         .await
@@ -506,15 +520,12 @@ impl TlsStream {
             if let Err(e) = received {
                 return BufResult(Err(e), buf);
             }
-            // A whole record without plaintext (a KeyUpdate) starts nothing.
-            if self.unfinished_record().is_some() {
-                started.get_or_insert_with(crate::rt::time::coarse_now);
-            }
         }
     }
 
     /// The record that has begun to arrive and not finished, if any (named
     /// by its count, so that a caller can tell one slow record from several).
+    #[cfg(feature = "h2")]
     pub(crate) fn unfinished_record(&self) -> Option<u64> {
         self.state.borrow().records.unfinished()
     }
@@ -603,6 +614,7 @@ impl TlsStream {
 mod tests {
     use super::Records;
     use super::looks_like_plain_http;
+    use std::time::Instant;
 
     #[test]
     fn records_are_followed_across_reads_of_any_size() {
@@ -622,6 +634,21 @@ mod tests {
         assert_eq!(r.unfinished(), Some(2));
         r.track(&wire[10..15]);
         assert_eq!(r.unfinished(), None);
+        // The clock of an unfinished record starts with its first byte and
+        // stops with its last, across reads (a KeyUpdate split in two).
+        let (t0, t1) = (
+            Instant::now(),
+            Instant::now() + std::time::Duration::from_secs(1),
+        );
+        let mut r = Records::default();
+        r.arrived(&wire[..10], t0);
+        assert_eq!(r.since, Some(t0), "the second record began");
+        r.arrived(&wire[10..16], t1);
+        assert_eq!(r.since, Some(t1), "the second ended, the third began");
+        r.arrived(&wire[16..], t0);
+        assert_eq!(r.since, Some(t1), "still the third");
+        r.arrived(&[3, 0, 1, 7], t0);
+        assert_eq!(r.since, None, "the third ended");
         // A record of the largest length, byte by byte.
         let mut r = Records::default();
         r.track(&[23, 3, 3, 0xff, 0xff]);
