@@ -46,11 +46,9 @@ Bugs found, each fixed since (the tests pass; each has a passing control):
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import ssl
-import subprocess
 import threading
 import time
 
@@ -59,6 +57,7 @@ import h2.connection
 import h2.events
 import pytest
 from support.gateway import WatchedProcess, free_port
+from support.sclient import s_client_session
 
 HEADER_TIMEOUT = 1
 IDLE_TIMEOUT = 6
@@ -623,50 +622,8 @@ class SplittingRelay:
         self.listener.close()
 
 
-def s_client_session(port: int, pki, steps: list) -> str:
-    """`openssl s_client` (TLS 1.3, http/1.1) driven by `steps`: bytes to
-    write (a request, waited for by its path echoed in the origin's body;
-    `k\n` sends a KeyUpdate, waited for by s_client's `KEYUPDATE`), or a
-    number of seconds to sleep. Its output, whatever happened."""
-    p = subprocess.Popen(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "edge.test", "-tls1_3",
-         "-alpn", "http/1.1", "-CAfile", str(pki.path("ca.crt"))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    out = b""
-
-    def read_until(needle: bytes, timeout: float) -> None:
-        nonlocal out
-        deadline = time.monotonic() + timeout
-        while needle not in out and time.monotonic() < deadline:
-            if select.select([p.stdout], [], [], 0.1)[0]:
-                chunk = os.read(p.stdout.fileno(), 65536)
-                if not chunk:
-                    return
-                out += chunk
-
-    try:
-        read_until(b"Verify return code", 10)
-        read_until(b"---\n", 2)
-        for step in steps:
-            if isinstance(step, (int, float)):
-                time.sleep(step)
-                continue
-            try:
-                p.stdin.write(step)
-                p.stdin.flush()
-            except OSError:
-                break
-            read_until(step.split(b" ")[1] + b"\n" if step.startswith(b"GET ") else b"KEYUPDATE", 5)
-    finally:
-        p.kill()
-        p.wait(5)
-    return out.decode(errors="replace")
-
-
 def get_path(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nhost: edge.test\r\n\r\n".encode()
-
 
 
 @pytest.mark.parametrize(
@@ -681,7 +638,7 @@ def test_a_key_update_between_requests_does_not_shorten_idle_timeout(start_gatew
     KeyUpdate (`test_an_idle_keep_alive_tls_connection_waits_past_header_timeout`)."""
     gw = tls_gateway(start_gateway, pki)
     relay = SplittingRelay(gw.port) if split else None
-    out = s_client_session(relay.port if relay else gw.port, pki,
+    out = s_client_session(relay.port if relay else gw.port, pki.path("ca.crt"),
                            [get_path("/before"), b"k\n", HEADER_TIMEOUT * 2.5, get_path("/after")])
     if relay:
         relay.close()
@@ -695,7 +652,7 @@ def test_a_split_request_through_the_relay_after_a_pause_is_served(start_gateway
     in two reads) and the same pause, without the KeyUpdate."""
     gw = tls_gateway(start_gateway, pki)
     relay = SplittingRelay(gw.port)
-    out = s_client_session(relay.port, pki, [get_path("/before"), HEADER_TIMEOUT * 2.5, get_path("/after")])
+    out = s_client_session(relay.port, pki.path("ca.crt"), [get_path("/before"), HEADER_TIMEOUT * 2.5, get_path("/after")])
     relay.close()
     assert "GET /before\n" in out and "GET /after\n" in out, out[-1500:]
 

@@ -38,8 +38,6 @@ hand-made frames (`hyperframe`) for what no real client sends.
 from __future__ import annotations
 
 import hashlib
-import os
-import select
 import signal
 import socket
 import ssl
@@ -57,11 +55,11 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
-
 from support.gateway import accept_queue_length, rss_kib, settled_fd_count
 from support.h2client import ENHANCE_YOUR_CALM, PROTOCOL_ERROR, H2Client, RawH2
 from support.origin import default_handler, pattern_sha256, respond
 from support.pki import Pki, served_cert
+from support.sclient import s_client_session
 from support.waits import wait_until
 
 
@@ -137,51 +135,15 @@ def test_tls_1_0_and_1_1_are_refused(start_gateway, origin, pki, version):
     assert g.alive()
 
 
-def _interactive_s_client(port: int, pki: Pki, steps: list[bytes]) -> str:
-    """openssl s_client used interactively (no -ign_eof): a line holding only
-    `K` sends a KeyUpdate asking for one back, `k` one that does not."""
-    p = subprocess.Popen(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "edge.test", "-tls1_3",
-         "-alpn", "http/1.1", "-CAfile", str(pki.path("ca.crt"))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    out = b""
-
-    def read_until(needle: bytes, timeout: float) -> None:
-        nonlocal out
-        deadline = time.monotonic() + timeout
-        while needle not in out and time.monotonic() < deadline:
-            ready, _, _ = select.select([p.stdout], [], [], 0.1)
-            if ready:
-                chunk = os.read(p.stdout.fileno(), 65536)
-                if not chunk:
-                    return
-                out += chunk
-
-    try:
-        read_until(b"Verify return code", 10)
-        for step in steps:
-            p.stdin.write(step)
-            p.stdin.flush()
-            if step.startswith(b"GET "):
-                read_until(step.split(b" ")[1] + b"\n", 10)
-            else:
-                read_until(b"KEYUPDATE", 10)
-                time.sleep(0.2)
-    finally:
-        p.kill()
-        p.wait(5)
-    return out.decode(errors="replace")
-
-
 def test_key_updates_mid_connection_keep_it_serving(start_gateway, origin, pki):
     """RFC 8446 §4.6.3: a KeyUpdate with update_requested must be answered
     with the server's own; after either kind, both sides' traffic goes on
     (rustls is driven by hand in tls/stream.rs: its answer must be sent
     although no response is being written)."""
     g = tls_gateway(start_gateway, pki)
-    get = lambda p: f"GET {p} HTTP/1.1\r\nhost: edge.test\r\n\r\n".encode()  # noqa: E731
-    out = _interactive_s_client(g.port, pki, [get("/before"), b"K\n", get("/after-K"), b"k\n", get("/after-k")])
+    get = lambda p: f"GET {p} HTTP/1.1\r\nhost: edge.test\r\n\r\n".encode()
+    steps = [get("/before"), b"K\n", 0.2, get("/after-K"), b"k\n", 0.2, get("/after-k")]
+    out = s_client_session(g.port, pki.path("ca.crt"), steps)
     for path in ("/before", "/after-K", "/after-k"):
         assert f"GET {path}\n" in out, out[-2000:]
     assert out.count("HTTP/1.1 200 OK") == 3, out[-2000:]
