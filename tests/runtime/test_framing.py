@@ -497,18 +497,23 @@ def test_pipelined_valid_then_invalid(gateway, origin):
 
 
 # ---------------------------------------------------------------- bodies that look like requests
+# Three requests whose first two bodies (Content-Length, then chunked) hold a
+# request's bytes: each echoed as a body, the inner request never parsed.
+# Also sent over TLS by test_reliability_matrix_qa.py.
+INNER_CHUNK_BODY = b"0\r\n\r\n" + SMUGGLED
+REQUESTS_IN_BODIES = (
+    head(target="/echo", headers=("Host: a.test", f"Content-Length: {len(SMUGGLED)}"))
+    + SMUGGLED
+    + head(target="/echo", headers=("Host: a.test", "Transfer-Encoding: chunked"))
+    + b"%x\r\n%s\r\n0\r\n\r\n" % (len(INNER_CHUNK_BODY), INNER_CHUNK_BODY)
+    + head("GET", "/last", ("Host: a.test", "Connection: close"))
+)
+
+
 def test_request_inside_body_not_parsed(gateway, origin):
     """A body (CL or chunked) whose bytes look like requests stays a body."""
-    inner = b"GET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n"
-    chunk_body = b"0\r\n\r\n" + inner
-    data = (
-        head(target="/echo", headers=("Host: a.test", f"Content-Length: {len(inner)}"))
-        + inner
-        + head(target="/echo", headers=("Host: a.test", "Transfer-Encoding: chunked"))
-        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk_body), chunk_body)
-        + head("GET", "/last", ("Host: a.test", "Connection: close"))
-    )
-    ex = exchange(gateway.port, data)
+    inner, chunk_body = SMUGGLED, INNER_CHUNK_BODY
+    ex = exchange(gateway.port, REQUESTS_IN_BODIES)
     assert ex.statuses == [200, 200, 200], ex
     assert [r.body for r in ex.responses] == [inner, chunk_body, b"GET /last\n"]
     no_smuggled(origin)

@@ -77,6 +77,8 @@ from test_framing import (
     CHUNKED_HELLO,
     CL_TE,
     HOP_REQUEST_FIELDS,
+    INNER_CHUNK_BODY,
+    REQUESTS_IN_BODIES,
     SMUGGLED,
     head,
 )
@@ -281,17 +283,9 @@ def test_bytes_after_a_refused_request_over_tls_are_never_parsed(gateways, pki, 
 def test_a_body_that_looks_like_requests_stays_a_body_over_tls(gateways, pki, origin):
     """Content-Length and chunked bodies whose bytes are requests are echoed
     as bodies; the origin gets the three requests sent, never the inner one."""
-    inner = SMUGGLED
-    chunk_body = b"0\r\n\r\n" + inner
-    data = (
-        head(target="/echo", headers=("Host: a.test", f"Content-Length: {len(inner)}"))
-        + inner
-        + head(target="/echo", headers=("Host: a.test", "Transfer-Encoding: chunked"))
-        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk_body), chunk_body)
-        + head("GET", "/last", ("Host: a.test", "Connection: close"))
-    )
+    inner, chunk_body = SMUGGLED, INNER_CHUNK_BODY
     with h1_conn(gateways, pki, tls=True) as c:
-        rs, _ = answers(c, data)
+        rs, _ = answers(c, REQUESTS_IN_BODIES)
     assert [(r.status, r.body) for r in rs] == [(200, inner), (200, chunk_body), (200, b"GET /last\n")], rs
     reqs = origin.wait_requests(3, complete=True)
     assert [q.path for q in reqs] == ["/echo", "/echo", "/last"], reqs
