@@ -109,14 +109,15 @@ struct Records {
 }
 
 impl Records {
-    /// Follows `bytes`, which came at `now`.
-    fn arrived(&mut self, bytes: &[u8], now: Instant) {
+    /// Follows `bytes`, which came at `now()`: the clock is read only when
+    /// a record begins and stays unfinished, not on every read.
+    fn arrived(&mut self, bytes: &[u8], now: impl FnOnce() -> Instant) {
         let before = self.begun;
         self.track(bytes);
         if self.unfinished().is_none() {
             self.since = None;
         } else if self.begun != before {
-            self.since = Some(now);
+            self.since = Some(now());
         }
     }
 
@@ -398,7 +399,7 @@ impl TlsStream {
         let BufResult(res, buf) = tcp.append(buf).await;
         let mut st = self.state.borrow_mut();
         if let Some(new) = buf.get(kept..).filter(|new| !new.is_empty()) {
-            st.records.arrived(new, crate::rt::time::coarse_now());
+            st.records.arrived(new, crate::rt::time::coarse_now);
         }
         st.incoming = buf;
         st.pos = 0;
@@ -641,13 +642,13 @@ mod tests {
             Instant::now() + std::time::Duration::from_secs(1),
         );
         let mut r = Records::default();
-        r.arrived(&wire[..10], t0);
+        r.arrived(&wire[..10], || t0);
         assert_eq!(r.since, Some(t0), "the second record began");
-        r.arrived(&wire[10..16], t1);
+        r.arrived(&wire[10..16], || t1);
         assert_eq!(r.since, Some(t1), "the second ended, the third began");
-        r.arrived(&wire[16..], t0);
+        r.arrived(&wire[16..], || t0);
         assert_eq!(r.since, Some(t1), "still the third");
-        r.arrived(&[3, 0, 1, 7], t0);
+        r.arrived(&[3, 0, 1, 7], || t0);
         assert_eq!(r.since, None, "the third ended");
         // A record of the largest length, byte by byte.
         let mut r = Records::default();
