@@ -381,6 +381,23 @@ def chunked(body: bytes) -> bytes:
     return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
 
 
+def requests_for(origin, path: str) -> list:
+    """The origin's requests for `path`: another case's aborted upstream
+    request (a 413's) may reach the shared origin after its reset."""
+    return [r for r in origin.requests if r.path == path]
+
+
+def forwarded(origin, path: str):
+    """The complete request for `path` the origin got (None after 5 s). By
+    path: the previous case's aborted upstream request (its 413) may reach
+    the origin after that origin's reset."""
+    def done():
+        return next((r for r in origin.requests if r.complete and r.path == path), None)
+
+    origin.wait_for(lambda: done() is not None)
+    return done()
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 @pytest.mark.parametrize("kind", GATEWAYS)
 def test_max_body_bytes_is_the_largest_body_forwarded(pair, kind, framing):
@@ -395,8 +412,8 @@ def test_max_body_bytes_is_the_largest_body_forwarded(pair, kind, framing):
         resp = ask(port, data, "POST")
         assert resp is not None and resp.status == status, (size, resp)
         if status == 200:
-            seen = pair.origin.wait_requests(1, complete=True)
-            assert seen[0].complete and seen[0].body_len == size, seen
+            seen = forwarded(pair.origin, f"/up/body{size}")
+            assert seen and seen.body_len == size, pair.origin.requests
         else:
             # Nothing larger than the limit ever reaches the upstream whole.
             assert not any(r.complete and r.body_len > MAX_BODY_BYTES for r in pair.origin.requests)
@@ -422,11 +439,12 @@ def test_max_body_bytes_over_h2c(pair, kind, declared):
     for size, status in ((MAX_BODY_BYTES, 200), (MAX_BODY_BYTES + 1, 413)):
         pair.origin.reset()
         fields = [("content-length", str(size))] if declared else []
-        resp = h2_ask(pair, kind, f"/up/h2body{size}", fields, "POST", b"b" * size)
+        path = f"/up/h2body{size}"
+        resp = h2_ask(pair, kind, path, fields, "POST", b"b" * size)
         assert resp.status == status, (size, resp)
         if status == 200:
-            seen = pair.origin.wait_requests(1, complete=True)
-            assert seen[0].complete and seen[0].body_len == size, seen
+            seen = forwarded(pair.origin, path)
+            assert seen and seen.body_len == size, pair.origin.requests
         else:
             assert not any(r.complete and r.body_len > MAX_BODY_BYTES for r in pair.origin.requests)
 
@@ -452,7 +470,7 @@ def test_header_timeout_bounds_the_whole_head_not_each_gap(pair, kind):
                 break
         assert cut, f"{kind}: a head trickled for {time.monotonic() - start:.1f} s was not cut"
         assert not conn.buf or conn.buf.startswith(b"HTTP/1.1 408"), bytes(conn.buf[:100])
-    assert not pair.origin.requests
+    assert not requests_for(pair.origin, "/up/trickled-head"), pair.origin.requests
 
 
 @pytest.mark.parametrize("kind", GATEWAYS)
@@ -493,7 +511,7 @@ def test_body_timeout_cuts_a_pause_longer_than_it(pair, kind):
         conn.send(head("/up/paused-body", [("Content-Length", "10")], "POST") + b"01234")
         status, waited = answered_or_closed(conn, TIMEOUT_BOUND_S)
     assert status in (408, None), f"{kind}: {status} after {waited:.1f} s (-1: neither answer nor close)"
-    assert not any(r.complete for r in pair.origin.requests), pair.origin.requests
+    assert not any(r.complete for r in requests_for(pair.origin, "/up/paused-body")), pair.origin.requests
 
 
 def cut(seen) -> bool:
@@ -522,7 +540,7 @@ def test_header_timeout_bounds_a_header_block_trickled_in_continuations_over_h2c
         seen = conn.seen
         assert cut(seen), f"{kind}: a header block trickled for {time.monotonic() - start:.1f} s was not cut"
         assert seen.status(1) in (None, 408), seen
-    assert not pair.origin.requests
+    assert not requests_for(pair.origin, "/up/trickled-h2-head"), pair.origin.requests
 
 
 @pytest.mark.timeout(60)
