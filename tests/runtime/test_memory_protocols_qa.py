@@ -21,7 +21,7 @@ unless said), its RSS read from /proc, figures printed (`-s`):
   every stream ended at body-timeout, the connections at idle-timeout.
 
 Measured here (KiB per idle connection, 1,000 connections): Blitz h1 2.7,
-h1/TLS 15.4, h2c 23.3, h2/TLS 35.4, TLS handshake only 15.2 (ALPN
+h1/TLS 15.4, h2c 23.3, h2/TLS 32.1, TLS handshake only 15.2 (ALPN
 http/1.1) / 26.2 (ALPN h2). Where the HTTP/2 part goes (heaptrack, heap
 allocated per connection): the `h2` crate's write buffer 16 KiB
 (`FramedWrite`, fixed capacity), tokio-util's read buffer under it 8 KiB,
@@ -269,7 +269,7 @@ class Bystanders:
 
 # KiB of gateway RSS per idle connection, by how it came in; measured on this
 # machine (1 worker, 1,000 connections; 2 workers and 2,000 within 1 KiB of it):
-# h1 2.7, h1-tls 15.4, h2c 23.3, h2-tls 35.4, a TLS handshake and nothing sent
+# h1 2.7, h1-tls 15.4, h2c 23.3, h2-tls 32.1, a TLS handshake and nothing sent
 # 15.2 (ALPN http/1.1) and 26.2 (ALPN h2). Bounds: about 1.5 times that, so a
 # buffer of a frame or record kept per idle connection (16-17 KiB) breaks them.
 IDLE_BOUND_KIB = {

@@ -531,17 +531,25 @@ impl TlsStream {
         self.state.borrow().records.unfinished()
     }
 
+    /// How many bytes of plaintext are already here, decrypting what
+    /// ciphertext waits if none is: what [`Self::read_buffered`] can give
+    /// without touching the socket. The HTTP/2 bridge makes only that much
+    /// of the `h2` crate's read buffer ready (zeroed), not all of its room.
+    #[cfg(feature = "h2")]
+    pub(crate) fn plaintext_ready(&self) -> io::Result<usize> {
+        let mut st = self.state.borrow_mut();
+        st.feed_if_idle().map_err(tls_error)?;
+        Ok(st.plaintext)
+    }
+
     /// Plaintext (or the end of the stream) that is already here, copied
     /// into `dst` without touching the socket; `None` when a
-    /// [`Self::receive`] must come first. The HTTP/2 bridge reads through
-    /// this straight into the `h2` crate's buffer.
+    /// [`Self::receive`] must come first (see [`Self::plaintext_ready`]).
+    /// The HTTP/2 bridge reads through this straight into the `h2` crate's
+    /// buffer.
     #[cfg(feature = "h2")]
     pub(crate) fn read_buffered(&self, dst: &mut [u8]) -> Option<io::Result<usize>> {
-        let mut st = self.state.borrow_mut();
-        if let Err(e) = st.feed_if_idle() {
-            return Some(Err(tls_error(e)));
-        }
-        st.read_buffered(dst)
+        self.state.borrow_mut().read_buffered(dst)
     }
 
     /// Encrypts all of `plaintext` into rustls' outgoing queue, without

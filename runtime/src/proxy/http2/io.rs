@@ -228,7 +228,14 @@ impl tokio::io::AsyncRead for H2Io {
             }
             #[cfg(feature = "tls")]
             if let Transport::Tls(tls) = &*this.stream {
-                let dst = buf.initialize_unfilled();
+                // Zeroing all the room (8 KiB, most reads) would cost a
+                // memset per read and keep every page of the crate's
+                // buffer resident on an idle connection.
+                let ready = match tls.plaintext_ready() {
+                    Ok(ready) => ready,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                let dst = buf.initialize_unfilled_to(ready.min(buf.remaining()));
                 match tls.read_buffered(dst) {
                     Some(Ok(n)) => {
                         let parse = this.watch.inspect(&dst[..n]);
