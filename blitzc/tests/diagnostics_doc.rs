@@ -325,6 +325,17 @@ const DESCRIPTIONS: &[Description] = &[
         fix: "Remove the edit. To close connections or limit bodies, use the gateway's own \
               settings (`limits`), not header edits.",
     },
+    Description {
+        code: "B057",
+        severity: "warning",
+        meaning: "A `path-regex` value that no request path can match, proven from the literal \
+                  text every match starts with: it begins without `/`, or needs a `?` or `#` \
+                  (matching sees the path without query and fragment), `//` (merged before \
+                  matching) or a byte outside visible ASCII (such bytes arrive \
+                  percent-encoded). The route never matches by that value.",
+        fix: "Start the regex with `/` and match the whole normalised path; match the query \
+              with `query`.",
+    },
     // ---- listeners and TLS
     Description {
         code: "B060",

@@ -100,6 +100,8 @@ codes! {
     /// A header step that sets or adds a hop-by-hop or framing field,
     /// which the gateway drops whatever the step says (warning).
     IneffectiveHeaderEdit = ("B056", "ineffective-header-edit"),
+    /// A `path-regex` that no normalised path can match (warning).
+    RegexNeverMatches = ("B057", "regex-never-matches"),
 
     // ---- listeners and TLS
     /// `h2` or `h3` on a listener without `tls`.

@@ -1,7 +1,7 @@
 //! Rules on single routes: an empty `match` (B051), conflicting header edits
 //! (B052), a matcher given twice (B053), a `strip-prefix` that is not a
-//! normalised absolute path or does not fit the route's paths (B038), and
-//! `auth` twice (B075). Shadowing between routes lives in `shadow`.
+//! normalised absolute path or does not fit the route's paths (B038),
+//! `auth` twice (B075), and a `path-regex` no path can match (B057). Shadowing between routes lives in `shadow`.
 
 use super::{expand_route, via_label};
 use crate::diag::{Code, Diagnostic};
@@ -16,6 +16,7 @@ pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
         strip_prefix(route, diagnostics);
         duplicate_auth(spec, route, diagnostics);
         body_without_content(route, diagnostics);
+        regexes_never_matching(route, diagnostics);
     }
     for chain in &spec.chains {
         header_edits(chain.steps.iter().map(|s| &s.kind), diagnostics);
@@ -40,6 +41,72 @@ fn body_without_content(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
             .related(status.span, "status without content"),
         );
     }
+}
+
+/// B057 (warning): a `path-regex` value that no normalised path can match,
+/// proven from the literals every match must start with (regex-syntax's
+/// prefix extraction: sound, so a regex it cannot decide is never
+/// reported). A normalised path (docs/spec.md 15.2) starts with `/`, holds
+/// no `?` or `#` (query and fragment are dropped before matching), no `//`,
+/// and only visible ASCII (other bytes arrive percent-encoded and stay so).
+/// The usual slips: `api/.*` without its leading slash, and a query written
+/// into the regex (`/search\?q=.*`).
+fn regexes_never_matching(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
+    let Some(matcher) = &route.matcher else {
+        return;
+    };
+    for condition in &matcher.conditions {
+        let Test::PathRegex(patterns) = &condition.test else {
+            continue;
+        };
+        for pattern in patterns {
+            if let Some(why) = never_matches_a_path(&pattern.value) {
+                diagnostics.push(
+                    Diagnostic::warning(
+                        Code::RegexNeverMatches,
+                        pattern.span,
+                        format!("path-regex `{}` matches no request path", pattern.value),
+                    )
+                    .label(why)
+                    .help(
+                        "the regex must match the whole normalised path: it starts with `/`, \
+                         without the query (match that with `query`)",
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Why no normalised path can match the (anchored) regex `pattern`, when
+/// that can be proven: every match starts with one of a finite set of
+/// literals, and each of them already rules a path out.
+fn never_matches_a_path(pattern: &str) -> Option<&'static str> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+    let prefixes = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+    let mut why = None;
+    for literal in prefixes.literals()? {
+        let bytes = literal.as_bytes();
+        let reason = if bytes.is_empty() {
+            // Inexact: some match starts anywhere. Exact: only "" matches.
+            literal
+                .is_exact()
+                .then_some("matches only the empty path; every path starts with `/`")?
+        } else if bytes[0] != b'/' {
+            "every match starts without the `/` that begins every path"
+        } else if bytes.iter().any(|b| matches!(b, b'?' | b'#')) {
+            "needs a `?` or `#`: matching sees the path without query and fragment"
+        } else if bytes.windows(2).any(|w| w == b"//") {
+            "needs `//`: repeated slashes are merged before matching"
+        } else if bytes.iter().any(|b| !b.is_ascii_graphic()) {
+            "needs a space, control or non-ASCII byte: a path holds those percent-encoded"
+        } else {
+            return None;
+        };
+        why.get_or_insert(reason);
+    }
+    why
 }
 
 /// B051 (warning): `match {}` matches every request, like no `match` (not
@@ -338,5 +405,45 @@ fn duplicate_auth(spec: &Spec, route: &Route, diagnostics: &mut Vec<Diagnostic>)
             diagnostic = diagnostic.related(via.span, via_label(route));
         }
         diagnostics.push(diagnostic);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::never_matches_a_path;
+
+    #[test]
+    fn regexes_no_path_can_match() {
+        for pattern in [
+            "",
+            "api/.*",
+            "(?i)API/v[0-9]+",
+            "(a|b)/x",
+            r"/search\?q=.*",
+            "/a#frag",
+            "//admin.*",
+            "/caf\u{e9}",
+            "/a b",
+        ] {
+            assert!(never_matches_a_path(pattern).is_some(), "{pattern:?}");
+        }
+    }
+
+    #[test]
+    fn regexes_some_path_can_match_are_not_reported() {
+        for pattern in [
+            "/api/.*",
+            ".*",
+            "/.*\\.png",
+            "(/a|/b)/x",
+            "/?x",
+            "[/a]bc",
+            "(?x) /api # the API\n /v[0-9]+",
+            "(?i)/users/[0-9]+",
+            r"/a/[^?]*",
+            "/%2F.*",
+        ] {
+            assert_eq!(never_matches_a_path(pattern), None, "{pattern:?}");
+        }
     }
 }
