@@ -336,6 +336,16 @@ const DESCRIPTIONS: &[Description] = &[
         fix: "Start the regex with `/` and match the whole normalised path; match the query \
               with `query`.",
     },
+    Description {
+        code: "B058",
+        severity: "warning",
+        meaning: "A `redirect` location that is empty, which sends the client back to the URL \
+                  it asked for (a redirect loop), or that is not a URI reference (RFC 9110 \
+                  §10.2.2): whitespace or a byte outside visible ASCII, which clients repair \
+                  each in their own way or refuse.",
+        fix: "Give the target URL, absolute or a path, with such bytes percent-encoded \
+              (`%20` for a space).",
+    },
     // ---- listeners and TLS
     Description {
         code: "B060",

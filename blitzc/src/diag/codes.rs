@@ -102,6 +102,8 @@ codes! {
     IneffectiveHeaderEdit = ("B056", "ineffective-header-edit"),
     /// A `path-regex` that no normalised path can match (warning).
     RegexNeverMatches = ("B057", "regex-never-matches"),
+    /// A `redirect` location that is empty or not a URI reference (warning).
+    BadRedirectLocation = ("B058", "bad-redirect-location"),
 
     // ---- listeners and TLS
     /// `h2` or `h3` on a listener without `tls`.

@@ -1,7 +1,8 @@
 //! Rules on single routes: an empty `match` (B051), conflicting header edits
 //! (B052), a matcher given twice (B053), a `strip-prefix` that is not a
 //! normalised absolute path or does not fit the route's paths (B038),
-//! `auth` twice (B075), and a `path-regex` no path can match (B057). Shadowing between routes lives in `shadow`.
+//! `auth` twice (B075), a `path-regex` no path can match (B057), and a
+//! `redirect` location that is empty or not a URI reference (B058). Shadowing between routes lives in `shadow`.
 
 use super::{expand_route, via_label};
 use crate::diag::{Code, Diagnostic};
@@ -17,6 +18,7 @@ pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
         duplicate_auth(spec, route, diagnostics);
         body_without_content(route, diagnostics);
         regexes_never_matching(route, diagnostics);
+        redirect_location(route, diagnostics);
     }
     for chain in &spec.chains {
         header_edits(chain.steps.iter().map(|s| &s.kind), diagnostics);
@@ -41,6 +43,41 @@ fn body_without_content(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
             .related(status.span, "status without content"),
         );
     }
+}
+
+/// B058 (warning): a `redirect` whose location is empty, which sends the
+/// client back to the URL it asked for (a loop), or holds a byte a URI
+/// reference cannot (RFC 9110 §10.2.2, RFC 3986: whitespace and bytes
+/// outside visible ASCII are sent percent-encoded), which clients repair
+/// each in their own way or refuse.
+fn redirect_location(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
+    let ActionKind::Redirect { location, .. } = &route.action.kind else {
+        return;
+    };
+    let (message, label, help) = if location.value.is_empty() {
+        (
+            "an empty redirect location is the URL just asked for",
+            "the client is sent back here, again and again",
+            "give the target URL, absolute (`https://example.com/`) or a path (`/new`)",
+        )
+    } else if let Some(c) = location.value.chars().find(|c| !c.is_ascii_graphic()) {
+        (
+            "a redirect location must be a URI reference",
+            if c.is_ascii_whitespace() {
+                "holds whitespace"
+            } else {
+                "holds a byte outside visible ASCII"
+            },
+            "percent-encode it (a space is `%20`, `é` is `%C3%A9`)",
+        )
+    } else {
+        return;
+    };
+    diagnostics.push(
+        Diagnostic::warning(Code::BadRedirectLocation, location.span, message)
+            .label(label)
+            .help(help),
+    );
 }
 
 /// B057 (warning): a `path-regex` value that no normalised path can match,
