@@ -106,6 +106,12 @@ PEERS = ("blitz", "nginx", "haproxy")
 
 
 # ================================================================ the origin's script
+# One entry per connection the origin closed right after its answer to
+# `/close-after-answer` (once `close` returned, the FIN is in the proxy's
+# receive queue: loopback delivers it in the closing thread).
+CLOSES_AFTER_ANSWER: list[str] = []
+
+
 def _later(seconds: float, action) -> None:
     threading.Thread(target=lambda: (time.sleep(seconds), action()), daemon=True).start()
 
@@ -133,6 +139,7 @@ def scripted(req, conn) -> bool:
         # a keep-alive answer (no `connection: close`), then a FIN at once
         respond(conn, req, 200, b"answered\n")
         conn.close()
+        CLOSES_AFTER_ANSWER.append(path)
         return False
     if path == "/close-next":
         # the next request on this connection is met by a close (FIN, or RST), never answered
@@ -912,11 +919,18 @@ def test_origin_closing_right_after_its_answer(proxy):
     (no `connection: close`): ten requests in a row on one client
     connection, GETs and POSTs with a body (which cannot be replayed), all
     get their answer: the FIN is there before the next request, and a proxy
-    that checks a pooled connection when it takes it never uses this one."""
+    that checks a pooled connection when it takes it never uses this one.
+    Each next request waits until the origin's close returned: on a busy
+    machine the origin's thread can be preempted between its answer and its
+    close, and a POST sent up in that gap meets the keep-alive race, which
+    no proxy may settle by replaying it (see the next test)."""
     v = Verdict(proxy, "origin closes after each answer")
     statuses = []
+    CLOSES_AFTER_ANSWER.clear()
     with RawConn(proxy.port, timeout=BOUND) as c:
         for i in range(10):
+            if not wait_until(lambda n=i: len(CLOSES_AFTER_ANSWER) >= n, BOUND):
+                break
             if i % 2:
                 c.send(request("POST", "/close-after-answer", ["Content-Length: 4"], b"body"))
             else:
