@@ -69,6 +69,7 @@ from pathlib import Path
 
 import pytest
 from support.blitzc import BLITZC_BUILD_TIMEOUT, blitz_env
+from support.client import RawConn
 from support.gateway import (
     REPO,
     WatchedProcess,
@@ -319,6 +320,57 @@ def test_an_absolute_xdg_runtime_dir_holds_the_default_control_socket(built, sit
             new.kill()
 
 
+@pytest.mark.parametrize("how", ["sigterm", "upgrade"])
+def test_a_request_in_flight_at_the_drain_is_answered_with_connection_close(built, site, tmp_path, how):
+    """"What the old process does when it drains": "A request in flight
+    (slow upload, slow origin) finishes, within the grace period; its
+    response says `Connection: close`" (and the connection then ends), for a
+    SIGTERM drain and for the drain after a handoff."""
+    lib, _ = site
+    control = tmp_path / "c.sock"
+    env = env_without("XDG_RUNTIME_DIR")
+    old = WatchedProcess([lib / INSTANCE, "--admin-socket", control, "--grace", GRACE], env=env,
+                         wait_for=r'listening on .*"alt"')
+    new = None
+    try:
+        with RawConn(built.web, timeout=20) as conn:
+            conn.send(b"GET /slow?delay=1 HTTP/1.1\r\nHost: ops\r\n\r\n")
+            assert wait_until(lambda: any(r.path == "/slow" for r in built.origin.requests), 10)
+            if how == "sigterm":
+                old.proc.send_signal(signal.SIGTERM)
+                old.wait_line("draining")
+            else:
+                new = WatchedProcess([lib / INSTANCE, "--upgrade", "--admin-socket", control, "--grace", GRACE],
+                                     env=env, wait_for=rf"took over from pid {old.pid}\b")
+            resp = conn.read_response(timeout=20)
+            assert resp.status == 200 and resp.complete, resp
+            assert (resp.h("connection") or "").lower() == "close", resp
+            assert conn.wait_closed(10), "the connection stayed open after a Connection: close answer"
+        assert old.exit_code(20) == 0
+        if new:
+            assert stop(new) == 0
+    finally:
+        old.kill()
+        if new:
+            new.kill()
+
+
+def test_a_gateway_without_health_checks_or_dns_names_runs_no_such_thread(built, site, tmp_path):
+    """architecture.md, "Background threads": the health checker and the
+    resolver "exist only when the spec needs them (a `health-check`; a DNS
+    name)". This spec has neither: the process runs its workers, the
+    signal thread and the control socket's thread, nothing else."""
+    lib, _ = site
+    gw = WatchedProcess([lib / INSTANCE, "--admin-socket", tmp_path / "c.sock", "--grace", GRACE],
+                        env=env_without("XDG_RUNTIME_DIR"), wait_for=r'listening on .*"alt"')
+    try:
+        names = sorted((task / "comm").read_text().strip() for task in Path(f"/proc/{gw.pid}/task").iterdir())
+        assert names == sorted([INSTANCE, "blitz-worker-0", "blitz-worker-1", "blitz-signals", "blitz-control"]), names
+        assert stop(gw) == 0
+    finally:
+        gw.kill()
+
+
 # ---------------------------------------------------------------- systemd, by hand
 
 
@@ -539,42 +591,55 @@ def test_a_fresh_start_on_a_served_control_socket_starts_without_one(built, site
             new.kill()
 
 
-def test_an_upgrade_by_another_user_is_refused(built):
+@pytest.fixture(scope="module")
+def public_binary(built):
+    """A copy of the build that user nobody may run (pytest's folders are 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="qa-ops-public-"))
+    folder.chmod(0o755)
+    binary = folder / INSTANCE
+    shutil.copy2(built.binary, binary)
+    binary.chmod(0o755)
+    yield binary
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_nobody_contained(argv: list, processes: int = 15, seconds: int = 5) -> list[str]:
+    """`argv` run as nobody in its own pid namespace (all of it killed at the
+    end) with at most `processes` processes and `seconds` of time: a command
+    that may spawn without end stays bounded."""
+    return ["unshare", "--fork", "--pid", "--kill-child", "--", "setpriv", "--reuid=65534", "--regid=65534",
+            "--clear-groups", "prlimit", f"--nproc={processes}", "--", "timeout", str(seconds), *map(str, argv)]
+
+
+def test_an_upgrade_by_another_user_is_refused(built, public_binary):
     """The failure table: "the upgrading process runs as another user |
     refused (peer credentials checked; the socket is 0600 anyway)". With
     the socket opened to everyone, `--upgrade` as nobody exits 1 naming the
     uid; the running instance serves on and a same-user upgrade works."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to run a process as nobody")
-    folder = Path(tempfile.mkdtemp(prefix="qa-ops-user-"))
+    binary = public_binary
+    control = binary.with_name("c.sock")
+    env = env_without("XDG_RUNTIME_DIR")
+    old = WatchedProcess([binary, "--admin-socket", control, "--grace", GRACE], env=env,
+                         wait_for=r'listening on .*"alt"')
+    new = None
     try:
-        folder.chmod(0o755)
-        binary = folder / INSTANCE
-        shutil.copy2(built.binary, binary)
-        binary.chmod(0o755)
-        control = folder / "c.sock"
-        env = env_without("XDG_RUNTIME_DIR")
-        old = WatchedProcess([binary, "--admin-socket", control, "--grace", GRACE], env=env,
-                             wait_for=r'listening on .*"alt"')
-        new = None
-        try:
-            control.chmod(0o666)
-            r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(binary),
-                                "--upgrade", "--admin-socket", str(control)], check=False, capture_output=True, text=True,
-                               stdin=subprocess.DEVNULL, env=env, timeout=30)
-            assert r.returncode == 1, r
-            assert "uid 65534" in r.stderr, r.stderr
-            assert old.proc.poll() is None and serves(built.web, built.alt)
-            new = WatchedProcess([binary, "--upgrade", "--admin-socket", control, "--grace", GRACE], env=env,
-                                 wait_for=rf"took over from pid {old.pid}\b")
-            assert old.exit_code(20) == 0
-            assert stop(new) == 0
-        finally:
-            old.kill()
-            if new:
-                new.kill()
+        control.chmod(0o666)  # let the other user reach the peer-credential check
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(binary),
+                            "--upgrade", "--admin-socket", str(control)], check=False, capture_output=True,
+                           text=True, stdin=subprocess.DEVNULL, env=env, timeout=30)
+        assert r.returncode == 1, r
+        assert "uid 65534" in r.stderr, r.stderr
+        assert old.proc.poll() is None and serves(built.web, built.alt)
+        new = WatchedProcess([binary, "--upgrade", "--admin-socket", control, "--grace", GRACE], env=env,
+                             wait_for=rf"took over from pid {old.pid}\b")
+        assert old.exit_code(20) == 0
+        assert stop(new) == 0
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        old.kill()
+        if new:
+            new.kill()
 
 
 # ---------------------------------------------------------------- a log reader that went away
@@ -656,3 +721,34 @@ def test_an_instance_whose_log_reader_went_away_drains_and_exits_0(built, site, 
     finally:
         if old.poll() is None:
             old.kill()
+
+
+# ---------------------------------------------------------------- the flags
+
+
+@pytest.mark.parametrize("detach", [
+    "--detach",
+    pytest.param("--detach=yes", marks=pytest.mark.xfail(strict=True, reason=(
+        "bug: --detach=VALUE is taken as --detach and forwarded to the child as is, so every child detaches "
+        "again: processes spawned until fork fails, no upgrade ever tried"))),
+])
+def test_detach_runs_one_new_instance(public_binary, tmp_path, detach):
+    """The command line section: `--upgrade [--detach]`, "run the new
+    instance in the background". With nothing to take over from, one new
+    instance starts, finds no running instance and gives up: `--detach`
+    exits 1 once, naming the socket. A value given to `--detach` is a usage
+    error (exit 2, as for every bad command line), never more processes.
+    Run as nobody in a pid namespace with a process limit, so a command
+    that spawns without end stays bounded."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("prlimit"):
+        pytest.skip("needs root, unshare and prlimit to contain the command")
+    control = public_binary.with_name("none.sock")
+    r = subprocess.run(as_nobody_contained([public_binary, "--upgrade", detach, "--admin-socket", control]),
+                       check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                       env=env_without("XDG_RUNTIME_DIR"), timeout=30)
+    spawned = r.stderr.count("upgrade failed") + r.stderr.count("cannot start the new instance")
+    if detach == "--detach":
+        assert r.returncode == 1 and spawned == 1, r
+        assert "no running instance to upgrade" in r.stderr and str(control) in r.stderr, r.stderr
+    else:
+        assert r.returncode == 2 and spawned == 0, (r.returncode, spawned, r.stderr[-2000:])
