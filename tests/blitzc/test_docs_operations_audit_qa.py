@@ -334,8 +334,9 @@ def test_a_request_in_flight_at_the_drain_is_answered_with_connection_close(buil
     new = None
     try:
         with RawConn(built.web, timeout=20) as conn:
-            conn.send(b"GET /slow?delay=1 HTTP/1.1\r\nHost: ops\r\n\r\n")
-            assert wait_until(lambda: any(r.path == "/slow" for r in built.origin.requests), 10)
+            target = f"/slow?delay=1&case=close-{how}"
+            conn.send(f"GET {target} HTTP/1.1\r\nHost: ops\r\n\r\n".encode())
+            assert wait_until(lambda: any(r.target == target for r in built.origin.requests), 10)
             if how == "sigterm":
                 old.proc.send_signal(signal.SIGTERM)
                 old.wait_line("draining")
@@ -364,8 +365,12 @@ def test_a_gateway_without_health_checks_or_dns_names_runs_no_such_thread(built,
     gw = WatchedProcess([lib / INSTANCE, "--admin-socket", tmp_path / "c.sock", "--grace", GRACE],
                         env=env_without("XDG_RUNTIME_DIR"), wait_for=r'listening on .*"alt"')
     try:
-        names = sorted((task / "comm").read_text().strip() for task in Path(f"/proc/{gw.pid}/task").iterdir())
-        assert names == sorted([INSTANCE, "blitz-worker-0", "blitz-worker-1", "blitz-signals", "blitz-control"]), names
+        def names():
+            return sorted((task / "comm").read_text().strip() for task in Path(f"/proc/{gw.pid}/task").iterdir())
+
+        # The signal and control threads start just after the "listening on" lines.
+        assert wait_until(lambda: {"blitz-signals", "blitz-control"} <= set(names()), 10), names()
+        assert names() == sorted([INSTANCE, "blitz-worker-0", "blitz-worker-1", "blitz-signals", "blitz-control"]), names()
         assert stop(gw) == 0
     finally:
         gw.kill()
@@ -702,18 +707,17 @@ def test_an_instance_whose_log_reader_went_away_drains_and_exits_0(built, site, 
     lib, _ = site
     old = start_with_stderr(lib / INSTANCE, tmp_path / "c.sock", kind, tmp_path)
     try:
-        result = {}
+        result, target = {}, f"/slow?delay=1&case=drain-{kind}"
 
         def slow_request():
             try:
-                result["r"] = get(built.web, "/slow?delay=1")
+                result["r"] = get(built.web, target)
             except OSError as e:  # cut: the assertion below shows it
                 result["error"] = repr(e)
 
         slow = threading.Thread(target=slow_request)
         slow.start()
-        assert wait_until(lambda: built.origin.accepted > 0 and any(
-            r.target.startswith("/slow") for r in built.origin.requests), 10)
+        assert wait_until(lambda: any(r.target == target for r in built.origin.requests), 10)
         old.send_signal(signal.SIGTERM)
         slow.join(20)
         assert result.get("r", (0,))[0] == 200, result
