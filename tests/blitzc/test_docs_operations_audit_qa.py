@@ -35,20 +35,32 @@ What this file adds:
   gateway) exits 1 with the reason on stderr, sends no READY, and the
   running instance serves on;
 - `--detach`: the detached instance keeps the caller's stderr (a pipe read
-  to its end stays open until the instance exits);
+  to its end stays open until the instance exits), runs in its own process
+  group with stdin closed; with nothing to take over from it exits 1 once;
 - a fresh start on a control socket a live instance serves starts without
   one ("upgrades of this instance are disabled") and leaves it to its owner;
+  a fresh start on a served address exits 1 with "in use … take over from
+  it with --upgrade";
 - an `--upgrade` by another user (the socket opened to everyone) is refused
-  and the running instance serves on.
+  and the running instance serves on;
+- a request in flight at a SIGTERM drain or a handoff is answered with
+  `Connection: close`; SIGHUP to a gateway without TLS changes nothing;
+  a spec without health checks or DNS names runs no such thread
+  (architecture.md, "Background threads").
 
-Bug found (strict xfails, each beside the same steps with stderr a file as
-its passing control): a gateway whose stderr is a pipe nobody reads any more
-(a log reader that went away; `2>&1 | head`) panics on its next log line,
-so its control thread refuses every `--upgrade` and a SIGTERM, instead of a
-drain, ends the process at once with exit 101, cutting the requests in
-flight (Rust's `eprintln!` panics on EPIPE; SIGPIPE is ignored).
+Bugs found (strict xfails, each beside a passing control):
 
-About 45 s here with the build (one `blitzc build`, ~20 s on a busy machine).
+- a gateway whose stderr is a pipe nobody reads any more (a log reader that
+  went away; `2>&1 | head`) panics on its next log line, so its control
+  thread refuses every `--upgrade` and a SIGTERM, instead of a drain, ends
+  the process at once with exit 101, cutting the requests in flight (Rust's
+  `eprintln!` panics on EPIPE; SIGPIPE is ignored). Control: stderr a file;
+- `--upgrade --detach=yes`: `--detach` with a value is taken as `--detach`
+  and forwarded to the child unchanged, so every child detaches again:
+  processes are spawned until fork fails and no upgrade is tried (run as
+  nobody in a pid namespace with a process limit). Control: `--detach`.
+
+About 12 s here plus the one `blitzc build` (5-20 s warm, by load).
 """
 
 from __future__ import annotations
@@ -554,6 +566,9 @@ def test_detach_keeps_the_callers_stderr_until_the_instance_exits(built, site, t
                 break
         assert new_pid, found
         assert os.readlink(f"/proc/{new_pid}/fd/2") == f"pipe:[{pipe}]", "the detached instance has another stderr"
+        # In the background: its own process group (a Ctrl-C in the caller's terminal is not for it), no stdin.
+        assert os.getpgid(new_pid) == new_pid != detach.pid, "the detached instance is in its caller's group"
+        assert os.readlink(f"/proc/{new_pid}/fd/0") == "/dev/null"
         assert old.exit_code(20) == 0
         assert serves(built.web)
         os.kill(new_pid, signal.SIGTERM)
@@ -756,3 +771,43 @@ def test_detach_runs_one_new_instance(public_binary, tmp_path, detach):
         assert "no running instance to upgrade" in r.stderr and str(control) in r.stderr, r.stderr
     else:
         assert r.returncode == 2 and spawned == 0, (r.returncode, spawned, r.stderr[-2000:])
+
+
+def test_a_fresh_start_on_a_served_address_exits_1_pointing_at_upgrade(built, site, tmp_path):
+    """"Exit codes: … 1 when the gateway cannot start" and "A fresh start
+    (without `--upgrade`) on an address another process already listens on
+    fails with 'in use … take over from it with --upgrade'", on the built
+    binary; the running one serves on."""
+    lib, _ = site
+    env = env_without("XDG_RUNTIME_DIR")
+    first = WatchedProcess([lib / INSTANCE, "--admin-socket", tmp_path / "a.sock", "--grace", GRACE], env=env,
+                           wait_for=r'listening on .*"alt"')
+    try:
+        r = subprocess.run([lib / INSTANCE, "--admin-socket", tmp_path / "b.sock"], check=False, capture_output=True,
+                           text=True, stdin=subprocess.DEVNULL, env=env, timeout=30)
+        assert r.returncode == 1, r
+        assert re.search(r"in use.*take over from it with --upgrade", r.stderr), r.stderr
+        assert serves(built.web, built.alt) and first.proc.poll() is None
+        assert stop(first) == 0
+    finally:
+        first.kill()
+
+
+def test_sighup_to_a_gateway_without_tls_changes_nothing(built, site, tmp_path):
+    """README: "SIGTERM or SIGINT drain it gracefully, SIGHUP re-reads its
+    certificates". A gateway with no certificate to re-read (a log rotation
+    script sends SIGHUP to everything) keeps serving, several times over,
+    and still drains to 0 on SIGTERM."""
+    lib, _ = site
+    gw = WatchedProcess([lib / INSTANCE, "--admin-socket", tmp_path / "c.sock", "--grace", GRACE],
+                        env=env_without("XDG_RUNTIME_DIR"), wait_for=r'listening on .*"alt"')
+    try:
+        assert wait_until(lambda: "blitz-signals" in {(t / "comm").read_text().strip()
+                                                      for t in Path(f"/proc/{gw.pid}/task").iterdir()}, 10)
+        for _ in range(3):
+            gw.proc.send_signal(signal.SIGHUP)
+            assert serves(built.web, built.alt)
+        assert gw.proc.poll() is None, gw.text()
+        assert stop(gw) == 0
+    finally:
+        gw.kill()
