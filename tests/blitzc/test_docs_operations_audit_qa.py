@@ -407,6 +407,7 @@ def test_systemd_unit_start_notify_reload_and_stop(built, site, tmp_path):
     commands = unit_commands(lib, runtime)
     assert unit_setting("Type") == "notify" and unit_setting("NotifyAccess") == "all"
     assert unit_setting("KillMode") == "mixed"
+    assert int(unit_setting("TimeoutStopSec")) > 30, "TimeoutStopSec is not above the default grace (30 s)"
     notify = NotifySocket(tmp_path / "notify")
     journal = tmp_path / "journal.log"
     env = env_without("XDG_RUNTIME_DIR", NOTIFY_SOCKET=str(notify.path))
@@ -419,7 +420,8 @@ def test_systemd_unit_start_notify_reload_and_stop(built, site, tmp_path):
     new_pid = None
     try:
         # systemd-socket-activate runs the service on the first connection, as systemd may.
-        assert wait_until(lambda: socket_accepts(built.web), 10), "systemd-socket-activate is not listening"
+        assert wait_until(lambda: listening_anywhere(built.web), 10), "systemd-socket-activate is not listening"
+        assert "systemd-socket-activate" in os.readlink(f"/proc/{main.pid}/exe"), "the gateway ran before a connection"
         first = http.client.HTTPConnection("127.0.0.1", built.web, timeout=20)
         first.request("GET", "/hi")
         resp = first.getresponse()
@@ -456,6 +458,13 @@ def test_systemd_unit_start_notify_reload_and_stop(built, site, tmp_path):
         notify.close()
         if new_pid and not gone(new_pid):
             os.kill(new_pid, signal.SIGKILL)
+
+
+def listening_anywhere(port: int) -> bool:
+    """A socket listens on 127.0.0.1:`port` (seen in /proc/net/tcp: no connection made)."""
+    with open("/proc/net/tcp") as f:
+        next(f)
+        return any((cols := row.split())[3] == "0A" and cols[1] == f"0100007F:{port:04X}" for row in f)
 
 
 def socket_accepts(port: int) -> bool:
