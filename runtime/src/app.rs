@@ -106,24 +106,31 @@ where
             Some((f, v)) => (f.to_string(), Some(v.to_string())),
             None => (arg, None),
         };
+        if inline.is_some()
+            && matches!(
+                flag.as_str(),
+                "--version" | "--help" | "--upgrade" | "--detach"
+            )
+        {
+            // `--detach=yes` must not pass as `--detach`: it would reach the
+            // detached child as written and detach it again, without end.
+            log_line!("{flag} takes no value\n{}", usage(program));
+            return ExitCode::from(2);
+        }
         match flag.as_str() {
             "--version" | "-V" => {
-                println!(
+                return print_out(&format!(
                     "{} (blitzc {}, spec {})",
                     config.name, config.blitzc_version, config.spec_hash
-                );
-                return ExitCode::SUCCESS;
+                ));
             }
-            "--help" | "-h" => {
-                println!("{}", usage(program));
-                return ExitCode::SUCCESS;
-            }
+            "--help" | "-h" => return print_out(&usage(program)),
             "--upgrade" => server.upgrade = true,
             "--detach" => detach = true,
             "--workers" | "--driver" | "--grace" | "--admin-socket" => {
                 let separate = inline.is_none();
                 let Some(value) = inline.or_else(|| args.next()) else {
-                    eprintln!("{flag} needs a value\n{}", usage(program));
+                    log_line!("{flag} needs a value\n{}", usage(program));
                     return ExitCode::from(2);
                 };
                 if separate {
@@ -150,12 +157,12 @@ where
                         .map_err(|e| format!("--grace: {e}")),
                 };
                 if let Err(e) = parsed {
-                    eprintln!("{e}\n{}", usage(program));
+                    log_line!("{e}\n{}", usage(program));
                     return ExitCode::from(2);
                 }
             }
             other => {
-                eprintln!("unknown argument {other:?}\n{}", usage(program));
+                log_line!("unknown argument {other:?}\n{}", usage(program));
                 return ExitCode::from(2);
             }
         }
@@ -163,17 +170,17 @@ where
     server.driver = match driver.map_or_else(DriverChoice::from_env, Ok) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("{e}");
+            log_line!("{e}");
             return ExitCode::from(2);
         }
     };
     if config.listeners.is_empty() {
-        eprintln!("{}: the spec has no listener", config.name);
+        log_line!("{}: the spec has no listener", config.name);
         return ExitCode::from(1);
     }
     if detach {
         if !server.upgrade {
-            eprintln!("--detach goes with --upgrade\n{}", usage(program));
+            log_line!("--detach goes with --upgrade\n{}", usage(program));
             return ExitCode::from(2);
         }
         return run_detached(config.name, &forwarded);
@@ -182,9 +189,19 @@ where
     match serve(server, make_gateway) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{}: {e}", config.name);
+            log_line!("{}: {e}", config.name);
             ExitCode::from(1)
         }
+    }
+}
+
+/// Prints `text` and a newline on stdout: exit 0, or 1 when stdout
+/// refused it (a closed pipe), without the panic of `println!`.
+fn print_out(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
     }
 }
 
@@ -198,7 +215,7 @@ fn run_detached(name: &str, args: &[String]) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("{name}: --detach: cannot find this executable: {e}");
+            log_line!("{name}: --detach: cannot find this executable: {e}");
             return ExitCode::from(1);
         }
     };
@@ -212,7 +229,7 @@ fn run_detached(name: &str, args: &[String]) -> ExitCode {
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{name}: --detach: cannot start the new instance: {e}");
+            log_line!("{name}: --detach: cannot start the new instance: {e}");
             return ExitCode::from(1);
         }
     };
@@ -224,7 +241,7 @@ fn run_detached(name: &str, args: &[String]) -> ExitCode {
     });
     match ready {
         Some(pid) => {
-            eprintln!("{name}: upgraded: pid {pid} serves");
+            log_line!("{name}: upgraded: pid {pid} serves");
             ExitCode::SUCCESS
         }
         None => {
@@ -233,7 +250,7 @@ fn run_detached(name: &str, args: &[String]) -> ExitCode {
                 Ok(s) => s.to_string(),
                 Err(e) => e.to_string(),
             };
-            eprintln!("{name}: upgrade failed ({status}); the running instance keeps serving");
+            log_line!("{name}: upgrade failed ({status}); the running instance keeps serving");
             ExitCode::from(1)
         }
     }

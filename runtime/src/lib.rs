@@ -14,6 +14,22 @@
 //! - [`rt`]: workers, driver selection, listeners, signals and drain
 //!   (the only place `unsafe` is allowed).
 
+/// Writes one line to stderr, the gateway's log, in one `write` (lines of
+/// workers, and of the old and new process during an upgrade, do not
+/// interleave). Unlike `eprintln!`, a failed write is dropped, not a
+/// panic: with SIGPIPE ignored, a log pipe whose reader went away (a
+/// supervisor restarted, a `| head`) fails every write with EPIPE, and
+/// losing a log line must never take a worker, a drain or an upgrade down
+/// with it.
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }};
+}
+
 pub mod app;
 pub mod handoff;
 pub mod health;

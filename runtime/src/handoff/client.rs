@@ -82,7 +82,7 @@ pub fn take_over(path: &Path, name: &str, stall_after_sockets: bool) -> Result<T
         }
     }
     if stall_after_sockets {
-        eprintln!(
+        log_line!(
             "blitz: upgrade: received {} sockets; stalling (test hook)",
             sockets.len()
         );
@@ -138,21 +138,21 @@ impl Takeover {
         {
             Ok((Message::Draining { pid }, _)) => pid,
             Ok((other, _)) => {
-                eprintln!(
+                log_line!(
                     "blitz: upgrade: unexpected answer to ready: {:?}",
                     other.encode().trim()
                 );
                 0
             }
             Err(e) => {
-                eprintln!("blitz: upgrade: the old process did not confirm the drain: {e}");
+                log_line!("blitz: upgrade: the old process did not confirm the drain: {e}");
                 0
             }
         };
         let temp = &self.temp.path;
         if let Err(e) = std::fs::rename(temp, &self.path) {
             let _ = std::fs::remove_file(temp);
-            eprintln!(
+            log_line!(
                 "blitz: upgrade: serving, but cannot take over the control socket {} ({e}): \
                  this instance cannot be upgraded",
                 self.path.display()

@@ -146,7 +146,7 @@ fn accept_loop(listener: &UnixListener, shared: Arc<Shared>) {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) => {
-                eprintln!("blitz: control socket accept failed: {e}");
+                log_line!("blitz: control socket accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
@@ -158,7 +158,7 @@ fn accept_loop(listener: &UnixListener, shared: Arc<Shared>) {
             .name("blitz-handoff".into())
             .spawn(move || session(stream, &shared));
         if let Err(e) = spawned {
-            eprintln!("blitz: cannot start a control session: {e}");
+            log_line!("blitz: cannot start a control session: {e}");
         }
     }
 }
@@ -212,7 +212,7 @@ fn session(stream: UnixStream, shared: &Shared) {
         };
         if let Some(why) = why {
             drop(state);
-            eprintln!("blitz: upgrade by pid {pid} refused: {why}");
+            log_line!("blitz: upgrade by pid {pid} refused: {why}");
             let _ = conn.send(&Message::Refused(why), &[]);
             return;
         }
@@ -227,7 +227,7 @@ fn session(stream: UnixStream, shared: &Shared) {
                 *state = State::Idle;
             }
             drop(state);
-            eprintln!("blitz: upgrade by pid {pid} did not complete, still serving: {why}");
+            log_line!("blitz: upgrade by pid {pid} did not complete, still serving: {why}");
         }
     }
 }
@@ -245,7 +245,7 @@ fn remove_left_behind(path: &Path, pid: u32) {
 fn hand_over(conn: &mut Control, shared: &Shared, pid: u32) -> Result<(), String> {
     {
         let sockets = lock(&shared.sockets);
-        eprintln!(
+        log_line!(
             "blitz: upgrade: pid {pid} connected, passing {} sockets",
             sockets.len()
         );
@@ -268,7 +268,7 @@ fn hand_over(conn: &mut Control, shared: &Shared, pid: u32) -> Result<(), String
                 &[],
             );
             shared.told.open();
-            eprintln!("blitz: upgrade: pid {pid} is serving; draining");
+            log_line!("blitz: upgrade: pid {pid} is serving; draining");
             Ok(())
         }
         Ok((Message::Abort(why), _)) => Err(format!("the new binary refused to take over: {why}")),

@@ -252,7 +252,7 @@ impl Checker<'_> {
                 Ok(_) => track.in_flight = true,
                 Err(e) => {
                     // No thread now (a resource limit): try at the next interval.
-                    eprintln!("blitz: health check of {} not started: {e}", track.ep.addr);
+                    log_line!("blitz: health check of {} not started: {e}", track.ep.addr);
                     track.next = now + interval;
                     wake = wake.min(track.next);
                 }
@@ -278,16 +278,17 @@ impl Checker<'_> {
             track.failures = 0;
             if !ep.is_up() && track.successes >= hc.healthy {
                 ep.set_up(true);
-                eprintln!("blitz: upstream {name:?}: {} is healthy again", ep.addr);
+                log_line!("blitz: upstream {name:?}: {} is healthy again", ep.addr);
             }
         } else {
             track.failures = track.failures.saturating_add(1);
             track.successes = 0;
             if ep.is_up() && track.failures >= hc.unhealthy {
                 ep.set_up(false);
-                eprintln!(
+                log_line!(
                     "blitz: upstream {name:?}: {} is unhealthy ({} failed checks)",
-                    ep.addr, track.failures
+                    ep.addr,
+                    track.failures
                 );
             }
         }

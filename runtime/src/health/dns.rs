@@ -228,7 +228,7 @@ pub fn run(dir: &Directory) {
             match resolve(host, *port) {
                 Ok(r) if !r.addrs.is_empty() => {
                     if up.update_server(*s, &r.addrs) {
-                        eprintln!("blitz: upstream {:?}: {host} is now {:?}", up.name, r.addrs);
+                        log_line!("blitz: upstream {:?}: {host} is now {:?}", up.name, r.addrs);
                     }
                     *next =
                         Instant::now() + r.ttl.unwrap_or(refresh).clamp(MIN_REFRESH, MAX_REFRESH);

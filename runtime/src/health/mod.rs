@@ -175,7 +175,7 @@ impl Directory {
                         ServerAddress::Dns { host, port } => match dns::resolve(host, *port) {
                             Ok(r) => r.addrs,
                             Err(e) => {
-                                eprintln!(
+                                log_line!(
                                     "blitz: upstream {:?}: cannot resolve {host}: {e} (retrying in the background)",
                                     u.name
                                 );

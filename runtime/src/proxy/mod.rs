@@ -355,7 +355,7 @@ mod tests {
             let fut = serve_connection(w, stream, addr, listener);
             std::mem::size_of_val(&fut)
         });
-        eprintln!("connection future: {size} bytes");
+        log_line!("connection future: {size} bytes");
         assert!(size < 2048, "connection future is {size} bytes");
     }
 

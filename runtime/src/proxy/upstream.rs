@@ -151,7 +151,7 @@ async fn upstream_stream(
                     } else {
                         ""
                     };
-                    eprintln!(
+                    log_line!(
                         "blitz: TLS handshake with upstream server {} failed: {e}{hint}",
                         ep.addr
                     );
@@ -175,7 +175,7 @@ pub(crate) fn log_tls_failure(ep: &Endpoint, conn: &UpstreamStream) {
         && let Some(why) = stream.failure()
         && state.first_failure()
     {
-        eprintln!("blitz: TLS with upstream server {} failed: {why}", ep.addr);
+        log_line!("blitz: TLS with upstream server {} failed: {why}", ep.addr);
     }
     let _ = (ep, conn);
 }

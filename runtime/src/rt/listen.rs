@@ -134,11 +134,11 @@ impl Listener {
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             match tls.reload() {
-                Ok(n) => eprintln!(
+                Ok(n) => log_line!(
                     "blitz: listener {:?}: {n} certificate(s) reloaded",
                     self.config.name
                 ),
-                Err(e) => eprintln!(
+                Err(e) => log_line!(
                     "blitz: listener {:?}: certificates not reloaded, keeping the current ones: {e}",
                     self.config.name
                 ),

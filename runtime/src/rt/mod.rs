@@ -411,7 +411,7 @@ impl Workers {
                 Ok(Ready::StoppedAccepting) => {}
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    eprintln!(
+                    log_line!(
                         "blitz: a worker did not stop accepting within {STOP_ACCEPTING_TIMEOUT:?}"
                     );
                     return;
@@ -453,7 +453,7 @@ fn worker_thread<G: Gateway>(
             let why = fallback
                 .map(|e| format!(" (io_uring unavailable: {e})"))
                 .unwrap_or_default();
-            eprintln!(
+            log_line!(
                 "blitz: worker {id} driver={}{why}",
                 driver_name(rt.driver_type())
             );
@@ -662,14 +662,14 @@ where
     let control = match (takeover, next_control) {
         (Some(t), Some(next)) => {
             let (socket, old_pid) = t.complete(next);
-            eprintln!("blitz: upgrade: took over from pid {old_pid}");
+            log_line!("blitz: upgrade: took over from pid {old_pid}");
             socket
         }
         _ => match config.admin_socket.as_deref() {
             Some(path) => match ControlSocket::bind_fresh(path) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    eprintln!("blitz: {e}; upgrades of this instance are disabled");
+                    log_line!("blitz: {e}; upgrades of this instance are disabled");
                     None
                 }
             },
@@ -679,7 +679,7 @@ where
     // After the control socket: a script that waits for this line can
     // `--upgrade` at once.
     for l in &listener_configs {
-        eprintln!("listening on {} (listener {:?})", l.addr, l.name);
+        log_line!("listening on {} (listener {:?})", l.addr, l.name);
     }
     systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     if std::env::var_os(REPORT_READY_ENV).is_some() {
@@ -725,7 +725,7 @@ where
             match handoff::server::spawn(socket, offer, on_handed_off) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    eprintln!("blitz: cannot serve the control socket ({e}); upgrades disabled");
+                    log_line!("blitz: cannot serve the control socket ({e}); upgrades disabled");
                     None
                 }
             }
@@ -742,7 +742,7 @@ where
 
     match stop_rx.recv() {
         Ok(Stop::Signal(sig)) => {
-            eprintln!("blitz: signal {sig}, draining (grace {:?})", config.grace);
+            log_line!("blitz: signal {sig}, draining (grace {:?})", config.grace);
             // Nobody takes over: close the listening sockets now so new
             // connections are refused at once rather than queued.
             if let Some(server) = &server {
@@ -750,7 +750,7 @@ where
             }
         }
         Ok(Stop::HandedOff(pid)) => {
-            eprintln!(
+            log_line!(
                 "blitz: handed off to pid {pid}, draining (grace {:?})",
                 config.grace
             );
@@ -767,7 +767,7 @@ where
         server.wait_told(Duration::from_secs(2));
     }
     drop(server);
-    eprintln!("blitz: drained, exiting");
+    log_line!("blitz: drained, exiting");
     Ok(())
 }
 
@@ -914,7 +914,7 @@ async fn accept_loop<G: Gateway>(
                             );
                             compio::runtime::spawn(conn).detach();
                         }
-                        Err(e) => eprintln!("blitz: cannot serve a connection from {peer}: {e}"),
+                        Err(e) => log_line!("blitz: cannot serve a connection from {peer}: {e}"),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -922,7 +922,7 @@ async fn accept_loop<G: Gateway>(
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    eprintln!("blitz: accept failed on {}: {e}", config.config.addr);
+                    log_line!("blitz: accept failed on {}: {e}", config.config.addr);
                     compio::time::sleep(Duration::from_millis(20)).await;
                     break;
                 }
@@ -934,7 +934,7 @@ async fn accept_loop<G: Gateway>(
         match select(pin!(socket.accept_ready()), drained.as_mut()).await {
             Either::Left((Ok(()), _)) => {}
             Either::Left((Err(e), _)) => {
-                eprintln!(
+                log_line!(
                     "blitz: waiting for connections on {} failed: {e}",
                     config.config.addr
                 );

@@ -80,6 +80,6 @@ pub fn notify(state: &str) {
         Ok(())
     })();
     if let Err(e) = sent {
-        eprintln!("blitz: cannot notify systemd: {e}");
+        log_line!("blitz: cannot notify systemd: {e}");
     }
 }

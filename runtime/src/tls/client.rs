@@ -107,11 +107,11 @@ pub fn reload_ca_files() {
     for ((sni, ca), trust) in all {
         let Some(ca) = ca else { continue };
         match trust.reload() {
-            Ok(()) => eprintln!(
+            Ok(()) => log_line!(
                 "blitz: upstream CA file {} (sni {sni:?}) reloaded",
                 ca.display()
             ),
-            Err(e) => eprintln!(
+            Err(e) => log_line!(
                 "blitz: upstream CA file {} (sni {sni:?}) not reloaded, keeping the current one: {e}",
                 ca.display()
             ),
@@ -223,7 +223,7 @@ impl UpstreamTlsState {
         if let Some(e) = error
             && worker == 0
         {
-            eprintln!("blitz: upstream {upstream:?}: TLS: {e}");
+            log_line!("blitz: upstream {upstream:?}: TLS: {e}");
         }
         UpstreamTlsState {
             tls,

@@ -80,11 +80,11 @@ impl CertSet {
 /// does with B067.
 fn warn_if_out_of_validity(certified: &CertifiedKey, path: &std::path::Path) {
     match files::validity_at(certified, rustls::pki_types::UnixTime::now()) {
-        Some((0, out)) => eprintln!(
+        Some((0, out)) => log_line!(
             "blitz: warning: certificate {} {out}: TLS clients will reject it",
             path.display()
         ),
-        Some((place, out)) => eprintln!(
+        Some((place, out)) => log_line!(
             "blitz: warning: certificate {}: the chain's certificate {} (an intermediate) \
              {out}: TLS clients that build their path through it will reject it",
             path.display(),
