@@ -399,14 +399,15 @@ def test_systemd_unit_start_notify_reload_and_stop(built, site, tmp_path):
     ran, is served. `Type=notify`: READY=1 with MAINPID= the started pid.
     ExecReload returns 0 once the new build serves, which sent READY=1 with
     its own MAINPID; the old process exits 0; the new one serves every
-    listener on the same sockets; SIGTERM to it (KillMode=mixed: the main
-    process) drains it. The journal (stderr) has every line the docs quote."""
+    listener on the same sockets; SIGTERM to it (KillMode=control-group: to
+    it and to an old instance still draining, which `mixed` would SIGKILL
+    once the main process exits) drains it. The journal (stderr) has every line the docs quote."""
     if not shutil.which("systemd-socket-activate"):
         pytest.skip("systemd-socket-activate is not installed")
     lib, runtime = site
     commands = unit_commands(lib, runtime)
     assert unit_setting("Type") == "notify" and unit_setting("NotifyAccess") == "all"
-    assert unit_setting("KillMode") == "mixed"
+    assert unit_setting("KillMode") == "control-group"
     assert int(unit_setting("TimeoutStopSec")) > 30, "TimeoutStopSec is not above the default grace (30 s)"
     notify = NotifySocket(tmp_path / "notify")
     journal = tmp_path / "journal.log"
