@@ -37,12 +37,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from support.blitzc import Served, blitz_env, build
+from support.client import RawConn
 from support.gateway import REPO, free_port
+from support.h2client import H2Client
 from support.origin import Origin, respond
 from support.pki import Pki
 
@@ -1132,3 +1136,306 @@ def test_check_gives_the_documented_diagnostic(blitzc, tmp_path, case_id, extens
     assert code == (1 if any(severity == ERROR for _, severity in expected) else 0)
     if hint:
         assert any(hint in d["label"] + " " + d["help"] for d in diagnostics), diagnostics
+
+
+# ---------------------------------------------------------------- what a request meets (sections 12 and 16)
+
+# One spec for `blitzc dev` and one `blitzc build`. Each route stands for one
+# sentence of sections 12 and 16; its header rewrites are written in the
+# opposite order to the one they apply in, so an order taken from the text
+# would show.
+RUNTIME_SPEC = """version 1
+gateway "docs-audit" {{ workers 1 }}
+listener "l" {{
+    bind "127.0.0.1:{port}"
+    protocols "h1" "h2c"
+}}
+upstream "origin" {{ server "127.0.0.1:{origin}" }}
+route "rewrite" {{
+    match {{ path "/rewrite" }}
+    request-headers {{
+        add "x-tag" "eu"
+        set "X-Tag" "edge"
+        remove "x-tag" "cookie"
+        add "x-keep" "two"
+        set "x-both" "kept"
+        remove "x-both"
+        set "x-twice" "first"
+        set "x-twice" "second"
+        set "x-forwarded-for" "192.0.2.1"
+        set "via" "1.1 corp-proxy"
+    }}
+    proxy "origin"
+}}
+route "local-rewrite" {{
+    match {{ path "/local-rewrite" }}
+    response-headers {{
+        add "x-a" "1"
+        add "x-a" "2"
+        set "x-b" "set"
+        remove "x-b"
+    }}
+    respond 200 body="local"
+}}
+route "defaults" {{
+    match {{ path "/defaults" }}
+    respond 200
+}}
+route "no-content" {{
+    match {{ path "/no-content" }}
+    respond 204 body="never sent"
+}}
+route "not-modified" {{
+    match {{ path "/not-modified" }}
+    respond 304 body="never sent"
+}}
+route "moved" {{
+    match {{ path "/moved" }}
+    redirect "../elsewhere?from=moved"
+}}
+route "rightmost" {{
+    match {{ path "/rightmost" }}
+    redirect "/elsewhere" status=301 status=308
+}}
+route "ineffective" {{
+    match {{ path "/ineffective" }}
+    request-headers {{
+        set "connection" "x-secret"
+        set "keep-alive" "timeout=5"
+        set "te" "trailers"
+        set "trailer" "x-late"
+        add "upgrade" "websocket"
+        set "proxy-authorization" "Basic eDp5"
+        set "content-length" "5"
+        set "transfer-encoding" "chunked"
+        set "expect" "100-continue"
+        set "proxy-status" "kept"
+    }}
+    response-headers {{
+        set "content-length" "999"
+        set "transfer-encoding" "chunked"
+        set "connection" "close"
+        set "keep-alive" "timeout=1"
+        add "upgrade" "h2c"
+        set "proxy-status" "kept"
+    }}
+    proxy "origin"
+}}
+route "strip" {{
+    match {{ path-prefix "/v1" }}
+    proxy "origin" strip-prefix="/v1"
+}}
+"""
+
+GATEWAY_KINDS = ["built", "dev"]
+
+
+@pytest.fixture(scope="module")
+def gateways(blitzc, cache_dir, tmp_path_factory):
+    """The spec served by a `blitzc build` binary and by `blitzc dev`, each on
+    its own port, before one recording origin (it answers 200 and its target)."""
+    folder = tmp_path_factory.mktemp("docs-runtime")
+    origin = Origin()
+    origin.handler = lambda req, conn: respond(conn, req, 200, req.target.encode())
+    served: dict[str, Served] = {}
+    try:
+        specs = {}
+        for kind in GATEWAY_KINDS:
+            port = free_port()
+            specs[kind] = (folder / f"docs-audit-{kind}.kdl", port)
+            specs[kind][0].write_text(RUNTIME_SPEC.format(port=port, origin=origin.port))
+        binary = folder / "docs-audit-gateway"
+        result = build(blitzc, specs["built"][0], binary, cache_dir)
+        assert result.returncode == 0, result.stderr
+        served["built"] = Served([str(binary)], specs["built"][1], blitz_env(cache_dir))
+        served["dev"] = Served([str(blitzc), "dev", str(specs["dev"][0])], specs["dev"][1], blitz_env(cache_dir))
+        yield served, origin
+    finally:
+        for gateway in served.values():
+            gateway.stop()
+        origin.stop()
+
+
+def exchange_until_close(port: int, target: str, fields: tuple[str, ...] = ()) -> tuple[str, bytes]:
+    """One HTTP/1.1 request with `connection: close`: the response head and
+    every byte after it until the gateway closes (so a body a 204 or 304
+    should not have would show)."""
+    lines = [f"GET {target} HTTP/1.1", "host: docs.test", "connection: close", *fields]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        received = bytearray()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+    head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    return head.decode("latin-1"), rest
+
+
+def fields_of(head: str) -> list[tuple[str, str]]:
+    """The (lower-cased name, value) pairs of a response head, in order."""
+    return [(name.strip().lower(), value.strip()) for name, _, value in
+            (line.partition(":") for line in head.split("\r\n")[1:])]
+
+
+def values(fields: list[tuple[str, str]], name: str) -> list[str]:
+    return [value for field_name, value in fields if field_name == name]
+
+
+def list_items(lines: list[str]) -> list[str]:
+    """A list field's elements however they were split into lines (RFC 9110 §5.3)."""
+    return [item.strip() for line in lines for item in line.split(",")]
+
+
+def last_request(origin: Origin, path: str):
+    assert origin.wait_for(lambda: any(r.path == path for r in origin.requests), timeout=10), origin.requests
+    return [r for r in origin.requests if r.path == path][-1]
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+def test_request_rewrites_apply_remove_then_set_then_add_and_the_gateway_writes_after(gateways, kind):
+    """Section 12.2: "remove, then set, then add" whatever the written order;
+    add keeps the values there; a header both set and removed "ends up set",
+    set twice "the second value wins"; names are lower-cased. Against what the
+    gateway writes: `x-forwarded-for` gets the client's address appended after
+    the steps, and `via` its own line after the step's."""
+    served, origin = gateways
+    head, _ = exchange_until_close(served[kind].port, "/rewrite", (
+        "x-tag: from-client", "x-keep: one", "cookie: a=1", "x-both: from-client", "x-twice: from-client"))
+    assert head.startswith("HTTP/1.1 200"), head
+    seen = last_request(origin, "/rewrite")
+    assert seen.header("x-tag") == ["edge", "eu"], seen.headers
+    assert seen.header("x-keep") == ["one", "two"], seen.headers
+    assert seen.header("cookie") == [], seen.headers
+    assert seen.header("x-both") == ["kept"], seen.headers
+    assert seen.header("x-twice") == ["second"], seen.headers
+    assert list_items(seen.header("x-forwarded-for")) == ["192.0.2.1", "127.0.0.1"], seen.headers
+    via = list_items(seen.header("via"))
+    assert len(via) == 2 and via[0] == "1.1 corp-proxy", seen.headers
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+def test_response_rewrites_on_a_local_answer_keep_every_added_value_in_order(gateways, kind):
+    """Section 12.2: several `add` nodes append in order; set then remove of one
+    header in one block ends up set (remove runs first)."""
+    served, _ = gateways
+    head, body = exchange_until_close(served[kind].port, "/local-rewrite")
+    fields = fields_of(head)
+    assert head.startswith("HTTP/1.1 200") and body == b"local", (head, body)
+    assert list_items(values(fields, "x-a")) == ["1", "2"], head
+    assert values(fields, "x-b") == ["set"], head
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+def test_respond_with_a_status_only_sends_an_empty_text_body(gateways, kind):
+    """Section 12.3 `respond`: body defaults to "", content-type to
+    `text/plain; charset=utf-8`."""
+    served, _ = gateways
+    head, body = exchange_until_close(served[kind].port, "/defaults")
+    fields = fields_of(head)
+    assert head.startswith("HTTP/1.1 200") and body == b"", (head, body)
+    assert values(fields, "content-type") == ["text/plain; charset=utf-8"], head
+    assert values(fields, "content-length") == ["0"], head
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+@pytest.mark.parametrize("target,status", [("/no-content", 204), ("/not-modified", 304)])
+def test_204_and_304_never_carry_the_written_body(gateways, kind, target, status):
+    """Section 12.3: "A 204 or 304 answer never carries a body (a body given
+    is not sent ...), and a 204 no Content-Length (RFC 9110 §8.6)"."""
+    served, _ = gateways
+    head, rest = exchange_until_close(served[kind].port, target)
+    assert head.startswith(f"HTTP/1.1 {status}"), head
+    assert rest == b"", (head, rest)
+    if status == 204:
+        assert values(fields_of(head), "content-length") == [], head
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+def test_redirect_defaults_to_302_and_keeps_a_relative_location(gateways, kind):
+    """Section 12.3 `redirect`: status defaults to 302; relative locations are allowed (sent as written)."""
+    served, _ = gateways
+    head, _ = exchange_until_close(served[kind].port, "/moved")
+    assert head.startswith("HTTP/1.1 302"), head
+    assert values(fields_of(head), "location") == ["../elsewhere?from=moved"], head
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+def test_a_repeated_kdl_property_takes_its_rightmost_value(gateways, kind):
+    """Section 2: "when a property is repeated on one node the rightmost one
+    wins (KDL v2 semantics)": `status=301 status=308` redirects with 308."""
+    served, _ = gateways
+    head, _ = exchange_until_close(served[kind].port, "/rightmost")
+    assert head.startswith("HTTP/1.1 308"), head
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+@pytest.mark.parametrize("target,forwarded", [("/v1", "/"), ("/v1/users", "/users"), ("/v1/", "/")])
+def test_strip_prefix_on_a_segment_boundary(gateways, kind, target, forwarded):
+    """Section 12.3: `/v1` is stripped from `/v1/users` (giving `/users`) and from `/v1` (giving `/`)."""
+    served, _ = gateways
+    head, body = exchange_until_close(served[kind].port, target)
+    assert head.startswith("HTTP/1.1 200") and body == forwarded.encode(), (head, body)
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+@pytest.mark.parametrize("target", ["/v10", "/nothing", "/rewrite/"])
+def test_a_request_no_route_matches_gets_404(gateways, kind, target):
+    """Sections 12.3 and 15.1: not stripped from `/v10` (it is not below `/v1`:
+    no route matches it), and a request no route matches gets 404."""
+    served, _ = gateways
+    head, _ = exchange_until_close(served[kind].port, target)
+    assert head.startswith("HTTP/1.1 404"), head
+
+
+# Section 12.2 (B056): fields the gateway drops whatever value a step gives them.
+DROPPED_FROM_REQUESTS = ["connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization",
+                         "transfer-encoding", "expect"]
+DROPPED_FROM_RESPONSES = ["transfer-encoding", "connection", "keep-alive", "upgrade"]
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+def test_fields_a_step_sets_but_the_gateway_drops_never_leave_it(gateways, kind):
+    """Section 12.2: "A `set` or `add` of a field the gateway drops whatever its
+    value is B056 (warning): hop-by-hop fields (`connection`, `keep-alive`,
+    `te`, `trailer`, `upgrade`, `proxy-*` but `proxy-status`), the framing
+    fields `content-length` and `transfer-encoding` (each message is framed by
+    the gateway), and `expect` on a request." So a bodiless request reaches the
+    origin without any of them (and without a content-length), `proxy-status`
+    kept; the response is framed by the gateway (its own content-length, the
+    origin's body exactly) and keeps the connection open though a step set
+    `connection: close`."""
+    served, origin = gateways
+    with RawConn(served[kind].port, timeout=10) as conn:
+        conn.send(b"GET /ineffective HTTP/1.1\r\nhost: docs.test\r\n\r\n")
+        first = conn.read_response()
+        conn.send(b"GET /ineffective HTTP/1.1\r\nhost: docs.test\r\n\r\n")
+        second = conn.read_response()
+    seen = last_request(origin, "/ineffective")
+    assert [n for n in DROPPED_FROM_REQUESTS + ["content-length"] if seen.header(n)] == [], seen.headers
+    assert seen.header("proxy-status") == ["kept"], seen.headers
+    for response in (first, second):
+        assert response.status == 200 and response.body == b"/ineffective", response
+        assert response.header("content-length") == [str(len(b"/ineffective"))], response
+        assert [n for n in DROPPED_FROM_RESPONSES if response.header(n)] == [], response
+        assert response.header("proxy-status") == ["kept"], response
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+def test_request_rewrites_apply_alike_over_h2c(gateways, kind):
+    """Section 5: HTTP/2 requests "go through the same routes, steps and
+    upstreams ... as HTTP/1.1 ones": the rewrite above, from an h2c stream."""
+    served, origin = gateways
+    client = H2Client(f"127.0.0.1:{served[kind].port}")
+    try:
+        response = client.request("/rewrite", authority="docs.test", headers=[
+            ("x-tag", "from-client"), ("x-keep", "one"), ("cookie", "a=1"), ("x-twice", "from-client")])
+    finally:
+        client.close()
+    assert response.status == 200, response
+    seen = last_request(origin, "/rewrite")
+    assert seen.header("x-tag") == ["edge", "eu"] and seen.header("x-keep") == ["one", "two"], seen.headers
+    assert seen.header("cookie") == [] and seen.header("x-twice") == ["second"], seen.headers
+    assert seen.header("x-both") == ["kept"], seen.headers
