@@ -1439,3 +1439,66 @@ def test_request_rewrites_apply_alike_over_h2c(gateways, kind):
     assert seen.header("x-tag") == ["edge", "eu"] and seen.header("x-keep") == ["one", "two"], seen.headers
     assert seen.header("cookie") == [] and seen.header("x-twice") == ["second"], seen.headers
     assert seen.header("x-both") == ["kept"], seen.headers
+
+
+# ---------------------------------------------------------------- the health-check path (section 7, B038)
+
+def health_check_targets(blitzc: Path, folder: Path, path: str) -> tuple[list[bytes], int]:
+    """Serve a spec whose one upstream is checked at `path` every second with
+    `blitzc dev`; the request targets the origin got from the checker (raw
+    bytes), and the status the gateway itself answers to a request line with
+    the first such target."""
+    origin = Origin()
+    port = free_port()
+    spec = folder / "health-path.kdl"
+    spec.write_text(f'version 1\nlistener "l" {{ bind "127.0.0.1:{port}" }}\n'
+                    f'upstream "u" {{ server "127.0.0.1:{origin.port}"; health-check path="{path}" interval="1s" }}\n'
+                    'route "r" { proxy "u" }\n')
+    gateway = Served([str(blitzc), "dev", str(spec)], port, blitz_env(None))
+    try:
+        assert origin.wait_for(lambda: len(origin.requests) >= 1, timeout=10), gateway.lines
+        targets = [r.head_raw.split(b" ")[1] for r in origin.requests]
+        with RawConn(port, timeout=10) as conn:
+            conn.send(b"GET " + targets[0] + b" HTTP/1.1\r\nhost: docs.test\r\nconnection: close\r\n\r\n")
+            status = conn.read_response().status
+        return targets, status
+    finally:
+        gateway.stop()
+        origin.stop()
+
+
+def test_a_percent_encoded_health_check_path_is_sent_as_written(blitzc, tmp_path):
+    """Control for the xfail below: an encoded path with a query passes check,
+    is what the checker sends, and is a target the gateway itself takes."""
+    path = "/h%C3%A9alth?deep=1"
+    spec = tmp_path / "encoded.kdl"
+    spec.write_text(f'version 1\nlistener "l" {{ bind "127.0.0.1:8080" }}\n'
+                    f'upstream "u" {{ server "127.0.0.1:9"; health-check path="{path}" }}\nroute "r" {{ proxy "u" }}\n')
+    assert check(blitzc, spec) == (0, [])
+    targets, own_status = health_check_targets(blitzc, tmp_path, path)
+    assert set(targets) == {path.encode()}
+    assert own_status != 400
+
+
+@pytest.mark.xfail(strict=True, reason="bug: check takes a health-check path with raw non-ASCII or `#`, and the "
+                                      "checker sends it raw: a request target the gateway itself answers 400")
+@pytest.mark.parametrize("path", ["/h\u00e9alth", "/health#frag"])
+def test_a_health_check_path_no_request_target_can_carry_is_refused_or_never_sent_raw(blitzc, tmp_path, path):
+    """docs/diagnostics.md, B038: "a path that ... holds a character a request
+    target cannot carry unencoded (a space, a control or non-ASCII character)
+    (`path`, `path-prefix`, a health-check path, `strip-prefix`)". RFC 9112
+    §3.2 (origin-form is absolute-path [ "?" query ], RFC 3986 characters):
+    neither raw UTF-8 nor a fragment may be sent in a request line, and the
+    gateway's own listener answers such a request 400 (docs/spec.md 15.2).
+    docs/spec.md section 7 names only "no space or control character", which
+    is what `blitzc/src/validate/upstreams.rs` `health_check` checks. Either
+    `check` refuses the path (B038), or the checker must not send it raw."""
+    spec = tmp_path / "raw.kdl"
+    spec.write_text(f'version 1\nlistener "l" {{ bind "127.0.0.1:8080" }}\n'
+                    f'upstream "u" {{ server "127.0.0.1:9"; health-check path="{path}" }}\nroute "r" {{ proxy "u" }}\n')
+    _, diagnostics = check(blitzc, spec)
+    if [d["code"] for d in diagnostics] == ["B038"]:
+        return
+    targets, own_status = health_check_targets(blitzc, tmp_path, path)
+    raw = [t for t in targets if any(b > 0x7E or b == ord("#") for b in t)]
+    assert not raw, (raw, f"the gateway answers this target {own_status}")
