@@ -1221,6 +1221,32 @@ route "ineffective" {{
     }}
     proxy "origin"
 }}
+chain "inner" {{
+    request-headers {{ add "x-order" "inner" }}
+}}
+chain "outer" {{
+    request-headers {{ add "x-order" "outer-1" }}
+    use "inner"
+    request-headers {{ add "x-order" "outer-2" }}
+}}
+route "spliced" {{
+    match {{ path "/spliced" }}
+    request-headers {{
+        add "x-order" "route-1"
+        set "x-late" "set-by-an-earlier-step"
+    }}
+    use "outer"
+    request-headers {{
+        add "x-order" "route-2"
+        remove "x-late"
+    }}
+    proxy "origin"
+}}
+route "step-after-action" {{
+    match {{ path "/step-after-action" }}
+    respond 200 body="local"
+    response-headers {{ set "x-after" "ran" }}
+}}
 route "strip" {{
     match {{ path-prefix "/v1" }}
     proxy "origin" strip-prefix="/v1"
@@ -1388,6 +1414,30 @@ def test_a_request_no_route_matches_gets_404(gateways, kind, target):
     served, _ = gateways
     head, _ = exchange_until_close(served[kind].port, target)
     assert head.startswith("HTTP/1.1 404"), head
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+def test_steps_run_in_written_order_with_chains_spliced_in_place(gateways, kind):
+    """Sections 12.2 and 16: "Its steps run in order, with every `use` spliced
+    in place", recursively (a chain may `use` another); a later step sees what
+    an earlier one did (a `remove` in a later block drops what an earlier
+    block set, unlike remove and set in one block)."""
+    served, origin = gateways
+    head, _ = exchange_until_close(served[kind].port, "/spliced", ("x-order: client",))
+    assert head.startswith("HTTP/1.1 200"), head
+    seen = last_request(origin, "/spliced")
+    assert seen.header("x-order") == ["client", "route-1", "outer-1", "inner", "outer-2", "route-2"], seen.headers
+    assert seen.header("x-late") == [], seen.headers
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+def test_a_step_written_after_the_action_still_runs(gateways, kind):
+    """Section 12: "A step written after the action is B054 (warning): it still
+    runs before the action, since steps always run first"."""
+    served, _ = gateways
+    head, body = exchange_until_close(served[kind].port, "/step-after-action")
+    assert head.startswith("HTTP/1.1 200") and body == b"local", (head, body)
+    assert values(fields_of(head), "x-after") == ["ran"], head
 
 
 # Section 12.2 (B056): fields the gateway drops whatever value a step gives them.
