@@ -1121,6 +1121,40 @@ CASES = [
         [("B038", ERROR)],
     ),
     ("admin-socket-empty", "kdl", kdl(LISTENER, 'admin { socket "" }\n', route()), [("B011", ERROR)]),
+    # section 2, "File paths": an empty path is B011, wherever a path is written
+    ("empty-access-log", "kdl", kdl(LISTENER, 'gateway "g" { access-log "" }\n', route()), [("B011", ERROR)]),
+    ("empty-cert", "kdl", kdl('listener "l" { bind "127.0.0.1:8443"; tls { cert "" key="k.pem" } }\n', route()),
+     [("B011", ERROR)]),
+    ("empty-key", "kdl", kdl('listener "l" { bind "127.0.0.1:8443"; tls { cert "c.pem" key="" } }\n', route()),
+     [("B011", ERROR)]),
+    ("empty-wasm", "kdl", kdl(LISTENER, 'plugin "p" { wasm "" }\n', route(steps='plugin "p"')), [("B011", ERROR)]),
+    ("empty-ca", "kdl", kdl_upstream('upstream "x" { server "127.0.0.1:9" tls=#true ca="" }\n'), [("B011", ERROR)]),
+    # section 2: KDL v2 bare identifier strings; TOML arrays of tables as `[[…]]` headers
+    ("kdl-bare-identifiers", "kdl",
+     kdl('listener "l" { bind "127.0.0.1:8080"; protocols h1 h2c }\n', route(match="method GET")), []),
+    (
+        "toml-array-of-table-headers",
+        "toml",
+        toml('\n[[upstream]]\nname = "x"\n[[upstream.servers]]\naddress = "127.0.0.1:9"\nweight = 2\n'
+             '[[upstream.servers]]\naddress = "127.0.0.1:10"\n[upstream.balance]\n'
+             'algorithm = "weighted-round-robin"\n'),
+        [],
+    ),
+    # section 7: health-check, pool and timeouts take only properties in KDL
+    ("pool-children", "kdl", kdl_upstream('upstream "x" { server "127.0.0.1:9"; pool { max-idle 3 } }\n'),
+     [("B011", ERROR)]),
+    ("timeouts-argument", "kdl", kdl_upstream('upstream "x" { server "127.0.0.1:9"; timeouts "1s" }\n'),
+     [("B011", ERROR)]),
+    ("tls-false", "kdl", kdl_upstream('upstream "x" { server "127.0.0.1:9" tls=#false }\n'), []),
+    # section 3: a `*` only as the whole first label; a bind IPv6 address only in brackets
+    *[
+        (f"host-bad-{host}", "kdl", kdl_route(match=f'host "{host}"'), [("B039", ERROR)])
+        for host in ("*.*.example.com", "**.example.com", "[example.com]", "exa mple.com")
+    ],
+    ("bind-v6-without-brackets", "kdl", kdl('listener "l" { bind "::1:8081" }\n', route()), [("B033", ERROR)]),
+    ("keyword-suggestion", "kdl",
+     kdl_upstream('upstream "x" { balance "least_conn"; server "127.0.0.1:9" }\n'), [("B037", ERROR)],
+     "`least-conn`"),
 ]
 
 
@@ -1333,6 +1367,7 @@ def test_request_rewrites_apply_remove_then_set_then_add_and_the_gateway_writes_
     assert head.startswith("HTTP/1.1 200"), head
     seen = last_request(origin, "/rewrite")
     assert seen.header("x-tag") == ["edge", "eu"], seen.headers
+    assert all(name == b"x-tag" for name, _ in seen.headers if name.lower() == b"x-tag"), seen.headers
     assert seen.header("x-keep") == ["one", "two"], seen.headers
     assert seen.header("cookie") == [], seen.headers
     assert seen.header("x-both") == ["kept"], seen.headers
