@@ -1587,3 +1587,40 @@ def test_a_health_check_path_no_request_target_can_carry_is_refused_or_never_sen
     targets, own_status = health_check_targets(blitzc, tmp_path, path)
     raw = [t for t in targets if any(b > 0x7E or b == ord("#") for b in t)]
     assert not raw, (raw, f"the gateway answers this target {own_status}")
+
+
+# ---------------------------------------------------------------- a match path with a malformed escape (section 3, B038)
+
+MALFORMED_ESCAPES = ["/files/100%", "/a%2", "/a%zz/b"]
+
+
+@pytest.mark.parametrize("path", MALFORMED_ESCAPES)
+def test_a_malformed_escape_in_a_match_path_is_b038(blitzc, tmp_path, path):
+    """Sections 3 and 15.2: a target holding a malformed escape (`%zz`, a
+    truncated `%2`) cannot be matched, so a match path holding one is B038."""
+    spec = tmp_path / "escape.kdl"
+    spec.write_text(kdl_route(match=f'path-prefix "{path}"'))
+    _, diagnostics = check(blitzc, spec)
+    assert [(d["code"], d["severity"]) for d in diagnostics] == [("B038", ERROR)], diagnostics
+
+
+@pytest.mark.xfail(strict=True, reason="bug: B038's help for a path with a malformed escape says to write `/`, "
+                                      "a prefix that matches every request")
+@pytest.mark.parametrize("where", ["path-prefix", "strip-prefix"])
+@pytest.mark.parametrize("path", MALFORMED_ESCAPES)
+def test_b038_never_suggests_the_root_for_a_malformed_escape(blitzc, tmp_path, path, where):
+    """Section 3: a path that is not normalised is rejected "with the
+    normalised spelling as the hint" (`/a/../b` gives `/b`, pinned above). A
+    malformed escape has no normalised spelling, yet the help says "write
+    `/`": followed, `path-prefix "/files/100%"` becomes a route for every
+    request. The help should name the escape (a literal `%` is `%25`).
+    `blitzc/src/ir/values.rs` `match_path` and `validate/routes.rs` fall back
+    to `"/"` when `normalize_path` returns None."""
+    spec = tmp_path / "escape.kdl"
+    if where == "path-prefix":
+        spec.write_text(kdl_route(match=f'path-prefix "{path}"'))
+    else:
+        spec.write_text(kdl_route(match='path-prefix "/"', action=f'proxy "u" strip-prefix="{path}"'))
+    _, diagnostics = check(blitzc, spec)
+    helps = [d["help"] for d in diagnostics if d["code"] == "B038"]
+    assert helps and not any("`/`" in help for help in helps), helps
