@@ -1276,6 +1276,15 @@ route "spliced" {{
     }}
     proxy "origin"
 }}
+route "proxied-rewrite" {{
+    match {{ path "/proxied-rewrite" }}
+    response-headers {{
+        add "set-cookie" "b=2"
+        remove "x-internal"
+        set "x-multi" "from-gateway"
+    }}
+    proxy "origin"
+}}
 route "step-after-action" {{
     match {{ path "/step-after-action" }}
     respond 200 body="local"
@@ -1288,6 +1297,8 @@ route "strip" {{
 """
 
 GATEWAY_KINDS = ["built", "dev"]
+# What the origin adds to every answer, for the response rewrites to edit.
+ORIGIN_FIELDS = ("x-multi: o1", "x-multi: o2", "set-cookie: a=1", "x-internal: secret")
 
 
 @pytest.fixture(scope="module")
@@ -1296,7 +1307,7 @@ def gateways(blitzc, cache_dir, tmp_path_factory):
     its own port, before one recording origin (it answers 200 and its target)."""
     folder = tmp_path_factory.mktemp("docs-runtime")
     origin = Origin()
-    origin.handler = lambda req, conn: respond(conn, req, 200, req.target.encode())
+    origin.handler = lambda req, conn: respond(conn, req, 200, req.target.encode(), headers=ORIGIN_FIELDS)
     served: dict[str, Served] = {}
     try:
         specs = {}
@@ -1387,6 +1398,20 @@ def test_response_rewrites_on_a_local_answer_keep_every_added_value_in_order(gat
     assert head.startswith("HTTP/1.1 200") and body == b"local", (head, body)
     assert list_items(values(fields, "x-a")) == ["1", "2"], head
     assert values(fields, "x-b") == ["set"], head
+
+
+@pytest.mark.parametrize("kind", GATEWAY_KINDS)
+def test_response_rewrites_on_a_proxied_answer_replace_append_and_drop(gateways, kind):
+    """Section 12.2's table: `set` replaces every value of the header with its
+    one, `add` appends a value keeping the existing ones, `remove` drops every
+    value; `response-headers` edits the response sent to the client."""
+    served, _ = gateways
+    head, body = exchange_until_close(served[kind].port, "/proxied-rewrite")
+    fields = fields_of(head)
+    assert head.startswith("HTTP/1.1 200") and body == b"/proxied-rewrite", (head, body)
+    assert values(fields, "x-multi") == ["from-gateway"], head
+    assert values(fields, "set-cookie") == ["a=1", "b=2"], head
+    assert values(fields, "x-internal") == [], head
 
 
 @pytest.mark.parametrize("kind", GATEWAY_KINDS)
