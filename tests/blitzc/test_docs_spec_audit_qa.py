@@ -22,14 +22,26 @@ What is new here:
 - What sections 12 and 16 say a request meets, on `blitzc dev` and one
   `blitzc build` of one spec: header rewrites applied remove, then set, then
   add whatever their written order (B052's "ends up set", "the second value
-  wins"), `x-forwarded-for` appended after the steps and `via` added as its
-  own line; `respond` defaults (status only: an empty body typed
-  `text/plain; charset=utf-8`), 204 and 304 never carrying a body, a 204 no
-  `Content-Length`; `redirect` defaulting to 302 with a relative location;
-  a KDL property repeated on one node taking its rightmost value;
-  `strip-prefix "/v1"` turning `/v1` into `/`; an unmatched request 404.
+  wins"; names lower-cased), over HTTP/1.1 and h2c; `x-forwarded-for`
+  appended after the steps and `via` added as its own line; on a proxied
+  answer `set` replacing every value, `add` appending, `remove` dropping;
+  steps in written order with chains spliced in place (nested), a step
+  written after the action still running (B054); the fields B056 names never
+  leaving the gateway whatever a step sets; `respond` defaults (status only:
+  an empty body typed `text/plain; charset=utf-8`), 204 and 304 never
+  carrying a body, a 204 no `Content-Length`; `redirect` defaulting to 302
+  with a relative location; a KDL property repeated on one node taking its
+  rightmost value; `strip-prefix "/v1"` turning `/v1` into `/`; an
+  unmatched request 404.
 - `blitzc build` refusing a construct the runtime does not serve yet with
-  B100 while `check` accepts it (section 17).
+  B100 while `check` accepts it (section 17), alike from KDL and TOML;
+  `blitzc route` following section 1's walk-through.
+
+Bugs, as strict xfails next to passing controls: a health-check path with
+raw non-ASCII or a `#` passes check (docs/diagnostics.md says B038) and the
+checker sends it raw, a target the gateway itself answers 400; B038's help
+for a path with a malformed escape (`/files/100%`) says to write `/`;
+`respond 205 body=...` sends the body (RFC 9110 §15.3.6: MUST NOT).
 """
 
 from __future__ import annotations
@@ -1155,6 +1167,12 @@ CASES = [
     ("keyword-suggestion", "kdl",
      kdl_upstream('upstream "x" { balance "least_conn"; server "127.0.0.1:9" }\n'), [("B037", ERROR)],
      "`least-conn`"),
+    # section 7's table: a server's address is B011 missing in KDL, B012 in TOML; no server at all is B012
+    # (section 7's "servers: required", though section 2 says an empty TOML array is B011: see the report)
+    ("kdl-server-without-address", "kdl", kdl_upstream('upstream "x" { server }\n'), [("B011", ERROR)]),
+    ("toml-server-without-address", "toml",
+     toml('\n[[upstream]]\nname = "x"\nservers = [{ weight = 2 }]\n'), [("B012", ERROR)]),
+    ("toml-no-server", "toml", toml('\n[[upstream]]\nname = "x"\nservers = []\n'), [("B012", ERROR)]),
 ]
 
 
