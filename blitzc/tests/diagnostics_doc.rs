@@ -310,8 +310,8 @@ const DESCRIPTIONS: &[Description] = &[
     Description {
         code: "B055",
         severity: "warning",
-        meaning: "`respond` with status 204 or 304 and a `body`. Those responses have no \
-                  content (RFC 9110), so the gateway sends the status without the body.",
+        meaning: "`respond` with status 204, 205 or 304 and a `body`. Those responses have \
+                  no content (RFC 9110), so the gateway sends the status without the body.",
         fix: "Remove the body, or answer with a status that has content, such as 200.",
     },
     Description {

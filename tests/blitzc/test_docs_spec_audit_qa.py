@@ -37,11 +37,11 @@ What is new here:
   B100 while `check` accepts it (section 17), alike from KDL and TOML;
   `blitzc route` following section 1's walk-through.
 
-Bugs, as strict xfails next to passing controls: a health-check path with
-raw non-ASCII or a `#` passes check (docs/diagnostics.md says B038) and the
-checker sends it raw, a target the gateway itself answers 400; B038's help
-for a path with a malformed escape (`/files/100%`) says to write `/`;
-`respond 205 body=...` sends the body (RFC 9110 §15.3.6: MUST NOT).
+Bugs found, fixed (each test beside its control): a health-check path with
+raw non-ASCII or a `#` passed check (docs/diagnostics.md says B038) and the
+checker sent it raw, a target the gateway itself answers 400; B038's help
+for a path with a malformed escape (`/files/100%`) said to write `/`;
+`respond 205 body=...` sent the body (RFC 9110 §15.3.6: MUST NOT).
 """
 
 from __future__ import annotations
@@ -1461,22 +1461,17 @@ def test_204_and_304_never_carry_the_written_body(gateways, kind, target, status
         assert values(fields_of(head), "content-length") == [], head
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `respond 205 body=...` sends the body, though RFC 9110 §15.3.6 says a "
-                                      "server MUST NOT generate content in a 205 (and check does not warn, B055)")
 @pytest.mark.parametrize("kind", GATEWAY_KINDS)
 def test_205_never_carries_the_written_body(gateways, kind):
     """RFC 9110 §15.3.6: "a server MUST NOT generate content in a 205
-    response" (it then sends `Content-Length: 0`). docs/spec.md 12.3 names 204
-    and 304 only ("never carries a body ... check warns with B055"); the
-    gateway is the server here, and sends the body written for a 205 (the 204
-    and 304 tests above are the controls). Where: a local answer's body is
-    dropped by `status_has_no_body` (runtime/src/http/write.rs: 1xx, 204, 304,
-    which is right for framing a relayed 205) and B055 is raised for 204/304
-    only (blitzc/src/validate/routes.rs)."""
+    response"; it is framed, with `Content-Length: 0` (docs/spec.md 12.3).
+    The gateway is the server here. Was a bug: the body written for a 205
+    was sent (the 204 and 304 tests above are the controls)."""
     served, _ = gateways
     head, rest = exchange_until_close(served[kind].port, "/reset-content")
     assert head.startswith("HTTP/1.1 205"), head
     assert rest == b"", (head, rest)
+    assert values(fields_of(head), "content-length") == ["0"], head
 
 
 @pytest.mark.parametrize("kind", GATEWAY_KINDS)
@@ -1618,7 +1613,7 @@ def health_check_targets(blitzc: Path, folder: Path, path: str) -> tuple[list[by
 
 
 def test_a_percent_encoded_health_check_path_is_sent_as_written(blitzc, tmp_path):
-    """Control for the xfail below: an encoded path with a query passes check,
+    """Control for the test below: an encoded path with a query passes check,
     is what the checker sends, and is a target the gateway itself takes."""
     path = "/h%C3%A9alth?deep=1"
     spec = tmp_path / "encoded.kdl"
@@ -1630,8 +1625,6 @@ def test_a_percent_encoded_health_check_path_is_sent_as_written(blitzc, tmp_path
     assert own_status != 400
 
 
-@pytest.mark.xfail(strict=True, reason="bug: check takes a health-check path with raw non-ASCII or `#`, and the "
-                                      "checker sends it raw: a request target the gateway itself answers 400")
 @pytest.mark.parametrize("path", ["/h\u00e9alth", "/health#frag"])
 def test_a_health_check_path_no_request_target_can_carry_is_refused_or_never_sent_raw(blitzc, tmp_path, path):
     """docs/diagnostics.md, B038: "a path that ... holds a character a request
@@ -1640,18 +1633,15 @@ def test_a_health_check_path_no_request_target_can_carry_is_refused_or_never_sen
     §3.2 (origin-form is absolute-path [ "?" query ], RFC 3986 characters):
     neither raw UTF-8 nor a fragment may be sent in a request line, and the
     gateway's own listener answers such a request 400 (docs/spec.md 15.2).
-    docs/spec.md section 7 names only "no space or control character", which
-    is what `blitzc/src/validate/upstreams.rs` `health_check` checks. Either
-    `check` refuses the path (B038), or the checker must not send it raw."""
+    Was a bug: `check` took both (it refused only spaces and controls) and
+    the checker sent them raw. `check` refuses them now (B038), with the
+    encoded spelling, or the path without its fragment, as the hint."""
     spec = tmp_path / "raw.kdl"
     spec.write_text(f'version 1\nlistener "l" {{ bind "127.0.0.1:8080" }}\n'
                     f'upstream "u" {{ server "127.0.0.1:9"; health-check path="{path}" }}\nroute "r" {{ proxy "u" }}\n')
     _, diagnostics = check(blitzc, spec)
-    if [d["code"] for d in diagnostics] == ["B038"]:
-        return
-    targets, own_status = health_check_targets(blitzc, tmp_path, path)
-    raw = [t for t in targets if any(b > 0x7E or b == ord("#") for b in t)]
-    assert not raw, (raw, f"the gateway answers this target {own_status}")
+    assert [d["code"] for d in diagnostics] == ["B038"], diagnostics
+    assert any(hint in diagnostics[0]["help"] for hint in ("/h%C3%A9alth", "`/health`")), diagnostics
 
 
 # ---------------------------------------------------------------- a match path with a malformed escape (section 3, B038)
@@ -1669,8 +1659,6 @@ def test_a_malformed_escape_in_a_match_path_is_b038(blitzc, tmp_path, path):
     assert [(d["code"], d["severity"]) for d in diagnostics] == [("B038", ERROR)], diagnostics
 
 
-@pytest.mark.xfail(strict=True, reason="bug: B038's help for a path with a malformed escape says to write `/`, "
-                                      "a prefix that matches every request")
 @pytest.mark.parametrize("where", ["path-prefix", "strip-prefix"])
 @pytest.mark.parametrize("path", MALFORMED_ESCAPES)
 def test_b038_never_suggests_the_root_for_a_malformed_escape(blitzc, tmp_path, path, where):
@@ -1678,9 +1666,8 @@ def test_b038_never_suggests_the_root_for_a_malformed_escape(blitzc, tmp_path, p
     normalised spelling as the hint" (`/a/../b` gives `/b`, pinned above). A
     malformed escape has no normalised spelling, yet the help says "write
     `/`": followed, `path-prefix "/files/100%"` becomes a route for every
-    request. The help should name the escape (a literal `%` is `%25`).
-    `blitzc/src/ir/values.rs` `match_path` and `validate/routes.rs` fall back
-    to `"/"` when `normalize_path` returns None."""
+    request. Was a bug; the help now names the escape (a literal `%` is
+    `%25`) and gives the spelling with each stray `%` so written."""
     spec = tmp_path / "escape.kdl"
     if where == "path-prefix":
         spec.write_text(kdl_route(match=f'path-prefix "{path}"'))
@@ -1689,3 +1676,4 @@ def test_b038_never_suggests_the_root_for_a_malformed_escape(blitzc, tmp_path, p
     _, diagnostics = check(blitzc, spec)
     helps = [d["help"] for d in diagnostics if d["code"] == "B038"]
     assert helps and not any("`/`" in help for help in helps), helps
+    assert all("%25" in help for help in helps), helps

@@ -95,7 +95,7 @@ codes! {
     DuplicateMatcher = ("B053", "duplicate-matcher"),
     /// A step written after the route's action; it still runs first (warning).
     StepAfterAction = ("B054", "step-after-action"),
-    /// `respond 204` or `304` with a body, which is never sent (warning).
+    /// `respond 204`, `205` or `304` with a body, which is never sent (warning).
     BodyNeverSent = ("B055", "body-never-sent"),
     /// A header step that sets or adds a hop-by-hop or framing field,
     /// which the gateway drops whatever the step says (warning).

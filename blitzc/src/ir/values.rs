@@ -356,14 +356,18 @@ impl Lowering {
                 "holds a character a request target cannot carry unencoded",
                 format!("clients send it percent-encoded: write `{encoded}`"),
             ))
-        } else if blitz_ir::matcher::normalize_path(text).as_deref() != Some(text) {
-            let fixed = blitz_ir::matcher::normalize_path(text).unwrap_or_else(|| "/".into());
-            Some((
-                "is not normalised",
-                format!("requests are normalised before matching: write `{fixed}`"),
-            ))
         } else {
-            None
+            match normal_spelling(text) {
+                (normal, _) if normal == text => None,
+                (fixed, true) => Some((
+                    "has a `%` that starts no escape",
+                    format!("a literal `%` is written `%25`: write `{fixed}`"),
+                )),
+                (fixed, false) => Some((
+                    "is not normalised",
+                    format!("requests are normalised before matching: write `{fixed}`"),
+                )),
+            }
         };
         if let Some((label, help)) = problem {
             self.push(
@@ -649,6 +653,30 @@ pub fn is_dns_name(name: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
+}
+
+/// How a path written in a spec (starting with `/`) must be spelt to be
+/// matched: its normalised form, and whether a malformed escape had to be
+/// mended for it first (each `%` not followed by two hex digits written as
+/// `%25`, a literal `%`): `/files/100%` is `/files/100%25`.
+pub(crate) fn normal_spelling(text: &str) -> (String, bool) {
+    if let Some(normal) = blitz_ir::matcher::normalize_path(text) {
+        return (normal, false);
+    }
+    let bytes = text.as_bytes();
+    let mut mended = String::with_capacity(text.len() + 8);
+    for (i, c) in text.char_indices() {
+        let escape = bytes
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        if c == '%' && !escape {
+            mended.push_str("%25");
+        } else {
+            mended.push(c);
+        }
+    }
+    let normal = blitz_ir::matcher::normalize_path(&mended).unwrap_or_else(|| "/".into());
+    (normal, true)
 }
 
 /// `text` with every byte outside visible ASCII percent-encoded, when it

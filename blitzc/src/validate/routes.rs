@@ -25,13 +25,14 @@ pub fn check(spec: &Spec, diagnostics: &mut Vec<Diagnostic>) {
     }
 }
 
-/// B055 (warning): `respond 204` or `304` with a `body`. Those answers have
-/// no content (RFC 9110 §15.3.5, §15.4.5), so the gateway never sends it.
+/// B055 (warning): `respond 204`, `205` or `304` with a `body`. Those
+/// answers have no content (RFC 9110 §15.3.5, §15.3.6, §15.4.5), so the
+/// gateway never sends it.
 fn body_without_content(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
     let ActionKind::Respond { status, body, .. } = &route.action.kind else {
         return;
     };
-    if matches!(status.value, 204 | 304) && !body.value.is_empty() {
+    if matches!(status.value, 204 | 205 | 304) && !body.value.is_empty() {
         diagnostics.push(
             Diagnostic::warning(
                 Code::BodyNeverSent,
@@ -362,13 +363,16 @@ fn strip_prefix(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
             format!("clients send it percent-encoded: write `{encoded}`"),
         ))
     } else {
-        match blitz_ir::matcher::normalize_path(text) {
-            Some(normal) if normal == text => None,
-            normal => Some((
+        match crate::ir::values::normal_spelling(text) {
+            (normal, _) if normal == text => None,
+            (fixed, true) => Some((
+                "has a `%` that starts no escape".to_string(),
+                format!("a literal `%` is written `%25`: write `{fixed}`"),
+            )),
+            (fixed, false) => Some((
                 "is not normalised".to_string(),
                 format!(
-                    "request paths are normalised before the prefix is removed: write `{}`",
-                    normal.unwrap_or_else(|| "/".into())
+                    "request paths are normalised before the prefix is removed: write `{fixed}`"
                 ),
             )),
         }

@@ -217,8 +217,10 @@ fn reaches(server: &ServerAddress, bind: SocketAddr) -> bool {
     })
 }
 
-/// B038: the health-check request path is absolute, and fits in a request
-/// line (no spaces or control characters).
+/// B038: the health-check request path is an origin-form target (RFC 9112
+/// §3.2.1): absolute, with a query if any but no fragment, and only
+/// visible ASCII (the checker sends it as written; the gateway itself
+/// answers 400 to a target holding anything else).
 fn health_check(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
     let Some(check) = &upstream.health_check else {
         return;
@@ -226,10 +228,15 @@ fn health_check(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
     let path = &check.path.value;
     let problem = if !path.starts_with('/') {
         Some(("the path must start with `/`", format!("write `/{path}`")))
-    } else if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+    } else if let Some(encoded) = crate::ir::values::encoded_if_raw(path) {
         Some((
-            "contains a space or control character",
-            "percent-encode it, e.g. a space as `%20`".to_string(),
+            "holds a character a request target cannot carry unencoded",
+            format!("percent-encode it: write `{encoded}`"),
+        ))
+    } else if let Some((before, _)) = path.split_once('#') {
+        Some((
+            "has a fragment, which is never sent in a request",
+            format!("write `{before}` (or `%23` for a literal `#`)"),
         ))
     } else {
         None

@@ -58,7 +58,7 @@ pub use parse::{
 pub use write::LocalFields;
 pub(crate) use write::own_local_fields;
 pub use write::{
-    ForwardInfo, LocalResponse, reason_phrase, status_has_no_body, step_has_no_effect,
+    ForwardInfo, LocalResponse, local_body, reason_phrase, status_has_no_body, step_has_no_effect,
     strip_path_prefix, valid_request_id, write_forward_request, write_local_response,
     write_response_head,
 };

@@ -368,9 +368,10 @@ pub fn write_local_response(r: &LocalResponse<'_>, out: &mut Vec<u8>) {
     // §15.3.5, §15.4.5): a body written after them would be read as the
     // start of the next response.
     let bodyless = status_has_no_body(r.status);
+    let body = local_body(r.status, r.body);
     if !bodyless {
         out.extend_from_slice(b"content-length: ");
-        put_u64(out, r.body.len() as u64);
+        put_u64(out, body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
     if r.close {
@@ -379,8 +380,8 @@ pub fn write_local_response(r: &LocalResponse<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !r.head_only && !bodyless {
-        out.extend_from_slice(r.body);
+    if !r.head_only {
+        out.extend_from_slice(body);
     }
 }
 
@@ -388,6 +389,18 @@ pub fn write_local_response(r: &LocalResponse<'_>, out: &mut Vec<u8>) {
 /// a spec's `respond` gives.
 pub fn status_has_no_body(status: u16) -> bool {
     status < 200 || status == 204 || status == 304
+}
+
+/// The body a local answer of `status` sends of the `body` it was given:
+/// none for the statuses without one ([`status_has_no_body`]), and none
+/// for 205, which must have no content (RFC 9110 §15.3.6) but, unlike
+/// them, is framed (`content-length: 0`).
+pub fn local_body(status: u16, body: &[u8]) -> &[u8] {
+    if status_has_no_body(status) || status == 205 {
+        &[]
+    } else {
+        body
+    }
 }
 
 /// The reason phrase of a registered status (RFC 9110 §15, RFC 6585,

@@ -15,7 +15,7 @@ use http::Request;
 use super::exchange::{Outcome, proxy_stream};
 use super::translate::{Refused, local_head, request_head};
 use super::{StreamEnd, StreamEnds};
-use crate::http::{LocalFields, RequestHead, status_has_no_body};
+use crate::http::{LocalFields, RequestHead, local_body};
 use crate::proxy::Worker;
 use crate::proxy::conn::error_body;
 use crate::proxy::conn::local_response_steps;
@@ -211,8 +211,9 @@ fn send_local(
     body: std::borrow::Cow<'static, [u8]>,
     head_only: bool,
 ) -> bool {
-    let head = local_head(status, fields, body.len());
-    let empty = head_only || body.is_empty() || status_has_no_body(status);
+    let length = local_body(status, &body).len();
+    let head = local_head(status, fields, length);
+    let empty = head_only || length == 0;
     let Ok(mut send) = respond.send_response(head, empty) else {
         return false;
     };
