@@ -272,59 +272,97 @@ def tls_context(ca, alpn: str) -> ssl.SSLContext:
     return ctx
 
 
-def h1_request_bytes(r: Request, close: bool = False) -> bytes:
+def h1_head(r: Request, expect: bool = False) -> bytes:
     head = [f"{'POST' if r.body is not None else 'GET'} {r.path} HTTP/1.1", f"Host: {AUTHORITY}"]
-    if close:
-        head.append("Connection: close")
-    body = r.body
-    if body is None:
-        return ("\r\n".join(head) + "\r\n\r\n").encode()
-    if not r.chunked_up:
-        head.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-    head.append("Transfer-Encoding: chunked")
-    out = [("\r\n".join(head) + "\r\n\r\n").encode()]
+    if r.body is not None:
+        head.append("Transfer-Encoding: chunked" if r.chunked_up else f"Content-Length: {len(r.body)}")
+    if expect:
+        head.append("Expect: 100-continue")
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+def h1_body(r: Request) -> bytes:
+    body = r.body or b""
+    if r.body is None or not r.chunked_up:
+        return body
     step = max(1, len(body) // 3 + 1)
-    for i in range(0, len(body), step):
-        out.append(b"%x\r\n%s\r\n" % (len(body[i:i + step]), body[i:i + step]))
-    return b"".join(out) + b"0\r\n\r\n"
+    chunks = [b"%x\r\n%s\r\n" % (len(body[i:i + step]), body[i:i + step]) for i in range(0, len(body), step)]
+    return b"".join(chunks) + b"0\r\n\r\n"
+
+
+def h1_round(conn: RawConn, reqs: list[Request], expect: bool, started: float, cases: list[str],
+             ledger: Ledger) -> bool:
+    """Sends `reqs` on `conn` (pipelined when several; the one request's body after the 100 when `expect`)
+    and judges each answer in order. True if the connection may carry the next round."""
+    if expect:
+        conn.send(h1_head(reqs[0], expect=True))
+        first = conn.read_response(timeout=REQUEST_BOUND)
+        if first.status != 100:
+            judge(ledger, cases[0], reqs[0], first.status, dict(first.headers), first.body, first.complete,
+                  time.monotonic() - started)
+            return False
+        ledger.count("h1: 100-continue")
+        conn.send(h1_body(reqs[0]))
+    else:
+        # Sent whole before reading: the origin reads every body before it answers or faults, and an
+        # SSLSocket must not be read and written from two threads at once. A send the gateway cut short
+        # (False) still leaves its answers to read.
+        conn.send(b"".join(h1_head(r) + h1_body(r) for r in reqs))
+    for k, r in enumerate(reqs):
+        try:
+            resp = conn.read_response(timeout=REQUEST_BOUND)
+        except Closed as e:
+            if k == 0:
+                judge(ledger, cases[k], r, None, {}, e.partial, False, time.monotonic() - started)
+            else:
+                # a pipeline cut after an earlier answer: these requests were not answered, never wrongly
+                ledger.count("h1: pipelined requests left unanswered by a close")
+                if e.partial:
+                    ledger.wrong(cases[k], f"{r.path}: bytes that are no answer: {e.partial[:80]!r}")
+            return False
+        judge(ledger, cases[k], r, resp.status, dict(resp.headers), resp.body, resp.complete,
+              time.monotonic() - started)
+        if not resp.complete or "close" in (resp.h("connection") or "").lower():
+            if k + 1 < len(reqs):
+                ledger.count("h1: pipelined requests left unanswered after connection: close")
+            return False
+    return not any(r.fault for r in reqs)
 
 
 def good_h1_client(way: Way, rng: random.Random, name: str, until: float, ledger: Ledger) -> None:
-    """Keep-alive HTTP/1.1 requests one after another; a new connection after any cut or close."""
+    """Keep-alive HTTP/1.1 rounds: mostly one request, sometimes 2-4 pipelined (small bodies), sometimes
+    one with `Expect: 100-continue`; a new connection after any cut, close or fault."""
     conn, i = None, 0
     while time.monotonic() < until:
-        i += 1
-        r = random_request(rng, f"{name}.{i}")
-        case = f"{name} case {i} ({way.name})"
+        roll = rng.random()
+        count = rng.randrange(2, 5) if roll < 0.2 else 1
+        reqs = []
+        for _ in range(count):
+            i += 1
+            r = random_request(rng, f"{name}.{i}")
+            if count > 1 and r.body is not None:
+                r.body = r.body[:4000]
+            reqs.append(r)
+        expect = count == 1 and reqs[0].body is not None and not reqs[0].chunked_up and roll > 0.85
+        cases = [f"{name} case {i - count + 1 + k} ({way.name}{', pipelined' if count > 1 else ''}"
+                 f"{', expect 100' if expect else ''})" for k in range(count)]
         started = time.monotonic()
         try:
             if conn is None:
                 conn = RawConn(sock=way.connect(), timeout=REQUEST_BOUND)
-            # Sent whole before reading: the origin reads every body before it answers or faults, and
-            # an SSLSocket must not be read and written from two threads at once. A send the gateway
-            # cut short (False) still leaves its answer to read.
-            conn.send(h1_request_bytes(r))
-            resp = conn.read_response(timeout=REQUEST_BOUND)
-            headers = {k: v for k, v in resp.headers}
-            judge(ledger, case, r, resp.status, headers, resp.body, resp.complete, time.monotonic() - started)
-            if not resp.complete or "close" in (resp.h("connection") or "").lower() or r.fault:
+            if not h1_round(conn, reqs, expect, started, cases, ledger):
                 conn.close()
                 conn = None
-        except Closed as e:
-            judge(ledger, case, r, None, {}, e.partial, False, time.monotonic() - started)
-            conn.close()
-            conn = None
         except TimeoutError as e:
-            ledger.wrong(case, f"{r.path}: no answer within {REQUEST_BOUND} s ({e})")
+            ledger.wrong(cases[0], f"{[r.path for r in reqs]}: no answer within {REQUEST_BOUND} s ({e})")
             conn.close()
             conn = None
         except (OSError, ValueError) as e:
             # a connection cut while it was being opened or written to (the TLS one by a reset)
-            if r.fault:
-                judge(ledger, case, r, None, {}, b"", False, time.monotonic() - started)
+            if all(r.fault for r in reqs):
+                ledger.count("h1: connection cut while writing to a faulty path")
             else:
-                ledger.wrong(case, f"healthy {r.path}: {type(e).__name__} {e}")
+                ledger.wrong(cases[0], f"{[r.path for r in reqs]}: {type(e).__name__} {e}")
             if conn is not None:
                 conn.close()
             conn = None
@@ -333,7 +371,8 @@ def good_h1_client(way: Way, rng: random.Random, name: str, until: float, ledger
 
 
 def good_h2_client(way: Way, rng: random.Random, name: str, until: float, ledger: Ledger) -> None:
-    """A connection at a time with 2-6 streams of random requests driven together."""
+    """A connection at a time with 2-6 streams of random requests driven together, one of them now and
+    then reset by the client while the others run."""
     batch = 0
     while time.monotonic() < until:
         batch += 1
@@ -349,6 +388,14 @@ def good_h2_client(way: Way, rng: random.Random, name: str, until: float, ledger
                 r = random_request(rng, f"{name}.{batch}.{j}")
                 sid = start_stream(s, r)
                 reqs[sid] = r
+            if rng.random() < 0.25:
+                # the client gives up on one stream mid-way (its upload or its answer): only that one ends
+                s.run(rng.uniform(0.02, 0.6), until=lambda: False)
+                victim = rng.choice(list(reqs))
+                if not s.results[victim].ended and s.results[victim].reset is None and not s.closed:
+                    s.reset(victim)
+                    del reqs[victim]
+                    ledger.count("h2: stream reset by the client")
             results = s.run(REQUEST_BOUND)
         elapsed = time.monotonic() - started
         for sid, r in reqs.items():
@@ -557,14 +604,42 @@ class Hostile:
         port = self.ways["h1-tls"].port
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             c = RawConn(sock=s)
-            c.send(self.client_hello[:rng.randrange(1, len(self.client_hello))])
-            return None if c.wait_closed(HEADER_TIMEOUT + SLACK) else "half a ClientHello held past header-timeout"
+            # part of a ClientHello, or all of it and then nothing (the server's flight is left unanswered)
+            c.send(self.client_hello[:rng.randrange(1, len(self.client_hello) + 1)])
+            return None if c.wait_closed(HEADER_TIMEOUT + SLACK) else "a handshake held past header-timeout"
+
+    def stops_reading(self, rng, tag):
+        """An HTTP/1.1 client that asks for 24 MiB and reads none of it: more than the socket buffers
+        hold, so the gateway's writes stall and body-timeout must end the connection."""
+        n = 24 << 20
+        s = self.h1_way(rng).connect()
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.sendall(f"GET /ok/{tag}?n={n} HTTP/1.1\r\nHost: {AUTHORITY}\r\n\r\n".encode())
+            time.sleep(BODY_TIMEOUT + 3)
+            got, deadline = 0, time.monotonic() + BODY_TIMEOUT + SLACK
+            while time.monotonic() < deadline:
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    d = s.recv(1 << 20)
+                except TimeoutError:
+                    break
+                except OSError:
+                    return None
+                if not d:
+                    return None
+                got += len(d)
+                if got > n:
+                    return f"more than the {n} bytes asked for: {got}"
+            return f"still open after {got} bytes"
+        finally:
+            abort(s)
 
     def all(self):
         return [self.slowloris, self.paused_body, self.big_head, self.big_body_declared, self.big_body_streamed,
                 self.smuggle, self.garbage, self.reset_mid_request, self.reset_mid_response, self.rapid_reset,
                 self.ping_flood, self.settings_flood, self.continuation_flood, self.zero_window,
-                self.tls_half_handshake]
+                self.tls_half_handshake, self.stops_reading]
 
 
 def scheme(way: Way) -> str:
@@ -635,7 +710,7 @@ def fresh_request_each_way(ways: dict[str, Way], tag: str) -> list[str]:
             judge(ledger, case, r, res.status, dict(res.headers), body, res.ended, time.monotonic() - started)
         else:
             with RawConn(sock=way.connect()) as c:
-                c.send(h1_request_bytes(r, close=True))
+                c.send(h1_head(r) + h1_body(r))
                 resp = c.read_response()
             judge(ledger, case, r, resp.status, dict(resp.headers), resp.body, resp.complete,
                   time.monotonic() - started)
@@ -743,6 +818,11 @@ def test_chaos_mix(start_gateway, certs):
         if origin.late:
             origin_problems.append(f"upstream connections written to after a stall or garbage: {origin.late}")
         panics = [ln for g in gws.values() for ln in g.stderr().splitlines() if "panic" in ln.lower()]
+        shapes: dict[str, int] = {}
+        for g in gws.values():
+            for ln in g.stderr().splitlines():
+                shapes[ln[:70]] = shapes.get(ln[:70], 0) + 1
+        print("stderr lines by their first 70 characters:", shapes)
         assert not ledger.problems, f"{len(ledger.problems)} wrong answers:\n" + "\n".join(ledger.problems[:40])
         assert not origin_problems, "\n".join(origin_problems[:20])
         assert fresh == [], f"after the run: {fresh}"
