@@ -724,6 +724,32 @@ def fresh_request_each_way(ways: dict[str, Way], tag: str) -> list[str]:
     return ledger.problems
 
 
+def forwarded_head_problems(requests: list[RecordedRequest]) -> list[str]:
+    """What is wrong in the heads the good clients' requests reached the origin with: the re-framing of
+    RELIABILITY.md (CRLF, one Host, one framing header written by the gateway) and runtime/README.md's
+    added fields (one `x-request-id`, never shared by two requests; `x-forwarded-proto` and `via` of the
+    way in). A request sent again after the keep-alive race keeps its id: same tag, same id."""
+    problems, ids = [], {}
+    for req in requests:
+        if not req.path.startswith(("/ok/", "/fault/")):
+            continue
+        tag = req.path.rsplit("/", 1)[1]
+        rid = req.header("x-request-id")
+        if req.head_error or not req.head_crlf or len(req.header("host")) != 1 or len(rid) != 1 \
+                or req.header("content-length") and req.header("transfer-encoding") \
+                or req.header("via") not in (["1.1 blitz"], ["2 blitz"]):
+            problems.append(f"forwarded head: {req!r}")
+            continue
+        if ids.setdefault(rid[0], tag) != tag:
+            problems.append(f"x-request-id {rid[0]} on {ids[rid[0]]} and {tag}")
+        if tag.startswith("good-"):
+            # RFC 9110 §7.6.3: `via` names the protocol version the gateway received
+            want = ["https" if "-tls-" in tag else "http", "2 blitz" if tag.startswith("good-h2") else "1.1 blitz"]
+            if [*req.header("x-forwarded-proto"), *req.header("via")] != want:
+                problems.append(f"x-forwarded-proto/via not {want} for {tag}: {req!r}")
+    return problems
+
+
 # ------------------------------------------------------------------ the test
 
 
@@ -831,6 +857,7 @@ def test_chaos_mix(start_gateway, certs):
                 elif tag in ledger.never_complete and req.complete:
                     origin_problems.append(f"completed upstream: {req!r}")
 
+        origin_problems += forwarded_head_problems(origin.requests)
         if origin.late:
             origin_problems.append(f"upstream connections written to after a stall or garbage: {origin.late}")
         panics = [ln for g in gws.values() for ln in g.stderr().splitlines() if "panic" in ln.lower()]
