@@ -13,7 +13,9 @@ path, so one upstream address stands for a healthy origin and several faulty one
                             N bytes made from TAG (so bytes from another request show), chunked if asked
   /fault/KIND/TAG           KIND: reset (RST, no answer), stall (never answers: 504 at response-timeout),
                             garbage (not HTTP), cut / cutrst (content-length 4000, half of it, then FIN /
-                            RST), trickle (a valid answer, one byte per 0.3 s past response-timeout)
+                            RST), trickle (a valid answer, one byte per 0.3 s past response-timeout),
+                            early (`?early_status=503` of support/origin.py: a 503 before the body is
+                            read, then close; relayed, or a 502 or a cut)
   /hostile/...              a small 200 (hostile clients' requests that are allowed to get through)
 
 For CHAOS_SECONDS (BLITZ_CHAOS_SECONDS, 35 s by default), seeded by BLITZ_RANDOM_SEED:
@@ -95,7 +97,7 @@ THREAD_SLACK = 4
 SLACK = 10.0
 # Longest a good request may take: a timeout, then up to 2 MiB each way through a loaded machine.
 REQUEST_BOUND = RESPONSE_TIMEOUT + 3.6 + SLACK  # trickle runs 3.6 s
-FAULTS = ("reset", "stall", "garbage", "cut", "cutrst", "trickle")
+FAULTS = ("reset", "stall", "garbage", "cut", "cutrst", "trickle", "early")
 CUT_LENGTH = 4000
 TRICKLE = b"trickled!!!!"  # 12 bytes, one each 0.3 s
 
@@ -201,6 +203,8 @@ class Request:
 
     @property
     def path(self) -> str:
+        if self.fault == "early":
+            return f"/fault/early/{self.tag}?early_status=503"  # support/origin.py's own fault
         if self.fault:
             return f"/fault/{self.fault}/{self.tag}"
         return f"/ok/{self.tag}?n={self.n}" + ("&chunked=1" if self.chunked_down else "")
@@ -246,6 +250,9 @@ def judge(ledger: Ledger, case: str, r: Request, status: int | None, headers: di
         return
     if r.fault in ("cut", "cutrst") and status == 200 and not complete and body == b"c" * len(body):
         ledger.count(f"{r.fault}: 200 cut")
+        return
+    if r.fault == "early" and status == 503 and complete and body == b"early\n":
+        ledger.count("early: 503")
         return
     if r.fault == "trickle" and status == 200 and (body == TRICKLE if complete else TRICKLE.startswith(body)):
         ledger.count(f"trickle: 200 {'whole' if complete else 'cut'}")
@@ -333,7 +340,11 @@ def h1_round(conn: RawConn, reqs: list[Request], expect: bool, started: float, c
                 ledger.count(f"h1: pipelined requests left unanswered after a {resp.status} "
                              f"({r.fault or 'healthy'}, {'cut' if not resp.complete else 'connection: close'})")
             return False
-    return not any(r.fault for r in reqs)
+        if r.fault == "early":
+            ledger.count("h1: connection kept after an early answer")
+    # A relayed early answer that kept the connection open is followed by the next round on it: what
+    # the gateway did with the rest of that body must not show up as an answer or a request.
+    return not any(r.fault and r.fault != "early" for r in reqs)
 
 
 def good_h1_client(way: Way, rng: random.Random, name: str, until: float, ledger: Ledger) -> None:
@@ -731,6 +742,9 @@ def forwarded_head_problems(requests: list[RecordedRequest]) -> list[str]:
     way in). A request sent again after the keep-alive race keeps its id: same tag, same id."""
     problems, ids = [], {}
     for req in requests:
+        if req.head_error or not req.path.startswith(("/ok/", "/fault/", "/hostile/")):
+            problems.append(f"a request no client sent: {req!r}")
+            continue
         if not req.path.startswith(("/ok/", "/fault/")):
             continue
         tag = req.path.rsplit("/", 1)[1]
