@@ -712,6 +712,27 @@ def threads_of(pid: int) -> int:
     return -1
 
 
+def client_connections(pid: int, port: int) -> int:
+    """Connections accepted on `port` that process `pid` still holds (any state but LISTEN): read from its
+    descriptors' socket inodes and /proc/net/tcp, so pooled upstream connections do not count."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return -1
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for row in f:
+            cols = row.split()
+            if cols[1] == f"0100007F:{port:04X}" and cols[3] != "0A" and cols[9] in inodes:
+                n += 1
+    return n
+
+
 def fresh_request_each_way(ways: dict[str, Way], tag: str) -> list[str]:
     """One healthy request with a body over each way in; what was wrong (empty: all exact)."""
     ledger = Ledger()
@@ -857,9 +878,10 @@ def test_chaos_mix(start_gateway, certs):
         for n, g in gws.items():
             fds0, thr0, _ = base[n]
             wait_until(lambda g=g, fds0=fds0, thr0=thr0: fd_count(g.pid) <= fds0 + FD_SLACK
-                       and threads_of(g.pid) <= thr0 + THREAD_SLACK, IDLE_TIMEOUT + BODY_TIMEOUT + SLACK, step=0.5)
-            after[n] = (fd_count(g.pid), threads_of(g.pid), rss_kib(g.pid))
-        print(f"after (fds, threads, RSS KiB): {after}")
+                       and threads_of(g.pid) <= thr0 + THREAD_SLACK and client_connections(g.pid, g.port) == 0,
+                       IDLE_TIMEOUT + BODY_TIMEOUT + SLACK, step=0.5)
+            after[n] = (fd_count(g.pid), threads_of(g.pid), rss_kib(g.pid), client_connections(g.pid, g.port))
+        print(f"after (fds, threads, RSS KiB, client connections): {after}")
 
         origin_problems = []
         with origin.cond:
@@ -890,7 +912,8 @@ def test_chaos_mix(start_gateway, certs):
             (reloads["good"], reloads["broken"]), tls_log[-2000:]
         for n in gws:
             fds0, thr0, _ = base[n]
-            fds1, thr1, rss1 = after[n]
+            fds1, thr1, rss1, clients = after[n]
+            assert clients == 0, f"{n}: {clients} client connections still held once idle"
             assert fds1 <= fds0 + FD_SLACK, f"{n}: descriptors {fds0} -> {fds1} once idle"
             assert thr1 <= thr0 + THREAD_SLACK, f"{n}: threads {thr0} -> {thr1} once idle"
             assert rss1 < 256 * 1024, f"{n}: RSS {rss1} KiB after the run"
