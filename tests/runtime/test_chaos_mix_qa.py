@@ -34,10 +34,14 @@ For CHAOS_SECONDS (BLITZ_CHAOS_SECONDS, 35 s by default), seeded by BLITZ_RANDOM
   one time in four the new pair does not match (the other leaf's certificate beside the current key),
   which the reload must refuse, keeping the current pair.
 
-Afterwards: both gateways alive and serving each way in; the certificate last written is the one served;
-descriptors and threads back near the baseline once idle-timeout passed (a bounded wait); RSS printed
-and under a generous bound; no panic on stderr; nothing the hostile clients sent that must not reach the
-origin did (a smuggled request, a body over the limit or cut, completed upstream).
+Afterwards: both gateways alive and serving each way in; the last good certificate pair is the one
+served and each SIGHUP was logged as a reload or a refusal; once idle-timeout passed (a bounded wait) no
+accepted connection is held and descriptors and threads are back near the baseline; RSS printed and under
+a generous bound; no panic on stderr. At the origin: nothing the hostile clients sent that must not reach
+it did (a smuggled request; a body over the limit, paused or cut, completed upstream), no request no
+client sent, no write on an upstream connection after a stall or garbage answer (never reused), and every
+forwarded head re-framed with one `x-request-id` no other request has and the `x-forwarded-proto` and
+`via` of its way in.
 
 Every wrong answer is listed with its seed, client and case. Replay: BLITZ_RANDOM_SEED=N (the order of
 events between threads is not replayed, only what each client does). BLITZ_CHAOS_DRIVER=poll runs both
