@@ -244,7 +244,7 @@ def judge(ledger: Ledger, case: str, r: Request, status: int | None, headers: di
         elif body != want:
             ledger.wrong(case, f"healthy {r.path}: body of {len(body)} bytes, sha {sha(body)[:12]} "
                                f"want {len(want)} {sha(want)[:12]}")
-        ledger.count("ok")
+        ledger.count("healthy")
         return
     if status is None:
         ledger.count(f"{r.fault}: cut")
