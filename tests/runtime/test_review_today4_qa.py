@@ -313,3 +313,37 @@ def test_a_second_sigterm_to_a_draining_gateway_is_ignored(start_gateway, origin
         head, body = read_h1_response(sock)
     assert head.startswith(b"HTTP/1.1 200") and body == b"finished", (head, body)
     assert gw.proc.wait(timeout=BOUND) == 0
+
+
+@pytest.mark.parametrize("ending", ["close_notify", "bare-fin"])
+def test_h2_tls_upload_cut_by_the_client_is_never_completed_upstream(start_gateway, origin, pki, ending):
+    """An HTTP/2 upload over TLS whose TLS stream ends mid-body, with
+    close_notify (read as a clean end: `Ok(0)`) or a bare FIN
+    (`UnexpectedEof`): the upstream request stays incomplete either way
+    (never a body completed with what did not come), and the gateway
+    serves the next connection."""
+    gw = start_gateway(protocols="h1,h2", tls_cert=pki.path("edge.crt"), tls_key=pki.path("edge.key"))
+    client = TlsH2Client(gw.port, pki.path("ca.crt"))
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", "edge.test"),
+                                   (":path", "/sink"), ("content-length", "40000")])
+    for start in range(0, 20000, 10000):
+        client.conn.send_data(sid, pattern(20000)[start:start + 10000])
+    client.sock.sendall(client.conn.data_to_send())
+    assert origin.wait_for(lambda: any(r.path == "/sink" and r.body_len > 0 for r in origin.requests), BOUND)
+    if ending == "close_notify":
+        client.sock.setblocking(False)
+        try:
+            client.sock.unwrap()  # sends close_notify; the gateway's own is not waited for
+        except (ssl.SSLError, OSError):
+            pass
+    client.sock.shutdown(socket.SHUT_WR)
+    assert origin.wait_for(lambda: all(r.body_error for r in origin.requests if r.path == "/sink"), BOUND), \
+        origin.requests
+    assert not [r for r in origin.requests if r.path == "/sink" and r.complete], origin.requests
+    client.close()
+    following = TlsH2Client(gw.port, pki.path("ca.crt"))
+    try:
+        assert following.get("/echo").status == 200
+    finally:
+        following.close()
