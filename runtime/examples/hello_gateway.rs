@@ -253,14 +253,14 @@ fn main() -> ExitCode {
     let (config, upstream, tag) = match parse_args() {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("{e}");
+            blitz_runtime::log_line!("{e}");
             return ExitCode::from(2);
         }
     };
     match serve(config, move |_worker| Hello { upstream, tag }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hello_gateway: {e}");
+            blitz_runtime::log_line!("hello_gateway: {e}");
             ExitCode::from(1)
         }
     }

@@ -109,7 +109,7 @@ where
         if inline.is_some()
             && matches!(
                 flag.as_str(),
-                "--version" | "--help" | "--upgrade" | "--detach"
+                "--version" | "-V" | "--help" | "-h" | "--upgrade" | "--detach"
             )
         {
             // `--detach=yes` must not pass as `--detach`: it would reach the

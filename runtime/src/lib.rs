@@ -20,7 +20,8 @@
 /// panic: with SIGPIPE ignored, a log pipe whose reader went away (a
 /// supervisor restarted, a `| head`) fails every write with EPIPE, and
 /// losing a log line must never take a worker, a drain or an upgrade down
-/// with it.
+/// with it. Exported for the binaries built on the runtime.
+#[macro_export]
 macro_rules! log_line {
     ($($arg:tt)*) => {{
         use std::io::Write as _;

@@ -2,10 +2,10 @@
 themselves, against hello_gateway, the recording origin and raw clients:
 
 - `log_line!` (runtime/src/lib.rs) replaced `eprintln!` in the runtime so a
-  closed stderr never panics; hello_gateway's own `main` still uses
+  closed stderr never panics; hello_gateway's own `main` still used
   `eprintln!` for its usage and start-up errors (the test binary every
-  runtime test starts): with stderr a pipe whose reader went away it exits
-  101 (a panic) where it documents 2 and 1. Strict xfails, with controls.
+  runtime test starts): with stderr a pipe whose reader went away it exited
+  101 (a panic) where it documents 2 and 1 (a bug, fixed; with controls).
 - A target with a malformed percent escape is answered 400 (the runtime's
   parser), the ground for test_review_today4_blitzc_qa's health-check case.
 - A 205 relayed from an upstream that sent a body with it (content-length or
@@ -150,8 +150,6 @@ def test_hello_gateway_usage_error_exits_2_with_stderr_open(hello_bin):
     assert r.returncode == 2, r
 
 
-@pytest.mark.xfail(strict=True, reason="bug: hello_gateway's main still eprintln!s: a closed stderr makes a usage "
-                                       "error exit 101 (panic), not 2")
 def test_hello_gateway_usage_error_with_stderr_closed_exits_2(hello_bin):
     """runtime/examples/hello_gateway.rs `main`: `eprintln!("{e}")` for a
     parse error panics on EPIPE (exit 101); fd65182 moved the runtime to
@@ -169,8 +167,6 @@ def test_hello_gateway_start_failure_exits_1_with_stderr_open(hello_bin, origin)
     assert r.returncode == 1, r
 
 
-@pytest.mark.xfail(strict=True, reason="bug: hello_gateway's main still eprintln!s: a closed stderr makes a failed "
-                                       "start exit 101 (panic), not 1")
 def test_hello_gateway_start_failure_with_stderr_closed_exits_1(hello_bin, origin):
     """`eprintln!("hello_gateway: {e}")` after `serve` failed (an address in
     use) panics on a closed stderr: 101 instead of 1."""
