@@ -236,7 +236,6 @@ def test_health_check_path_controls(blitzc, tmp_path, path, code):
     assert [d["code"] for d in found] == code, found
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a health-check path with a malformed escape passes check (B038 misses it)")
 @pytest.mark.parametrize("path", ["/health%zz", "/health%", "/h%2"])
 def test_health_check_path_with_a_malformed_escape_is_b038(blitzc, tmp_path, path):
     """The fix made B038 of the health-check paths the gateway itself answers
@@ -276,8 +275,6 @@ def test_b038_suggestion_for_one_problem_passes_check(blitzc, tmp_path, where, w
     assert again == [], (written, fixed, again)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: B038's suggestion for a raw byte keeps the path's other problem "
-                                       "(malformed escape, dot-segment, fragment): checked again, it is B038")
 @pytest.mark.parametrize("where, written", TWO_PROBLEMS)
 def test_b038_suggestion_for_two_problems_passes_check(blitzc, tmp_path, where, written):
     """The raw-byte branch (ir/values.rs and validate/routes.rs: `encoded_if_raw`
@@ -377,7 +374,6 @@ def test_a_long_flag_given_a_value_it_does_not_take_is_a_usage_error(built, args
     assert "takes no value" in r.stderr and r.stdout == "", r
 
 
-@pytest.mark.xfail(strict=True, reason="bug: -V=VALUE and -h=VALUE pass as -V/-h (exit 0) where --version=VALUE is exit 2")
 @pytest.mark.parametrize("args", [["-V=1"], ["-h=yes"]])
 def test_a_short_flag_given_a_value_it_does_not_take_is_a_usage_error(built, args):
     """fd65182 made a value given to --version/--help a usage error (exit 2),

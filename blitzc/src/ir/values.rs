@@ -351,10 +351,13 @@ impl Lowering {
                 "contains a query or fragment",
                 "match on the path alone; use `query` for parameters".to_string(),
             ))
-        } else if let Some(encoded) = encoded_if_raw(text) {
+        } else if encoded_if_raw(text).is_some() {
             Some((
                 "holds a character a request target cannot carry unencoded",
-                format!("clients send it percent-encoded: write `{encoded}`"),
+                format!(
+                    "clients send it percent-encoded: write `{}`",
+                    normal_spelling(text).0
+                ),
             ))
         } else {
             match normal_spelling(text) {
@@ -390,9 +393,13 @@ impl Lowering {
 
     /// A `path-regex`, checked to compile as it is used: anchored
     /// ([`blitz_ir::matcher::anchored_regex`]).
+    ///
+    /// The pattern must also compile on its own: `x)|(/.*` compiles once
+    /// wrapped, as `^(?:x)|(/.*)$`, an alternation out of the anchors that
+    /// matches any path holding a `/`, not what was written.
     pub fn regex(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
         let anchored = blitz_ir::matcher::anchored_regex(text);
-        match regex::Regex::new(&anchored) {
+        match regex::Regex::new(text).and_then(|_| regex::Regex::new(&anchored)) {
             Ok(_) => Some(Spanned::new(text.to_string(), span)),
             Err(_) if regex::Regex::new(text).is_ok() => {
                 // Only the anchoring breaks it: a `#` comment of `(?x)`
@@ -656,13 +663,25 @@ pub fn is_dns_name(name: &str) -> bool {
 }
 
 /// How a path written in a spec (starting with `/`) must be spelt to be
-/// matched: its normalised form, and whether a malformed escape had to be
-/// mended for it first (each `%` not followed by two hex digits written as
-/// `%25`, a literal `%`): `/files/100%` is `/files/100%25`.
+/// matched, every problem mended at once (so that the spelling a
+/// diagnostic suggests passes `check`): raw bytes percent-encoded as a
+/// client sends them, each `%` that starts no escape written `%25` (a
+/// literal `%`: `/files/100%` is `/files/100%25`), then normalised. Also
+/// says whether an escape had to be mended.
 pub(crate) fn normal_spelling(text: &str) -> (String, bool) {
+    let encoded = encoded_if_raw(text);
+    let text = encoded.as_deref().unwrap_or(text);
     if let Some(normal) = blitz_ir::matcher::normalize_path(text) {
         return (normal, false);
     }
+    let normal =
+        blitz_ir::matcher::normalize_path(&mend_escapes(text)).unwrap_or_else(|| "/".into());
+    (normal, true)
+}
+
+/// `text` with each `%` that starts no escape (two hex digits after it)
+/// written `%25`, a literal `%`.
+pub(crate) fn mend_escapes(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut mended = String::with_capacity(text.len() + 8);
     for (i, c) in text.char_indices() {
@@ -675,8 +694,7 @@ pub(crate) fn normal_spelling(text: &str) -> (String, bool) {
             mended.push(c);
         }
     }
-    let normal = blitz_ir::matcher::normalize_path(&mended).unwrap_or_else(|| "/".into());
-    (normal, true)
+    mended
 }
 
 /// `text` with every byte outside visible ASCII percent-encoded, when it

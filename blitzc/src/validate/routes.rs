@@ -357,10 +357,13 @@ fn strip_prefix(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
             "contains a query or fragment".to_string(),
             "strip-prefix removes a leading part of the path only".to_string(),
         ))
-    } else if let Some(encoded) = crate::ir::values::encoded_if_raw(text) {
+    } else if crate::ir::values::encoded_if_raw(text).is_some() {
         Some((
             "holds a character a request target cannot carry unencoded".to_string(),
-            format!("clients send it percent-encoded: write `{encoded}`"),
+            format!(
+                "clients send it percent-encoded: write `{}`",
+                crate::ir::values::normal_spelling(text).0
+            ),
         ))
     } else {
         match crate::ir::values::normal_spelling(text) {

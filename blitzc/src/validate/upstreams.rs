@@ -4,6 +4,7 @@
 //! (B041).
 
 use crate::diag::{Code, Diagnostic};
+use crate::ir::values::{encoded_if_raw, mend_escapes};
 use blitz_ir::{BalanceAlgorithm, Listener, ServerAddress, Spec, Upstream};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -226,32 +227,40 @@ fn health_check(upstream: &Upstream, diagnostics: &mut Vec<Diagnostic>) {
         return;
     };
     let path = &check.path.value;
-    let problem = if !path.starts_with('/') {
-        Some(("the path must start with `/`", format!("write `/{path}`")))
-    } else if let Some(encoded) = crate::ir::values::encoded_if_raw(path) {
-        Some((
-            "holds a character a request target cannot carry unencoded",
-            format!("percent-encode it: write `{encoded}`"),
-        ))
-    } else if let Some((before, _)) = path.split_once('#') {
-        Some((
-            "has a fragment, which is never sent in a request",
-            format!("write `{before}` (or `%23` for a literal `#`)"),
-        ))
+    let path_part = path.split(['?', '#']).next().unwrap_or_default();
+    let label = if !path.starts_with('/') {
+        "the path must start with `/`"
+    } else if encoded_if_raw(path).is_some() {
+        "holds a character a request target cannot carry unencoded"
+    } else if path.contains('#') {
+        "has a fragment, which is never sent in a request"
+    } else if mend_escapes(path_part) != path_part {
+        "has a `%` that starts no escape (a target the gateway itself answers 400)"
     } else {
-        None
+        return;
     };
-    if let Some((label, help)) = problem {
-        diagnostics.push(
-            Diagnostic::error(
-                Code::InvalidPath,
-                check.path.span,
-                format!("invalid health-check path `{}`", path.escape_debug()),
-            )
-            .label(label)
-            .help(help),
-        );
-    }
+    // Every problem mended at once, so that the spelling suggested passes.
+    let encoded = encoded_if_raw(path).unwrap_or_else(|| path.clone());
+    let fixed = mend_escapes(encoded.split('#').next().unwrap_or_default());
+    let fixed = if fixed.starts_with('/') {
+        fixed
+    } else {
+        format!("/{fixed}")
+    };
+    let help = if path.contains('#') {
+        format!("write `{fixed}` (a fragment stays with the client; `%23` is a literal `#`)")
+    } else {
+        format!("write `{fixed}`")
+    };
+    diagnostics.push(
+        Diagnostic::error(
+            Code::InvalidPath,
+            check.path.span,
+            format!("invalid health-check path `{}`", path.escape_debug()),
+        )
+        .label(label)
+        .help(help),
+    );
 }
 
 /// B041 (warning): many retries turn one failing request into a burst.
