@@ -341,8 +341,9 @@ const DESCRIPTIONS: &[Description] = &[
         severity: "warning",
         meaning: "A `redirect` location that is empty, which sends the client back to the URL \
                   it asked for (a redirect loop), or that is not a URI reference (RFC 9110 \
-                  §10.2.2): whitespace or a byte outside visible ASCII, which clients repair \
-                  each in their own way or refuse.",
+                  §10.2.2, RFC 3986): whitespace, a byte outside visible ASCII, one of \
+                  `\"<>\\^{|}` or a backtick, or a `%` that starts no escape, which clients \
+                  repair each in their own way or refuse.",
         fix: "Give the target URL, absolute or a path, with such bytes percent-encoded \
               (`%20` for a space).",
     },

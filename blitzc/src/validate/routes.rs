@@ -47,11 +47,14 @@ fn body_without_content(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
 }
 
 /// B058 (warning): a `redirect` whose location is empty, which sends the
-/// client back to the URL it asked for (a loop), or holds a byte a URI
-/// reference cannot (RFC 9110 §10.2.2, RFC 3986: whitespace and bytes
-/// outside visible ASCII are sent percent-encoded), which clients repair
-/// each in their own way or refuse.
+/// client back to the URL it asked for (a loop), or is not a URI reference
+/// (RFC 9110 §10.2.2, RFC 3986): whitespace, bytes outside visible ASCII,
+/// `"`, `<`, `>`, `\`, `^`, a backtick, `{`, `|`, `}` (all sent
+/// percent-encoded), or a `%` that starts no escape: clients repair those
+/// each in their own way, or refuse them.
 fn redirect_location(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
+    /// Visible ASCII that RFC 3986 allows nowhere in a URI unencoded.
+    const NOT_IN_URIS: &str = "\"<>\\^`{|}";
     let ActionKind::Redirect { location, .. } = &route.action.kind else {
         return;
     };
@@ -61,15 +64,27 @@ fn redirect_location(route: &Route, diagnostics: &mut Vec<Diagnostic>) {
             "the client is sent back here, again and again",
             "give the target URL, absolute (`https://example.com/`) or a path (`/new`)",
         )
-    } else if let Some(c) = location.value.chars().find(|c| !c.is_ascii_graphic()) {
+    } else if let Some(c) = location
+        .value
+        .chars()
+        .find(|&c| !c.is_ascii_graphic() || NOT_IN_URIS.contains(c))
+    {
         (
             "a redirect location must be a URI reference",
             if c.is_ascii_whitespace() {
                 "holds whitespace"
+            } else if c.is_ascii() {
+                "holds a character no URI holds unencoded"
             } else {
                 "holds a byte outside visible ASCII"
             },
-            "percent-encode it (a space is `%20`, `é` is `%C3%A9`)",
+            "percent-encode it (a space is `%20`, `|` is `%7C`, `é` is `%C3%A9`)",
+        )
+    } else if crate::ir::values::mend_escapes(&location.value) != location.value {
+        (
+            "a redirect location must be a URI reference",
+            "has a `%` that starts no escape",
+            "a literal `%` is written `%25`",
         )
     } else {
         return;
