@@ -44,6 +44,7 @@ from support.client import Closed, RawConn
 from support.gateway import Gateway
 from support.h2streams import Streams, body_of, sha
 from support.pki import Pki
+from support.waits import wait_until
 
 # Every wait below only bounds how long a test blocks.
 BOUND = 10.0
@@ -93,6 +94,9 @@ class DuplexOrigin:
         self.scripts: dict[str, list[bytes]] = {}
         self.connections = 0
         self.closed_by_gateway: dict[int, threading.Event] = {}
+        # Connections a script answered keep-alive and this origin is about
+        # to close: see settle().
+        self.ending: set[int] = set()
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -102,6 +106,16 @@ class DuplexOrigin:
     def reset(self) -> None:
         with self.lock:
             self.seen.clear()
+
+    def settle(self) -> None:
+        """Waits until every connection a script answered is closed. A
+        script's answer is keep-alive and then the origin closes: on a busy
+        machine the close can lag, and the next test's POST would meet that
+        connection in the gateway's pool before its FIN, the keep-alive race
+        (a 502, as no proxy replays a POST). Once `close` returned, the FIN
+        is in the gateway's receive queue, and its pool never hands that
+        connection out."""
+        wait_until(lambda: not self.ending, BOUND)
 
     def requests(self, path_prefix: str) -> list[Seen]:
         with self.lock:
@@ -141,6 +155,8 @@ class DuplexOrigin:
             self.closed_by_gateway[cid].set()
         finally:
             c.close()
+            with self.lock:
+                self.ending.discard(cid)
 
     def _exchange(self, c: socket.socket, cid: int, head: bytes, buf: bytearray) -> bool:
         """Serves one request; False once the connection is done with."""
@@ -153,6 +169,8 @@ class DuplexOrigin:
             self.seen.append(seen)
         parts = self.scripts.get(urlsplit(target).path)
         if parts is not None:
+            with self.lock:
+                self.ending.add(cid)
             for i, part in enumerate(parts):
                 if i:
                     time.sleep(0.2)  # the parts before went out on their own
@@ -270,6 +288,7 @@ def duplex():
 
 @pytest.fixture
 def origin_d(duplex):
+    duplex.settle()
     duplex.reset()
     return duplex
 
