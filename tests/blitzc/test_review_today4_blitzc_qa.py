@@ -27,13 +27,13 @@ themselves, with the real `blitzc` (check, route) and one gateway it builds:
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from support.blitzc import Served, blitz_env, build_with_ports
+from support.closed_pipe import exit_code_with_closed_pipe
 from support.h2client import H2Client
 
 RUN_BOUND = 60  # how long one blitzc command may take here
@@ -354,18 +354,6 @@ def served(built, cache_dir):
     gateway.stop()
 
 
-def with_closed_pipe(argv: list[str], which: str) -> int:
-    """Runs `argv` with stdout or stderr a pipe whose reader is gone (EPIPE
-    on every write, SIGPIPE ignored as Rust programs do); its exit code."""
-    reader, writer = os.pipe()
-    os.close(reader)
-    try:
-        streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, which: writer}
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=RUN_BOUND, check=False, **streams).returncode
-    finally:
-        os.close(writer)
-
-
 @pytest.mark.parametrize("args", [["--version=1"], ["--help=yes"], ["--upgrade=1"], ["--detach=yes"]])
 def test_a_long_flag_given_a_value_it_does_not_take_is_a_usage_error(built, args):
     binary, _ = built
@@ -390,13 +378,13 @@ def test_a_short_flag_given_a_value_it_does_not_take_is_a_usage_error(built, arg
 def test_version_and_help_on_a_closed_stdout_exit_1_without_a_panic(built, args):
     binary, _ = built
     assert subprocess.run([str(binary), *args], check=False, capture_output=True, timeout=RUN_BOUND).returncode == 0
-    assert with_closed_pipe([str(binary), *args], "stdout") == 1
+    assert exit_code_with_closed_pipe([str(binary), *args], "stdout", RUN_BOUND) == 1
 
 
 @pytest.mark.parametrize("args", [["--bogus"], ["--workers"], ["--detach"], ["--grace", "soon"]])
 def test_a_usage_error_on_a_closed_stderr_is_still_exit_2(built, args):
     binary, _ = built
-    assert with_closed_pipe([str(binary), *args], "stderr") == 2
+    assert exit_code_with_closed_pipe([str(binary), *args], "stderr", RUN_BOUND) == 2
 
 
 def read_h1_response(sock: socket.socket, head_only: bool) -> tuple[bytes, bytes]:

@@ -33,6 +33,7 @@ import time
 import h2.config
 import h2.connection
 import pytest
+from support.closed_pipe import exit_code_with_closed_pipe
 from support.gateway import free_port
 from support.h2client import H2Client, Response
 from support.origin import pattern, pattern_sha256, respond
@@ -42,18 +43,6 @@ RELAYED_205_BODY = b"hello"
 
 
 # ---------------------------------------------------------------- helpers
-def exit_code_with_closed_pipe(argv: list[str], which: str) -> int:
-    """Runs `argv` with `which` (stdout/stderr) a pipe whose reader is gone:
-    every write fails with EPIPE (Rust ignores SIGPIPE). Its exit code."""
-    reader, writer = os.pipe()
-    os.close(reader)
-    try:
-        streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, which: writer}
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=BOUND, check=False, **streams).returncode
-    finally:
-        os.close(writer)
-
-
 def hello_argv(hello_bin, listen: str, upstream: str, *extra: str) -> list[str]:
     return [str(hello_bin), "--listen", listen, "--upstream", upstream, *extra]
 
@@ -154,7 +143,7 @@ def test_hello_gateway_usage_error_with_stderr_closed_exits_2(hello_bin):
     """runtime/examples/hello_gateway.rs `main`: `eprintln!("{e}")` for a
     parse error panics on EPIPE (exit 101); fd65182 moved the runtime to
     `log_line!` for exactly this and left the example out."""
-    assert exit_code_with_closed_pipe([str(hello_bin), "--no-such-flag", "x"], "stderr") == 2
+    assert exit_code_with_closed_pipe([str(hello_bin), "--no-such-flag", "x"], "stderr", BOUND) == 2
 
 
 def test_hello_gateway_start_failure_exits_1_with_stderr_open(hello_bin, origin):
@@ -174,7 +163,7 @@ def test_hello_gateway_start_failure_with_stderr_closed_exits_1(hello_bin, origi
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         listen = f"127.0.0.1:{taken.getsockname()[1]}"
-        assert exit_code_with_closed_pipe(hello_argv(hello_bin, listen, origin.addr), "stderr") == 1
+        assert exit_code_with_closed_pipe(hello_argv(hello_bin, listen, origin.addr), "stderr", BOUND) == 1
 
 
 def test_a_served_gateway_with_stderr_closed_serves_and_drains(hello_bin, origin):
