@@ -24,6 +24,12 @@ declare -A APT_CMDS=(
     [h2load]=nghttp2-client
     # test_review_upgrade2_qa.py holds a handoff message with strace's fault injection
     [strace]=strace
+    # test_docs_operations_audit_qa.py: the systemd unit run by hand (socket
+    # activation), and a runaway command contained as nobody with a process limit
+    [systemd-socket-activate]=systemd
+    [unshare]=util-linux
+    [setpriv]=util-linux
+    [prlimit]=util-linux
 )
 if [ -z "${NO_BENCH:-}" ]; then
     APT_CMDS+=([wrk]=wrk [nginx]=nginx [haproxy]=haproxy)
