@@ -7,7 +7,12 @@ with curl over HTTP/1.1 and HTTP/2 (h2c) against a recording origin:
   while a client's own `x-forwarded-proto` is still replaced;
 - `response-headers { set "content-type" ... }` on a `respond`, and
   `set "location" ...` on a `redirect`, replace the action's header
-  instead of adding a second one.
+  instead of adding a second one;
+- `request-headers { remove "host" }` sends the chosen server's address as
+  `host` (an HTTP/1.1 request must carry one, RFC 9112 section 3.2), over
+  HTTP/1.1 and HTTP/2 alike: HTTP/2's translation gives every request a
+  `host` from `:authority`, and the step removing it used to leave an
+  empty `host:` field over HTTP/2.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ upstream "origin" {{ server "127.0.0.1:{origin}" }}
 route "tls-terminated-elsewhere" {{
     match {{ path-prefix "/https" }}
     request-headers {{ set "x-forwarded-proto" "https" }}
+    proxy "origin"
+}}
+route "no-host" {{
+    match {{ path-prefix "/no-host" }}
+    request-headers {{ remove "host" }}
     proxy "origin"
 }}
 route "plain" {{
@@ -109,3 +119,14 @@ def test_response_step_replaces_the_local_answers_headers(served, http):
     assert body == "{}"
     headers, _ = curl(port, "/moved", *http)
     assert headers["location"] == ["https://b.example/"], f"{label}: one location, the step's"
+
+
+@pytest.mark.parametrize("http", [[], ["--http2-prior-knowledge"]], ids=["h1", "h2c"])
+def test_a_removed_host_becomes_the_servers_address(served, built, http):
+    label, port = served
+    origin = built[3]
+    headers, _ = curl(port, "/no-host", *http)
+    seen = json.loads(headers["x-seen"][0])
+    assert seen.get("host") == f"127.0.0.1:{origin.port}", f"{label}: {seen}"
+    headers, _ = curl(port, "/plain", *http)  # control: the client's own host goes up
+    assert json.loads(headers["x-seen"][0]).get("host") == f"127.0.0.1:{port}", label

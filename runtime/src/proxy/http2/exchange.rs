@@ -127,6 +127,7 @@ pub(crate) async fn proxy_stream<G: Gateway>(
         };
         let target = Target {
             up: &conn,
+            server: ep.addr,
             strip_prefix,
             peer,
             proto,
@@ -192,6 +193,9 @@ impl Interims for StreamInterims<'_, '_> {
 
 struct Target<'a> {
     up: &'a UpstreamStream,
+    /// The server `up` is connected to: the request's `host` if header
+    /// steps removed the one translation gave.
+    server: SocketAddr,
     strip_prefix: Option<&'static str>,
     peer: SocketAddr,
     proto: &'static str,
@@ -353,13 +357,19 @@ async fn forward_request<'a, G: Gateway>(
     let limits = &w.limits;
     let request_id = t.id.get(req);
     let framing = req.framing();
+    // Translation always gives a Host (from :authority), but a header step
+    // may remove it: then the server's address, as over HTTP/1.1.
+    let fallback = if req.headers().get("host").is_none() {
+        t.server.to_string()
+    } else {
+        String::new()
+    };
     let info = ForwardInfo {
         client_ip: t.peer.ip(),
         proto: crate::proxy::forwarded_proto(req, t.proto),
         request_id,
         strip_prefix: t.strip_prefix,
-        // Translation always gives a Host (from :authority).
-        fallback_host: b"",
+        fallback_host: fallback.as_bytes(),
         received: "2",
     };
     let mut out = w.buffers.take();
