@@ -775,3 +775,201 @@ def test_field_values_with_edge_whitespace_are_refused_or_valid_on_h2(blitzc, ca
     for name in values:
         (value,) = field_values(fields, name.encode())
         assert value == value.strip(b" \t"), (name, value)
+
+
+# ------------------------------------------------------------ mutations
+# Valid seeds touching most constructs, with a few hostile strings inside.
+SEED_KDL = """version 1
+gateway "mutant" { workers 1; }
+limits { header-timeout "5s"; max-header-bytes "16KiB"; max-body-bytes "1MiB"; }
+listener "public" { bind "127.0.0.1:{port}"; protocols "h1" "h2c"; }
+upstream "api" {
+    balance "consistent-hash" key="header:x-user"
+    server "127.0.0.1:9" weight=2
+    server "svc.internal:80"
+    pool max-idle=4 idle-timeout="30s"
+    health-check path="/healthz?x=\\"{{}}\\"" interval="2s" expect="200-299"
+    timeouts connect="1s" response="5s"
+    retry attempts=1 on="connect-error" "502"
+}
+chain "common \\"{{x}}\\"" {
+    request-headers { set "x-a" "a \\"b\\" {{c}} */ é"; remove "cookie"; }
+}
+route "self" {
+    match { host "api.example.com" "*.example.org"; path-prefix "/v1"; method "GET" "HEAD"; header "x-c" "1"; }
+    use "common \\"{{x}}\\""
+    response-headers { add "x-r" "r#\\"x\\"# `$x`"; }
+    proxy "api" strip-prefix="/v1"
+}
+route "r#type" {
+    match { path-regex "/re/[0-9]+\\\\.x"; query "q" "v\\"{}"; }
+    respond 201 body="a\\n\\"b\\"\\t{{c}}\\u{0}\\u{202e}😀" content-type="text/x; q=\\"1\\""
+}
+route "redir" { match { path "/old"; }; redirect "/new?a=\\"{}\\"" status=308; }
+route "_" { respond 404 body=##"r#"x"#"##; }
+"""
+
+SEED_TOML = """version = 1
+[gateway]
+name = "mutant"
+workers = 1
+[limits]
+header-timeout = "5s"
+max-header-bytes = "16KiB"
+max-body-bytes = "1MiB"
+[[listener]]
+name = "public"
+bind = "127.0.0.1:{port}"
+protocols = ["h1", "h2c"]
+[[upstream]]
+name = "api"
+balance = { algorithm = "consistent-hash", key = "header:x-user" }
+servers = [{ address = "127.0.0.1:9", weight = 2 }, { address = "svc.internal:80" }]
+pool = { max-idle = 4, idle-timeout = "30s" }
+health-check = { path = "/healthz?x=\\"{{}}\\"", interval = "2s", expect = "200-299" }
+timeouts = { connect = "1s", response = "5s" }
+retry = { attempts = 1, on = ["connect-error", "502"] }
+[[chain]]
+name = "common \\"{{x}}\\""
+steps = [{ request-headers = { set = { x-a = "a \\"b\\" {{c}} */ é" }, remove = ["cookie"] } }]
+[[route]]
+name = "self"
+match = { host = ["api.example.com", "*.example.org"], path-prefix = "/v1", method = ["GET", "HEAD"], header = { x-c = "1" } }
+steps = [{ use = "common \\"{{x}}\\"" }, { response-headers = { add = { x-r = "r#\\"x\\"# `$x`" } } }]
+proxy = { upstream = "api", strip-prefix = "/v1" }
+[[route]]
+name = "r#type"
+match = { path-regex = "/re/[0-9]+\\\\.x", query = { q = "v\\"{}" } }
+respond = { status = 201, body = "a\\n\\"b\\"\\t{{c}}\\u0000\\u202e😀", content-type = "text/x; q=\\"1\\"" }
+[[route]]
+name = "redir"
+match = { path = "/old" }
+redirect = { location = "/new?a=\\"{}\\"", status = 308 }
+[[route]]
+name = "_"
+respond = { status = 404, body = 'r#"x"#' }
+"""
+
+INSERTS = [b'"', b"\\", b"{", b"}", b"#", b"=", b";", b"\n", b"/", b"*", b"[", b"]", b"'", b"\x00", b"\xff", b"\t",
+           b"\r", b" ", b"-", b"0", b"\xc3", b"\xe2\x80\xae", b"\xf0\x9f\x98"]
+TOKENS = [b"#true", b"#false", b"true", b"#null", b"1", b"-1", b"0", b"99999999999999999999999", b"1.5", b'""',
+          b'"x"', b'"/"', b'"*"', b"{", b"}", b"[", b"]", b'"""', b"'''", b'#"', b'"#', b'r#"', b"route", b"match",
+          b"respond", b"proxy", b"use", b"[[route]]", b"[gateway]", b"name =", b"= {", b"/-", b"//", b"/*", b"*/",
+          b"status=", b"body=", b'"\\u{110000}"', b'"\\u{d800}"', b'"\\q"', b'"\\uD800"', b"version 2", b"\\"]
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """1-3 byte or token edits: flip, insert, delete, duplicate, swap, splice."""
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(len(data) + 1)
+        kind = rng.randrange(7)
+        if kind == 0 and data:
+            i = min(i, len(data) - 1)
+            data = data[:i] + bytes([data[i] ^ (1 << rng.randrange(8))]) + data[i + 1:]
+        elif kind == 1:
+            data = data[:i] + rng.choice(INSERTS) + data[i:]
+        elif kind == 2:
+            data = data[:i] + data[i + rng.randint(1, 8):]
+        elif kind == 3:
+            data = data[:i] + data[i:i + rng.randint(1, 40)] * 2 + data[i + 40:]
+        elif kind == 4:
+            data = data[:i] + b" " + rng.choice(TOKENS) + b" " + data[i:]
+        else:
+            tokens = re.split(rb"(\s+)", data)
+            a, b = rng.randrange(len(tokens)), rng.randrange(len(tokens))
+            if kind == 5:
+                tokens[a], tokens[b] = tokens[b], tokens[a]
+            else:
+                del tokens[a]
+            data = b"".join(tokens)
+    return data
+
+
+# Where a line ends, as blitzc counts lines (diag/mod.rs `newlines`): KDL v2's
+# newlines (a lone CR, VT, FF, NEL, LS, PS too), TOML's LF and CRLF.
+NEWLINES = {"kdl": re.compile("\r\n|[\r\n\x0b\x0c\x85\u2028\u2029]"), "toml": re.compile("\r?\n")}
+
+
+def source_lines(data: bytes, file_name: str) -> list[str]:
+    return NEWLINES[file_name.rsplit(".", 1)[1]].split(data.decode(errors="replace"))
+
+
+def check_batch(blitzc: Path, folder: Path, mutants: dict[str, bytes]) -> dict[str, list[dict]]:
+    """Runs one `blitzc check` over every mutant; returns each one's
+    diagnostics, each checked well-formed. On a panic, names the mutant."""
+    for name, data in mutants.items():
+        (folder / name).write_bytes(data)
+    r = run(blitzc, "check", "--format", "json", *mutants, cwd=folder)
+    if r.returncode not in (0, 1) or b"panicked" in r.stderr:
+        for name, data in mutants.items():  # which one
+            alone = run(blitzc, "check", "--format", "json", name, cwd=folder)
+            assert alone.returncode in (0, 1) and b"panicked" not in alone.stderr, \
+                (name, data, alone.returncode, alone.stderr.decode(errors="replace"))
+        pytest.fail(f"check of the batch exited {r.returncode}: {r.stderr.decode(errors='replace')}")
+    by_file: dict[str, list[dict]] = {name: [] for name in mutants}
+    for d in json.loads(r.stdout)["diagnostics"]:
+        assert d["file"] in by_file, d
+        data = mutants[d["file"]]
+        lines = source_lines(data, d["file"])
+        where = f"{d['file']}:{d['line']}:{d['column']} {d['code']} {d['message']!r} in {data!r}"
+        assert re.fullmatch(r"B[01]\d\d", d["code"]), where
+        for position in [d, *d.get("related", [])]:
+            assert 1 <= position["line"] <= len(lines), where
+            # Columns count characters; bytes bound them whatever the decoding.
+            assert 1 <= position["column"] <= len(lines[position["line"] - 1].encode()) + 1, where
+        by_file[d["file"]].append(d)
+    return by_file
+
+
+@pytest.mark.timeout(240)
+def test_mutated_specs_never_panic_check_and_what_passes_emits_and_builds(blitzc, cache_dir, tmp_path):
+    """Seeded mutants of a valid KDL and TOML spec (BLITZ_RANDOM_SEED; about
+    BLITZ_RANDOM_SECONDS): `check` exits 0 or 1 without a panic and every
+    diagnostic is positioned inside its file with a code; up to 12 mutants
+    that pass `check` pass `emit`, and two whose crate needs the seed's
+    runtime features (so no runtime rebuild) pass `build`."""
+    rng = random.Random(SEED)
+    port = free_port()
+    seeds = {"kdl": SEED_KDL.replace("{port}", str(port)).encode(),
+             "toml": SEED_TOML.replace("{port}", str(port)).encode()}
+    # The seeds themselves are valid, and emit the same gateway.
+    for form, data in seeds.items():
+        (tmp_path / f"seed.{form}").write_bytes(data)
+    seed_diagnostics = check_batch(blitzc, tmp_path, {f"seed.{form}": data for form, data in seeds.items()})
+    assert not any(errors(d) for d in seed_diagnostics.values()), seed_diagnostics
+    seed_code = emitted_code(blitzc, tmp_path / "seed.kdl", tmp_path / "seed-kdl")
+    assert emitted_code(blitzc, tmp_path / "seed.toml", tmp_path / "seed-toml") == seed_code
+    seed_features = re.search(r"features = \[.*\]", (tmp_path / "seed-kdl" / "Cargo.toml").read_text()).group(0)
+
+    batch_folder = tmp_path / "mutants"
+    batch_folder.mkdir()
+    passed: list[tuple[str, bytes]] = []
+    total = 0
+    deadline = time.monotonic() + MUTATION_SECONDS
+    while time.monotonic() < deadline:
+        mutants = {}
+        for k in range(40):
+            form = rng.choice(["kdl", "toml"])
+            mutants[f"m{total + k:05d}.{form}"] = mutate(seeds[form], rng)
+        total += len(mutants)
+        for name, diagnostics in check_batch(blitzc, batch_folder, mutants).items():
+            if not errors(diagnostics) and mutants[name] not in seeds.values():
+                passed.append((name, mutants[name]))
+    print(f"{total} mutants (seed {SEED}), {len(passed)} passed check")
+    assert total >= 200, total  # the loop ran at all
+
+    emitted = []
+    for name, data in rng.sample(passed, min(12, len(passed))):
+        folder = tmp_path / "emit" / name
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(data)
+        r = run(blitzc, "emit", name, "-o", "crate", cwd=folder)
+        assert r.returncode == 0 and b"panicked" not in r.stderr, (name, data, r.stderr.decode(errors="replace"))
+        features = re.search(r"features = \[.*\]", (folder / "crate" / "Cargo.toml").read_text()).group(0)
+        code = (folder / "crate" / "src" / "gateway.rs").read_text()
+        if features == seed_features and code != seed_code:
+            emitted.append((folder / name, data))
+    print(f"{len(emitted)} of the emitted mutants changed the generated code; building {min(2, len(emitted))}")
+    for spec, data in emitted[:2]:
+        r = build(blitzc, spec, spec.parent / "gw", cache_dir)
+        assert r.returncode == 0, (data, r.stderr[-3000:])
