@@ -1001,3 +1001,42 @@ def test_mutated_specs_never_panic_check_and_what_passes_emits_and_builds(blitzc
     for spec, data in emitted[:2]:
         r = build(blitzc, spec, spec.parent / "gw", cache_dir)
         assert r.returncode == 0, (data, r.stderr[-3000:])
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a gateway name with `/` (default control socket blitz-NAME.sock) or an "
+                   "admin socket path with NUL passes check, and the gateway starts with upgrades disabled")
+@pytest.mark.parametrize(("gateway_name", "admin_socket"), [
+    ("eu/1", None),  # the binary is `eu-1`; the socket path gets a folder `blitz-eu` that is not there
+    ("eu1", "ctl\x00.sock"),  # no path holds a NUL
+], ids=["gateway-name-slash", "admin-socket-nul"])
+def test_the_control_socket_a_spec_names_is_bound_or_refused(blitzc, cache_dir, tmp_path, gateway_name,
+                                                              admin_socket):
+    """docs/spec.md 14 / operations.md: the control socket is the spec's
+    `admin { socket }`, else `$XDG_RUNTIME_DIR/blitz-NAME.sock`; the only
+    documented start without one is a path another live instance serves.
+    These two strings pass `check`, then the socket cannot be bound
+    (runtime/src/handoff/mod.rs `default_socket_path` pastes the name as a
+    path; a NUL is refused by the kernel interface) and `--upgrade` is
+    impossible. Either `check` refuses them at their place, or the socket
+    is bound."""
+    port = free_port()
+    admin = f"admin {{ socket {kdl_string(admin_socket)}; }}\n" if admin_socket else ""
+    text = (f"version 1\ngateway {kdl_string(gateway_name)}\n{admin}"
+            f"listener \"l\" {{ bind \"127.0.0.1:{port}\"; }}\nroute \"r\" {{ respond 200 body=\"r\"; }}\n")
+    spec = tmp_path / "ctl.kdl"
+    spec.write_text(text, encoding="utf-8")
+    diagnostics = json_diagnostics(run(blitzc, "check", "--format", "json", spec.name, cwd=tmp_path))
+    if errors(diagnostics):
+        for d in diagnostics:
+            assert_well_formed(d, text, spec.name)
+        return
+    runtime_dir = tmp_path / "xdg"
+    runtime_dir.mkdir()
+    dev = Served([str(blitzc), "dev", spec.name], port, blitz_env(cache_dir, XDG_RUNTIME_DIR=str(runtime_dir)),
+                 cwd=tmp_path)
+    try:
+        assert h1_get(port, "/")[::2] == (200, b"r")
+        log = "\n".join(dev.lines)
+    finally:
+        dev.stop()
+    assert "cannot bind control socket" not in log, log
