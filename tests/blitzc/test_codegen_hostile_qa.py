@@ -12,14 +12,16 @@ diagnostic, or come out byte-exact. test_review_routing_qa.py and
 blitzc/tests/*.rs cover matching; this file covers the escaping and fidelity
 of everything else:
 
-- one KDL spec of ~150 routes (`hostile_spec`), with a TOML twin written from
+- one KDL spec of ~140 routes (`route_table`, fixture `hostile`), with a TOML twin written from
   the same table, holding quotes, backslashes, braces, raw-string and comment
   breakers, `$`, backticks, newlines/tabs/CR/NUL in bodies, UTF-8 of 2, 3 and 4
   bytes, combining marks, RTL/bidi marks, a 64 KiB body, route names that are
   Rust keywords or look like generated identifiers (and names that fold to one
-  identifier), hostile upstream/listener/chain/gateway names, match values,
-  a health-check path and TLS/admin file paths in folders with hostile names;
-  each also written in KDL raw and multi-line strings and TOML literal strings.
+  identifier), hostile upstream/listener/chain/gateway names, header and
+  query condition values, a path-regex with breakers, header names of every
+  token character, a health-check path and TLS/admin file paths in folders
+  with hostile names; three more bodies written in KDL raw and multi-line
+  strings and TOML literal and multi-line strings.
   Built once; served by the binary and by `blitzc dev` at once (KDL for the
   binary, the TOML twin for dev): respond bodies and content-types, response
   header set/add values, request headers as the origin receives them,
@@ -32,7 +34,21 @@ of everything else:
   file, a line:col inside it and a `B0NN`/`B1NN` code; a sample of the mutants
   that pass goes through `emit`, and two through `build`.
 
-Bugs (strict xfails, in the report): see the tests marked xfail below.
+Bugs found, as strict xfails (each passes once `check` refuses the string at
+its place, or the gateway serves it):
+
+- a gateway name or spec file name holding CR or a bidi control (U+202E,
+  U+2066) passes `check`, then rustc refuses the generated crate: both are
+  pasted unescaped into gateway.rs's `//!`/`///` comments ("bare CR not
+  allowed in doc-comment", `text_direction_codepoint_in_literal`), where
+  route names are escaped with `{:?}`;
+- a `set`/`add` value or `content-type` with leading/trailing whitespace
+  passes `check` (B040 refuses it only in a `header` condition) and goes out
+  verbatim: a malformed HTTP/2 field (RFC 9113 8.2.1; nghttp resets the
+  stream);
+- a gateway name with `/`, or an `admin` socket path with NUL, passes `check`
+  and the gateway starts with upgrades disabled (its control socket cannot
+  be bound).
 """
 
 from __future__ import annotations
@@ -743,8 +759,10 @@ def test_names_quoted_in_doc_comments_never_break_the_build(blitzc, cache_dir, t
     route names are escaped with `{:?}` but these are not. Either `check`
     refuses the name with a positioned diagnostic, or `build` succeeds."""
     spec = tmp_path / file_name
+    # h2c and a regex: the runtime features of the mutation test's builds, so a cache holds them once.
     text = (f"version 1\ngateway {kdl_string(gateway_name)}\n"
-            f"listener \"l\" {{ bind \"127.0.0.1:{free_port()}\"; }}\nroute \"r\" {{ respond 200 body=\"r\"; }}\n")
+            f"listener \"l\" {{ bind \"127.0.0.1:{free_port()}\"; protocols \"h1\" \"h2c\"; }}\n"
+            "route \"r\" { match { path-regex \"/r[0-9]*\"; }; respond 200 body=\"r\"; }\n")
     spec.write_text(text, encoding="utf-8")
     diagnostics = json_diagnostics(run(blitzc, "check", "--format", "json", spec.name, cwd=tmp_path))
     if errors(diagnostics):
