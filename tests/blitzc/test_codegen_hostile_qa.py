@@ -73,6 +73,7 @@ from support.client import RawConn
 from support.gateway import free_port
 from support.origin import Origin
 from support.pki import Pki
+from support.waits import wait_until
 
 RUN_BOUND = 60  # how long one blitzc check/emit/route may take here
 MUTATION_SECONDS = float(os.environ.get("BLITZ_RANDOM_SECONDS", "20"))
@@ -462,6 +463,11 @@ def hostile(blitzc: Path, cache_dir: Path, tmp_path_factory):
         served["built"] = Served([str(binary)], ports["built"]["h1"], blitz_env(cache_dir), cwd=folder)
         served["dev"] = Served([str(blitzc), "dev", toml.name], ports["dev"]["h1"], blitz_env(cache_dir),
                                cwd=folder)
+        # `Served` returns at the first listener's line; wait for all three.
+        for which, gateway in served.items():
+            wanted = [f"127.0.0.1:{ports[which][p]} " for p in ("h1", "h2c", "tls")]
+            assert wait_until(lambda g=gateway, w=wanted: all(any(x in line for line in g.lines) for x in w)), \
+                gateway.lines
         yield {"folder": folder, "routes": routes, "ports": ports, "origins": origins, "served": served,
                "kdl": kdl, "toml": toml, "binary": binary, "ca": pki.path("ca.crt")}
     finally:
@@ -627,6 +633,15 @@ def test_tls_listener_with_certificate_in_a_hostile_folder(hostile, which):
     status, head, body = tls_get(hostile["ports"][which]["tls"], hostile["ca"], "/body/0")
     (first,) = route_by_kind(hostile, "body")[:1]
     assert (status, body) == (200, first["body"].encode()), head
+
+
+@pytest.mark.parametrize("which", WAYS)
+def test_admin_socket_bound_at_its_hostile_path(hostile, which):
+    """docs/spec.md 14: the `admin` socket path (quotes, `{{bin}}`, `\\`, a
+    backtick, `$`, UTF-8, a bidi mark), relative to the spec's folder, is
+    where the control socket is."""
+    path = hostile["folder"] / ADMIN_SOCKETS[which]
+    assert path.is_socket(), (sorted(p.name for p in hostile["folder"].iterdir()), hostile["served"][which].lines)
 
 
 @pytest.mark.parametrize("which", WAYS)
