@@ -17,7 +17,8 @@ of everything else:
   breakers, `$`, backticks, newlines/tabs/CR/NUL in bodies, UTF-8 of 2, 3 and 4
   bytes, combining marks, RTL/bidi marks, a 64 KiB body, route names that are
   Rust keywords or look like generated identifiers (and names that fold to one
-  identifier), hostile upstream/listener/chain/gateway names, header and
+  identifier), hostile upstream/listener/gateway names, two chains named
+  alike but for case, header and
   query condition values, a path-regex with breakers, header names of every
   token character, a health-check path and TLS/admin file paths in folders
   with hostile names; three more bodies written in KDL raw and multi-line
@@ -134,6 +135,7 @@ ROUTE_NAMES = [
 UPSTREAM_NAME = 'up "{{bin}}" \\ */ r#" `$x` \u202e é'
 LISTENER_NAMES = ['plain "{{x}}" */ \\', "h2c \u202e\n`$x`", "tls r#\"\"# é"]
 CHAIN_NAME = 'chain "{{x}}" */ \u2066 \\'
+CHAIN_NAMES = [CHAIN_NAME, CHAIN_NAME.upper()]  # two chains whose names differ only by case
 GATEWAY_NAME = 'gw "{{bin}}"\n*/ /* \\ `$x` r#"x"# é'
 # Query/header match values with breakers (matched literally; the request
 # sends them percent-encoded or as field bytes).
@@ -203,7 +205,8 @@ def route_table() -> list[dict]:
         add("request", value=value)
     for i, location in enumerate(LOCATIONS):
         add("redirect", location=location, status=(301, 302, 303, 307, 308)[i % 5])
-    add("chain", value=CHAIN_NAME)  # `use` of a chain with a hostile name
+    for chain in CHAIN_NAMES:  # `use` of chains with hostile names, differing by case
+        add("chain", value=chain)
     add("match", value=MATCH_VALUE)  # header and query conditions with breakers
     add("regex", value=REGEX)  # a path-regex holding raw-string and format breakers
     add("names", value=joined_hostile())  # header names of every token character
@@ -228,9 +231,7 @@ def kdl_spec(routes: list[dict], ports: dict, folder_name: str, admin: str) -> s
         f"    server \"127.0.0.1:{ports['origin']}\"",
         f"    health-check path={k(HEALTH_PATH)} interval=\"300ms\"",
         "}",
-        f"chain {k(CHAIN_NAME)} {{",
-        f"    response-headers {{ set \"x-chain\" {k(CHAIN_NAME)}; }}",
-        "}",
+        *(f"chain {k(c)} {{ response-headers {{ set \"x-chain\" {k(c)}; }}; }}" for c in CHAIN_NAMES),
     ]
     for r in routes:
         match = f"match {{ path {k(r['path'])}; }}"
@@ -242,7 +243,7 @@ def kdl_spec(routes: list[dict], ports: dict, folder_name: str, admin: str) -> s
             "request": [match, f"request-headers {{ set \"x-set\" {v}; add \"x-add\" {v}; add \"x-add\" {v}; }}",
                         f"proxy {k(UPSTREAM_NAME)}"],
             "redirect": [match, f"redirect {k(r.get('location', ''))} status={r.get('status')}"],
-            "chain": [match, f"use {k(CHAIN_NAME)}", "respond 200 body=\"chain\""],
+            "chain": [match, f"use {v}", "respond 200 body=\"chain\""],
             "match": [f"match {{ path {k(r['path'])}; header \"x-m\" {v}; query {v} {v}; }}",
                       "respond 200 body=\"matched\""],
             "regex": [f"match {{ path-regex {v}; }}", "respond 200 body=\"regex\""],
@@ -267,8 +268,8 @@ def toml_spec(routes: list[dict], ports: dict, folder_name: str, admin: str) -> 
         f"protocols = [\"h1\", \"h2\"]\ntls = {{ certs = [{{ cert = {cert}, key = {key} }}] }}"),
         (f"[[upstream]]\nname = {s(UPSTREAM_NAME)}\nservers = [{{ address = \"127.0.0.1:{ports['origin']}\" }}]\n"
         f"health-check = {{ path = {s(HEALTH_PATH)}, interval = \"300ms\" }}"),
-        (f"[[chain]]\nname = {s(CHAIN_NAME)}\n"
-        f"steps = [{{ response-headers = {{ set = {{ x-chain = {s(CHAIN_NAME)} }} }} }}]"),
+        *(f"[[chain]]\nname = {s(c)}\nsteps = [{{ response-headers = {{ set = {{ x-chain = {s(c)} }} }} }}]"
+          for c in CHAIN_NAMES),
     ]
     for r in routes:
         match = f"match = {{ path = {s(r['path'])} }}"
@@ -281,7 +282,7 @@ def toml_spec(routes: list[dict], ports: dict, folder_name: str, admin: str) -> 
                         f"respond = {{ status = 200, body = {s(r['name'])} }}"],
             "request": [match, f"steps = [{{ request-headers = {{ {edits} }} }}]", f"proxy = {s(UPSTREAM_NAME)}"],
             "redirect": [match, f"redirect = {{ location = {s(r.get('location', ''))}, status = {r.get('status')} }}"],
-            "chain": [match, f"steps = [{{ use = {s(CHAIN_NAME)} }}]", "respond = { status = 200, body = \"chain\" }"],
+            "chain": [match, f"steps = [{{ use = {v} }}]", "respond = { status = 200, body = \"chain\" }"],
             "match": [f"match = {{ path = {s(r['path'])}, header = {{ x-m = {v} }}, query = {{ {v} = {v} }} }}",
                       "respond = { status = 200, body = \"matched\" }"],
             "regex": [f"match = {{ path-regex = {v} }}", "respond = { status = 200, body = \"regex\" }"],
@@ -543,9 +544,9 @@ def test_response_header_values_are_byte_exact(hostile, which, protocol):
         assert field_values(fields, b"x-set") == [value], r
         assert field_values(fields, b"x-add") == [value, value], r
         assert body == r["name"].encode(), r
-    (chain,) = route_by_kind(hostile, "chain")
-    status, fields, body = answers(hostile, which, protocol, chain["path"])
-    assert (status, body, field_values(fields, b"x-chain")) == (200, b"chain", [CHAIN_NAME.encode()])
+    for chain in route_by_kind(hostile, "chain"):
+        status, fields, body = answers(hostile, which, protocol, chain["path"])
+        assert (status, body, field_values(fields, b"x-chain")) == (200, b"chain", [chain["value"].encode()])
 
 
 @pytest.mark.parametrize("which", WAYS)
