@@ -13,16 +13,16 @@ blitzc/tests/*.rs cover matching; this file covers the escaping and fidelity
 of everything else:
 
 - one KDL spec of ~140 routes (`route_table`, fixture `hostile`), with a TOML
-  twin written from the same table, holding quotes, backslashes, braces, raw-
-  string and comment breakers, `$`, backticks, newlines/tabs/CR/NUL in bodies,
-  UTF-8 of 2, 3 and 4 bytes, combining marks, RTL/bidi marks, a 64 KiB body,
-  route names that are Rust keywords or look like generated identifiers (and
-  names that fold to one identifier), hostile upstream/listener/gateway names,
-  two chains named alike but for case, header and query condition values, a
-  path-regex with breakers, header names of every token character, a health-
-  check path and TLS/admin file paths in folders with hostile names; three
-  more bodies written in KDL raw and multi-line strings and TOML literal and
-  multi-line strings.
+  twin written from the same table, holding quotes, backslashes, braces,
+  raw-string and comment breakers, `$`, backticks, newlines/tabs/CR/NUL in
+  bodies, UTF-8 of 2, 3 and 4 bytes, combining marks, RTL/bidi marks, a 64 KiB
+  body, route names that are Rust keywords or look like generated identifiers
+  (and names that fold to one identifier), hostile upstream/listener/gateway
+  names, two chains named alike but for case, header and query condition
+  values, a path-regex with breakers, header names of every token character, a
+  health-check path and TLS/admin file paths in folders with hostile names;
+  three more bodies written in KDL raw and multi-line strings and TOML literal
+  and multi-line strings.
   Built once; served by the binary and by `blitzc dev` at once (KDL for the
   binary, the TOML twin for dev): respond bodies and content-types, response
   header set/add values, request headers as the origin receives them,
