@@ -9,6 +9,12 @@
 //! here with a plain syscall instead, owned before anything is awaited;
 //! only the connect itself goes through the ring (compio's `Connect`), so
 //! a dropped connect cancels that operation and closes the socket.
+//!
+//! The polling driver makes its syscalls on the worker thread and waits
+//! for readiness only on `EINPROGRESS`/`EAGAIN`: on a blocking socket its
+//! `connect` (and each later `recv`) would block the whole worker, a
+//! blackholed upstream for minutes. There the socket is non-blocking, as
+//! the polling driver's own sockets and accepted ones (`rt::adopt`) are.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,9 +27,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Connects to `addr`; cancel-safe (dropping the future closes the socket).
 pub async fn connect_tcp(addr: SocketAddr) -> io::Result<TcpStream> {
-    // Blocking mode, as compio's own sockets: the ring (or the polling
-    // driver's blocking connect) does the waiting. socket2 sets CLOEXEC.
+    // Under io_uring blocking mode, as compio's own sockets: the ring does
+    // the waiting. socket2 sets CLOEXEC.
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if compio::runtime::Runtime::with_current(|r| r.driver_type().is_polling()) {
+        socket.set_nonblocking(true)?;
+    }
     let fd = SharedFd::new(socket);
     let BufResult(res, op) = compio::runtime::submit(Connect::new(fd.clone(), addr.into())).await;
     drop(op);
