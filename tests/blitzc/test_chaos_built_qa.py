@@ -47,6 +47,7 @@ import socket
 import ssl
 import threading
 import time
+import traceback
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -468,9 +469,28 @@ def judge(tally: Tally, way: str, case: Case, status: int | None, headers: dict[
 
 class ChaosStreams(Streams):
     """Streams that keeps the last-stream-id of a GOAWAY: a stream above it was never processed
-    (RFC 9113 §6.8) and may be sent again on a new connection."""
+    (RFC 9113 §6.8) and may be sent again on a new connection. A write the server no longer takes
+    (it closed after a GOAWAY still unread) is dropped and noted, so what it sent is still read."""
 
     last_stream_id: int | None = None
+    write_failed: str | None = None
+
+    def __init__(self, sock: socket.socket, scheme: str):
+        # Windows no answer here can fill (2 GiB for the connection, 16 MiB per stream): the `h2`
+        # library stops giving back window once it has read a GOAWAY (Streams reopens the
+        # connection's state, not its flow control), so with the default 64 KiB a stream still
+        # running on a draining connection stalled until the grace period cut it (nghttp with a
+        # 64 KiB window gets its whole download through the same drain).
+        super().__init__("", sock=sock, scheme=scheme, initial_window=16 << 20)
+        self.conn.increment_flow_control_window((1 << 31) - 1 - 65535)
+        self.flush()
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as e:
+            self.write_failed = self.write_failed or repr(e)
+            self.conn.data_to_send()  # dropped: the server is gone
 
     def _event(self, e) -> None:
         if isinstance(e, h2.events.ConnectionTerminated):
@@ -515,8 +535,9 @@ class Load:
         rng = random.Random(f"{SEED}-{way}-{index}")
         try:
             (self._h2 if way.startswith("h2") else self._h1)(way, index, rng)
-        except Exception as e:  # noqa: BLE001 - a client bug must show as a problem, not a silent thread
-            self.tally.problems.append(f"[seed {SEED}] {way}#{index} crashed: {e!r}")
+        except Exception:  # noqa: BLE001 - a client bug must show as a problem, not a silent thread
+            self.tally.problems.append(f"[seed {SEED}] {way}#{index} crashed at {time.monotonic():.2f}: "
+                                       f"{traceback.format_exc()}")
 
     def _new_case(self, rng: random.Random, way: str, index: int, seq: int) -> Case:
         case = make_case(rng, f"{way}-{index}-{seq}")
@@ -585,7 +606,7 @@ class Load:
                 if sock is None:
                     pending = []
                     continue
-                streams = ChaosStreams("", sock=sock, scheme="https" if way.endswith("tls") else "http")
+                streams = ChaosStreams(sock, "https" if way.endswith("tls") else "http")
             batch = pending
             pending = []
             while len(batch) < rng.randint(1, 4) and not self.stop.is_set():
@@ -619,7 +640,9 @@ class Load:
                     self.tally.count("bad")
                     self.tally.problem(way, case, f"h2 stream {sid}: no answer (reset {r.reset}, goaway "
                                                   f"{streams.goaway} last {streams.last_stream_id}, "
-                                                  f"closed {streams.closed}); at the origins: "
+                                                  f"closed {streams.closed}, write failed "
+                                                  f"{streams.write_failed}, at {time.monotonic():.2f}); "
+                                                  f"at the origins: "
                                                   f"{self.ledger.of(case.cid)}")
         if streams is not None:
             streams.close()
@@ -687,7 +710,7 @@ def every_server_serves_again(built: Built, servers: dict[str, FlappingServer], 
     return missing
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(180, func_only=True)  # the build is bounded by its own timeout
 def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
     ledger = Ledger()
     servers = {name: FlappingServer(name, port, ledger) for name, port in built.ports.items()}
@@ -747,6 +770,7 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
         report = (f"seed {SEED}; outcomes {dict(tally.outcomes)}; faults {dict(faults_done)}\n"
                   + "\n".join(tally.problems[:40]))
         print(report)
+        report += "\nevents: " + ", ".join(events)
         assert not tally.problems, report
         assert len(upgrades) == 2
         for kind in ("GET 200", "POST 200", "ping", "moved", "404"):
@@ -756,6 +780,12 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
         # a POST at most once; a 200 the client got was answered by that server; a cut had a cause.
         wrong = []
         arrivals = ledger.by_id()
+        retried_then_served = sum(
+            1 for cid, seen in arrivals.items()
+            if len(seen) > 1 and seen[0].outcome in ("502", "503") and seen[-1].outcome == "answered")
+        print(f"GETs answered 502/503 by one server and 200 by another: {retried_then_served}")
+        if faults_done["502"] + faults_done["503"]:
+            wrong += [] if retried_then_served else ["no GET was retried after a 502/503 (retry on)"]
         for cid, seen in arrivals.items():
             case = tally.cases.get(cid)
             if case is None:
@@ -765,6 +795,12 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
             if any(a.target != case.path[len(case.route) + 1:] or a.x_route != [case.route] or a.x_drop
                    for a in seen):
                 wrong.append(f"{cid}: forwarded as {[(a.target, a.x_route, a.x_drop) for a in seen]}")
+            # A GET is tried again only on what `retry on` lists (a 502/503 answer; a connect error
+            # reaches no origin), at most `attempts` more times, or once more after the keep-alive race
+            # (an origin stopped before its answer went out): a stall (timeout) or a cut is final.
+            if case.method == "GET" and (len(seen) > 4 or any(
+                    a.outcome not in ("502", "503", "send-failed") for a in seen[:-1])):
+                wrong.append(f"GET {cid} tried {len(seen)} times: {[(a.server, a.outcome) for a in seen]}")
             if case.method == "POST" and len(seen) > 1:
                 why = " (the client sent it again after a close with no answer)" if case.resent else ""
                 wrong.append(f"POST {cid} reached the origins {len(seen)} times{why}: "
