@@ -11,7 +11,7 @@ with an active health check, `retry attempts=2 on="connect-error" "502" "503"`, 
 Origins (`FlappingServer`, written here: support/origin.py's recording origin, restartable on its port)
 say who they are (`x-server`), echo the request id (`x-chaos-id`), the target, `x-route`, whether `x-drop`
 came and the sha256 of the body they got, and answer a body only that id makes. A conductor makes them
-misbehave for 1.5-4 s at a time, at most three at once (DOCS: docs/spec.md 7.1): `refuse` (stop listening,
+misbehave for 1.5-4 s at a time, at most three at once (docs/spec.md 7.1): `refuse` (stop listening,
 restart later on the same port), `502`/`503` answers, `stall` past `timeouts response` (504, not a retry
 condition), `cut` (a head, half the body, a reset), `sick` (its health check answers 503, requests are
 served).
@@ -26,12 +26,23 @@ the gateway gets `--upgrade` twice and SIGHUP once. Checked per answer:
   502/503/504; a body cut short is never passed off as whole (HTTP/1.1 framing / HTTP/2 reset), and a
   cut only comes from an upstream that cut or was stopped mid-answer;
 - at the origins: every request at a server of its route's upstream; a POST at most once over all
-  origins (docs/spec.md 7.1: a request with a body is never sent twice), a GET may be retried;
+  origins (docs/spec.md 7.1: a request with a body is never sent twice), a GET retried only after a
+  502/503 (or the keep-alive race), at most `attempts` more times, and some GET answered 502/503 by one
+  server was answered 200 by another;
 - no connection refused, no request lost, no hang (RELIABILITY.md "Upgrades and faults").
 
 Afterwards: every server of every upstream serves again (health recovered), each way in answers a fresh
-request, every old process exited 0 having handed off, the serving one's descriptors back near the
-baseline once idle, no "panicked" in any stderr.
+request, every old process exited 0 having handed off, the consistent-hash upstream places 16 keys on the
+same servers as the first process did (on every worker, docs/spec.md 7.1), the serving process's
+descriptors back near the baseline once idle, no "panicked" in any stderr.
+
+No gateway bug found (about 50,000 requests a run, seeds 1-14). Two things met on the way, judged not
+bugs: over HTTP/2, an upstream that cuts its answer after the head may leave the client a RST_STREAM
+INTERNAL_ERROR with no HEADERS at all, when its connection is backed up (the head was still queued in the
+`h2` crate: runtime/README.md, "death mid-response: the client connection is cut"), so a cut is accepted
+with or without its head when an origin caused it; and the `h2` client library stops giving back window
+once it has read a GOAWAY (see `ChaosStreams`), which stalled streams on a draining connection until the
+grace period cut them, nghttp does not.
 
 Replay: BLITZ_RANDOM_SEED=N replays what each client and the conductor choose, not the interleaving.
 """
@@ -60,6 +71,7 @@ from support.gateway import REPO, WatchedProcess, free_port, settled_fd_count
 from support.h2client import REFUSED_STREAM
 from support.h2streams import Streams
 from support.origin import Origin, OriginConn, RecordedRequest, respond
+from support.waits import wait_until
 
 SEED = int(os.environ.get("BLITZ_RANDOM_SEED", "20261128"))
 CHAOS_SECONDS = float(os.environ.get("BLITZ_CHAOS_SECONDS", "40"))
@@ -710,6 +722,23 @@ def every_server_serves_again(built: Built, servers: dict[str, FlappingServer], 
     return missing
 
 
+def hash_placement(built: Built, users: list[str]) -> dict[str, set[str]]:
+    """The servers that answered each `x-user` on the consistent-hash route, two new connections
+    each (SO_REUSEPORT spreads them over the workers)."""
+    placement: dict[str, set[str]] = defaultdict(set)
+    for user in users:
+        for attempt in range(2):
+            conn = RawConn(built.plain, timeout=CLIENT_TIMEOUT)
+            try:
+                conn.send(f"GET /hash/item/place HTTP/1.1\r\nHost: {AUTHORITY}\r\nx-user: {user}\r\n"
+                          f"x-chaos-id: place-{user}-{attempt}\r\n\r\n".encode())
+                r = conn.read_response(timeout=CLIENT_TIMEOUT)
+                placement[user].add(r.h("x-server") if r.status == 200 else f"status {r.status}")
+            finally:
+                conn.close()
+    return dict(placement)
+
+
 @pytest.mark.timeout(180, func_only=True)  # the build is bounded by its own timeout
 def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
     ledger = Ledger()
@@ -725,6 +754,9 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
         first = processes[0]
         # Every server healthy and served once before the baseline (the pools and checks warm).
         assert not every_server_serves_again(built, servers, ledger, 20), "not every server serves at start"
+        # docs/spec.md 7.1: a key goes to the same endpoint on every worker and every run.
+        placed_before = hash_placement(built, USERS[:16])
+        assert all(len(seen) == 1 for seen in placed_before.values()), placed_before
         baseline_fds = settled_fd_count(first.pid)
         load.start()
         start = time.monotonic()
@@ -782,7 +814,7 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
         arrivals = ledger.by_id()
         retried_then_served = sum(
             1 for cid, seen in arrivals.items()
-            if len(seen) > 1 and seen[0].outcome in ("502", "503") and seen[-1].outcome == "answered")
+            if any(a.outcome in ("502", "503") for a in seen) and any(a.outcome == "answered" for a in seen))
         print(f"GETs answered 502/503 by one server and 200 by another: {retried_then_served}")
         if faults_done["502"] + faults_done["503"]:
             wrong += [] if retried_then_served else ["no GET was retried after a 502/503 (retry on)"]
@@ -797,9 +829,10 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
                 wrong.append(f"{cid}: forwarded as {[(a.target, a.x_route, a.x_drop) for a in seen]}")
             # A GET is tried again only on what `retry on` lists (a 502/503 answer; a connect error
             # reaches no origin), at most `attempts` more times, or once more after the keep-alive race
-            # (an origin stopped before its answer went out): a stall (timeout) or a cut is final.
-            if case.method == "GET" and (len(seen) > 4 or any(
-                    a.outcome not in ("502", "503", "send-failed") for a in seen[:-1])):
+            # (an origin stopped before its answer went out): a stall (timeout), a cut or an answer is
+            # final. (The ledger's order is the origins' threads', not the tries'.)
+            if case.method == "GET" and (len(seen) > 4 or sum(
+                    a.outcome not in ("502", "503", "send-failed") for a in seen) > 1):
                 wrong.append(f"GET {cid} tried {len(seen)} times: {[(a.server, a.outcome) for a in seen]}")
             if case.method == "POST" and len(seen) > 1:
                 why = " (the client sent it again after a close with no answer)" if case.resent else ""
@@ -825,6 +858,12 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
         assert not missing, f"servers that never served again: {sorted(missing)}"
         for way in WAYS:
             assert fresh_request_works(built, way) is None, fresh_request_works(built, way)
+        # The process serving now (two upgrades later) places the keys as the first did, once any
+        # passive ejection left from the chaos ran out (bounded wait; ejections last up to 32 s).
+        placed_after: dict[str, set[str]] = {}
+        wait_until(lambda: (placed_after.update(hash_placement(built, USERS[:16])) or placed_after) == placed_before,
+                   timeout=35, step=1)
+        assert placed_after == placed_before, "consistent-hash placement changed across the upgrades"
         for old, new in upgrades:
             rc = old.exit_code(GRACE + 10)
             assert rc == 0, old.text()[-3000:]
