@@ -91,6 +91,10 @@ PING_BODY = b"pong qa-chaos-built\n"
 REDIRECT_TO = "https://elsewhere.example/new"
 FAULTS = ("refuse", "502", "503", "stall", "cut", "sick")
 STALL_SECONDS = 2.5  # past `timeouts response="1s"`
+# By when a server whose checks started failing is marked down: two failed checks (`unhealthy=2`,
+# `interval="300ms"`, `timeout="300ms"`) plus slack for this shared 2-core machine. It only bounds
+# which requests the health check counts against, never asserts a time.
+HEALTH_VERDICT = 2.0
 # How long a client waits for one answer before calling it a hang: three tries of connect (0.5 s) and
 # response (1 s), a 2.5 s stall, 48 KiB each way, on a shared 2-core machine. It only bounds waits.
 CLIENT_TIMEOUT = 15.0
@@ -212,6 +216,10 @@ class Ledger:
     def of(self, cid: str) -> list[Arrival]:
         with self.lock:
             return list(self.index.get(cid, ()))
+
+    def of_server(self, server: str) -> list[Arrival]:
+        with self.lock:
+            return [a for a in self.arrivals if a.server == server]
 
     def by_id(self) -> dict[str, list[Arrival]]:
         with self.lock:
@@ -763,11 +771,16 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
         upgrade_at = [start + CHAOS_SECONDS * 0.3, start + CHAOS_SECONDS * 0.75]
         sighup_at = start + CHAOS_SECONDS * 0.5
         faulty: dict[str, float] = {}  # server -> when it is restored
+        sick_since: dict[str, float] = {}
+        sick_periods: list[tuple[str, float, float]] = []  # (server, from, to) its checks failed
+        fresh_health: list[tuple[float, float]] = []  # upgrades: the new process starts every endpoint up
         next_fault = start + 1
         while time.monotonic() < start + CHAOS_SECONDS:
             now = time.monotonic()
             for name, until in list(faulty.items()):
                 if now >= until:
+                    if servers[name].mode == "sick":
+                        sick_periods.append((name, sick_since.pop(name), now))
                     servers[name].restore()
                     del faulty[name]
                     events.append(f"{name} ok at {now:.2f}")
@@ -778,6 +791,8 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
                     servers[name].refuse()
                 else:
                     servers[name].mode = fault
+                if fault == "sick":
+                    sick_since[name] = now
                 faults_done[fault] += 1
                 events.append(f"{name} {fault} at {now:.2f}")
                 faulty[name] = now + conductor.uniform(1.5, 4)
@@ -785,9 +800,11 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
             if upgrade_at and now >= upgrade_at[0]:
                 upgrade_at.pop(0)
                 old = processes[-1]
+                upgrade_began = time.monotonic()
                 new = built.start("--upgrade", wait_for=r"took over from pid")
                 processes.append(new)
                 upgrades.append((old, new))
+                fresh_health.append((upgrade_began, time.monotonic()))
                 events.append(f"upgrade to pid {new.pid} at {time.monotonic():.2f}")
             if sighup_at and now >= sighup_at:
                 sighup_at = 0
@@ -796,6 +813,8 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
                 processes[-1].wait_line(r'listener "tls": 1 certificate\(s\) reloaded', timeout=10)
             time.sleep(0.05)
         for name in list(faulty):
+            if servers[name].mode == "sick":
+                sick_periods.append((name, sick_since.pop(name), time.monotonic()))
             servers[name].restore()
         load.finish()
 
@@ -838,6 +857,16 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
                 why = " (the client sent it again after a close with no answer)" if case.resent else ""
                 wrong.append(f"POST {cid} reached the origins {len(seen)} times{why}: "
                              f"{[(a.server, a.outcome) for a in seen]}")
+        # Active health: once a server failed `unhealthy` (2) checks 300 ms apart, it gets no request until
+        # it passed again (docs/spec.md 7.1). HEALTH_VERDICT bounds when the verdict is in; a new process
+        # starts every endpoint up, so the time after each upgrade is left out the same way.
+        for name, sick_from, sick_to in sick_periods:
+            blind = [(sick_from, sick_from + HEALTH_VERDICT)] + [(a, b + HEALTH_VERDICT) for a, b in fresh_health]
+            late = [a for a in ledger.of_server(name) if a.cid in tally.cases and sick_from <= a.at <= sick_to
+                    and not any(lo <= a.at <= hi for lo, hi in blind)]
+            if late:
+                wrong.append(f"{name} failed its health checks from {sick_from:.2f} to {sick_to:.2f} but got "
+                             f"{len(late)} requests, first at {late[0].at:.2f}")
         for cid, server in tally.served_by.items():
             if not any(a.server == server and a.outcome == "answered" for a in arrivals.get(cid, [])):
                 wrong.append(f"{cid}: the client got a 200 of {server}, which did not answer it")
