@@ -911,3 +911,51 @@ def test_chaos_on_a_built_gateway_keeps_every_answer_right(built: Built):
             s.stop()
     assert not panics(processes), panics(processes)
     assert processes[-1].proc.returncode == 0, processes[-1].text()[-3000:]
+
+
+@pytest.mark.timeout(60, func_only=True)
+def test_an_upstream_cut_after_its_head_resets_the_h2_stream_even_when_the_head_is_still_queued(built: Built):
+    """Met in the chaos run: over HTTP/2, an upstream that sends its head and half its body then resets
+    leaves the client a reset stream; when the client's connection is backed up (another stream's 16 MB
+    download not read yet) the head the gateway had queued is dropped with it (RST_STREAM INTERNAL_ERROR,
+    no HEADERS), a cut as runtime/README.md says ("death mid-response: the client connection is cut").
+    Pinned: reset in both cases, never a complete answer; the control, on an idle connection, gets the
+    head and half the body first; the big download on the same connection is whole."""
+    ledger = Ledger()
+    servers = {name: FlappingServer(name, port, ledger) for name, port in built.ports.items()}
+    gateway = built.start()
+    try:
+        for name in GROUPS["p2c"]:
+            servers[name].mode = "cut"
+        results = {}
+        for backed_up in (False, True):
+            streams = ChaosStreams(connect(built, "h2c"), "http")
+            try:
+                big = None
+                if backed_up:
+                    big = streams.start("/wrr/item/big?n=16000000", headers=[("x-chaos-id", "big")],
+                                        authority=AUTHORITY)
+                    time.sleep(1)  # the gateway fills the socket buffers; nothing is read yet
+                cid = f"cut-{backed_up}"
+                cut = streams.start(f"/p2c/item/{cid}?n=20000", headers=[("x-chaos-id", cid)], authority=AUTHORITY)
+                assert wait_until(lambda cid=cid: ledger.of(cid), timeout=10)
+                time.sleep(0.5)  # the upstream's reset reached the gateway
+                streams.run(CLIENT_TIMEOUT)
+                results[backed_up] = streams.results[cut]
+                if big is not None:
+                    whole = streams.results[big]
+                    assert whole.ended and whole.sha256 == sha(answer_body("big", 16000000)), whole
+            finally:
+                streams.close()
+        for backed_up, r in results.items():
+            assert r.reset is not None and not r.ended and r.length < 20000, (backed_up, r)
+            if r.status is not None:
+                assert r.status == 200 and r.header("x-chaos-id") == [f"cut-{backed_up}"], r
+        assert results[False].status == 200 and results[False].length == 10000, results[False]
+        print(f"backed-up connection: status {results[True].status}, {results[True].length} bytes, "
+              f"reset {results[True].reset}")
+    finally:
+        gateway.stop()
+        for s in servers.values():
+            s.stop()
+    assert not panics([gateway]), panics([gateway])
