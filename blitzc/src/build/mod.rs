@@ -10,7 +10,7 @@
 //! once (CI jobs of two sites sharing a cache) take turns: a lock file per
 //! crate is held from writing the crate until the binary is copied out.
 
-use crate::codegen::GatewaySource;
+use crate::codegen::{GatewaySource, comment_text};
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -97,21 +97,6 @@ pub fn binary_name(gateway: &str) -> String {
     } else {
         name
     }
-}
-
-/// `text` on one line, for a comment of the manifest: a control character
-/// (a newline would end the comment and start TOML of the spec's making)
-/// is written as its escape.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 /// `template` with each `{{key}}` replaced by its value, in one pass: a
@@ -203,8 +188,8 @@ pub fn write_crate(
     let manifest = fill(
         CARGO_TEMPLATE,
         &[
-            ("spec_file", &one_line(&spec_name)),
-            ("gateway", &one_line(gateway)),
+            ("spec_file", &comment_text(&spec_name)),
+            ("gateway", &comment_text(gateway)),
             ("package", &format!("blitz-gateway-{bin}")),
             ("bin", &bin),
             ("runtime_path", &toml_string(runtime)),
@@ -353,8 +338,9 @@ mod tests {
 
     #[test]
     fn a_manifest_comment_stays_one_line() {
-        assert_eq!(one_line("a\nb\r\u{7}c"), "a\\nb\\r\\u{7}c");
-        assert_eq!(one_line("caf\u{e9} \"x\""), "caf\u{e9} \"x\"");
+        assert_eq!(comment_text("a\nb\r\u{7}c"), "a\\nb\\r\\u{7}c");
+        assert_eq!(comment_text("caf\u{e9} \"x\""), "caf\u{e9} \"x\"");
+        assert_eq!(comment_text("a\u{202e}b\u{2066}"), "a\\u{202e}b\\u{2066}");
     }
 
     #[test]

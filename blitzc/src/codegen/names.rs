@@ -88,7 +88,9 @@ impl Names {
             let (line, _) = file.line_col(route.span.start);
             names.route_origin.push(format!(
                 "route {:?} ({}:{})",
-                route.name.value, file_name, line
+                route.name.value,
+                super::comment_text(&file_name),
+                line
             ));
         }
         names
