@@ -35,21 +35,21 @@ of everything else:
   file, a line:col inside it and a `B0NN`/`B1NN` code; a sample of the mutants
   that pass goes through `emit`, and two through `build`.
 
-Bugs found, as strict xfails (each passes once `check` refuses the string at
-its place, or the gateway serves it):
+Bugs this file found, fixed (each test passes when `check` refuses the
+string at its place, or the gateway serves it):
 
 - a gateway name or spec file name holding CR or a bidi control (U+202E,
-  U+2066) passes `check`, then rustc refuses the generated crate: both are
-  pasted unescaped into gateway.rs's `//!`/`///` comments ("bare CR not
-  allowed in doc-comment", `text_direction_codepoint_in_literal`), where
-  route names are escaped with `{:?}`;
+  U+2066) passed `check`, then rustc refused the generated crate: both were
+  pasted unescaped into gateway.rs's `//!`/`///` comments (now
+  `codegen::comment_text`);
 - a `set`/`add` value or `content-type` with leading/trailing whitespace
-  passes `check` (B040 refuses it only in a `header` condition) and goes out
+  passed `check` (B040 refused it only in a `header` condition) and went out
   verbatim: a malformed HTTP/2 field (RFC 9113 8.2.1; nghttp resets the
-  stream);
-- a gateway name with `/`, or an `admin` socket path with NUL, passes `check`
-  and the gateway starts with upgrades disabled (its control socket cannot
-  be bound).
+  stream). Now B040;
+- a gateway name with `/` made a default control socket path in a folder
+  that is not there, and an `admin` socket path with NUL passed `check`:
+  the gateway started with upgrades disabled. Now the `/` is written `-`,
+  and a NUL in any file path is B037.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def big_body() -> str:
 
 BODIES = [*BREAKERS, *UNICODE, *BODY_ONLY, "", joined_hostile(), "".join(BODY_ONLY) + joined_hostile(), big_body()]
 # Header values (set/add/content-type/header match): no control but tab, and
-# (in this passing table) no leading or trailing whitespace: see the xfail below.
+# no leading or trailing whitespace, which B040 refuses (test_field_values_with_edge_whitespace_...).
 HEADER_VALUES = [*BREAKERS, *UNICODE[:5], *UNICODE[7:], "a\tb", "a  b", "\u0085\u009b", joined_hostile()]
 HEADER_VALUES.remove("\u0301x")  # kept for bodies; as a value it reads the same as the others
 LOCATIONS = [
@@ -761,8 +761,6 @@ def test_check_refuses_control_characters_and_bad_names_at_their_place(blitzc, c
 
 
 # ------------------------------------------------------------ bugs
-@pytest.mark.xfail(strict=True, reason="bug: a gateway name or spec file name holding CR or a bidi control passes "
-                   "check but is pasted unescaped into gateway.rs's doc comments: rustc refuses the crate")
 @pytest.mark.parametrize(("gateway_name", "file_name"), [
     ("gw\rcr", "plain.kdl"),  # rustc: "bare CR not allowed in doc-comment"
     ("gw \u202e bidi", "plain.kdl"),  # rustc: text_direction_codepoint_in_literal (deny by default)
@@ -789,9 +787,6 @@ def test_names_quoted_in_doc_comments_never_break_the_build(blitzc, cache_dir, t
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a set/add header value or content-type with leading/trailing "
-                   "whitespace passes check and is sent as is; over HTTP/2 that field is malformed (RFC 9113 "
-                   "8.2.1: nghttp resets the stream)")
 @pytest.mark.parametrize("form", ["kdl", "toml"])
 def test_field_values_with_edge_whitespace_are_refused_or_valid_on_h2(blitzc, cache_dir, tmp_path, form):
     """B040 already refuses edge whitespace in a `header` condition value
@@ -1037,8 +1032,6 @@ def test_mutated_specs_never_panic_check_and_what_passes_emits_and_builds(blitzc
         assert r.returncode == 0, (data, r.stderr[-3000:])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a gateway name with `/` (default control socket blitz-NAME.sock) or an "
-                   "admin socket path with NUL passes check, and the gateway starts with upgrades disabled")
 @pytest.mark.parametrize(("gateway_name", "admin_socket"), [
     ("eu/1", None),  # the binary is `eu-1`; the socket path gets a folder `blitz-eu` that is not there
     ("eu1", "ctl\x00.sock"),  # no path holds a NUL

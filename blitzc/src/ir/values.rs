@@ -237,10 +237,42 @@ impl Lowering {
         }
     }
 
-    /// A header value: text without control characters but the tab (RFC
-    /// 9110 §5.5: no CTL or DEL). HTTP/1.1 would write one raw, outside the
-    /// field-value grammar, and HTTP/2 cannot carry it at all.
+    /// A header value: text without control characters but the tab, and
+    /// not starting or ending with a space or tab (RFC 9110 §5.5: no CTL
+    /// or DEL; a field value has no surrounding whitespace). HTTP/1.1 would
+    /// write a control character raw, outside the field-value grammar, and
+    /// HTTP/2 cannot carry it at all; surrounding whitespace HTTP/1.1
+    /// parsing drops and HTTP/2 refuses (RFC 9113 §8.2.1), so a step that
+    /// set it would reset the stream of every HTTP/2 answer it is on.
     pub fn header_value(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
+        self.field_value(
+            text,
+            span,
+            "starts or ends with whitespace, which no field value may",
+            "HTTP/2 refuses such a field and HTTP/1.1 drops the whitespace",
+        )
+    }
+
+    /// A value a `header` match condition compares with: a header value
+    /// (above), with its own word for surrounding whitespace. A field value
+    /// never keeps that whitespace (HTTP/1.1 parsing drops it; HTTP/2
+    /// refuses a field that has it), so such a condition could never hold.
+    pub fn match_header_value(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
+        self.field_value(
+            text,
+            span,
+            "starts or ends with whitespace, which no request's header keeps",
+            "header values are compared without surrounding spaces and tabs",
+        )
+    }
+
+    fn field_value(
+        &mut self,
+        text: &str,
+        span: Span,
+        edge_label: &'static str,
+        edge_why: &str,
+    ) -> Option<Spanned<String>> {
         if text.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
             let label = if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
                 "contains CR, LF or NUL"
@@ -252,30 +284,16 @@ impl Lowering {
                     .label(label)
                     .help("a header value must be a single line without control characters"),
             );
-            None
-        } else {
-            Some(Spanned::new(text.to_string(), span))
+            return None;
         }
-    }
-
-    /// A value a `header` match condition compares with: a header value
-    /// (above) that a request's field can hold, so not starting or ending
-    /// with a space or tab. A field value never keeps that whitespace
-    /// (RFC 9110 §5.5: HTTP/1.1 parsing drops it; HTTP/2 refuses a field
-    /// that has it, RFC 9113 §8.2.1), so such a condition could never hold.
-    pub fn match_header_value(&mut self, text: &str, span: Span) -> Option<Spanned<String>> {
-        let value = self.header_value(text, span)?;
         let trimmed = text.trim_matches([' ', '\t']);
         if trimmed.len() == text.len() {
-            return Some(value);
+            return Some(Spanned::new(text.to_string(), span));
         }
         self.push(
             Diagnostic::error(Code::InvalidHeaderValue, span, "invalid header value")
-                .label("starts or ends with whitespace, which no request's header keeps")
-                .help(format!(
-                    "header values are compared without surrounding spaces and tabs: write `{}`",
-                    trimmed.escape_debug()
-                )),
+                .label(edge_label)
+                .help(format!("{edge_why}: write `{}`", trimmed.escape_debug())),
         );
         None
     }
@@ -452,6 +470,14 @@ impl Lowering {
                 Diagnostic::error(Code::WrongType, span, "empty file path")
                     .label("expected a path")
                     .help("paths are relative to the spec file's folder"),
+            );
+            return None;
+        }
+        if text.contains('\0') {
+            self.push(
+                Diagnostic::error(Code::InvalidValue, span, "file path holds a NUL character")
+                    .label("no file's name can hold one")
+                    .help("remove the `\\0` from the path"),
             );
             return None;
         }

@@ -37,7 +37,10 @@ pub fn default_socket_path(gateway_name: &str) -> PathBuf {
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|d| Path::new(d).is_absolute())
         .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-    dir.join(format!("blitz-{gateway_name}.sock"))
+    // One file name whatever the gateway is called: a `/` would name a
+    // folder that is not there, and no path holds a NUL.
+    let name = gateway_name.replace(['/', '\0'], "-");
+    dir.join(format!("blitz-{name}.sock"))
 }
 
 /// A bound control socket and the path it is reachable at.
@@ -133,5 +136,17 @@ impl Drop for PathGuard {
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_default_socket_path_is_one_file_whatever_the_name() {
+        let path = default_socket_path("eu/1\0x");
+        assert_eq!(path.file_name().unwrap(), "blitz-eu-1-x.sock");
+        assert_eq!(default_socket_path("edge-eu1").file_name().unwrap(), "blitz-edge-eu1.sock");
     }
 }
