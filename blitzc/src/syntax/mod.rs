@@ -44,11 +44,26 @@ pub fn lower(file: &SourceFile) -> (Option<Spec>, Vec<Diagnostic>) {
     }
 }
 
-/// The gateway name used when the spec does not give one: the file stem.
+/// The gateway name used when the spec does not give one: the file stem
+/// (a byte that is not UTF-8 read as U+FFFD, as in diagnostics), or
+/// `gateway` for a path without one.
 pub fn default_gateway_name(file: &SourceFile) -> String {
     file.path
         .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("gateway")
-        .to_string()
+        .map_or_else(|| "gateway".to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn the_default_gateway_name_is_the_file_stem_even_when_not_utf8() {
+        let name = |path: &OsStr| default_gateway_name(&SourceFile::new(path, ""));
+        assert_eq!(name(OsStr::new("sites/eu1.kdl")), "eu1");
+        assert_eq!(name(OsStr::from_bytes(b"caf\xe9.kdl")), "caf\u{fffd}");
+        assert_eq!(name(OsStr::new("/")), "gateway");
+    }
 }
