@@ -48,9 +48,10 @@ pub fn lower(file: &SourceFile) -> (Option<Spec>, Vec<Diagnostic>) {
 /// (a byte that is not UTF-8 read as U+FFFD, as in diagnostics), or
 /// `gateway` for a path without one.
 pub fn default_gateway_name(file: &SourceFile) -> String {
-    file.path
-        .file_stem()
-        .map_or_else(|| "gateway".to_string(), |s| s.to_string_lossy().into_owned())
+    file.path.file_stem().map_or_else(
+        || "gateway".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    )
 }
 
 #[cfg(test)]

@@ -147,6 +147,9 @@ mod tests {
     fn a_default_socket_path_is_one_file_whatever_the_name() {
         let path = default_socket_path("eu/1\0x");
         assert_eq!(path.file_name().unwrap(), "blitz-eu-1-x.sock");
-        assert_eq!(default_socket_path("edge-eu1").file_name().unwrap(), "blitz-edge-eu1.sock");
+        assert_eq!(
+            default_socket_path("edge-eu1").file_name().unwrap(),
+            "blitz-edge-eu1.sock"
+        );
     }
 }
